@@ -1,0 +1,712 @@
+//! Filter configuration: the JSON document as written by an operator (`raw` types with
+//! `deny_unknown_fields`) and its compiled, checked form ([`Plan`]) that requests use.
+//!
+//! The document is parsed and checked once, in `on_configure`; a bad document never loads.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::url::HttpUrl;
+
+/// A configuration problem, naming the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Path of the field, e.g. `tiers[1].models[0]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "config error: {}", self.problem)
+        } else {
+            write!(f, "config error: {}: {}", self.field, self.problem)
+        }
+    }
+}
+
+// Kong serialises an empty Lua table as `{}`, so every list also accepts an empty object.
+fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrEmpty<T> {
+        List(Vec<T>),
+        Empty(HashMap<String, serde::de::IgnoredAny>),
+    }
+    match ListOrEmpty::deserialize(deserializer)? {
+        ListOrEmpty::List(items) => Ok(items),
+        ListOrEmpty::Empty(map) if map.is_empty() => Ok(Vec::new()),
+        ListOrEmpty::Empty(_) => Err(de::Error::custom("expected a list")),
+    }
+}
+
+/// The configuration document exactly as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    oidc: RawOidc,
+    #[serde(default)]
+    identity_headers: RawIdentityHeaders,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+    targets: HashMap<String, RawTarget>,
+    #[serde(deserialize_with = "list")]
+    models: Vec<RawModel>,
+    #[serde(deserialize_with = "list")]
+    tiers: Vec<RawTier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: String,
+    #[serde(deserialize_with = "list")]
+    audiences: Vec<String>,
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    jwks_upstream: Option<String>,
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+    #[serde(default = "default_leeway")]
+    leeway_seconds: u64,
+    #[serde(default = "default_max_token_bytes")]
+    max_token_bytes: usize,
+    #[serde(default = "default_refresh")]
+    jwks_refresh_seconds: u64,
+    #[serde(default = "default_max_age")]
+    jwks_max_age_seconds: u64,
+    #[serde(default = "default_unknown_kid")]
+    unknown_kid_refetch_seconds: u64,
+    #[serde(default = "default_callout_timeout")]
+    callout_timeout_ms: u64,
+    #[serde(default = "default_token_cache")]
+    token_cache_entries: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityHeaders {
+    #[serde(default = "default_user_header")]
+    user: String,
+    #[serde(default = "default_email_header")]
+    email: String,
+    #[serde(default = "default_tier_header")]
+    tier: String,
+}
+
+impl Default for RawIdentityHeaders {
+    fn default() -> Self {
+        Self {
+            user: default_user_header(),
+            email: default_email_header(),
+            tier: default_tier_header(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    provider: Provider,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    api_key_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    alias: String,
+    target: String,
+    model_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    name: String,
+    #[serde(deserialize_with = "list")]
+    groups: Vec<String>,
+    #[serde(deserialize_with = "list")]
+    models: Vec<String>,
+}
+
+fn default_max_body_bytes() -> usize {
+    10 * 1024 * 1024
+}
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+fn default_leeway() -> u64 {
+    60
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_max_age() -> u64 {
+    86_400
+}
+fn default_unknown_kid() -> u64 {
+    30
+}
+fn default_callout_timeout() -> u64 {
+    5000
+}
+fn default_token_cache() -> usize {
+    4096
+}
+fn default_user_header() -> String {
+    "x-authenticated-user".to_owned()
+}
+fn default_email_header() -> String {
+    "x-user-email".to_owned()
+}
+fn default_tier_header() -> String {
+    "x-user-tier".to_owned()
+}
+
+/// Which wire protocol and credential a target speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// The Anthropic Messages API, authenticated by `x-api-key`.
+    Anthropic,
+}
+
+/// Where the filter finds the IdP's signing keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcPlan {
+    /// Expected `iss`, exactly as configured.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one.
+    pub audiences: Vec<String>,
+    /// `<issuer>/.well-known/openid-configuration`, used when no JWKS URL is configured.
+    pub discovery_url: HttpUrl,
+    /// Callout upstream for discovery (`host:port`, also the Envoy cluster name).
+    pub upstream: String,
+    /// Explicit JWKS URL; when absent the discovery document names it.
+    pub jwks_uri: Option<HttpUrl>,
+    /// Callout upstream for the JWKS.
+    pub jwks_upstream: String,
+    /// Dotted path of the claim that lists the person's groups.
+    pub groups_claim: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, seconds.
+    pub leeway_seconds: u64,
+    /// Longest token accepted, bytes.
+    pub max_token_bytes: usize,
+    /// How often keys are refreshed in the background, seconds.
+    pub jwks_refresh_seconds: u64,
+    /// How long keys stay usable without a successful refresh, seconds.
+    pub jwks_max_age_seconds: u64,
+    /// Least time between two refetches caused by unknown `kid`s, seconds.
+    pub unknown_kid_refetch_seconds: u64,
+    /// Timeout of each IdP callout, milliseconds.
+    pub callout_timeout_ms: u64,
+    /// Most verified tokens remembered per worker.
+    pub token_cache_entries: usize,
+}
+
+/// Names of the identity headers set for the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// Carries `sub`.
+    pub user: String,
+    /// Carries `email`.
+    pub email: String,
+    /// Carries the tier name.
+    pub tier: String,
+}
+
+/// A provider endpoint with its credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Config name, sent upstream as `x-gateway-target` for routing.
+    pub name: String,
+    /// Wire protocol.
+    pub provider: Provider,
+    /// The provider key. Never logged: `Debug` hides it.
+    pub api_key: String,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("provider", &self.provider)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A model alias a client may send, and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// What Claude Code sends as `model`.
+    pub alias: String,
+    /// Index into [`Plan::targets`].
+    pub target: usize,
+    /// What the provider receives as `model`.
+    pub model_id: String,
+}
+
+/// A group of people with the same models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// Tier name, sent upstream and shown in messages.
+    pub name: String,
+    /// IdP groups that place a person in this tier.
+    pub groups: Vec<String>,
+    /// Indexes into [`Plan::models`], in config order.
+    pub models: Vec<usize>,
+}
+
+impl Tier {
+    /// The aliases of this tier, in config order, for messages.
+    pub fn aliases<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = &'a str> {
+        self.models
+            .iter()
+            .filter_map(|&m| plan.models.get(m))
+            .map(|m| m.alias.as_str())
+    }
+}
+
+/// The checked, compiled configuration that every request reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Key discovery and token rules.
+    pub oidc: OidcPlan,
+    /// Identity header names.
+    pub identity_headers: IdentityHeaders,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Targets, sorted by name.
+    pub targets: Vec<Target>,
+    /// Models, in config order.
+    pub models: Vec<Model>,
+    /// Tiers, in config order (the first matching tier wins).
+    pub tiers: Vec<Tier>,
+}
+
+impl Plan {
+    /// Parses and compiles a configuration document. `env` looks up VM environment variables.
+    pub fn from_json(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Plan, ConfigError> {
+        let raw: RawConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", e.to_string()))?;
+        compile(raw, env)
+    }
+
+    /// The model entry for `alias` if `tier` may use it.
+    pub fn model_for(&self, tier: &Tier, alias: &str) -> Option<&Model> {
+        tier.models
+            .iter()
+            .filter_map(|&m| self.models.get(m))
+            .find(|m| m.alias == alias)
+    }
+}
+
+fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, ConfigError> {
+    let oidc = compile_oidc(raw.oidc)?;
+    let identity_headers = compile_identity_headers(raw.identity_headers)?;
+    if raw.max_body_bytes == 0 {
+        return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
+    }
+    if raw.targets.is_empty() {
+        return Err(ConfigError::new(
+            "targets",
+            "at least one target is required",
+        ));
+    }
+    let mut names: Vec<String> = raw.targets.keys().cloned().collect();
+    names.sort();
+    let mut targets = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(target) = raw.targets.get(&name) else {
+            continue;
+        };
+        targets.push(compile_target(&name, target, env)?);
+    }
+    let models = compile_models(raw.models, &targets)?;
+    let tiers = compile_tiers(raw.tiers, &models)?;
+    Ok(Plan {
+        oidc,
+        identity_headers,
+        max_body_bytes: raw.max_body_bytes,
+        targets,
+        models,
+        tiers,
+    })
+}
+
+fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
+    let issuer_url = HttpUrl::parse(&raw.issuer).map_err(|e| ConfigError::new("oidc.issuer", e))?;
+    if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::new(
+            "oidc.audiences",
+            "at least one non-empty audience is required",
+        ));
+    }
+    let upstream = match raw.upstream {
+        Some(u) => check_upstream("oidc.upstream", u)?,
+        None => issuer_url.host_port(),
+    };
+    let jwks_uri = match raw.jwks_uri {
+        Some(u) => Some(HttpUrl::parse(&u).map_err(|e| ConfigError::new("oidc.jwks_uri", e))?),
+        None => None,
+    };
+    let jwks_upstream = match raw.jwks_upstream {
+        Some(u) => check_upstream("oidc.jwks_upstream", u)?,
+        None => upstream.clone(),
+    };
+    let groups_claim: Vec<String> = raw.groups_claim.split('.').map(str::to_owned).collect();
+    if groups_claim.iter().any(String::is_empty) {
+        return Err(ConfigError::new(
+            "oidc.groups_claim",
+            "must be a claim name or a dotted path",
+        ));
+    }
+    let positive = [
+        ("oidc.jwks_refresh_seconds", raw.jwks_refresh_seconds),
+        ("oidc.jwks_max_age_seconds", raw.jwks_max_age_seconds),
+        ("oidc.callout_timeout_ms", raw.callout_timeout_ms),
+        ("oidc.max_token_bytes", raw.max_token_bytes as u64),
+        ("oidc.token_cache_entries", raw.token_cache_entries as u64),
+    ];
+    if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(ConfigError::new(*field, "must be greater than 0"));
+    }
+    if raw.jwks_max_age_seconds < raw.jwks_refresh_seconds {
+        return Err(ConfigError::new(
+            "oidc.jwks_max_age_seconds",
+            "must not be less than oidc.jwks_refresh_seconds",
+        ));
+    }
+    Ok(OidcPlan {
+        discovery_url: issuer_url.join_path("/.well-known/openid-configuration"),
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        upstream,
+        jwks_uri,
+        jwks_upstream,
+        groups_claim,
+        leeway_seconds: raw.leeway_seconds,
+        max_token_bytes: raw.max_token_bytes,
+        jwks_refresh_seconds: raw.jwks_refresh_seconds,
+        jwks_max_age_seconds: raw.jwks_max_age_seconds,
+        unknown_kid_refetch_seconds: raw.unknown_kid_refetch_seconds,
+        callout_timeout_ms: raw.callout_timeout_ms,
+        token_cache_entries: raw.token_cache_entries,
+    })
+}
+
+fn check_upstream(field: &str, value: String) -> Result<String, ConfigError> {
+    if value.is_empty() || value.contains('/') || value.chars().any(char::is_whitespace) {
+        return Err(ConfigError::new(
+            field,
+            "must be host:port (the Envoy cluster name / Kong upstream)",
+        ));
+    }
+    Ok(value)
+}
+
+fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, ConfigError> {
+    let check = |field: &str, name: String| -> Result<String, ConfigError> {
+        let name = name.to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let reserved = matches!(
+            name.as_str(),
+            "authorization" | "x-api-key" | "host" | "content-length"
+        );
+        if !valid || reserved {
+            return Err(ConfigError::new(
+                field,
+                format!("{name:?} is not a usable header name"),
+            ));
+        }
+        Ok(name)
+    };
+    Ok(IdentityHeaders {
+        user: check("identity_headers.user", raw.user)?,
+        email: check("identity_headers.email", raw.email)?,
+        tier: check("identity_headers.tier", raw.tier)?,
+    })
+}
+
+fn compile_target(
+    name: &str,
+    raw: &RawTarget,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Target, ConfigError> {
+    let field = format!("targets.{name}");
+    let api_key = match (&raw.api_key, &raw.api_key_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                field,
+                "give api_key or api_key_env, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                field,
+                "api_key or api_key_env is required",
+            ))
+        }
+        (Some(key), None) => key.clone(),
+        (None, Some(var)) => env(var).ok_or_else(|| {
+            ConfigError::new(
+                format!("{field}.api_key_env"),
+                format!("environment variable {var} is not set in the VM"),
+            )
+        })?,
+    };
+    if api_key.trim().is_empty() {
+        return Err(ConfigError::new(field, "the api key is empty"));
+    }
+    if api_key.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(ConfigError::new(
+            field,
+            "the api key contains control characters",
+        ));
+    }
+    Ok(Target {
+        name: name.to_owned(),
+        provider: raw.provider,
+        api_key,
+    })
+}
+
+fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new("models", "at least one model is required"));
+    }
+    let mut models: Vec<Model> = Vec::with_capacity(raw.len());
+    for (i, m) in raw.into_iter().enumerate() {
+        let field = format!("models[{i}]");
+        if m.alias.is_empty() || m.model_id.is_empty() {
+            return Err(ConfigError::new(
+                field,
+                "alias and model_id must not be empty",
+            ));
+        }
+        if models.iter().any(|other| other.alias == m.alias) {
+            return Err(ConfigError::new(
+                format!("{field}.alias"),
+                format!("duplicate alias {:?}", m.alias),
+            ));
+        }
+        let target = targets
+            .iter()
+            .position(|t| t.name == m.target)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.target"),
+                    format!("unknown target {:?}", m.target),
+                )
+            })?;
+        models.push(Model {
+            alias: m.alias,
+            target,
+            model_id: m.model_id,
+        });
+    }
+    Ok(models)
+}
+
+fn compile_tiers(raw: Vec<RawTier>, models: &[Model]) -> Result<Vec<Tier>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new("tiers", "at least one tier is required"));
+    }
+    let mut tiers: Vec<Tier> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.into_iter().enumerate() {
+        let field = format!("tiers[{i}]");
+        if t.name.is_empty() || t.name.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                "must be a non-empty printable name",
+            ));
+        }
+        if tiers.iter().any(|other| other.name == t.name) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("duplicate tier {:?}", t.name),
+            ));
+        }
+        if t.groups.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.groups"),
+                "at least one group is required",
+            ));
+        }
+        if t.models.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.models"),
+                "at least one model is required",
+            ));
+        }
+        let mut indexes = Vec::with_capacity(t.models.len());
+        for (j, alias) in t.models.iter().enumerate() {
+            let index = models
+                .iter()
+                .position(|m| &m.alias == alias)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.models[{j}]"),
+                        format!("unknown model alias {alias:?}"),
+                    )
+                })?;
+            indexes.push(index);
+        }
+        tiers.push(Tier {
+            name: t.name,
+            groups: t.groups,
+            models: indexes,
+        });
+    }
+    Ok(tiers)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    pub(crate) fn sample() -> Value {
+        json!({
+            "oidc": {"issuer": "https://idp.example.com/oauth2/default", "audiences": ["claude-sso-gateway"]},
+            "targets": {"anthropic": {"provider": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}},
+            "models": [
+                {"alias": "claude-sonnet-4-6", "target": "anthropic", "model_id": "claude-sonnet-4-6"},
+                {"alias": "claude-opus-4-7", "target": "anthropic", "model_id": "claude-opus-4-7"}
+            ],
+            "tiers": [
+                {"name": "power", "groups": ["claude-power-users"], "models": ["claude-opus-4-7", "claude-sonnet-4-6"]},
+                {"name": "standard", "groups": ["claude-standard-users"], "models": ["claude-sonnet-4-6"]}
+            ]
+        })
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "ANTHROPIC_API_KEY").then(|| "sk-ant-test".to_owned())
+    }
+
+    fn load(doc: &Value) -> Result<Plan, ConfigError> {
+        Plan::from_json(doc.to_string().as_bytes(), &env)
+    }
+
+    #[test]
+    fn sample_compiles_with_defaults() {
+        let plan = load(&sample()).unwrap();
+        assert_eq!(plan.oidc.upstream, "idp.example.com:443");
+        assert_eq!(plan.oidc.jwks_upstream, "idp.example.com:443");
+        assert_eq!(
+            plan.oidc.discovery_url.path,
+            "/oauth2/default/.well-known/openid-configuration"
+        );
+        assert_eq!(plan.oidc.groups_claim, vec!["groups"]);
+        assert_eq!(plan.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(plan.targets[0].api_key, "sk-ant-test");
+        assert_eq!(plan.tiers[1].models, vec![0]);
+        assert_eq!(plan.identity_headers.user, "x-authenticated-user");
+    }
+
+    #[test]
+    fn debug_output_hides_the_key() {
+        let plan = load(&sample()).unwrap();
+        assert!(!format!("{plan:?}").contains("sk-ant-test"));
+    }
+
+    #[test]
+    fn kong_empty_object_is_an_empty_list() {
+        let mut doc = sample();
+        doc["tiers"][0]["groups"] = json!({});
+        assert_eq!(
+            load(&doc).unwrap_err().to_string(),
+            "config error: tiers[0].groups: at least one group is required"
+        );
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        type Edit = fn(&mut Value);
+        let cases: &[(&str, Edit, &str)] = &[
+            ("unknown field", |d| d["oidc"]["isuer"] = json!("x"), "unknown field `isuer`"),
+            ("unknown alias in tier", |d| d["tiers"][1]["models"] = json!(["claude-opus-9"]),
+                "config error: tiers[1].models[0]: unknown model alias \"claude-opus-9\""),
+            ("missing env var", |d| d["targets"]["anthropic"]["api_key_env"] = json!("NOPE"),
+                "config error: targets.anthropic.api_key_env: environment variable NOPE is not set in the VM"),
+            ("both key forms", |d| d["targets"]["anthropic"]["api_key"] = json!("k"),
+                "config error: targets.anthropic: give api_key or api_key_env, not both"),
+            ("unknown target", |d| d["models"][0]["target"] = json!("bedrock"),
+                "config error: models[0].target: unknown target \"bedrock\""),
+            ("duplicate alias", |d| d["models"][1]["alias"] = json!("claude-sonnet-4-6"),
+                "config error: models[1].alias: duplicate alias \"claude-sonnet-4-6\""),
+            ("duplicate tier", |d| d["tiers"][1]["name"] = json!("power"),
+                "config error: tiers[1].name: duplicate tier \"power\""),
+            ("no audiences", |d| d["oidc"]["audiences"] = json!([]),
+                "config error: oidc.audiences: at least one non-empty audience is required"),
+            ("bad issuer", |d| d["oidc"]["issuer"] = json!("idp.example.com"),
+                "config error: oidc.issuer: must be an http:// or https:// URL"),
+            ("bad upstream", |d| d["oidc"]["upstream"] = json!("https://idp/"),
+                "config error: oidc.upstream: must be host:port (the Envoy cluster name / Kong upstream)"),
+            ("empty claim path", |d| d["oidc"]["groups_claim"] = json!("realm_access."),
+                "config error: oidc.groups_claim: must be a claim name or a dotted path"),
+            ("zero refresh", |d| d["oidc"]["jwks_refresh_seconds"] = json!(0),
+                "config error: oidc.jwks_refresh_seconds: must be greater than 0"),
+            ("reserved header", |d| d["identity_headers"] = json!({"user": "Authorization"}),
+                "config error: identity_headers.user: \"authorization\" is not a usable header name"),
+            ("no tiers", |d| d["tiers"] = json!([]), "config error: tiers: at least one tier is required"),
+            ("wrong provider", |d| d["targets"]["anthropic"]["provider"] = json!("openai"), "unknown variant `openai`"),
+        ];
+        for (name, edit, expected) in cases {
+            let mut doc = sample();
+            edit(&mut doc);
+            let err = load(&doc).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{name}: got {err:?}, want {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dotted_groups_claim_and_explicit_jwks() {
+        let mut doc = sample();
+        doc["oidc"]["groups_claim"] = json!("realm_access.roles");
+        doc["oidc"]["jwks_uri"] = json!("https://keys.example.com/jwks");
+        doc["oidc"]["jwks_upstream"] = json!("keys.example.com:443");
+        let plan = load(&doc).unwrap();
+        assert_eq!(plan.oidc.groups_claim, vec!["realm_access", "roles"]);
+        assert_eq!(plan.oidc.jwks_uri.unwrap().path, "/jwks");
+        assert_eq!(plan.oidc.jwks_upstream, "keys.example.com:443");
+    }
+}

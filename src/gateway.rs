@@ -1,0 +1,343 @@
+//! One worker's gateway: the compiled plan, the keys and the verified-token cache, and the
+//! decisions a request needs (admit, refuse, fetch keys first; which body and headers go
+//! upstream). The host layer turns these decisions into host calls.
+
+use crate::config::Plan;
+use crate::jwt::{self, Identity};
+use crate::keystore::{Callout, Fetch, FetchError, KeyStore, KeysError, SharedRecord};
+use crate::reply::{Reply, ToReply};
+use crate::routing::RequestBody;
+use crate::tier::{self, NoTier};
+use crate::token_cache::TokenCache;
+
+/// Most key fetches that waiting requests of one worker may have under way at once; beyond
+/// it a request without keys is answered 503 instead of adding load on the IdP.
+pub const MAX_REQUEST_FETCHES: usize = 8;
+
+/// A verified person with a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// Who the token says.
+    pub identity: Identity,
+    /// Index of the tier in [`Plan::tiers`].
+    pub tier: usize,
+}
+
+/// The outcome of authenticating a token.
+#[derive(Debug)]
+pub enum AuthOutcome {
+    /// Verified and placed in a tier.
+    Admitted(Admission),
+    /// Refused; the client gets this answer.
+    Refused(Reply),
+    /// Keys are needed first: make this callout, then authenticate again without fetching.
+    FetchKeys(Callout),
+}
+
+/// What the callout that just answered led to.
+#[derive(Debug)]
+pub enum FetchProgress {
+    /// Discovery named the JWKS: fetch it next.
+    Next(Callout),
+    /// New keys are installed; share the record with the other workers.
+    Installed(SharedRecord),
+    /// The fetch failed; keys stay as they were.
+    Failed(FetchError),
+}
+
+/// What goes upstream for an admitted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The new body, when `model` was rewritten.
+    pub body: Option<Vec<u8>>,
+    /// Headers to set (after the client's credential and identity headers were removed).
+    pub headers: Vec<(String, String)>,
+}
+
+/// The state one worker (one Wasm VM) keeps between requests.
+#[derive(Debug)]
+pub struct Worker {
+    /// The compiled configuration.
+    pub plan: Plan,
+    /// The IdP's keys as this worker has them.
+    pub keys: KeyStore,
+    tokens: TokenCache,
+    request_fetches: usize,
+}
+
+impl Worker {
+    /// A worker for `plan`, with no keys yet.
+    pub fn new(plan: Plan) -> Worker {
+        let keys = KeyStore::new(&plan.oidc);
+        let tokens = TokenCache::new(plan.oidc.token_cache_entries);
+        Worker {
+            plan,
+            keys,
+            tokens,
+            request_fetches: 0,
+        }
+    }
+
+    /// Request headers removed before anything is forwarded: the client's credential and any
+    /// identity headers it tried to set itself.
+    pub fn stripped_headers(&self) -> [&str; 6] {
+        let h = &self.plan.identity_headers;
+        [
+            "authorization",
+            "x-api-key",
+            &h.user,
+            &h.email,
+            &h.tier,
+            "x-gateway-target",
+        ]
+    }
+
+    /// Verifies `token` and places the person in a tier. With `may_fetch`, missing keys or an
+    /// unknown `kid` ask for a fetch (throttled); without it they are final.
+    pub fn authenticate(&mut self, token: &str, now: u64, may_fetch: bool) -> AuthOutcome {
+        let oidc = &self.plan.oidc;
+        let keys = match self.keys.keys(oidc, now) {
+            Ok(keys) => keys,
+            Err(_) if may_fetch && self.request_fetches < MAX_REQUEST_FETCHES => {
+                return AuthOutcome::FetchKeys(self.keys.fetch_now(oidc, now));
+            }
+            Err(e) => return AuthOutcome::Refused(e.to_reply()),
+        };
+        let digest = TokenCache::digest(token);
+        let cached = self.tokens.get(&digest, now, oidc.leeway_seconds, |kid| {
+            kid.is_none_or(|k| keys.has_kid(k))
+        });
+        let identity = match cached {
+            Some(identity) => identity,
+            None => {
+                let verified = jwt::check_claims(token, oidc, now).and_then(|parsed| {
+                    let kid_unknown = parsed.kid().is_some_and(|k| !keys.has_kid(k));
+                    if kid_unknown && may_fetch {
+                        if let Some(callout) = self.keys.allow_kid_refetch(oidc, now) {
+                            return Ok(Err(callout));
+                        }
+                    }
+                    parsed.verify(token, &keys, oidc, now).map(Ok)
+                });
+                match verified {
+                    Ok(Ok(identity)) => {
+                        self.tokens.insert(digest, identity.clone(), now);
+                        identity
+                    }
+                    Ok(Err(callout)) => return AuthOutcome::FetchKeys(callout),
+                    Err(e) => return AuthOutcome::Refused(e.to_reply()),
+                }
+            }
+        };
+        match tier::select(&self.plan, &identity.groups) {
+            Some((tier, _)) => AuthOutcome::Admitted(Admission { identity, tier }),
+            None => AuthOutcome::Refused(NoTier::new(&self.plan).to_reply()),
+        }
+    }
+
+    /// Notes that a waiting request dispatched a key fetch.
+    pub fn request_fetch_started(&mut self) {
+        self.request_fetches += 1;
+    }
+
+    /// Notes that a waiting request's key fetch ended (answered, failed or abandoned).
+    pub fn request_fetch_ended(&mut self) {
+        self.request_fetches = self.request_fetches.saturating_sub(1);
+    }
+
+    /// Takes the answer of a key callout (`status` is `None` when the host reported no response).
+    pub fn on_fetched(
+        &mut self,
+        fetch: &Fetch,
+        status: Option<u32>,
+        body: &[u8],
+        now: u64,
+    ) -> FetchProgress {
+        let result = match fetch {
+            Fetch::Discovery => self
+                .keys
+                .on_discovery(&self.plan.oidc, status, body)
+                .map(FetchProgress::Next),
+            Fetch::Jwks => self
+                .keys
+                .on_jwks(status, body, now)
+                .map(FetchProgress::Installed),
+        };
+        result.unwrap_or_else(FetchProgress::Failed)
+    }
+
+    /// Checks the body's model against the admitted tier and builds what goes upstream.
+    pub fn forward(&self, admission: &Admission, body: &[u8]) -> Result<Forward, Reply> {
+        let plan = &self.plan;
+        let tier = plan
+            .tiers
+            .get(admission.tier)
+            .ok_or_else(|| NoTier::new(plan).to_reply())?;
+        let parsed = RequestBody::parse(body).map_err(|e| e.to_reply())?;
+        let model = parsed.resolve(plan, tier).map_err(|e| e.to_reply())?;
+        let target = plan
+            .targets
+            .get(model.target)
+            .ok_or_else(|| KeysError::Unavailable.to_reply())?;
+        let new_body = parsed.rewrite(body, &model.model_id);
+        let length = new_body.as_ref().map_or(body.len(), Vec::len);
+        let names = &plan.identity_headers;
+        let mut headers = vec![
+            ("x-api-key".to_owned(), target.api_key.clone()),
+            (names.user.clone(), admission.identity.subject.clone()),
+            (names.tier.clone(), tier.name.clone()),
+            ("x-gateway-target".to_owned(), target.name.clone()),
+            ("accept-encoding".to_owned(), "identity".to_owned()),
+            ("content-length".to_owned(), length.to_string()),
+        ];
+        if let Some(email) = &admission.identity.email {
+            headers.push((names.email.clone(), email.clone()));
+        }
+        Ok(Forward {
+            body: new_body,
+            headers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks::tests::TestKeys;
+    use crate::jwt::tests::{good_claims, plan, sign, NOW};
+    use serde_json::json;
+
+    fn worker_with_keys(keys: &TestKeys) -> Worker {
+        let mut w = Worker::new(plan());
+        let discovery = json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": "https://idp.example.com/keys"});
+        assert!(matches!(
+            w.on_fetched(
+                &Fetch::Discovery,
+                Some(200),
+                discovery.to_string().as_bytes(),
+                NOW
+            ),
+            FetchProgress::Next(_)
+        ));
+        assert!(matches!(
+            w.on_fetched(&Fetch::Jwks, Some(200), keys.jwks().as_bytes(), NOW),
+            FetchProgress::Installed(_)
+        ));
+        w
+    }
+
+    fn status(outcome: &AuthOutcome) -> u32 {
+        match outcome {
+            AuthOutcome::Admitted(_) => 200,
+            AuthOutcome::Refused(r) => r.status,
+            AuthOutcome::FetchKeys(_) => 0,
+        }
+    }
+
+    #[test]
+    fn admits_and_caches() {
+        let keys = TestKeys::new();
+        let mut w = worker_with_keys(&keys);
+        let token = sign(&keys, good_claims());
+        let AuthOutcome::Admitted(a) = w.authenticate(&token, NOW, true) else {
+            panic!("not admitted")
+        };
+        assert_eq!((a.identity.subject.as_str(), a.tier), ("alice", 1));
+        assert_eq!(w.tokens.len(), 1);
+        assert!(matches!(
+            w.authenticate(&token, NOW + 1, false),
+            AuthOutcome::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn without_keys_a_request_fetches_then_gets_503() {
+        let keys = TestKeys::new();
+        let mut w = Worker::new(plan());
+        let token = sign(&keys, good_claims());
+        assert!(matches!(
+            w.authenticate(&token, NOW, true),
+            AuthOutcome::FetchKeys(Callout {
+                fetch: Fetch::Discovery,
+                ..
+            })
+        ));
+        assert_eq!(status(&w.authenticate(&token, NOW, false)), 503);
+        for _ in 0..MAX_REQUEST_FETCHES {
+            w.request_fetch_started();
+        }
+        assert_eq!(
+            status(&w.authenticate(&token, NOW, true)),
+            503,
+            "fetch cap reached"
+        );
+    }
+
+    #[test]
+    fn unknown_kid_refetches_once_per_interval() {
+        let keys = TestKeys::new();
+        let mut w = worker_with_keys(&keys);
+        let rotated = TestKeys::new();
+        let token = {
+            use jwt_simple::prelude::*;
+            let pair = rotated.rsa.clone().with_key_id("rsa-2");
+            pair.sign(crate::jwt::tests::bare(good_claims())).unwrap()
+        };
+        assert!(matches!(
+            w.authenticate(&token, NOW, true),
+            AuthOutcome::FetchKeys(Callout {
+                fetch: Fetch::Jwks,
+                ..
+            })
+        ));
+        assert_eq!(
+            status(&w.authenticate(&token, NOW, true)),
+            401,
+            "throttled: refused without a fetch"
+        );
+    }
+
+    #[test]
+    fn no_tier_is_refused() {
+        let keys = TestKeys::new();
+        let mut w = worker_with_keys(&keys);
+        let mut claims = good_claims();
+        claims["groups"] = json!(["sales"]);
+        assert_eq!(
+            status(&w.authenticate(&sign(&keys, claims), NOW, true)),
+            400
+        );
+    }
+
+    #[test]
+    fn forward_sets_key_identity_and_length() {
+        let keys = TestKeys::new();
+        let mut w = worker_with_keys(&keys);
+        let AuthOutcome::Admitted(a) = w.authenticate(&sign(&keys, good_claims()), NOW, true)
+        else {
+            panic!()
+        };
+        let f = w
+            .forward(&a, br#"{"model":"claude-sonnet-4-6","max_tokens":5}"#)
+            .unwrap();
+        assert_eq!(f.body, None, "alias equals model id: body untouched");
+        let get = |name: &str| {
+            f.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("x-api-key"), Some("sk-test"));
+        assert_eq!(get("x-authenticated-user"), Some("alice"));
+        assert_eq!(get("x-user-email"), Some("alice@example.com"));
+        assert_eq!(get("x-user-tier"), Some("standard"));
+        assert_eq!(get("content-length"), Some("44"));
+        assert_eq!(
+            w.forward(&a, br#"{"model":"claude-opus-4-7"}"#)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(w.forward(&a, b"{").unwrap_err().status, 400);
+    }
+}

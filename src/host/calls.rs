@@ -1,0 +1,161 @@
+//! Every Proxy-Wasm host function the filter calls, and nothing else. Each call handles the
+//! host's `Err` (the SDK's trait helpers would `unwrap` it and abort the VM), and none of
+//! the functions that ngx_wasm_module (Kong) links but traps on is reachable from here:
+//! `proxy_close_stream`, `proxy_grpc_*`, `proxy_get_log_level`, `proxy_done`,
+//! `proxy_resolve_shared_queue`. `tests/test_host_calls.py` keeps this list honest.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+
+use crate::keystore::Callout;
+use crate::reply::Reply;
+use crate::shared::{SharedStore, StoreError};
+
+/// Writes a log line. Callers never pass a key or a token.
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+/// Host time in whole seconds since the epoch (0 if the host cannot tell).
+pub fn now() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Sets the root context's tick period.
+pub fn set_tick_period(period: Duration) {
+    if hostcalls::set_tick_period(period).is_err() {
+        log(
+            LogLevel::Error,
+            "claude-sso-gateway: could not set the tick period",
+        );
+    }
+}
+
+/// The plugin configuration bytes.
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+}
+
+/// A request header.
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Sets (replaces) a request header.
+pub fn set_request_header(name: &str, value: &str) {
+    if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+        log(
+            LogLevel::Warn,
+            &format!("claude-sso-gateway: could not set request header {name}"),
+        );
+    }
+}
+
+/// Removes a request header.
+pub fn remove_request_header(name: &str) {
+    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+}
+
+/// The buffered request body.
+pub fn request_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Replaces the whole request body. ngx_wasm_module truncates the new data to the size
+/// given, so the size is the larger of the old and new lengths (Envoy accepts either).
+pub fn replace_request_body(old_size: usize, body: &[u8]) -> bool {
+    hostcalls::set_buffer(
+        BufferType::HttpRequestBody,
+        0,
+        old_size.max(body.len()),
+        body,
+    )
+    .is_ok()
+}
+
+/// Sends a local response.
+pub fn send_reply(reply: &Reply) {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
+    if hostcalls::send_http_response(reply.status, headers, body).is_err() {
+        log(
+            LogLevel::Error,
+            "claude-sso-gateway: could not send a local response",
+        );
+    }
+}
+
+/// Lets a paused request continue.
+pub fn resume_request() {
+    if hostcalls::resume_http_request().is_err() {
+        log(
+            LogLevel::Error,
+            "claude-sso-gateway: could not resume the request",
+        );
+    }
+}
+
+/// Dispatches a GET callout; the answer comes to the calling context's `on_http_call_response`.
+pub fn dispatch(callout: &Callout, timeout: Duration) -> Result<u32, Status> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", callout.path.as_str()),
+        (":authority", callout.authority.as_str()),
+        (":scheme", callout.scheme.as_str()),
+        ("accept", "application/json"),
+    ];
+    hostcalls::dispatch_http_call(&callout.upstream, headers, None, vec![], timeout)
+}
+
+/// Status and body of the callout being answered. ngx_wasm_module reports a failed callout
+/// with no `:status` and a `:dispatch_status` reason instead; that reason is returned too.
+pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>) {
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok());
+    let reason = match status {
+        Some(_) => None,
+        None => hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":dispatch_status")
+            .ok()
+            .flatten(),
+    };
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    (status, body, reason)
+}
+
+/// The host's shared data.
+pub struct HostShared;
+
+impl SharedStore for HostShared {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        hostcalls::get_shared_data(key).map_err(|s| StoreError::Host(format!("{s:?}")))
+    }
+
+    fn cas_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(s) => Err(StoreError::Host(format!("{s:?}"))),
+        }
+    }
+}

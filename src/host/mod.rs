@@ -1,0 +1,160 @@
+//! The only layer that knows Proxy-Wasm: it turns host callbacks into calls on the plain-Rust
+//! gateway and turns the gateway's decisions into host calls (all in [`calls`]).
+
+mod calls;
+mod http;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+
+use crate::config::Plan;
+use crate::gateway::{FetchProgress, Worker};
+use crate::keystore::{self, Fetch};
+
+use self::calls::HostShared;
+
+/// How often each worker checks for shared keys and due refreshes.
+const TICK: Duration = Duration::from_millis(500);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(GatewayRoot::default()) });
+}}
+
+/// Per-worker root: owns the configuration and the background key refresh.
+#[derive(Default)]
+struct GatewayRoot {
+    worker: Option<Rc<RefCell<Worker>>>,
+    pending: HashMap<u32, Fetch>,
+    shared_cas: Option<u32>,
+}
+
+impl GatewayRoot {
+    /// Installs keys another worker published, when the record changed since the last look.
+    fn adopt_shared(&mut self, worker: &RefCell<Worker>) {
+        let Some((record, cas)) = keystore::read_shared(&HostShared) else {
+            return;
+        };
+        if self.shared_cas == Some(cas) {
+            return;
+        }
+        self.shared_cas = Some(cas);
+        worker.borrow_mut().keys.adopt(&record);
+    }
+}
+
+impl Context for GatewayRoot {
+    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        let (Some(fetch), Some(worker)) = (self.pending.remove(&token_id), self.worker.clone())
+        else {
+            return;
+        };
+        let (status, body, reason) = calls::call_response(body_size);
+        let progress = worker
+            .borrow_mut()
+            .on_fetched(&fetch, status, &body, calls::now());
+        // A JWKS named by discovery is fetched on the next tick, not from this callback.
+        publish_or_log(progress, reason.as_deref());
+    }
+}
+
+impl RootContext for GatewayRoot {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let Some(bytes) = calls::plugin_configuration() else {
+            calls::log(
+                LogLevel::Error,
+                "claude-sso-gateway: config error: no configuration given",
+            );
+            return false;
+        };
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        match Plan::from_json(&bytes, &env) {
+            Ok(plan) => {
+                calls::log(
+                    LogLevel::Info,
+                    &format!(
+                        "claude-sso-gateway: configured: issuer {}, {} tiers, {} models",
+                        plan.oidc.issuer,
+                        plan.tiers.len(),
+                        plan.models.len()
+                    ),
+                );
+                let worker = Rc::new(RefCell::new(Worker::new(plan)));
+                self.shared_cas = None;
+                self.adopt_shared(&worker);
+                self.worker = Some(worker);
+                calls::set_tick_period(TICK);
+                true
+            }
+            Err(e) => {
+                calls::log(LogLevel::Error, &format!("claude-sso-gateway: {e}"));
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        self.adopt_shared(&worker);
+        if !self.pending.is_empty() {
+            return;
+        }
+        let now = calls::now();
+        let callout = {
+            let mut w = worker.borrow_mut();
+            let Worker { plan, keys, .. } = &mut *w;
+            keys.due(&plan.oidc, now)
+        };
+        let Some(callout) = callout else { return };
+        let timeout = Duration::from_millis(worker.borrow().plan.oidc.callout_timeout_ms);
+        match calls::dispatch(&callout, timeout) {
+            Ok(token) => {
+                self.pending.insert(token, callout.fetch);
+            }
+            Err(status) => calls::log(
+                LogLevel::Warn,
+                &format!(
+                    "claude-sso-gateway: key refresh: could not reach upstream {}: {status:?}",
+                    callout.upstream
+                ),
+            ),
+        }
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(http::GatewayHttp::new(worker)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Shares newly installed keys with the other workers, or logs why a fetch failed.
+fn publish_or_log(progress: FetchProgress, reason: Option<&str>) {
+    match progress {
+        FetchProgress::Next(_) => {}
+        FetchProgress::Installed(record) => {
+            if let Err(e) = keystore::publish(&HostShared, &record) {
+                calls::log(
+                    LogLevel::Warn,
+                    &format!("claude-sso-gateway: could not share keys with other workers: {e:?}"),
+                );
+            }
+        }
+        FetchProgress::Failed(e) => {
+            let reason = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            calls::log(
+                LogLevel::Warn,
+                &format!("claude-sso-gateway: key fetch failed: {e}{reason}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Bearer tokens: taking the token from the request, and verifying it in the order of Envoy's
+//! `jwt_authn` (parse, algorithm, issuer, time, audience, key, signature), each failure a
+//! precise [`AuthError`].
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::OidcPlan;
+use crate::jwks::{Algorithm, KeySet};
+use crate::reply::{Reply, ToReply};
+
+/// Why a request's credential was refused. Every variant is a 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// Neither `Authorization: Bearer` nor `x-api-key` was sent.
+    MissingToken,
+    /// `Authorization` is present but is not `Bearer <token>`.
+    NotBearer,
+    /// Both headers carry a token and they differ.
+    ConflictingTokens,
+    /// Longer than `oidc.max_token_bytes`.
+    TooLarge,
+    /// Not three base64url parts with JSON header and payload.
+    Malformed,
+    /// `alg` is `none`, HMAC or otherwise not accepted.
+    UnsupportedAlgorithm,
+    /// `iss` is not the configured issuer.
+    WrongIssuer,
+    /// No `exp` claim.
+    MissingExpiry,
+    /// `exp` (plus leeway) has passed.
+    Expired,
+    /// `nbf` (minus leeway) is still ahead.
+    NotYetValid,
+    /// No `aud` value is accepted.
+    WrongAudience,
+    /// No `sub` claim.
+    MissingSubject,
+    /// The IdP's keys have no key for this token.
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+}
+
+impl AuthError {
+    /// Stable short code, for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::NotBearer => "not_bearer",
+            AuthError::ConflictingTokens => "conflicting_tokens",
+            AuthError::TooLarge => "token_too_large",
+            AuthError::Malformed => "malformed",
+            AuthError::UnsupportedAlgorithm => "unsupported_algorithm",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::MissingExpiry => "missing_exp",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::MissingSubject => "missing_sub",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::BadSignature => "bad_signature",
+        }
+    }
+
+    /// What the person is told. Never contains the token.
+    pub fn message(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => {
+                "no access token: sign in (the apiKeyHelper must print an access token)"
+            }
+            AuthError::NotBearer => "the Authorization header must be 'Bearer <token>'",
+            AuthError::ConflictingTokens => "Authorization and x-api-key carry different tokens",
+            AuthError::TooLarge => "access token too large",
+            AuthError::Malformed => "access token is not a valid JWT",
+            AuthError::UnsupportedAlgorithm => "access token signing algorithm not accepted",
+            AuthError::WrongIssuer => "access token issuer not accepted",
+            AuthError::MissingExpiry => "access token has no expiry",
+            AuthError::Expired => "access token expired",
+            AuthError::NotYetValid => "access token not yet valid",
+            AuthError::WrongAudience => "access token audience not accepted",
+            AuthError::MissingSubject => "access token has no subject",
+            AuthError::UnknownKey => "access token signed by an unknown key",
+            AuthError::BadSignature => "access token signature is invalid",
+        }
+    }
+}
+
+impl ToReply for AuthError {
+    fn to_reply(&self) -> Reply {
+        Reply::error(
+            401,
+            "authentication_error",
+            &format!("gateway: {}", self.message()),
+        )
+        .with_header(
+            "www-authenticate",
+            format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                self.code()
+            ),
+        )
+    }
+}
+
+/// Picks the token from `Authorization: Bearer` or `x-api-key` (Claude Code sends both).
+pub fn take_token(authorization: Option<&str>, api_key: Option<&str>) -> Result<String, AuthError> {
+    let bearer = match authorization.map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(value) => {
+            let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(AuthError::NotBearer);
+            }
+            Some(token.trim())
+        }
+    };
+    let api_key = api_key.map(str::trim).filter(|v| !v.is_empty());
+    match (bearer, api_key) {
+        (Some(a), Some(b)) if a != b => Err(AuthError::ConflictingTokens),
+        (Some(t), _) | (None, Some(t)) => Ok(t.to_owned()),
+        (None, None) => Err(AuthError::MissingToken),
+    }
+}
+
+/// Who a verified token says the person is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `sub`.
+    pub subject: String,
+    /// `email`, when present.
+    pub email: Option<String>,
+    /// The groups claim, as a list.
+    pub groups: Vec<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    /// `kid` of the key that verified it, when the token named one.
+    pub kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Vec<String>>,
+}
+
+/// A token split and decoded, before its signature is checked.
+#[derive(Debug)]
+pub struct ParsedToken {
+    alg: Algorithm,
+    kid: Option<String>,
+    claims: serde_json::Map<String, Value>,
+}
+
+/// Decodes the header and payload and checks the algorithm and the claims that need no key.
+pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToken, AuthError> {
+    if token.len() > oidc.max_token_bytes {
+        return Err(AuthError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let header: Header = decode_json(h)?;
+    if header.crit.is_some_and(|c| !c.is_empty()) {
+        return Err(AuthError::Malformed);
+    }
+    let alg = Algorithm::from_name(&header.alg).ok_or(AuthError::UnsupportedAlgorithm)?;
+    let claims: serde_json::Map<String, Value> = decode_json(p)?;
+
+    if claims.get("iss").and_then(Value::as_str) != Some(oidc.issuer.as_str()) {
+        return Err(AuthError::WrongIssuer);
+    }
+    let exp = numeric(claims.get("exp")).ok_or(AuthError::MissingExpiry)?;
+    if now > exp.saturating_add(oidc.leeway_seconds) {
+        return Err(AuthError::Expired);
+    }
+    if let Some(nbf) = numeric(claims.get("nbf")) {
+        if now.saturating_add(oidc.leeway_seconds) < nbf {
+            return Err(AuthError::NotYetValid);
+        }
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(a)) => oidc.audiences.contains(a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| oidc.audiences.iter().any(|x| x == a)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(AuthError::WrongAudience);
+    }
+    if !claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(AuthError::MissingSubject);
+    }
+    Ok(ParsedToken {
+        alg,
+        kid: header.kid,
+        claims,
+    })
+}
+
+impl ParsedToken {
+    /// The `kid` the token names.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// Checks the signature against `keys` and returns the identity.
+    pub fn verify(
+        self,
+        token: &str,
+        keys: &KeySet,
+        oidc: &OidcPlan,
+        now: u64,
+    ) -> Result<Identity, AuthError> {
+        {
+            let mut candidates = keys.candidates(self.kid.as_deref(), self.alg).peekable();
+            if candidates.peek().is_none() {
+                return Err(AuthError::UnknownKey);
+            }
+            if !candidates.any(|key| key.verify(token, self.alg, now)) {
+                return Err(AuthError::BadSignature);
+            }
+        }
+        Ok(Identity {
+            subject: self
+                .claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            email: self
+                .claims
+                .get("email")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            groups: groups_at(&self.claims, &oidc.groups_claim),
+            expires_at: numeric(self.claims.get("exp")).unwrap_or(0),
+            kid: self.kid,
+        })
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+}
+
+fn numeric(value: Option<&Value>) -> Option<u64> {
+    match value? {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    }
+}
+
+/// The groups at a dotted claim path; a string counts as one group, anything else as none.
+pub fn groups_at(claims: &serde_json::Map<String, Value>, path: &[String]) -> Vec<String> {
+    let Some((first, rest)) = path.split_first() else {
+        return Vec::new();
+    };
+    let mut value = claims.get(first);
+    for segment in rest {
+        value = value.and_then(|v| v.get(segment));
+    }
+    match value {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::Plan;
+    use crate::jwks::tests::TestKeys;
+    use jwt_simple::prelude::*;
+    use serde_json::json;
+
+    pub(crate) const NOW: u64 = 1_800_000_000;
+
+    pub(crate) fn plan() -> Plan {
+        let doc = crate::config::tests::sample();
+        Plan::from_json(doc.to_string().as_bytes(), &|_| Some("sk-test".to_owned())).unwrap()
+    }
+
+    pub(crate) fn sign(keys: &TestKeys, claims: Value) -> String {
+        keys.rsa.sign(bare(claims)).unwrap()
+    }
+
+    /// Claims exactly as given: jwt-simple's own iat/exp/nbf are dropped.
+    pub(crate) fn bare(claims: Value) -> JWTClaims<Value> {
+        let mut c = Claims::with_custom_claims(claims, Duration::from_secs(0));
+        (c.issued_at, c.expires_at, c.invalid_before) = (None, None, None);
+        c
+    }
+
+    pub(crate) fn good_claims() -> Value {
+        json!({"iss": "https://idp.example.com/oauth2/default", "aud": "claude-sso-gateway", "sub": "alice",
+               "email": "alice@example.com", "groups": ["claude-standard-users"], "exp": NOW + 600})
+    }
+
+    fn raw(header: Value, claims: Value) -> String {
+        let enc = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.c2ln", enc(header), enc(claims))
+    }
+
+    fn verify(token: &str, keys: &TestKeys) -> Result<Identity, AuthError> {
+        let plan = plan();
+        let set = KeySet::parse(keys.jwks().as_bytes()).unwrap();
+        check_claims(token, &plan.oidc, NOW)?.verify(token, &set, &plan.oidc, NOW)
+    }
+
+    #[test]
+    fn take_token_from_either_header() {
+        let cases: &[(&str, Option<&str>, Option<&str>, Result<&str, AuthError>)] = &[
+            ("bearer only", Some("Bearer abc"), None, Ok("abc")),
+            ("x-api-key only", None, Some("abc"), Ok("abc")),
+            (
+                "both equal (Claude Code)",
+                Some("Bearer abc"),
+                Some("abc"),
+                Ok("abc"),
+            ),
+            ("lowercase scheme", Some("bearer abc"), None, Ok("abc")),
+            (
+                "both differ",
+                Some("Bearer abc"),
+                Some("xyz"),
+                Err(AuthError::ConflictingTokens),
+            ),
+            (
+                "basic auth",
+                Some("Basic dXNlcg=="),
+                None,
+                Err(AuthError::NotBearer),
+            ),
+            ("none", None, None, Err(AuthError::MissingToken)),
+            (
+                "empty values",
+                Some(""),
+                Some(" "),
+                Err(AuthError::MissingToken),
+            ),
+        ];
+        for (name, auth, key, want) in cases {
+            assert_eq!(
+                take_token(*auth, *key).as_deref().map_err(Clone::clone),
+                want.clone(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_good_token_yields_the_identity() {
+        let keys = TestKeys::new();
+        let id = verify(&sign(&keys, good_claims()), &keys).unwrap();
+        assert_eq!(id.subject, "alice");
+        assert_eq!(id.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(id.groups, vec!["claude-standard-users"]);
+        assert_eq!(id.kid.as_deref(), Some("rsa-1"));
+    }
+
+    #[test]
+    fn each_claim_failure_is_precise() {
+        let keys = TestKeys::new();
+        type Edit = fn(&mut Value);
+        let cases: &[(&str, Edit, AuthError)] = &[
+            (
+                "wrong issuer",
+                |c| c["iss"] = json!("https://evil.example.com"),
+                AuthError::WrongIssuer,
+            ),
+            (
+                "expired",
+                |c| c["exp"] = json!(NOW - 61),
+                AuthError::Expired,
+            ),
+            (
+                "expired within leeway",
+                |c| c["exp"] = json!(NOW - 59),
+                AuthError::BadSignature,
+            ),
+            (
+                "no exp",
+                |c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                },
+                AuthError::MissingExpiry,
+            ),
+            (
+                "nbf ahead",
+                |c| c["nbf"] = json!(NOW + 61),
+                AuthError::NotYetValid,
+            ),
+            (
+                "wrong aud",
+                |c| c["aud"] = json!("other"),
+                AuthError::WrongAudience,
+            ),
+            (
+                "aud array without ours",
+                |c| c["aud"] = json!(["a", "b"]),
+                AuthError::WrongAudience,
+            ),
+            (
+                "no sub",
+                |c| {
+                    c.as_object_mut().unwrap().remove("sub");
+                },
+                AuthError::MissingSubject,
+            ),
+        ];
+        for (name, edit, want) in cases {
+            let mut claims = good_claims();
+            edit(&mut claims);
+            // A re-signed token passes the signature, so "within leeway" uses a forged signature to
+            // show the claim check let it through to the signature step.
+            let token = if *name == "expired within leeway" {
+                raw(json!({"alg": "RS256", "kid": "rsa-1"}), claims)
+            } else {
+                sign(&keys, claims)
+            };
+            assert_eq!(verify(&token, &keys).unwrap_err(), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn audience_array_is_accepted() {
+        let keys = TestKeys::new();
+        let mut claims = good_claims();
+        claims["aud"] = json!(["other", "claude-sso-gateway"]);
+        assert!(verify(&sign(&keys, claims), &keys).is_ok());
+    }
+
+    #[test]
+    fn forged_and_malformed_tokens() {
+        let keys = TestKeys::new();
+        let cases = [
+            (
+                "alg none",
+                raw(json!({"alg": "none"}), good_claims()),
+                AuthError::UnsupportedAlgorithm,
+            ),
+            (
+                "HS256",
+                raw(json!({"alg": "HS256", "kid": "rsa-1"}), good_claims()),
+                AuthError::UnsupportedAlgorithm,
+            ),
+            (
+                "unknown kid",
+                raw(json!({"alg": "RS256", "kid": "nope"}), good_claims()),
+                AuthError::UnknownKey,
+            ),
+            (
+                "alg not allowed for kid",
+                raw(json!({"alg": "ES256", "kid": "rsa-1"}), good_claims()),
+                AuthError::UnknownKey,
+            ),
+            (
+                "bad signature",
+                raw(json!({"alg": "RS256", "kid": "rsa-1"}), good_claims()),
+                AuthError::BadSignature,
+            ),
+            ("two parts", "a.b".to_owned(), AuthError::Malformed),
+            ("not base64", "!!.!!.!!".to_owned(), AuthError::Malformed),
+            (
+                "crit header",
+                raw(json!({"alg": "RS256", "crit": ["x"]}), good_claims()),
+                AuthError::Malformed,
+            ),
+            ("too large", "a".repeat(9000), AuthError::TooLarge),
+        ];
+        for (name, token, want) in cases {
+            assert_eq!(verify(&token, &keys).unwrap_err(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn groups_claim_paths() {
+        let claims = json!({"groups": "solo", "realm_access": {"roles": ["a", "b", 3]}, "n": 1});
+        let map = claims.as_object().unwrap();
+        let path = |p: &str| p.split('.').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(groups_at(map, &path("groups")), vec!["solo"]);
+        assert_eq!(groups_at(map, &path("realm_access.roles")), vec!["a", "b"]);
+        assert!(groups_at(map, &path("n")).is_empty());
+        assert!(groups_at(map, &path("missing.x")).is_empty());
+    }
+
+    #[test]
+    fn reply_never_echoes_the_token() {
+        let r = AuthError::Expired.to_reply();
+        assert_eq!(r.status, 401);
+        assert!(r.headers.iter().any(
+            |(k, v)| k == "www-authenticate" && v.starts_with("Bearer error=\"invalid_token\"")
+        ));
+        assert!(String::from_utf8(r.body)
+            .unwrap()
+            .contains("access token expired"));
+    }
+}

@@ -1,0 +1,440 @@
+//! The IdP's signing keys as one worker sees them: where they come from (discovery, then the
+//! JWKS), how fresh they are, when to refetch, and the record shared with the other workers.
+//!
+//! Everything here is a decision on data and a `now` given by the caller; the host layer does
+//! the callouts and the shared-data reads and writes.
+
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::OidcPlan;
+use crate::jwks::{JwksError, KeySet};
+use crate::reply::{Reply, ToReply};
+use crate::shared::{self, SharedStore, StoreError};
+use crate::url::HttpUrl;
+
+/// Shared-data key of the JWKS record (short: Kong aliases keys by CRC32).
+pub const SHARED_KEY: &str = "csg/jwks";
+
+/// How long to wait between fetch attempts while no keys are loaded, seconds.
+const RETRY_WITHOUT_KEYS: u64 = 2;
+/// How long to wait between refresh attempts that keep failing while keys are loaded, seconds.
+const RETRY_WITH_KEYS: u64 = 15;
+
+/// What to fetch from the IdP next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetch {
+    /// The OIDC discovery document, to learn `jwks_uri`.
+    Discovery,
+    /// The JWKS.
+    Jwks,
+}
+
+/// An HTTP GET callout to the IdP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    /// What the answer will be.
+    pub fetch: Fetch,
+    /// Envoy cluster / Kong `host:port`.
+    pub upstream: String,
+    /// `:scheme`.
+    pub scheme: String,
+    /// `:authority`.
+    pub authority: String,
+    /// `:path`.
+    pub path: String,
+}
+
+/// Why no keys can be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysError {
+    /// Keys were never loaded (IdP unreachable since start).
+    Unavailable,
+    /// The last good keys are older than `oidc.jwks_max_age_seconds`.
+    TooOld,
+}
+
+impl ToReply for KeysError {
+    fn to_reply(&self) -> Reply {
+        let message = match self {
+            KeysError::Unavailable => "gateway: the identity provider's signing keys could not be loaded; try again shortly",
+            KeysError::TooOld => "gateway: the identity provider has been unreachable too long to verify sign-ins; try again shortly",
+        };
+        Reply::error(503, "api_error", message).with_header("retry-after", "5")
+    }
+}
+
+/// Why a fetched document was not installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The callout failed or the IdP answered a non-200 status.
+    Unreachable(String),
+    /// The discovery document is unusable.
+    BadDiscovery(String),
+    /// The JWKS is unusable.
+    BadJwks(JwksError),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Unreachable(why) => write!(f, "identity provider unreachable: {why}"),
+            FetchError::BadDiscovery(why) => write!(f, "discovery document unusable: {why}"),
+            FetchError::BadJwks(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The record every worker reads and the fetching worker writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRecord {
+    /// When the JWKS was fetched, seconds since the epoch.
+    pub fetched_at: u64,
+    /// Where it came from.
+    pub jwks_uri: String,
+    /// The JWKS document as served.
+    pub jwks: String,
+}
+
+/// One worker's view of the keys.
+#[derive(Debug)]
+pub struct KeyStore {
+    jwks_uri: Option<HttpUrl>,
+    keys: Option<Rc<KeySet>>,
+    fetched_at: u64,
+    last_attempt: Option<u64>,
+    last_kid_refetch: Option<u64>,
+}
+
+impl KeyStore {
+    /// A store for `oidc`, with the configured JWKS URL if there is one.
+    pub fn new(oidc: &OidcPlan) -> KeyStore {
+        KeyStore {
+            jwks_uri: oidc.jwks_uri.clone(),
+            keys: None,
+            fetched_at: 0,
+            last_attempt: None,
+            last_kid_refetch: None,
+        }
+    }
+
+    /// The keys, if loaded and not older than the maximum age.
+    pub fn keys(&self, oidc: &OidcPlan, now: u64) -> Result<Rc<KeySet>, KeysError> {
+        let keys = self.keys.as_ref().ok_or(KeysError::Unavailable)?;
+        if now.saturating_sub(self.fetched_at) > oidc.jwks_max_age_seconds {
+            return Err(KeysError::TooOld);
+        }
+        Ok(Rc::clone(keys))
+    }
+
+    /// When the current keys were fetched (0 when none).
+    pub fn fetched_at(&self) -> u64 {
+        self.fetched_at
+    }
+
+    /// The background refresh due now, if any. Marks the attempt.
+    pub fn due(&mut self, oidc: &OidcPlan, now: u64) -> Option<Callout> {
+        let stale =
+            self.keys.is_none() || now.saturating_sub(self.fetched_at) >= oidc.jwks_refresh_seconds;
+        let backoff = if self.keys.is_none() {
+            RETRY_WITHOUT_KEYS
+        } else {
+            RETRY_WITH_KEYS
+        };
+        let waited = self
+            .last_attempt
+            .is_none_or(|t| now.saturating_sub(t) >= backoff);
+        if !(stale && waited) {
+            return None;
+        }
+        self.last_attempt = Some(now);
+        Some(self.next_callout(oidc))
+    }
+
+    /// A fetch for a request that found no keys (bounded by the caller).
+    pub fn fetch_now(&mut self, oidc: &OidcPlan, now: u64) -> Callout {
+        self.last_attempt = Some(now);
+        self.next_callout(oidc)
+    }
+
+    /// Whether an unknown `kid` may trigger a JWKS refetch now; if so, the refetch is recorded.
+    pub fn allow_kid_refetch(&mut self, oidc: &OidcPlan, now: u64) -> Option<Callout> {
+        if self.jwks_uri.is_none()
+            || self
+                .last_kid_refetch
+                .is_some_and(|t| now.saturating_sub(t) < oidc.unknown_kid_refetch_seconds)
+        {
+            return None;
+        }
+        self.last_kid_refetch = Some(now);
+        self.last_attempt = Some(now);
+        Some(self.next_callout(oidc))
+    }
+
+    fn next_callout(&self, oidc: &OidcPlan) -> Callout {
+        match &self.jwks_uri {
+            Some(url) => callout(Fetch::Jwks, &oidc.jwks_upstream, url),
+            None => callout(Fetch::Discovery, &oidc.upstream, &oidc.discovery_url),
+        }
+    }
+
+    /// Takes a discovery answer; returns the JWKS callout to make next.
+    pub fn on_discovery(
+        &mut self,
+        oidc: &OidcPlan,
+        status: Option<u32>,
+        body: &[u8],
+    ) -> Result<Callout, FetchError> {
+        check_status(status)?;
+        #[derive(Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
+        }
+        let doc: Discovery =
+            serde_json::from_slice(body).map_err(|e| FetchError::BadDiscovery(e.to_string()))?;
+        if doc.issuer != oidc.issuer {
+            return Err(FetchError::BadDiscovery(format!(
+                "issuer {:?} is not the configured issuer",
+                doc.issuer
+            )));
+        }
+        let url = HttpUrl::parse(&doc.jwks_uri)
+            .map_err(|e| FetchError::BadDiscovery(format!("jwks_uri {e}")))?;
+        let discovery = &oidc.discovery_url;
+        if !url.same_origin(discovery) && oidc.jwks_upstream == oidc.upstream {
+            return Err(FetchError::BadDiscovery(format!(
+                "jwks_uri is on {} but no oidc.jwks_upstream is configured for it",
+                url.host_port()
+            )));
+        }
+        self.jwks_uri = Some(url.clone());
+        // The JWKS is due at once, not after the retry backoff.
+        self.last_attempt = None;
+        Ok(callout(Fetch::Jwks, &oidc.jwks_upstream, &url))
+    }
+
+    /// Takes a JWKS answer; on success the keys are installed and the record to share is returned.
+    pub fn on_jwks(
+        &mut self,
+        status: Option<u32>,
+        body: &[u8],
+        now: u64,
+    ) -> Result<SharedRecord, FetchError> {
+        check_status(status)?;
+        let set = KeySet::parse(body).map_err(FetchError::BadJwks)?;
+        self.keys = Some(Rc::new(set));
+        self.fetched_at = now;
+        Ok(SharedRecord {
+            fetched_at: now,
+            jwks_uri: self
+                .jwks_uri
+                .as_ref()
+                .map(|u| format!("{}://{}{}", u.scheme, u.authority, u.path))
+                .unwrap_or_default(),
+            jwks: String::from_utf8_lossy(body).into_owned(),
+        })
+    }
+
+    /// Installs keys another worker fetched, when they are newer than ours.
+    pub fn adopt(&mut self, record: &SharedRecord) -> bool {
+        if record.fetched_at <= self.fetched_at {
+            return false;
+        }
+        let Ok(set) = KeySet::parse(record.jwks.as_bytes()) else {
+            return false;
+        };
+        if let Ok(url) = HttpUrl::parse(&record.jwks_uri) {
+            self.jwks_uri = Some(url);
+        }
+        self.keys = Some(Rc::new(set));
+        self.fetched_at = record.fetched_at;
+        true
+    }
+}
+
+/// Writes `record` for the other workers unless the shared one is as new or newer.
+pub fn publish(store: &dyn SharedStore, record: &SharedRecord) -> Result<bool, StoreError> {
+    shared::update(store, SHARED_KEY, |current| {
+        let newer = current
+            .and_then(|b| serde_json::from_slice::<SharedRecord>(b).ok())
+            .is_some_and(|c| c.fetched_at >= record.fetched_at);
+        if newer {
+            None
+        } else {
+            serde_json::to_vec(record).ok()
+        }
+    })
+}
+
+/// The shared record and its CAS, when there is one that parses.
+pub fn read_shared(store: &dyn SharedStore) -> Option<(SharedRecord, u32)> {
+    let (Some(bytes), Some(cas)) = store.get(SHARED_KEY).ok()? else {
+        return None;
+    };
+    Some((serde_json::from_slice(&bytes).ok()?, cas))
+}
+
+fn check_status(status: Option<u32>) -> Result<(), FetchError> {
+    match status {
+        Some(200) => Ok(()),
+        Some(other) => Err(FetchError::Unreachable(format!("status {other}"))),
+        None => Err(FetchError::Unreachable("no response".to_owned())),
+    }
+}
+
+fn callout(fetch: Fetch, upstream: &str, url: &HttpUrl) -> Callout {
+    Callout {
+        fetch,
+        upstream: upstream.to_owned(),
+        scheme: url.scheme.clone(),
+        authority: url.authority.clone(),
+        path: url.path.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks::tests::TestKeys;
+    use crate::jwt::tests::plan;
+
+    fn discovery(jwks_uri: &str) -> Vec<u8> {
+        serde_json::json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": jwks_uri}).to_string().into_bytes()
+    }
+
+    #[test]
+    fn discovery_then_jwks_then_refresh() {
+        let oidc = plan().oidc;
+        let mut store = KeyStore::new(&oidc);
+        let first = store.due(&oidc, 1000).unwrap();
+        assert_eq!(first.fetch, Fetch::Discovery);
+        assert_eq!(
+            first.path,
+            "/oauth2/default/.well-known/openid-configuration"
+        );
+        assert_eq!(first.upstream, "idp.example.com:443");
+        assert_eq!(
+            store.due(&oidc, 1001),
+            None,
+            "backoff while an attempt is recent"
+        );
+
+        let jwks = store
+            .on_discovery(
+                &oidc,
+                Some(200),
+                &discovery("https://idp.example.com/oauth2/default/v1/keys"),
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                jwks.fetch.clone(),
+                jwks.path.as_str(),
+                jwks.authority.as_str()
+            ),
+            (Fetch::Jwks, "/oauth2/default/v1/keys", "idp.example.com")
+        );
+
+        assert_eq!(store.keys(&oidc, 1000).unwrap_err(), KeysError::Unavailable);
+        let record = store
+            .on_jwks(Some(200), TestKeys::new().jwks().as_bytes(), 1000)
+            .unwrap();
+        assert_eq!(record.fetched_at, 1000);
+        assert!(store.keys(&oidc, 1000).is_ok());
+        assert_eq!(store.due(&oidc, 1000 + 299), None);
+        assert_eq!(store.due(&oidc, 1000 + 300).unwrap().fetch, Fetch::Jwks);
+    }
+
+    #[test]
+    fn keys_expire_after_max_age_and_failed_refresh_keeps_them() {
+        let oidc = plan().oidc;
+        let mut store = KeyStore::new(&oidc);
+        store
+            .on_jwks(Some(200), TestKeys::new().jwks().as_bytes(), 1000)
+            .unwrap();
+        assert!(store.on_jwks(Some(503), b"", 2000).is_err());
+        assert!(store.keys(&oidc, 1000 + 86_400).is_ok());
+        assert_eq!(
+            store.keys(&oidc, 1000 + 86_401).unwrap_err(),
+            KeysError::TooOld
+        );
+    }
+
+    #[test]
+    fn unknown_kid_refetch_is_throttled() {
+        let oidc = plan().oidc;
+        let mut store = KeyStore::new(&oidc);
+        assert!(
+            store.allow_kid_refetch(&oidc, 1000).is_none(),
+            "no JWKS URL known yet"
+        );
+        store
+            .on_discovery(&oidc, Some(200), &discovery("https://idp.example.com/keys"))
+            .unwrap();
+        assert!(store.allow_kid_refetch(&oidc, 1000).is_some());
+        assert!(store.allow_kid_refetch(&oidc, 1029).is_none());
+        assert!(store.allow_kid_refetch(&oidc, 1030).is_some());
+    }
+
+    #[test]
+    fn discovery_is_checked() {
+        let oidc = plan().oidc;
+        let mut store = KeyStore::new(&oidc);
+        let wrong_issuer =
+            serde_json::json!({"issuer": "https://evil", "jwks_uri": "https://idp.example.com/k"})
+                .to_string();
+        assert!(matches!(
+            store.on_discovery(&oidc, Some(200), wrong_issuer.as_bytes()),
+            Err(FetchError::BadDiscovery(_))
+        ));
+        assert!(matches!(
+            store.on_discovery(&oidc, Some(200), &discovery("https://other.example.com/k")),
+            Err(FetchError::BadDiscovery(_))
+        ));
+        assert!(matches!(
+            store.on_discovery(&oidc, None, b""),
+            Err(FetchError::Unreachable(_))
+        ));
+    }
+
+    #[test]
+    fn publish_keeps_the_newest_record() {
+        let store = crate::shared::tests::FakeStore::default();
+        let record = |t| SharedRecord {
+            fetched_at: t,
+            jwks_uri: "https://idp.example.com/keys".into(),
+            jwks: "{}".into(),
+        };
+        assert_eq!(publish(&store, &record(10)), Ok(true));
+        assert_eq!(
+            publish(&store, &record(5)),
+            Ok(false),
+            "older record does not overwrite"
+        );
+        store.lose_races.set(2);
+        assert_eq!(publish(&store, &record(20)), Ok(true));
+        assert_eq!(read_shared(&store).unwrap().0.fetched_at, 20);
+    }
+
+    #[test]
+    fn adopts_only_newer_shared_records() {
+        let oidc = plan().oidc;
+        let jwks = TestKeys::new().jwks();
+        let mut store = KeyStore::new(&oidc);
+        let record = SharedRecord {
+            fetched_at: 500,
+            jwks_uri: "https://idp.example.com/keys".into(),
+            jwks,
+        };
+        assert!(store.adopt(&record));
+        assert!(!store.adopt(&record), "same record twice");
+        assert!(store.keys(&oidc, 600).is_ok());
+        assert_eq!(
+            store.due(&oidc, 600),
+            None,
+            "fresh keys from another worker need no fetch"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! claude-sso-gateway: a Proxy-Wasm filter that authenticates Claude Code users with the
+//! company's OpenID Provider, limits each person to their tier's models, and forwards requests
+//! to the provider with a key the person never sees.
+//!
+//! Only [`host`] touches `proxy_wasm`; every other module is plain Rust tested natively.
+
+pub mod config;
+pub mod gateway;
+pub mod jwks;
+pub mod jwt;
+pub mod keystore;
+pub mod reply;
+pub mod routing;
+pub mod shared;
+pub mod tier;
+pub mod token_cache;
+pub mod url;
+
+#[cfg(target_arch = "wasm32")]
+mod host;

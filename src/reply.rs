@@ -1,0 +1,65 @@
+//! Answers the gateway makes itself, in the Anthropic error shape so Claude Code shows the message.
+
+use serde_json::json;
+
+/// A local response: status, extra headers and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u32,
+    /// Headers besides `content-type`.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (empty for `HEAD` answers).
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// An empty answer with the given status.
+    pub fn empty(status: u32) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// An Anthropic-shaped error: `{"type":"error","error":{"type":..,"message":..}}`.
+    pub fn error(status: u32, error_type: &str, message: &str) -> Reply {
+        let body = json!({"type": "error", "error": {"type": error_type, "message": message}});
+        Reply {
+            status,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+}
+
+/// An error that becomes a gateway answer.
+pub trait ToReply {
+    /// The answer the client gets.
+    fn to_reply(&self) -> Reply;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_anthropic_shape_and_escapes() {
+        let r = Reply::error(400, "invalid_request_error", "model \"x\" not configured");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["message"], "model \"x\" not configured");
+        assert_eq!(
+            r.headers,
+            vec![("content-type".to_owned(), "application/json".to_owned())]
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! What a request is (which endpoint), and the body's `model`: finding it without re-encoding
+//! the body, checking it against the tier, and splicing in the provider's model id.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::{Model, Plan, Tier};
+use crate::reply::{Reply, ToReply};
+
+/// What the gateway does with a request, decided from method and path alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/messages`: authenticated and forwarded.
+    Messages,
+    /// `POST /v1/messages/count_tokens`: authenticated and forwarded.
+    CountTokens,
+    /// Claude Code's unauthenticated connectivity check (`HEAD /api/hello`, `HEAD /`): answered here.
+    Hello,
+    /// Anything else: answered here with 404, never forwarded.
+    NotFound,
+}
+
+impl Endpoint {
+    /// Classifies a request. The query string is ignored (Claude Code sends `?beta=true`).
+    pub fn classify(method: &str, path: &str) -> Endpoint {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        match (method, path) {
+            ("POST", "/v1/messages") => Endpoint::Messages,
+            ("POST", "/v1/messages/count_tokens") => Endpoint::CountTokens,
+            ("HEAD" | "GET", "/" | "/api/hello") => Endpoint::Hello,
+            _ => Endpoint::NotFound,
+        }
+    }
+
+    /// Whether the endpoint is forwarded to a provider.
+    pub fn is_api(self) -> bool {
+        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
+    }
+}
+
+/// Why a request body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// The path is not served.
+    NotFound,
+    /// Larger than `max_body_bytes`.
+    TooLarge {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// Not a JSON object, or `model` repeated.
+    InvalidJson(String),
+    /// No string `model`.
+    MissingModel,
+    /// The tier may not use this model.
+    ModelNotAllowed {
+        /// What the client asked for.
+        model: String,
+        /// The person's tier.
+        tier: String,
+        /// The tier's aliases.
+        allowed: Vec<String>,
+    },
+}
+
+impl ToReply for RequestError {
+    fn to_reply(&self) -> Reply {
+        match self {
+            RequestError::NotFound => Reply::error(404, "not_found_error", "gateway: not found"),
+            RequestError::TooLarge { max } => Reply::error(
+                413,
+                "request_too_large",
+                &format!("gateway: request body larger than {max} bytes"),
+            ),
+            RequestError::InvalidJson(why) => Reply::error(
+                400,
+                "invalid_request_error",
+                &format!("gateway: request body is not valid JSON: {why}"),
+            ),
+            RequestError::MissingModel => Reply::error(
+                400,
+                "invalid_request_error",
+                "gateway: request body has no string `model`",
+            ),
+            RequestError::ModelNotAllowed {
+                model,
+                tier,
+                allowed,
+            } => Reply::error(
+                400,
+                "invalid_request_error",
+                &format!(
+                    "model not configured: {model} is not available to tier {tier}; allowed: {}",
+                    allowed.join(", ")
+                ),
+            ),
+        }
+    }
+}
+
+/// The parts of a Messages request body the gateway reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestBody {
+    /// `model` as sent.
+    pub model: String,
+    /// Byte range of the `model` value (with its quotes) in the body.
+    model_span: (usize, usize),
+}
+
+#[derive(Deserialize)]
+struct Top<'a> {
+    // Borrowed raw value: its position in the input gives the bytes to replace. serde refuses a
+    // repeated `model`, so the provider cannot be shown a different model than the one checked.
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+}
+
+impl RequestBody {
+    /// Parses the body, validating all of it as JSON.
+    pub fn parse(body: &[u8]) -> Result<RequestBody, RequestError> {
+        // serde would also read a struct from a JSON array; the API takes objects only.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(RequestError::InvalidJson(
+                "expected a JSON object".to_owned(),
+            ));
+        }
+        let top: Top =
+            serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+        let raw = top.model.ok_or(RequestError::MissingModel)?;
+        let model: String =
+            serde_json::from_str(raw.get()).map_err(|_| RequestError::MissingModel)?;
+        let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+        let end = start + raw.get().len();
+        if body.get(start..end) != Some(raw.get().as_bytes()) {
+            return Err(RequestError::InvalidJson(
+                "model value could not be located".to_owned(),
+            ));
+        }
+        Ok(RequestBody {
+            model,
+            model_span: (start, end),
+        })
+    }
+
+    /// The model entry the tier allows for this body, or the refusal listing what it allows.
+    pub fn resolve<'a>(&self, plan: &'a Plan, tier: &Tier) -> Result<&'a Model, RequestError> {
+        plan.model_for(tier, &self.model)
+            .ok_or_else(|| RequestError::ModelNotAllowed {
+                model: self.model.clone(),
+                tier: tier.name.clone(),
+                allowed: tier.aliases(plan).map(str::to_owned).collect(),
+            })
+    }
+
+    /// The body with `model` replaced by `model_id`; every other byte stays as it was.
+    /// `None` when the model is already `model_id` and the body can go as it is.
+    pub fn rewrite(&self, body: &[u8], model_id: &str) -> Option<Vec<u8>> {
+        if self.model == model_id {
+            return None;
+        }
+        let value = serde_json::Value::String(model_id.to_owned()).to_string();
+        let (start, end) = self.model_span;
+        let mut out = Vec::with_capacity(body.len() - (end - start) + value.len());
+        out.extend_from_slice(&body[..start]);
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(&body[end..]);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::tests::plan;
+
+    #[test]
+    fn classifies_endpoints() {
+        let cases = [
+            ("POST", "/v1/messages?beta=true", Endpoint::Messages),
+            ("POST", "/v1/messages", Endpoint::Messages),
+            (
+                "POST",
+                "/v1/messages/count_tokens?beta=true",
+                Endpoint::CountTokens,
+            ),
+            ("GET", "/v1/messages", Endpoint::NotFound),
+            ("HEAD", "/api/hello", Endpoint::Hello),
+            ("HEAD", "/", Endpoint::Hello),
+            ("GET", "/v1/models", Endpoint::NotFound),
+            ("POST", "/v1/messages/", Endpoint::NotFound),
+            ("POST", "/v1/complete", Endpoint::NotFound),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(Endpoint::classify(method, path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn rewrite_changes_only_the_model_bytes() {
+        let body = br#"{ "model" : "claude-haiku-4-5", "messages":[{"role":"user","content":"model \"x\""}], "stream":true }"#;
+        let parsed = RequestBody::parse(body).unwrap();
+        assert_eq!(parsed.model, "claude-haiku-4-5");
+        let out = parsed.rewrite(body, "claude-haiku-4-5-20251001").unwrap();
+        let expected = String::from_utf8_lossy(body).replacen(
+            "\"claude-haiku-4-5\"",
+            "\"claude-haiku-4-5-20251001\"",
+            1,
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert_eq!(parsed.rewrite(body, "claude-haiku-4-5"), None);
+    }
+
+    #[test]
+    fn escaped_model_is_decoded_and_replaced_whole() {
+        let body = br#"{"messages":[],"model":"claude-sonnet\u002d4-6"}"#;
+        let parsed = RequestBody::parse(body).unwrap();
+        assert_eq!(parsed.model, "claude-sonnet-4-6");
+        assert_eq!(
+            parsed.rewrite(body, "x").unwrap(),
+            br#"{"messages":[],"model":"x"}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn refuses_bad_bodies() {
+        let cases: &[(&str, &[u8])] = &[
+            ("not json", b"model=claude"),
+            ("truncated", br#"{"model":"a""#),
+            ("array", b"[1]"),
+            (
+                "duplicate model",
+                br#"{"model":"claude-sonnet-4-6","model":"claude-opus-4-7"}"#,
+            ),
+            ("trailing garbage", br#"{"model":"a"} x"#),
+        ];
+        for (name, body) in cases {
+            assert!(
+                matches!(RequestBody::parse(body), Err(RequestError::InvalidJson(_))),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            RequestBody::parse(br#"{"messages":[]}"#),
+            Err(RequestError::MissingModel)
+        );
+        assert_eq!(
+            RequestBody::parse(br#"{"model":7}"#),
+            Err(RequestError::MissingModel)
+        );
+    }
+
+    #[test]
+    fn model_must_belong_to_the_tier() {
+        let plan = plan();
+        let standard = &plan.tiers[1];
+        let body = RequestBody::parse(br#"{"model":"claude-opus-4-7"}"#).unwrap();
+        let err = body.resolve(&plan, standard).unwrap_err();
+        let reply = err.to_reply();
+        assert_eq!(reply.status, 400);
+        let text = String::from_utf8(reply.body).unwrap();
+        assert!(text.contains("model not configured: claude-opus-4-7 is not available to tier standard; allowed: claude-sonnet-4-6"), "{text}");
+        assert_eq!(
+            body.resolve(&plan, &plan.tiers[0]).unwrap().model_id,
+            "claude-opus-4-7"
+        );
+    }
+
+    #[test]
+    fn captured_claude_code_bodies_parse() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/claude-code");
+        for name in [
+            "request_main_stream.json",
+            "request_tool_result_followup.json",
+            "request_automode_classifier_nonstream.json",
+        ] {
+            let body = std::fs::read(dir.join(name)).unwrap();
+            let parsed = RequestBody::parse(&body).unwrap();
+            assert_eq!(parsed.model, "claude-sonnet-4-6", "{name}");
+            let out = parsed.rewrite(&body, "claude-sonnet-4-6-20990101").unwrap();
+            assert_eq!(out.len(), body.len() + 9, "{name}");
+        }
+    }
+}

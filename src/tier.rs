@@ -1,0 +1,88 @@
+//! Placing a person in a tier by their IdP groups, and the refusal when no tier fits.
+
+use crate::config::{Plan, Tier};
+use crate::reply::{Reply, ToReply};
+
+/// The first tier, in config order, that lists one of `groups`.
+pub fn select<'a>(plan: &'a Plan, groups: &[String]) -> Option<(usize, &'a Tier)> {
+    plan.tiers
+        .iter()
+        .enumerate()
+        .find(|(_, tier)| tier.groups.iter().any(|g| groups.contains(g)))
+}
+
+/// A verified person whose groups match no tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoTier {
+    /// The groups required by any tier, for the message.
+    pub required: Vec<String>,
+}
+
+impl NoTier {
+    /// The refusal for `plan`.
+    pub fn new(plan: &Plan) -> NoTier {
+        let mut required: Vec<String> = plan
+            .tiers
+            .iter()
+            .flat_map(|t| t.groups.iter().cloned())
+            .collect();
+        required.dedup();
+        NoTier { required }
+    }
+}
+
+impl ToReply for NoTier {
+    // Claude Code retries a 401/403 for about four minutes, re-running its helper each time, and
+    // a 400 is shown at once without a retry; so a settled "no access" is a 400, not a 403.
+    fn to_reply(&self) -> Reply {
+        let message = format!(
+            "gateway: access denied: your account is in no group that may use Claude (one of: {}); ask your administrator for access",
+            self.required.join(", ")
+        );
+        Reply::error(400, "permission_error", &message).with_header("x-should-retry", "false")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::tests::plan;
+
+    #[test]
+    fn first_matching_tier_in_config_order_wins() {
+        let plan = plan();
+        let g = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases = [
+            ("standard", g(&["claude-standard-users"]), Some("standard")),
+            ("power", g(&["x", "claude-power-users"]), Some("power")),
+            (
+                "both: power is listed first",
+                g(&["claude-standard-users", "claude-power-users"]),
+                Some("power"),
+            ),
+            ("none", g(&["engineering"]), None),
+            ("empty", g(&[]), None),
+        ];
+        for (name, groups, want) in cases {
+            assert_eq!(
+                select(&plan, &groups).map(|(_, t)| t.name.as_str()),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_tier_reply_names_the_groups_and_stops_retries() {
+        let r = NoTier::new(&plan()).to_reply();
+        assert_eq!(r.status, 400);
+        assert!(r
+            .headers
+            .contains(&("x-should-retry".into(), "false".into())));
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(
+            body.contains("claude-power-users, claude-standard-users"),
+            "{body}"
+        );
+    }
+}
