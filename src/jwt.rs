@@ -198,10 +198,10 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     if !audience_ok {
         return Err(AuthError::WrongAudience);
     }
-    if !claims
+    if claims
         .get("sub")
         .and_then(Value::as_str)
-        .is_some_and(|s| !s.is_empty())
+        .is_none_or(str::is_empty)
     {
         return Err(AuthError::MissingSubject);
     }
@@ -334,7 +334,13 @@ pub(crate) mod tests {
 
     #[test]
     fn take_token_from_either_header() {
-        let cases: &[(&str, Option<&str>, Option<&str>, Result<&str, AuthError>)] = &[
+        type Case = (
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
+            Result<&'static str, AuthError>,
+        );
+        let cases: &[Case] = &[
             ("bearer only", Some("Bearer abc"), None, Ok("abc")),
             ("x-api-key only", None, Some("abc"), Ok("abc")),
             (

@@ -1,0 +1,61 @@
+# claude-sso-gateway: every step a fresh machine (or CI) needs is here.
+SHELL := /bin/bash
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/claude_sso_gateway.wasm
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -q
+
+.PHONY: all build test unit lint integration demo demo-token bench clean tools
+
+all: build
+
+## Toolchain pieces the project needs, installed on first use.
+.wasm-target.stamp:
+	rustup target add $(WASM_TARGET)
+	@touch $@
+
+$(VENV)/.stamp: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r tests/requirements.txt
+	@touch $@
+
+node_modules/.stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+tools: .wasm-target.stamp $(VENV)/.stamp node_modules/.stamp
+
+## The filter.
+build: .wasm-target.stamp
+	cargo build --release --target $(WASM_TARGET) -p claude-sso-gateway
+
+## Every test: native unit tests, lints, then the real-Envoy, real-IdP and real-Claude-Code tests.
+test: unit lint integration
+
+unit: node_modules/.stamp
+	cargo test --workspace
+
+lint: .wasm-target.stamp
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p claude-sso-gateway --target $(WASM_TARGET) -- -D warnings
+
+integration: build tools
+	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+## The gateway on 127.0.0.1:10000 with a local OpenID Provider and a stand-in upstream.
+demo: build tools
+	bash scripts/demo.sh
+
+## A token for a demo user: make demo-token USER=alice GROUPS=claude-standard-users
+demo-token: node_modules/.stamp
+	@bash scripts/demo-token.sh "$(USER)" "$(GROUPS)"
+
+bench: build tools
+	$(PY) bench/bench.py
+
+clean:
+	cargo clean
+	rm -rf $(VENV) node_modules .wasm-target.stamp
