@@ -4,6 +4,7 @@
 //!
 //! Only [`host`] touches `proxy_wasm`; every other module is plain Rust tested natively.
 
+pub mod budget;
 pub mod config;
 pub mod gateway;
 pub mod jwks;
@@ -12,9 +13,11 @@ pub mod keystore;
 pub mod reply;
 pub mod routing;
 pub mod shared;
+pub mod sse;
 pub mod tier;
 pub mod token_cache;
 pub mod url;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -1,0 +1,486 @@
+//! Token and cost budgets: window arithmetic (sliding and fixed), the shared counters every
+//! worker updates, admission with an optional reserve, and the rate-limit headers.
+//!
+//! A counter is one shared-data entry `{key, start, curr, prev}` for one limit and one scope
+//! (the tier, or one person in it). The sliding estimate is Kong's: the previous fixed
+//! window weighted by how much of it still overlaps, plus the current one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::reply::{Reply, ToReply};
+use crate::shared::{self, SharedStore, StoreError};
+
+/// How a window moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowType {
+    /// Weighted previous window plus the current one.
+    Sliding,
+    /// Resets at each multiple of the window.
+    Fixed,
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counts {
+    /// Prompt (input and cache) plus completion tokens.
+    TotalTokens,
+    /// Input tokens including cache writes and reads.
+    PromptTokens,
+    /// Output tokens.
+    CompletionTokens,
+    /// Dollars, from the model's price table (counted in micro-dollars).
+    Cost,
+}
+
+/// Whom a limit counts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    /// One counter for the whole tier.
+    Tier,
+    /// One counter per person (`sub`) in the tier.
+    Person,
+}
+
+/// One compiled limit of a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// Most units per window (tokens, or micro-dollars for cost).
+    pub limit: u64,
+    /// Window length, seconds.
+    pub window: u64,
+    /// Sliding or fixed.
+    pub window_type: WindowType,
+    /// What is counted.
+    pub counts: Counts,
+    /// Tier-wide or per person.
+    pub per: Per,
+    /// Shared-data key prefix: short, and stable across reloads that keep the tier and limit.
+    pub key: String,
+}
+
+impl Limit {
+    /// The counter key for this limit and person (`person` is a short digest of `sub`).
+    pub fn key_for(&self, person: &str) -> String {
+        match self.per {
+            Per::Tier => self.key.clone(),
+            Per::Person => format!("{}/{person}", self.key),
+        }
+    }
+
+    /// How the limit is described to people.
+    pub fn describe(&self) -> String {
+        let what = match self.counts {
+            Counts::TotalTokens => "tokens",
+            Counts::PromptTokens => "prompt tokens",
+            Counts::CompletionTokens => "completion tokens",
+            Counts::Cost => "micro-dollars",
+        };
+        let whom = match self.per {
+            Per::Tier => "for the tier",
+            Per::Person => "per person",
+        };
+        format!("{} {what} per {} s {whom}", self.limit, self.window)
+    }
+}
+
+/// A counter's stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Counter {
+    /// The key it was written under (Kong aliases keys by CRC32: a different key here means
+    /// another counter shares the slot, and this one starts from zero).
+    pub k: String,
+    /// Start of the current window, seconds since the epoch.
+    pub s: u64,
+    /// Units in the current window.
+    pub c: u64,
+    /// Units in the previous window.
+    pub p: u64,
+}
+
+impl Counter {
+    /// This counter moved to the window that holds `now`.
+    pub fn rolled(&self, window: u64, now: u64) -> Counter {
+        let start = now - now % window;
+        let (c, p) = if self.s == start {
+            (self.c, self.p)
+        } else if self.s + window == start {
+            (0, self.c)
+        } else {
+            (0, 0)
+        };
+        Counter {
+            k: self.k.clone(),
+            s: start,
+            c,
+            p,
+        }
+    }
+
+    /// Units counted against the limit at `now`.
+    pub fn used(&self, limit: &Limit, now: u64) -> u64 {
+        let r = self.rolled(limit.window, now);
+        match limit.window_type {
+            WindowType::Fixed => r.c,
+            WindowType::Sliding => {
+                let left = limit.window - (now - r.s);
+                let weighted =
+                    (u128::from(r.p) * u128::from(left)).div_ceil(u128::from(limit.window));
+                r.c.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
+            }
+        }
+    }
+
+    /// Seconds until the counter has room again (0 when it has room now).
+    pub fn retry_after(&self, limit: &Limit, now: u64) -> u64 {
+        if self.used(limit, now) < limit.limit {
+            return 0;
+        }
+        let r = self.rolled(limit.window, now);
+        let to_next = r.s + limit.window - now;
+        match limit.window_type {
+            WindowType::Fixed => to_next,
+            WindowType::Sliding => {
+                // Within this window the weighted previous share decays; if the current window
+                // alone is full, wait for the next one and then for its previous share to decay.
+                let (c, p, w, lim) = (
+                    u128::from(r.c),
+                    u128::from(r.p),
+                    u128::from(limit.window),
+                    u128::from(limit.limit),
+                );
+                let wait = if c < lim && p > 0 {
+                    // p * (left - d) / w + c < lim  =>  d > left - (lim - c) * w / p
+                    let left = u128::from(to_next);
+                    (left + 1).saturating_sub((lim - c) * w / p).max(1)
+                } else {
+                    u128::from(to_next) + (w + 1).saturating_sub(lim * w / c.max(1)).max(1)
+                };
+                u64::try_from(wait).unwrap_or(u64::MAX)
+            }
+        }
+    }
+
+    /// Adds `delta` units (negative for a reserve given back) at `now`.
+    pub fn add(&self, window: u64, now: u64, delta: i64) -> Counter {
+        let mut r = self.rolled(window, now);
+        r.c = r.c.saturating_add_signed(delta);
+        r
+    }
+}
+
+/// Reads a counter; one written under another key (CRC32 alias) or unreadable counts as empty.
+pub fn read(store: &dyn SharedStore, key: &str) -> Counter {
+    let stored = store
+        .get(key)
+        .ok()
+        .and_then(|(v, _)| v)
+        .and_then(|b| serde_json::from_slice::<Counter>(&b).ok());
+    match stored {
+        Some(c) if c.k == key => c,
+        _ => Counter {
+            k: key.to_owned(),
+            ..Counter::default()
+        },
+    }
+}
+
+/// Adds `delta` to the counter at `key` with read-then-CAS.
+pub fn charge(
+    store: &dyn SharedStore,
+    key: &str,
+    window: u64,
+    now: u64,
+    delta: i64,
+) -> Result<(), StoreError> {
+    if delta == 0 {
+        return Ok(());
+    }
+    shared::update(store, key, |current| {
+        let counter = current
+            .and_then(|b| serde_json::from_slice::<Counter>(b).ok())
+            .filter(|c| c.k == key)
+            .unwrap_or_else(|| Counter {
+                k: key.to_owned(),
+                ..Counter::default()
+            });
+        serde_json::to_vec(&counter.add(window, now, delta)).ok()
+    })
+    .map(|_| ())
+}
+
+/// The state of one limit for one request, for headers and refusals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The limit.
+    pub limit: Limit,
+    /// Units used at admission.
+    pub used: u64,
+    /// Seconds until the window resets.
+    pub reset: u64,
+    /// Seconds until there is room (0: room now).
+    pub retry_after: u64,
+}
+
+/// A request refused because a budget is spent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exhausted {
+    /// The spent limit with the longest wait.
+    pub standing: Standing,
+}
+
+impl ToReply for Exhausted {
+    fn to_reply(&self) -> Reply {
+        let s = &self.standing;
+        let message = format!(
+            "gateway: token budget spent: {} (used {}); try again in {} s",
+            s.limit.describe(),
+            s.used,
+            s.retry_after
+        );
+        let reply = Reply::error(429, "rate_limit_error", &message)
+            .with_header("retry-after", s.retry_after.to_string());
+        // Claude Code waits out a Retry-After of 60 s or less and gives up at once beyond it.
+        if s.retry_after > 60 {
+            reply.with_header("x-should-retry", "false")
+        } else {
+            reply
+        }
+    }
+}
+
+/// Checks every limit at admission: the standings, or the refusal with the longest wait.
+pub fn admit(
+    store: &dyn SharedStore,
+    limits: &[Limit],
+    person: &str,
+    now: u64,
+) -> Result<Vec<Standing>, Exhausted> {
+    let standings: Vec<Standing> = limits
+        .iter()
+        .map(|limit| {
+            let counter = read(store, &limit.key_for(person));
+            let r = counter.rolled(limit.window, now);
+            Standing {
+                limit: limit.clone(),
+                used: counter.used(limit, now),
+                reset: r.s + limit.window - now,
+                retry_after: counter.retry_after(limit, now),
+            }
+        })
+        .collect();
+    match standings
+        .iter()
+        .filter(|s| s.retry_after > 0)
+        .max_by_key(|s| s.retry_after)
+    {
+        Some(worst) => Err(Exhausted {
+            standing: worst.clone(),
+        }),
+        None => Ok(standings),
+    }
+}
+
+/// The rate-limit headers for an answer (the seed's names), plus a warning past `warn_share`.
+pub fn headers(
+    standings: &[Standing],
+    provider: &str,
+    charged: u64,
+    warn_share: f64,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut reset = None::<u64>;
+    for s in standings {
+        let used = s.used.saturating_add(charged);
+        let remaining = s.limit.limit.saturating_sub(used);
+        out.push((
+            format!("x-ai-ratelimit-limit-{}-{provider}", s.limit.window),
+            s.limit.limit.to_string(),
+        ));
+        out.push((
+            format!("x-ai-ratelimit-remaining-{}-{provider}", s.limit.window),
+            remaining.to_string(),
+        ));
+        reset = Some(reset.map_or(s.reset, |r| r.min(s.reset)));
+        if (used as f64) >= warn_share * s.limit.limit as f64 {
+            out.push((
+                "x-ai-ratelimit-warning".to_owned(),
+                format!(
+                    "{}% of {} spent",
+                    used.saturating_mul(100) / s.limit.limit.max(1),
+                    s.limit.describe()
+                ),
+            ));
+        }
+    }
+    if let Some(r) = reset {
+        out.push(("ratelimit-reset".to_owned(), r.to_string()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::tests::FakeStore;
+
+    fn limit(limit: u64, window: u64, window_type: WindowType) -> Limit {
+        Limit {
+            limit,
+            window,
+            window_type,
+            counts: Counts::TotalTokens,
+            per: Per::Tier,
+            key: format!("csg/b/t/{window}"),
+        }
+    }
+
+    fn counter(s: u64, c: u64, p: u64) -> Counter {
+        Counter {
+            k: "k".into(),
+            s,
+            c,
+            p,
+        }
+    }
+
+    #[test]
+    fn sliding_window_edges() {
+        let l = limit(100, 60, WindowType::Sliding);
+        let cases = [
+            (
+                "start of window: all of prev counts",
+                counter(600, 0, 60),
+                600,
+                60,
+            ),
+            ("half way: half of prev", counter(600, 10, 60), 630, 40),
+            (
+                "last second: 1/60 of prev, rounded up",
+                counter(600, 10, 60),
+                659,
+                11,
+            ),
+            (
+                "next window: curr becomes prev",
+                counter(600, 60, 0),
+                660,
+                60,
+            ),
+            ("two windows later: nothing", counter(600, 60, 60), 720, 0),
+        ];
+        for (name, c, now, want) in cases {
+            assert_eq!(c.used(&l, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_when_room_returns() {
+        let sliding = limit(100, 60, WindowType::Sliding);
+        let fixed = limit(100, 60, WindowType::Fixed);
+        for (name, l, c, now) in [
+            ("fixed full", &fixed, counter(600, 100, 0), 630),
+            (
+                "sliding, current window full",
+                &sliding,
+                counter(600, 150, 0),
+                630,
+            ),
+            (
+                "sliding, previous window decaying",
+                &sliding,
+                counter(600, 40, 120),
+                610,
+            ),
+            (
+                "sliding, exactly at limit",
+                &sliding,
+                counter(600, 100, 0),
+                600,
+            ),
+        ] {
+            let wait = c.retry_after(l, now);
+            assert!(wait > 0, "{name}");
+            assert!(
+                c.used(l, now + wait) < l.limit,
+                "{name}: room after {wait} s"
+            );
+            assert!(
+                c.used(l, now + wait - 1) >= l.limit,
+                "{name}: no room one second earlier"
+            );
+        }
+        assert_eq!(counter(600, 10, 0).retry_after(&sliding, 630), 0);
+    }
+
+    #[test]
+    fn charge_admit_and_refuse() {
+        let store = FakeStore::default();
+        let limits = vec![
+            limit(100, 60, WindowType::Sliding),
+            limit(1000, 3600, WindowType::Fixed),
+        ];
+        assert!(admit(&store, &limits, "p", 600).is_ok());
+        for l in &limits {
+            charge(&store, &l.key_for("p"), l.window, 600, 100).unwrap();
+        }
+        let refused = admit(&store, &limits, "p", 610).unwrap_err();
+        assert_eq!(refused.standing.limit.window, 60);
+        let reply = refused.to_reply();
+        assert_eq!(reply.status, 429);
+        assert!(reply.headers.iter().any(|(k, _)| k == "retry-after"));
+        assert!(
+            admit(&store, &limits, "p", 720).is_ok(),
+            "recovers as the window slides"
+        );
+    }
+
+    #[test]
+    fn long_waits_fail_fast() {
+        let l = limit(10, 86_400, WindowType::Fixed);
+        let store = FakeStore::default();
+        charge(&store, &l.key, l.window, 0, 10).unwrap();
+        let reply = admit(&store, &[l], "p", 10).unwrap_err().to_reply();
+        assert!(reply
+            .headers
+            .contains(&("x-should-retry".into(), "false".into())));
+    }
+
+    #[test]
+    fn aliased_key_counts_as_empty_and_refund_clamps() {
+        let store = FakeStore::default();
+        store.data.borrow_mut().insert(
+            "a".into(),
+            (br#"{"k":"b","s":0,"c":999,"p":0}"#.to_vec(), 1),
+        );
+        assert_eq!(read(&store, "a").c, 0);
+        charge(&store, "a", 60, 10, 5).unwrap();
+        charge(&store, "a", 60, 10, -50).unwrap();
+        assert_eq!(read(&store, "a").c, 0);
+    }
+
+    #[test]
+    fn headers_count_down_and_warn() {
+        let l = limit(1000, 60, WindowType::Sliding);
+        let s = Standing {
+            limit: l,
+            used: 700,
+            reset: 42,
+            retry_after: 0,
+        };
+        let h = headers(std::slice::from_ref(&s), "anthropic", 150, 0.8);
+        let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("x-ai-ratelimit-limit-60-anthropic").as_deref(),
+            Some("1000")
+        );
+        assert_eq!(
+            get("x-ai-ratelimit-remaining-60-anthropic").as_deref(),
+            Some("150")
+        );
+        assert_eq!(get("ratelimit-reset").as_deref(), Some("42"));
+        assert!(get("x-ai-ratelimit-warning").unwrap().starts_with("85%"));
+    }
+}

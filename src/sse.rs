@@ -1,0 +1,172 @@
+//! A byte-level Server-Sent Events framer: chunks go in as the host delivers them (split
+//! anywhere, even inside a UTF-8 character), whole events come out. It only observes; the
+//! caller passes every chunk on unchanged and at once.
+
+/// One complete event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// The `event:` field, if any.
+    pub name: &'a str,
+    /// The `data:` lines joined by `\n`, decoded as UTF-8 once the event is whole.
+    pub data: &'a str,
+}
+
+/// Incremental SSE parser with bounded memory.
+#[derive(Debug)]
+pub struct Framer {
+    line: Vec<u8>,
+    name: Vec<u8>,
+    data: Vec<u8>,
+    /// Events whose name is not wanted are framed but their data is not kept.
+    wanted: fn(&[u8]) -> bool,
+    max_event: usize,
+    oversized: bool,
+}
+
+impl Framer {
+    /// A framer keeping the data of events for which `wanted(name)` holds (an event with no
+    /// name is always kept), each up to `max_event` bytes.
+    pub fn new(wanted: fn(&[u8]) -> bool, max_event: usize) -> Framer {
+        Framer {
+            line: Vec::new(),
+            name: Vec::new(),
+            data: Vec::new(),
+            wanted,
+            max_event,
+            oversized: false,
+        }
+    }
+
+    /// Feeds a chunk; `on_event` is called for every event it completes.
+    pub fn push(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(Event<'_>)) {
+        while let Some(newline) = chunk.iter().position(|&b| b == b'\n') {
+            let (head, rest) = chunk.split_at(newline);
+            chunk = &rest[1..];
+            if self.line.is_empty() {
+                self.take_line(head, on_event);
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(head);
+                self.take_line(&line, on_event);
+                line.clear();
+                self.line = line;
+            }
+        }
+        if self.line.len() + chunk.len() <= self.max_event {
+            self.line.extend_from_slice(chunk);
+        } else {
+            self.oversized = true;
+            self.line.clear();
+        }
+    }
+
+    /// Ends the stream: an event not closed by a blank line is still delivered.
+    pub fn finish(&mut self, on_event: &mut dyn FnMut(Event<'_>)) {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.take_line(&line, on_event);
+        }
+        self.dispatch(on_event);
+    }
+
+    fn take_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(Event<'_>)) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            self.dispatch(on_event);
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, &[][..]),
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        match field {
+            b"event" => {
+                self.name.clear();
+                self.name.extend_from_slice(value);
+            }
+            b"data" if self.name.is_empty() || (self.wanted)(&self.name) => {
+                if self.data.len() + value.len() + 1 > self.max_event {
+                    self.oversized = true;
+                    return;
+                }
+                if !self.data.is_empty() {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, on_event: &mut dyn FnMut(Event<'_>)) {
+        let complete = !self.oversized && (!self.data.is_empty() || !self.name.is_empty());
+        if complete {
+            if let (Ok(name), Ok(data)) = (
+                std::str::from_utf8(&self.name),
+                std::str::from_utf8(&self.data),
+            ) {
+                on_event(Event { name, data });
+            }
+        }
+        self.name.clear();
+        self.data.clear();
+        self.oversized = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(_: &[u8]) -> bool {
+        true
+    }
+
+    fn frame(chunks: &[&[u8]]) -> Vec<(String, String)> {
+        let mut framer = Framer::new(all, 1024);
+        let mut out = Vec::new();
+        let mut sink = |e: Event<'_>| out.push((e.name.to_owned(), e.data.to_owned()));
+        for c in chunks {
+            framer.push(c, &mut sink);
+        }
+        framer.finish(&mut sink);
+        out
+    }
+
+    #[test]
+    fn frames_events_across_any_split() {
+        let stream = "event: a\ndata: {\"x\":\"é😀\"}\n\nevent: b\r\ndata: 1\r\ndata: 2\r\n\r\n: comment\n\ndata: tail".as_bytes();
+        let want = vec![
+            ("a".to_owned(), "{\"x\":\"é😀\"}".to_owned()),
+            ("b".to_owned(), "1\n2".to_owned()),
+            (String::new(), "tail".to_owned()),
+        ];
+        assert_eq!(frame(&[stream]), want);
+        for i in 0..=stream.len() {
+            for j in i..=stream.len() {
+                assert_eq!(
+                    frame(&[&stream[..i], &stream[i..j], &stream[j..]]),
+                    want,
+                    "split at {i},{j}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unwanted_and_oversized_events_are_dropped_without_losing_framing() {
+        fn only_a(name: &[u8]) -> bool {
+            name == b"a"
+        }
+        let mut framer = Framer::new(only_a, 16);
+        let mut out = Vec::new();
+        let mut sink = |e: Event<'_>| out.push(e.data.to_owned());
+        framer.push(b"event: b\ndata: skipped\n\nevent: a\ndata: 0123456789abcdefXYZ\n\nevent: a\ndata: ok\n\n", &mut sink);
+        assert_eq!(
+            out,
+            vec!["", "ok"],
+            "b framed without data, oversized a dropped"
+        );
+    }
+}

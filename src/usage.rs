@@ -1,0 +1,296 @@
+//! Token usage of one answer, counted while the answer passes through: from SSE
+//! (`message_start` then cumulative `message_delta`) or from a JSON body's `usage`.
+//!
+//! Each of the four fields takes the last value the provider reported for it, once. Summing
+//! `message_start` and `message_delta` (double counting output) and dropping the cache fields
+//! are the bugs other gateways shipped; the tests below pin both down.
+
+use serde::Deserialize;
+
+use crate::sse::{Event, Framer};
+
+/// Tokens of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// `input_tokens`: uncached prompt tokens.
+    pub input: u64,
+    /// `output_tokens`.
+    pub output: u64,
+    /// `cache_creation_input_tokens`.
+    pub cache_write: u64,
+    /// `cache_read_input_tokens`.
+    pub cache_read: u64,
+}
+
+impl Usage {
+    /// Prompt tokens including cache writes and reads.
+    pub fn prompt(&self) -> u64 {
+        self.input + self.cache_write + self.cache_read
+    }
+
+    /// Prompt and completion tokens.
+    pub fn total(&self) -> u64 {
+        self.prompt() + self.output
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamEvent {
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    usage: Option<RawUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+}
+
+/// Largest SSE event kept for parsing; usage events are a few hundred bytes.
+const MAX_EVENT: usize = 64 * 1024;
+/// Largest JSON answer kept whole; beyond it only the tail (where `usage` sits) is kept.
+const MAX_JSON: usize = 4 * 1024 * 1024;
+const JSON_TAIL: usize = 64 * 1024;
+
+fn usage_event(name: &[u8]) -> bool {
+    matches!(name, b"message_start" | b"message_delta")
+}
+
+/// How the answer is encoded.
+#[derive(Debug)]
+enum Body {
+    Sse(Framer),
+    Json { bytes: Vec<u8>, truncated: bool },
+}
+
+/// Counts usage over the chunks of one answer.
+#[derive(Debug)]
+pub struct Meter {
+    body: Body,
+    fields: [Option<u64>; 4],
+    /// Whether any usage was reported at all.
+    pub reported: bool,
+}
+
+impl Meter {
+    /// A meter for an answer with this `content-type`.
+    pub fn new(content_type: &str) -> Meter {
+        let body = if content_type
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+        {
+            Body::Sse(Framer::new(usage_event, MAX_EVENT))
+        } else {
+            Body::Json {
+                bytes: Vec::new(),
+                truncated: false,
+            }
+        };
+        Meter {
+            body,
+            fields: [None; 4],
+            reported: false,
+        }
+    }
+
+    /// Observes one chunk of the answer.
+    pub fn push(&mut self, chunk: &[u8]) {
+        let fields = &mut self.fields;
+        let reported = &mut self.reported;
+        match &mut self.body {
+            Body::Sse(framer) => framer.push(chunk, &mut |e| take_event(e, fields, reported)),
+            Body::Json { bytes, truncated } => {
+                bytes.extend_from_slice(chunk);
+                if bytes.len() > MAX_JSON {
+                    let cut = bytes.len() - JSON_TAIL;
+                    bytes.drain(..cut);
+                    *truncated = true;
+                }
+            }
+        }
+    }
+
+    /// Ends the answer and returns its usage (what was reported; zeros where nothing was).
+    pub fn finish(&mut self) -> Usage {
+        let fields = &mut self.fields;
+        let reported = &mut self.reported;
+        match &mut self.body {
+            Body::Sse(framer) => framer.finish(&mut |e| take_event(e, fields, reported)),
+            Body::Json { bytes, truncated } => {
+                if let Some(usage) = json_usage(bytes, *truncated) {
+                    merge(fields, &usage);
+                    *reported = true;
+                }
+                bytes.clear();
+            }
+        }
+        let [input, output, cache_write, cache_read] = self.fields.map(|f| f.unwrap_or(0));
+        Usage {
+            input,
+            output,
+            cache_write,
+            cache_read,
+        }
+    }
+}
+
+fn take_event(event: Event<'_>, fields: &mut [Option<u64>; 4], reported: &mut bool) {
+    let Ok(parsed) = serde_json::from_str::<StreamEvent>(event.data) else {
+        return;
+    };
+    let usage = parsed.usage.or(parsed.message.and_then(|m| m.usage));
+    if let Some(usage) = usage {
+        merge(fields, &usage);
+        *reported = true;
+    }
+}
+
+fn merge(fields: &mut [Option<u64>; 4], usage: &RawUsage) {
+    let new = [
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+    ];
+    for (field, value) in fields.iter_mut().zip(new) {
+        if value.is_some() {
+            *field = value;
+        }
+    }
+}
+
+fn json_usage(bytes: &[u8], truncated: bool) -> Option<RawUsage> {
+    #[derive(Deserialize)]
+    struct Top {
+        usage: Option<RawUsage>,
+    }
+    if !truncated {
+        return serde_json::from_slice::<Top>(bytes).ok()?.usage;
+    }
+    // Only the tail is left: parse the object that follows the last `"usage":`.
+    let key = b"\"usage\"";
+    let at = bytes.windows(key.len()).rposition(|w| w == key)?;
+    let rest = &bytes[at + key.len()..];
+    let start = rest.iter().position(|&b| b == b'{')?;
+    serde_json::Deserializer::from_slice(&rest[start..])
+        .into_iter::<RawUsage>()
+        .next()?
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/claude-code/response_stream_tool_use.sse");
+        std::fs::read(path).unwrap()
+    }
+
+    fn count(content_type: &str, chunks: &[&[u8]]) -> Usage {
+        let mut meter = Meter::new(content_type);
+        for c in chunks {
+            meter.push(c);
+        }
+        meter.finish()
+    }
+
+    #[test]
+    fn captured_stream_counts_the_same_at_every_split() {
+        let stream = fixture();
+        let whole = count("text/event-stream", &[&stream]);
+        assert_eq!(
+            whole,
+            Usage {
+                input: 2603,
+                output: 32,
+                cache_write: 29144,
+                cache_read: 0
+            }
+        );
+        for i in 0..=stream.len() {
+            assert_eq!(
+                count("text/event-stream", &[&stream[..i], &stream[i..]]),
+                whole,
+                "split at {i}"
+            );
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(
+            count("text/event-stream; charset=utf-8", &bytes),
+            whole,
+            "one byte at a time"
+        );
+    }
+
+    #[test]
+    fn cache_fields_merge_without_double_counting() {
+        let cases: &[(&str, &str, Usage)] = &[
+            (
+                "delta output replaces start output",
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40}}\n\n",
+                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7 },
+            ),
+            (
+                "delta repeats cumulative cache fields: taken once",
+                "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}}\n\nevent: message_delta\ndata: {\"usage\":{\"input_tokens\":10,\"output_tokens\":40,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}\n\n",
+                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7 },
+            ),
+            (
+                "stream cut after message_start",
+                "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"delta\":{\"text\":\"hal",
+                Usage { input: 10, output: 1, cache_write: 0, cache_read: 0 },
+            ),
+            (
+                "error event after start keeps start usage",
+                "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n",
+                Usage { input: 3, output: 1, cache_write: 0, cache_read: 0 },
+            ),
+        ];
+        for (name, stream, want) in cases {
+            assert_eq!(
+                count("text/event-stream", &[stream.as_bytes()]),
+                *want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_answers() {
+        let message = br#"{"id":"m","type":"message","content":[{"type":"text","text":"<block>no"}],"usage":{"input_tokens":900,"output_tokens":4,"cache_creation_input_tokens":0,"cache_read_input_tokens":120}}"#;
+        let want = Usage {
+            input: 900,
+            output: 4,
+            cache_write: 0,
+            cache_read: 120,
+        };
+        assert_eq!(
+            count("application/json", &[&message[..50], &message[50..]]),
+            want
+        );
+        let error =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(count("application/json", &[error]), Usage::default());
+        let mut big = br#"{"content":[{"type":"text","text":""#.to_vec();
+        big.extend(std::iter::repeat_n(b'x', MAX_JSON + 10));
+        big.extend_from_slice(br#""}],"usage":{"input_tokens":1,"output_tokens":99999}}"#);
+        assert_eq!(
+            count("application/json", &big.chunks(65536).collect::<Vec<_>>()).output,
+            99999,
+            "tail kept"
+        );
+    }
+}
