@@ -111,12 +111,7 @@ impl Counter {
         } else {
             (0, 0)
         };
-        Counter {
-            k: self.k.clone(),
-            s: start,
-            c,
-            p,
-        }
+        Counter { k: self.k.clone(), s: start, c, p }
     }
 
     /// Units counted against the limit at `now`.
@@ -126,8 +121,7 @@ impl Counter {
             WindowType::Fixed => r.c,
             WindowType::Sliding => {
                 let left = limit.window - (now - r.s);
-                let weighted =
-                    (u128::from(r.p) * u128::from(left)).div_ceil(u128::from(limit.window));
+                let weighted = (u128::from(r.p) * u128::from(left)).div_ceil(u128::from(limit.window));
                 r.c.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
             }
         }
@@ -145,12 +139,8 @@ impl Counter {
             WindowType::Sliding => {
                 // Within this window the weighted previous share decays; if the current window
                 // alone is full, wait for the next one and then for its previous share to decay.
-                let (c, p, w, lim) = (
-                    u128::from(r.c),
-                    u128::from(r.p),
-                    u128::from(limit.window),
-                    u128::from(limit.limit),
-                );
+                let (c, p, w, lim) =
+                    (u128::from(r.c), u128::from(r.p), u128::from(limit.window), u128::from(limit.limit));
                 let wait = if c < lim && p > 0 {
                     // p * (left - d) / w + c < lim  =>  d > left - (lim - c) * w / p
                     let left = u128::from(to_next);
@@ -173,28 +163,15 @@ impl Counter {
 
 /// Reads a counter; one written under another key (CRC32 alias) or unreadable counts as empty.
 pub fn read(store: &dyn SharedStore, key: &str) -> Counter {
-    let stored = store
-        .get(key)
-        .ok()
-        .and_then(|(v, _)| v)
-        .and_then(|b| serde_json::from_slice::<Counter>(&b).ok());
+    let stored = store.get(key).ok().and_then(|(v, _)| v).and_then(|b| serde_json::from_slice::<Counter>(&b).ok());
     match stored {
         Some(c) if c.k == key => c,
-        _ => Counter {
-            k: key.to_owned(),
-            ..Counter::default()
-        },
+        _ => Counter { k: key.to_owned(), ..Counter::default() },
     }
 }
 
 /// Adds `delta` to the counter at `key` with read-then-CAS.
-pub fn charge(
-    store: &dyn SharedStore,
-    key: &str,
-    window: u64,
-    now: u64,
-    delta: i64,
-) -> Result<(), StoreError> {
+pub fn charge(store: &dyn SharedStore, key: &str, window: u64, now: u64, delta: i64) -> Result<(), StoreError> {
     if delta == 0 {
         return Ok(());
     }
@@ -202,10 +179,7 @@ pub fn charge(
         let counter = current
             .and_then(|b| serde_json::from_slice::<Counter>(b).ok())
             .filter(|c| c.k == key)
-            .unwrap_or_else(|| Counter {
-                k: key.to_owned(),
-                ..Counter::default()
-            });
+            .unwrap_or_else(|| Counter { k: key.to_owned(), ..Counter::default() });
         serde_json::to_vec(&counter.add(window, now, delta)).ok()
     })
     .map(|_| ())
@@ -240,8 +214,8 @@ impl ToReply for Exhausted {
             s.used,
             s.retry_after
         );
-        let reply = Reply::error(429, "rate_limit_error", &message)
-            .with_header("retry-after", s.retry_after.to_string());
+        let reply =
+            Reply::error(429, "rate_limit_error", &message).with_header("retry-after", s.retry_after.to_string());
         // Claude Code waits out a Retry-After of 60 s or less and gives up at once beyond it.
         if s.retry_after > 60 {
             reply.with_header("x-should-retry", "false")
@@ -252,12 +226,7 @@ impl ToReply for Exhausted {
 }
 
 /// Checks every limit at admission: the standings, or the refusal with the longest wait.
-pub fn admit(
-    store: &dyn SharedStore,
-    limits: &[Limit],
-    person: &str,
-    now: u64,
-) -> Result<Vec<Standing>, Exhausted> {
+pub fn admit(store: &dyn SharedStore, limits: &[Limit], person: &str, now: u64) -> Result<Vec<Standing>, Exhausted> {
     let standings: Vec<Standing> = limits
         .iter()
         .map(|limit| {
@@ -271,47 +240,27 @@ pub fn admit(
             }
         })
         .collect();
-    match standings
-        .iter()
-        .filter(|s| s.retry_after > 0)
-        .max_by_key(|s| s.retry_after)
-    {
-        Some(worst) => Err(Exhausted {
-            standing: worst.clone(),
-        }),
+    match standings.iter().filter(|s| s.retry_after > 0).max_by_key(|s| s.retry_after) {
+        Some(worst) => Err(Exhausted { standing: worst.clone() }),
         None => Ok(standings),
     }
 }
 
 /// The rate-limit headers for an answer (the seed's names), plus a warning past `warn_share`.
-pub fn headers(
-    standings: &[Standing],
-    provider: &str,
-    charged: u64,
-    warn_share: f64,
-) -> Vec<(String, String)> {
+/// `charged[i]` is what this request already holds against `standings[i]`.
+pub fn headers(standings: &[Standing], provider: &str, charged: &[u64], warn_share: f64) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut reset = None::<u64>;
-    for s in standings {
-        let used = s.used.saturating_add(charged);
+    for (i, s) in standings.iter().enumerate() {
+        let used = s.used.saturating_add(charged.get(i).copied().unwrap_or(0));
         let remaining = s.limit.limit.saturating_sub(used);
-        out.push((
-            format!("x-ai-ratelimit-limit-{}-{provider}", s.limit.window),
-            s.limit.limit.to_string(),
-        ));
-        out.push((
-            format!("x-ai-ratelimit-remaining-{}-{provider}", s.limit.window),
-            remaining.to_string(),
-        ));
+        out.push((format!("x-ai-ratelimit-limit-{}-{provider}", s.limit.window), s.limit.limit.to_string()));
+        out.push((format!("x-ai-ratelimit-remaining-{}-{provider}", s.limit.window), remaining.to_string()));
         reset = Some(reset.map_or(s.reset, |r| r.min(s.reset)));
         if (used as f64) >= warn_share * s.limit.limit as f64 {
             out.push((
                 "x-ai-ratelimit-warning".to_owned(),
-                format!(
-                    "{}% of {} spent",
-                    used.saturating_mul(100) / s.limit.limit.max(1),
-                    s.limit.describe()
-                ),
+                format!("{}% of {} spent", used.saturating_mul(100) / s.limit.limit.max(1), s.limit.describe()),
             ));
         }
     }
@@ -338,37 +287,17 @@ mod tests {
     }
 
     fn counter(s: u64, c: u64, p: u64) -> Counter {
-        Counter {
-            k: "k".into(),
-            s,
-            c,
-            p,
-        }
+        Counter { k: "k".into(), s, c, p }
     }
 
     #[test]
     fn sliding_window_edges() {
         let l = limit(100, 60, WindowType::Sliding);
         let cases = [
-            (
-                "start of window: all of prev counts",
-                counter(600, 0, 60),
-                600,
-                60,
-            ),
+            ("start of window: all of prev counts", counter(600, 0, 60), 600, 60),
             ("half way: half of prev", counter(600, 10, 60), 630, 40),
-            (
-                "last second: 1/60 of prev, rounded up",
-                counter(600, 10, 60),
-                659,
-                11,
-            ),
-            (
-                "next window: curr becomes prev",
-                counter(600, 60, 0),
-                660,
-                60,
-            ),
+            ("last second: 1/60 of prev, rounded up", counter(600, 10, 60), 659, 11),
+            ("next window: curr becomes prev", counter(600, 60, 0), 660, 60),
             ("two windows later: nothing", counter(600, 60, 60), 720, 0),
         ];
         for (name, c, now, want) in cases {
@@ -382,35 +311,14 @@ mod tests {
         let fixed = limit(100, 60, WindowType::Fixed);
         for (name, l, c, now) in [
             ("fixed full", &fixed, counter(600, 100, 0), 630),
-            (
-                "sliding, current window full",
-                &sliding,
-                counter(600, 150, 0),
-                630,
-            ),
-            (
-                "sliding, previous window decaying",
-                &sliding,
-                counter(600, 40, 120),
-                610,
-            ),
-            (
-                "sliding, exactly at limit",
-                &sliding,
-                counter(600, 100, 0),
-                600,
-            ),
+            ("sliding, current window full", &sliding, counter(600, 150, 0), 630),
+            ("sliding, previous window decaying", &sliding, counter(600, 40, 120), 610),
+            ("sliding, exactly at limit", &sliding, counter(600, 100, 0), 600),
         ] {
             let wait = c.retry_after(l, now);
             assert!(wait > 0, "{name}");
-            assert!(
-                c.used(l, now + wait) < l.limit,
-                "{name}: room after {wait} s"
-            );
-            assert!(
-                c.used(l, now + wait - 1) >= l.limit,
-                "{name}: no room one second earlier"
-            );
+            assert!(c.used(l, now + wait) < l.limit, "{name}: room after {wait} s");
+            assert!(c.used(l, now + wait - 1) >= l.limit, "{name}: no room one second earlier");
         }
         assert_eq!(counter(600, 10, 0).retry_after(&sliding, 630), 0);
     }
@@ -418,10 +326,7 @@ mod tests {
     #[test]
     fn charge_admit_and_refuse() {
         let store = FakeStore::default();
-        let limits = vec![
-            limit(100, 60, WindowType::Sliding),
-            limit(1000, 3600, WindowType::Fixed),
-        ];
+        let limits = vec![limit(100, 60, WindowType::Sliding), limit(1000, 3600, WindowType::Fixed)];
         assert!(admit(&store, &limits, "p", 600).is_ok());
         for l in &limits {
             charge(&store, &l.key_for("p"), l.window, 600, 100).unwrap();
@@ -431,10 +336,7 @@ mod tests {
         let reply = refused.to_reply();
         assert_eq!(reply.status, 429);
         assert!(reply.headers.iter().any(|(k, _)| k == "retry-after"));
-        assert!(
-            admit(&store, &limits, "p", 720).is_ok(),
-            "recovers as the window slides"
-        );
+        assert!(admit(&store, &limits, "p", 720).is_ok(), "recovers as the window slides");
     }
 
     #[test]
@@ -443,18 +345,13 @@ mod tests {
         let store = FakeStore::default();
         charge(&store, &l.key, l.window, 0, 10).unwrap();
         let reply = admit(&store, &[l], "p", 10).unwrap_err().to_reply();
-        assert!(reply
-            .headers
-            .contains(&("x-should-retry".into(), "false".into())));
+        assert!(reply.headers.contains(&("x-should-retry".into(), "false".into())));
     }
 
     #[test]
     fn aliased_key_counts_as_empty_and_refund_clamps() {
         let store = FakeStore::default();
-        store.data.borrow_mut().insert(
-            "a".into(),
-            (br#"{"k":"b","s":0,"c":999,"p":0}"#.to_vec(), 1),
-        );
+        store.data.borrow_mut().insert("a".into(), (br#"{"k":"b","s":0,"c":999,"p":0}"#.to_vec(), 1));
         assert_eq!(read(&store, "a").c, 0);
         charge(&store, "a", 60, 10, 5).unwrap();
         charge(&store, "a", 60, 10, -50).unwrap();
@@ -464,22 +361,11 @@ mod tests {
     #[test]
     fn headers_count_down_and_warn() {
         let l = limit(1000, 60, WindowType::Sliding);
-        let s = Standing {
-            limit: l,
-            used: 700,
-            reset: 42,
-            retry_after: 0,
-        };
-        let h = headers(std::slice::from_ref(&s), "anthropic", 150, 0.8);
+        let s = Standing { limit: l, used: 700, reset: 42, retry_after: 0 };
+        let h = headers(std::slice::from_ref(&s), "anthropic", &[150], 0.8);
         let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        assert_eq!(
-            get("x-ai-ratelimit-limit-60-anthropic").as_deref(),
-            Some("1000")
-        );
-        assert_eq!(
-            get("x-ai-ratelimit-remaining-60-anthropic").as_deref(),
-            Some("150")
-        );
+        assert_eq!(get("x-ai-ratelimit-limit-60-anthropic").as_deref(), Some("1000"));
+        assert_eq!(get("x-ai-ratelimit-remaining-60-anthropic").as_deref(), Some("150"));
         assert_eq!(get("ratelimit-reset").as_deref(), Some("42"));
         assert!(get("x-ai-ratelimit-warning").unwrap().starts_with("85%"));
     }

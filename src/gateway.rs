@@ -2,11 +2,13 @@
 //! decisions a request needs (admit, refuse, fetch keys first; which body and headers go
 //! upstream). The host layer turns these decisions into host calls.
 
-use crate::config::Plan;
+use crate::config::{short_digest, Plan};
 use crate::jwt::{self, Identity};
 use crate::keystore::{Callout, Fetch, FetchError, KeyStore, KeysError, SharedRecord};
+use crate::metering::{Metering, Subject};
 use crate::reply::{Reply, ToReply};
-use crate::routing::RequestBody;
+use crate::routing::{Endpoint, RequestBody};
+use crate::shared::SharedStore;
 use crate::tier::{self, NoTier};
 use crate::token_cache::TokenCache;
 
@@ -70,26 +72,14 @@ impl Worker {
     pub fn new(plan: Plan) -> Worker {
         let keys = KeyStore::new(&plan.oidc);
         let tokens = TokenCache::new(plan.oidc.token_cache_entries);
-        Worker {
-            plan,
-            keys,
-            tokens,
-            request_fetches: 0,
-        }
+        Worker { plan, keys, tokens, request_fetches: 0 }
     }
 
     /// Request headers removed before anything is forwarded: the client's credential and any
     /// identity headers it tried to set itself.
     pub fn stripped_headers(&self) -> [&str; 6] {
         let h = &self.plan.identity_headers;
-        [
-            "authorization",
-            "x-api-key",
-            &h.user,
-            &h.email,
-            &h.tier,
-            "x-gateway-target",
-        ]
+        ["authorization", "x-api-key", &h.user, &h.email, &h.tier, "x-gateway-target"]
     }
 
     /// Verifies `token` and places the person in a tier. With `may_fetch`, missing keys or an
@@ -104,9 +94,7 @@ impl Worker {
             Err(e) => return AuthOutcome::Refused(e.to_reply()),
         };
         let digest = TokenCache::digest(token);
-        let cached = self.tokens.get(&digest, now, oidc.leeway_seconds, |kid| {
-            kid.is_none_or(|k| keys.has_kid(k))
-        });
+        let cached = self.tokens.get(&digest, now, oidc.leeway_seconds, |kid| kid.is_none_or(|k| keys.has_kid(k)));
         let identity = match cached {
             Some(identity) => identity,
             None => {
@@ -146,39 +134,44 @@ impl Worker {
     }
 
     /// Takes the answer of a key callout (`status` is `None` when the host reported no response).
-    pub fn on_fetched(
-        &mut self,
-        fetch: &Fetch,
-        status: Option<u32>,
-        body: &[u8],
-        now: u64,
-    ) -> FetchProgress {
+    pub fn on_fetched(&mut self, fetch: &Fetch, status: Option<u32>, body: &[u8], now: u64) -> FetchProgress {
         let result = match fetch {
-            Fetch::Discovery => self
-                .keys
-                .on_discovery(&self.plan.oidc, status, body)
-                .map(FetchProgress::Next),
-            Fetch::Jwks => self
-                .keys
-                .on_jwks(status, body, now)
-                .map(FetchProgress::Installed),
+            Fetch::Discovery => self.keys.on_discovery(&self.plan.oidc, status, body).map(FetchProgress::Next),
+            Fetch::Jwks => self.keys.on_jwks(status, body, now).map(FetchProgress::Installed),
         };
         result.unwrap_or_else(FetchProgress::Failed)
     }
 
-    /// Checks the body's model against the admitted tier and builds what goes upstream.
-    pub fn forward(&self, admission: &Admission, body: &[u8]) -> Result<Forward, Reply> {
+    /// Checks the body's model against the admitted tier and its budgets, and builds what goes
+    /// upstream. Messages requests are metered; `count_tokens` is free and is not.
+    pub fn forward(
+        &self,
+        store: &dyn SharedStore,
+        admission: &Admission,
+        endpoint: Endpoint,
+        body: &[u8],
+        now: u64,
+    ) -> Result<(Forward, Option<Metering>), Reply> {
         let plan = &self.plan;
-        let tier = plan
-            .tiers
-            .get(admission.tier)
-            .ok_or_else(|| NoTier::new(plan).to_reply())?;
+        let tier = plan.tiers.get(admission.tier).ok_or_else(|| NoTier::new(plan).to_reply())?;
         let parsed = RequestBody::parse(body).map_err(|e| e.to_reply())?;
         let model = parsed.resolve(plan, tier).map_err(|e| e.to_reply())?;
-        let target = plan
-            .targets
-            .get(model.target)
-            .ok_or_else(|| KeysError::Unavailable.to_reply())?;
+        let target = plan.targets.get(model.target).ok_or_else(|| KeysError::Unavailable.to_reply())?;
+        let metering = match endpoint {
+            Endpoint::Messages => {
+                let subject = Subject {
+                    person: admission.identity.subject.clone(),
+                    person_key: short_digest(&admission.identity.subject),
+                    tier: tier.name.clone(),
+                    model: model.alias.clone(),
+                    price: model.price,
+                    provider: target.provider.name(),
+                };
+                let limits = &tier.limits;
+                Some(Metering::admit(store, limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now)?)
+            }
+            _ => None,
+        };
         let new_body = parsed.rewrite(body, &model.model_id);
         let length = new_body.as_ref().map_or(body.len(), Vec::len);
         let names = &plan.identity_headers;
@@ -193,10 +186,7 @@ impl Worker {
         if let Some(email) = &admission.identity.email {
             headers.push((names.email.clone(), email.clone()));
         }
-        Ok(Forward {
-            body: new_body,
-            headers,
-        })
+        Ok((Forward { body: new_body, headers }, metering))
     }
 }
 
@@ -209,14 +199,10 @@ mod tests {
 
     fn worker_with_keys(keys: &TestKeys) -> Worker {
         let mut w = Worker::new(plan());
-        let discovery = json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": "https://idp.example.com/keys"});
+        let discovery =
+            json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": "https://idp.example.com/keys"});
         assert!(matches!(
-            w.on_fetched(
-                &Fetch::Discovery,
-                Some(200),
-                discovery.to_string().as_bytes(),
-                NOW
-            ),
+            w.on_fetched(&Fetch::Discovery, Some(200), discovery.to_string().as_bytes(), NOW),
             FetchProgress::Next(_)
         ));
         assert!(matches!(
@@ -239,15 +225,10 @@ mod tests {
         let keys = TestKeys::new();
         let mut w = worker_with_keys(&keys);
         let token = sign(&keys, good_claims());
-        let AuthOutcome::Admitted(a) = w.authenticate(&token, NOW, true) else {
-            panic!("not admitted")
-        };
+        let AuthOutcome::Admitted(a) = w.authenticate(&token, NOW, true) else { panic!("not admitted") };
         assert_eq!((a.identity.subject.as_str(), a.tier), ("alice", 1));
         assert_eq!(w.tokens.len(), 1);
-        assert!(matches!(
-            w.authenticate(&token, NOW + 1, false),
-            AuthOutcome::Admitted(_)
-        ));
+        assert!(matches!(w.authenticate(&token, NOW + 1, false), AuthOutcome::Admitted(_)));
     }
 
     #[test]
@@ -257,20 +238,13 @@ mod tests {
         let token = sign(&keys, good_claims());
         assert!(matches!(
             w.authenticate(&token, NOW, true),
-            AuthOutcome::FetchKeys(Callout {
-                fetch: Fetch::Discovery,
-                ..
-            })
+            AuthOutcome::FetchKeys(Callout { fetch: Fetch::Discovery, .. })
         ));
         assert_eq!(status(&w.authenticate(&token, NOW, false)), 503);
         for _ in 0..MAX_REQUEST_FETCHES {
             w.request_fetch_started();
         }
-        assert_eq!(
-            status(&w.authenticate(&token, NOW, true)),
-            503,
-            "fetch cap reached"
-        );
+        assert_eq!(status(&w.authenticate(&token, NOW, true)), 503, "fetch cap reached");
     }
 
     #[test]
@@ -285,16 +259,9 @@ mod tests {
         };
         assert!(matches!(
             w.authenticate(&token, NOW, true),
-            AuthOutcome::FetchKeys(Callout {
-                fetch: Fetch::Jwks,
-                ..
-            })
+            AuthOutcome::FetchKeys(Callout { fetch: Fetch::Jwks, .. })
         ));
-        assert_eq!(
-            status(&w.authenticate(&token, NOW, true)),
-            401,
-            "throttled: refused without a fetch"
-        );
+        assert_eq!(status(&w.authenticate(&token, NOW, true)), 401, "throttled: refused without a fetch");
     }
 
     #[test]
@@ -303,41 +270,26 @@ mod tests {
         let mut w = worker_with_keys(&keys);
         let mut claims = good_claims();
         claims["groups"] = json!(["sales"]);
-        assert_eq!(
-            status(&w.authenticate(&sign(&keys, claims), NOW, true)),
-            400
-        );
+        assert_eq!(status(&w.authenticate(&sign(&keys, claims), NOW, true)), 400);
     }
 
     #[test]
     fn forward_sets_key_identity_and_length() {
         let keys = TestKeys::new();
         let mut w = worker_with_keys(&keys);
-        let AuthOutcome::Admitted(a) = w.authenticate(&sign(&keys, good_claims()), NOW, true)
-        else {
-            panic!()
-        };
-        let f = w
-            .forward(&a, br#"{"model":"claude-sonnet-4-6","max_tokens":5}"#)
-            .unwrap();
+        let AuthOutcome::Admitted(a) = w.authenticate(&sign(&keys, good_claims()), NOW, true) else { panic!() };
+        let store = crate::shared::tests::FakeStore::default();
+        let forward = |body: &[u8]| w.forward(&store, &a, Endpoint::Messages, body, NOW);
+        let (f, metering) = forward(br#"{"model":"claude-sonnet-4-6","max_tokens":5}"#).unwrap();
+        assert!(metering.is_some());
         assert_eq!(f.body, None, "alias equals model id: body untouched");
-        let get = |name: &str| {
-            f.headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| f.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         assert_eq!(get("x-api-key"), Some("sk-test"));
         assert_eq!(get("x-authenticated-user"), Some("alice"));
         assert_eq!(get("x-user-email"), Some("alice@example.com"));
         assert_eq!(get("x-user-tier"), Some("standard"));
         assert_eq!(get("content-length"), Some("44"));
-        assert_eq!(
-            w.forward(&a, br#"{"model":"claude-opus-4-7"}"#)
-                .unwrap_err()
-                .status,
-            400
-        );
-        assert_eq!(w.forward(&a, b"{").unwrap_err().status, 400);
+        assert_eq!(forward(br#"{"model":"claude-opus-4-7"}"#).unwrap_err().status, 400);
+        assert_eq!(forward(b"{").unwrap_err().status, 400);
     }
 }

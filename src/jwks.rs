@@ -68,10 +68,7 @@ pub struct Jwk {
 
 impl std::fmt::Debug for Jwk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jwk")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("Jwk").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -107,10 +104,7 @@ impl Jwk {
             macro_rules! check {
                 ($ty:ty) => {
                     <$ty>::from_components(n, e)
-                        .map(|k| {
-                            k.verify_token::<NoCustomClaims>(token, Some(options.clone()))
-                                .is_ok()
-                        })
+                        .map(|k| k.verify_token::<NoCustomClaims>(token, Some(options.clone())).is_ok())
                         .unwrap_or(false)
                 };
             }
@@ -126,15 +120,9 @@ impl Jwk {
         };
         match &self.material {
             Material::Rsa { n, e } => rsa(n, e),
-            Material::P256(k) => k
-                .verify_token::<NoCustomClaims>(token, Some(options))
-                .is_ok(),
-            Material::P384(k) => k
-                .verify_token::<NoCustomClaims>(token, Some(options))
-                .is_ok(),
-            Material::Ed25519(k) => k
-                .verify_token::<NoCustomClaims>(token, Some(options))
-                .is_ok(),
+            Material::P256(k) => k.verify_token::<NoCustomClaims>(token, Some(options)).is_ok(),
+            Material::P384(k) => k.verify_token::<NoCustomClaims>(token, Some(options)).is_ok(),
+            Material::Ed25519(k) => k.verify_token::<NoCustomClaims>(token, Some(options)).is_ok(),
         }
     }
 }
@@ -194,14 +182,10 @@ struct RawKey {
 impl KeySet {
     /// Parses a JWKS document, keeping the keys usable for signatures.
     pub fn parse(document: &[u8]) -> Result<KeySet, JwksError> {
-        let raw: RawSet =
-            serde_json::from_slice(document).map_err(|e| JwksError::Malformed(e.to_string()))?;
+        let raw: RawSet = serde_json::from_slice(document).map_err(|e| JwksError::Malformed(e.to_string()))?;
         let mut set = KeySet::default();
         for value in raw.keys {
-            match serde_json::from_value::<RawKey>(value)
-                .ok()
-                .and_then(|k| parse_key(&k))
-            {
+            match serde_json::from_value::<RawKey>(value).ok().and_then(|k| parse_key(&k)) {
                 Some(key) => set.keys.push(key),
                 None => set.skipped += 1,
             }
@@ -213,14 +197,8 @@ impl KeySet {
     }
 
     /// Keys that may verify a token with this `kid` (all keys when the token names none) and `alg`.
-    pub fn candidates<'a>(
-        &'a self,
-        kid: Option<&'a str>,
-        alg: Algorithm,
-    ) -> impl Iterator<Item = &'a Jwk> {
-        self.keys
-            .iter()
-            .filter(move |k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid))
+    pub fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Algorithm) -> impl Iterator<Item = &'a Jwk> {
+        self.keys.iter().filter(move |k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid))
     }
 
     /// Whether a key with this `kid` exists (any algorithm).
@@ -240,9 +218,7 @@ impl KeySet {
 }
 
 fn b64(field: &Option<String>) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD
-        .decode(field.as_deref()?.trim_end_matches('='))
-        .ok()
+    URL_SAFE_NO_PAD.decode(field.as_deref()?.trim_end_matches('=')).ok()
 }
 
 fn parse_key(raw: &RawKey) -> Option<Jwk> {
@@ -254,10 +230,7 @@ fn parse_key(raw: &RawKey) -> Option<Jwk> {
         Some(name) => Some(Algorithm::from_name(name)?),
     };
     let material = match (raw.kty.as_str(), raw.crv.as_deref()) {
-        ("RSA", _) => Material::Rsa {
-            n: b64(&raw.n)?,
-            e: b64(&raw.e)?,
-        },
+        ("RSA", _) => Material::Rsa { n: b64(&raw.n)?, e: b64(&raw.e)? },
         ("EC", Some(curve @ ("P-256" | "P-384"))) => {
             let (x, y) = (b64(&raw.x)?, b64(&raw.y)?);
             let mut sec1 = Vec::with_capacity(1 + x.len() + y.len());
@@ -270,16 +243,10 @@ fn parse_key(raw: &RawKey) -> Option<Jwk> {
                 Material::P384(ES384PublicKey::from_bytes(&sec1).ok()?)
             }
         }
-        ("OKP", Some("Ed25519")) => {
-            Material::Ed25519(Ed25519PublicKey::from_bytes(&b64(&raw.x)?).ok()?)
-        }
+        ("OKP", Some("Ed25519")) => Material::Ed25519(Ed25519PublicKey::from_bytes(&b64(&raw.x)?).ok()?),
         _ => return None,
     };
-    let key = Jwk {
-        kid: raw.kid.clone(),
-        alg,
-        material,
-    };
+    let key = Jwk { kid: raw.kid.clone(), alg, material };
     // A pinned alg from another family (e.g. RS256 on an EC key) makes the key unusable.
     if let Some(pinned) = alg {
         if !key.accepts(pinned) {
@@ -340,16 +307,8 @@ pub(crate) mod tests {
         let keys = TestKeys::new();
         let set = KeySet::parse(keys.jwks().as_bytes()).unwrap();
         assert_eq!(set.candidates(Some("rsa-1"), Algorithm::RS256).count(), 1);
-        assert_eq!(
-            set.candidates(Some("rsa-1"), Algorithm::PS256).count(),
-            0,
-            "alg pinned to RS256"
-        );
-        assert_eq!(
-            set.candidates(Some("ec-1"), Algorithm::ES384).count(),
-            0,
-            "P-256 key only does ES256"
-        );
+        assert_eq!(set.candidates(Some("rsa-1"), Algorithm::PS256).count(), 0, "alg pinned to RS256");
+        assert_eq!(set.candidates(Some("ec-1"), Algorithm::ES384).count(), 0, "P-256 key only does ES256");
         assert_eq!(set.candidates(None, Algorithm::EdDSA).count(), 1);
     }
 
@@ -376,17 +335,10 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_documents() {
-        assert!(matches!(
-            KeySet::parse(b"nope"),
-            Err(JwksError::Malformed(_))
-        ));
+        assert!(matches!(KeySet::parse(b"nope"), Err(JwksError::Malformed(_))));
+        assert_eq!(KeySet::parse(br#"{"keys":[]}"#).unwrap_err(), JwksError::NoUsableKeys);
         assert_eq!(
-            KeySet::parse(br#"{"keys":[]}"#).unwrap_err(),
-            JwksError::NoUsableKeys
-        );
-        assert_eq!(
-            KeySet::parse(br#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#)
-                .unwrap_err(),
+            KeySet::parse(br#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#).unwrap_err(),
             JwksError::NoUsableKeys
         );
     }

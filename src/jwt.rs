@@ -68,9 +68,7 @@ impl AuthError {
     /// What the person is told. Never contains the token.
     pub fn message(&self) -> &'static str {
         match self {
-            AuthError::MissingToken => {
-                "no access token: sign in (the apiKeyHelper must print an access token)"
-            }
+            AuthError::MissingToken => "no access token: sign in (the apiKeyHelper must print an access token)",
             AuthError::NotBearer => "the Authorization header must be 'Bearer <token>'",
             AuthError::ConflictingTokens => "Authorization and x-api-key carry different tokens",
             AuthError::TooLarge => "access token too large",
@@ -90,17 +88,9 @@ impl AuthError {
 
 impl ToReply for AuthError {
     fn to_reply(&self) -> Reply {
-        Reply::error(
-            401,
-            "authentication_error",
-            &format!("gateway: {}", self.message()),
-        )
-        .with_header(
+        Reply::error(401, "authentication_error", &format!("gateway: {}", self.message())).with_header(
             "www-authenticate",
-            format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                self.code()
-            ),
+            format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code()),
         )
     }
 }
@@ -163,9 +153,7 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
         return Err(AuthError::TooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(_sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::Malformed);
     };
     let header: Header = decode_json(h)?;
@@ -189,27 +177,18 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     }
     let audience_ok = match claims.get("aud") {
         Some(Value::String(a)) => oidc.audiences.contains(a),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|a| oidc.audiences.iter().any(|x| x == a)),
+        Some(Value::Array(list)) => {
+            list.iter().filter_map(Value::as_str).any(|a| oidc.audiences.iter().any(|x| x == a))
+        }
         _ => false,
     };
     if !audience_ok {
         return Err(AuthError::WrongAudience);
     }
-    if claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
+    if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(AuthError::MissingSubject);
     }
-    Ok(ParsedToken {
-        alg,
-        kid: header.kid,
-        claims,
-    })
+    Ok(ParsedToken { alg, kid: header.kid, claims })
 }
 
 impl ParsedToken {
@@ -219,13 +198,7 @@ impl ParsedToken {
     }
 
     /// Checks the signature against `keys` and returns the identity.
-    pub fn verify(
-        self,
-        token: &str,
-        keys: &KeySet,
-        oidc: &OidcPlan,
-        now: u64,
-    ) -> Result<Identity, AuthError> {
+    pub fn verify(self, token: &str, keys: &KeySet, oidc: &OidcPlan, now: u64) -> Result<Identity, AuthError> {
         {
             let mut candidates = keys.candidates(self.kid.as_deref(), self.alg).peekable();
             if candidates.peek().is_none() {
@@ -236,17 +209,8 @@ impl ParsedToken {
             }
         }
         Ok(Identity {
-            subject: self
-                .claims
-                .get("sub")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            email: self
-                .claims
-                .get("email")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            subject: self.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            email: self.claims.get("email").and_then(Value::as_str).map(str::to_owned),
             groups: groups_at(&self.claims, &oidc.groups_claim),
             expires_at: numeric(self.claims.get("exp")).unwrap_or(0),
             kid: self.kid,
@@ -255,17 +219,13 @@ impl ParsedToken {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| AuthError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| AuthError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
 }
 
 fn numeric(value: Option<&Value>) -> Option<u64> {
     match value? {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
         _ => None,
     }
 }
@@ -281,11 +241,7 @@ pub fn groups_at(claims: &serde_json::Map<String, Value>, path: &[String]) -> Ve
     }
     match value {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
     }
 }
@@ -334,48 +290,19 @@ pub(crate) mod tests {
 
     #[test]
     fn take_token_from_either_header() {
-        type Case = (
-            &'static str,
-            Option<&'static str>,
-            Option<&'static str>,
-            Result<&'static str, AuthError>,
-        );
+        type Case = (&'static str, Option<&'static str>, Option<&'static str>, Result<&'static str, AuthError>);
         let cases: &[Case] = &[
             ("bearer only", Some("Bearer abc"), None, Ok("abc")),
             ("x-api-key only", None, Some("abc"), Ok("abc")),
-            (
-                "both equal (Claude Code)",
-                Some("Bearer abc"),
-                Some("abc"),
-                Ok("abc"),
-            ),
+            ("both equal (Claude Code)", Some("Bearer abc"), Some("abc"), Ok("abc")),
             ("lowercase scheme", Some("bearer abc"), None, Ok("abc")),
-            (
-                "both differ",
-                Some("Bearer abc"),
-                Some("xyz"),
-                Err(AuthError::ConflictingTokens),
-            ),
-            (
-                "basic auth",
-                Some("Basic dXNlcg=="),
-                None,
-                Err(AuthError::NotBearer),
-            ),
+            ("both differ", Some("Bearer abc"), Some("xyz"), Err(AuthError::ConflictingTokens)),
+            ("basic auth", Some("Basic dXNlcg=="), None, Err(AuthError::NotBearer)),
             ("none", None, None, Err(AuthError::MissingToken)),
-            (
-                "empty values",
-                Some(""),
-                Some(" "),
-                Err(AuthError::MissingToken),
-            ),
+            ("empty values", Some(""), Some(" "), Err(AuthError::MissingToken)),
         ];
         for (name, auth, key, want) in cases {
-            assert_eq!(
-                take_token(*auth, *key).as_deref().map_err(Clone::clone),
-                want.clone(),
-                "{name}"
-            );
+            assert_eq!(take_token(*auth, *key).as_deref().map_err(Clone::clone), want.clone(), "{name}");
         }
     }
 
@@ -394,21 +321,9 @@ pub(crate) mod tests {
         let keys = TestKeys::new();
         type Edit = fn(&mut Value);
         let cases: &[(&str, Edit, AuthError)] = &[
-            (
-                "wrong issuer",
-                |c| c["iss"] = json!("https://evil.example.com"),
-                AuthError::WrongIssuer,
-            ),
-            (
-                "expired",
-                |c| c["exp"] = json!(NOW - 61),
-                AuthError::Expired,
-            ),
-            (
-                "expired within leeway",
-                |c| c["exp"] = json!(NOW - 59),
-                AuthError::BadSignature,
-            ),
+            ("wrong issuer", |c| c["iss"] = json!("https://evil.example.com"), AuthError::WrongIssuer),
+            ("expired", |c| c["exp"] = json!(NOW - 61), AuthError::Expired),
+            ("expired within leeway", |c| c["exp"] = json!(NOW - 59), AuthError::BadSignature),
             (
                 "no exp",
                 |c| {
@@ -416,21 +331,9 @@ pub(crate) mod tests {
                 },
                 AuthError::MissingExpiry,
             ),
-            (
-                "nbf ahead",
-                |c| c["nbf"] = json!(NOW + 61),
-                AuthError::NotYetValid,
-            ),
-            (
-                "wrong aud",
-                |c| c["aud"] = json!("other"),
-                AuthError::WrongAudience,
-            ),
-            (
-                "aud array without ours",
-                |c| c["aud"] = json!(["a", "b"]),
-                AuthError::WrongAudience,
-            ),
+            ("nbf ahead", |c| c["nbf"] = json!(NOW + 61), AuthError::NotYetValid),
+            ("wrong aud", |c| c["aud"] = json!("other"), AuthError::WrongAudience),
+            ("aud array without ours", |c| c["aud"] = json!(["a", "b"]), AuthError::WrongAudience),
             (
                 "no sub",
                 |c| {
@@ -465,38 +368,18 @@ pub(crate) mod tests {
     fn forged_and_malformed_tokens() {
         let keys = TestKeys::new();
         let cases = [
-            (
-                "alg none",
-                raw(json!({"alg": "none"}), good_claims()),
-                AuthError::UnsupportedAlgorithm,
-            ),
-            (
-                "HS256",
-                raw(json!({"alg": "HS256", "kid": "rsa-1"}), good_claims()),
-                AuthError::UnsupportedAlgorithm,
-            ),
-            (
-                "unknown kid",
-                raw(json!({"alg": "RS256", "kid": "nope"}), good_claims()),
-                AuthError::UnknownKey,
-            ),
+            ("alg none", raw(json!({"alg": "none"}), good_claims()), AuthError::UnsupportedAlgorithm),
+            ("HS256", raw(json!({"alg": "HS256", "kid": "rsa-1"}), good_claims()), AuthError::UnsupportedAlgorithm),
+            ("unknown kid", raw(json!({"alg": "RS256", "kid": "nope"}), good_claims()), AuthError::UnknownKey),
             (
                 "alg not allowed for kid",
                 raw(json!({"alg": "ES256", "kid": "rsa-1"}), good_claims()),
                 AuthError::UnknownKey,
             ),
-            (
-                "bad signature",
-                raw(json!({"alg": "RS256", "kid": "rsa-1"}), good_claims()),
-                AuthError::BadSignature,
-            ),
+            ("bad signature", raw(json!({"alg": "RS256", "kid": "rsa-1"}), good_claims()), AuthError::BadSignature),
             ("two parts", "a.b".to_owned(), AuthError::Malformed),
             ("not base64", "!!.!!.!!".to_owned(), AuthError::Malformed),
-            (
-                "crit header",
-                raw(json!({"alg": "RS256", "crit": ["x"]}), good_claims()),
-                AuthError::Malformed,
-            ),
+            ("crit header", raw(json!({"alg": "RS256", "crit": ["x"]}), good_claims()), AuthError::Malformed),
             ("too large", "a".repeat(9000), AuthError::TooLarge),
         ];
         for (name, token, want) in cases {
@@ -519,11 +402,10 @@ pub(crate) mod tests {
     fn reply_never_echoes_the_token() {
         let r = AuthError::Expired.to_reply();
         assert_eq!(r.status, 401);
-        assert!(r.headers.iter().any(
-            |(k, v)| k == "www-authenticate" && v.starts_with("Bearer error=\"invalid_token\"")
-        ));
-        assert!(String::from_utf8(r.body)
-            .unwrap()
-            .contains("access token expired"));
+        assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| k == "www-authenticate" && v.starts_with("Bearer error=\"invalid_token\"")));
+        assert!(String::from_utf8(r.body).unwrap().contains("access token expired"));
     }
 }

@@ -58,8 +58,12 @@ pub enum KeysError {
 impl ToReply for KeysError {
     fn to_reply(&self) -> Reply {
         let message = match self {
-            KeysError::Unavailable => "gateway: the identity provider's signing keys could not be loaded; try again shortly",
-            KeysError::TooOld => "gateway: the identity provider has been unreachable too long to verify sign-ins; try again shortly",
+            KeysError::Unavailable => {
+                "gateway: the identity provider's signing keys could not be loaded; try again shortly"
+            }
+            KeysError::TooOld => {
+                "gateway: the identity provider has been unreachable too long to verify sign-ins; try again shortly"
+            }
         };
         Reply::error(503, "api_error", message).with_header("retry-after", "5")
     }
@@ -135,16 +139,9 @@ impl KeyStore {
 
     /// The background refresh due now, if any. Marks the attempt.
     pub fn due(&mut self, oidc: &OidcPlan, now: u64) -> Option<Callout> {
-        let stale =
-            self.keys.is_none() || now.saturating_sub(self.fetched_at) >= oidc.jwks_refresh_seconds;
-        let backoff = if self.keys.is_none() {
-            RETRY_WITHOUT_KEYS
-        } else {
-            RETRY_WITH_KEYS
-        };
-        let waited = self
-            .last_attempt
-            .is_none_or(|t| now.saturating_sub(t) >= backoff);
+        let stale = self.keys.is_none() || now.saturating_sub(self.fetched_at) >= oidc.jwks_refresh_seconds;
+        let backoff = if self.keys.is_none() { RETRY_WITHOUT_KEYS } else { RETRY_WITH_KEYS };
+        let waited = self.last_attempt.is_none_or(|t| now.saturating_sub(t) >= backoff);
         if !(stale && waited) {
             return None;
         }
@@ -161,9 +158,7 @@ impl KeyStore {
     /// Whether an unknown `kid` may trigger a JWKS refetch now; if so, the refetch is recorded.
     pub fn allow_kid_refetch(&mut self, oidc: &OidcPlan, now: u64) -> Option<Callout> {
         if self.jwks_uri.is_none()
-            || self
-                .last_kid_refetch
-                .is_some_and(|t| now.saturating_sub(t) < oidc.unknown_kid_refetch_seconds)
+            || self.last_kid_refetch.is_some_and(|t| now.saturating_sub(t) < oidc.unknown_kid_refetch_seconds)
         {
             return None;
         }
@@ -180,28 +175,18 @@ impl KeyStore {
     }
 
     /// Takes a discovery answer; returns the JWKS callout to make next.
-    pub fn on_discovery(
-        &mut self,
-        oidc: &OidcPlan,
-        status: Option<u32>,
-        body: &[u8],
-    ) -> Result<Callout, FetchError> {
+    pub fn on_discovery(&mut self, oidc: &OidcPlan, status: Option<u32>, body: &[u8]) -> Result<Callout, FetchError> {
         check_status(status)?;
         #[derive(Deserialize)]
         struct Discovery {
             issuer: String,
             jwks_uri: String,
         }
-        let doc: Discovery =
-            serde_json::from_slice(body).map_err(|e| FetchError::BadDiscovery(e.to_string()))?;
+        let doc: Discovery = serde_json::from_slice(body).map_err(|e| FetchError::BadDiscovery(e.to_string()))?;
         if doc.issuer != oidc.issuer {
-            return Err(FetchError::BadDiscovery(format!(
-                "issuer {:?} is not the configured issuer",
-                doc.issuer
-            )));
+            return Err(FetchError::BadDiscovery(format!("issuer {:?} is not the configured issuer", doc.issuer)));
         }
-        let url = HttpUrl::parse(&doc.jwks_uri)
-            .map_err(|e| FetchError::BadDiscovery(format!("jwks_uri {e}")))?;
+        let url = HttpUrl::parse(&doc.jwks_uri).map_err(|e| FetchError::BadDiscovery(format!("jwks_uri {e}")))?;
         let discovery = &oidc.discovery_url;
         if !url.same_origin(discovery) && oidc.jwks_upstream == oidc.upstream {
             return Err(FetchError::BadDiscovery(format!(
@@ -216,12 +201,7 @@ impl KeyStore {
     }
 
     /// Takes a JWKS answer; on success the keys are installed and the record to share is returned.
-    pub fn on_jwks(
-        &mut self,
-        status: Option<u32>,
-        body: &[u8],
-        now: u64,
-    ) -> Result<SharedRecord, FetchError> {
+    pub fn on_jwks(&mut self, status: Option<u32>, body: &[u8], now: u64) -> Result<SharedRecord, FetchError> {
         check_status(status)?;
         let set = KeySet::parse(body).map_err(FetchError::BadJwks)?;
         self.keys = Some(Rc::new(set));
@@ -301,7 +281,9 @@ mod tests {
     use crate::jwt::tests::plan;
 
     fn discovery(jwks_uri: &str) -> Vec<u8> {
-        serde_json::json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": jwks_uri}).to_string().into_bytes()
+        serde_json::json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": jwks_uri})
+            .to_string()
+            .into_bytes()
     }
 
     #[test]
@@ -310,37 +292,19 @@ mod tests {
         let mut store = KeyStore::new(&oidc);
         let first = store.due(&oidc, 1000).unwrap();
         assert_eq!(first.fetch, Fetch::Discovery);
-        assert_eq!(
-            first.path,
-            "/oauth2/default/.well-known/openid-configuration"
-        );
+        assert_eq!(first.path, "/oauth2/default/.well-known/openid-configuration");
         assert_eq!(first.upstream, "idp.example.com:443");
-        assert_eq!(
-            store.due(&oidc, 1001),
-            None,
-            "backoff while an attempt is recent"
-        );
+        assert_eq!(store.due(&oidc, 1001), None, "backoff while an attempt is recent");
 
-        let jwks = store
-            .on_discovery(
-                &oidc,
-                Some(200),
-                &discovery("https://idp.example.com/oauth2/default/v1/keys"),
-            )
-            .unwrap();
+        let jwks =
+            store.on_discovery(&oidc, Some(200), &discovery("https://idp.example.com/oauth2/default/v1/keys")).unwrap();
         assert_eq!(
-            (
-                jwks.fetch.clone(),
-                jwks.path.as_str(),
-                jwks.authority.as_str()
-            ),
+            (jwks.fetch.clone(), jwks.path.as_str(), jwks.authority.as_str()),
             (Fetch::Jwks, "/oauth2/default/v1/keys", "idp.example.com")
         );
 
         assert_eq!(store.keys(&oidc, 1000).unwrap_err(), KeysError::Unavailable);
-        let record = store
-            .on_jwks(Some(200), TestKeys::new().jwks().as_bytes(), 1000)
-            .unwrap();
+        let record = store.on_jwks(Some(200), TestKeys::new().jwks().as_bytes(), 1000).unwrap();
         assert_eq!(record.fetched_at, 1000);
         assert!(store.keys(&oidc, 1000).is_ok());
         assert_eq!(store.due(&oidc, 1000 + 299), None);
@@ -351,28 +315,18 @@ mod tests {
     fn keys_expire_after_max_age_and_failed_refresh_keeps_them() {
         let oidc = plan().oidc;
         let mut store = KeyStore::new(&oidc);
-        store
-            .on_jwks(Some(200), TestKeys::new().jwks().as_bytes(), 1000)
-            .unwrap();
+        store.on_jwks(Some(200), TestKeys::new().jwks().as_bytes(), 1000).unwrap();
         assert!(store.on_jwks(Some(503), b"", 2000).is_err());
         assert!(store.keys(&oidc, 1000 + 86_400).is_ok());
-        assert_eq!(
-            store.keys(&oidc, 1000 + 86_401).unwrap_err(),
-            KeysError::TooOld
-        );
+        assert_eq!(store.keys(&oidc, 1000 + 86_401).unwrap_err(), KeysError::TooOld);
     }
 
     #[test]
     fn unknown_kid_refetch_is_throttled() {
         let oidc = plan().oidc;
         let mut store = KeyStore::new(&oidc);
-        assert!(
-            store.allow_kid_refetch(&oidc, 1000).is_none(),
-            "no JWKS URL known yet"
-        );
-        store
-            .on_discovery(&oidc, Some(200), &discovery("https://idp.example.com/keys"))
-            .unwrap();
+        assert!(store.allow_kid_refetch(&oidc, 1000).is_none(), "no JWKS URL known yet");
+        store.on_discovery(&oidc, Some(200), &discovery("https://idp.example.com/keys")).unwrap();
         assert!(store.allow_kid_refetch(&oidc, 1000).is_some());
         assert!(store.allow_kid_refetch(&oidc, 1029).is_none());
         assert!(store.allow_kid_refetch(&oidc, 1030).is_some());
@@ -383,8 +337,7 @@ mod tests {
         let oidc = plan().oidc;
         let mut store = KeyStore::new(&oidc);
         let wrong_issuer =
-            serde_json::json!({"issuer": "https://evil", "jwks_uri": "https://idp.example.com/k"})
-                .to_string();
+            serde_json::json!({"issuer": "https://evil", "jwks_uri": "https://idp.example.com/k"}).to_string();
         assert!(matches!(
             store.on_discovery(&oidc, Some(200), wrong_issuer.as_bytes()),
             Err(FetchError::BadDiscovery(_))
@@ -393,26 +346,16 @@ mod tests {
             store.on_discovery(&oidc, Some(200), &discovery("https://other.example.com/k")),
             Err(FetchError::BadDiscovery(_))
         ));
-        assert!(matches!(
-            store.on_discovery(&oidc, None, b""),
-            Err(FetchError::Unreachable(_))
-        ));
+        assert!(matches!(store.on_discovery(&oidc, None, b""), Err(FetchError::Unreachable(_))));
     }
 
     #[test]
     fn publish_keeps_the_newest_record() {
         let store = crate::shared::tests::FakeStore::default();
-        let record = |t| SharedRecord {
-            fetched_at: t,
-            jwks_uri: "https://idp.example.com/keys".into(),
-            jwks: "{}".into(),
-        };
+        let record =
+            |t| SharedRecord { fetched_at: t, jwks_uri: "https://idp.example.com/keys".into(), jwks: "{}".into() };
         assert_eq!(publish(&store, &record(10)), Ok(true));
-        assert_eq!(
-            publish(&store, &record(5)),
-            Ok(false),
-            "older record does not overwrite"
-        );
+        assert_eq!(publish(&store, &record(5)), Ok(false), "older record does not overwrite");
         store.lose_races.set(2);
         assert_eq!(publish(&store, &record(20)), Ok(true));
         assert_eq!(read_shared(&store).unwrap().0.fetched_at, 20);
@@ -423,18 +366,10 @@ mod tests {
         let oidc = plan().oidc;
         let jwks = TestKeys::new().jwks();
         let mut store = KeyStore::new(&oidc);
-        let record = SharedRecord {
-            fetched_at: 500,
-            jwks_uri: "https://idp.example.com/keys".into(),
-            jwks,
-        };
+        let record = SharedRecord { fetched_at: 500, jwks_uri: "https://idp.example.com/keys".into(), jwks };
         assert!(store.adopt(&record));
         assert!(!store.adopt(&record), "same record twice");
         assert!(store.keys(&oidc, 600).is_ok());
-        assert_eq!(
-            store.due(&oidc, 600),
-            None,
-            "fresh keys from another worker need no fetch"
-        );
+        assert_eq!(store.due(&oidc, 600), None, "fresh keys from another worker need no fetch");
     }
 }

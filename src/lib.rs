@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod jwks;
 pub mod jwt;
 pub mod keystore;
+pub mod metering;
 pub mod reply;
 pub mod routing;
 pub mod shared;

@@ -16,11 +16,7 @@ pub struct Reply {
 impl Reply {
     /// An empty answer with the given status.
     pub fn empty(status: u32) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Reply { status, headers: Vec::new(), body: Vec::new() }
     }
 
     /// An Anthropic-shaped error: `{"type":"error","error":{"type":..,"message":..}}`.
@@ -57,9 +53,6 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["message"], "model \"x\" not configured");
-        assert_eq!(
-            r.headers,
-            vec![("content-type".to_owned(), "application/json".to_owned())]
-        );
+        assert_eq!(r.headers, vec![("content-type".to_owned(), "application/json".to_owned())]);
     }
 }

@@ -67,26 +67,16 @@ impl ToReply for RequestError {
     fn to_reply(&self) -> Reply {
         match self {
             RequestError::NotFound => Reply::error(404, "not_found_error", "gateway: not found"),
-            RequestError::TooLarge { max } => Reply::error(
-                413,
-                "request_too_large",
-                &format!("gateway: request body larger than {max} bytes"),
-            ),
-            RequestError::InvalidJson(why) => Reply::error(
-                400,
-                "invalid_request_error",
-                &format!("gateway: request body is not valid JSON: {why}"),
-            ),
-            RequestError::MissingModel => Reply::error(
-                400,
-                "invalid_request_error",
-                "gateway: request body has no string `model`",
-            ),
-            RequestError::ModelNotAllowed {
-                model,
-                tier,
-                allowed,
-            } => Reply::error(
+            RequestError::TooLarge { max } => {
+                Reply::error(413, "request_too_large", &format!("gateway: request body larger than {max} bytes"))
+            }
+            RequestError::InvalidJson(why) => {
+                Reply::error(400, "invalid_request_error", &format!("gateway: request body is not valid JSON: {why}"))
+            }
+            RequestError::MissingModel => {
+                Reply::error(400, "invalid_request_error", "gateway: request body has no string `model`")
+            }
+            RequestError::ModelNotAllowed { model, tier, allowed } => Reply::error(
                 400,
                 "invalid_request_error",
                 &format!(
@@ -103,6 +93,8 @@ impl ToReply for RequestError {
 pub struct RequestBody {
     /// `model` as sent.
     pub model: String,
+    /// `max_tokens`, when it is a whole number.
+    pub max_tokens: Option<u64>,
     /// Byte range of the `model` value (with its quotes) in the body.
     model_span: (usize, usize),
 }
@@ -113,6 +105,8 @@ struct Top<'a> {
     // repeated `model`, so the provider cannot be shown a different model than the one checked.
     #[serde(borrow)]
     model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
 }
 
 impl RequestBody {
@@ -120,36 +114,27 @@ impl RequestBody {
     pub fn parse(body: &[u8]) -> Result<RequestBody, RequestError> {
         // serde would also read a struct from a JSON array; the API takes objects only.
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(RequestError::InvalidJson(
-                "expected a JSON object".to_owned(),
-            ));
+            return Err(RequestError::InvalidJson("expected a JSON object".to_owned()));
         }
-        let top: Top =
-            serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+        let top: Top = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
         let raw = top.model.ok_or(RequestError::MissingModel)?;
-        let model: String =
-            serde_json::from_str(raw.get()).map_err(|_| RequestError::MissingModel)?;
+        let model: String = serde_json::from_str(raw.get()).map_err(|_| RequestError::MissingModel)?;
         let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
         let end = start + raw.get().len();
         if body.get(start..end) != Some(raw.get().as_bytes()) {
-            return Err(RequestError::InvalidJson(
-                "model value could not be located".to_owned(),
-            ));
+            return Err(RequestError::InvalidJson("model value could not be located".to_owned()));
         }
-        Ok(RequestBody {
-            model,
-            model_span: (start, end),
-        })
+        let max_tokens = top.max_tokens.and_then(|raw| raw.get().parse::<u64>().ok());
+        Ok(RequestBody { model, max_tokens, model_span: (start, end) })
     }
 
     /// The model entry the tier allows for this body, or the refusal listing what it allows.
     pub fn resolve<'a>(&self, plan: &'a Plan, tier: &Tier) -> Result<&'a Model, RequestError> {
-        plan.model_for(tier, &self.model)
-            .ok_or_else(|| RequestError::ModelNotAllowed {
-                model: self.model.clone(),
-                tier: tier.name.clone(),
-                allowed: tier.aliases(plan).map(str::to_owned).collect(),
-            })
+        plan.model_for(tier, &self.model).ok_or_else(|| RequestError::ModelNotAllowed {
+            model: self.model.clone(),
+            tier: tier.name.clone(),
+            allowed: tier.aliases(plan).map(str::to_owned).collect(),
+        })
     }
 
     /// The body with `model` replaced by `model_id`; every other byte stays as it was.
@@ -178,11 +163,7 @@ mod tests {
         let cases = [
             ("POST", "/v1/messages?beta=true", Endpoint::Messages),
             ("POST", "/v1/messages", Endpoint::Messages),
-            (
-                "POST",
-                "/v1/messages/count_tokens?beta=true",
-                Endpoint::CountTokens,
-            ),
+            ("POST", "/v1/messages/count_tokens?beta=true", Endpoint::CountTokens),
             ("GET", "/v1/messages", Endpoint::NotFound),
             ("HEAD", "/api/hello", Endpoint::Hello),
             ("HEAD", "/", Endpoint::Hello),
@@ -197,15 +178,13 @@ mod tests {
 
     #[test]
     fn rewrite_changes_only_the_model_bytes() {
-        let body = br#"{ "model" : "claude-haiku-4-5", "messages":[{"role":"user","content":"model \"x\""}], "stream":true }"#;
+        let body =
+            br#"{ "model" : "claude-haiku-4-5", "messages":[{"role":"user","content":"model \"x\""}], "stream":true }"#;
         let parsed = RequestBody::parse(body).unwrap();
         assert_eq!(parsed.model, "claude-haiku-4-5");
         let out = parsed.rewrite(body, "claude-haiku-4-5-20251001").unwrap();
-        let expected = String::from_utf8_lossy(body).replacen(
-            "\"claude-haiku-4-5\"",
-            "\"claude-haiku-4-5-20251001\"",
-            1,
-        );
+        let expected =
+            String::from_utf8_lossy(body).replacen("\"claude-haiku-4-5\"", "\"claude-haiku-4-5-20251001\"", 1);
         assert_eq!(String::from_utf8(out).unwrap(), expected);
         assert_eq!(parsed.rewrite(body, "claude-haiku-4-5"), None);
     }
@@ -215,10 +194,7 @@ mod tests {
         let body = br#"{"messages":[],"model":"claude-sonnet\u002d4-6"}"#;
         let parsed = RequestBody::parse(body).unwrap();
         assert_eq!(parsed.model, "claude-sonnet-4-6");
-        assert_eq!(
-            parsed.rewrite(body, "x").unwrap(),
-            br#"{"messages":[],"model":"x"}"#.to_vec()
-        );
+        assert_eq!(parsed.rewrite(body, "x").unwrap(), br#"{"messages":[],"model":"x"}"#.to_vec());
     }
 
     #[test]
@@ -227,26 +203,14 @@ mod tests {
             ("not json", b"model=claude"),
             ("truncated", br#"{"model":"a""#),
             ("array", b"[1]"),
-            (
-                "duplicate model",
-                br#"{"model":"claude-sonnet-4-6","model":"claude-opus-4-7"}"#,
-            ),
+            ("duplicate model", br#"{"model":"claude-sonnet-4-6","model":"claude-opus-4-7"}"#),
             ("trailing garbage", br#"{"model":"a"} x"#),
         ];
         for (name, body) in cases {
-            assert!(
-                matches!(RequestBody::parse(body), Err(RequestError::InvalidJson(_))),
-                "{name}"
-            );
+            assert!(matches!(RequestBody::parse(body), Err(RequestError::InvalidJson(_))), "{name}");
         }
-        assert_eq!(
-            RequestBody::parse(br#"{"messages":[]}"#),
-            Err(RequestError::MissingModel)
-        );
-        assert_eq!(
-            RequestBody::parse(br#"{"model":7}"#),
-            Err(RequestError::MissingModel)
-        );
+        assert_eq!(RequestBody::parse(br#"{"messages":[]}"#), Err(RequestError::MissingModel));
+        assert_eq!(RequestBody::parse(br#"{"model":7}"#), Err(RequestError::MissingModel));
     }
 
     #[test]
@@ -258,17 +222,18 @@ mod tests {
         let reply = err.to_reply();
         assert_eq!(reply.status, 400);
         let text = String::from_utf8(reply.body).unwrap();
-        assert!(text.contains("model not configured: claude-opus-4-7 is not available to tier standard; allowed: claude-sonnet-4-6"), "{text}");
-        assert_eq!(
-            body.resolve(&plan, &plan.tiers[0]).unwrap().model_id,
-            "claude-opus-4-7"
+        assert!(
+            text.contains(
+                "model not configured: claude-opus-4-7 is not available to tier standard; allowed: claude-sonnet-4-6"
+            ),
+            "{text}"
         );
+        assert_eq!(body.resolve(&plan, &plan.tiers[0]).unwrap().model_id, "claude-opus-4-7");
     }
 
     #[test]
     fn captured_claude_code_bodies_parse() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/claude-code");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/claude-code");
         for name in [
             "request_main_stream.json",
             "request_tool_result_followup.json",

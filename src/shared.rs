@@ -97,10 +97,7 @@ pub(crate) mod tests {
     fn gives_up_when_always_contended() {
         let store = FakeStore::default();
         store.lose_races.set(usize::MAX);
-        assert_eq!(
-            update(&store, "k", |_| Some(b"v".to_vec())),
-            Err(StoreError::Contended)
-        );
+        assert_eq!(update(&store, "k", |_| Some(b"v".to_vec())), Err(StoreError::Contended));
     }
 
     #[test]

@@ -27,14 +27,7 @@ impl Framer {
     /// A framer keeping the data of events for which `wanted(name)` holds (an event with no
     /// name is always kept), each up to `max_event` bytes.
     pub fn new(wanted: fn(&[u8]) -> bool, max_event: usize) -> Framer {
-        Framer {
-            line: Vec::new(),
-            name: Vec::new(),
-            data: Vec::new(),
-            wanted,
-            max_event,
-            oversized: false,
-        }
+        Framer { line: Vec::new(), name: Vec::new(), data: Vec::new(), wanted, max_event, oversized: false }
     }
 
     /// Feeds a chunk; `on_event` is called for every event it completes.
@@ -102,10 +95,7 @@ impl Framer {
     fn dispatch(&mut self, on_event: &mut dyn FnMut(Event<'_>)) {
         let complete = !self.oversized && (!self.data.is_empty() || !self.name.is_empty());
         if complete {
-            if let (Ok(name), Ok(data)) = (
-                std::str::from_utf8(&self.name),
-                std::str::from_utf8(&self.data),
-            ) {
+            if let (Ok(name), Ok(data)) = (std::str::from_utf8(&self.name), std::str::from_utf8(&self.data)) {
                 on_event(Event { name, data });
             }
         }
@@ -136,7 +126,8 @@ mod tests {
 
     #[test]
     fn frames_events_across_any_split() {
-        let stream = "event: a\ndata: {\"x\":\"é😀\"}\n\nevent: b\r\ndata: 1\r\ndata: 2\r\n\r\n: comment\n\ndata: tail".as_bytes();
+        let stream = "event: a\ndata: {\"x\":\"é😀\"}\n\nevent: b\r\ndata: 1\r\ndata: 2\r\n\r\n: comment\n\ndata: tail"
+            .as_bytes();
         let want = vec![
             ("a".to_owned(), "{\"x\":\"é😀\"}".to_owned()),
             ("b".to_owned(), "1\n2".to_owned()),
@@ -145,11 +136,7 @@ mod tests {
         assert_eq!(frame(&[stream]), want);
         for i in 0..=stream.len() {
             for j in i..=stream.len() {
-                assert_eq!(
-                    frame(&[&stream[..i], &stream[i..j], &stream[j..]]),
-                    want,
-                    "split at {i},{j}"
-                );
+                assert_eq!(frame(&[&stream[..i], &stream[i..j], &stream[j..]]), want, "split at {i},{j}");
             }
         }
     }
@@ -162,11 +149,10 @@ mod tests {
         let mut framer = Framer::new(only_a, 16);
         let mut out = Vec::new();
         let mut sink = |e: Event<'_>| out.push(e.data.to_owned());
-        framer.push(b"event: b\ndata: skipped\n\nevent: a\ndata: 0123456789abcdefXYZ\n\nevent: a\ndata: ok\n\n", &mut sink);
-        assert_eq!(
-            out,
-            vec!["", "ok"],
-            "b framed without data, oversized a dropped"
+        framer.push(
+            b"event: b\ndata: skipped\n\nevent: a\ndata: 0123456789abcdefXYZ\n\nevent: a\ndata: ok\n\n",
+            &mut sink,
         );
+        assert_eq!(out, vec!["", "ok"], "b framed without data, oversized a dropped");
     }
 }

@@ -5,10 +5,7 @@ use crate::reply::{Reply, ToReply};
 
 /// The first tier, in config order, that lists one of `groups`.
 pub fn select<'a>(plan: &'a Plan, groups: &[String]) -> Option<(usize, &'a Tier)> {
-    plan.tiers
-        .iter()
-        .enumerate()
-        .find(|(_, tier)| tier.groups.iter().any(|g| groups.contains(g)))
+    plan.tiers.iter().enumerate().find(|(_, tier)| tier.groups.iter().any(|g| groups.contains(g)))
 }
 
 /// A verified person whose groups match no tier.
@@ -21,11 +18,7 @@ pub struct NoTier {
 impl NoTier {
     /// The refusal for `plan`.
     pub fn new(plan: &Plan) -> NoTier {
-        let mut required: Vec<String> = plan
-            .tiers
-            .iter()
-            .flat_map(|t| t.groups.iter().cloned())
-            .collect();
+        let mut required: Vec<String> = plan.tiers.iter().flat_map(|t| t.groups.iter().cloned()).collect();
         required.dedup();
         NoTier { required }
     }
@@ -55,20 +48,12 @@ mod tests {
         let cases = [
             ("standard", g(&["claude-standard-users"]), Some("standard")),
             ("power", g(&["x", "claude-power-users"]), Some("power")),
-            (
-                "both: power is listed first",
-                g(&["claude-standard-users", "claude-power-users"]),
-                Some("power"),
-            ),
+            ("both: power is listed first", g(&["claude-standard-users", "claude-power-users"]), Some("power")),
             ("none", g(&["engineering"]), None),
             ("empty", g(&[]), None),
         ];
         for (name, groups, want) in cases {
-            assert_eq!(
-                select(&plan, &groups).map(|(_, t)| t.name.as_str()),
-                want,
-                "{name}"
-            );
+            assert_eq!(select(&plan, &groups).map(|(_, t)| t.name.as_str()), want, "{name}");
         }
     }
 
@@ -76,13 +61,8 @@ mod tests {
     fn no_tier_reply_names_the_groups_and_stops_retries() {
         let r = NoTier::new(&plan()).to_reply();
         assert_eq!(r.status, 400);
-        assert!(r
-            .headers
-            .contains(&("x-should-retry".into(), "false".into())));
+        assert!(r.headers.contains(&("x-should-retry".into(), "false".into())));
         let body = String::from_utf8(r.body).unwrap();
-        assert!(
-            body.contains("claude-power-users, claude-standard-users"),
-            "{body}"
-        );
+        assert!(body.contains("claude-power-users, claude-standard-users"), "{body}");
     }
 }

@@ -17,10 +17,7 @@ pub struct TokenCache {
 impl TokenCache {
     /// An empty cache holding at most `capacity` tokens.
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache {
-            entries: HashMap::new(),
-            capacity,
-        }
+        TokenCache { entries: HashMap::new(), capacity }
     }
 
     /// The digest a token is filed under.
@@ -72,13 +69,7 @@ mod tests {
     use super::*;
 
     fn identity(exp: u64) -> Identity {
-        Identity {
-            subject: "alice".into(),
-            email: None,
-            groups: vec![],
-            expires_at: exp,
-            kid: Some("k1".into()),
-        }
+        Identity { subject: "alice".into(), email: None, groups: vec![], expires_at: exp, kid: Some("k1".into()) }
     }
 
     #[test]

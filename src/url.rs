@@ -54,10 +54,7 @@ impl HttpUrl {
     /// This URL with `suffix` appended to its path (a trailing `/` is not doubled).
     pub fn join_path(&self, suffix: &str) -> HttpUrl {
         let base = self.path.trim_end_matches('/');
-        HttpUrl {
-            path: format!("{base}{suffix}"),
-            ..self.clone()
-        }
+        HttpUrl { path: format!("{base}{suffix}"), ..self.clone() }
     }
 
     /// Whether two URLs reach the same `host:port`.
@@ -68,10 +65,7 @@ impl HttpUrl {
 
 fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
     // An IPv6 literal keeps its brackets: `[::1]:8443`.
-    let (host, port) = if let Some(end) = authority
-        .strip_prefix('[')
-        .and_then(|_| authority.find(']'))
-    {
+    let (host, port) = if let Some(end) = authority.strip_prefix('[').and_then(|_| authority.find(']')) {
         let host = &authority[..=end];
         match &authority[end + 1..] {
             "" => (host, None),
@@ -88,11 +82,7 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
     }
     match port {
         None => Some((host, None)),
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .map(|p| (host, Some(p))),
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).map(|p| (host, Some(p))),
     }
 }
 
@@ -104,11 +94,7 @@ mod tests {
     fn parses_and_derives_upstreams() {
         let cases = [
             ("https://idp.example.com", "idp.example.com:443", "/"),
-            (
-                "https://idp.example.com/oauth2/default",
-                "idp.example.com:443",
-                "/oauth2/default",
-            ),
+            ("https://idp.example.com/oauth2/default", "idp.example.com:443", "/oauth2/default"),
             ("http://127.0.0.1:9100", "127.0.0.1:9100", "/"),
             ("http://[::1]:9100/x?y=1", "[::1]:9100", "/x?y=1"),
         ];

@@ -85,23 +85,12 @@ pub struct Meter {
 impl Meter {
     /// A meter for an answer with this `content-type`.
     pub fn new(content_type: &str) -> Meter {
-        let body = if content_type
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("text/event-stream")
-        {
+        let body = if content_type.trim_start().to_ascii_lowercase().starts_with("text/event-stream") {
             Body::Sse(Framer::new(usage_event, MAX_EVENT))
         } else {
-            Body::Json {
-                bytes: Vec::new(),
-                truncated: false,
-            }
+            Body::Json { bytes: Vec::new(), truncated: false }
         };
-        Meter {
-            body,
-            fields: [None; 4],
-            reported: false,
-        }
+        Meter { body, fields: [None; 4], reported: false }
     }
 
     /// Observes one chunk of the answer.
@@ -136,12 +125,7 @@ impl Meter {
             }
         }
         let [input, output, cache_write, cache_read] = self.fields.map(|f| f.unwrap_or(0));
-        Usage {
-            input,
-            output,
-            cache_write,
-            cache_read,
-        }
+        Usage { input, output, cache_write, cache_read }
     }
 }
 
@@ -157,12 +141,8 @@ fn take_event(event: Event<'_>, fields: &mut [Option<u64>; 4], reported: &mut bo
 }
 
 fn merge(fields: &mut [Option<u64>; 4], usage: &RawUsage) {
-    let new = [
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_creation_input_tokens,
-        usage.cache_read_input_tokens,
-    ];
+    let new =
+        [usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens];
     for (field, value) in fields.iter_mut().zip(new) {
         if value.is_some() {
             *field = value;
@@ -183,10 +163,7 @@ fn json_usage(bytes: &[u8], truncated: bool) -> Option<RawUsage> {
     let at = bytes.windows(key.len()).rposition(|w| w == key)?;
     let rest = &bytes[at + key.len()..];
     let start = rest.iter().position(|&b| b == b'{')?;
-    serde_json::Deserializer::from_slice(&rest[start..])
-        .into_iter::<RawUsage>()
-        .next()?
-        .ok()
+    serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<RawUsage>().next()?.ok()
 }
 
 #[cfg(test)]
@@ -211,28 +188,12 @@ mod tests {
     fn captured_stream_counts_the_same_at_every_split() {
         let stream = fixture();
         let whole = count("text/event-stream", &[&stream]);
-        assert_eq!(
-            whole,
-            Usage {
-                input: 2603,
-                output: 32,
-                cache_write: 29144,
-                cache_read: 0
-            }
-        );
+        assert_eq!(whole, Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0 });
         for i in 0..=stream.len() {
-            assert_eq!(
-                count("text/event-stream", &[&stream[..i], &stream[i..]]),
-                whole,
-                "split at {i}"
-            );
+            assert_eq!(count("text/event-stream", &[&stream[..i], &stream[i..]]), whole, "split at {i}");
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(
-            count("text/event-stream; charset=utf-8", &bytes),
-            whole,
-            "one byte at a time"
-        );
+        assert_eq!(count("text/event-stream; charset=utf-8", &bytes), whole, "one byte at a time");
     }
 
     #[test]
@@ -260,37 +221,20 @@ mod tests {
             ),
         ];
         for (name, stream, want) in cases {
-            assert_eq!(
-                count("text/event-stream", &[stream.as_bytes()]),
-                *want,
-                "{name}"
-            );
+            assert_eq!(count("text/event-stream", &[stream.as_bytes()]), *want, "{name}");
         }
     }
 
     #[test]
     fn json_answers() {
         let message = br#"{"id":"m","type":"message","content":[{"type":"text","text":"<block>no"}],"usage":{"input_tokens":900,"output_tokens":4,"cache_creation_input_tokens":0,"cache_read_input_tokens":120}}"#;
-        let want = Usage {
-            input: 900,
-            output: 4,
-            cache_write: 0,
-            cache_read: 120,
-        };
-        assert_eq!(
-            count("application/json", &[&message[..50], &message[50..]]),
-            want
-        );
-        let error =
-            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let want = Usage { input: 900, output: 4, cache_write: 0, cache_read: 120 };
+        assert_eq!(count("application/json", &[&message[..50], &message[50..]]), want);
+        let error = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert_eq!(count("application/json", &[error]), Usage::default());
         let mut big = br#"{"content":[{"type":"text","text":""#.to_vec();
         big.extend(std::iter::repeat_n(b'x', MAX_JSON + 10));
         big.extend_from_slice(br#""}],"usage":{"input_tokens":1,"output_tokens":99999}}"#);
-        assert_eq!(
-            count("application/json", &big.chunks(65536).collect::<Vec<_>>()).output,
-            99999,
-            "tail kept"
-        );
+        assert_eq!(count("application/json", &big.chunks(65536).collect::<Vec<_>>()).output, 99999, "tail kept");
     }
 }

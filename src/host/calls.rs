@@ -20,43 +20,30 @@ pub fn log(level: LogLevel, message: &str) {
 
 /// Host time in whole seconds since the epoch (0 if the host cannot tell).
 pub fn now() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
 }
 
 /// Sets the root context's tick period.
 pub fn set_tick_period(period: Duration) {
     if hostcalls::set_tick_period(period).is_err() {
-        log(
-            LogLevel::Error,
-            "claude-sso-gateway: could not set the tick period",
-        );
+        log(LogLevel::Error, "claude-sso-gateway: could not set the tick period");
     }
 }
 
 /// The plugin configuration bytes.
 pub fn plugin_configuration() -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-        .ok()
-        .flatten()
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten()
 }
 
 /// A request header.
 pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
 }
 
 /// Sets (replaces) a request header.
 pub fn set_request_header(name: &str, value: &str) {
     if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
-        log(
-            LogLevel::Warn,
-            &format!("claude-sso-gateway: could not set request header {name}"),
-        );
+        log(LogLevel::Warn, &format!("claude-sso-gateway: could not set request header {name}"));
     }
 }
 
@@ -65,49 +52,48 @@ pub fn remove_request_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
 }
 
+/// A response header.
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+}
+
+/// Sets (replaces) a response header.
+pub fn set_response_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+}
+
+/// The response body chunk being delivered.
+pub fn response_chunk(size: usize) -> Vec<u8> {
+    if size == 0 {
+        return Vec::new();
+    }
+    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size).ok().flatten().unwrap_or_default()
+}
+
 /// The buffered request body.
 pub fn request_body(size: usize) -> Vec<u8> {
-    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten().unwrap_or_default()
 }
 
 /// Replaces the whole request body. ngx_wasm_module truncates the new data to the size
 /// given, so the size is the larger of the old and new lengths (Envoy accepts either).
 pub fn replace_request_body(old_size: usize, body: &[u8]) -> bool {
-    hostcalls::set_buffer(
-        BufferType::HttpRequestBody,
-        0,
-        old_size.max(body.len()),
-        body,
-    )
-    .is_ok()
+    hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size.max(body.len()), body).is_ok()
 }
 
 /// Sends a local response.
 pub fn send_reply(reply: &Reply) {
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
     if hostcalls::send_http_response(reply.status, headers, body).is_err() {
-        log(
-            LogLevel::Error,
-            "claude-sso-gateway: could not send a local response",
-        );
+        log(LogLevel::Error, "claude-sso-gateway: could not send a local response");
     }
 }
 
 /// Lets a paused request continue.
 pub fn resume_request() {
     if hostcalls::resume_http_request().is_err() {
-        log(
-            LogLevel::Error,
-            "claude-sso-gateway: could not resume the request",
-        );
+        log(LogLevel::Error, "claude-sso-gateway: could not resume the request");
     }
 }
 
@@ -132,14 +118,9 @@ pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>)
         .and_then(|s| s.parse().ok());
     let reason = match status {
         Some(_) => None,
-        None => hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":dispatch_status")
-            .ok()
-            .flatten(),
+        None => hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":dispatch_status").ok().flatten(),
     };
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
     (status, body, reason)
 }
 

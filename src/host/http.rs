@@ -10,10 +10,11 @@ use proxy_wasm::types::{Action, LogLevel};
 use crate::gateway::{Admission, AuthOutcome, FetchProgress, Worker};
 use crate::jwt;
 use crate::keystore::Fetch;
+use crate::metering::Metering;
 use crate::reply::{Reply, ToReply};
 use crate::routing::{Endpoint, RequestError};
 
-use super::calls;
+use super::calls::{self, HostShared};
 
 /// One request's state.
 pub struct GatewayHttp {
@@ -24,6 +25,9 @@ pub struct GatewayHttp {
     waiting: Option<(u32, Fetch)>,
     /// Set once the whole body is buffered.
     body_size: Option<usize>,
+    endpoint: Endpoint,
+    /// The request's accounting, once it was forwarded.
+    metering: Option<Metering>,
     /// A local answer was sent; nothing more is done.
     answered: bool,
 }
@@ -37,6 +41,8 @@ impl GatewayHttp {
             admission: None,
             waiting: None,
             body_size: None,
+            endpoint: Endpoint::NotFound,
+            metering: None,
             answered: false,
         }
     }
@@ -44,10 +50,7 @@ impl GatewayHttp {
     fn answer(&mut self, reply: &Reply) -> Action {
         if reply.status >= 400 {
             let message = String::from_utf8_lossy(&reply.body);
-            calls::log(
-                LogLevel::Info,
-                &format!("claude-sso-gateway: refused {}: {message}", reply.status),
-            );
+            calls::log(LogLevel::Info, &format!("claude-sso-gateway: refused {}: {message}", reply.status));
         }
         self.answered = true;
         calls::send_reply(reply);
@@ -59,10 +62,7 @@ impl GatewayHttp {
         let Some(token) = self.token.as_deref() else {
             return self.answer(&jwt::AuthError::MissingToken.to_reply());
         };
-        let outcome = self
-            .worker
-            .borrow_mut()
-            .authenticate(token, calls::now(), may_fetch);
+        let outcome = self.worker.borrow_mut().authenticate(token, calls::now(), may_fetch);
         match outcome {
             AuthOutcome::Admitted(admission) => {
                 self.admission = Some(admission);
@@ -70,8 +70,7 @@ impl GatewayHttp {
             }
             AuthOutcome::Refused(reply) => self.answer(&reply),
             AuthOutcome::FetchKeys(callout) => {
-                let timeout =
-                    Duration::from_millis(self.worker.borrow().plan.oidc.callout_timeout_ms);
+                let timeout = Duration::from_millis(self.worker.borrow().plan.oidc.callout_timeout_ms);
                 match calls::dispatch(&callout, timeout) {
                     Ok(id) => {
                         self.worker.borrow_mut().request_fetch_started();
@@ -99,10 +98,11 @@ impl GatewayHttp {
             return Action::Pause;
         };
         let body = calls::request_body(body_size);
-        let forward = self.worker.borrow().forward(admission, &body);
+        let forward = self.worker.borrow().forward(&HostShared, admission, self.endpoint, &body, calls::now());
         match forward {
             Err(reply) => self.answer(&reply),
-            Ok(forward) => {
+            Ok((forward, metering)) => {
+                self.metering = metering;
                 if let Some(new_body) = &forward.body {
                     if !calls::replace_request_body(body_size, new_body) {
                         return self.answer(&Reply::error(
@@ -121,6 +121,24 @@ impl GatewayHttp {
     }
 }
 
+impl GatewayHttp {
+    /// Charges the answer's usage once and reports it.
+    fn settle(&mut self) {
+        let Some(metering) = &mut self.metering else { return };
+        let Some(report) = metering.settle(&HostShared, calls::now()) else { return };
+        let s = metering.subject();
+        let u = report.usage;
+        let cost = report.cost_usd.map_or_else(|| "unpriced".to_owned(), |c| format!("{c:.6}"));
+        calls::log(
+            LogLevel::Info,
+            &format!(
+                "claude-sso-gateway: usage person={} tier={} model={} input={} output={} cache_write={} cache_read={} cost_usd={cost}",
+                s.person, s.tier, s.model, u.input, u.output, u.cache_write, u.cache_read
+            ),
+        );
+    }
+}
+
 impl Drop for GatewayHttp {
     fn drop(&mut self) {
         if self.waiting.is_some() {
@@ -136,10 +154,7 @@ impl Context for GatewayHttp {
         };
         self.worker.borrow_mut().request_fetch_ended();
         let (status, body, reason) = calls::call_response(body_size);
-        let progress = self
-            .worker
-            .borrow_mut()
-            .on_fetched(&fetch, status, &body, calls::now());
+        let progress = self.worker.borrow_mut().on_fetched(&fetch, status, &body, calls::now());
         if let FetchProgress::Next(callout) = &progress {
             // Discovery just named the JWKS. This request cannot wait for a tick, so it makes
             // the one follow-up fetch itself (ngx_wasm_module and Envoy both allow dispatch here);
@@ -167,7 +182,8 @@ impl HttpContext for GatewayHttp {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let method = calls::request_header(":method").unwrap_or_default();
         let path = calls::request_header(":path").unwrap_or_default();
-        match Endpoint::classify(&method, &path) {
+        self.endpoint = Endpoint::classify(&method, &path);
+        match self.endpoint {
             Endpoint::Hello => return self.answer(&Reply::empty(200)),
             Endpoint::NotFound => return self.answer(&RequestError::NotFound.to_reply()),
             Endpoint::Messages | Endpoint::CountTokens => {}
@@ -179,8 +195,7 @@ impl HttpContext for GatewayHttp {
             calls::remove_request_header(name);
         }
         let max = self.worker.borrow().plan.max_body_bytes;
-        let declared =
-            calls::request_header("content-length").and_then(|v| v.parse::<usize>().ok());
+        let declared = calls::request_header("content-length").and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|len| len > max) {
             return self.answer(&RequestError::TooLarge { max }.to_reply());
         }
@@ -215,5 +230,32 @@ impl HttpContext for GatewayHttp {
             return Action::Pause;
         }
         self.forward(body_size)
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        // Local answers pass here too (on both hosts); only a forwarded request has metering.
+        let Some(metering) = &mut self.metering else { return Action::Continue };
+        for (name, value) in metering.headers() {
+            calls::set_response_header(&name, &value);
+        }
+        let content_type = calls::response_header("content-type").unwrap_or_default();
+        let length = calls::response_header("content-length").and_then(|v| v.parse().ok());
+        metering.on_response_headers(&content_type, length);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(metering) = &mut self.metering else { return Action::Continue };
+        // Envoy hands each chunk once when the filter continues; nothing is held back.
+        let chunk = calls::response_chunk(body_size);
+        if metering.on_response_body(&chunk, end_of_stream) {
+            self.settle();
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // Streams cut short, and answers a host never marks as ended, are settled here.
+        self.settle();
     }
 }

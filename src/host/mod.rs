@@ -49,14 +49,11 @@ impl GatewayRoot {
 
 impl Context for GatewayRoot {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        let (Some(fetch), Some(worker)) = (self.pending.remove(&token_id), self.worker.clone())
-        else {
+        let (Some(fetch), Some(worker)) = (self.pending.remove(&token_id), self.worker.clone()) else {
             return;
         };
         let (status, body, reason) = calls::call_response(body_size);
-        let progress = worker
-            .borrow_mut()
-            .on_fetched(&fetch, status, &body, calls::now());
+        let progress = worker.borrow_mut().on_fetched(&fetch, status, &body, calls::now());
         // A JWKS named by discovery is fetched on the next tick, not from this callback.
         publish_or_log(progress, reason.as_deref());
     }
@@ -65,10 +62,7 @@ impl Context for GatewayRoot {
 impl RootContext for GatewayRoot {
     fn on_configure(&mut self, _: usize) -> bool {
         let Some(bytes) = calls::plugin_configuration() else {
-            calls::log(
-                LogLevel::Error,
-                "claude-sso-gateway: config error: no configuration given",
-            );
+            calls::log(LogLevel::Error, "claude-sso-gateway: config error: no configuration given");
             return false;
         };
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -119,10 +113,7 @@ impl RootContext for GatewayRoot {
             }
             Err(status) => calls::log(
                 LogLevel::Warn,
-                &format!(
-                    "claude-sso-gateway: key refresh: could not reach upstream {}: {status:?}",
-                    callout.upstream
-                ),
+                &format!("claude-sso-gateway: key refresh: could not reach upstream {}: {status:?}", callout.upstream),
             ),
         }
     }
@@ -151,10 +142,7 @@ fn publish_or_log(progress: FetchProgress, reason: Option<&str>) {
         }
         FetchProgress::Failed(e) => {
             let reason = reason.map(|r| format!(" ({r})")).unwrap_or_default();
-            calls::log(
-                LogLevel::Warn,
-                &format!("claude-sso-gateway: key fetch failed: {e}{reason}"),
-            );
+            calls::log(LogLevel::Warn, &format!("claude-sso-gateway: key fetch failed: {e}{reason}"));
         }
     }
 }

@@ -9,7 +9,12 @@ use std::fmt;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::budget::{Counts, Limit, Per, WindowType};
 use crate::url::HttpUrl;
+
+mod limits;
+
+pub use limits::{short_digest, Budgets, Price, Reserve};
 
 /// A configuration problem, naming the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +26,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.into(),
-        }
+    pub(crate) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { field: field.into(), problem: problem.into() }
     }
 }
 
@@ -72,6 +74,8 @@ pub struct RawConfig {
     models: Vec<RawModel>,
     #[serde(deserialize_with = "list")]
     tiers: Vec<RawTier>,
+    #[serde(default)]
+    budgets: limits::RawBudgets,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,11 +121,7 @@ struct RawIdentityHeaders {
 
 impl Default for RawIdentityHeaders {
     fn default() -> Self {
-        Self {
-            user: default_user_header(),
-            email: default_email_header(),
-            tier: default_tier_header(),
-        }
+        Self { user: default_user_header(), email: default_email_header(), tier: default_tier_header() }
     }
 }
 
@@ -141,6 +141,8 @@ struct RawModel {
     alias: String,
     target: String,
     model_id: String,
+    #[serde(default)]
+    price: Option<Price>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +153,14 @@ struct RawTier {
     groups: Vec<String>,
     #[serde(deserialize_with = "list")]
     models: Vec<String>,
+    #[serde(default, deserialize_with = "list")]
+    limits: Vec<limits::RawLimit>,
+    #[serde(default)]
+    window_type: Option<WindowType>,
+    #[serde(default)]
+    counts: Option<Counts>,
+    #[serde(default)]
+    per: Option<Per>,
 }
 
 fn default_max_body_bytes() -> usize {
@@ -196,6 +206,15 @@ fn default_tier_header() -> String {
 pub enum Provider {
     /// The Anthropic Messages API, authenticated by `x-api-key`.
     Anthropic,
+}
+
+impl Provider {
+    /// The name used in rate-limit header names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+        }
+    }
 }
 
 /// Where the filter finds the IdP's signing keys.
@@ -264,7 +283,7 @@ impl fmt::Debug for Target {
 }
 
 /// A model alias a client may send, and where it goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     /// What Claude Code sends as `model`.
     pub alias: String,
@@ -272,6 +291,8 @@ pub struct Model {
     pub target: usize,
     /// What the provider receives as `model`.
     pub model_id: String,
+    /// Dollars per million tokens, when configured.
+    pub price: Option<Price>,
 }
 
 /// A group of people with the same models.
@@ -283,20 +304,19 @@ pub struct Tier {
     pub groups: Vec<String>,
     /// Indexes into [`Plan::models`], in config order.
     pub models: Vec<usize>,
+    /// Token or cost budgets, all enforced together.
+    pub limits: Vec<Limit>,
 }
 
 impl Tier {
     /// The aliases of this tier, in config order, for messages.
     pub fn aliases<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = &'a str> {
-        self.models
-            .iter()
-            .filter_map(|&m| plan.models.get(m))
-            .map(|m| m.alias.as_str())
+        self.models.iter().filter_map(|&m| plan.models.get(m)).map(|m| m.alias.as_str())
     }
 }
 
 /// The checked, compiled configuration that every request reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// Key discovery and token rules.
     pub oidc: OidcPlan,
@@ -310,25 +330,20 @@ pub struct Plan {
     pub models: Vec<Model>,
     /// Tiers, in config order (the first matching tier wins).
     pub tiers: Vec<Tier>,
+    /// Reserve and warning behaviour of the budgets.
+    pub budgets: Budgets,
 }
 
 impl Plan {
     /// Parses and compiles a configuration document. `env` looks up VM environment variables.
-    pub fn from_json(
-        bytes: &[u8],
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Plan, ConfigError> {
-        let raw: RawConfig =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", e.to_string()))?;
+    pub fn from_json(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", e.to_string()))?;
         compile(raw, env)
     }
 
     /// The model entry for `alias` if `tier` may use it.
     pub fn model_for(&self, tier: &Tier, alias: &str) -> Option<&Model> {
-        tier.models
-            .iter()
-            .filter_map(|&m| self.models.get(m))
-            .find(|m| m.alias == alias)
+        tier.models.iter().filter_map(|&m| self.models.get(m)).find(|m| m.alias == alias)
     }
 }
 
@@ -339,10 +354,7 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
         return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
     }
     if raw.targets.is_empty() {
-        return Err(ConfigError::new(
-            "targets",
-            "at least one target is required",
-        ));
+        return Err(ConfigError::new("targets", "at least one target is required"));
     }
     let mut names: Vec<String> = raw.targets.keys().cloned().collect();
     names.sort();
@@ -355,23 +367,14 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
     }
     let models = compile_models(raw.models, &targets)?;
     let tiers = compile_tiers(raw.tiers, &models)?;
-    Ok(Plan {
-        oidc,
-        identity_headers,
-        max_body_bytes: raw.max_body_bytes,
-        targets,
-        models,
-        tiers,
-    })
+    let budgets = limits::compile_budgets(raw.budgets)?;
+    Ok(Plan { budgets, oidc, identity_headers, max_body_bytes: raw.max_body_bytes, targets, models, tiers })
 }
 
 fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     let issuer_url = HttpUrl::parse(&raw.issuer).map_err(|e| ConfigError::new("oidc.issuer", e))?;
     if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
-        return Err(ConfigError::new(
-            "oidc.audiences",
-            "at least one non-empty audience is required",
-        ));
+        return Err(ConfigError::new("oidc.audiences", "at least one non-empty audience is required"));
     }
     let upstream = match raw.upstream {
         Some(u) => check_upstream("oidc.upstream", u)?,
@@ -387,10 +390,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     };
     let groups_claim: Vec<String> = raw.groups_claim.split('.').map(str::to_owned).collect();
     if groups_claim.iter().any(String::is_empty) {
-        return Err(ConfigError::new(
-            "oidc.groups_claim",
-            "must be a claim name or a dotted path",
-        ));
+        return Err(ConfigError::new("oidc.groups_claim", "must be a claim name or a dotted path"));
     }
     let positive = [
         ("oidc.jwks_refresh_seconds", raw.jwks_refresh_seconds),
@@ -403,10 +403,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         return Err(ConfigError::new(*field, "must be greater than 0"));
     }
     if raw.jwks_max_age_seconds < raw.jwks_refresh_seconds {
-        return Err(ConfigError::new(
-            "oidc.jwks_max_age_seconds",
-            "must not be less than oidc.jwks_refresh_seconds",
-        ));
+        return Err(ConfigError::new("oidc.jwks_max_age_seconds", "must not be less than oidc.jwks_refresh_seconds"));
     }
     Ok(OidcPlan {
         discovery_url: issuer_url.join_path("/.well-known/openid-configuration"),
@@ -428,10 +425,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
 
 fn check_upstream(field: &str, value: String) -> Result<String, ConfigError> {
     if value.is_empty() || value.contains('/') || value.chars().any(char::is_whitespace) {
-        return Err(ConfigError::new(
-            field,
-            "must be host:port (the Envoy cluster name / Kong upstream)",
-        ));
+        return Err(ConfigError::new(field, "must be host:port (the Envoy cluster name / Kong upstream)"));
     }
     Ok(value)
 }
@@ -439,19 +433,10 @@ fn check_upstream(field: &str, value: String) -> Result<String, ConfigError> {
 fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, ConfigError> {
     let check = |field: &str, name: String| -> Result<String, ConfigError> {
         let name = name.to_ascii_lowercase();
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        let reserved = matches!(
-            name.as_str(),
-            "authorization" | "x-api-key" | "host" | "content-length"
-        );
+        let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let reserved = matches!(name.as_str(), "authorization" | "x-api-key" | "host" | "content-length");
         if !valid || reserved {
-            return Err(ConfigError::new(
-                field,
-                format!("{name:?} is not a usable header name"),
-            ));
+            return Err(ConfigError::new(field, format!("{name:?} is not a usable header name")));
         }
         Ok(name)
     };
@@ -462,47 +447,23 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
     })
 }
 
-fn compile_target(
-    name: &str,
-    raw: &RawTarget,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Target, ConfigError> {
+fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<Target, ConfigError> {
     let field = format!("targets.{name}");
     let api_key = match (&raw.api_key, &raw.api_key_env) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                field,
-                "give api_key or api_key_env, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(ConfigError::new(
-                field,
-                "api_key or api_key_env is required",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(ConfigError::new(field, "give api_key or api_key_env, not both")),
+        (None, None) => return Err(ConfigError::new(field, "api_key or api_key_env is required")),
         (Some(key), None) => key.clone(),
         (None, Some(var)) => env(var).ok_or_else(|| {
-            ConfigError::new(
-                format!("{field}.api_key_env"),
-                format!("environment variable {var} is not set in the VM"),
-            )
+            ConfigError::new(format!("{field}.api_key_env"), format!("environment variable {var} is not set in the VM"))
         })?,
     };
     if api_key.trim().is_empty() {
         return Err(ConfigError::new(field, "the api key is empty"));
     }
     if api_key.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err(ConfigError::new(
-            field,
-            "the api key contains control characters",
-        ));
+        return Err(ConfigError::new(field, "the api key contains control characters"));
     }
-    Ok(Target {
-        name: name.to_owned(),
-        provider: raw.provider,
-        api_key,
-    })
+    Ok(Target { name: name.to_owned(), provider: raw.provider, api_key })
 }
 
 fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, ConfigError> {
@@ -513,31 +474,19 @@ fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, 
     for (i, m) in raw.into_iter().enumerate() {
         let field = format!("models[{i}]");
         if m.alias.is_empty() || m.model_id.is_empty() {
-            return Err(ConfigError::new(
-                field,
-                "alias and model_id must not be empty",
-            ));
+            return Err(ConfigError::new(field, "alias and model_id must not be empty"));
         }
         if models.iter().any(|other| other.alias == m.alias) {
-            return Err(ConfigError::new(
-                format!("{field}.alias"),
-                format!("duplicate alias {:?}", m.alias),
-            ));
+            return Err(ConfigError::new(format!("{field}.alias"), format!("duplicate alias {:?}", m.alias)));
         }
         let target = targets
             .iter()
             .position(|t| t.name == m.target)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    format!("{field}.target"),
-                    format!("unknown target {:?}", m.target),
-                )
-            })?;
-        models.push(Model {
-            alias: m.alias,
-            target,
-            model_id: m.model_id,
-        });
+            .ok_or_else(|| ConfigError::new(format!("{field}.target"), format!("unknown target {:?}", m.target)))?;
+        if let Some(price) = &m.price {
+            limits::check_price(&format!("{field}.price"), price)?;
+        }
+        models.push(Model { alias: m.alias, target, model_id: m.model_id, price: m.price });
     }
     Ok(models)
 }
@@ -550,47 +499,29 @@ fn compile_tiers(raw: Vec<RawTier>, models: &[Model]) -> Result<Vec<Tier>, Confi
     for (i, t) in raw.into_iter().enumerate() {
         let field = format!("tiers[{i}]");
         if t.name.is_empty() || t.name.bytes().any(|b| b < 0x20 || b == 0x7f) {
-            return Err(ConfigError::new(
-                format!("{field}.name"),
-                "must be a non-empty printable name",
-            ));
+            return Err(ConfigError::new(format!("{field}.name"), "must be a non-empty printable name"));
         }
         if tiers.iter().any(|other| other.name == t.name) {
-            return Err(ConfigError::new(
-                format!("{field}.name"),
-                format!("duplicate tier {:?}", t.name),
-            ));
+            return Err(ConfigError::new(format!("{field}.name"), format!("duplicate tier {:?}", t.name)));
         }
         if t.groups.is_empty() {
-            return Err(ConfigError::new(
-                format!("{field}.groups"),
-                "at least one group is required",
-            ));
+            return Err(ConfigError::new(format!("{field}.groups"), "at least one group is required"));
         }
         if t.models.is_empty() {
-            return Err(ConfigError::new(
-                format!("{field}.models"),
-                "at least one model is required",
-            ));
+            return Err(ConfigError::new(format!("{field}.models"), "at least one model is required"));
         }
         let mut indexes = Vec::with_capacity(t.models.len());
         for (j, alias) in t.models.iter().enumerate() {
-            let index = models
-                .iter()
-                .position(|m| &m.alias == alias)
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{field}.models[{j}]"),
-                        format!("unknown model alias {alias:?}"),
-                    )
-                })?;
+            let index = models.iter().position(|m| &m.alias == alias).ok_or_else(|| {
+                ConfigError::new(format!("{field}.models[{j}]"), format!("unknown model alias {alias:?}"))
+            })?;
             indexes.push(index);
         }
-        tiers.push(Tier {
-            name: t.name,
-            groups: t.groups,
-            models: indexes,
-        });
+        let priced = indexes.iter().all(|&m| models.get(m).is_some_and(|m| m.price.is_some()));
+        let budget =
+            limits::RawTierBudget { limits: t.limits, window_type: t.window_type, counts: t.counts, per: t.per };
+        let limits = limits::compile_limits(&field, &t.name, budget, priced)?;
+        tiers.push(Tier { limits, name: t.name, groups: t.groups, models: indexes });
     }
     Ok(tiers)
 }
@@ -628,10 +559,7 @@ pub(crate) mod tests {
         let plan = load(&sample()).unwrap();
         assert_eq!(plan.oidc.upstream, "idp.example.com:443");
         assert_eq!(plan.oidc.jwks_upstream, "idp.example.com:443");
-        assert_eq!(
-            plan.oidc.discovery_url.path,
-            "/oauth2/default/.well-known/openid-configuration"
-        );
+        assert_eq!(plan.oidc.discovery_url.path, "/oauth2/default/.well-known/openid-configuration");
         assert_eq!(plan.oidc.groups_claim, vec!["groups"]);
         assert_eq!(plan.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(plan.targets[0].api_key, "sk-ant-test");
@@ -660,30 +588,66 @@ pub(crate) mod tests {
         type Edit = fn(&mut Value);
         let cases: &[(&str, Edit, &str)] = &[
             ("unknown field", |d| d["oidc"]["isuer"] = json!("x"), "unknown field `isuer`"),
-            ("unknown alias in tier", |d| d["tiers"][1]["models"] = json!(["claude-opus-9"]),
-                "config error: tiers[1].models[0]: unknown model alias \"claude-opus-9\""),
-            ("missing env var", |d| d["targets"]["anthropic"]["api_key_env"] = json!("NOPE"),
-                "config error: targets.anthropic.api_key_env: environment variable NOPE is not set in the VM"),
-            ("both key forms", |d| d["targets"]["anthropic"]["api_key"] = json!("k"),
-                "config error: targets.anthropic: give api_key or api_key_env, not both"),
-            ("unknown target", |d| d["models"][0]["target"] = json!("bedrock"),
-                "config error: models[0].target: unknown target \"bedrock\""),
-            ("duplicate alias", |d| d["models"][1]["alias"] = json!("claude-sonnet-4-6"),
-                "config error: models[1].alias: duplicate alias \"claude-sonnet-4-6\""),
-            ("duplicate tier", |d| d["tiers"][1]["name"] = json!("power"),
-                "config error: tiers[1].name: duplicate tier \"power\""),
-            ("no audiences", |d| d["oidc"]["audiences"] = json!([]),
-                "config error: oidc.audiences: at least one non-empty audience is required"),
-            ("bad issuer", |d| d["oidc"]["issuer"] = json!("idp.example.com"),
-                "config error: oidc.issuer: must be an http:// or https:// URL"),
-            ("bad upstream", |d| d["oidc"]["upstream"] = json!("https://idp/"),
-                "config error: oidc.upstream: must be host:port (the Envoy cluster name / Kong upstream)"),
-            ("empty claim path", |d| d["oidc"]["groups_claim"] = json!("realm_access."),
-                "config error: oidc.groups_claim: must be a claim name or a dotted path"),
-            ("zero refresh", |d| d["oidc"]["jwks_refresh_seconds"] = json!(0),
-                "config error: oidc.jwks_refresh_seconds: must be greater than 0"),
-            ("reserved header", |d| d["identity_headers"] = json!({"user": "Authorization"}),
-                "config error: identity_headers.user: \"authorization\" is not a usable header name"),
+            (
+                "unknown alias in tier",
+                |d| d["tiers"][1]["models"] = json!(["claude-opus-9"]),
+                "config error: tiers[1].models[0]: unknown model alias \"claude-opus-9\"",
+            ),
+            (
+                "missing env var",
+                |d| d["targets"]["anthropic"]["api_key_env"] = json!("NOPE"),
+                "config error: targets.anthropic.api_key_env: environment variable NOPE is not set in the VM",
+            ),
+            (
+                "both key forms",
+                |d| d["targets"]["anthropic"]["api_key"] = json!("k"),
+                "config error: targets.anthropic: give api_key or api_key_env, not both",
+            ),
+            (
+                "unknown target",
+                |d| d["models"][0]["target"] = json!("bedrock"),
+                "config error: models[0].target: unknown target \"bedrock\"",
+            ),
+            (
+                "duplicate alias",
+                |d| d["models"][1]["alias"] = json!("claude-sonnet-4-6"),
+                "config error: models[1].alias: duplicate alias \"claude-sonnet-4-6\"",
+            ),
+            (
+                "duplicate tier",
+                |d| d["tiers"][1]["name"] = json!("power"),
+                "config error: tiers[1].name: duplicate tier \"power\"",
+            ),
+            (
+                "no audiences",
+                |d| d["oidc"]["audiences"] = json!([]),
+                "config error: oidc.audiences: at least one non-empty audience is required",
+            ),
+            (
+                "bad issuer",
+                |d| d["oidc"]["issuer"] = json!("idp.example.com"),
+                "config error: oidc.issuer: must be an http:// or https:// URL",
+            ),
+            (
+                "bad upstream",
+                |d| d["oidc"]["upstream"] = json!("https://idp/"),
+                "config error: oidc.upstream: must be host:port (the Envoy cluster name / Kong upstream)",
+            ),
+            (
+                "empty claim path",
+                |d| d["oidc"]["groups_claim"] = json!("realm_access."),
+                "config error: oidc.groups_claim: must be a claim name or a dotted path",
+            ),
+            (
+                "zero refresh",
+                |d| d["oidc"]["jwks_refresh_seconds"] = json!(0),
+                "config error: oidc.jwks_refresh_seconds: must be greater than 0",
+            ),
+            (
+                "reserved header",
+                |d| d["identity_headers"] = json!({"user": "Authorization"}),
+                "config error: identity_headers.user: \"authorization\" is not a usable header name",
+            ),
             ("no tiers", |d| d["tiers"] = json!([]), "config error: tiers: at least one tier is required"),
             ("wrong provider", |d| d["targets"]["anthropic"]["provider"] = json!("openai"), "unknown variant `openai`"),
         ];
@@ -691,10 +655,7 @@ pub(crate) mod tests {
             let mut doc = sample();
             edit(&mut doc);
             let err = load(&doc).unwrap_err().to_string();
-            assert!(
-                err.contains(expected),
-                "{name}: got {err:?}, want {expected:?}"
-            );
+            assert!(err.contains(expected), "{name}: got {err:?}, want {expected:?}");
         }
     }
 

@@ -1,0 +1,176 @@
+//! The budget part of the configuration: per-tier limits, per-model prices, the reserve.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::ConfigError;
+use crate::budget::{Counts, Limit, Per, WindowType};
+
+/// A tier's limits as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimit {
+    limit: f64,
+    window_seconds: u64,
+    #[serde(default)]
+    window_type: Option<WindowType>,
+    #[serde(default)]
+    counts: Option<Counts>,
+    #[serde(default)]
+    per: Option<Per>,
+}
+
+/// A tier's limits with the defaults the tier gives them.
+#[derive(Debug)]
+pub(super) struct RawTierBudget {
+    pub limits: Vec<RawLimit>,
+    pub window_type: Option<WindowType>,
+    pub counts: Option<Counts>,
+    pub per: Option<Per>,
+}
+
+/// Dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Uncached input tokens.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Cache writes.
+    pub cache_write: f64,
+    /// Cache reads.
+    pub cache_read: f64,
+}
+
+/// How admission holds budget for a request that has not answered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reserve {
+    /// Nothing is held; usage is counted when the answer ends.
+    None,
+    /// An estimate (body bytes / 4 for input, `max_tokens` capped for output) is held at
+    /// admission and settled to the true count at the end.
+    Estimate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudgets {
+    #[serde(default = "default_reserve")]
+    reserve: Reserve,
+    #[serde(default = "default_reserve_output")]
+    reserve_output_tokens: u64,
+    #[serde(default = "default_warning_share")]
+    warning_share: f64,
+}
+
+impl Default for RawBudgets {
+    fn default() -> Self {
+        Self {
+            reserve: default_reserve(),
+            reserve_output_tokens: default_reserve_output(),
+            warning_share: default_warning_share(),
+        }
+    }
+}
+
+fn default_reserve() -> Reserve {
+    Reserve::Estimate
+}
+fn default_reserve_output() -> u64 {
+    4096
+}
+fn default_warning_share() -> f64 {
+    0.8
+}
+
+/// Global budget behaviour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budgets {
+    /// Whether admission holds an estimate.
+    pub reserve: Reserve,
+    /// Output tokens held at most per request (`max_tokens` is often 32000 or more).
+    pub reserve_output_tokens: u64,
+    /// Share of a limit after which answers carry a warning header.
+    pub warning_share: f64,
+}
+
+pub(super) fn compile_budgets(raw: RawBudgets) -> Result<Budgets, ConfigError> {
+    if !(raw.warning_share > 0.0 && raw.warning_share <= 1.0) {
+        return Err(ConfigError::new("budgets.warning_share", "must be greater than 0 and at most 1"));
+    }
+    Ok(Budgets {
+        reserve: raw.reserve,
+        reserve_output_tokens: raw.reserve_output_tokens,
+        warning_share: raw.warning_share,
+    })
+}
+
+pub(super) fn check_price(field: &str, price: &Price) -> Result<(), ConfigError> {
+    let all = [price.input, price.output, price.cache_write, price.cache_read];
+    if all.iter().any(|p| !p.is_finite() || *p < 0.0) {
+        return Err(ConfigError::new(field, "prices must be non-negative numbers (dollars per million tokens)"));
+    }
+    Ok(())
+}
+
+/// Compiles a tier's limits. `priced` tells whether every model of the tier has a price.
+pub(super) fn compile_limits(
+    field: &str,
+    tier: &str,
+    raw: RawTierBudget,
+    priced: bool,
+) -> Result<Vec<Limit>, ConfigError> {
+    let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
+    for (i, l) in raw.limits.into_iter().enumerate() {
+        let field = format!("{field}.limits[{i}]");
+        let counts = l.counts.or(raw.counts).unwrap_or(Counts::TotalTokens);
+        let window_type = l.window_type.or(raw.window_type).unwrap_or(WindowType::Sliding);
+        let per = l.per.or(raw.per).unwrap_or(Per::Tier);
+        if l.window_seconds == 0 {
+            return Err(ConfigError::new(format!("{field}.window_seconds"), "must be greater than 0"));
+        }
+        if !(l.limit.is_finite() && l.limit > 0.0) {
+            return Err(ConfigError::new(format!("{field}.limit"), "must be greater than 0"));
+        }
+        let units = if counts == Counts::Cost {
+            if !priced {
+                return Err(ConfigError::new(field, "counts cost, but a model of this tier has no price"));
+            }
+            (l.limit * 1_000_000.0).round() as u64
+        } else {
+            if l.limit.fract() != 0.0 {
+                return Err(ConfigError::new(format!("{field}.limit"), "a token limit must be a whole number"));
+            }
+            l.limit as u64
+        };
+        let key = limit_key(tier, counts, l.window_seconds, window_type, per);
+        if limits.iter().any(|other| other.key == key) {
+            return Err(ConfigError::new(field, "the same limit is listed twice"));
+        }
+        limits.push(Limit { limit: units, window: l.window_seconds, window_type, counts, per, key });
+    }
+    Ok(limits)
+}
+
+// Keys stay short and depend only on what the limit means, so counters survive a reload that
+// keeps the tier and its limits (and Kong's CRC32-keyed store sees few keys).
+fn limit_key(tier: &str, counts: Counts, window: u64, window_type: WindowType, per: Per) -> String {
+    let c = match counts {
+        Counts::TotalTokens => 't',
+        Counts::PromptTokens => 'p',
+        Counts::CompletionTokens => 'c',
+        Counts::Cost => '$',
+    };
+    let w = if window_type == WindowType::Sliding { 's' } else { 'f' };
+    let p = if per == Per::Tier { 't' } else { 'p' };
+    format!("csg/b/{}/{c}{window}{w}{p}", short_digest(tier))
+}
+
+/// A short, stable digest for keys (tier names and `sub`s may be long or contain `/`).
+pub fn short_digest(value: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    URL_SAFE_NO_PAD.encode(&Sha256::digest(value.as_bytes())[..9])
+}

@@ -1,0 +1,233 @@
+//! One request's accounting: budget admission (with the reserve), the meter on the answer,
+//! and the settlement that charges the true usage and cost to every limit exactly once.
+
+use crate::budget::{self, Counts, Exhausted, Standing};
+use crate::config::{Budgets, Price, Reserve};
+use crate::reply::{Reply, ToReply};
+use crate::shared::SharedStore;
+use crate::usage::{Meter, Usage};
+
+/// Units a usage is worth to a limit: tokens, or micro-dollars for cost.
+pub fn units(counts: Counts, usage: &Usage, price: Option<&Price>) -> u64 {
+    match counts {
+        Counts::TotalTokens => usage.total(),
+        Counts::PromptTokens => usage.prompt(),
+        Counts::CompletionTokens => usage.output,
+        Counts::Cost => price.map_or(0, |p| cost_micros(usage, p)),
+    }
+}
+
+/// Cost in micro-dollars (prices are dollars per million tokens, so one token costs `price` µ$).
+pub fn cost_micros(usage: &Usage, price: &Price) -> u64 {
+    let micros = usage.input as f64 * price.input
+        + usage.output as f64 * price.output
+        + usage.cache_write as f64 * price.cache_write
+        + usage.cache_read as f64 * price.cache_read;
+    micros.round() as u64
+}
+
+/// What a request is, for accounting.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// `sub`, for the usage report.
+    pub person: String,
+    /// Short digest of `sub`, for counter keys.
+    pub person_key: String,
+    /// Tier name.
+    pub tier: String,
+    /// Alias the client asked for.
+    pub model: String,
+    /// Price of the model, if configured.
+    pub price: Option<Price>,
+    /// Provider name for the header names.
+    pub provider: &'static str,
+}
+
+/// One request's budget state from admission to settlement.
+#[derive(Debug)]
+pub struct Metering {
+    subject: Subject,
+    standings: Vec<Standing>,
+    reserved: Vec<u64>,
+    warning_share: f64,
+    meter: Option<Meter>,
+    expected_bytes: Option<u64>,
+    seen_bytes: u64,
+    settled: Option<Usage>,
+}
+
+/// The usage of a finished request, for the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Tokens.
+    pub usage: Usage,
+    /// Dollars, when the model has a price.
+    pub cost_usd: Option<f64>,
+}
+
+impl Metering {
+    /// Checks the tier's limits and holds the reserve. `body_len` and `max_tokens` estimate
+    /// the request's size.
+    pub fn admit(
+        store: &dyn SharedStore,
+        limits: &[budget::Limit],
+        budgets: &Budgets,
+        subject: Subject,
+        body_len: usize,
+        max_tokens: Option<u64>,
+        now: u64,
+    ) -> Result<Metering, Reply> {
+        let standings = budget::admit(store, limits, &subject.person_key, now).map_err(|e: Exhausted| {
+            let mut reply = e.to_reply();
+            reply.headers.extend(budget::headers(
+                std::slice::from_ref(&e.standing),
+                subject.provider,
+                &[],
+                budgets.warning_share,
+            ));
+            reply
+        })?;
+        let estimate = Usage {
+            input: body_len as u64 / 4,
+            output: max_tokens.unwrap_or(budgets.reserve_output_tokens).min(budgets.reserve_output_tokens),
+            cache_write: 0,
+            cache_read: 0,
+        };
+        let mut reserved = Vec::with_capacity(standings.len());
+        for s in &standings {
+            let hold = match budgets.reserve {
+                Reserve::None => 0,
+                Reserve::Estimate => units(s.limit.counts, &estimate, subject.price.as_ref()),
+            };
+            let key = s.limit.key_for(&subject.person_key);
+            // A failed write (contention, full zone) loses only the reserve, never the request.
+            let held = budget::charge(store, &key, s.limit.window, now, hold as i64).map_or(0, |()| hold);
+            reserved.push(held);
+        }
+        Ok(Metering {
+            subject,
+            standings,
+            reserved,
+            warning_share: budgets.warning_share,
+            meter: None,
+            expected_bytes: None,
+            seen_bytes: 0,
+            settled: None,
+        })
+    }
+
+    /// The rate-limit headers for the answer.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        budget::headers(&self.standings, self.subject.provider, &self.reserved, self.warning_share)
+    }
+
+    /// Starts metering the answer.
+    pub fn on_response_headers(&mut self, content_type: &str, content_length: Option<u64>) {
+        self.meter = Some(Meter::new(content_type));
+        self.expected_bytes = content_length;
+    }
+
+    /// Observes a chunk; returns true once the answer is complete: end of stream, or (for hosts
+    /// that never signal it on some answers) as many bytes as `content-length` announced.
+    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> bool {
+        if let Some(meter) = &mut self.meter {
+            meter.push(chunk);
+        }
+        self.seen_bytes += chunk.len() as u64;
+        end_of_stream || self.expected_bytes.is_some_and(|n| self.seen_bytes >= n)
+    }
+
+    /// Charges the true usage (minus what was reserved) to every limit, once. Later calls
+    /// return `None`.
+    pub fn settle(&mut self, store: &dyn SharedStore, now: u64) -> Option<Report> {
+        if self.settled.is_some() {
+            return None;
+        }
+        let usage = self.meter.as_mut().map(Meter::finish).unwrap_or_default();
+        self.settled = Some(usage);
+        for (s, reserved) in self.standings.iter().zip(&self.reserved) {
+            let actual = units(s.limit.counts, &usage, self.subject.price.as_ref());
+            let delta = actual as i64 - *reserved as i64;
+            let _ = budget::charge(store, &s.limit.key_for(&self.subject.person_key), s.limit.window, now, delta);
+        }
+        Some(Report { usage, cost_usd: self.subject.price.map(|p| cost_micros(&usage, &p) as f64 / 1e6) })
+    }
+
+    /// Who and what, for the usage report.
+    pub fn subject(&self) -> &Subject {
+        &self.subject
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{Limit, Per, WindowType};
+    use crate::shared::tests::FakeStore;
+
+    fn limits() -> Vec<Limit> {
+        vec![Limit {
+            limit: 10_000,
+            window: 60,
+            window_type: WindowType::Sliding,
+            counts: Counts::TotalTokens,
+            per: Per::Person,
+            key: "csg/b/x/t60sp".into(),
+        }]
+    }
+
+    fn subject() -> Subject {
+        let price = Price { input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3 };
+        Subject {
+            person: "alice".into(),
+            person_key: "a1".into(),
+            tier: "standard".into(),
+            model: "m".into(),
+            price: Some(price),
+            provider: "anthropic",
+        }
+    }
+
+    fn budgets(reserve: Reserve) -> Budgets {
+        Budgets { reserve, reserve_output_tokens: 1000, warning_share: 0.8 }
+    }
+
+    const STREAM: &str = "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":100,\"output_tokens\":1,\"cache_creation_input_tokens\":1000,\"cache_read_input_tokens\":2000}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":500}}\n\n";
+
+    #[test]
+    fn reserve_is_held_then_settled_to_the_true_count() {
+        let store = FakeStore::default();
+        let mut m =
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 1000 + 1000, "4000 bytes / 4 + capped max_tokens");
+        m.on_response_headers("text/event-stream", None);
+        assert!(!m.on_response_body(STREAM.as_bytes(), false));
+        assert!(m.on_response_body(b"", true));
+        let report = m.settle(&store, 1).unwrap();
+        assert_eq!(report.usage.total(), 3600);
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 3600);
+        assert_eq!(m.settle(&store, 2), None, "charged once");
+        let cost = report.cost_usd.unwrap();
+        assert!((cost - (100.0 * 3.0 + 500.0 * 15.0 + 1000.0 * 3.75 + 2000.0 * 0.3) / 1e6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn content_length_completes_without_end_of_stream() {
+        let store = FakeStore::default();
+        let mut m = Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10, None, 0).unwrap();
+        let body = br#"{"usage":{"input_tokens":7,"output_tokens":3}}"#;
+        m.on_response_headers("application/json", Some(body.len() as u64));
+        assert!(!m.on_response_body(&body[..10], false));
+        assert!(m.on_response_body(&body[10..], false), "Kong: last chunk without eos");
+        assert_eq!(m.settle(&store, 0).unwrap().usage.total(), 10);
+    }
+
+    #[test]
+    fn spent_budget_refuses_with_headers() {
+        let store = FakeStore::default();
+        budget::charge(&store, "csg/b/x/t60sp/a1", 60, 0, 10_000).unwrap();
+        let reply = Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10, None, 5).unwrap_err();
+        assert_eq!(reply.status, 429);
+        assert!(reply.headers.iter().any(|(k, v)| k == "x-ai-ratelimit-remaining-60-anthropic" && v == "0"));
+    }
+}
