@@ -174,3 +174,100 @@ pub fn short_digest(value: &str) -> String {
     use base64::Engine;
     URL_SAFE_NO_PAD.encode(&Sha256::digest(value.as_bytes())[..9])
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::budget::{Counts, Per, WindowType};
+    use crate::config::tests::sample;
+    use crate::config::Plan;
+    use serde_json::{json, Value};
+
+    fn load(doc: &Value) -> Result<Plan, String> {
+        Plan::from_json(doc.to_string().as_bytes(), &|_| Some("k".to_owned())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tier_defaults_and_limit_overrides() {
+        let mut doc = sample();
+        doc["tiers"][1]["per"] = json!("person");
+        doc["tiers"][1]["limits"] = json!([
+            {"limit": 20000, "window_seconds": 60},
+            {"limit": 5000000, "window_seconds": 2592000, "per": "tier", "window_type": "fixed", "counts": "prompt_tokens"}
+        ]);
+        let plan = load(&doc).unwrap();
+        let limits = &plan.tiers[1].limits;
+        assert_eq!(
+            (limits[0].per, limits[0].window_type, limits[0].counts),
+            (Per::Person, WindowType::Sliding, Counts::TotalTokens)
+        );
+        assert_eq!(
+            (limits[1].per, limits[1].window_type, limits[1].counts),
+            (Per::Tier, WindowType::Fixed, Counts::PromptTokens)
+        );
+        assert!(limits[0].key.starts_with("csg/b/") && limits[0].key.len() < 40, "{}", limits[0].key);
+        assert_eq!(load(&doc).unwrap().tiers[1].limits[0].key, limits[0].key, "keys are stable across reloads");
+    }
+
+    #[test]
+    fn cost_limits_need_prices_and_count_micro_dollars() {
+        let mut doc = sample();
+        doc["tiers"][1]["limits"] = json!([{"limit": 2.5, "window_seconds": 86400, "counts": "cost"}]);
+        assert_eq!(
+            load(&doc).unwrap_err(),
+            "config error: tiers[1].limits[0]: counts cost, but a model of this tier has no price"
+        );
+        doc["models"][0]["price"] = json!({"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3});
+        assert_eq!(load(&doc).unwrap().tiers[1].limits[0].limit, 2_500_000);
+    }
+
+    #[test]
+    fn invalid_budget_fields_name_the_field() {
+        type Edit = fn(&mut Value);
+        let cases: &[(&str, Edit, &str)] = &[
+            (
+                "fractional tokens",
+                |d| d["tiers"][0]["limits"] = json!([{"limit": 1.5, "window_seconds": 60}]),
+                "config error: tiers[0].limits[0].limit: a token limit must be a whole number",
+            ),
+            (
+                "zero window",
+                |d| d["tiers"][0]["limits"] = json!([{"limit": 1, "window_seconds": 0}]),
+                "config error: tiers[0].limits[0].window_seconds: must be greater than 0",
+            ),
+            (
+                "negative limit",
+                |d| d["tiers"][0]["limits"] = json!([{"limit": -1, "window_seconds": 60}]),
+                "config error: tiers[0].limits[0].limit: must be greater than 0",
+            ),
+            (
+                "same limit twice",
+                |d| {
+                    d["tiers"][0]["limits"] =
+                        json!([{"limit": 1, "window_seconds": 60}, {"limit": 2, "window_seconds": 60}])
+                },
+                "config error: tiers[0].limits[1]: the same limit is listed twice",
+            ),
+            (
+                "negative price",
+                |d| d["models"][0]["price"] = json!({"input": -1, "output": 0, "cache_write": 0, "cache_read": 0}),
+                "config error: models[0].price: prices must be non-negative numbers (dollars per million tokens)",
+            ),
+            (
+                "bad window type",
+                |d| d["tiers"][0]["window_type"] = json!("rolling"),
+                "config error: tiers[0].window_type: unknown variant `rolling`",
+            ),
+            (
+                "warning share",
+                |d| d["budgets"] = json!({"warning_share": 1.5}),
+                "config error: budgets.warning_share: must be greater than 0 and at most 1",
+            ),
+        ];
+        for (name, edit, want) in cases {
+            let mut doc = sample();
+            edit(&mut doc);
+            let err = load(&doc).unwrap_err();
+            assert!(err.contains(want), "{name}: got {err:?}");
+        }
+    }
+}

@@ -47,17 +47,32 @@ where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrEmpty<T> {
-        List(Vec<T>),
-        Empty(HashMap<String, serde::de::IgnoredAny>),
+    struct ListVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for ListVisitor<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list")
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+            match map.next_key::<de::IgnoredAny>()? {
+                None => Ok(Vec::new()),
+                Some(_) => Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
+            }
+        }
     }
-    match ListOrEmpty::deserialize(deserializer)? {
-        ListOrEmpty::List(items) => Ok(items),
-        ListOrEmpty::Empty(map) if map.is_empty() => Ok(Vec::new()),
-        ListOrEmpty::Empty(_) => Err(de::Error::custom("expected a list")),
-    }
+
+    deserializer.deserialize_any(ListVisitor(std::marker::PhantomData))
 }
 
 /// The configuration document exactly as written.
@@ -337,7 +352,12 @@ pub struct Plan {
 impl Plan {
     /// Parses and compiles a configuration document. `env` looks up VM environment variables.
     pub fn from_json(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, ConfigError> {
-        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", e.to_string()))?;
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            ConfigError::new(field, e.into_inner().to_string())
+        })?;
         compile(raw, env)
     }
 
@@ -587,7 +607,7 @@ pub(crate) mod tests {
     fn invalid_configs_name_the_field() {
         type Edit = fn(&mut Value);
         let cases: &[(&str, Edit, &str)] = &[
-            ("unknown field", |d| d["oidc"]["isuer"] = json!("x"), "unknown field `isuer`"),
+            ("unknown field", |d| d["oidc"]["isuer"] = json!("x"), "config error: oidc.isuer: unknown field `isuer`"),
             (
                 "unknown alias in tier",
                 |d| d["tiers"][1]["models"] = json!(["claude-opus-9"]),
@@ -649,7 +669,11 @@ pub(crate) mod tests {
                 "config error: identity_headers.user: \"authorization\" is not a usable header name",
             ),
             ("no tiers", |d| d["tiers"] = json!([]), "config error: tiers: at least one tier is required"),
-            ("wrong provider", |d| d["targets"]["anthropic"]["provider"] = json!("openai"), "unknown variant `openai`"),
+            (
+                "wrong provider",
+                |d| d["targets"]["anthropic"]["provider"] = json!("openai"),
+                "config error: targets.anthropic.provider: unknown variant `openai`",
+            ),
         ];
         for (name, edit, expected) in cases {
             let mut doc = sample();
