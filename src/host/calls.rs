@@ -7,7 +7,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
 use crate::keystore::Callout;
 use crate::reply::Reply;
@@ -139,4 +139,14 @@ impl SharedStore for HostShared {
             Err(s) => Err(StoreError::Host(format!("{s:?}"))),
         }
     }
+}
+
+/// Defines a counter metric; `None` if the host refuses the name.
+pub fn define_counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+/// Adds to a counter metric.
+pub fn increment_counter(id: u32, value: u64) {
+    let _ = hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX));
 }

@@ -15,10 +15,12 @@ use crate::reply::{Reply, ToReply};
 use crate::routing::{Endpoint, RequestError};
 
 use super::calls::{self, HostShared};
+use super::metrics::Metrics;
 
 /// One request's state.
 pub struct GatewayHttp {
     worker: Rc<RefCell<Worker>>,
+    metrics: Rc<RefCell<Metrics>>,
     token: Option<String>,
     admission: Option<Admission>,
     /// The key callout this request waits for.
@@ -34,9 +36,10 @@ pub struct GatewayHttp {
 
 impl GatewayHttp {
     /// A request context sharing its worker's state.
-    pub fn new(worker: Rc<RefCell<Worker>>) -> GatewayHttp {
+    pub fn new(worker: Rc<RefCell<Worker>>, metrics: Rc<RefCell<Metrics>>) -> GatewayHttp {
         GatewayHttp {
             worker,
+            metrics,
             token: None,
             admission: None,
             waiting: None,
@@ -49,6 +52,7 @@ impl GatewayHttp {
 
     fn answer(&mut self, reply: &Reply) -> Action {
         if reply.status >= 400 {
+            self.metrics.borrow_mut().record_refusal(reply.status);
             let message = String::from_utf8_lossy(&reply.body);
             calls::log(LogLevel::Info, &format!("claude-sso-gateway: refused {}: {message}", reply.status));
         }
@@ -127,6 +131,7 @@ impl GatewayHttp {
         let Some(metering) = &mut self.metering else { return };
         let Some(report) = metering.settle(&HostShared, calls::now()) else { return };
         let s = metering.subject();
+        self.metrics.borrow_mut().record_usage(s, &report);
         let u = report.usage;
         let cost = report.cost_usd.map_or_else(|| "unpriced".to_owned(), |c| format!("{c:.6}"));
         calls::log(

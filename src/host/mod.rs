@@ -3,6 +3,7 @@
 
 mod calls;
 mod http;
+mod metrics;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct GatewayRoot {
     worker: Option<Rc<RefCell<Worker>>>,
+    metrics: Rc<RefCell<metrics::Metrics>>,
     pending: HashMap<u32, Fetch>,
     shared_cas: Option<u32>,
 }
@@ -120,7 +122,7 @@ impl RootContext for GatewayRoot {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.clone()?;
-        Some(Box::new(http::GatewayHttp::new(worker)))
+        Some(Box::new(http::GatewayHttp::new(worker, Rc::clone(&self.metrics))))
     }
 
     fn get_type(&self) -> Option<ContextType> {
