@@ -88,7 +88,7 @@ impl Worker {
         let oidc = &self.plan.oidc;
         let keys = match self.keys.keys(oidc, now) {
             Ok(keys) => keys,
-            Err(_) if may_fetch && self.request_fetches < MAX_REQUEST_FETCHES => {
+            Err(_) if may_fetch && self.request_fetches < MAX_REQUEST_FETCHES && !self.keys.cooling_down(now) => {
                 return AuthOutcome::FetchKeys(self.keys.fetch_now(oidc, now));
             }
             Err(e) => return AuthOutcome::Refused(e.to_reply()),
@@ -139,7 +139,10 @@ impl Worker {
             Fetch::Discovery => self.keys.on_discovery(&self.plan.oidc, status, body).map(FetchProgress::Next),
             Fetch::Jwks => self.keys.on_jwks(status, body, now).map(FetchProgress::Installed),
         };
-        result.unwrap_or_else(FetchProgress::Failed)
+        result.unwrap_or_else(|e| {
+            self.keys.note_failure(now);
+            FetchProgress::Failed(e)
+        })
     }
 
     /// Checks the body's model against the admitted tier and its budgets, and builds what goes
@@ -241,10 +244,13 @@ mod tests {
             AuthOutcome::FetchKeys(Callout { fetch: Fetch::Discovery, .. })
         ));
         assert_eq!(status(&w.authenticate(&token, NOW, false)), 503);
+        assert!(matches!(w.on_fetched(&Fetch::Discovery, None, b"", NOW), FetchProgress::Failed(_)));
+        assert_eq!(status(&w.authenticate(&token, NOW + 1, true)), 503, "cooling down after a failure");
+        assert!(matches!(w.authenticate(&token, NOW + 2, true), AuthOutcome::FetchKeys(_)), "tries again");
         for _ in 0..MAX_REQUEST_FETCHES {
             w.request_fetch_started();
         }
-        assert_eq!(status(&w.authenticate(&token, NOW, true)), 503, "fetch cap reached");
+        assert_eq!(status(&w.authenticate(&token, NOW + 3, true)), 503, "fetch cap reached");
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub struct KeyStore {
     fetched_at: u64,
     last_attempt: Option<u64>,
     last_kid_refetch: Option<u64>,
+    last_failure: Option<u64>,
 }
 
 impl KeyStore {
@@ -120,6 +121,7 @@ impl KeyStore {
             fetched_at: 0,
             last_attempt: None,
             last_kid_refetch: None,
+            last_failure: None,
         }
     }
 
@@ -147,6 +149,17 @@ impl KeyStore {
         }
         self.last_attempt = Some(now);
         Some(self.next_callout(oidc))
+    }
+
+    /// Whether a fetch failed so recently that a request should not try again yet: while the
+    /// IdP is down, requests are answered at once instead of each adding a callout.
+    pub fn cooling_down(&self, now: u64) -> bool {
+        self.last_failure.is_some_and(|t| now.saturating_sub(t) < RETRY_WITHOUT_KEYS)
+    }
+
+    /// Records a failed fetch.
+    pub fn note_failure(&mut self, now: u64) {
+        self.last_failure = Some(now);
     }
 
     /// A fetch for a request that found no keys (bounded by the caller).
@@ -204,6 +217,7 @@ impl KeyStore {
     pub fn on_jwks(&mut self, status: Option<u32>, body: &[u8], now: u64) -> Result<SharedRecord, FetchError> {
         check_status(status)?;
         let set = KeySet::parse(body).map_err(FetchError::BadJwks)?;
+        self.last_failure = None;
         self.keys = Some(Rc::new(set));
         self.fetched_at = now;
         Ok(SharedRecord {
