@@ -142,7 +142,12 @@ impl KeyStore {
     /// The background refresh due now, if any. Marks the attempt.
     pub fn due(&mut self, oidc: &OidcPlan, now: u64) -> Option<Callout> {
         let stale = self.keys.is_none() || now.saturating_sub(self.fetched_at) >= oidc.jwks_refresh_seconds;
-        let backoff = if self.keys.is_none() { RETRY_WITHOUT_KEYS } else { RETRY_WITH_KEYS };
+        // Only failures slow the schedule down; a refresh after a success is due on time.
+        let backoff = match (self.keys.is_some(), self.last_failure.is_some()) {
+            (false, _) => RETRY_WITHOUT_KEYS,
+            (true, true) => RETRY_WITH_KEYS,
+            (true, false) => 0,
+        };
         let waited = self.last_attempt.is_none_or(|t| now.saturating_sub(t) >= backoff);
         if !(stale && waited) {
             return None;
@@ -323,6 +328,9 @@ mod tests {
         assert!(store.keys(&oidc, 1000).is_ok());
         assert_eq!(store.due(&oidc, 1000 + 299), None);
         assert_eq!(store.due(&oidc, 1000 + 300).unwrap().fetch, Fetch::Jwks);
+        store.note_failure(1000 + 301);
+        assert_eq!(store.due(&oidc, 1000 + 310), None, "failed refresh backs off");
+        assert!(store.due(&oidc, 1000 + 315).is_some());
     }
 
     #[test]

@@ -1,0 +1,89 @@
+"""Shared fixtures: the stand-in upstream, the test IdP, and real Envoy with the built filter."""
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from stub_upstream import StubUpstream  # noqa: E402
+
+from tests.harness.envoy import Envoy  # noqa: E402
+from tests.harness.signer import AUDIENCE, Signer  # noqa: E402
+
+UPSTREAM_KEY = "sk-ant-test-upstream-key-7f3a9c"
+
+
+def gateway_config(signer: Signer, **overrides) -> dict:
+    """The contract's sample configuration, pointed at `signer`."""
+    config = {
+        "oidc": {"issuer": signer.issuer, "audiences": [AUDIENCE], "upstream": signer.upstream},
+        "targets": {"anthropic": {"provider": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}},
+        "models": [
+            {"alias": "claude-sonnet-4-6", "target": "anthropic", "model_id": "claude-sonnet-4-6"},
+            {"alias": "claude-opus-4-7", "target": "anthropic", "model_id": "claude-opus-4-7"},
+            {"alias": "claude-haiku-4-5", "target": "anthropic", "model_id": "claude-haiku-4-5-20251001"},
+        ],
+        "tiers": [
+            {"name": "power", "groups": ["claude-power-users"],
+             "models": ["claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5"]},
+            {"name": "standard", "groups": ["claude-standard-users"],
+             "models": ["claude-sonnet-4-6", "claude-haiku-4-5"]},
+        ],
+    }
+    for path, value in overrides.items():
+        *parents, last = path.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[last] = copy.deepcopy(value)
+    return config
+
+
+@pytest.fixture(scope="session")
+def stub():
+    s = StubUpstream(api_key=UPSTREAM_KEY).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_stub(request):
+    if "stub" in request.fixturenames:
+        s = request.getfixturevalue("stub")
+        s.reset()
+        s.event_pause = 0.0
+    yield
+
+
+@pytest.fixture(scope="session")
+def signer():
+    s = Signer()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(stub, signer):
+    """One gateway for the tests that leave the IdP as it is."""
+    g = Envoy(gateway_config(signer), stub.port, [signer.upstream], env={"ANTHROPIC_API_KEY": UPSTREAM_KEY})
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def make_gateway(stub):
+    """Starts gateways with their own config; all are stopped after the test."""
+    started = []
+
+    def start(config, idp_upstreams, env=None, **kwargs):
+        env = {"ANTHROPIC_API_KEY": UPSTREAM_KEY} if env is None else env
+        g = Envoy(config, stub.port, idp_upstreams, env=env, **kwargs)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        g.stop()

