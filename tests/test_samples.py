@@ -1,0 +1,63 @@
+"""The sample Envoy configs validate, and `make demo`'s stack answers as the README says."""
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.harness.client import call, fixture, with_model
+from tests.harness.envoy import ROOT, validate
+
+
+@pytest.mark.parametrize("name", ["envoy.yaml", "demo.yaml", "demo-anthropic.yaml"])
+def test_sample_envoy_configs_validate(name, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-validate-only")
+    result = validate(ROOT / "envoy" / name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout
+
+
+def test_production_sample_refuses_to_load_without_the_key(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = validate(ROOT / "envoy" / "envoy.yaml")
+    assert result.returncode != 0
+    logs = result.stdout + result.stderr
+    assert "config error: targets.anthropic.api_key_env: environment variable ANTHROPIC_API_KEY is not set" in logs
+
+
+def wait_for(url, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.read()
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def test_make_demo_stack_serves_claude_code_traffic():
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    demo = subprocess.Popen(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for("http://127.0.0.1:9901/ready")
+        wait_for("http://127.0.0.1:9100/.well-known/openid-configuration")
+        token = subprocess.run(["bash", "scripts/demo-token.sh", "bob", ""], cwd=ROOT, capture_output=True,
+                               text=True, timeout=30, check=True).stdout.strip()
+        deadline = time.monotonic() + 20
+        while (answer := call(10000, token, with_model(fixture("request_main_stream.json"), "claude-opus-4-7"))).status == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert answer.status == 200, answer.body
+        assert b"message_stop" in answer.body
+        assert int(answer.headers["x-ai-ratelimit-remaining-60-anthropic"]) < 100000
+        refused = call(10000, "not-a-token", fixture("request_main_stream.json"))
+        assert refused.status == 401
+        assert call(10000, None, path="/api/hello", method="HEAD").status == 200
+    finally:
+        os.killpg(demo.pid, signal.SIGTERM)
+        demo.wait(15)
