@@ -1,0 +1,170 @@
+"""Token budgets in real Envoy (two workers): exact counting of streamed and JSON answers,
+per-tier and per-person windows, Retry-After, the rate-limit headers and the overshoot bound."""
+import json
+import math
+import threading
+import time
+
+import pytest
+
+from tests.conftest import gateway_config
+from tests.harness.claude import run_claude
+from tests.harness.client import call, fixture
+from tests.harness.signer import Signer
+
+STREAM = fixture("request_title_small_fast_model.json")  # streaming, 4 KB
+JSON_BODY = fixture("request_automode_classifier_nonstream.json")  # non-streaming
+
+
+def per_request(stub):
+    """Total tokens the stand-in upstream reports for each answer."""
+    return sum(stub.usage.values())
+
+
+def budget_gateway(make_gateway, signer, limits, reserve="none", **tier):
+    config = gateway_config(signer, budgets={"reserve": reserve})
+    config["tiers"][1].update(limits=limits, **tier)
+    return make_gateway(config, [signer.upstream])
+
+
+def remaining(answer, window):
+    return int(answer.headers[f"x-ai-ratelimit-remaining-{window}-anthropic"])
+
+
+def wait_for_window_start(window, margin=3):
+    """Sleeps until at least `margin` seconds remain in the current fixed window."""
+    left = window - time.time() % window
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
+def test_tier_runs_out_then_recovers_as_the_window_slides(make_gateway, signer, stub):
+    window = 8
+    limit = 2 * per_request(stub) - 100  # the second answer crosses it
+    g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": window}])
+    wait_for_window_start(window)
+    token = signer.token()
+    assert call(g.port, token, STREAM).status == 200
+    assert call(g.port, token, STREAM).status == 200
+    refused = call(g.port, token, STREAM)
+    assert refused.status == 429
+    body = refused.json()
+    assert body["error"]["type"] == "rate_limit_error"
+    assert f"{limit} tokens per {window} s for the tier" in body["error"]["message"]
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= 2 * window
+    assert "x-should-retry" not in refused.headers, "a short wait lets Claude Code retry"
+    assert len(stub.requests) == 2, "refused before any upstream call"
+    time.sleep(max(0, retry_after - 1.5))
+    early = call(g.port, token, STREAM)
+    assert early.status == 429, "room came back before Retry-After"
+    time.sleep(2.0)
+    assert call(g.port, token, STREAM).status == 200, "no room after Retry-After"
+
+
+def test_two_windows_are_enforced_together(make_gateway, signer, stub):
+    one = per_request(stub)
+    limits = [{"limit": 100 * one, "window_seconds": 60},
+              {"limit": one + 1, "window_seconds": 3600, "window_type": "fixed"}]
+    g = budget_gateway(make_gateway, signer, limits)
+    token = signer.token()
+    first = call(g.port, token, STREAM)
+    assert first.status == 200
+    assert first.headers["x-ai-ratelimit-limit-60-anthropic"] == str(100 * one)
+    assert first.headers["x-ai-ratelimit-limit-3600-anthropic"] == str(one + 1)
+    assert call(g.port, token, STREAM).status == 200  # 1 token of room was left
+    refused = call(g.port, token, STREAM)
+    assert refused.status == 429
+    assert "per 3600 s" in refused.error_message
+    assert int(refused.headers["retry-after"]) > 60
+    assert refused.headers["x-should-retry"] == "false", "a long wait must fail fast in Claude Code"
+
+
+def test_per_person_budgets_isolate_people_of_one_tier(make_gateway, signer, stub):
+    g = budget_gateway(make_gateway, signer, [{"limit": per_request(stub), "window_seconds": 600}], per="person")
+    alice, bob = signer.token(sub="alice"), signer.token(sub="bob")
+    assert call(g.port, alice, STREAM).status == 200
+    assert call(g.port, alice, STREAM).status == 429
+    assert call(g.port, bob, STREAM).status == 200
+    assert call(g.port, bob, STREAM).status == 429
+    assert "per person" in call(g.port, alice, STREAM).error_message
+
+
+def test_non_streaming_answers_are_counted_and_headers_decrease(make_gateway, signer, stub):
+    limit = 10 * per_request(stub)
+    g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": 600}])
+    token = signer.token()
+    seen = []
+    for body in (JSON_BODY, JSON_BODY, STREAM):
+        answer = call(g.port, token, body)
+        assert answer.status == 200
+        assert "ratelimit-reset" in answer.headers
+        seen.append(remaining(answer, 600))
+    # Without a reserve, the headers show what was spent before each request.
+    assert seen == [limit, limit - per_request(stub), limit - 2 * per_request(stub)]
+
+
+def test_reserve_is_held_and_settled_to_the_true_count(make_gateway, signer, stub):
+    limit = 1_000_000
+    g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": 600}], reserve="estimate")
+    token = signer.token()
+    first = call(g.port, token, STREAM)
+    estimate = len(STREAM) // 4 + 4096  # bytes / 4 + reserve_output_tokens (max_tokens is 32000)
+    assert remaining(first, 600) == limit - estimate
+    second = call(g.port, token, STREAM)
+    assert remaining(second, 600) == limit - per_request(stub) - estimate, "first request settled to its true usage"
+
+
+def test_usage_metrics_per_tier_and_model(make_gateway, signer, stub):
+    g = budget_gateway(make_gateway, signer, [])
+    call(g.port, signer.token(), STREAM)
+    call(g.port, signer.token(), JSON_BODY)
+    stats = g.stats()
+    scope = "tier.standard"
+    assert stats[f"wasmcustom.claude_sso_gateway.requests.{scope}.model.claude-haiku-4-5"] == 1
+    assert stats[f"wasmcustom.claude_sso_gateway.requests.{scope}.model.claude-sonnet-4-6"] == 1
+    assert stats[f"wasmcustom.claude_sso_gateway.tokens.cache_read.{scope}.model.claude-sonnet-4-6"] == stub.usage["cache_read_input_tokens"]
+    assert stats[f"wasmcustom.claude_sso_gateway.tokens.output.{scope}.model.claude-haiku-4-5"] == stub.usage["output_tokens"]
+
+
+@pytest.mark.parametrize("reserve", ["estimate"])
+def test_concurrent_burst_stays_within_the_stated_overshoot(make_gateway, signer, stub, reserve):
+    stub.event_pause = 0.1  # every answer takes about a second: all requests are in flight together
+    limit = 10_000
+    workers = 2
+    g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": 600}], reserve=reserve)
+    token = signer.token()
+    statuses = []
+    lock = threading.Lock()
+
+    def one():
+        status = call(g.port, token, STREAM).status
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=one) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    admitted = statuses.count(200)
+    assert set(statuses) <= {200, 429}
+    assert admitted == len(stub.requests)
+    estimate = len(STREAM) // 4 + 4096
+    assert estimate >= per_request(stub), "estimates here over-count, so the bound is one estimate per worker"
+    # README: with the reserve, the overshoot is at most one estimate per worker.
+    assert admitted * per_request(stub) <= limit + workers * estimate
+    assert admitted <= math.ceil(limit / estimate) + workers
+    assert admitted >= 1
+
+
+def test_claude_code_sees_the_429_promptly(make_gateway, signer, stub, tmp_path):
+    g = budget_gateway(make_gateway, signer,
+                       [{"limit": per_request(stub), "window_seconds": 3600, "window_type": "fixed"}])
+    token = signer.token()
+    assert call(g.port, token, STREAM).status == 200
+    run = run_claude(tmp_path, g.port, token)
+    assert run.code == 1
+    assert run.seconds < 30, f"took {run.seconds:.1f} s"
+    assert "429" in run.stdout and "token budget spent" in run.stdout, run.stdout
+    assert len(stub.requests) == 1
