@@ -43,6 +43,7 @@ lint: .wasm-target.stamp
 	cargo clippy -p claude-sso-gateway --target $(WASM_TARGET) -- -D warnings
 
 integration: build tools
+	cargo build -p claude-sso-signin
 	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 ## The gateway on 127.0.0.1:10000 with a local OpenID Provider and a stand-in upstream.

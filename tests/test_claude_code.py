@@ -1,7 +1,10 @@
 """Real Claude Code through real Envoy with the filter, signed in at a real OpenID Provider."""
 import json
+import stat
 
 import pytest
+
+from tests.harness.claude import ROOT
 
 from tests.conftest import gateway_config
 from tests.harness.claude import run_claude
@@ -53,3 +56,21 @@ def test_person_without_tier_fails_fast(real_gateway, idp, stub, tmp_path):
     assert "access denied: your account is in no group that may use Claude" in run.stdout
     assert refusals(real_gateway, 400) == 1
     assert stub.requests == []
+
+
+def test_sign_in_helper_as_api_key_helper(real_gateway, idp, stub, tmp_path):
+    """Claude Code runs claude-sso-signin, which signs in at the real IdP (a scripted browser)."""
+    helper = ROOT / "target" / "debug" / "claude-sso-signin"
+    assert helper.exists(), "build it first: cargo build -p claude-sso-signin (make does)"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f"#!/bin/sh\nexec node '{ROOT / 'demo/idp/login.mjs'}' --browse \"$1\" --user bob\n")
+    browser.chmod(browser.stat().st_mode | stat.S_IEXEC)
+    env = {"CLAUDE_SSO_ISSUER": idp.issuer, "CLAUDE_SSO_BROWSER": str(browser),
+           "CLAUDE_SSO_CACHE_DIR": str(tmp_path / "cache"), "CLAUDE_SSO_REDIRECT_PORT": "0"}
+    logins = idp.logins()
+    run = run_claude(tmp_path, real_gateway.port, helper=str(helper), settings_env=env, args=["--model", "opus"])
+    assert run.code == 0, run.stdout + run.stderr
+    assert idp.logins() == logins + 1
+    [seen] = stub.requests
+    assert json.loads(seen["body"])["model"] == "claude-opus-4-7"
+    assert dict((k.lower(), v) for k, v in seen["headers"])["x-authenticated-user"] == "bob"

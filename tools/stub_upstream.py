@@ -38,6 +38,12 @@ def sse_events(model, usage, text="Hello from the stand-in upstream.", pause=0.0
     yield "message_stop", {"type": "message_stop"}
 
 
+class _Server(ThreadingHTTPServer):
+    # Bursts of parallel requests must not be refused at the listen queue (default 5).
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class StubUpstream:
     """The server, its recorded requests and its knobs."""
 
@@ -49,8 +55,7 @@ class StubUpstream:
                       "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 2000}
         self.event_pause = 0.0
         self.forced = []  # (status, body dict, headers) answers to give next, in order
-        self.server = ThreadingHTTPServer((host, port), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), self._handler())
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -9,6 +9,9 @@ import http from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
 
+// stdout carries only the "ready" line; oidc-provider's own notices go to stderr.
+console.log = console.info = (...args) => process.stderr.write(`${args.join(' ')}\n`);
+
 const AUDIENCE = 'claude-sso-gateway';
 // Resource indicators must be absolute URIs; the token's `aud` is still AUDIENCE.
 const RESOURCE = 'urn:claude-sso-gateway';

@@ -19,19 +19,23 @@ class Run:
     seconds: float
 
 
-def run_claude(home: Path, gateway_port: int, token: str, prompt="say hi", args=(), timeout=120) -> Run:
-    """Runs `claude -p` with an apiKeyHelper that prints `token`."""
+def run_claude(home: Path, gateway_port: int, token: str | None = None, prompt="say hi", args=(), timeout=120,
+               helper: str | None = None, settings_env: dict | None = None) -> Run:
+    """Runs `claude -p` with an apiKeyHelper that prints `token`, or with the given `helper`
+    command (and extra settings `env`, which Claude Code passes to the helper)."""
     if not CLAUDE.exists():
         raise RuntimeError(f"{CLAUDE} is missing: run `npm ci` (make does)")
     claude_dir = home / ".claude"
     claude_dir.mkdir(parents=True, exist_ok=True)
-    token_file = home / "token"
-    token_file.write_text(token)
-    helper = home / "helper.sh"
-    helper.write_text(f"#!/bin/sh\ncat '{token_file}'\n")
-    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    if helper is None:
+        token_file = home / "token"
+        token_file.write_text(token or "")
+        script = home / "helper.sh"
+        script.write_text(f"#!/bin/sh\ncat '{token_file}'\n")
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+        helper = str(script)
     settings = {
-        "apiKeyHelper": str(helper),
+        "apiKeyHelper": helper,
         "env": {
             "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{gateway_port}",
             "ANTHROPIC_MODEL": "claude-sonnet-4-6",
@@ -42,6 +46,7 @@ def run_claude(home: Path, gateway_port: int, token: str, prompt="say hi", args=
             "CLAUDE_CODE_DISABLE_EXPERIMENTAL_BETAS": "1",
             "DISABLE_TELEMETRY": "1",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            **(settings_env or {}),
         },
     }
     (claude_dir / "settings.json").write_text(json.dumps(settings))

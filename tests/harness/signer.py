@@ -44,6 +44,11 @@ class Key:
         self.jwk.update({"kid": kid, "use": "sig", "alg": alg})
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class Signer:
     """The IdP: `issuer` is `http://127.0.0.1:<port>`; `upstream` is the callout name."""
 
@@ -55,8 +60,7 @@ class Signer:
         self.down = False
         self.fetches = {"discovery": 0, "jwks": 0}
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.port = self.server.server_address[1]
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.upstream = f"127.0.0.1:{self.port}"

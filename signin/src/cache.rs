@@ -1,0 +1,174 @@
+//! The token cache: one file per issuer and client in the user's config directory, owner-only
+//! (0600 in a 0700 directory on Unix; on Windows the profile directory is already private to
+//! the user), written atomically, and a lock file that serialises concurrent runs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What is remembered between runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cached {
+    /// The issuer it came from.
+    pub issuer: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The access token.
+    pub access_token: String,
+    /// When it expires, seconds since the epoch.
+    pub expires_at: u64,
+    /// For silent renewal.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// The cache location for one issuer and client.
+#[derive(Debug, Clone)]
+pub struct CacheFile {
+    /// The directory (created 0700).
+    pub dir: PathBuf,
+    /// The token file.
+    pub path: PathBuf,
+    lock_path: PathBuf,
+}
+
+impl CacheFile {
+    /// `<dir>/<digest of issuer and client>.json`.
+    pub fn new(dir: &Path, issuer: &str, client_id: &str) -> CacheFile {
+        let digest = Sha256::digest(format!("{issuer}\n{client_id}").as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        CacheFile {
+            dir: dir.to_path_buf(),
+            path: dir.join(format!("{name}.json")),
+            lock_path: dir.join(format!("{name}.lock")),
+        }
+    }
+
+    /// The default directory: `<config dir>/claude-sso`.
+    pub fn default_dir() -> Option<PathBuf> {
+        dirs::config_dir().map(|d| d.join("claude-sso"))
+    }
+
+    fn ensure_dir(&self) -> std::io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        restrict(&self.dir, 0o700)
+    }
+
+    /// Takes the exclusive lock; it is released when the returned file is dropped.
+    pub fn lock(&self) -> std::io::Result<File> {
+        self.ensure_dir()?;
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&self.lock_path)?;
+        restrict(&self.lock_path, 0o600)?;
+        file.lock()?;
+        Ok(file)
+    }
+
+    /// The cached tokens, if any (an unreadable file counts as none).
+    pub fn load(&self) -> Option<Cached> {
+        let text = fs::read_to_string(&self.path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes atomically: a private temporary file, then a rename over the old one.
+    pub fn store(&self, cached: &Cached) -> std::io::Result<()> {
+        self.ensure_dir()?;
+        let tmp = self.dir.join(format!(".{}.{}.tmp", std::process::id(), file_name(&self.path)));
+        {
+            let mut options = OpenOptions::new();
+            options.create_new(true).write(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp)?;
+            file.write_all(serde_json::to_string(cached).map_err(std::io::Error::other)?.as_bytes())?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)
+    }
+
+    /// Deletes the cache; returns whether there was one.
+    pub fn delete(&self) -> std::io::Result<bool> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn restrict(_: &Path, _: u32) -> std::io::Result<()> {
+    // On Windows the file lives under the user's own profile, whose ACL already admits only
+    // the user, SYSTEM and administrators.
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Cached {
+        Cached {
+            issuer: "https://idp".into(),
+            client_id: "c".into(),
+            access_token: "a".into(),
+            expires_at: 5,
+            refresh_token: Some("r".into()),
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("csg-cache-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn store_load_delete_round_trip() {
+        let root = temp_dir("roundtrip");
+        let cache = CacheFile::new(&root.join("claude-sso"), "https://idp", "c");
+        assert_eq!(cache.load(), None);
+        cache.store(&sample()).unwrap();
+        assert_eq!(cache.load(), Some(sample()));
+        assert!(cache.delete().unwrap());
+        assert!(!cache.delete().unwrap());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn owner_only_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = temp_dir("perms");
+        let cache = CacheFile::new(&root.join("claude-sso"), "https://idp", "c");
+        cache.store(&sample()).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cache.dir), 0o700);
+        assert_eq!(mode(&cache.path), 0o600);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn one_file_per_issuer_and_client() {
+        let dir = Path::new("/x");
+        let a = CacheFile::new(dir, "https://idp-a", "c").path;
+        assert_ne!(a, CacheFile::new(dir, "https://idp-b", "c").path);
+        assert_ne!(a, CacheFile::new(dir, "https://idp-a", "d").path);
+        assert_eq!(a, CacheFile::new(dir, "https://idp-a", "c").path);
+    }
+}

@@ -1,0 +1,326 @@
+//! Signing in: the browser flow (Authorization Code + PKCE with a loopback redirect) and the
+//! device authorization grant for machines without a browser; plus when a cached token is
+//! still good enough to hand to Claude Code.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::oidc::{Client, OidcError, TokenResponse};
+use crate::pkce;
+
+/// Why signing in failed.
+#[derive(Debug)]
+pub enum LoginError {
+    /// The IdP refused or could not be reached.
+    Oidc(OidcError),
+    /// The loopback listener could not be set up.
+    Listener(String),
+    /// The redirect came back with another `state` (a forged or stale redirect).
+    StateMismatch,
+    /// Nobody finished signing in in time.
+    TimedOut,
+    /// Randomness was unavailable.
+    Random,
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginError::Oidc(e) => write!(f, "{e}"),
+            LoginError::Listener(why) => write!(
+                f,
+                "cannot listen for the sign-in redirect: {why} (set CLAUDE_SSO_REDIRECT_PORT, or use --device)"
+            ),
+            LoginError::StateMismatch => write!(f, "the sign-in redirect carried the wrong state; sign in again"),
+            LoginError::TimedOut => write!(f, "sign-in was not completed in time; run the command again"),
+            LoginError::Random => write!(f, "the system has no randomness source"),
+        }
+    }
+}
+
+impl From<OidcError> for LoginError {
+    fn from(e: OidcError) -> Self {
+        LoginError::Oidc(e)
+    }
+}
+
+/// Whether a token expiring at `expires_at` may still be handed out at `now`: Claude Code keeps
+/// using a token for its helper TTL (and sends it once more while the helper re-runs), so it must
+/// outlive that plus a margin.
+pub fn fresh_enough(expires_at: u64, now: u64, helper_ttl_ms: u64, margin_s: u64) -> bool {
+    expires_at > now + helper_ttl_ms.div_ceil(1000) + margin_s
+}
+
+/// How the browser is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Browser {
+    /// The platform's opener (`xdg-open`, `open`, `start`).
+    System,
+    /// A command that receives the URL as its only argument.
+    Command(String),
+    /// Print the URL only.
+    PrintOnly,
+}
+
+impl Browser {
+    /// From `CLAUDE_SSO_BROWSER`: unset means the system opener, `none` means print only.
+    pub fn from_setting(value: Option<&str>) -> Browser {
+        match value.map(str::trim) {
+            None | Some("") => Browser::System,
+            Some("none") => Browser::PrintOnly,
+            Some(cmd) => Browser::Command(cmd.to_owned()),
+        }
+    }
+
+    /// Whether a browser can be expected to open on this machine.
+    pub fn available(&self) -> bool {
+        match self {
+            Browser::System => system_browser_available(),
+            Browser::Command(_) | Browser::PrintOnly => true,
+        }
+    }
+
+    fn open(&self, url: &str) -> bool {
+        let mut command = match self {
+            Browser::PrintOnly => return true,
+            Browser::Command(cmd) => Command::new(cmd),
+            Browser::System if cfg!(target_os = "macos") => Command::new("open"),
+            Browser::System if cfg!(windows) => {
+                let mut c = Command::new("cmd");
+                c.args(["/C", "start", ""]);
+                c
+            }
+            Browser::System => Command::new("xdg-open"),
+        };
+        command.arg(url).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().is_ok()
+    }
+}
+
+fn system_browser_available() -> bool {
+    if cfg!(any(target_os = "macos", windows)) {
+        return std::env::var_os("SSH_CONNECTION").is_none();
+    }
+    std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+}
+
+/// What the browser flow needs.
+pub struct BrowserLogin<'a> {
+    /// The IdP.
+    pub client: &'a Client,
+    /// OAuth client id.
+    pub client_id: &'a str,
+    /// Space-separated scopes.
+    pub scopes: &'a str,
+    /// Loopback port (0: any free port).
+    pub port: u16,
+    /// Optional resource indicator / audience parameter.
+    pub audience: Option<&'a str>,
+    /// How the browser is opened.
+    pub browser: &'a Browser,
+    /// How long to wait for the person.
+    pub timeout: Duration,
+}
+
+impl BrowserLogin<'_> {
+    /// Runs the flow and returns the tokens.
+    pub fn run(&self) -> Result<TokenResponse, LoginError> {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).map_err(|e| LoginError::Listener(e.to_string()))?;
+        let port = listener.local_addr().map_err(|e| LoginError::Listener(e.to_string()))?.port();
+        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+        let verifier = pkce::random(32).map_err(|_| LoginError::Random)?;
+        let state = pkce::random(16).map_err(|_| LoginError::Random)?;
+        let mut params = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", self.client_id.to_owned()),
+            ("redirect_uri", redirect_uri.clone()),
+            ("scope", self.scopes.to_owned()),
+            ("state", state.clone()),
+            ("code_challenge", pkce::challenge(&verifier)),
+            ("code_challenge_method", "S256".to_owned()),
+        ];
+        if let Some(audience) = self.audience {
+            params.push(("audience", audience.to_owned()));
+        }
+        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+        let url = format!("{}?{}", self.client.endpoints.authorization_endpoint, query.join("&"));
+        eprintln!("Sign in to continue. If no browser opens, visit:\n  {url}");
+        if !self.browser.open(&url) {
+            eprintln!("(could not open a browser; open the address above yourself)");
+        }
+        let query = wait_for_redirect(&listener, self.timeout)?;
+        let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        if get("state") != Some(state.as_str()) {
+            return Err(LoginError::StateMismatch);
+        }
+        if let Some(error) = get("error") {
+            return Err(OidcError::Refused {
+                error: error.to_owned(),
+                description: get("error_description").unwrap_or("").to_owned(),
+            }
+            .into());
+        }
+        let code = get("code").ok_or(LoginError::StateMismatch)?;
+        Ok(self.client.exchange_code(self.client_id, code, &redirect_uri, &verifier)?)
+    }
+}
+
+/// Accepts connections until one is the `/callback` redirect; returns its query parameters.
+fn wait_for_redirect(listener: &TcpListener, timeout: Duration) -> Result<Vec<(String, String)>, LoginError> {
+    listener.set_nonblocking(true).map_err(|e| LoginError::Listener(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Some(query) = answer_redirect(stream) {
+                    return Ok(query);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(LoginError::Listener(e.to_string())),
+        }
+    }
+    Err(LoginError::TimedOut)
+}
+
+fn answer_redirect(mut stream: TcpStream) -> Option<Vec<(String, String)>> {
+    stream.set_nonblocking(false).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).ok()?;
+    let target = line.split_whitespace().nth(1)?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != "/callback" {
+        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        return None;
+    }
+    let page =
+        "<!doctype html><title>Signed in</title><p>Signed in. You can close this window and return to Claude Code.</p>";
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+        page.len()
+    );
+    Some(parse_query(query))
+}
+
+/// Runs the device authorization grant: prints where to go and polls until done.
+pub fn device_login(
+    client: &Client,
+    client_id: &str,
+    scopes: &str,
+    timeout: Duration,
+) -> Result<TokenResponse, LoginError> {
+    let device = client.start_device(client_id, scopes)?;
+    eprintln!("To sign in, visit {} and enter the code {}", device.verification_uri, device.user_code);
+    if let Some(complete) = &device.verification_uri_complete {
+        eprintln!("  or open {complete}");
+    }
+    let deadline = Instant::now() + timeout.min(Duration::from_secs(device.expires_in));
+    let mut interval = device.interval.max(1);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(interval));
+        match client.poll_device(client_id, &device.device_code) {
+            Ok(tokens) => return Ok(tokens),
+            Err(OidcError::Refused { error, .. }) if error == "authorization_pending" => {}
+            Err(OidcError::Refused { error, .. }) if error == "slow_down" => interval += 5,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(LoginError::TimedOut)
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Splits and percent-decodes a query string.
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(value: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+        {
+            (b'%', Some(hi), Some(lo)) => Some((hi * 16 + lo) as u8),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_covers_helper_ttl_and_margin() {
+        let cases = [
+            ("plenty left", 10_000, true),
+            ("exactly ttl + margin left", 1000 + 300 + 60, false),
+            ("one second more", 1000 + 300 + 61, true),
+            ("expired", 900, false),
+        ];
+        for (name, expires_at, want) in cases {
+            assert_eq!(fresh_enough(expires_at, 1000, 300_000, 60), want, "{name}");
+        }
+        assert!(!fresh_enough(1000 + 60 + 6, 1000, 5_500, 60), "TTL in ms rounds up");
+    }
+
+    #[test]
+    fn query_round_trip() {
+        let q = parse_query("code=a%2Bb%20c&state=x~y&error_description=no+way&flag");
+        assert_eq!(
+            q,
+            vec![
+                ("code".into(), "a+b c".into()),
+                ("state".into(), "x~y".into()),
+                ("error_description".into(), "no way".into()),
+                ("flag".into(), "".into())
+            ]
+        );
+        assert_eq!(encode("openid email/x y"), "openid%20email%2Fx%20y");
+        assert_eq!(parse_query("bad=%zz%4"), vec![("bad".into(), "%zz%4".into())]);
+    }
+
+    #[test]
+    fn browser_setting() {
+        assert_eq!(Browser::from_setting(None), Browser::System);
+        assert_eq!(Browser::from_setting(Some("none")), Browser::PrintOnly);
+        assert_eq!(Browser::from_setting(Some("/bin/true")), Browser::Command("/bin/true".into()));
+    }
+}

@@ -1,0 +1,290 @@
+//! claude-sso-signin: Claude Code's `apiKeyHelper`. Prints a valid access token from the
+//! company's OpenID Provider on stdout and nothing else; every message goes to stderr.
+
+mod cache;
+mod claims;
+mod login;
+mod oidc;
+mod pkce;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+use cache::{CacheFile, Cached};
+use login::{Browser, BrowserLogin};
+use oidc::{Client, TokenResponse};
+
+#[derive(Parser)]
+#[command(
+    name = "claude-sso-signin",
+    version,
+    about = "Sign in with your company's identity provider and print an access token for Claude Code"
+)]
+struct Cli {
+    #[command(flatten)]
+    idp: Idp,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Args)]
+struct Idp {
+    /// OpenID Provider issuer URL (discovery is <issuer>/.well-known/openid-configuration).
+    #[arg(long, env = "CLAUDE_SSO_ISSUER", global = true)]
+    issuer: Option<String>,
+    /// OAuth client id registered for Claude Code (a public client with PKCE).
+    #[arg(long, env = "CLAUDE_SSO_CLIENT_ID", default_value = "claude-code", global = true)]
+    client_id: String,
+    /// Scopes to request.
+    #[arg(long, env = "CLAUDE_SSO_SCOPES", default_value = "openid email profile offline_access", global = true)]
+    scopes: String,
+    /// Loopback port for the browser redirect (register http://127.0.0.1:<port>/callback; 0 = any free port).
+    #[arg(long, env = "CLAUDE_SSO_REDIRECT_PORT", default_value_t = 8765, global = true)]
+    redirect_port: u16,
+    /// Extra `audience` parameter for IdPs that need one (Auth0).
+    #[arg(long, env = "CLAUDE_SSO_AUDIENCE", global = true)]
+    audience: Option<String>,
+    /// Use the device authorization grant (chosen automatically when no browser can open).
+    #[arg(long, global = true)]
+    device: bool,
+    /// Command that opens the sign-in URL, or `none` to only print it.
+    #[arg(long, env = "CLAUDE_SSO_BROWSER", global = true)]
+    browser: Option<String>,
+    /// Where tokens are cached (default: <config dir>/claude-sso).
+    #[arg(long, env = "CLAUDE_SSO_CACHE_DIR", global = true)]
+    cache_dir: Option<PathBuf>,
+    /// How long Claude Code reuses a token before re-running the helper.
+    #[arg(long, env = "CLAUDE_CODE_API_KEY_HELPER_TTL_MS", default_value_t = 300_000, global = true)]
+    helper_ttl_ms: u64,
+    /// Extra life a handed-out token must have beyond the helper TTL.
+    #[arg(long, env = "CLAUDE_SSO_MARGIN_SECONDS", default_value_t = 60, global = true)]
+    margin_seconds: u64,
+    /// How long to wait for the person to finish signing in.
+    #[arg(long, env = "CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", default_value_t = 300, global = true)]
+    login_timeout_seconds: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a valid access token (the default).
+    Token,
+    /// Show who is signed in, their groups and the token's expiry (never the token).
+    Status,
+    /// Revoke the tokens at the IdP if it supports revocation, and delete the cache.
+    Logout,
+    /// Point Claude Code at the gateway: merge our keys into ~/.claude/settings.json.
+    Setup(SetupArgs),
+    /// Remove exactly the keys `setup` added.
+    Uninstall {
+        /// Claude Code settings file.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct SetupArgs {
+    /// The gateway's URL, e.g. https://claude-gw.example.com.
+    #[arg(long, env = "CLAUDE_SSO_GATEWAY_URL")]
+    gateway_url: String,
+    /// Claude Code settings file.
+    #[arg(long)]
+    settings: Option<PathBuf>,
+    /// ANTHROPIC_MODEL and ANTHROPIC_DEFAULT_SONNET_MODEL.
+    #[arg(long, default_value = "claude-sonnet-4-6")]
+    model: String,
+    /// ANTHROPIC_DEFAULT_OPUS_MODEL.
+    #[arg(long, default_value = "claude-opus-4-7")]
+    opus_model: String,
+    /// ANTHROPIC_DEFAULT_HAIKU_MODEL and ANTHROPIC_SMALL_FAST_MODEL.
+    #[arg(long, default_value = "claude-haiku-4-5")]
+    haiku_model: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("claude-sso-signin: {message}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None | Some(Cmd::Token) => token(&cli.idp).map(|t| println!("{t}")),
+        Some(Cmd::Status) => status(&cli.idp),
+        Some(Cmd::Logout) => logout(&cli.idp),
+        Some(Cmd::Setup(args)) => setup(&cli.idp, args),
+        Some(Cmd::Uninstall { settings }) => uninstall(settings.as_ref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(message),
+    }
+}
+
+fn issuer(idp: &Idp) -> Result<&str, String> {
+    idp.issuer.as_deref().filter(|i| !i.is_empty()).ok_or_else(|| {
+        "no issuer configured: set CLAUDE_SSO_ISSUER (or --issuer) to your identity provider's issuer URL".to_owned()
+    })
+}
+
+fn cache_file(idp: &Idp) -> Result<CacheFile, String> {
+    let dir =
+        idp.cache_dir.clone().or_else(CacheFile::default_dir).ok_or("no config directory; set CLAUDE_SSO_CACHE_DIR")?;
+    Ok(CacheFile::new(&dir, issuer(idp)?, &idp.client_id))
+}
+
+/// The token flow: cached if fresh enough, else refreshed, else a new sign-in; all under the
+/// cache lock so that parallel runs make one sign-in.
+fn token(idp: &Idp) -> Result<String, String> {
+    let issuer = issuer(idp)?;
+    let cache = cache_file(idp)?;
+    let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
+    let fresh = |c: &Cached| login::fresh_enough(c.expires_at, now(), idp.helper_ttl_ms, idp.margin_seconds);
+    let cached = cache.load().filter(|c| c.issuer == issuer && c.client_id == idp.client_id);
+    if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
+        return Ok(c.access_token.clone());
+    }
+    let client = Client::discover(issuer).map_err(|e| format!("{e}; check CLAUDE_SSO_ISSUER and your network"))?;
+    if let Some(refresh_token) = cached.as_ref().and_then(|c| c.refresh_token.clone()) {
+        match client.refresh(&idp.client_id, &refresh_token) {
+            Ok(tokens) => {
+                let c = remember(&cache, issuer, &idp.client_id, tokens, Some(refresh_token))?;
+                if !fresh(&c) {
+                    eprintln!("claude-sso-signin: note: the identity provider issues tokens shorter-lived than the helper TTL");
+                }
+                return Ok(c.access_token);
+            }
+            Err(e) => eprintln!("claude-sso-signin: silent refresh failed ({e}); signing in again"),
+        }
+    }
+    let timeout = Duration::from_secs(idp.login_timeout_seconds);
+    let browser = Browser::from_setting(idp.browser.as_deref());
+    let device_possible = client.endpoints.device_authorization_endpoint.is_some();
+    let tokens = if idp.device || (!browser.available() && device_possible) {
+        login::device_login(&client, &idp.client_id, &idp.scopes, timeout)
+    } else {
+        BrowserLogin {
+            client: &client,
+            client_id: &idp.client_id,
+            scopes: &idp.scopes,
+            port: idp.redirect_port,
+            audience: idp.audience.as_deref(),
+            browser: &browser,
+            timeout,
+        }
+        .run()
+    }
+    .map_err(|e| format!("sign-in failed: {e}"))?;
+    Ok(remember(&cache, issuer, &idp.client_id, tokens, None)?.access_token)
+}
+
+fn remember(
+    cache: &CacheFile,
+    issuer: &str,
+    client_id: &str,
+    tokens: TokenResponse,
+    old_refresh: Option<String>,
+) -> Result<Cached, String> {
+    let expires_at =
+        claims::expiry(&tokens.access_token).or(tokens.expires_in.map(|s| now() + s)).unwrap_or_else(|| now() + 300);
+    let cached = Cached {
+        issuer: issuer.to_owned(),
+        client_id: client_id.to_owned(),
+        access_token: tokens.access_token,
+        expires_at,
+        refresh_token: tokens.refresh_token.or(old_refresh),
+    };
+    cache.store(&cached).map_err(|e| format!("cannot write the token cache {}: {e}", cache.path.display()))?;
+    Ok(cached)
+}
+
+fn status(idp: &Idp) -> Result<(), String> {
+    let cache = cache_file(idp)?;
+    let Some(c) = cache.load() else {
+        eprintln!("not signed in to {} (run claude-sso-signin to sign in)", issuer(idp)?);
+        return Ok(());
+    };
+    let who = claims::summary(&c.access_token);
+    let left = c.expires_at as i64 - now() as i64;
+    eprintln!("signed in to {} as {}", c.issuer, who.subject);
+    if let Some(email) = who.email {
+        eprintln!("  email:   {email}");
+    }
+    eprintln!("  groups:  {}", if who.groups.is_empty() { "(none)".to_owned() } else { who.groups.join(", ") });
+    if left > 0 {
+        eprintln!("  expires: in {} min", left / 60);
+    } else {
+        eprintln!("  expired: {} min ago", -left / 60);
+    }
+    eprintln!("  refresh: {}", if c.refresh_token.is_some() { "available" } else { "none" });
+    Ok(())
+}
+
+fn logout(idp: &Idp) -> Result<(), String> {
+    let cache = cache_file(idp)?;
+    let _lock = cache.lock().map_err(|e| e.to_string())?;
+    if let Some(c) = cache.load() {
+        match Client::discover(issuer(idp)?) {
+            Ok(client) => {
+                for (token, hint) in
+                    [(c.refresh_token.as_deref(), "refresh_token"), (Some(c.access_token.as_str()), "access_token")]
+                {
+                    if let Some(token) = token {
+                        if let Err(e) = client.revoke(&idp.client_id, token, hint) {
+                            eprintln!("claude-sso-signin: could not revoke the {hint}: {e}");
+                        }
+                    }
+                }
+            }
+            Err(e) => eprintln!("claude-sso-signin: could not reach the identity provider to revoke tokens: {e}"),
+        }
+    }
+    let removed = cache.delete().map_err(|e| e.to_string())?;
+    eprintln!("{}", if removed { "signed out" } else { "was not signed in" });
+    Ok(())
+}
+
+fn settings_path(path: Option<&PathBuf>) -> Result<PathBuf, String> {
+    path.cloned()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".claude").join("settings.json")))
+        .ok_or_else(|| "no home directory; pass --settings".to_owned())
+}
+
+fn setup(idp: &Idp, args: &SetupArgs) -> Result<(), String> {
+    let issuer = issuer(idp)?;
+    let exe = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| format!("cannot find this program's path: {e}"))?;
+    // canonicalize gives `\\?\C:\...` on Windows, which the shell Claude Code uses does not take.
+    let helper = exe.to_string_lossy().trim_start_matches(r"\\?\").to_owned();
+    let path = settings_path(args.settings.as_ref())?;
+    let values = [
+        args.model.clone(),
+        args.model.clone(),
+        args.opus_model.clone(),
+        args.haiku_model.clone(),
+        args.haiku_model.clone(),
+        idp.helper_ttl_ms.to_string(),
+        issuer.to_owned(),
+        idp.client_id.clone(),
+    ];
+    settings::setup(&path, &settings::Setup { helper, gateway_url: args.gateway_url.clone(), values })
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("Claude Code now signs in through {} ({})", args.gateway_url, path.display());
+    Ok(())
+}
+
+fn uninstall(path: Option<&PathBuf>) -> Result<(), String> {
+    let path = settings_path(path)?;
+    let changed = settings::uninstall(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("{}", if changed { "removed the gateway settings" } else { "nothing to remove" });
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Talking to the OpenID Provider: discovery, the token endpoint (code, refresh, device code),
+//! device authorization and revocation. Every call has a timeout.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use ureq::Agent;
+
+/// Why a call to the IdP failed.
+#[derive(Debug)]
+pub enum OidcError {
+    /// The IdP could not be reached or answered garbage.
+    Transport(String),
+    /// The IdP answered with an OAuth error (`error`, `error_description`).
+    Refused { error: String, description: String },
+}
+
+impl std::fmt::Display for OidcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OidcError::Transport(why) => write!(f, "cannot reach the identity provider: {why}"),
+            OidcError::Refused { error, description } if description.is_empty() => {
+                write!(f, "the identity provider refused: {error}")
+            }
+            OidcError::Refused { error, description } => {
+                write!(f, "the identity provider refused: {error}: {description}")
+            }
+        }
+    }
+}
+
+/// The endpoints discovery names.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Endpoints {
+    /// `issuer`.
+    pub issuer: String,
+    /// Where the browser signs in.
+    pub authorization_endpoint: String,
+    /// Where codes and refresh tokens become tokens.
+    pub token_endpoint: String,
+    /// Device authorization (RFC 8628), when supported.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
+    /// Token revocation (RFC 7009), when supported.
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
+}
+
+/// A token endpoint answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenResponse {
+    /// The access token Claude Code sends to the gateway.
+    pub access_token: String,
+    /// Lifetime in seconds, when given.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// For silent renewal.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// A device authorization answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceAuthorization {
+    /// Polled at the token endpoint.
+    pub device_code: String,
+    /// What the person types.
+    pub user_code: String,
+    /// Where they type it.
+    pub verification_uri: String,
+    /// The same with the code filled in.
+    #[serde(default)]
+    pub verification_uri_complete: Option<String>,
+    /// Seconds between polls.
+    #[serde(default = "default_interval")]
+    pub interval: u64,
+    /// Seconds until the code expires.
+    #[serde(default = "default_device_ttl")]
+    pub expires_in: u64,
+}
+
+fn default_interval() -> u64 {
+    5
+}
+fn default_device_ttl() -> u64 {
+    600
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// A client for one IdP.
+pub struct Client {
+    agent: Agent,
+    /// The discovered endpoints.
+    pub endpoints: Endpoints,
+}
+
+fn agent() -> Agent {
+    Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into()
+}
+
+impl Client {
+    /// Discovers the IdP's endpoints from `issuer`.
+    pub fn discover(issuer: &str) -> Result<Client, OidcError> {
+        let agent = agent();
+        let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+        let mut response = agent.get(&url).call().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
+        if !response.status().is_success() {
+            return Err(OidcError::Transport(format!("{url}: status {}", response.status())));
+        }
+        let endpoints: Endpoints =
+            response.body_mut().read_json().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
+        if endpoints.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            return Err(OidcError::Transport(format!("discovery names issuer {:?}, not {issuer:?}", endpoints.issuer)));
+        }
+        Ok(Client { agent, endpoints })
+    }
+
+    fn post<T: serde::de::DeserializeOwned>(&self, url: &str, form: &[(&str, &str)]) -> Result<T, OidcError> {
+        let mut response =
+            self.agent.post(url).send_form(form.iter().copied()).map_err(|e| OidcError::Transport(e.to_string()))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().map_err(|e| OidcError::Transport(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_str(&text).map_err(|e| OidcError::Transport(format!("{url}: {e}")));
+        }
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => Err(OidcError::Refused { error: e.error, description: e.error_description.unwrap_or_default() }),
+            Err(_) => Err(OidcError::Transport(format!("{url}: status {status}"))),
+        }
+    }
+
+    /// Exchanges an authorization code (with its PKCE verifier).
+    pub fn exchange_code(
+        &self,
+        client_id: &str,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Result<TokenResponse, OidcError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("client_id", client_id),
+            ("code_verifier", verifier),
+        ];
+        self.post(&self.endpoints.token_endpoint, &form)
+    }
+
+    /// Uses a refresh token.
+    pub fn refresh(&self, client_id: &str, refresh_token: &str) -> Result<TokenResponse, OidcError> {
+        let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)];
+        self.post(&self.endpoints.token_endpoint, &form)
+    }
+
+    /// Starts the device authorization grant.
+    pub fn start_device(&self, client_id: &str, scopes: &str) -> Result<DeviceAuthorization, OidcError> {
+        let url = self.endpoints.device_authorization_endpoint.as_deref().ok_or_else(|| OidcError::Refused {
+            error: "unsupported".to_owned(),
+            description: "the identity provider does not offer the device authorization grant".to_owned(),
+        })?;
+        self.post(url, &[("client_id", client_id), ("scope", scopes)])
+    }
+
+    /// Polls once for a device code's tokens.
+    pub fn poll_device(&self, client_id: &str, device_code: &str) -> Result<TokenResponse, OidcError> {
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code),
+            ("client_id", client_id),
+        ];
+        self.post(&self.endpoints.token_endpoint, &form)
+    }
+
+    /// Revokes a token if the IdP supports revocation; returns whether it was attempted.
+    pub fn revoke(&self, client_id: &str, token: &str, hint: &str) -> Result<bool, OidcError> {
+        let Some(url) = self.endpoints.revocation_endpoint.as_deref() else { return Ok(false) };
+        let response = self
+            .agent
+            .post(url)
+            .send_form([("token", token), ("token_type_hint", hint), ("client_id", client_id)])
+            .map_err(|e| OidcError::Transport(e.to_string()))?;
+        Ok(response.status().is_success())
+    }
+}
