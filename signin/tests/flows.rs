@@ -2,6 +2,9 @@
 //! the browser and device flows driven over HTTP as a person would, refresh, fallback to login,
 //! refusal, concurrency, cache permissions, and `setup`/`uninstall`.
 
+// This whole file is test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
