@@ -20,7 +20,7 @@ use super::metrics::Metrics;
 /// One request's state.
 pub struct GatewayHttp {
     worker: Rc<RefCell<Worker>>,
-    metrics: Rc<RefCell<Metrics>>,
+    metrics: Rc<Metrics>,
     token: Option<String>,
     admission: Option<Admission>,
     /// The key callout this request waits for.
@@ -36,7 +36,7 @@ pub struct GatewayHttp {
 
 impl GatewayHttp {
     /// A request context sharing its worker's state.
-    pub fn new(worker: Rc<RefCell<Worker>>, metrics: Rc<RefCell<Metrics>>) -> GatewayHttp {
+    pub fn new(worker: Rc<RefCell<Worker>>, metrics: Rc<Metrics>) -> GatewayHttp {
         GatewayHttp {
             worker,
             metrics,
@@ -52,7 +52,7 @@ impl GatewayHttp {
 
     fn answer(&mut self, reply: &Reply) -> Action {
         if reply.status >= 400 {
-            self.metrics.borrow_mut().record_refusal(reply.status);
+            self.metrics.record_refusal(reply.status);
             let message = String::from_utf8_lossy(&reply.body);
             calls::log(LogLevel::Info, &format!("claude-sso-gateway: refused {}: {message}", reply.status));
         }
@@ -131,7 +131,7 @@ impl GatewayHttp {
         let Some(metering) = &mut self.metering else { return };
         let Some(report) = metering.settle(&HostShared, calls::now()) else { return };
         let s = metering.subject();
-        self.metrics.borrow_mut().record_usage(s, &report);
+        self.metrics.record_usage(s, &report);
         let u = report.usage;
         let cost = report.cost_usd.map_or_else(|| "unpriced".to_owned(), |c| format!("{c:.6}"));
         calls::log(

@@ -1,53 +1,70 @@
 //! Usage counters through the host's metrics API: Envoy shows them under `wasmcustom.` in
 //! `/stats` (and Prometheus), Kong's Prometheus plugin as `pw:<filter>:...`.
+//!
+//! Every counter is defined in `on_configure` from the plan (tiers and their models are known
+//! there), so requests only increment by id and never define metrics mid-request, which not
+//! every host allows in every callback.
 
 use std::collections::HashMap;
 
-use super::calls;
+use crate::config::Plan;
 use crate::metering::{Report, Subject};
 
-/// Counter ids of this VM, defined on first use.
+use super::calls;
+
+/// Token kinds counted per tier and model.
+const KINDS: [&str; 4] = ["input", "output", "cache_write", "cache_read"];
+/// Statuses the gateway answers itself.
+const REFUSALS: [u32; 8] = [400, 401, 403, 404, 413, 429, 500, 503];
+
+/// Counter ids of this VM.
 #[derive(Default)]
 pub struct Metrics {
     ids: HashMap<String, u32>,
 }
 
+fn scope(tier: &str, model: &str) -> String {
+    format!("tier.{}.model.{}", clean(tier), clean(model))
+}
+
 impl Metrics {
-    fn add(&mut self, name: String, value: u64) {
-        if value == 0 {
-            return;
+    /// Defines every counter the plan can produce.
+    pub fn define(plan: &Plan) -> Metrics {
+        let mut names: Vec<String> = REFUSALS.iter().map(|s| format!("claude_sso_gateway.refused.{s}")).collect();
+        for tier in &plan.tiers {
+            for alias in tier.aliases(plan) {
+                let scope = scope(&tier.name, alias);
+                names.push(format!("claude_sso_gateway.requests.{scope}"));
+                names.push(format!("claude_sso_gateway.cost_micro_usd.{scope}"));
+                names.extend(KINDS.iter().map(|k| format!("claude_sso_gateway.tokens.{k}.{scope}")));
+            }
         }
-        let id = match self.ids.get(&name) {
-            Some(id) => *id,
-            None => match calls::define_counter(&name) {
-                Some(id) => {
-                    self.ids.insert(name, id);
-                    id
-                }
-                None => return,
-            },
-        };
-        calls::increment_counter(id, value);
+        let ids = names.into_iter().filter_map(|name| calls::define_counter(&name).map(|id| (name, id))).collect();
+        Metrics { ids }
+    }
+
+    fn add(&self, name: &str, value: u64) {
+        if let (Some(id), true) = (self.ids.get(name), value > 0) {
+            calls::increment_counter(*id, value);
+        }
     }
 
     /// Counts one finished request's tokens and cost under its tier and model.
-    pub fn record_usage(&mut self, subject: &Subject, report: &Report) {
-        let scope = format!("tier.{}.model.{}", clean(&subject.tier), clean(&subject.model));
+    pub fn record_usage(&self, subject: &Subject, report: &Report) {
+        let scope = scope(&subject.tier, &subject.model);
         let u = &report.usage;
-        self.add(format!("claude_sso_gateway.requests.{scope}"), 1);
-        for (kind, value) in
-            [("input", u.input), ("output", u.output), ("cache_write", u.cache_write), ("cache_read", u.cache_read)]
-        {
-            self.add(format!("claude_sso_gateway.tokens.{kind}.{scope}"), value);
+        self.add(&format!("claude_sso_gateway.requests.{scope}"), 1);
+        for (kind, value) in KINDS.iter().zip([u.input, u.output, u.cache_write, u.cache_read]) {
+            self.add(&format!("claude_sso_gateway.tokens.{kind}.{scope}"), value);
         }
         if let Some(cost) = report.cost_usd {
-            self.add(format!("claude_sso_gateway.cost_micro_usd.{scope}"), (cost * 1e6).round() as u64);
+            self.add(&format!("claude_sso_gateway.cost_micro_usd.{scope}"), (cost * 1e6).round() as u64);
         }
     }
 
     /// Counts a refusal by status.
-    pub fn record_refusal(&mut self, status: u32) {
-        self.add(format!("claude_sso_gateway.refused.{status}"), 1);
+    pub fn record_refusal(&self, status: u32) {
+        self.add(&format!("claude_sso_gateway.refused.{status}"), 1);
     }
 }
 

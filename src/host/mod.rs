@@ -30,7 +30,7 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct GatewayRoot {
     worker: Option<Rc<RefCell<Worker>>>,
-    metrics: Rc<RefCell<metrics::Metrics>>,
+    metrics: Rc<metrics::Metrics>,
     pending: HashMap<u32, Fetch>,
     shared_cas: Option<u32>,
 }
@@ -79,6 +79,7 @@ impl RootContext for GatewayRoot {
                         plan.models.len()
                     ),
                 );
+                self.metrics = Rc::new(metrics::Metrics::define(&plan));
                 let worker = Rc::new(RefCell::new(Worker::new(plan)));
                 self.shared_cas = None;
                 self.adopt_shared(&worker);
