@@ -1,0 +1,301 @@
+"""Kong: the filter's JSON Schema (kong/claude_sso_gateway.meta.json) and the filter's own parser
+give the same verdict on every sample config and on a table of invalid ones; the built .wasm
+imports only host functions ngx_wasm_module provides; and the code never calls one it traps on."""
+import copy
+import json
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.harness.envoy import ROOT, WASM
+
+META = json.loads((ROOT / "kong" / "claude_sso_gateway.meta.json").read_text())
+SCHEMA = META["config_schema"]
+
+BASE = {
+    "oidc": {"issuer": "https://idp.example.com/oauth2/default", "audiences": ["claude-sso-gateway"]},
+    "targets": {"anthropic": {"provider": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}},
+    "models": [
+        {"alias": "claude-sonnet-4-6", "target": "anthropic", "model_id": "claude-sonnet-4-6",
+         "price": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}},
+        {"alias": "claude-opus-4-7", "target": "anthropic", "model_id": "claude-opus-4-7"},
+    ],
+    "tiers": [
+        {"name": "power", "groups": ["claude-power-users"], "models": ["claude-opus-4-7", "claude-sonnet-4-6"]},
+        {"name": "standard", "groups": ["claude-standard-users"], "models": ["claude-sonnet-4-6"],
+         "limits": [{"limit": 20000, "window_seconds": 60}]},
+    ],
+}
+
+DELETE = object()
+
+
+def edited(changes: dict) -> dict:
+    """BASE with `changes` applied; keys are paths like `tiers[1].limits[0].limit`."""
+    config = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+        node = config
+        for p in parts[:-1]:
+            node = node[p]
+        if value is DELETE:
+            del node[parts[-1]]
+        else:
+            node[parts[-1]] = value
+    return config
+
+
+# (name, changes, the parser's exact error). The schema must refuse each of these too.
+INVALID = [
+    ("unknown top-level field", {"tier": []}, "config error: tier: unknown field `tier`"),
+    ("unknown oidc field", {"oidc.isuer": "x"}, "config error: oidc.isuer: unknown field `isuer`"),
+    ("missing issuer", {"oidc.issuer": DELETE}, "config error: oidc: missing field `issuer`"),
+    ("issuer not a URL", {"oidc.issuer": "idp.example.com"}, "config error: oidc.issuer: must be an http:// or https:// URL"),
+    ("no audiences", {"oidc.audiences": []}, "config error: oidc.audiences: at least one non-empty audience is required"),
+    ("audiences as empty object", {"oidc.audiences": {}}, "config error: oidc.audiences: at least one non-empty audience is required"),
+    ("audience not a string", {"oidc.audiences": [5]}, "config error: oidc.audiences[0]: invalid type: integer `5`"),
+    ("upstream with a path", {"oidc.upstream": "idp/x"}, "config error: oidc.upstream: must be host:port"),
+    ("negative leeway", {"oidc.leeway_seconds": -1}, "config error: oidc.leeway_seconds: invalid value: integer `-1`"),
+    ("fractional refresh", {"oidc.jwks_refresh_seconds": 1.5}, "config error: oidc.jwks_refresh_seconds: invalid type: floating point `1.5`"),
+    ("zero refresh", {"oidc.jwks_refresh_seconds": 0}, "config error: oidc.jwks_refresh_seconds: must be greater than 0"),
+    ("empty groups claim", {"oidc.groups_claim": "a..b"}, "config error: oidc.groups_claim: must be a claim name or a dotted path"),
+    ("bad header name", {"identity_headers": {"user": "x user"}}, "config error: identity_headers.user: \"x user\" is not a usable header name"),
+    ("zero max body", {"max_body_bytes": 0}, "config error: max_body_bytes: must be greater than 0"),
+    ("no targets", {"targets": {}}, "config error: targets: at least one target is required"),
+    ("unknown provider", {"targets.anthropic.provider": "openai"}, "config error: targets.anthropic.provider: unknown variant `openai`"),
+    ("both key forms", {"targets.anthropic.api_key": "k"}, "config error: targets.anthropic: give api_key or api_key_env, not both"),
+    ("no key", {"targets.anthropic.api_key_env": DELETE}, "config error: targets.anthropic: api_key or api_key_env is required"),
+    ("no models", {"models": []}, "config error: models: at least one model is required"),
+    ("model without id", {"models[0].model_id": DELETE}, "config error: models[0]: missing field `model_id`"),
+    ("negative price", {"models[0].price.input": -1}, "config error: models[0].price: prices must be non-negative"),
+    ("price missing a field", {"models[0].price": {"input": 1}}, "config error: models[0].price: missing field `output`"),
+    ("no tiers", {"tiers": {}}, "config error: tiers: at least one tier is required"),
+    ("tier without groups", {"tiers[0].groups": []}, "config error: tiers[0].groups: at least one group is required"),
+    ("tier name with a newline", {"tiers[0].name": "a\nb"}, "config error: tiers[0].name: must be a non-empty printable name"),
+    ("limit zero", {"tiers[1].limits[0].limit": 0}, "config error: tiers[1].limits[0].limit: must be greater than 0"),
+    ("limit window missing", {"tiers[1].limits[0].window_seconds": DELETE}, "config error: tiers[1].limits[0]: missing field `window_seconds`"),
+    ("unknown window type", {"tiers[1].window_type": "rolling"}, "config error: tiers[1].window_type: unknown variant `rolling`"),
+    ("unknown counts", {"tiers[1].limits[0].counts": "bytes"}, "config error: tiers[1].limits[0].counts: unknown variant `bytes`"),
+    ("unknown per", {"tiers[1].per": "team"}, "config error: tiers[1].per: unknown variant `team`"),
+    ("warning share above 1", {"budgets": {"warning_share": 1.5}}, "config error: budgets.warning_share: must be greater than 0 and at most 1"),
+    ("unknown reserve", {"budgets": {"reserve": "all"}}, "config error: budgets.reserve: unknown variant `all`"),
+]
+
+# Rules that need more than one field or the VM's environment: draft-4 JSON Schema cannot say
+# them, so Kong accepts these and the filter refuses them when it loads (Kong then answers 500).
+PARSER_ONLY = [
+    ("tier names an unknown alias", {"tiers[1].models": ["claude-opus-9"]}, "config error: tiers[1].models[0]: unknown model alias \"claude-opus-9\""),
+    ("model names an unknown target", {"models[1].target": "bedrock"}, "config error: models[1].target: unknown target \"bedrock\""),
+    ("environment variable not set", {"targets.anthropic.api_key_env": "NO_SUCH_VAR"}, "config error: targets.anthropic.api_key_env: environment variable NO_SUCH_VAR is not set in the VM"),
+    ("duplicate alias", {"models[1].alias": "claude-sonnet-4-6"}, "config error: models[1].alias: duplicate alias \"claude-sonnet-4-6\""),
+    ("duplicate tier", {"tiers[1].name": "power"}, "config error: tiers[1].name: duplicate tier \"power\""),
+    ("reserved header name", {"identity_headers": {"user": "Authorization"}}, "config error: identity_headers.user: \"authorization\" is not a usable header name"),
+    ("fractional token limit", {"tiers[1].limits[0].limit": 1.5}, "config error: tiers[1].limits[0].limit: a token limit must be a whole number"),
+    ("cost limit on an unpriced model", {"tiers[0].limits": [{"limit": 5, "window_seconds": 60, "counts": "cost"}]}, "config error: tiers[0].limits[0]: counts cost, but a model of this tier has no price"),
+    ("max age below refresh", {"oidc.jwks_max_age_seconds": 10}, "config error: oidc.jwks_max_age_seconds: must not be less than oidc.jwks_refresh_seconds"),
+    ("blank api key", {"targets.anthropic": {"provider": "anthropic", "api_key": "  "}}, "config error: targets.anthropic: the api key is empty"),
+]
+
+VALID = [
+    ("the base", {}),
+    ("every optional field", {"oidc.upstream": "idp.example.com:443", "oidc.jwks_uri": "https://keys.example.com/jwks",
+                              "oidc.jwks_upstream": "keys.example.com:443", "oidc.groups_claim": "realm_access.roles",
+                              "oidc.leeway_seconds": 0, "oidc.max_token_bytes": 16384, "oidc.callout_timeout_ms": 2000,
+                              "identity_headers": {"user": "X-User", "email": "X-Email", "tier": "X-Tier"},
+                              "max_body_bytes": 1048576, "budgets": {"reserve": "none", "reserve_output_tokens": 0, "warning_share": 1},
+                              "tiers[1].per": "person", "tiers[1].window_type": "fixed", "tiers[1].counts": "prompt_tokens"}),
+    ("Kong's {} for an empty limits list", {"tiers[1].limits": {}}),
+    ("nulls where fields are optional", {"oidc.upstream": None, "oidc.jwks_uri": None, "models[1].price": None,
+                                        "tiers[1].window_type": None}),
+    ("cost limit on priced models", {"tiers[1].limits": [{"limit": 2.5, "window_seconds": 86400, "counts": "cost"}]}),
+    ("literal api key", {"targets.anthropic": {"provider": "anthropic", "api_key": "sk-ant-x"}}),
+]
+
+
+def sample_configs():
+    """Every filter config shipped in the repository: Kong's (both forms) and Envoy's."""
+    found = []
+    kong = yaml.safe_load((ROOT / "kong" / "kong.yml").read_text())
+    for service in kong["services"]:
+        for route in service["routes"]:
+            for plugin in route.get("plugins", []):
+                found.append((f"kong.yml {route['name']} plugin", plugin["config"]))
+            for chain in route.get("filter_chains", []):
+                for f in chain["filters"]:
+                    found.append((f"kong.yml {route['name']} filter chain", f["config"]))
+    for path in sorted((ROOT / "envoy").glob("*.yaml")):
+        text = path.read_text()
+        for block in re.findall(r'value: \|\n((?:[ ]{28}.*\n)+)', text):
+            found.append((f"envoy/{path.name}", json.loads(block)))
+    assert len(found) >= 5, found
+    return found
+
+
+def parser_verdicts(configs, tmp_path):
+    paths = []
+    for i, config in enumerate(configs):
+        p = tmp_path / f"config-{i}.json"
+        p.write_text(json.dumps(config))
+        paths.append(str(p))
+    out = subprocess.run(["cargo", "run", "--quiet", "--example", "check_config", "--", *paths], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    verdicts = dict(line.split("\t", 1) for line in out.splitlines())
+    return [verdicts[p] for p in paths]
+
+
+def schema_verdict(config):
+    errors = list(jsonschema.Draft4Validator(SCHEMA).iter_errors(config))
+    return "ok" if not errors else "; ".join(e.message for e in errors)
+
+
+def test_meta_schema_is_valid_draft_4():
+    assert SCHEMA["$schema"] == "http://json-schema.org/draft-04/schema#"
+    jsonschema.Draft4Validator.check_schema(SCHEMA)
+
+
+def test_schema_and_parser_agree(tmp_path):
+    cases = [(f"sample: {n}", c, "ok", True) for n, c in sample_configs()]
+    cases += [(f"valid: {n}", edited(ch), "ok", True) for n, ch in VALID]
+    cases += [(f"invalid: {n}", edited(ch), err, True) for n, ch, err in INVALID]
+    cases += [(f"parser only: {n}", edited(ch), err, False) for n, ch, err in PARSER_ONLY]
+    verdicts = parser_verdicts([c for _, c, _, _ in cases], tmp_path)
+    problems = []
+    for (name, config, expected, schema_can_say), parsed in zip(cases, verdicts):
+        if expected == "ok" and parsed != "ok" or expected != "ok" and not parsed.startswith(expected):
+            problems.append(f"{name}: parser said {parsed!r}, expected {expected!r}")
+        schema = schema_verdict(config)
+        schema_ok = schema == "ok"
+        if schema_can_say and schema_ok != (parsed == "ok"):
+            problems.append(f"{name}: schema said {schema!r} but the parser said {parsed!r}")
+        if not schema_can_say and not schema_ok:
+            problems.append(f"{name}: listed as parser-only, but the schema refuses it too ({schema}); move it")
+    assert not problems, "\n".join(problems)
+
+
+# --- the built .wasm and the host functions it may call ------------------------------------
+
+# Host functions ngx_wasm_module links (src/common/proxy_wasm/ngx_proxy_wasm_host.c,
+# ngx_proxy_wasm_hfuncs[]) and the WASI functions it provides; a module importing anything else
+# does not load in Kong.
+NGX_PROVIDED = {name for line in (ROOT / "kong" / "ngx_wasm_host_functions.txt").read_text().splitlines()
+                if not line.startswith("#") for name in line.split()}
+
+# Linked but not implemented in ngx_wasm_module: calling one traps and the request gets a 500
+# (../shared/notes/kong-wasm.md, checked on Kong 3.9's module).
+NGX_TRAPS = {
+    "proxy_close_stream", "proxy_get_log_level", "proxy_done", "proxy_resolve_shared_queue",
+    "proxy_continue_response", "proxy_get_status", "proxy_dispatch_grpc_call", "proxy_grpc_call",
+    "proxy_open_grpc_stream", "proxy_grpc_stream", "proxy_send_grpc_stream_message", "proxy_grpc_send",
+    "proxy_cancel_grpc_call", "proxy_grpc_cancel", "proxy_close_grpc_call", "proxy_grpc_close",
+    "proxy_get_map_values", "proxy_set_map_values", "proxy_call_custom_function",
+}
+
+# The SDK's `hostcalls::<fn>` and the ABI function each calls (proxy-wasm 0.2.5, src/hostcalls.rs).
+SDK_TO_ABI = {
+    "log": "proxy_log", "get_log_level": "proxy_get_log_level",
+    "get_current_time": "proxy_get_current_time_nanoseconds",
+    "set_tick_period": "proxy_set_tick_period_milliseconds",
+    "get_buffer": "proxy_get_buffer_bytes", "set_buffer": "proxy_set_buffer_bytes",
+    "get_map_value": "proxy_get_header_map_value", "set_map_value": "proxy_replace_header_map_value",
+    "remove_map_value": "proxy_remove_header_map_value", "add_map_value": "proxy_add_header_map_value",
+    "send_http_response": "proxy_send_local_response", "resume_http_request": "proxy_continue_stream",
+    "resume_http_response": "proxy_continue_stream", "reset_http_request": "proxy_close_stream",
+    "reset_http_response": "proxy_close_stream", "dispatch_http_call": "proxy_http_call",
+    "get_shared_data": "proxy_get_shared_data", "set_shared_data": "proxy_set_shared_data",
+    "define_metric": "proxy_define_metric", "increment_metric": "proxy_increment_metric",
+    "record_metric": "proxy_record_metric", "get_metric": "proxy_get_metric",
+    "set_effective_context": "proxy_set_effective_context", "done": "proxy_done",
+    "resolve_shared_queue": "proxy_resolve_shared_queue", "get_property": "proxy_get_property",
+}
+
+
+def wasm_imports(path: Path):
+    """(module, name) of every function a .wasm imports (the binary format's import section)."""
+    data = path.read_bytes()
+    assert data[:4] == b"\0asm", "not a wasm module"
+
+    def leb(pos):
+        result = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return result, pos
+
+    def name(pos):
+        n, pos = leb(pos)
+        return data[pos:pos + n].decode(), pos + n
+
+    pos, imports = 8, []
+    while pos < len(data):
+        section, size = data[pos], None
+        size, pos = leb(pos + 1)
+        if section == 2:
+            count, p = leb(pos)
+            for _ in range(count):
+                module, p = name(p)
+                field, p = name(p)
+                kind = data[p]
+                p += 1
+                if kind == 0:
+                    _, p = leb(p)
+                    imports.append((module, field))
+                else:
+                    raise AssertionError(f"unexpected import kind {kind} for {module}.{field}")
+        pos += size
+    return imports
+
+
+def test_wasm_imports_only_what_ngx_wasm_module_provides():
+    assert WASM.exists(), f"{WASM} is missing: run `make build` first"
+    imports = wasm_imports(WASM)
+    assert imports, "no imports found"
+    missing = sorted(f"{m}.{n}" for m, n in imports if n not in NGX_PROVIDED)
+    assert not missing, f"Kong would refuse to load the filter: {missing}"
+
+
+def test_code_never_calls_a_host_function_kong_traps_on():
+    sources = {p: p.read_text() for p in (ROOT / "src").rglob("*.rs")}
+    outside = [str(p.relative_to(ROOT)) for p, text in sources.items()
+               if "proxy_wasm" in text and p.parent.name != "host" and p.name != "lib.rs"]
+    assert not outside, f"proxy_wasm used outside src/host: {outside}"
+    calls = set()
+    for p, text in sources.items():
+        found = set(re.findall(r"hostcalls::(\w+)", text))
+        if found:
+            assert p.name == "calls.rs", f"{p} calls the host directly; go through src/host/calls.rs"
+        calls |= found
+    assert calls, "no host calls found"
+    unknown = calls - SDK_TO_ABI.keys()
+    assert not unknown, f"map these SDK calls to their ABI function in this test first: {unknown}"
+    trapping = sorted(f"{c} -> {SDK_TO_ABI[c]}" for c in calls if SDK_TO_ABI[c] in NGX_TRAPS)
+    assert not trapping, f"Kong traps on: {trapping}"
+    # The SDK's trait helpers call the host and unwrap; only `hostcalls` (whose errors we handle) is used.
+    for p, text in sources.items():
+        assert not re.search(r"self\.(get_http_request_header|send_http_response|dispatch_http_call|"
+                             r"set_shared_data|get_shared_data|resume_http_request)\(", text), p
+
+
+def test_kong_conf_has_what_the_filter_needs():
+    conf = dict(re.findall(r"^(\w+)\s*=\s*(\S+)", (ROOT / "kong" / "kong.conf").read_text(), re.M))
+    assert conf["wasm"] == "on" and conf["database"] == "off"
+    assert conf["wasm_filters_path"] == "/opt/kong/wasm"
+    assert conf["nginx_wasm_shm_kv"].endswith("m") and int(conf["nginx_wasm_shm_kv"][:-1]) >= 8
+    body = conf["nginx_http_client_body_buffer_size"]
+    largest = max(c.get("max_body_bytes", 10 * 1024 * 1024) for _, c in sample_configs())
+    assert int(body[:-1]) * 1024 * 1024 > largest, "bodies spilled to a file are invisible to the filter"
+
+
+def test_kong_callout_upstreams_are_host_port():
+    for name, config in sample_configs():
+        oidc = config["oidc"]
+        for key in ("upstream", "jwks_upstream"):
+            if oidc.get(key):
+                assert re.fullmatch(r"[^/:\s]+:\d+", oidc[key]), (name, key)
