@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: all build test unit lint integration demo demo-token bench clean tools
+.PHONY: all build test unit lint integration demo demo-token bench compose-up clean tools
 
 all: build
 
@@ -53,6 +53,10 @@ demo: build tools
 ## A token for a demo user: make demo-token USER=alice GROUPS=claude-standard-users
 demo-token: node_modules/.stamp
 	@bash scripts/demo-token.sh "$(USER)" "$(GROUPS)"
+
+## Envoy, Kong 3.9, the demo IdP and the stand-in upstream in containers (needs a Docker engine).
+compose-up: build
+	docker compose up
 
 bench: build tools
 	$(PY) bench/bench.py
