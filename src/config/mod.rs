@@ -3,16 +3,17 @@
 //!
 //! The document is parsed and checked once, in `on_configure`; a bad document never loads.
 
-use std::collections::HashMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::budget::{Counts, Limit, Per, WindowType};
+use crate::budget::Limit;
 use crate::url::HttpUrl;
 
 mod limits;
+mod raw;
+
+use raw::{RawConfig, RawIdentityHeaders, RawModel, RawOidc, RawTarget, RawTier};
 
 pub use limits::{short_digest, Budgets, Price, Reserve};
 
@@ -39,180 +40,6 @@ impl fmt::Display for ConfigError {
             write!(f, "config error: {}: {}", self.field, self.problem)
         }
     }
-}
-
-// Kong serialises an empty Lua table as `{}`, so every list also accepts an empty object.
-fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct ListVisitor<T>(std::marker::PhantomData<T>);
-
-    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for ListVisitor<T> {
-        type Value = Vec<T>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list")
-        }
-
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut items = Vec::new();
-            while let Some(item) = seq.next_element()? {
-                items.push(item);
-            }
-            Ok(items)
-        }
-
-        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
-            match map.next_key::<de::IgnoredAny>()? {
-                None => Ok(Vec::new()),
-                Some(_) => Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
-            }
-        }
-    }
-
-    deserializer.deserialize_any(ListVisitor(std::marker::PhantomData))
-}
-
-/// The configuration document exactly as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    oidc: RawOidc,
-    #[serde(default)]
-    identity_headers: RawIdentityHeaders,
-    #[serde(default = "default_max_body_bytes")]
-    max_body_bytes: usize,
-    targets: HashMap<String, RawTarget>,
-    #[serde(deserialize_with = "list")]
-    models: Vec<RawModel>,
-    #[serde(deserialize_with = "list")]
-    tiers: Vec<RawTier>,
-    #[serde(default)]
-    budgets: limits::RawBudgets,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOidc {
-    issuer: String,
-    #[serde(deserialize_with = "list")]
-    audiences: Vec<String>,
-    #[serde(default)]
-    upstream: Option<String>,
-    #[serde(default)]
-    jwks_uri: Option<String>,
-    #[serde(default)]
-    jwks_upstream: Option<String>,
-    #[serde(default = "default_groups_claim")]
-    groups_claim: String,
-    #[serde(default = "default_leeway")]
-    leeway_seconds: u64,
-    #[serde(default = "default_max_token_bytes")]
-    max_token_bytes: usize,
-    #[serde(default = "default_refresh")]
-    jwks_refresh_seconds: u64,
-    #[serde(default = "default_max_age")]
-    jwks_max_age_seconds: u64,
-    #[serde(default = "default_unknown_kid")]
-    unknown_kid_refetch_seconds: u64,
-    #[serde(default = "default_callout_timeout")]
-    callout_timeout_ms: u64,
-    #[serde(default = "default_token_cache")]
-    token_cache_entries: usize,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIdentityHeaders {
-    #[serde(default = "default_user_header")]
-    user: String,
-    #[serde(default = "default_email_header")]
-    email: String,
-    #[serde(default = "default_tier_header")]
-    tier: String,
-}
-
-impl Default for RawIdentityHeaders {
-    fn default() -> Self {
-        Self { user: default_user_header(), email: default_email_header(), tier: default_tier_header() }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    provider: Provider,
-    #[serde(default)]
-    api_key: Option<String>,
-    #[serde(default)]
-    api_key_env: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    alias: String,
-    target: String,
-    model_id: String,
-    #[serde(default)]
-    price: Option<Price>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTier {
-    name: String,
-    #[serde(deserialize_with = "list")]
-    groups: Vec<String>,
-    #[serde(deserialize_with = "list")]
-    models: Vec<String>,
-    #[serde(default, deserialize_with = "list")]
-    limits: Vec<limits::RawLimit>,
-    #[serde(default)]
-    window_type: Option<WindowType>,
-    #[serde(default)]
-    counts: Option<Counts>,
-    #[serde(default)]
-    per: Option<Per>,
-}
-
-fn default_max_body_bytes() -> usize {
-    10 * 1024 * 1024
-}
-fn default_groups_claim() -> String {
-    "groups".to_owned()
-}
-fn default_leeway() -> u64 {
-    60
-}
-fn default_max_token_bytes() -> usize {
-    8192
-}
-fn default_refresh() -> u64 {
-    300
-}
-fn default_max_age() -> u64 {
-    86_400
-}
-fn default_unknown_kid() -> u64 {
-    30
-}
-fn default_callout_timeout() -> u64 {
-    5000
-}
-fn default_token_cache() -> usize {
-    4096
-}
-fn default_user_header() -> String {
-    "x-authenticated-user".to_owned()
-}
-fn default_email_header() -> String {
-    "x-user-email".to_owned()
-}
-fn default_tier_header() -> String {
-    "x-user-tier".to_owned()
 }
 
 /// Which wire protocol and credential a target speaks.

@@ -1,0 +1,186 @@
+//! The configuration document exactly as an operator writes it: serde types with
+//! `deny_unknown_fields` and the defaults. [`super::Plan`] compiles them.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::limits::{self, Price};
+use super::Provider;
+use crate::budget::{Counts, Per, WindowType};
+
+// Kong serialises an empty Lua table as `{}`, so every list also accepts an empty object.
+pub(super) fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ListVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for ListVisitor<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list")
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+            match map.next_key::<de::IgnoredAny>()? {
+                None => Ok(Vec::new()),
+                Some(_) => Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
+            }
+        }
+    }
+
+    deserializer.deserialize_any(ListVisitor(std::marker::PhantomData))
+}
+
+/// The configuration document exactly as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) oidc: RawOidc,
+    #[serde(default)]
+    pub(super) identity_headers: RawIdentityHeaders,
+    #[serde(default = "default_max_body_bytes")]
+    pub(super) max_body_bytes: usize,
+    pub(super) targets: HashMap<String, RawTarget>,
+    #[serde(deserialize_with = "list")]
+    pub(super) models: Vec<RawModel>,
+    #[serde(deserialize_with = "list")]
+    pub(super) tiers: Vec<RawTier>,
+    #[serde(default)]
+    pub(super) budgets: limits::RawBudgets,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidc {
+    pub(super) issuer: String,
+    #[serde(deserialize_with = "list")]
+    pub(super) audiences: Vec<String>,
+    #[serde(default)]
+    pub(super) upstream: Option<String>,
+    #[serde(default)]
+    pub(super) jwks_uri: Option<String>,
+    #[serde(default)]
+    pub(super) jwks_upstream: Option<String>,
+    #[serde(default = "default_groups_claim")]
+    pub(super) groups_claim: String,
+    #[serde(default = "default_leeway")]
+    pub(super) leeway_seconds: u64,
+    #[serde(default = "default_max_token_bytes")]
+    pub(super) max_token_bytes: usize,
+    #[serde(default = "default_refresh")]
+    pub(super) jwks_refresh_seconds: u64,
+    #[serde(default = "default_max_age")]
+    pub(super) jwks_max_age_seconds: u64,
+    #[serde(default = "default_unknown_kid")]
+    pub(super) unknown_kid_refetch_seconds: u64,
+    #[serde(default = "default_callout_timeout")]
+    pub(super) callout_timeout_ms: u64,
+    #[serde(default = "default_token_cache")]
+    pub(super) token_cache_entries: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentityHeaders {
+    #[serde(default = "default_user_header")]
+    pub(super) user: String,
+    #[serde(default = "default_email_header")]
+    pub(super) email: String,
+    #[serde(default = "default_tier_header")]
+    pub(super) tier: String,
+}
+
+impl Default for RawIdentityHeaders {
+    fn default() -> Self {
+        Self { user: default_user_header(), email: default_email_header(), tier: default_tier_header() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTarget {
+    pub(super) provider: Provider,
+    #[serde(default)]
+    pub(super) api_key: Option<String>,
+    #[serde(default)]
+    pub(super) api_key_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModel {
+    pub(super) alias: String,
+    pub(super) target: String,
+    pub(super) model_id: String,
+    #[serde(default)]
+    pub(super) price: Option<Price>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTier {
+    pub(super) name: String,
+    #[serde(deserialize_with = "list")]
+    pub(super) groups: Vec<String>,
+    #[serde(deserialize_with = "list")]
+    pub(super) models: Vec<String>,
+    #[serde(default, deserialize_with = "list")]
+    pub(super) limits: Vec<limits::RawLimit>,
+    #[serde(default)]
+    pub(super) window_type: Option<WindowType>,
+    #[serde(default)]
+    pub(super) counts: Option<Counts>,
+    #[serde(default)]
+    pub(super) per: Option<Per>,
+}
+
+fn default_max_body_bytes() -> usize {
+    10 * 1024 * 1024
+}
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+fn default_leeway() -> u64 {
+    60
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_max_age() -> u64 {
+    86_400
+}
+fn default_unknown_kid() -> u64 {
+    30
+}
+fn default_callout_timeout() -> u64 {
+    5000
+}
+fn default_token_cache() -> usize {
+    4096
+}
+fn default_user_header() -> String {
+    "x-authenticated-user".to_owned()
+}
+fn default_email_header() -> String {
+    "x-user-email".to_owned()
+}
+fn default_tier_header() -> String {
+    "x-user-tier".to_owned()
+}
