@@ -106,6 +106,18 @@ def test_non_streaming_answers_are_counted_and_headers_decrease(make_gateway, si
     assert seen == [limit, limit - per_request(stub), limit - 2 * per_request(stub)]
 
 
+def test_warning_header_once_the_share_is_spent(make_gateway, signer, stub):
+    limit = 3 * per_request(stub)
+    config = gateway_config(signer, budgets={"reserve": "none", "warning_share": 0.5})
+    config["tiers"][1]["limits"] = [{"limit": limit, "window_seconds": 600}]
+    g = make_gateway(config, [signer.upstream])
+    token = signer.token()
+    warnings = [call(g.port, token, STREAM).headers.get("x-ai-ratelimit-warning") for _ in range(3)]
+    # Spent before each request: 0, 1/3, 2/3 of the limit; the warning starts past one half.
+    assert warnings[:2] == [None, None]
+    assert warnings[2].startswith(f"66% of {limit} tokens per 600 s for the tier"), warnings[2]
+
+
 def test_reserve_is_held_and_settled_to_the_true_count(make_gateway, signer, stub):
     limit = 1_000_000
     g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": 600}], reserve="estimate")

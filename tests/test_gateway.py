@@ -382,3 +382,14 @@ def test_no_key_or_token_in_envoy_logs(gateway, signer):
     assert "claude-sso-gateway: configured" in logs
     assert UPSTREAM_KEY not in logs
     assert token.split(".")[2] not in logs and token not in logs
+
+
+def test_explicit_jwks_uri_skips_discovery(make_gateway, stub):
+    idp = Signer()
+    try:
+        config = gateway_config(idp, oidc__jwks_uri=f"{idp.issuer}/jwks")
+        g = make_gateway(config, [idp.upstream])
+        assert call(g.port, idp.token(), fixture("request_title_small_fast_model.json")).status == 200
+        assert idp.fetches["discovery"] == 0 and idp.fetches["jwks"] >= 1
+    finally:
+        idp.stop()
