@@ -1,5 +1,6 @@
 """Token budgets in real Envoy (two workers): exact counting of streamed and JSON answers,
 per-tier and per-person windows, Retry-After, the rate-limit headers and the overshoot bound."""
+import copy
 import json
 import math
 import threading
@@ -9,7 +10,7 @@ import pytest
 
 from tests.conftest import gateway_config
 from tests.harness.claude import run_claude
-from tests.harness.client import call, fixture
+from tests.harness.client import call, fixture, with_model
 from tests.harness.signer import Signer
 
 STREAM = fixture("request_title_small_fast_model.json")  # streaming, 4 KB
@@ -182,3 +183,22 @@ def test_claude_code_sees_the_429_promptly(make_gateway, signer, stub, tmp_path)
     assert run.seconds < 30, f"took {run.seconds:.1f} s"
     assert "429" in run.stdout and "token budget spent" in run.stdout, run.stdout
     assert len(stub.requests) == 1
+
+
+def test_counters_survive_a_config_reload_that_keeps_the_tiers(make_gateway, signer, stub):
+    limits = [{"limit": 2 * per_request(stub) - 100, "window_seconds": 600}]
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    config["tiers"][1]["limits"] = limits
+    g = make_gateway(config, [signer.upstream], reloadable=True)
+    token = signer.token()
+    assert [call(g.port, token, STREAM).status for _ in range(3)] == [200, 200, 429]
+    # A new config (another model for the power tier, a different max body) with the same tiers.
+    changed = copy.deepcopy(config)
+    changed["models"].append({"alias": "claude-fable-5-2", "target": "anthropic", "model_id": "claude-fable-5-2"})
+    changed["tiers"][0]["models"].append("claude-fable-5-2")
+    changed["max_body_bytes"] = 5 * 1024 * 1024
+    g.reload(changed)
+    power = call(g.port, signer.token(groups=["claude-power-users"]), with_model(STREAM, "claude-fable-5-2"))
+    assert power.status == 200, "the new config is in force"
+    refused = call(g.port, token, STREAM)
+    assert refused.status == 429, "the spent budget was forgotten by the reload"

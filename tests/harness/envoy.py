@@ -47,8 +47,8 @@ def wasm_filter(config, wasm_path=WASM, env_keys=()) -> dict:
                    "vm_config": vm_config}}}
 
 
-def bootstrap(filter_config, listen_port: int, admin_port: int, upstream_port: int, idp_upstreams,
-              env_keys=(), with_filter=True) -> dict:
+def listener(filter_config, listen_port: int, env_keys=(), with_filter=True) -> dict:
+    """The gateway listener: HTTP connection manager, the filter, the router."""
     filters = [wasm_filter(filter_config, env_keys=env_keys)] if with_filter else []
     filters.append({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
@@ -59,27 +59,36 @@ def bootstrap(filter_config, listen_port: int, admin_port: int, upstream_port: i
             {"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]}]},
         "http_filters": filters,
     }
+    return {"name": "gateway", "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": hcm}]}]}
+
+
+def bootstrap(gateway_listener: dict, admin_port: int, upstream_port: int, idp_upstreams, lds_dir=None) -> dict:
+    """A bootstrap with the gateway listener, static or (with `lds_dir`) from a watched LDS file."""
     clusters = [static_cluster("anthropic", upstream_port)]
     for name in idp_upstreams:
         host, port = name.rsplit(":", 1)
         clusters.append(static_cluster(name, int(port), host))
-    return {
+    config = {
+        "node": {"id": "claude-sso-gateway-test", "cluster": "claude-sso-gateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [{"name": "gateway", "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
-                           "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                           "typed_config": hcm}]}]}],
-            "clusters": clusters,
-        },
+        "static_resources": {"clusters": clusters},
     }
+    if lds_dir is None:
+        config["static_resources"]["listeners"] = [gateway_listener]
+    else:
+        config["dynamic_resources"] = {"lds_config": {"resource_api_version": "V3", "path_config_source": {
+            "path": str(Path(lds_dir) / "lds.json"), "watched_directory": {"path": str(lds_dir)}}}}
+    return config
 
 
 class Envoy:
     """Runs Envoy until `stop()`. Fails with Envoy's log if it does not become ready."""
 
     def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
-                 with_filter=True, wait=True):
+                 with_filter=True, wait=True, reloadable=False):
         if with_filter and not WASM.exists():
             raise FileNotFoundError(f"{WASM} is missing: run `make build` first")
         self.port, self.admin_port = free_port(), free_port()
@@ -87,8 +96,12 @@ class Envoy:
         self.config_path = Path(self.dir.name) / "envoy.json"
         self.log_path = Path(self.dir.name) / "envoy.log"
         env = dict(env or {})
-        config = bootstrap(filter_config, self.port, self.admin_port, upstream_port, idp_upstreams,
-                           env_keys=sorted(env), with_filter=with_filter)
+        self.env_keys, self.with_filter = sorted(env), with_filter
+        gateway_listener = listener(filter_config, self.port, self.env_keys, with_filter)
+        lds_dir = Path(self.dir.name) if reloadable else None
+        if lds_dir:
+            self._write_lds(gateway_listener)
+        config = bootstrap(gateway_listener, self.admin_port, upstream_port, idp_upstreams, lds_dir)
         self.config_path.write_text(json.dumps(config, indent=1))
         self.process = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
@@ -112,6 +125,25 @@ class Envoy:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"envoy not ready after {timeout}s:\n{self.logs()}")
+
+    def _write_lds(self, gateway_listener):
+        resource = {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **gateway_listener}
+        tmp = Path(self.dir.name) / "lds.json.tmp"
+        tmp.write_text(json.dumps({"resources": [resource]}))
+        tmp.rename(Path(self.dir.name) / "lds.json")  # a move is what Envoy's directory watch sees
+
+    def reload(self, filter_config, timeout=20.0):
+        """Swaps the filter configuration in the running Envoy (LDS update); waits until applied."""
+        before = self.stats("listener_manager.lds.update_success").get("listener_manager.lds.update_success", 0)
+        self._write_lds(listener(filter_config, self.port, self.env_keys, self.with_filter))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = self.stats("listener_manager.")
+            if stats.get("listener_manager.lds.update_success", 0) > before and \
+                    stats.get("listener_manager.total_listeners_warming", 0) == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"reload not applied:\n{self.logs()}")
 
     def exited(self, timeout=15.0):
         """The exit code, waiting for Envoy to give up (for refused configs); None if it runs on."""
