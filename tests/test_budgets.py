@@ -136,10 +136,10 @@ def test_usage_metrics_per_tier_and_model(make_gateway, signer, stub):
     call(g.port, signer.token(), JSON_BODY)
     stats = g.stats()
     scope = "tier.standard"
-    assert stats[f"wasmcustom.claude_sso_gateway.requests.{scope}.model.claude-haiku-4-5"] == 1
-    assert stats[f"wasmcustom.claude_sso_gateway.requests.{scope}.model.claude-sonnet-4-6"] == 1
-    assert stats[f"wasmcustom.claude_sso_gateway.tokens.cache_read.{scope}.model.claude-sonnet-4-6"] == stub.usage["cache_read_input_tokens"]
-    assert stats[f"wasmcustom.claude_sso_gateway.tokens.output.{scope}.model.claude-haiku-4-5"] == stub.usage["output_tokens"]
+    assert stats[f"wasmcustom.claude_sso_gateway_requests.{scope}.model.claude-haiku-4-5"] == 1
+    assert stats[f"wasmcustom.claude_sso_gateway_requests.{scope}.model.claude-sonnet-4-6"] == 1
+    assert stats[f"wasmcustom.claude_sso_gateway_tokens_cache_read.{scope}.model.claude-sonnet-4-6"] == stub.usage["cache_read_input_tokens"]
+    assert stats[f"wasmcustom.claude_sso_gateway_tokens_output.{scope}.model.claude-haiku-4-5"] == stub.usage["output_tokens"]
 
 
 @pytest.mark.parametrize("reserve", ["estimate"])

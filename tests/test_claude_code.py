@@ -26,7 +26,7 @@ def real_gateway(make_gateway, idp):
 
 
 def refusals(gateway, status):
-    return gateway.stats().get(f"wasmcustom.claude_sso_gateway.refused.{status}", 0)
+    return gateway.stats().get(f"wasmcustom.claude_sso_gateway_refused.status.{status}", 0)
 
 
 def test_standard_user_with_sonnet_works(real_gateway, idp, stub, tmp_path):

@@ -393,3 +393,9 @@ def test_explicit_jwks_uri_skips_discovery(make_gateway, stub):
         assert idp.fetches["discovery"] == 0 and idp.fetches["jwks"] >= 1
     finally:
         idp.stop()
+
+
+def test_empty_body_is_refused_without_waiting(gateway, signer, stub):
+    answer = call(gateway.port, signer.token(), b"", timeout=5)
+    assert_anthropic_error(answer, 400, "invalid_request_error")
+    assert stub.requests == []

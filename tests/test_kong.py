@@ -397,7 +397,6 @@ def kong_prometheus_name(filter_name: str, metric: str, label_patterns) -> tuple
     return key[:first_label].decode().replace(":", "_"), labels
 
 
-@pytest.mark.xfail(strict=True, reason="metric names with dots: see the assertion message; remove this mark once fixed")
 def test_kong_exports_the_filter_metrics_under_valid_prometheus_names(gateway):
     # Every counter is defined at configure time, so Envoy lists them all (value 0) before any traffic.
     metrics = sorted(k.removeprefix("wasmcustom.") for k in gateway.stats() if k.startswith("wasmcustom.claude_sso"))

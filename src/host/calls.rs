@@ -1,8 +1,9 @@
 //! Every Proxy-Wasm host function the filter calls, and nothing else. Each call handles the
-//! host's `Err` (the SDK's trait helpers would `unwrap` it and abort the VM), and none of
-//! the functions that ngx_wasm_module (Kong) links but traps on is reachable from here:
-//! `proxy_close_stream`, `proxy_grpc_*`, `proxy_get_log_level`, `proxy_done`,
-//! `proxy_resolve_shared_queue`. `tests/test_host_calls.py` keeps this list honest.
+//! `Err` the SDK returns (its trait helpers would `unwrap` it and abort the VM); a status the
+//! SDK itself does not map still panics inside `proxy_wasm::hostcalls`, which no host has been
+//! seen to return for these calls. None of the functions that ngx_wasm_module (Kong) links but
+//! traps on is reachable from here: `proxy_close_stream`, `proxy_grpc_*`, `proxy_get_log_level`,
+//! `proxy_done`, `proxy_resolve_shared_queue`. `tests/test_kong.py` keeps this list honest.
 
 use std::time::{Duration, UNIX_EPOCH};
 

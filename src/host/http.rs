@@ -206,7 +206,9 @@ impl HttpContext for GatewayHttp {
         }
         // The body may be rewritten; the length is set again once it is known.
         calls::remove_request_header("content-length");
-        if end_of_stream {
+        // ngx_wasm_module never says end of stream here, and may never call the body callback
+        // for an empty body: a declared length of 0 is answered now.
+        if end_of_stream || declared == Some(0) {
             return self.answer(&RequestError::MissingModel.to_reply());
         }
         match jwt::take_token(authorization.as_deref(), api_key.as_deref()) {

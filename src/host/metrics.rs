@@ -23,6 +23,12 @@ pub struct Metrics {
     ids: HashMap<String, u32>,
 }
 
+// The name is `<metric>.<label>.<value>...`: the metric part is a valid Prometheus name, and
+// the labels are cut out by Envoy's tag extraction and Kong's `label_patterns` (meta.json).
+fn refused(status: u32) -> String {
+    format!("claude_sso_gateway_refused.status.{status}")
+}
+
 fn scope(tier: &str, model: &str) -> String {
     format!("tier.{}.model.{}", clean(tier), clean(model))
 }
@@ -30,13 +36,13 @@ fn scope(tier: &str, model: &str) -> String {
 impl Metrics {
     /// Defines every counter the plan can produce.
     pub fn define(plan: &Plan) -> Metrics {
-        let mut names: Vec<String> = REFUSALS.iter().map(|s| format!("claude_sso_gateway.refused.{s}")).collect();
+        let mut names: Vec<String> = REFUSALS.iter().map(|s| refused(*s)).collect();
         for tier in &plan.tiers {
             for alias in tier.aliases(plan) {
                 let scope = scope(&tier.name, alias);
-                names.push(format!("claude_sso_gateway.requests.{scope}"));
-                names.push(format!("claude_sso_gateway.cost_micro_usd.{scope}"));
-                names.extend(KINDS.iter().map(|k| format!("claude_sso_gateway.tokens.{k}.{scope}")));
+                names.push(format!("claude_sso_gateway_requests.{scope}"));
+                names.push(format!("claude_sso_gateway_cost_micro_usd.{scope}"));
+                names.extend(KINDS.iter().map(|k| format!("claude_sso_gateway_tokens_{k}.{scope}")));
             }
         }
         let ids = names.into_iter().filter_map(|name| calls::define_counter(&name).map(|id| (name, id))).collect();
@@ -53,18 +59,18 @@ impl Metrics {
     pub fn record_usage(&self, subject: &Subject, report: &Report) {
         let scope = scope(&subject.tier, &subject.model);
         let u = &report.usage;
-        self.add(&format!("claude_sso_gateway.requests.{scope}"), 1);
+        self.add(&format!("claude_sso_gateway_requests.{scope}"), 1);
         for (kind, value) in KINDS.iter().zip([u.input, u.output, u.cache_write, u.cache_read]) {
-            self.add(&format!("claude_sso_gateway.tokens.{kind}.{scope}"), value);
+            self.add(&format!("claude_sso_gateway_tokens_{kind}.{scope}"), value);
         }
         if let Some(cost) = report.cost_usd {
-            self.add(&format!("claude_sso_gateway.cost_micro_usd.{scope}"), (cost * 1e6).round() as u64);
+            self.add(&format!("claude_sso_gateway_cost_micro_usd.{scope}"), (cost * 1e6).round() as u64);
         }
     }
 
     /// Counts a refusal by status.
     pub fn record_refusal(&self, status: u32) {
-        self.add(&format!("claude_sso_gateway.refused.{status}"), 1);
+        self.add(&refused(status), 1);
     }
 }
 
