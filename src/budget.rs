@@ -161,13 +161,18 @@ impl Counter {
     }
 }
 
-/// Reads a counter; one written under another key (CRC32 alias) or unreadable counts as empty.
+/// A counter from its stored bytes; one written under another key (a CRC32 alias in Kong's
+/// store) or unreadable counts as empty.
+fn decode(stored: Option<&[u8]>, key: &str) -> Counter {
+    stored
+        .and_then(|b| serde_json::from_slice::<Counter>(b).ok())
+        .filter(|c| c.k == key)
+        .unwrap_or_else(|| Counter { k: key.to_owned(), ..Counter::default() })
+}
+
+/// Reads a counter (a missing or unreadable one counts as empty).
 pub fn read(store: &dyn SharedStore, key: &str) -> Counter {
-    let stored = store.get(key).ok().and_then(|(v, _)| v).and_then(|b| serde_json::from_slice::<Counter>(&b).ok());
-    match stored {
-        Some(c) if c.k == key => c,
-        _ => Counter { k: key.to_owned(), ..Counter::default() },
-    }
+    decode(store.get(key).ok().and_then(|(v, _)| v).as_deref(), key)
 }
 
 /// Adds `delta` to the counter at `key` with read-then-CAS.
@@ -175,14 +180,8 @@ pub fn charge(store: &dyn SharedStore, key: &str, window: u64, now: u64, delta: 
     if delta == 0 {
         return Ok(());
     }
-    shared::update(store, key, |current| {
-        let counter = current
-            .and_then(|b| serde_json::from_slice::<Counter>(b).ok())
-            .filter(|c| c.k == key)
-            .unwrap_or_else(|| Counter { k: key.to_owned(), ..Counter::default() });
-        serde_json::to_vec(&counter.add(window, now, delta)).ok()
-    })
-    .map(|_| ())
+    shared::update(store, key, |current| serde_json::to_vec(&decode(current, key).add(window, now, delta)).ok())
+        .map(|_| ())
 }
 
 /// The state of one limit for one request, for headers and refusals.
@@ -225,24 +224,51 @@ impl ToReply for Exhausted {
     }
 }
 
-/// Checks every limit at admission: the standings, or the refusal with the longest wait.
-pub fn admit(store: &dyn SharedStore, limits: &[Limit], person: &str, now: u64) -> Result<Vec<Standing>, Exhausted> {
-    let standings: Vec<Standing> = limits
-        .iter()
-        .map(|limit| {
-            let counter = read(store, &limit.key_for(person));
-            let r = counter.rolled(limit.window, now);
-            Standing {
-                limit: limit.clone(),
-                used: counter.used(limit, now),
-                reset: r.s + limit.window - now,
-                retry_after: counter.retry_after(limit, now),
+fn standing(limit: &Limit, counter: &Counter, now: u64) -> Standing {
+    let rolled = counter.rolled(limit.window, now);
+    Standing {
+        limit: limit.clone(),
+        used: counter.used(limit, now),
+        reset: rolled.s + limit.window - now,
+        retry_after: counter.retry_after(limit, now),
+    }
+}
+
+/// Checks every limit at admission and, where there is room, holds `holds[i]` units on it in
+/// the same compare-and-swap, so workers cannot both pass on one stale count. On a refusal the
+/// holds already made are given back. Returns each limit's standing and what was held.
+pub fn admit(
+    store: &dyn SharedStore,
+    limits: &[Limit],
+    person: &str,
+    holds: &[u64],
+    now: u64,
+) -> Result<Vec<(Standing, u64)>, Exhausted> {
+    let mut admitted = Vec::with_capacity(limits.len());
+    for (i, limit) in limits.iter().enumerate() {
+        let key = limit.key_for(person);
+        let hold = holds.get(i).copied().unwrap_or(0);
+        let mut seen = None;
+        let written = shared::update(store, &key, |current| {
+            let counter = decode(current, &key);
+            let s = standing(limit, &counter, now);
+            let room = s.retry_after == 0;
+            seen = Some(s);
+            (room && hold > 0).then(|| serde_json::to_vec(&counter.add(limit.window, now, hold as i64)).ok()).flatten()
+        });
+        // A store that fails (contention, a full zone) costs the reserve, never the request.
+        let s = seen.unwrap_or_else(|| standing(limit, &decode(None, &key), now));
+        admitted.push((s, if written == Ok(true) { hold } else { 0 }));
+    }
+    let worst = admitted.iter().map(|(s, _)| s).filter(|s| s.retry_after > 0).max_by_key(|s| s.retry_after).cloned();
+    match worst {
+        None => Ok(admitted),
+        Some(standing) => {
+            for (s, held) in &admitted {
+                let _ = charge(store, &s.limit.key_for(person), s.limit.window, now, -(*held as i64));
             }
-        })
-        .collect();
-    match standings.iter().filter(|s| s.retry_after > 0).max_by_key(|s| s.retry_after) {
-        Some(worst) => Err(Exhausted { standing: worst.clone() }),
-        None => Ok(standings),
+            Err(Exhausted { standing })
+        }
     }
 }
 
@@ -327,16 +353,32 @@ mod tests {
     fn charge_admit_and_refuse() {
         let store = FakeStore::default();
         let limits = vec![limit(100, 60, WindowType::Sliding), limit(1000, 3600, WindowType::Fixed)];
-        assert!(admit(&store, &limits, "p", 600).is_ok());
+        assert!(admit(&store, &limits, "p", &[], 600).is_ok());
         for l in &limits {
             charge(&store, &l.key_for("p"), l.window, 600, 100).unwrap();
         }
-        let refused = admit(&store, &limits, "p", 610).unwrap_err();
+        let refused = admit(&store, &limits, "p", &[], 610).unwrap_err();
         assert_eq!(refused.standing.limit.window, 60);
         let reply = refused.to_reply();
         assert_eq!(reply.status, 429);
         assert!(reply.headers.iter().any(|(k, _)| k == "retry-after"));
-        assert!(admit(&store, &limits, "p", 720).is_ok(), "recovers as the window slides");
+        assert!(admit(&store, &limits, "p", &[], 720).is_ok(), "recovers as the window slides");
+    }
+
+    #[test]
+    fn holds_are_written_with_the_check_and_given_back_on_refusal() {
+        let store = FakeStore::default();
+        let limits = vec![limit(1000, 3600, WindowType::Fixed), limit(100, 60, WindowType::Fixed)];
+        let admitted = admit(&store, &limits, "p", &[60, 60], 600).unwrap();
+        assert_eq!(admitted.iter().map(|(_, h)| *h).collect::<Vec<_>>(), vec![60, 60]);
+        store.lose_races.set(2);
+        let admitted = admit(&store, &limits, "p", &[60, 60], 601).unwrap();
+        assert_eq!(admitted[0].0.used, 60, "a lost race re-reads before deciding");
+        assert_eq!((read(&store, &limits[0].key).c, read(&store, &limits[1].key).c), (120, 120));
+        let refused = admit(&store, &limits, "p", &[60, 60], 602).unwrap_err();
+        assert_eq!(refused.standing.limit.window, 60);
+        assert_eq!(read(&store, &limits[0].key).c, 120, "the first limit's hold was given back");
+        assert_eq!(read(&store, &limits[1].key).c, 120, "nothing held where there was no room");
     }
 
     #[test]
@@ -344,7 +386,7 @@ mod tests {
         let l = limit(10, 86_400, WindowType::Fixed);
         let store = FakeStore::default();
         charge(&store, &l.key, l.window, 0, 10).unwrap();
-        let reply = admit(&store, &[l], "p", 10).unwrap_err().to_reply();
+        let reply = admit(&store, &[l], "p", &[], 10).unwrap_err().to_reply();
         assert!(reply.headers.contains(&("x-should-retry".into(), "false".into())));
     }
 

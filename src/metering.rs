@@ -77,7 +77,20 @@ impl Metering {
         max_tokens: Option<u64>,
         now: u64,
     ) -> Result<Metering, Reply> {
-        let standings = budget::admit(store, limits, &subject.person_key, now).map_err(|e: Exhausted| {
+        let estimate = Usage {
+            input: body_len as u64 / 4,
+            output: max_tokens.unwrap_or(budgets.reserve_output_tokens).min(budgets.reserve_output_tokens),
+            cache_write: 0,
+            cache_read: 0,
+        };
+        let holds: Vec<u64> = limits
+            .iter()
+            .map(|l| match budgets.reserve {
+                Reserve::None => 0,
+                Reserve::Estimate => units(l.counts, &estimate, subject.price.as_ref()),
+            })
+            .collect();
+        let admitted = budget::admit(store, limits, &subject.person_key, &holds, now).map_err(|e: Exhausted| {
             let mut reply = e.to_reply();
             reply.headers.extend(budget::headers(
                 std::slice::from_ref(&e.standing),
@@ -87,23 +100,7 @@ impl Metering {
             ));
             reply
         })?;
-        let estimate = Usage {
-            input: body_len as u64 / 4,
-            output: max_tokens.unwrap_or(budgets.reserve_output_tokens).min(budgets.reserve_output_tokens),
-            cache_write: 0,
-            cache_read: 0,
-        };
-        let mut reserved = Vec::with_capacity(standings.len());
-        for s in &standings {
-            let hold = match budgets.reserve {
-                Reserve::None => 0,
-                Reserve::Estimate => units(s.limit.counts, &estimate, subject.price.as_ref()),
-            };
-            let key = s.limit.key_for(&subject.person_key);
-            // A failed write (contention, full zone) loses only the reserve, never the request.
-            let held = budget::charge(store, &key, s.limit.window, now, hold as i64).map_or(0, |()| hold);
-            reserved.push(held);
-        }
+        let (standings, reserved) = admitted.into_iter().unzip();
         Ok(Metering {
             subject,
             standings,
