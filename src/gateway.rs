@@ -13,8 +13,9 @@ use crate::tier::{self, NoTier};
 use crate::token_cache::TokenCache;
 
 /// Most key fetches that waiting requests of one worker may have under way at once; beyond
-/// it a request without keys is answered 503 instead of adding load on the IdP.
-pub const MAX_REQUEST_FETCHES: usize = 8;
+/// it a request without keys is answered 503 instead of adding load on the IdP. High enough for a
+/// burst of sessions at startup; a dead IdP is protected by the cool-down after a failed fetch.
+pub const MAX_REQUEST_FETCHES: usize = 32;
 
 /// A verified person with a tier.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -107,6 +107,8 @@ pub struct KeyStore {
     jwks_uri: Option<HttpUrl>,
     keys: Option<Rc<KeySet>>,
     fetched_at: u64,
+    /// The JWKS document the keys came from, to tell two fetches of the same second apart.
+    installed: String,
     last_attempt: Option<u64>,
     last_kid_refetch: Option<u64>,
     last_failure: Option<u64>,
@@ -122,6 +124,7 @@ impl KeyStore {
             last_attempt: None,
             last_kid_refetch: None,
             last_failure: None,
+            installed: String::new(),
         }
     }
 
@@ -225,6 +228,7 @@ impl KeyStore {
         self.last_failure = None;
         self.keys = Some(Rc::new(set));
         self.fetched_at = now;
+        self.installed = String::from_utf8_lossy(body).into_owned();
         Ok(SharedRecord {
             fetched_at: now,
             jwks_uri: self
@@ -232,13 +236,14 @@ impl KeyStore {
                 .as_ref()
                 .map(|u| format!("{}://{}{}", u.scheme, u.authority, u.path))
                 .unwrap_or_default(),
-            jwks: String::from_utf8_lossy(body).into_owned(),
+            jwks: self.installed.clone(),
         })
     }
 
-    /// Installs keys another worker fetched, when they are newer than ours.
+    /// Installs keys another worker fetched, when they are newer than ours (or of the same
+    /// second but different: time is in whole seconds, and a rotation can happen in one).
     pub fn adopt(&mut self, record: &SharedRecord) -> bool {
-        if record.fetched_at <= self.fetched_at {
+        if !record.supersedes(self.fetched_at, &self.installed) {
             return false;
         }
         let Ok(set) = KeySet::parse(record.jwks.as_bytes()) else {
@@ -249,16 +254,24 @@ impl KeyStore {
         }
         self.keys = Some(Rc::new(set));
         self.fetched_at = record.fetched_at;
+        self.installed = record.jwks.clone();
         true
     }
 }
 
-/// Writes `record` for the other workers unless the shared one is as new or newer.
+impl SharedRecord {
+    /// Whether this record should replace keys fetched at `fetched_at` from document `jwks`.
+    fn supersedes(&self, fetched_at: u64, jwks: &str) -> bool {
+        self.fetched_at > fetched_at || (self.fetched_at == fetched_at && self.jwks != jwks)
+    }
+}
+
+/// Writes `record` for the other workers unless the shared one is newer or the same.
 pub fn publish(store: &dyn SharedStore, record: &SharedRecord) -> Result<bool, StoreError> {
     shared::update(store, SHARED_KEY, |current| {
         let newer = current
             .and_then(|b| serde_json::from_slice::<SharedRecord>(b).ok())
-            .is_some_and(|c| c.fetched_at >= record.fetched_at);
+            .is_some_and(|c| !record.supersedes(c.fetched_at, &c.jwks));
         if newer {
             None
         } else {
@@ -381,6 +394,9 @@ mod tests {
         store.lose_races.set(2);
         assert_eq!(publish(&store, &record(20)), Ok(true));
         assert_eq!(read_shared(&store).unwrap().0.fetched_at, 20);
+        assert_eq!(publish(&store, &record(20)), Ok(false), "the same record is not written again");
+        let rotated = SharedRecord { jwks: "{\"keys\":[]}".into(), ..record(20) };
+        assert_eq!(publish(&store, &rotated), Ok(true), "other keys fetched in the same second replace it");
     }
 
     #[test]
@@ -391,6 +407,8 @@ mod tests {
         let record = SharedRecord { fetched_at: 500, jwks_uri: "https://idp.example.com/keys".into(), jwks };
         assert!(store.adopt(&record));
         assert!(!store.adopt(&record), "same record twice");
+        let rotated = SharedRecord { jwks: TestKeys::new().jwks(), ..record.clone() };
+        assert!(store.adopt(&rotated), "a rotation in the same second is still adopted");
         assert!(store.keys(&oidc, 600).is_ok());
         assert_eq!(store.due(&oidc, 600), None, "fresh keys from another worker need no fetch");
     }
