@@ -137,11 +137,6 @@ impl KeyStore {
         Ok(Rc::clone(keys))
     }
 
-    /// When the current keys were fetched (0 when none).
-    pub fn fetched_at(&self) -> u64 {
-        self.fetched_at
-    }
-
     /// The background refresh due now, if any. Marks the attempt.
     pub fn due(&mut self, oidc: &OidcPlan, now: u64) -> Option<Callout> {
         let stale = self.keys.is_none() || now.saturating_sub(self.fetched_at) >= oidc.jwks_refresh_seconds;
@@ -280,11 +275,15 @@ pub fn publish(store: &dyn SharedStore, record: &SharedRecord) -> Result<bool, S
     })
 }
 
-/// The shared record and its CAS, when there is one that parses.
-pub fn read_shared(store: &dyn SharedStore) -> Option<(SharedRecord, u32)> {
+/// The shared record and its CAS, when there is one that parses and its CAS is not `seen`
+/// (an unchanged record is not parsed again).
+pub fn read_shared(store: &dyn SharedStore, seen: Option<u32>) -> Option<(SharedRecord, u32)> {
     let (Some(bytes), Some(cas)) = store.get(SHARED_KEY).ok()? else {
         return None;
     };
+    if seen == Some(cas) {
+        return None;
+    }
     Some((serde_json::from_slice(&bytes).ok()?, cas))
 }
 
@@ -393,7 +392,7 @@ mod tests {
         assert_eq!(publish(&store, &record(5)), Ok(false), "older record does not overwrite");
         store.lose_races.set(2);
         assert_eq!(publish(&store, &record(20)), Ok(true));
-        assert_eq!(read_shared(&store).unwrap().0.fetched_at, 20);
+        assert_eq!(read_shared(&store, None).unwrap().0.fetched_at, 20);
         assert_eq!(publish(&store, &record(20)), Ok(false), "the same record is not written again");
         let rotated = SharedRecord { jwks: "{\"keys\":[]}".into(), ..record(20) };
         assert_eq!(publish(&store, &rotated), Ok(true), "other keys fetched in the same second replace it");

@@ -31,11 +31,6 @@ impl Endpoint {
             _ => Endpoint::NotFound,
         }
     }
-
-    /// Whether the endpoint is forwarded to a provider.
-    pub fn is_api(self) -> bool {
-        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
-    }
 }
 
 /// Why a request body was refused.

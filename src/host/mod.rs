@@ -38,12 +38,9 @@ struct GatewayRoot {
 impl GatewayRoot {
     /// Installs keys another worker published, when the record changed since the last look.
     fn adopt_shared(&mut self, worker: &RefCell<Worker>) {
-        let Some((record, cas)) = keystore::read_shared(&HostShared) else {
+        let Some((record, cas)) = keystore::read_shared(&HostShared, self.shared_cas) else {
             return;
         };
-        if self.shared_cas == Some(cas) {
-            return;
-        }
         self.shared_cas = Some(cas);
         worker.borrow_mut().keys.adopt(&record);
     }
