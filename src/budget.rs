@@ -202,6 +202,8 @@ pub struct Standing {
 pub struct Exhausted {
     /// The spent limit with the longest wait.
     pub standing: Standing,
+    /// Holds that could not be given back (the shared-data write failed).
+    pub refund_errors: Vec<String>,
 }
 
 impl ToReply for Exhausted {
@@ -254,7 +256,8 @@ pub fn admit(
             let s = standing(limit, &counter, now);
             let room = s.retry_after == 0;
             seen = Some(s);
-            (room && hold > 0).then(|| serde_json::to_vec(&counter.add(limit.window, now, hold as i64)).ok()).flatten()
+            let hold = i64::try_from(hold).unwrap_or(i64::MAX);
+            (room && hold > 0).then(|| serde_json::to_vec(&counter.add(limit.window, now, hold)).ok()).flatten()
         });
         // A store that fails (contention, a full zone) costs the reserve, never the request.
         let s = seen.unwrap_or_else(|| standing(limit, &decode(None, &key), now));
@@ -264,10 +267,15 @@ pub fn admit(
     match worst {
         None => Ok(admitted),
         Some(standing) => {
+            let mut refund_errors = Vec::new();
             for (s, held) in &admitted {
-                let _ = charge(store, &s.limit.key_for(person), s.limit.window, now, -(*held as i64));
+                let key = s.limit.key_for(person);
+                let refund = -i64::try_from(*held).unwrap_or(i64::MAX);
+                if let Err(e) = charge(store, &key, s.limit.window, now, refund) {
+                    refund_errors.push(format!("could not give back {held} held on budget {key}: {e:?}"));
+                }
             }
-            Err(Exhausted { standing })
+            Err(Exhausted { standing, refund_errors })
         }
     }
 }
@@ -282,7 +290,9 @@ pub fn headers(standings: &[Standing], provider: &str, charged: &[u64], warn_sha
         let remaining = s.limit.limit.saturating_sub(used);
         out.push((format!("x-ai-ratelimit-limit-{}-{provider}", s.limit.window), s.limit.limit.to_string()));
         out.push((format!("x-ai-ratelimit-remaining-{}-{provider}", s.limit.window), remaining.to_string()));
-        reset = Some(reset.map_or(s.reset, |r| r.min(s.reset)));
+        // On a refusal the reset is when room returns, the same moment as Retry-After.
+        let this_reset = if s.retry_after > 0 { s.retry_after } else { s.reset };
+        reset = Some(reset.map_or(this_reset, |r| r.min(this_reset)));
         if (used as f64) >= warn_share * s.limit.limit as f64 {
             out.push((
                 "x-ai-ratelimit-warning".to_owned(),

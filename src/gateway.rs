@@ -57,6 +57,21 @@ pub struct Forward {
     pub headers: Vec<(String, String)>,
 }
 
+/// A refusal of an admitted request, with problems to log that the client never sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The answer.
+    pub reply: Reply,
+    /// E.g. a budget hold that could not be given back.
+    pub warnings: Vec<String>,
+}
+
+impl From<Reply> for Refusal {
+    fn from(reply: Reply) -> Refusal {
+        Refusal { reply, warnings: Vec::new() }
+    }
+}
+
 /// The state one worker (one Wasm VM) keeps between requests.
 #[derive(Debug)]
 pub struct Worker {
@@ -155,7 +170,7 @@ impl Worker {
         endpoint: Endpoint,
         body: &[u8],
         now: u64,
-    ) -> Result<(Forward, Option<Metering>), Reply> {
+    ) -> Result<(Forward, Option<Metering>), Refusal> {
         let plan = &self.plan;
         let tier = plan.tiers.get(admission.tier).ok_or_else(|| NoTier::new(plan).to_reply())?;
         let parsed = RequestBody::parse(body).map_err(|e| e.to_reply())?;
@@ -172,7 +187,9 @@ impl Worker {
                     provider: target.provider.name(),
                 };
                 let limits = &tier.limits;
-                Some(Metering::admit(store, limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now)?)
+                let admitted =
+                    Metering::admit(store, limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now);
+                Some(admitted.map_err(|(reply, warnings)| Refusal { reply, warnings })?)
             }
             _ => None,
         };
@@ -296,7 +313,7 @@ mod tests {
         assert_eq!(get("x-user-email"), Some("alice@example.com"));
         assert_eq!(get("x-user-tier"), Some("standard"));
         assert_eq!(get("content-length"), Some("44"));
-        assert_eq!(forward(br#"{"model":"claude-opus-4-7"}"#).unwrap_err().status, 400);
-        assert_eq!(forward(b"{").unwrap_err().status, 400);
+        assert_eq!(forward(br#"{"model":"claude-opus-4-7"}"#).unwrap_err().reply.status, 400);
+        assert_eq!(forward(b"{").unwrap_err().reply.status, 400);
     }
 }

@@ -4,7 +4,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::OidcPlan;
@@ -20,6 +19,8 @@ pub enum AuthError {
     NotBearer,
     /// Both headers carry a token and they differ.
     ConflictingTokens,
+    /// `Authorization` or `x-api-key` was sent more than once.
+    DuplicateCredential,
     /// Longer than `oidc.max_token_bytes`.
     TooLarge,
     /// Not three base64url parts with JSON header and payload.
@@ -30,6 +31,8 @@ pub enum AuthError {
     WrongIssuer,
     /// No `exp` claim.
     MissingExpiry,
+    /// `exp`, `nbf` or `iat` is not a whole number of seconds in range.
+    InvalidTimeClaim,
     /// `exp` (plus leeway) has passed.
     Expired,
     /// `nbf` (minus leeway) is still ahead.
@@ -51,11 +54,13 @@ impl AuthError {
             AuthError::MissingToken => "missing_token",
             AuthError::NotBearer => "not_bearer",
             AuthError::ConflictingTokens => "conflicting_tokens",
+            AuthError::DuplicateCredential => "duplicate_credential",
             AuthError::TooLarge => "token_too_large",
             AuthError::Malformed => "malformed",
             AuthError::UnsupportedAlgorithm => "unsupported_algorithm",
             AuthError::WrongIssuer => "wrong_issuer",
             AuthError::MissingExpiry => "missing_exp",
+            AuthError::InvalidTimeClaim => "invalid_time_claim",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::WrongAudience => "wrong_audience",
@@ -71,11 +76,13 @@ impl AuthError {
             AuthError::MissingToken => "no access token: sign in (the apiKeyHelper must print an access token)",
             AuthError::NotBearer => "the Authorization header must be 'Bearer <token>'",
             AuthError::ConflictingTokens => "Authorization and x-api-key carry different tokens",
+            AuthError::DuplicateCredential => "Authorization or x-api-key was sent more than once",
             AuthError::TooLarge => "access token too large",
             AuthError::Malformed => "access token is not a valid JWT",
             AuthError::UnsupportedAlgorithm => "access token signing algorithm not accepted",
             AuthError::WrongIssuer => "access token issuer not accepted",
             AuthError::MissingExpiry => "access token has no expiry",
+            AuthError::InvalidTimeClaim => "access token has an exp, nbf or iat that is not a whole number of seconds",
             AuthError::Expired => "access token expired",
             AuthError::NotYetValid => "access token not yet valid",
             AuthError::WrongAudience => "access token audience not accepted",
@@ -130,20 +137,12 @@ pub struct Identity {
     pub kid: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-    #[serde(default)]
-    crit: Option<Vec<String>>,
-}
-
 /// A token split and decoded, before its signature is checked.
 #[derive(Debug)]
 pub struct ParsedToken {
     alg: Algorithm,
     kid: Option<String>,
+    exp: u64,
     claims: serde_json::Map<String, Value>,
 }
 
@@ -156,24 +155,31 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     let (Some(h), Some(p), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::Malformed);
     };
-    let header: Header = decode_json(h)?;
-    if header.crit.is_some_and(|c| !c.is_empty()) {
+    let header = decode_object(h)?;
+    // A critical extension we do not implement must fail verification (RFC 7515 4.1.11).
+    if header.get("crit").is_some_and(|c| c.as_array().is_none_or(|c| !c.is_empty())) {
         return Err(AuthError::Malformed);
     }
-    let alg = Algorithm::from_name(&header.alg).ok_or(AuthError::UnsupportedAlgorithm)?;
-    let claims: serde_json::Map<String, Value> = decode_json(p)?;
+    let alg = header.get("alg").and_then(Value::as_str).ok_or(AuthError::Malformed)?;
+    let alg = Algorithm::from_name(alg).ok_or(AuthError::UnsupportedAlgorithm)?;
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(AuthError::Malformed),
+    };
+    let claims = decode_object(p)?;
 
     if claims.get("iss").and_then(Value::as_str) != Some(oidc.issuer.as_str()) {
         return Err(AuthError::WrongIssuer);
     }
-    let exp = numeric(claims.get("exp")).ok_or(AuthError::MissingExpiry)?;
+    let exp = time_claim(&claims, "exp")?.ok_or(AuthError::MissingExpiry)?;
+    let nbf = time_claim(&claims, "nbf")?;
+    time_claim(&claims, "iat")?;
     if now > exp.saturating_add(oidc.leeway_seconds) {
         return Err(AuthError::Expired);
     }
-    if let Some(nbf) = numeric(claims.get("nbf")) {
-        if now.saturating_add(oidc.leeway_seconds) < nbf {
-            return Err(AuthError::NotYetValid);
-        }
+    if nbf.is_some_and(|nbf| now.saturating_add(oidc.leeway_seconds) < nbf) {
+        return Err(AuthError::NotYetValid);
     }
     let audience_ok = match claims.get("aud") {
         Some(Value::String(a)) => oidc.audiences.contains(a),
@@ -188,7 +194,7 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(AuthError::MissingSubject);
     }
-    Ok(ParsedToken { alg, kid: header.kid, claims })
+    Ok(ParsedToken { alg, kid, exp, claims })
 }
 
 impl ParsedToken {
@@ -199,12 +205,14 @@ impl ParsedToken {
 
     /// Checks the signature against `keys` and returns the identity.
     pub fn verify(self, token: &str, keys: &KeySet, oidc: &OidcPlan, now: u64) -> Result<Identity, AuthError> {
+        // With a `kid` at most one key matches it; without one, only a JWKS with exactly one
+        // key for the algorithm is accepted, so no token makes the gateway try every key.
         {
-            let mut candidates = keys.candidates(self.kid.as_deref(), self.alg).peekable();
-            if candidates.peek().is_none() {
+            let mut candidates = keys.candidates(self.kid.as_deref(), self.alg);
+            let (Some(key), None) = (candidates.next(), candidates.next()) else {
                 return Err(AuthError::UnknownKey);
-            }
-            if !candidates.any(|key| key.verify(token, self.alg, now)) {
+            };
+            if !key.verify(token, self.alg, now) {
                 return Err(AuthError::BadSignature);
             }
         }
@@ -212,21 +220,33 @@ impl ParsedToken {
             subject: self.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned(),
             email: self.claims.get("email").and_then(Value::as_str).map(str::to_owned),
             groups: groups_at(&self.claims, &oidc.groups_claim),
-            expires_at: numeric(self.claims.get("exp")).unwrap_or(0),
+            expires_at: self.exp,
             kid: self.kid,
         })
     }
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
+/// Latest time claim accepted: 9999-12-31T23:59:59Z. Anything later is an error, not "never".
+const MAX_TIME_CLAIM: u64 = 253_402_300_799;
+
+/// A JSON object from one base64url part, refusing duplicate member names.
+fn decode_object(part: &str) -> Result<serde_json::Map<String, Value>, AuthError> {
     let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| AuthError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+    match crate::strict_json::from_slice_unique(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AuthError::Malformed),
+    }
 }
 
-fn numeric(value: Option<&Value>) -> Option<u64> {
-    match value? {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        _ => None,
+/// A NumericDate claim: absent, or a JSON integer of seconds in range. A float (`1e308`), a
+/// string or a negative number is an error rather than being rounded or ignored.
+fn time_claim(claims: &serde_json::Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            n.as_u64().filter(|t| *t <= MAX_TIME_CLAIM).map(Some).ok_or(AuthError::InvalidTimeClaim)
+        }
+        Some(_) => Err(AuthError::InvalidTimeClaim),
     }
 }
 

@@ -27,7 +27,7 @@ pub fn cost_micros(usage: &Usage, price: &Price) -> u64 {
 }
 
 /// What a request is, for accounting.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Subject {
     /// `sub`, for the usage report.
     pub person: String,
@@ -48,26 +48,50 @@ pub struct Subject {
 pub struct Metering {
     subject: Subject,
     standings: Vec<Standing>,
+    /// What admission holds on each limit now.
     reserved: Vec<u64>,
+    /// What the request is estimated to cost each limit; the least an unknown outcome costs.
+    estimate: Vec<u64>,
     warning_share: f64,
     meter: Option<Meter>,
+    status: Option<u32>,
     expected_bytes: Option<u64>,
     seen_bytes: u64,
-    settled: Option<Usage>,
+    complete: bool,
+    settled: bool,
 }
 
-/// The usage of a finished request, for the report.
+/// How sure the gateway is of what the answer cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The whole answer was seen; its usage is charged.
+    Complete,
+    /// The request went upstream but the answer was not seen whole (client gone, stream cut,
+    /// gateway timeout) or its usage was implausible: at least the estimate is charged, since
+    /// the provider may well have generated (and billed) the whole answer.
+    Unknown,
+}
+
+/// A finished request's accounting, for the report and the usage record.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    /// Tokens.
+pub struct Settlement {
+    /// Who and what.
+    pub subject: Subject,
+    /// Tokens the answer reported (zeros where it reported none or was not believed).
     pub usage: Usage,
-    /// Dollars, when the model has a price.
+    /// Dollars for `usage`, when the model has a price.
     pub cost_usd: Option<f64>,
+    /// Whether the usage was seen whole.
+    pub outcome: Outcome,
+    /// The answer's status, when one came.
+    pub status: Option<u32>,
+    /// Problems while charging (a shared-data write that failed); logged and counted.
+    pub warnings: Vec<String>,
 }
 
 impl Metering {
     /// Checks the tier's limits and holds the reserve. `body_len` and `max_tokens` estimate
-    /// the request's size.
+    /// the request's size. A refusal carries the warnings of holds that could not be given back.
     pub fn admit(
         store: &dyn SharedStore,
         limits: &[budget::Limit],
@@ -76,20 +100,18 @@ impl Metering {
         body_len: usize,
         max_tokens: Option<u64>,
         now: u64,
-    ) -> Result<Metering, Reply> {
-        let estimate = Usage {
+    ) -> Result<Metering, (Reply, Vec<String>)> {
+        let guess = Usage {
             input: body_len as u64 / 4,
             output: max_tokens.unwrap_or(budgets.reserve_output_tokens).min(budgets.reserve_output_tokens),
             cache_write: 0,
             cache_read: 0,
         };
-        let holds: Vec<u64> = limits
-            .iter()
-            .map(|l| match budgets.reserve {
-                Reserve::None => 0,
-                Reserve::Estimate => units(l.counts, &estimate, subject.price.as_ref()),
-            })
-            .collect();
+        let estimate: Vec<u64> = limits.iter().map(|l| units(l.counts, &guess, subject.price.as_ref())).collect();
+        let holds: Vec<u64> = match budgets.reserve {
+            Reserve::None => vec![0; limits.len()],
+            Reserve::Estimate => estimate.clone(),
+        };
         let admitted = budget::admit(store, limits, &subject.person_key, &holds, now).map_err(|e: Exhausted| {
             let mut reply = e.to_reply();
             reply.headers.extend(budget::headers(
@@ -98,18 +120,21 @@ impl Metering {
                 &[],
                 budgets.warning_share,
             ));
-            reply
+            (reply, e.refund_errors)
         })?;
         let (standings, reserved) = admitted.into_iter().unzip();
         Ok(Metering {
             subject,
             standings,
             reserved,
+            estimate,
             warning_share: budgets.warning_share,
             meter: None,
+            status: None,
             expected_bytes: None,
             seen_bytes: 0,
-            settled: None,
+            complete: false,
+            settled: false,
         })
     }
 
@@ -119,9 +144,11 @@ impl Metering {
     }
 
     /// Starts metering the answer.
-    pub fn on_response_headers(&mut self, content_type: &str, content_length: Option<u64>) {
+    pub fn on_response_headers(&mut self, status: Option<u32>, content_type: &str, content_length: Option<u64>) {
         self.meter = Some(Meter::new(content_type));
+        self.status = status;
         self.expected_bytes = content_length;
+        self.complete = content_length == Some(0);
     }
 
     /// Observes a chunk; returns true once the answer is complete: end of stream, or (for hosts
@@ -130,24 +157,38 @@ impl Metering {
         if let Some(meter) = &mut self.meter {
             meter.push(chunk);
         }
-        self.seen_bytes += chunk.len() as u64;
-        end_of_stream || self.expected_bytes.is_some_and(|n| self.seen_bytes >= n)
+        self.seen_bytes = self.seen_bytes.saturating_add(chunk.len() as u64);
+        self.complete |= end_of_stream || self.expected_bytes.is_some_and(|n| self.seen_bytes >= n);
+        self.complete
     }
 
-    /// Charges the true usage (minus what was reserved) to every limit, once. Later calls
-    /// return `None`.
-    pub fn settle(&mut self, store: &dyn SharedStore, now: u64) -> Option<Report> {
-        if self.settled.is_some() {
+    /// Charges the request to every limit, once (later calls return `None`): the answer's usage
+    /// when it was seen whole, otherwise at least the estimate (see [`Outcome::Unknown`]). What
+    /// admission held is replaced, not added to.
+    pub fn settle(&mut self, store: &dyn SharedStore, now: u64) -> Option<Settlement> {
+        if std::mem::replace(&mut self.settled, true) {
             return None;
         }
-        let usage = self.meter.as_mut().map(Meter::finish).unwrap_or_default();
-        self.settled = Some(usage);
-        for (s, reserved) in self.standings.iter().zip(&self.reserved) {
-            let actual = units(s.limit.counts, &usage, self.subject.price.as_ref());
-            let delta = actual as i64 - *reserved as i64;
-            let _ = budget::charge(store, &s.limit.key_for(&self.subject.person_key), s.limit.window, now, delta);
+        let mut warnings = Vec::new();
+        let mut usage = self.meter.as_mut().map(Meter::finish).unwrap_or_default();
+        if !usage.is_plausible() {
+            warnings.push(format!("upstream reported implausible usage {usage:?}; charging the estimate"));
+            usage = Usage::default();
         }
-        Some(Report { usage, cost_usd: self.subject.price.map(|p| cost_micros(&usage, &p) as f64 / 1e6) })
+        // A gateway timeout (504) or request timeout (408) says nothing about what was generated.
+        let known = self.complete && warnings.is_empty() && !matches!(self.status, Some(408 | 504));
+        let outcome = if known { Outcome::Complete } else { Outcome::Unknown };
+        for ((s, reserved), estimate) in self.standings.iter().zip(&self.reserved).zip(&self.estimate) {
+            let actual = units(s.limit.counts, &usage, self.subject.price.as_ref());
+            let charge = if known { actual } else { actual.max(*estimate) };
+            let delta = i64::try_from(i128::from(charge) - i128::from(*reserved)).unwrap_or(i64::MAX);
+            let key = s.limit.key_for(&self.subject.person_key);
+            if let Err(e) = budget::charge(store, &key, s.limit.window, now, delta) {
+                warnings.push(format!("could not charge {delta} to budget {key}: {e:?}"));
+            }
+        }
+        let cost_usd = self.subject.price.map(|p| cost_micros(&usage, &p) as f64 / 1e6);
+        Some(Settlement { subject: self.subject.clone(), usage, cost_usd, outcome, status: self.status, warnings })
     }
 
     /// Who and what, for the usage report.
@@ -197,10 +238,11 @@ mod tests {
         let mut m =
             Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 1000 + 1000, "4000 bytes / 4 + capped max_tokens");
-        m.on_response_headers("text/event-stream", None);
+        m.on_response_headers(Some(200), "text/event-stream", None);
         assert!(!m.on_response_body(STREAM.as_bytes(), false));
         assert!(m.on_response_body(b"", true));
         let report = m.settle(&store, 1).unwrap();
+        assert_eq!(report.outcome, Outcome::Complete);
         assert_eq!(report.usage.total(), 3600);
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 3600);
         assert_eq!(m.settle(&store, 2), None, "charged once");
@@ -213,7 +255,7 @@ mod tests {
         let store = FakeStore::default();
         let mut m = Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10, None, 0).unwrap();
         let body = br#"{"usage":{"input_tokens":7,"output_tokens":3}}"#;
-        m.on_response_headers("application/json", Some(body.len() as u64));
+        m.on_response_headers(Some(200), "application/json", Some(body.len() as u64));
         assert!(!m.on_response_body(&body[..10], false));
         assert!(m.on_response_body(&body[10..], false), "Kong: last chunk without eos");
         assert_eq!(m.settle(&store, 0).unwrap().usage.total(), 10);
@@ -223,8 +265,83 @@ mod tests {
     fn spent_budget_refuses_with_headers() {
         let store = FakeStore::default();
         budget::charge(&store, "csg/b/x/t60sp/a1", 60, 0, 10_000).unwrap();
-        let reply = Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10, None, 5).unwrap_err();
+        let (reply, warnings) =
+            Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10, None, 5).unwrap_err();
+        assert!(warnings.is_empty());
         assert_eq!(reply.status, 429);
         assert!(reply.headers.iter().any(|(k, v)| k == "x-ai-ratelimit-remaining-60-anthropic" && v == "0"));
+    }
+
+    #[test]
+    fn an_answer_not_seen_whole_costs_at_least_the_estimate() {
+        // (name, reserve, what happens after admission, units charged in the end)
+        type Drive = fn(&mut Metering);
+        let cases: &[(&str, Reserve, Drive, u64)] = &[
+            ("client gone before the answer", Reserve::Estimate, |_| {}, 2000),
+            ("client gone, no reserve held", Reserve::None, |_| {}, 2000),
+            (
+                "stream cut after some usage",
+                Reserve::Estimate,
+                |m| {
+                    m.on_response_headers(Some(200), "text/event-stream", None);
+                    m.on_response_body(
+                        b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":100}}}\n\n",
+                        false,
+                    );
+                },
+                2000,
+            ),
+            (
+                "gateway timeout",
+                Reserve::Estimate,
+                |m| {
+                    m.on_response_headers(Some(504), "text/plain", Some(0));
+                },
+                2000,
+            ),
+            (
+                "stream cut after more than the estimate",
+                Reserve::Estimate,
+                |m| {
+                    m.on_response_headers(Some(200), "text/event-stream", None);
+                    m.on_response_body(b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":5000}}\n\n", false);
+                },
+                5000,
+            ),
+            (
+                "complete upstream error answer",
+                Reserve::Estimate,
+                |m| {
+                    m.on_response_headers(Some(529), "application/json", None);
+                    m.on_response_body(br#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#, true);
+                },
+                0,
+            ),
+        ];
+        for (name, reserve, drive, want) in cases {
+            let store = FakeStore::default();
+            let mut m =
+                Metering::admit(&store, &limits(), &budgets(*reserve), subject(), 4000, Some(32000), 0).unwrap();
+            drive(&mut m);
+            let settled = m.settle(&store, 1).unwrap();
+            assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, *want, "{name}");
+            assert_eq!(settled.outcome == Outcome::Complete, *want == 0, "{name}");
+        }
+    }
+
+    #[test]
+    fn implausible_usage_is_a_fault_not_a_wrapped_counter() {
+        let store = FakeStore::default();
+        budget::charge(&store, "csg/b/x/t60sp/a1", 60, 0, 500).unwrap();
+        let mut m =
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
+        m.on_response_headers(Some(200), "application/json", None);
+        let body = br#"{"usage":{"input_tokens":18446744073709551615,"output_tokens":9223372036854775808}}"#;
+        m.on_response_body(body, true);
+        let settled = m.settle(&store, 1).unwrap();
+        assert_eq!(settled.outcome, Outcome::Unknown);
+        assert_eq!(settled.warnings.len(), 1, "{:?}", settled.warnings);
+        assert_eq!(settled.usage, Usage::default());
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 500 + 2000, "charged the estimate, never less");
     }
 }

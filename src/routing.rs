@@ -47,6 +47,10 @@ pub enum RequestError {
     InvalidJson(String),
     /// No string `model`.
     MissingModel,
+    /// `content-length` is not a number.
+    InvalidLength,
+    /// The host could not hand the body to the filter (nginx spilled it to a temp file).
+    BodyUnreadable,
     /// The tier may not use this model.
     ModelNotAllowed {
         /// What the client asked for.
@@ -71,6 +75,14 @@ impl ToReply for RequestError {
             RequestError::MissingModel => {
                 Reply::error(400, "invalid_request_error", "gateway: request body has no string `model`")
             }
+            RequestError::InvalidLength => {
+                Reply::error(400, "invalid_request_error", "gateway: content-length is not a number")
+            }
+            RequestError::BodyUnreadable => Reply::error(
+                413,
+                "request_too_large",
+                "gateway: the request body could not be inspected (larger than the gateway's body buffer)",
+            ),
             RequestError::ModelNotAllowed { model, tier, allowed } => Reply::error(
                 400,
                 "invalid_request_error",

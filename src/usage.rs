@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use crate::sse::{Event, Framer};
 
+/// Most tokens of one kind a single answer is believed to have (context windows are at most a
+/// few million tokens).
+pub const MAX_PLAUSIBLE_TOKENS: u64 = 100_000_000;
+
 /// Tokens of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -25,12 +29,18 @@ pub struct Usage {
 impl Usage {
     /// Prompt tokens including cache writes and reads.
     pub fn prompt(&self) -> u64 {
-        self.input + self.cache_write + self.cache_read
+        self.input.saturating_add(self.cache_write).saturating_add(self.cache_read)
     }
 
     /// Prompt and completion tokens.
     pub fn total(&self) -> u64 {
-        self.prompt() + self.output
+        self.prompt().saturating_add(self.output)
+    }
+
+    /// Whether every field is a count a real answer can have. A larger one is an upstream
+    /// fault (or a hostile upstream) and is not believed.
+    pub fn is_plausible(&self) -> bool {
+        [self.input, self.output, self.cache_write, self.cache_read].iter().all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
     }
 }
 

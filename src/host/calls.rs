@@ -12,6 +12,7 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
 use crate::keystore::Callout;
 use crate::reply::Reply;
+use crate::request::{Host, HostProfile};
 use crate::shared::{SharedStore, StoreError};
 
 /// Writes a log line. Callers never pass a key or a token.
@@ -36,9 +37,18 @@ pub fn plugin_configuration() -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten()
 }
 
-/// A request header.
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+/// All request headers, in the host's order, repeated names repeated (one host call).
+pub fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// Which host runs the filter: only nginx has `ngx.*` properties (read in a request, where
+/// ngx_wasm_module can resolve nginx variables; Envoy answers "not found").
+pub fn host_profile() -> HostProfile {
+    match hostcalls::get_property(vec!["ngx", "nginx_version"]) {
+        Ok(Some(_)) => HostProfile::Ngx,
+        _ => HostProfile::Envoy,
+    }
 }
 
 /// Sets (replaces) a request header.
@@ -71,9 +81,13 @@ pub fn response_chunk(size: usize) -> Vec<u8> {
     hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size).ok().flatten().unwrap_or_default()
 }
 
-/// The buffered request body.
-pub fn request_body(size: usize) -> Vec<u8> {
-    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten().unwrap_or_default()
+/// The buffered request body; `None` when the host has none to give (nginx hands none for a
+/// body it spilled to a temp file).
+pub fn request_body(size: usize) -> Option<Vec<u8>> {
+    if size == 0 {
+        return Some(Vec::new());
+    }
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
 }
 
 /// Replaces the whole request body. ngx_wasm_module truncates the new data to the size
@@ -125,10 +139,24 @@ pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>)
     (status, body, reason)
 }
 
-/// The host's shared data.
-pub struct HostShared;
+/// The host as the plain-Rust code sees it: time, key callouts and shared data.
+pub struct HostCalls;
 
-impl SharedStore for HostShared {
+impl Host for HostCalls {
+    fn now(&self) -> u64 {
+        now()
+    }
+
+    fn dispatch(&self, callout: &Callout, timeout_ms: u64) -> Result<u32, String> {
+        dispatch(callout, Duration::from_millis(timeout_ms)).map_err(|status| {
+            let reason = format!("upstream {} refused the callout: {status:?}", callout.upstream);
+            log(LogLevel::Warn, &format!("claude-sso-gateway: key fetch: {reason}"));
+            reason
+        })
+    }
+}
+
+impl SharedStore for HostCalls {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
         hostcalls::get_shared_data(key).map_err(|s| StoreError::Host(format!("{s:?}")))
     }

@@ -1,268 +1,164 @@
-//! Per-request host glue: hold the headers, buffer the body, ask the gateway, apply its answer.
+//! Per-request host glue: each callback reads what the host delivered, hands it to the
+//! plain-Rust [`Request`] state machine, and applies the [`Step`] it returns. Nothing here
+//! decides anything about the request's order of steps.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
-use crate::gateway::{Admission, AuthOutcome, FetchProgress, Worker};
-use crate::jwt;
-use crate::keystore::Fetch;
-use crate::metering::Metering;
-use crate::reply::{Reply, ToReply};
-use crate::routing::{Endpoint, RequestError};
+use crate::gateway::Worker;
+use crate::request::{Flow, HostProfile, Request, Step};
 
-use super::calls::{self, HostShared};
+use super::calls::{self, HostCalls};
 use super::metrics::Metrics;
 
-/// One request's state.
+/// One request's context.
 pub struct GatewayHttp {
     worker: Rc<RefCell<Worker>>,
     metrics: Rc<Metrics>,
-    token: Option<String>,
-    admission: Option<Admission>,
-    /// The key callout this request waits for.
-    waiting: Option<(u32, Fetch)>,
-    /// Set once the whole body is buffered.
-    body_size: Option<usize>,
-    endpoint: Endpoint,
-    /// The request's accounting, once it was forwarded.
-    metering: Option<Metering>,
-    /// A local answer was sent; nothing more is done.
-    answered: bool,
+    profile: Rc<Cell<Option<HostProfile>>>,
+    request: Request,
 }
 
 impl GatewayHttp {
     /// A request context sharing its worker's state.
-    pub fn new(worker: Rc<RefCell<Worker>>, metrics: Rc<Metrics>) -> GatewayHttp {
-        GatewayHttp {
-            worker,
-            metrics,
-            token: None,
-            admission: None,
-            waiting: None,
-            body_size: None,
-            endpoint: Endpoint::NotFound,
-            metering: None,
-            answered: false,
-        }
+    pub fn new(worker: Rc<RefCell<Worker>>, metrics: Rc<Metrics>, profile: Rc<Cell<Option<HostProfile>>>) -> Self {
+        let request = Request::new(profile.get().unwrap_or(HostProfile::Envoy));
+        GatewayHttp { worker, metrics, profile, request }
     }
 
-    fn answer(&mut self, reply: &Reply) -> Action {
-        if reply.status >= 400 {
+    /// Carries out a step in the order [`Step`] documents and returns the callback's action.
+    fn apply(&mut self, step: Step) -> Action {
+        for name in &step.remove_headers {
+            calls::remove_request_header(name);
+        }
+        for (name, value) in &step.set_headers {
+            calls::set_request_header(name, value);
+        }
+        if let Some(body) = &step.body {
+            if !calls::replace_request_body(self.request.buffered(), body) {
+                // Headers are already set for the new body; refuse rather than send a mismatch.
+                calls::send_reply(&crate::reply::Reply::error(
+                    500,
+                    "api_error",
+                    "gateway: could not rewrite the request body",
+                ));
+                return Action::Pause;
+            }
+        }
+        if let Some(reply) = &step.reply {
             self.metrics.record_refusal(reply.status);
-            let message = String::from_utf8_lossy(&reply.body);
-            calls::log(LogLevel::Info, &format!("claude-sso-gateway: refused {}: {message}", reply.status));
+            calls::log(
+                LogLevel::Info,
+                &format!("claude-sso-gateway: refused {}: {}", reply.status, String::from_utf8_lossy(&reply.body)),
+            );
+            calls::send_reply(reply);
         }
-        self.answered = true;
-        calls::send_reply(reply);
-        Action::Pause
-    }
-
-    /// Authenticates the request's token; `Continue` only means "no answer was sent".
-    fn authenticate(&mut self, may_fetch: bool) -> Action {
-        let Some(token) = self.token.as_deref() else {
-            return self.answer(&jwt::AuthError::MissingToken.to_reply());
-        };
-        let outcome = self.worker.borrow_mut().authenticate(token, calls::now(), may_fetch);
-        match outcome {
-            AuthOutcome::Admitted(admission) => {
-                self.admission = Some(admission);
-                Action::Continue
-            }
-            AuthOutcome::Refused(reply) => self.answer(&reply),
-            AuthOutcome::FetchKeys(callout) => {
-                let timeout = Duration::from_millis(self.worker.borrow().plan.oidc.callout_timeout_ms);
-                match calls::dispatch(&callout, timeout) {
-                    Ok(id) => {
-                        self.worker.borrow_mut().request_fetch_started();
-                        self.waiting = Some((id, callout.fetch));
-                        Action::Continue
-                    }
-                    Err(status) => {
-                        calls::log(
-                            LogLevel::Warn,
-                            &format!(
-                                "claude-sso-gateway: key fetch: upstream {} refused: {status:?}",
-                                callout.upstream
-                            ),
-                        );
-                        self.authenticate(false)
-                    }
-                }
-            }
+        for (name, value) in &step.response_headers {
+            calls::set_response_header(name, value);
         }
-    }
-
-    /// With admission and the whole body: check the model, rewrite, set the upstream headers.
-    fn forward(&mut self, body_size: usize) -> Action {
-        let Some(admission) = &self.admission else {
-            return Action::Pause;
-        };
-        let body = calls::request_body(body_size);
-        let forward = self.worker.borrow().forward(&HostShared, admission, self.endpoint, &body, calls::now());
-        match forward {
-            Err(reply) => self.answer(&reply),
-            Ok((forward, metering)) => {
-                self.metering = metering;
-                if let Some(new_body) = &forward.body {
-                    if !calls::replace_request_body(body_size, new_body) {
-                        return self.answer(&Reply::error(
-                            500,
-                            "api_error",
-                            "gateway: could not rewrite the request body",
-                        ));
-                    }
-                }
-                for (name, value) in &forward.headers {
-                    calls::set_request_header(name, value);
-                }
-                Action::Continue
-            }
+        if let Some(settled) = &step.settled {
+            self.metrics.record_usage(settled);
+            super::log_settlement(settled);
         }
-    }
-}
-
-impl GatewayHttp {
-    /// Charges the answer's usage once and reports it.
-    fn settle(&mut self) {
-        let Some(metering) = &mut self.metering else { return };
-        let Some(report) = metering.settle(&HostShared, calls::now()) else { return };
-        let s = metering.subject();
-        self.metrics.record_usage(s, &report);
-        let u = report.usage;
-        let cost = report.cost_usd.map_or_else(|| "unpriced".to_owned(), |c| format!("{c:.6}"));
-        calls::log(
-            LogLevel::Info,
-            &format!(
-                "claude-sso-gateway: usage person={} tier={} model={} input={} output={} cache_write={} cache_read={} cost_usd={cost}",
-                s.person, s.tier, s.model, u.input, u.output, u.cache_write, u.cache_read
-            ),
-        );
+        for warning in &step.warnings {
+            self.metrics.record_warning();
+            calls::log(LogLevel::Warn, &format!("claude-sso-gateway: {warning}"));
+        }
+        if step.resume {
+            calls::resume_request();
+        }
+        match step.flow {
+            Flow::Continue => Action::Continue,
+            Flow::Pause => Action::Pause,
+        }
     }
 }
 
 impl Drop for GatewayHttp {
     fn drop(&mut self) {
-        if self.waiting.is_some() {
-            self.worker.borrow_mut().request_fetch_ended();
-        }
+        self.request.release_fetch(&mut self.worker.borrow_mut());
     }
 }
 
 impl Context for GatewayHttp {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        let Some((_, fetch)) = self.waiting.take_if(|(id, _)| *id == token_id) else {
-            return;
-        };
-        self.worker.borrow_mut().request_fetch_ended();
         let (status, body, reason) = calls::call_response(body_size);
-        let progress = self.worker.borrow_mut().on_fetched(&fetch, status, &body, calls::now());
-        if let FetchProgress::Next(callout) = &progress {
-            // Discovery just named the JWKS. This request cannot wait for a tick, so it makes
-            // the one follow-up fetch itself (ngx_wasm_module and Envoy both allow dispatch here);
-            // the chain ends there because a JWKS answer never yields `Next`.
-            let timeout = Duration::from_millis(self.worker.borrow().plan.oidc.callout_timeout_ms);
-            if let Ok(id) = calls::dispatch(callout, timeout) {
-                self.worker.borrow_mut().request_fetch_started();
-                self.waiting = Some((id, callout.fetch.clone()));
-                return;
-            }
+        let (step, progress) = {
+            let mut worker = self.worker.borrow_mut();
+            self.request.on_keys_fetched(&mut worker, &HostCalls, token_id, status, &body)
+        };
+        if let Some(progress) = progress {
+            super::publish_or_log(progress, reason.as_deref());
         }
-        super::publish_or_log(progress, reason.as_deref());
-        if self.authenticate(false) == Action::Pause || self.waiting.is_some() {
-            return;
-        }
-        if let Some(size) = self.body_size {
-            if self.forward(size) == Action::Continue {
-                calls::resume_request();
-            }
-        }
+        self.apply(step);
     }
 }
 
 impl HttpContext for GatewayHttp {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        let method = calls::request_header(":method").unwrap_or_default();
-        let path = calls::request_header(":path").unwrap_or_default();
-        self.endpoint = Endpoint::classify(&method, &path);
-        match self.endpoint {
-            Endpoint::Hello => return self.answer(&Reply::empty(200)),
-            Endpoint::NotFound => return self.answer(&RequestError::NotFound.to_reply()),
-            Endpoint::Messages | Endpoint::CountTokens => {}
-        }
-        let authorization = calls::request_header("authorization");
-        let api_key = calls::request_header("x-api-key");
-        let stripped = self.worker.borrow().stripped_headers().map(str::to_owned);
-        for name in &stripped {
-            calls::remove_request_header(name);
-        }
-        let max = self.worker.borrow().plan.max_body_bytes;
-        let declared = calls::request_header("content-length").and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > max) {
-            return self.answer(&RequestError::TooLarge { max }.to_reply());
-        }
-        // The body may be rewritten; the length is set again once it is known.
-        calls::remove_request_header("content-length");
-        // ngx_wasm_module never says end of stream here, and may never call the body callback
-        // for an empty body: a declared length of 0 is answered now.
-        if end_of_stream || declared == Some(0) {
-            return self.answer(&RequestError::MissingModel.to_reply());
-        }
-        match jwt::take_token(authorization.as_deref(), api_key.as_deref()) {
-            Ok(token) => self.token = Some(token),
-            Err(e) => return self.answer(&e.to_reply()),
-        }
-        self.authenticate(true);
-        // Held until the body is read (allow_on_headers_stop_iteration in Envoy).
-        Action::Pause
+        let profile = match self.profile.get() {
+            Some(p) => p,
+            None => {
+                let p = calls::host_profile();
+                self.profile.set(Some(p));
+                p
+            }
+        };
+        self.request = Request::new(profile);
+        let headers = calls::request_headers();
+        let step = self.request.on_request_headers(&mut self.worker.borrow_mut(), &HostCalls, &headers, end_of_stream);
+        self.apply(step)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.answered {
-            return Action::Pause;
-        }
-        let max = self.worker.borrow().plan.max_body_bytes;
-        if body_size > max {
-            return self.answer(&RequestError::TooLarge { max }.to_reply());
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        self.body_size = Some(body_size);
-        if self.admission.is_none() {
-            // Still waiting for keys: the callout's answer finishes the request.
-            return Action::Pause;
-        }
-        self.forward(body_size)
+        // The body is read only once it is whole; Envoy hands the running total each time.
+        let body = end_of_stream.then(|| calls::request_body(body_size)).flatten();
+        let step = self.request.on_request_body(
+            &mut self.worker.borrow_mut(),
+            &HostCalls,
+            body_size,
+            end_of_stream,
+            body.as_deref(),
+        );
+        self.apply(step)
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        let body = calls::request_body(self.request.buffered());
+        let step = self.request.on_request_trailers(&mut self.worker.borrow_mut(), &HostCalls, body.as_deref());
+        self.apply(step)
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        // Local answers pass here too (on both hosts); only a forwarded request has metering.
-        let Some(metering) = &mut self.metering else { return Action::Continue };
-        for (name, value) in metering.headers() {
-            calls::set_response_header(&name, &value);
+        if !self.request.is_forwarded() {
+            // Our own local answers pass here too, on both hosts: leave them alone.
+            return Action::Continue;
         }
+        let status = calls::response_header(":status").and_then(|s| s.parse().ok());
         let content_type = calls::response_header("content-type").unwrap_or_default();
         let length = calls::response_header("content-length").and_then(|v| v.parse().ok());
-        metering.on_response_headers(&content_type, length);
-        Action::Continue
+        let step = self.request.on_response_headers(status, &content_type, length);
+        self.apply(step)
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(metering) = &mut self.metering else { return Action::Continue };
-        // Envoy hands each chunk once when the filter continues; nothing is held back.
-        let chunk = calls::response_chunk(body_size);
-        if metering.on_response_body(&chunk, end_of_stream) {
-            self.settle();
+        if !self.request.is_forwarded() {
+            return Action::Continue;
         }
+        // Each chunk passes at once; nothing is held back.
+        let chunk = calls::response_chunk(body_size);
+        let step = self.request.on_response_body(&HostCalls, &chunk, end_of_stream);
+        self.apply(step);
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        // Streams cut short, and answers a host never marks as ended, are settled here.
-        self.settle();
+        // Streams cut short, cancelled requests and answers a host never marks as ended are
+        // settled here.
+        let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls);
+        self.apply(step);
     }
 }

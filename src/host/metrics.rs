@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::config::Plan;
-use crate::metering::{Report, Subject};
+use crate::metering::Settlement;
 
 use super::calls;
 
@@ -16,6 +16,8 @@ use super::calls;
 const KINDS: [&str; 4] = ["input", "output", "cache_write", "cache_read"];
 /// Statuses the gateway answers itself.
 const REFUSALS: [u32; 8] = [400, 401, 403, 404, 413, 429, 500, 503];
+/// Problems logged as warnings.
+const WARNINGS: &str = "claude_sso_gateway_warnings";
 
 /// Counter ids of this VM.
 #[derive(Default)]
@@ -37,6 +39,7 @@ impl Metrics {
     /// Defines every counter the plan can produce.
     pub fn define(plan: &Plan) -> Metrics {
         let mut names: Vec<String> = REFUSALS.iter().map(|s| refused(*s)).collect();
+        names.push(WARNINGS.to_owned());
         for tier in &plan.tiers {
             for alias in tier.aliases(plan) {
                 let scope = scope(&tier.name, alias);
@@ -56,7 +59,8 @@ impl Metrics {
     }
 
     /// Counts one finished request's tokens and cost under its tier and model.
-    pub fn record_usage(&self, subject: &Subject, report: &Report) {
+    pub fn record_usage(&self, settled: &Settlement) {
+        let (subject, report) = (&settled.subject, settled);
         let scope = scope(&subject.tier, &subject.model);
         let u = &report.usage;
         self.add(&format!("claude_sso_gateway_requests.{scope}"), 1);
@@ -66,6 +70,11 @@ impl Metrics {
         if let Some(cost) = report.cost_usd {
             self.add(&format!("claude_sso_gateway_cost_micro_usd.{scope}"), (cost * 1e6).round() as u64);
         }
+    }
+
+    /// Counts a problem that was logged (a failed budget write, an implausible upstream usage).
+    pub fn record_warning(&self) {
+        self.add(WARNINGS, 1);
     }
 
     /// Counts a refusal by status.

@@ -5,7 +5,7 @@ mod calls;
 mod http;
 mod metrics;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -16,8 +16,10 @@ use proxy_wasm::types::{ContextType, LogLevel};
 use crate::config::Plan;
 use crate::gateway::{FetchProgress, Worker};
 use crate::keystore::{self, Fetch};
+use crate::metering::Settlement;
+use crate::request::HostProfile;
 
-use self::calls::HostShared;
+use self::calls::HostCalls;
 
 /// How often each worker checks for shared keys and due refreshes.
 const TICK: Duration = Duration::from_millis(500);
@@ -33,12 +35,14 @@ struct GatewayRoot {
     metrics: Rc<metrics::Metrics>,
     pending: HashMap<u32, Fetch>,
     shared_cas: Option<u32>,
+    /// Learned at the first request (only a request can tell the hosts apart safely).
+    profile: Rc<Cell<Option<HostProfile>>>,
 }
 
 impl GatewayRoot {
     /// Installs keys another worker published, when the record changed since the last look.
     fn adopt_shared(&mut self, worker: &RefCell<Worker>) {
-        let Some((record, cas)) = keystore::read_shared(&HostShared, self.shared_cas) else {
+        let Some((record, cas)) = keystore::read_shared(&HostCalls, self.shared_cas) else {
             return;
         };
         self.shared_cas = Some(cas);
@@ -120,7 +124,7 @@ impl RootContext for GatewayRoot {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.clone()?;
-        Some(Box::new(http::GatewayHttp::new(worker, Rc::clone(&self.metrics))))
+        Some(Box::new(http::GatewayHttp::new(worker, Rc::clone(&self.metrics), Rc::clone(&self.profile))))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -133,7 +137,7 @@ fn publish_or_log(progress: FetchProgress, reason: Option<&str>) {
     match progress {
         FetchProgress::Next(_) => {}
         FetchProgress::Installed(record) => {
-            if let Err(e) = keystore::publish(&HostShared, &record) {
+            if let Err(e) = keystore::publish(&HostCalls, &record) {
                 calls::log(
                     LogLevel::Warn,
                     &format!("claude-sso-gateway: could not share keys with other workers: {e:?}"),
@@ -145,4 +149,18 @@ fn publish_or_log(progress: FetchProgress, reason: Option<&str>) {
             calls::log(LogLevel::Warn, &format!("claude-sso-gateway: key fetch failed: {e}{reason}"));
         }
     }
+}
+
+/// Writes one finished request's usage to the log (never a token or a prompt).
+fn log_settlement(settled: &Settlement) {
+    let s = &settled.subject;
+    let u = &settled.usage;
+    let cost = settled.cost_usd.map_or_else(|| "unpriced".to_owned(), |c| format!("{c:.6}"));
+    calls::log(
+        LogLevel::Info,
+        &format!(
+            "claude-sso-gateway: usage person={} tier={} model={} input={} output={} cache_write={} cache_read={} cost_usd={cost} outcome={:?}",
+            s.person, s.tier, s.model, u.input, u.output, u.cache_write, u.cache_read, settled.outcome
+        ),
+    );
 }

@@ -1,0 +1,498 @@
+//! A model of how each host delivers a request's events, used to drive [`Request`] through
+//! every order (unit tests) and random orders (the `request_events` fuzz target), checking the
+//! invariant after every step: nothing reaches the upstream before the decision, the decision
+//! comes only with the whole body, the upstream never sees the client's credential or its own
+//! identity claims, and every request ends (answered, forwarded or reset) without hanging.
+//!
+//! This is test tooling (compiled for tests and with the `sim` feature), so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jwt_simple::prelude::*;
+
+use super::{Flow, Host, HostProfile, Request, Step};
+use crate::config::Plan;
+use crate::gateway::Worker;
+use crate::keystore::{Callout, Fetch};
+use crate::shared::{SharedStore, StoreError};
+
+/// The provider key in the simulated plan; it must reach the upstream and nothing else.
+pub const PROVIDER_KEY: &str = "sk-provider-secret";
+const ISSUER: &str = "https://idp.test";
+
+fn signing_key() -> &'static ES256KeyPair {
+    static KEY: OnceLock<ES256KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| ES256KeyPair::generate().with_key_id("k1"))
+}
+
+fn other_key() -> &'static ES256KeyPair {
+    static KEY: OnceLock<ES256KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| ES256KeyPair::generate().with_key_id("k1"))
+}
+
+fn jwks() -> String {
+    let ec = signing_key().public_key().public_key().to_bytes_uncompressed();
+    let enc = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    serde_json::json!({"keys": [{"kty": "EC", "kid": "k1", "crv": "P-256", "x": enc(&ec[1..33]), "y": enc(&ec[33..])}]})
+        .to_string()
+}
+
+/// The plan every simulated request runs under: two tiers, a model alias that is rewritten.
+pub fn plan() -> Plan {
+    let doc = serde_json::json!({
+        "oidc": {"issuer": ISSUER, "audiences": ["gw"], "upstream": "127.0.0.1:9000"},
+        "targets": {"anthropic": {"provider": "anthropic", "api_key": PROVIDER_KEY}},
+        "models": [
+            {"alias": "claude-sonnet-4-6", "target": "anthropic", "model_id": "claude-sonnet-4-6-20990101"},
+            {"alias": "claude-opus-4-7", "target": "anthropic", "model_id": "claude-opus-4-7"}
+        ],
+        "tiers": [
+            {"name": "power", "groups": ["power"], "models": ["claude-opus-4-7", "claude-sonnet-4-6"]},
+            {"name": "standard", "groups": ["standard"], "models": ["claude-sonnet-4-6"],
+             "limits": [{"limit": 1000000, "window_seconds": 60}]}
+        ],
+        "max_body_bytes": 4096
+    });
+    Plan::from_json(doc.to_string().as_bytes(), &|_| None).expect("the simulated plan compiles")
+}
+
+/// The credential a simulated client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    /// Valid, standard tier.
+    Good,
+    /// Signed by a key the IdP never published (same `kid`).
+    Forged,
+    /// Valid but in no tier.
+    NoTier,
+    /// Expired.
+    Expired,
+    /// No credential at all.
+    Missing,
+    /// `x-api-key` twice.
+    DuplicateApiKey,
+}
+
+/// The body a simulated client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// Allowed model, rewritten on the way.
+    Allowed,
+    /// A model the standard tier may not use.
+    NotAllowed,
+    /// Not JSON.
+    Invalid,
+    /// Larger than the plan's maximum.
+    TooLarge,
+}
+
+/// How the IdP answers key callouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idp {
+    /// Discovery and JWKS answer.
+    Up,
+    /// Every callout fails.
+    Down,
+}
+
+/// One simulated request and its surroundings.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    /// Which host semantics apply.
+    pub profile: HostProfile,
+    /// Whether the worker already has keys.
+    pub keys_loaded: bool,
+    /// The IdP.
+    pub idp: Idp,
+    /// The credential.
+    pub token: Token,
+    /// The body.
+    pub body: Body,
+    /// Body chunks (Envoy; ngx hands the body whole).
+    pub chunks: usize,
+    /// HTTP/2 trailers end the request (Envoy only).
+    pub trailers: bool,
+    /// nginx spilled the body to a file and hands none (ngx only).
+    pub spilled: bool,
+}
+
+/// What the test driver does next; events a host cannot deliver at that point are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The client sends the next body chunk (ngx: nginx reads the whole body, if it may).
+    Chunk,
+    /// The client sends trailers.
+    Trailers,
+    /// The oldest pending key callout answers.
+    Answer,
+    /// The client resets the stream.
+    Reset,
+}
+
+/// How the request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// A local answer with this status.
+    Answered(u32),
+    /// Forwarded upstream.
+    Forwarded,
+    /// The client reset it before either.
+    Reset,
+}
+
+struct FakeHost {
+    idp_up: bool,
+    data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next_id: Cell<u32>,
+    pending: RefCell<VecDeque<(u32, Fetch)>>,
+}
+
+impl SharedStore for FakeHost {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        Ok(self.data.borrow().get(key).map_or((None, None), |(v, c)| (Some(v.clone()), Some(*c))))
+    }
+
+    fn cas_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        let mut data = self.data.borrow_mut();
+        if data.get(key).map(|(_, c)| *c) != cas {
+            return Err(StoreError::CasMismatch);
+        }
+        data.insert(key.to_owned(), (value.to_vec(), cas.unwrap_or(0) + 1));
+        Ok(())
+    }
+}
+
+impl Host for FakeHost {
+    fn now(&self) -> u64 {
+        NOW
+    }
+
+    fn dispatch(&self, callout: &Callout, _: u64) -> Result<u32, String> {
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        self.pending.borrow_mut().push_back((id, callout.fetch.clone()));
+        Ok(id)
+    }
+}
+
+const NOW: u64 = 1_800_000_000;
+
+fn token(kind: Token) -> String {
+    thread_local! {
+        static SIGNED: RefCell<HashMap<String, String>> = RefCell::default();
+    }
+    let name = format!("{kind:?}");
+    if let Some(t) = SIGNED.with(|s| s.borrow().get(&name).cloned()) {
+        return t;
+    }
+    let t = sign(kind);
+    SIGNED.with(|s| s.borrow_mut().insert(name, t.clone()));
+    t
+}
+
+fn sign(kind: Token) -> String {
+    let claims = |groups: &[&str], exp: u64| {
+        let custom = serde_json::json!({"iss": ISSUER, "aud": "gw", "sub": "alice", "groups": groups, "exp": exp});
+        let mut c = Claims::with_custom_claims(custom, Duration::from_secs(0));
+        (c.issued_at, c.expires_at, c.invalid_before) = (None, None, None);
+        c
+    };
+    match kind {
+        Token::Forged => other_key().sign(claims(&["standard"], NOW + 600)).unwrap(),
+        Token::NoTier => signing_key().sign(claims(&["sales"], NOW + 600)).unwrap(),
+        Token::Expired => signing_key().sign(claims(&["standard"], NOW - 600)).unwrap(),
+        _ => signing_key().sign(claims(&["standard"], NOW + 600)).unwrap(),
+    }
+}
+
+fn body(kind: Body) -> Vec<u8> {
+    match kind {
+        Body::Allowed => br#"{"model":"claude-sonnet-4-6","max_tokens":10,"messages":[]}"#.to_vec(),
+        Body::NotAllowed => br#"{"model":"claude-opus-4-7","max_tokens":10,"messages":[]}"#.to_vec(),
+        Body::Invalid => b"{\"model\":".to_vec(),
+        Body::TooLarge => format!(r#"{{"model":"claude-sonnet-4-6","pad":"{}"}}"#, "x".repeat(5000)).into_bytes(),
+    }
+}
+
+/// The answers a correct gateway may give `setup`, whatever the event order. Only a body too
+/// large without a declared length has two: the size or the credential may be found wrong first.
+pub fn expected(setup: &Setup) -> Vec<End> {
+    let keys = setup.keys_loaded || setup.idp == Idp::Up;
+    let credential = match setup.token {
+        Token::Missing | Token::DuplicateApiKey => Some(401),
+        _ if !keys => Some(503),
+        Token::Forged | Token::Expired => Some(401),
+        Token::NoTier => Some(400),
+        Token::Good => None,
+    };
+    let declared = !(setup.trailers && setup.profile == HostProfile::Envoy);
+    match (setup.body, credential) {
+        (Body::TooLarge, Some(status)) if !declared => vec![End::Answered(413), End::Answered(status)],
+        (Body::TooLarge, _) => vec![End::Answered(413)],
+        (_, Some(status)) => vec![End::Answered(status)],
+        _ if setup.spilled => vec![End::Answered(413)],
+        (Body::NotAllowed | Body::Invalid, None) => vec![End::Answered(400)],
+        (Body::Allowed, None) => vec![End::Forwarded],
+    }
+}
+
+/// Drives one request through `events` (then lets the host finish what is left) and checks the
+/// invariant at every step. Returns how it ended, or the violated rule.
+pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {
+    let mut worker = Worker::new(plan());
+    let host = FakeHost {
+        idp_up: setup.idp == Idp::Up,
+        data: RefCell::default(),
+        next_id: Cell::new(0),
+        pending: RefCell::default(),
+    };
+    if setup.keys_loaded {
+        let discovery = serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string();
+        worker.on_fetched(&Fetch::Discovery, Some(200), discovery.as_bytes(), NOW);
+        worker.on_fetched(&Fetch::Jwks, Some(200), jwks().as_bytes(), NOW);
+    }
+    let mut sim = Sim::new(setup);
+    let step = {
+        let headers = sim.headers.clone();
+        let eos = sim.body.is_empty() && !sim.trailers;
+        sim.request.on_request_headers(&mut worker, &host, &headers, eos)
+    };
+    sim.apply(step, Stage::Headers)?;
+    for event in events.iter().chain(std::iter::repeat_n(&Event::Answer, 4)) {
+        sim.event(*event, &mut worker, &host)?;
+    }
+    // The host finishes: the client sends the rest, callouts answer.
+    for _ in 0..(sim.chunks.len() + 8) {
+        for event in [Event::Chunk, Event::Trailers, Event::Answer] {
+            sim.event(event, &mut worker, &host)?;
+        }
+    }
+    let step = sim.request.on_done(&mut worker, &host);
+    if step.reply.is_some() || step.resume || step.forwarded {
+        return Err("the end of a request produced an answer or a forward".into());
+    }
+    sim.end.clone().ok_or_else(|| "the request hangs: neither answered, forwarded nor reset".to_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Headers,
+    Body,
+    Trailers,
+    Callout,
+}
+
+struct Sim {
+    profile: HostProfile,
+    request: Request,
+    headers: Vec<(String, String)>,
+    token: String,
+    body: Vec<u8>,
+    chunks: Vec<usize>,
+    sent: usize,
+    trailers: bool,
+    trailers_sent: bool,
+    spilled: bool,
+    /// Which callback is paused and waits for a resume.
+    paused: Option<Stage>,
+    /// ngx: nginx may read the body (headers continued or were resumed).
+    may_read: bool,
+    end: Option<End>,
+}
+
+impl Sim {
+    fn new(setup: &Setup) -> Sim {
+        let token = token(setup.token);
+        let body = body(setup.body);
+        let mut headers: Vec<(String, String)> = vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), "/v1/messages?beta=true".into()),
+            ("content-type".into(), "application/json".into()),
+            ("x-user-tier".into(), "power".into()),
+            ("x-authenticated-user".into(), "mallory".into()),
+        ];
+        match setup.token {
+            Token::Missing => {}
+            Token::DuplicateApiKey => {
+                headers.push(("x-api-key".into(), token.clone()));
+                headers.push(("x-api-key".into(), "other".into()));
+            }
+            _ => {
+                headers.push(("authorization".into(), format!("Bearer {token}")));
+                headers.push(("x-api-key".into(), token.clone()));
+            }
+        }
+        let trailers = setup.trailers && setup.profile == HostProfile::Envoy;
+        if !trailers {
+            headers.push(("content-length".into(), body.len().to_string()));
+        }
+        let n = if setup.profile == HostProfile::Ngx { 1 } else { setup.chunks.clamp(1, 8) };
+        let cuts: Vec<usize> = (1..=n).map(|i| body.len() * i / n).collect();
+        Sim {
+            profile: setup.profile,
+            request: Request::new(setup.profile),
+            headers,
+            token,
+            body,
+            chunks: cuts,
+            sent: 0,
+            trailers,
+            trailers_sent: false,
+            spilled: setup.spilled && setup.profile == HostProfile::Ngx,
+            paused: None,
+            may_read: false,
+            end: None,
+        }
+    }
+
+    fn body_done(&self) -> bool {
+        self.sent == self.chunks.len() && (!self.trailers || self.trailers_sent)
+    }
+
+    fn event(&mut self, event: Event, worker: &mut Worker, host: &FakeHost) -> Result<(), String> {
+        if self.end.is_some() {
+            // After the end only callouts still answer (their context may be gone on Envoy).
+            if event == Event::Answer {
+                host.pending.borrow_mut().pop_front();
+            }
+            return Ok(());
+        }
+        match event {
+            Event::Chunk => self.chunk(worker, host),
+            Event::Trailers if self.trailers && !self.trailers_sent && self.sent == self.chunks.len() => {
+                self.trailers_sent = true;
+                let step = self.request.on_request_trailers(worker, host, Some(&self.body));
+                self.apply(step, Stage::Trailers)
+            }
+            Event::Trailers => Ok(()),
+            Event::Answer => {
+                let Some((id, fetch)) = host.pending.borrow_mut().pop_front() else { return Ok(()) };
+                let (status, doc) = match (host.idp_up, fetch) {
+                    (false, _) => (Some(503), String::new()),
+                    (true, Fetch::Discovery) => (
+                        Some(200),
+                        serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string(),
+                    ),
+                    (true, Fetch::Jwks) => (Some(200), jwks()),
+                };
+                let (step, _) = self.request.on_keys_fetched(worker, host, id, status, doc.as_bytes());
+                self.apply(step, Stage::Callout)
+            }
+            Event::Reset => {
+                self.end = Some(End::Reset);
+                self.request.on_done(worker, host);
+                Ok(())
+            }
+        }
+    }
+
+    fn chunk(&mut self, worker: &mut Worker, host: &FakeHost) -> Result<(), String> {
+        if self.sent == self.chunks.len() {
+            return Ok(());
+        }
+        if self.profile == HostProfile::Ngx {
+            if !self.may_read {
+                return Ok(());
+            }
+            self.sent = self.chunks.len();
+            let body = if self.spilled { None } else { Some(self.body.clone()) };
+            let step = self.request.on_request_body(worker, host, self.body.len(), true, body.as_deref());
+            return self.apply(step, Stage::Body);
+        }
+        let size = self.chunks[self.sent];
+        self.sent += 1;
+        let eos = self.sent == self.chunks.len() && !self.trailers;
+        let whole = eos.then(|| self.body[..size].to_vec());
+        let step = self.request.on_request_body(worker, host, size, eos, whole.as_deref());
+        self.apply(step, Stage::Body)
+    }
+
+    fn apply(&mut self, step: Step, stage: Stage) -> Result<(), String> {
+        for name in &step.remove_headers {
+            self.headers.retain(|(n, _)| n != name);
+        }
+        for (name, value) in &step.set_headers {
+            self.headers.retain(|(n, _)| n != name);
+            self.headers.push((name.clone(), value.clone()));
+        }
+        if step.resume && self.paused.is_none() {
+            return Err(format!("{stage:?}: resume without a paused callback"));
+        }
+        if step.body.is_some() && !step.forwarded {
+            return Err(format!("{stage:?}: body replaced outside the forwarding step"));
+        }
+        let reaches_upstream = match (self.profile, stage, step.flow) {
+            // ngx resumed at the headers goes on to read the body; anything else resumed goes up.
+            (HostProfile::Ngx, Stage::Callout, _) if self.paused == Some(Stage::Headers) => false,
+            (_, Stage::Callout, _) => step.resume,
+            // ngx does not send anything before the body callback returns.
+            (HostProfile::Ngx, Stage::Headers, _) => false,
+            (_, _, Flow::Continue) => true,
+            (_, _, Flow::Pause) => step.resume,
+        };
+        if let Some(reply) = &step.reply {
+            if step.forwarded || reaches_upstream {
+                return Err(format!("{stage:?}: answered and forwarded at once"));
+            }
+            if self.profile == HostProfile::Ngx && !self.body_done() && self.sent == 0 && !self.body.is_empty() {
+                return Err(format!("{stage:?}: ngx answer {} with the body unread (breaks keep-alive)", reply.status));
+            }
+            self.end = Some(End::Answered(reply.status));
+            return Ok(());
+        }
+        if reaches_upstream {
+            self.check_forward(&step, stage)?;
+            self.end = Some(End::Forwarded);
+            return Ok(());
+        }
+        if step.forwarded {
+            return Err(format!("{stage:?}: decided to forward but the host was told to hold"));
+        }
+        match (self.profile, stage, step.flow, step.resume) {
+            (HostProfile::Ngx, Stage::Headers, Flow::Continue, _) => self.may_read = true,
+            (HostProfile::Ngx, Stage::Callout, _, true) => {
+                self.may_read = true;
+                self.paused = None;
+            }
+            (_, Stage::Headers | Stage::Body | Stage::Trailers, Flow::Pause, _) => self.paused = Some(stage),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check_forward(&self, step: &Step, stage: Stage) -> Result<(), String> {
+        if !step.forwarded && !self.request.is_forwarded() {
+            return Err(format!("{stage:?}: request reached the upstream before the decision"));
+        }
+        if !self.body_done() {
+            return Err(format!("{stage:?}: forwarded before the whole body was seen"));
+        }
+        let get =
+            |name: &str| self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        if get("x-api-key") != [PROVIDER_KEY] {
+            return Err(format!("x-api-key upstream is {:?}", get("x-api-key")));
+        }
+        if !get("authorization").is_empty() {
+            return Err("the client's Authorization reached the upstream".into());
+        }
+        if get("x-user-tier") != ["standard"] || get("x-authenticated-user") != ["alice"] {
+            return Err("identity headers upstream are not the gateway's own".into());
+        }
+        if self.headers.iter().any(|(_, v)| v.contains(&self.token)) {
+            return Err("the user's token reached the upstream".into());
+        }
+        let body = step.body.as_deref().unwrap_or(&self.body);
+        if get("content-length") != [body.len().to_string().as_str()] {
+            return Err("content-length does not match the forwarded body".into());
+        }
+        if !String::from_utf8_lossy(body).contains("claude-sonnet-4-6-20990101") {
+            return Err("the model was not rewritten".into());
+        }
+        Ok(())
+    }
+}
