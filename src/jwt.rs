@@ -353,6 +353,13 @@ pub(crate) mod tests {
             ),
             ("nbf ahead", |c| c["nbf"] = json!(NOW + 61), AuthError::NotYetValid),
             ("wrong aud", |c| c["aud"] = json!("other"), AuthError::WrongAudience),
+            ("float exp is not 'never expires'", |c| c["exp"] = json!(1e308), AuthError::InvalidTimeClaim),
+            ("fractional exp", |c| c["exp"] = json!(NOW as f64 + 0.5), AuthError::InvalidTimeClaim),
+            ("exp past year 9999", |c| c["exp"] = json!(u64::MAX), AuthError::InvalidTimeClaim),
+            ("negative exp", |c| c["exp"] = json!(-1), AuthError::InvalidTimeClaim),
+            ("string nbf", |c| c["nbf"] = json!("0"), AuthError::InvalidTimeClaim),
+            ("float iat", |c| c["iat"] = json!(1.5), AuthError::InvalidTimeClaim),
+            ("null exp", |c| c["exp"] = Value::Null, AuthError::InvalidTimeClaim),
             ("aud array without ours", |c| c["aud"] = json!(["a", "b"]), AuthError::WrongAudience),
             (
                 "no sub",
@@ -401,10 +408,54 @@ pub(crate) mod tests {
             ("not base64", "!!.!!.!!".to_owned(), AuthError::Malformed),
             ("crit header", raw(json!({"alg": "RS256", "crit": ["x"]}), good_claims()), AuthError::Malformed),
             ("too large", "a".repeat(9000), AuthError::TooLarge),
+            ("kid not a string", raw(json!({"alg": "RS256", "kid": 1}), good_claims()), AuthError::Malformed),
+            ("alg missing", raw(json!({"kid": "rsa-1"}), good_claims()), AuthError::Malformed),
+            ("payload not an object", raw(json!({"alg": "RS256", "kid": "rsa-1"}), json!([1])), AuthError::Malformed),
         ];
         for (name, token, want) in cases {
             assert_eq!(verify(&token, &keys).unwrap_err(), want, "{name}");
         }
+    }
+
+    fn encode_raw(header: &str, claims: &str) -> String {
+        format!("{}.{}.c2ln", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims))
+    }
+
+    #[test]
+    fn duplicate_member_names_are_refused() {
+        let keys = TestKeys::new();
+        let claims = good_claims().to_string();
+        let cases = [
+            ("header alg twice", encode_raw(r#"{"alg":"RS256","alg":"none","kid":"rsa-1"}"#, &claims)),
+            ("header kid twice, escaped", encode_raw(r#"{"alg":"RS256","kid":"rsa-1","k\u0069d":"x"}"#, &claims)),
+            (
+                "payload sub twice",
+                encode_raw(r#"{"alg":"RS256","kid":"rsa-1"}"#, &claims.replacen('{', r#"{"sub":"root","#, 1)),
+            ),
+        ];
+        for (name, token) in cases {
+            assert_eq!(verify(&token, &keys).unwrap_err(), AuthError::Malformed, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_token_without_kid_needs_exactly_one_key_for_its_alg() {
+        use jwt_simple::prelude::*;
+        let keys = TestKeys::new();
+        let plan = plan();
+        let unnamed = RS256KeyPair::from_pem(&keys.rsa.to_pem().unwrap()).unwrap();
+        let token = unnamed.sign(bare(good_claims())).unwrap();
+        let one = KeySet::parse(keys.jwks().as_bytes()).unwrap();
+        let ok = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &one, &plan.oidc, NOW);
+        assert!(ok.is_ok(), "one RS256 key: accepted");
+        // A second RS256 key in the set: which one the token means is ambiguous, so no key is tried.
+        let mut doc: Value = serde_json::from_str(&keys.jwks()).unwrap();
+        let mut second = doc["keys"][0].clone();
+        second["kid"] = json!("rsa-2");
+        doc["keys"].as_array_mut().unwrap().push(second);
+        let two = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        let refused = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &two, &plan.oidc, NOW);
+        assert_eq!(refused.unwrap_err(), AuthError::UnknownKey);
     }
 
     #[test]

@@ -55,6 +55,9 @@ def fresh_stub(request):
         s = request.getfixturevalue("stub")
         s.reset()
         s.event_pause = 0.0
+        s.first_byte_delay = 0.0
+        s.usage = {"input_tokens": 120, "output_tokens": 30,
+                   "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 2000}
     yield
 
 

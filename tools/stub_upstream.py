@@ -54,6 +54,7 @@ class StubUpstream:
         self.usage = {"input_tokens": 120, "output_tokens": 30,
                       "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 2000}
         self.event_pause = 0.0
+        self.first_byte_delay = 0.0  # seconds before the answer's status line
         self.forced = []  # (status, body dict, headers) answers to give next, in order
         self.server = _Server((host, port), self._handler())
         self.port = self.server.server_address[1]
@@ -117,6 +118,8 @@ class StubUpstream:
                     stub.requests.append({"method": "POST", "path": self.path, "headers": list(self.headers.items()),
                                           "body": body, "time": time.monotonic()})
                     forced = stub.forced.pop(0) if stub.forced else None
+                if stub.first_byte_delay:
+                    time.sleep(stub.first_byte_delay)
                 if self.headers.get("x-api-key") != stub.api_key:
                     return self._send_json(401, {"type": "error", "error": {
                         "type": "authentication_error", "message": "stub: invalid x-api-key"}})

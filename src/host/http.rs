@@ -63,7 +63,8 @@ impl GatewayHttp {
             self.metrics.record_usage(settled);
             super::log_settlement(settled);
         }
-        for warning in &step.warnings {
+        let settle_warnings = step.settled.iter().flat_map(|s| &s.warnings);
+        for warning in step.warnings.iter().chain(settle_warnings) {
             self.metrics.record_warning();
             calls::log(LogLevel::Warn, &format!("claude-sso-gateway: {warning}"));
         }

@@ -43,6 +43,7 @@ def wasm_filter(config, wasm_path=WASM, env_keys=()) -> dict:
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {"name": "claude_sso_gateway", "root_id": "claude_sso_gateway",
                    "allow_on_headers_stop_iteration": True,
+                   "failure_policy": "FAIL_RELOAD",
                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
                    "vm_config": vm_config}}}
 
@@ -55,6 +56,8 @@ def listener(filter_config, listen_port: int, env_keys=(), with_filter=True) -> 
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "gateway",
+        # As in the samples: the request must arrive in bounded time.
+        "request_headers_timeout": "10s", "request_timeout": "120s", "stream_idle_timeout": "300s",
         "route_config": {"virtual_hosts": [{"name": "anthropic", "domains": ["*"], "routes": [
             {"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]}]},
         "http_filters": filters,
@@ -154,6 +157,15 @@ class Envoy:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, seconds=5.0) -> bool:
+        """Whether `text` shows up in the log within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while text not in self.logs():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def stats(self, prefix="wasmcustom.") -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter={prefix}") as r:

@@ -58,6 +58,7 @@ class Signer:
         self.keys = {alg: Key(f"{alg.lower()}-1", alg) for alg in self.ALGS}
         self.published = list(self.keys.values())
         self.down = False
+        self.delay = 0.0  # seconds before each answer (a slow IdP)
         self.fetches = {"discovery": 0, "jwks": 0}
         self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler())
@@ -105,6 +106,8 @@ class Signer:
                 pass
 
             def do_GET(self):
+                if signer.delay:
+                    time.sleep(signer.delay)
                 if signer.down:
                     self.send_response(503)
                     self.send_header("content-length", "0")

@@ -1,0 +1,159 @@
+"""The holes an outside attack found, each closed and proven in real Envoy: requests that end
+with HTTP/2 trailers, cancelled requests, absurd usage from the upstream, repeated credential
+headers, Retry-After agreeing with RateLimit-Reset, and strict JWT claims."""
+import json
+import time
+
+import jwt as pyjwt
+import pytest
+
+from tests.conftest import UPSTREAM_KEY, gateway_config
+from tests.harness.client import call
+from tests.harness.raw import h2_request, http1, send_and_hang_up
+from tests.harness.signer import AUDIENCE, Signer, b64url
+
+BODY = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 1000,
+                   "messages": [{"role": "user", "content": "hello"}]}).encode()
+
+
+def h2_headers(token, extra=()):
+    return [(":method", "POST"), (":scheme", "http"), (":authority", "gateway"),
+            (":path", "/v1/messages?beta=true"), ("content-type", "application/json"),
+            ("anthropic-version", "2023-06-01"), ("authorization", f"Bearer {token}"), ("x-api-key", token),
+            *extra]
+
+
+def upstream_headers(stub, i=-1):
+    return {k.lower(): v for k, v in stub.requests[i]["headers"]}
+
+
+def test_http2_trailers_go_through_the_whole_check(gateway, signer, stub):
+    token = signer.token()
+    spoof = [("x-user-tier", "power"), ("x-authenticated-user", "mallory")]
+    status, _, body = h2_request(gateway.port, h2_headers(token, spoof), [BODY[:20], BODY[20:]],
+                                 trailers=[("x-trailer", "1")])
+    assert status == 200, body
+    assert len(stub.requests) == 1
+    seen = upstream_headers(stub)
+    assert seen["x-api-key"] == UPSTREAM_KEY
+    assert "authorization" not in seen
+    assert (seen["x-user-tier"], seen["x-authenticated-user"]) == ("standard", "alice")
+    forwarded = stub.requests[0]["body"]
+    assert json.loads(forwarded)["model"] == "claude-haiku-4-5-20251001", "model rewritten on the trailers path"
+    assert forwarded == BODY.replace(b'"claude-haiku-4-5"', b'"claude-haiku-4-5-20251001"')
+
+
+def test_http2_trailers_with_a_refused_model_never_reach_the_upstream(gateway, signer, stub):
+    body = BODY.replace(b"claude-haiku-4-5", b"claude-opus-4-7")
+    status, _, answer = h2_request(gateway.port, h2_headers(signer.token()), [body[:10], body[10:]],
+                                   trailers=[("x-trailer", "1")])
+    assert status == 400
+    assert "model not configured" in json.loads(answer)["error"]["message"]
+    assert stub.requests == []
+
+
+def test_http2_trailers_before_keys_are_loaded_fail_closed(make_gateway, stub):
+    slow = Signer()
+    slow.delay = 1.5
+    try:
+        g = make_gateway(gateway_config(slow), [slow.upstream])
+        forged = slow.forged({"alg": "RS256", "kid": slow.keys["RS256"].kid})
+        status, _, _ = h2_request(g.port, h2_headers(forged), [BODY[:10], BODY[10:]], trailers=[("x-t", "1")])
+        assert status == 401
+        assert stub.requests == []
+        status, _, _ = h2_request(g.port, h2_headers(slow.token()), [BODY], trailers=[("x-t", "1")])
+        assert status == 200
+        assert upstream_headers(stub)["x-api-key"] == UPSTREAM_KEY
+    finally:
+        slow.stop()
+
+
+def test_a_cancelled_request_costs_at_least_its_estimate(make_gateway, signer, stub):
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    config["tiers"][1]["limits"] = [{"limit": 1_000_000, "window_seconds": 600}]
+    g = make_gateway(config, [signer.upstream])
+    token = signer.token()
+    estimate = len(BODY) // 4 + 1000  # body bytes / 4 + min(max_tokens, 4096)
+    before = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
+    spent = sum(stub.usage.values())
+    stub.first_byte_delay = 2.0
+    head = (f"POST /v1/messages HTTP/1.1\r\nHost: gw\r\ncontent-type: application/json\r\n"
+            f"authorization: Bearer {token}\r\ncontent-length: {len(BODY)}")
+    send_and_hang_up(g.port, head, BODY, after=0.5)
+    time.sleep(1.0)
+    stub.first_byte_delay = 0.0
+    assert len(stub.requests) == 2, "the cancelled request did reach the upstream"
+    after = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
+    assert before - after == spent + estimate, "the first answer's usage plus the cancelled request's estimate"
+
+
+def test_absurd_usage_from_upstream_never_lowers_a_counter(make_gateway, signer, stub):
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    config["tiers"][1]["limits"] = [{"limit": 1_000_000, "window_seconds": 600}]
+    g = make_gateway(config, [signer.upstream])
+    token = signer.token()
+    before = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
+    spent = sum(stub.usage.values())
+    stub.usage = {"input_tokens": 2**63, "output_tokens": 2**64 - 1,
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    assert call(g.port, token, BODY).status == 200
+    after = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
+    assert before - after == spent + len(BODY) // 4 + 1000, "charged the estimate, no wrap"
+    assert g.wait_for_log("implausible usage")
+
+
+def test_repeated_credential_headers_are_refused(gateway, signer, stub):
+    token = signer.token()
+    for name in ("x-api-key", "authorization"):
+        value = token if name == "x-api-key" else f"Bearer {token}"
+        head = (f"POST /v1/messages HTTP/1.1\r\nHost: gw\r\ncontent-type: application/json\r\n"
+                f"{name}: {value}\r\n{name}: {value}\r\ncontent-length: {len(BODY)}")
+        status, answer = http1(gateway.port, head, BODY)
+        assert status == 401, (name, answer)
+    assert stub.requests == []
+
+
+def test_retry_after_and_ratelimit_reset_agree(make_gateway, signer, stub):
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    config["tiers"][1]["limits"] = [{"limit": 10, "window_seconds": 40}]
+    g = make_gateway(config, [signer.upstream])
+    token = signer.token()
+    assert call(g.port, token, BODY).status == 200
+    refused = call(g.port, token, BODY)
+    assert refused.status == 429
+    assert refused.headers["ratelimit-reset"] == refused.headers["retry-after"]
+
+
+def raw_signed(signer, header: bytes, payload: bytes) -> str:
+    key = signer.keys["RS256"]
+    signing_input = b64url(header) + "." + b64url(payload)
+    signature = pyjwt.get_algorithm_by_name("RS256").sign(signing_input.encode(), key.private)
+    return signing_input + "." + b64url(signature)
+
+
+@pytest.mark.parametrize("case", ["float exp", "string nbf", "duplicate sub", "duplicate kid"])
+def test_strict_claims_in_validly_signed_tokens(gateway, signer, stub, case):
+    kid = signer.keys["RS256"].kid
+    claims = signer.claims()
+    header = json.dumps({"alg": "RS256", "kid": kid})
+    if case == "float exp":
+        payload = json.dumps(claims).replace(str(claims["exp"]), "1e308")
+    elif case == "string nbf":
+        payload = json.dumps({**claims, "nbf": "0"})
+    elif case == "duplicate sub":
+        payload = json.dumps(claims).replace("{", '{"sub": "root", ', 1)
+    else:
+        payload = json.dumps(claims)
+        header = header.replace("{", '{"kid": "other", ', 1)
+    token = raw_signed(signer, header.encode(), payload.encode())
+    answer = call(gateway.port, token, BODY)
+    assert answer.status == 401, answer.body
+    expected = "malformed" if case.startswith("duplicate") else "invalid_time_claim"
+    assert f'error_description="{expected}"' in answer.headers["www-authenticate"]
+    assert stub.requests == []
+
+
+def test_a_token_without_kid_is_verified_by_the_one_key_of_its_alg(gateway, signer, stub):
+    key = signer.keys["ES256"]
+    token = pyjwt.encode(signer.claims(), key.private, algorithm="ES256")
+    assert call(gateway.port, token, BODY).status == 200
