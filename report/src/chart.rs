@@ -209,17 +209,29 @@ fn draw_usage(svg: &mut String, u: &Usage) {
             );
         }
     }
-    // At most about ten x labels, on whole buckets.
-    let every = n.div_ceil(10).max(1);
+    // Labels on whole buckets, as many as fit: "HH:00" for hours (with the date under the first
+    // label of each day), dates otherwise.
+    let hourly = u.bucket < DAY_MS;
+    let every = n.div_ceil(if hourly { 12 } else { 8 }).max(1);
+    let mut last_day = None;
     for b in (0..n).step_by(every) {
         let x = LEFT + (b as f64 + 0.5) * slot;
-        let label = escape(&bucket_label(u.first + b as i64 * u.bucket, u.bucket));
+        let at = u.first + b as i64 * u.bucket;
         let _ = writeln!(svg, r#"<line x1="{x:.1}" x2="{x:.1}" y1="{bottom}" y2="{}" class="axis"/>"#, bottom + 4.0);
-        let _ = writeln!(svg, r#"<text x="{x:.1}" y="{}" class="xl">{label}</text>"#, bottom + 18.0);
+        let (label, day) = if hourly {
+            (format!("{:02}:00", at.rem_euclid(DAY_MS) / HOUR_MS), Some(time::format_date(at)))
+        } else {
+            (time::format_date(at), None)
+        };
+        let _ = writeln!(svg, r#"<text x="{x:.1}" y="{}" class="xl">{label}</text>"#, bottom + 16.0);
+        if let Some(day) = day.filter(|d| last_day.as_ref() != Some(d)) {
+            let _ = writeln!(svg, r#"<text x="{x:.1}" y="{}" class="xl">{day}</text>"#, bottom + 29.0);
+            last_day = Some(day);
+        }
     }
     let _ = writeln!(svg, r#"<line x1="{LEFT}" x2="{LEFT}" y1="{top}" y2="{bottom}" class="axis"/>"#);
     let _ = writeln!(svg, r#"<line x1="{LEFT}" x2="{}" y1="{bottom}" y2="{bottom}" class="axis"/>"#, LEFT + PLOT_W);
-    let _ = writeln!(svg, r#"<text x="{}" y="{}" class="axt">time (UTC)</text>"#, LEFT + PLOT_W / 2.0, bottom + 38.0);
+    let _ = writeln!(svg, r#"<text x="{}" y="{}" class="axt">time (UTC)</text>"#, LEFT + PLOT_W / 2.0, bottom + 46.0);
     let _ = writeln!(
         svg,
         r#"<text transform="translate(18 {:.1}) rotate(-90)" class="axt">tokens</text>"#,
