@@ -11,8 +11,8 @@ DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 
 
 def m(name, filters='tier=~"$tier",model=~"$model"'):
-    """Selector that matches the metric with or without Envoy's `envoy_` prefix."""
-    sel = f'__name__=~"(envoy_)?claude_sso_gateway_{name}"'
+    """Selector that matches the metric as Envoy (no prefix or `envoy_`) and Kong (`pw_<filter>_`) export it."""
+    sel = f'__name__=~"(envoy_|pw_claude_sso_gateway_)?claude_sso_gateway_{name}"'
     return "{" + sel + ("," + filters if filters else "") + "}"
 
 
@@ -116,7 +116,7 @@ panels = [
 
 
 def var_query(label):
-    q = f'label_values({{__name__=~"(envoy_)?claude_sso_gateway_requests_total"}}, {label})'
+    q = f'label_values({{__name__=~"(envoy_|pw_claude_sso_gateway_)?claude_sso_gateway_requests_total"}}, {label})'
     return {"type": "query", "name": label, "label": label.capitalize(), "datasource": DS,
             "query": {"query": q, "refId": f"{label}-values"}, "definition": q,
             "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2, "sort": 1,

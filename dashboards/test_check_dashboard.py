@@ -16,7 +16,7 @@ def test_shipped_dashboard_has_every_query_substituted():
     for title, expr in found:
         assert "$" not in expr, title
         assert "claude_sso_gateway_" in expr, title
-        assert '__name__=~"(envoy_)?claude_sso_gateway_' in expr, title
+        assert '__name__=~"(envoy_|pw_claude_sso_gateway_)?claude_sso_gateway_' in expr, title
 
 
 def test_generator_output_is_committed():
