@@ -1,0 +1,213 @@
+//! The summary as an aligned text table, CSV or JSON. Every format ends with the totals.
+
+use serde_json::{json, Value};
+
+use crate::aggregate::{Summary, Totals};
+
+/// Output format of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    Text,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON document: period, rows and totals.
+    Json,
+}
+
+/// Label of the totals row in the text and CSV formats.
+pub const TOTAL: &str = "TOTAL";
+
+const COLUMNS: [&str; 11] = [
+    "requests",
+    "refused",
+    "input",
+    "output",
+    "cache_write",
+    "cache_read",
+    "tokens",
+    "cost_usd",
+    "unpriced",
+    "avg_latency_ms",
+    "avg_ttft_ms",
+];
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn cells(t: &Totals) -> Vec<String> {
+    vec![
+        t.requests.to_string(),
+        t.refused.to_string(),
+        t.tokens.input.to_string(),
+        t.tokens.output.to_string(),
+        t.tokens.cache_write.to_string(),
+        t.tokens.cache_read.to_string(),
+        t.tokens.total().to_string(),
+        format!("{:.6}", t.cost_usd()),
+        t.unpriced.to_string(),
+        opt(t.avg_latency_ms()),
+        opt(t.avg_ttft_ms()),
+    ]
+}
+
+fn header(s: &Summary) -> Vec<String> {
+    let keys =
+        if s.dims.is_empty() { vec!["group".to_owned()] } else { s.dims.iter().map(|d| d.name().to_owned()).collect() };
+    keys.into_iter().chain(COLUMNS.iter().map(|c| (*c).to_owned())).collect()
+}
+
+fn body(s: &Summary) -> Vec<Vec<String>> {
+    let width = s.dims.len().max(1);
+    let mut lines: Vec<Vec<String>> = s
+        .rows
+        .iter()
+        .map(|r| {
+            let keys = if r.keys.is_empty() { vec!["all".to_owned()] } else { r.keys.clone() };
+            keys.into_iter().chain(cells(&r.totals)).collect()
+        })
+        .collect();
+    let mut total = vec![String::new(); width];
+    total[0] = TOTAL.to_owned();
+    lines.push(total.into_iter().chain(cells(&s.total)).collect());
+    lines
+}
+
+/// An aligned text table: keys left-aligned, numbers right-aligned, a rule above the totals.
+pub fn text(s: &Summary, period: &str) -> String {
+    let head = header(s);
+    let rows = body(s);
+    let keys = s.dims.len().max(1);
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| if i < keys { format!("{c:<w$}") } else { format!("{c:>w$}") })
+            .collect();
+        parts.join("  ").trim_end().to_owned()
+    };
+    let rule = "-".repeat(widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1));
+    let mut out = format!("Usage {period}\n\n{}\n{rule}\n", line(&head));
+    let (last, rest) = rows.split_last().map_or((None, &rows[..]), |(l, r)| (Some(l), r));
+    for row in rest {
+        out += &line(row);
+        out.push('\n');
+    }
+    out += &rule;
+    out.push('\n');
+    if let Some(last) = last {
+        out += &line(last);
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_cell(c: &str) -> String {
+    if c.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", c.replace('"', "\"\""))
+    } else {
+        c.to_owned()
+    }
+}
+
+/// CSV with a header; the last line is the totals (`TOTAL` in the first column).
+pub fn csv(s: &Summary) -> String {
+    std::iter::once(header(s))
+        .chain(body(s))
+        .map(|row| row.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",") + "\n")
+        .collect()
+}
+
+fn totals_json(t: &Totals) -> Value {
+    json!({
+        "requests": t.requests,
+        "refused": t.refused,
+        "input_tokens": t.tokens.input,
+        "output_tokens": t.tokens.output,
+        "cache_write_tokens": t.tokens.cache_write,
+        "cache_read_tokens": t.tokens.cache_read,
+        "tokens": t.tokens.total(),
+        "cost_usd": t.cost_usd(),
+        "unpriced_requests": t.unpriced,
+        "avg_latency_ms": t.avg_latency_ms(),
+        "avg_ttft_ms": t.avg_ttft_ms(),
+    })
+}
+
+/// `{"since","until","by","rows":[{<dim>:..., <sums>}],"total":{<sums>}}`.
+pub fn json(s: &Summary, since: Option<String>, until: Option<String>) -> String {
+    let rows: Vec<Value> = s
+        .rows
+        .iter()
+        .map(|r| {
+            let mut v = totals_json(&r.totals);
+            if let Value::Object(map) = &mut v {
+                for (d, k) in s.dims.iter().zip(&r.keys) {
+                    map.insert(d.name().to_owned(), Value::String(k.clone()));
+                }
+            }
+            v
+        })
+        .collect();
+    let by: Vec<&str> = s.dims.iter().map(|d| d.name()).collect();
+    let doc = json!({"since": since, "until": until, "by": by, "rows": rows, "total": totals_json(&s.total)});
+    format!("{doc:#}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{summarize, Dim};
+    use crate::record::parse_line;
+
+    fn summary() -> Summary {
+        let lines = [
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"alice","model":"claude-sonnet-4-6","input_tokens":10,"output_tokens":20,"cost_usd":0.5,"latency_ms":1000}"#,
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"bob, \"the builder\"","model":"m","input_tokens":1,"cost_usd":0.25}"#,
+        ];
+        let records: Vec<_> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
+        summarize(&records, &[Dim::Person])
+    }
+
+    #[test]
+    fn text_table_is_aligned_with_totals_last() {
+        let out = text(&summary(), "all time");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "Usage all time");
+        assert!(lines[2].starts_with("person "), "{out}");
+        assert!(lines.last().unwrap().starts_with("TOTAL "), "{out}");
+        assert!(lines.last().unwrap().contains("0.750000"), "{out}");
+        // Right-aligned numbers: every data line has the same length up to the cost column.
+        let cost_end = |l: &str| l.find("0.").map(|i| i + 8);
+        let ends: Vec<_> = lines[4..].iter().filter(|l| !l.starts_with('-')).map(|l| cost_end(l)).collect();
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{out}");
+    }
+
+    #[test]
+    fn csv_quotes_and_ends_with_totals() {
+        let out = csv(&summary());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "person,requests,refused,input,output,cache_write,cache_read,tokens,cost_usd,unpriced,avg_latency_ms,avg_ttft_ms");
+        assert_eq!(lines[1], "alice,1,0,10,20,0,0,30,0.500000,0,1000,-");
+        assert_eq!(lines[2], "\"bob, \"\"the builder\"\"\",1,0,1,0,0,0,1,0.250000,0,-,-");
+        assert_eq!(lines[3], "TOTAL,2,0,11,20,0,0,31,0.750000,0,1000,-");
+    }
+
+    #[test]
+    fn json_has_rows_and_total() {
+        let v: Value = serde_json::from_str(&json(&summary(), Some("a".into()), None)).unwrap();
+        assert_eq!(v["by"], json!(["person"]));
+        assert_eq!(v["rows"][0]["person"], "alice");
+        assert_eq!(v["total"]["tokens"], 31);
+        assert_eq!(v["total"]["cost_usd"], 0.75);
+        assert_eq!(v["until"], Value::Null);
+    }
+}

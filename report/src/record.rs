@@ -1,0 +1,275 @@
+//! One usage record per request, read from a line of the usage log (see README.md for the
+//! contract). Reading is lenient: only `time` is required; a missing or mistyped optional field
+//! reads as absent, and nothing in a line can make the reader panic.
+
+use serde_json::{Map, Value};
+
+use crate::time;
+
+/// Shown for a record without `sub` or `email`.
+pub const UNKNOWN_PERSON: &str = "(unknown)";
+/// Shown for a record without a tier, model or provider.
+pub const NONE: &str = "(none)";
+
+/// Tokens of one request, or summed over many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// `input_tokens`: uncached prompt tokens.
+    pub input: u64,
+    /// `output_tokens`.
+    pub output: u64,
+    /// `cache_write_tokens`.
+    pub cache_write: u64,
+    /// `cache_read_tokens`.
+    pub cache_read: u64,
+}
+
+impl Tokens {
+    /// All four kinds together.
+    pub fn total(&self) -> u64 {
+        self.input.saturating_add(self.output).saturating_add(self.cache_write).saturating_add(self.cache_read)
+    }
+
+    /// Adds another count, saturating rather than overflowing on absurd input.
+    pub fn add(&mut self, other: &Tokens) {
+        self.input = self.input.saturating_add(other.input);
+        self.output = self.output.saturating_add(other.output);
+        self.cache_write = self.cache_write.saturating_add(other.cache_write);
+        self.cache_read = self.cache_read.saturating_add(other.cache_read);
+    }
+}
+
+/// One request as the gateway logged it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// When the request finished, milliseconds since the epoch (UTC).
+    pub time_ms: i64,
+    /// Subject (`sub` claim); the email when the record has no `sub`.
+    pub sub: String,
+    /// The person's email, when known.
+    pub email: Option<String>,
+    /// Tier the request was admitted under.
+    pub tier: String,
+    /// Model alias the client asked for.
+    pub model: String,
+    /// Model id sent to the provider.
+    pub provider_model: String,
+    /// `anthropic`, `bedrock`, ...
+    pub provider: String,
+    /// HTTP status answered to the client (0 when the record has none).
+    pub status: u16,
+    /// Tokens used.
+    pub tokens: Tokens,
+    /// Cost in billionths of a US dollar; `None` for an unpriced model. Integers, so totals are
+    /// exact and independent of summation order.
+    pub cost_nanos: Option<u64>,
+    /// Time to the last byte of the answer.
+    pub latency_ms: Option<u64>,
+    /// Time to the first byte of the answer.
+    pub ttft_ms: Option<u64>,
+    /// Claude Code session id.
+    pub session: Option<String>,
+    /// Stable reason code of a refused request.
+    pub refusal: Option<String>,
+}
+
+impl Record {
+    /// Whether the gateway or provider refused the request (a refusal code or a status of 400 or more).
+    pub fn refused(&self) -> bool {
+        self.refusal.is_some() || self.status >= 400
+    }
+}
+
+/// Why a line yielded no record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Skip {
+    /// Empty or whitespace only (not reported).
+    Blank,
+    /// Not a JSON object.
+    NotJson,
+    /// A JSON object without a usage record (an access-log line of a request that had none).
+    NoRecord,
+    /// A usage record without a valid `time`.
+    BadTime,
+}
+
+impl Skip {
+    /// Words for the stderr summary.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Skip::Blank => "blank",
+            Skip::NotJson => "not a JSON object",
+            Skip::NoRecord => "no usage record",
+            Skip::BadTime => "no valid time",
+        }
+    }
+}
+
+/// Reads one log line: the record itself, or an access-log object carrying it under `usage`
+/// (as an object or as a JSON string).
+pub fn parse_line(line: &str) -> Result<Record, Skip> {
+    let line = line.trim();
+    if line.is_empty() {
+        return Err(Skip::Blank);
+    }
+    let Ok(Value::Object(outer)) = serde_json::from_str::<Value>(line) else {
+        return Err(Skip::NotJson);
+    };
+    match outer.get("usage") {
+        Some(Value::Object(inner)) => from_object(inner),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(inner)) => from_object(&inner),
+            _ => Err(Skip::NoRecord),
+        },
+        Some(_) => Err(Skip::NoRecord),
+        None if looks_like_record(&outer) => from_object(&outer),
+        None => Err(Skip::NoRecord),
+    }
+}
+
+fn looks_like_record(obj: &Map<String, Value>) -> bool {
+    obj.contains_key("time") && ["sub", "email", "model", "status", "tier"].iter().any(|k| obj.contains_key(*k))
+}
+
+fn text(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        _ => None,
+    }
+}
+
+fn count(obj: &Map<String, Value>, key: &str) -> Option<u64> {
+    match obj.get(key)? {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    }
+}
+
+/// Dollars to billionths of a dollar; negative, non-finite or absent costs read as unpriced.
+fn cost_nanos(obj: &Map<String, Value>) -> Option<u64> {
+    let usd = obj.get("cost_usd")?.as_f64()?;
+    // `as` saturates for values beyond u64, which only garbage produces.
+    (usd.is_finite() && usd >= 0.0).then(|| (usd * 1e9).round() as u64)
+}
+
+fn from_object(obj: &Map<String, Value>) -> Result<Record, Skip> {
+    let time_ms = match obj.get("time") {
+        Some(Value::String(s)) => time::parse_rfc3339(s).ok_or(Skip::BadTime)?,
+        _ => return Err(Skip::BadTime),
+    };
+    let email = text(obj, "email");
+    let sub = text(obj, "sub").or_else(|| email.clone()).unwrap_or_else(|| UNKNOWN_PERSON.to_owned());
+    let model = text(obj, "model").unwrap_or_else(|| NONE.to_owned());
+    Ok(Record {
+        time_ms,
+        sub,
+        email,
+        tier: text(obj, "tier").unwrap_or_else(|| NONE.to_owned()),
+        provider_model: text(obj, "provider_model").unwrap_or_else(|| model.clone()),
+        model,
+        provider: text(obj, "provider").unwrap_or_else(|| NONE.to_owned()),
+        status: count(obj, "status").and_then(|s| u16::try_from(s).ok()).unwrap_or(0),
+        tokens: Tokens {
+            input: count(obj, "input_tokens").unwrap_or(0),
+            output: count(obj, "output_tokens").unwrap_or(0),
+            cache_write: count(obj, "cache_write_tokens").unwrap_or(0),
+            cache_read: count(obj, "cache_read_tokens").unwrap_or(0),
+        },
+        cost_nanos: cost_nanos(obj),
+        latency_ms: count(obj, "latency_ms"),
+        ttft_ms: count(obj, "ttft_ms"),
+        session: text(obj, "session"),
+        refusal: text(obj, "refusal"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"{"time":"2026-11-29T14:52:03.123Z","sub":"alice","email":"alice@example.com","tier":"standard","model":"claude-sonnet-4-6","provider_model":"claude-sonnet-4-6","provider":"anthropic","status":200,"input_tokens":12,"output_tokens":340,"cache_write_tokens":0,"cache_read_tokens":2048,"cost_usd":0.005212,"latency_ms":1834,"ttft_ms":412,"session":"s-1","refusal":null}"#;
+
+    #[test]
+    fn reads_the_full_record() {
+        let r = parse_line(FULL).unwrap();
+        assert_eq!(r.sub, "alice");
+        assert_eq!(r.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(
+            (r.tier.as_str(), r.model.as_str(), r.provider.as_str()),
+            ("standard", "claude-sonnet-4-6", "anthropic")
+        );
+        assert_eq!(r.tokens, Tokens { input: 12, output: 340, cache_write: 0, cache_read: 2048 });
+        assert_eq!(r.tokens.total(), 2400);
+        assert_eq!(r.cost_nanos, Some(5_212_000));
+        assert_eq!((r.status, r.latency_ms, r.ttft_ms), (200, Some(1834), Some(412)));
+        assert_eq!(r.session.as_deref(), Some("s-1"));
+        assert!(!r.refused());
+    }
+
+    #[test]
+    fn reads_the_record_inside_an_access_log_line() {
+        let as_object = format!(r#"{{"start_time":"x","response_code":200,"usage":{FULL}}}"#);
+        let as_string = serde_json::json!({"response_code": 200, "usage": FULL}).to_string();
+        let direct = parse_line(FULL).unwrap();
+        assert_eq!(parse_line(&as_object).unwrap(), direct);
+        assert_eq!(parse_line(&as_string).unwrap(), direct);
+    }
+
+    #[test]
+    fn reads_a_refusal() {
+        let line = r#"{"time":"2026-11-29T14:52:03Z","sub":"bob","tier":"basic","model":"claude-opus-4-1","status":403,"input_tokens":0,"output_tokens":0,"cost_usd":null,"refusal":"model_not_allowed"}"#;
+        let r = parse_line(line).unwrap();
+        assert!(r.refused());
+        assert_eq!(r.refusal.as_deref(), Some("model_not_allowed"));
+        assert_eq!(r.cost_nanos, None);
+        assert_eq!(r.tokens.total(), 0);
+    }
+
+    #[test]
+    fn missing_optional_fields_have_defaults() {
+        let r = parse_line(r#"{"time":"2026-11-29T14:52:03Z","email":"carol@example.com"}"#).unwrap();
+        assert_eq!(r.sub, "carol@example.com");
+        assert_eq!((r.tier.as_str(), r.model.as_str(), r.provider_model.as_str()), (NONE, NONE, NONE));
+        assert_eq!((r.status, r.cost_nanos, r.latency_ms), (0, None, None));
+        let r = parse_line(r#"{"time":"2026-11-29T14:52:03Z","model":"m","sub":""}"#).unwrap();
+        assert_eq!(r.sub, UNKNOWN_PERSON);
+    }
+
+    #[test]
+    fn lines_without_a_record_are_skipped_with_a_reason() {
+        let cases: &[(&str, &str, Skip)] = &[
+            ("blank", "   ", Skip::Blank),
+            ("plain text", "[2026-11-29 14:52:03] envoy started", Skip::NotJson),
+            ("json array", "[1,2,3]", Skip::NotJson),
+            ("json number", "42", Skip::NotJson),
+            ("truncated object", r#"{"time":"2026-11-29T14:52:03Z","sub":"a""#, Skip::NotJson),
+            ("access log without usage", r#"{"response_code":200,"path":"/v1/messages"}"#, Skip::NoRecord),
+            ("access log with null usage", r#"{"response_code":200,"usage":null}"#, Skip::NoRecord),
+            ("access log with dash usage", r#"{"usage":"-"}"#, Skip::NoRecord),
+            ("usage string not an object", r#"{"usage":"[1]"}"#, Skip::NoRecord),
+            ("record without time", r#"{"sub":"a","model":"m","usage":{"sub":"a"}}"#, Skip::BadTime),
+            ("record with bad time", r#"{"time":"yesterday","sub":"a"}"#, Skip::BadTime),
+            ("record with numeric time", r#"{"time":1764427923,"sub":"a"}"#, Skip::BadTime),
+        ];
+        for (name, line, want) in cases {
+            assert_eq!(parse_line(line), Err(*want), "{name}");
+        }
+    }
+
+    #[test]
+    fn mistyped_and_absurd_values_never_panic() {
+        let lines = [
+            r#"{"time":"2026-11-29T14:52:03Z","sub":7,"status":"200","input_tokens":-5,"output_tokens":1e300,"cost_usd":"0.1"}"#,
+            r#"{"time":"2026-11-29T14:52:03Z","sub":"a","status":99999,"input_tokens":18446744073709551615,"cost_usd":-1}"#,
+            r#"{"time":"2026-11-29T14:52:03Z","sub":"a","cost_usd":1e308,"latency_ms":[],"ttft_ms":{}}"#,
+        ];
+        for line in lines {
+            let r = parse_line(line).unwrap();
+            assert_eq!(r.status, 0);
+            let _ = r.tokens.total();
+        }
+        let r = parse_line(lines[1]).unwrap();
+        assert_eq!((r.tokens.input, r.cost_nanos), (u64::MAX, None));
+        assert_eq!(parse_line(lines[2]).unwrap().cost_nanos, Some(u64::MAX));
+    }
+}
