@@ -6,6 +6,8 @@
 
 pub mod budget;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gateway;
 pub mod jwks;
 pub mod jwt;

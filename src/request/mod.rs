@@ -22,7 +22,7 @@ use crate::reply::{Reply, ToReply};
 use crate::routing::{Endpoint, RequestError};
 use crate::shared::SharedStore;
 
-#[cfg(any(test, feature = "sim"))]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod sim;
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,11 @@ fn jwks() -> String {
         .to_string()
 }
 
+/// The key set the simulated IdP publishes.
+pub fn keyset() -> crate::jwks::KeySet {
+    crate::jwks::KeySet::parse(jwks().as_bytes()).expect("the simulated JWKS parses")
+}
+
 /// The plan every simulated request runs under: two tiers, a model alias that is rewritten.
 pub fn plan() -> Plan {
     let doc = serde_json::json!({

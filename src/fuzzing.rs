@@ -1,0 +1,134 @@
+//! Entry points of the fuzz targets (`fuzz/`), one per parser of outside input, compiled with
+//! the `fuzzing` feature. Each takes arbitrary bytes and checks what must hold for every input
+//! (no panic, and the stated property); a violation panics, which the fuzzer reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::OnceLock;
+
+use crate::config::Plan;
+use crate::jwks::KeySet;
+use crate::keystore::KeyStore;
+use crate::request::sim::{self, Body, Event, Idp, Setup, Token};
+use crate::request::HostProfile;
+use crate::routing::RequestBody;
+use crate::usage::Meter;
+
+fn plan() -> &'static Plan {
+    static PLAN: OnceLock<Plan> = OnceLock::new();
+    PLAN.get_or_init(sim::plan)
+}
+
+/// A bearer token: claim checks and verification never panic, and never accept a token that
+/// was not signed by the key set's key.
+pub fn jwt(data: &[u8]) {
+    let Ok(token) = std::str::from_utf8(data) else { return };
+    let plan = plan();
+    if let Ok(parsed) = crate::jwt::check_claims(token, &plan.oidc, 1_800_000_000) {
+        let keys = sim::keyset();
+        assert!(parsed.verify(token, &keys, &plan.oidc, 1_800_000_000).is_err(), "a random token verified");
+    }
+    let _ = crate::jwt::take_token(Some(token), Some(token));
+}
+
+/// A JWKS document.
+pub fn jwks(data: &[u8]) {
+    if let Ok(set) = KeySet::parse(data) {
+        assert!(!set.is_empty());
+    }
+}
+
+/// An OIDC discovery answer.
+pub fn discovery(data: &[u8]) {
+    let plan = plan();
+    let mut store = KeyStore::new(&plan.oidc);
+    if let Ok(callout) = store.on_discovery(&plan.oidc, Some(200), data) {
+        assert!(callout.path.starts_with('/'), "callout path {:?}", callout.path);
+    }
+}
+
+/// The body's `model`: whatever is accepted, the rewrite changes exactly the model's bytes and
+/// the result is still JSON with the new model.
+pub fn body(data: &[u8]) {
+    let Ok(parsed) = RequestBody::parse(data) else { return };
+    let Some(out) = parsed.rewrite(data, "fuzz-model-\"id\"") else { return };
+    let value: serde_json::Value = serde_json::from_slice(&out).expect("the rewritten body is JSON");
+    assert_eq!(value["model"], "fuzz-model-\"id\"");
+}
+
+/// The usage meters: split anywhere, an answer counts the same as whole.
+pub fn usage(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else { return };
+    let content_type = if split & 1 == 0 { "text/event-stream" } else { "application/json" };
+    let cut = usize::from(split) * rest.len() / 256;
+    let mut whole = Meter::new(content_type);
+    whole.push(rest);
+    let mut parts = Meter::new(content_type);
+    parts.push(&rest[..cut]);
+    parts.push(&rest[cut..]);
+    assert_eq!(whole.finish(), parts.finish());
+}
+
+/// The filter configuration.
+pub fn config(data: &[u8]) {
+    let _ = Plan::from_json(data, &|_| Some("sk-fuzz".to_owned()));
+}
+
+/// The request state machine under random setups and event orders (see [`sim`]).
+pub fn request_events(data: &[u8]) {
+    let Some((head, events)) = data.split_first_chunk::<4>() else { return };
+    let pick = |byte: u8, n: usize| usize::from(byte) % n;
+    let tokens = [Token::Good, Token::Forged, Token::NoTier, Token::Expired, Token::Missing, Token::DuplicateApiKey];
+    let bodies = [Body::Allowed, Body::NotAllowed, Body::Invalid, Body::TooLarge];
+    let setup = Setup {
+        profile: if head[0] & 1 == 0 { HostProfile::Envoy } else { HostProfile::Ngx },
+        keys_loaded: head[0] & 2 == 0,
+        idp: if head[0] & 4 == 0 { Idp::Up } else { Idp::Down },
+        trailers: head[0] & 8 != 0,
+        spilled: head[0] & 16 != 0,
+        token: tokens[pick(head[1], tokens.len())],
+        body: bodies[pick(head[2], bodies.len())],
+        chunks: 1 + pick(head[3], 6),
+    };
+    let all = [Event::Chunk, Event::Trailers, Event::Answer, Event::Reset];
+    let events: Vec<Event> = events.iter().take(64).map(|b| all[pick(*b, all.len())]).collect();
+    match sim::run(&setup, &events) {
+        Ok(sim::End::Reset) => {}
+        Ok(end) => assert!(sim::expected(&setup).contains(&end), "{setup:?} {events:?}: {end:?}"),
+        Err(why) => panic!("{setup:?} {events:?}: {why}"),
+    }
+}
+
+/// JSON with unique member names agrees with serde_json wherever it accepts.
+pub fn strict_json(data: &[u8]) {
+    if let Ok(value) = crate::strict_json::from_slice_unique(data) {
+        let plain: serde_json::Value = serde_json::from_slice(data).expect("serde_json accepts it too");
+        assert_eq!(value, plain);
+    }
+}
+
+/// Every target by name, for the fuzz crate and the smoke test.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("jwt", jwt),
+    ("jwks", jwks),
+    ("discovery", discovery),
+    ("body", body),
+    ("usage", usage),
+    ("config", config),
+    ("request_events", request_events),
+    ("strict_json", strict_json),
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_target_takes_its_seed_inputs() {
+        for (name, target) in super::TARGETS {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(name);
+            let seeds: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+            assert!(!seeds.is_empty(), "{name}: no seeds");
+            for seed in seeds {
+                target(&seed);
+            }
+        }
+    }
+}
