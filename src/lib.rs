@@ -13,6 +13,7 @@ pub mod keystore;
 pub mod metering;
 pub mod reply;
 pub mod routing;
+pub mod scan;
 pub mod shared;
 pub mod sse;
 pub mod tier;
