@@ -20,7 +20,7 @@ The upstream is a second Envoy answering from memory what tools/stub_upstream.py
 events and JSON; 401 without the provider key) after reading the whole request body: the Python
 stub would be the bottleneck and make requests/s and latency measure itself.
 
-Environment: BENCH_QUICK=1 (about a minute: 1 round of 1 s, few probes; README not written unless
+Environment: BENCH_QUICK=1 (about a minute: 1 round of 1 s after 1 s of warm-up, few probes; README not written unless
 BENCH_README=1), BENCH_DURATION (s per run), BENCH_ROUNDS, BENCH_CONNECTIONS, BENCH_TTFB_REQUESTS,
 BENCH_ENVOY_CPU / BENCH_LOAD_CPU (core numbers), BENCH_README=0/1.
 """
@@ -51,7 +51,7 @@ from tests.harness.signer import AUDIENCE, Signer  # noqa: E402
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 # wrk takes whole seconds.
 DURATION = max(1, int(os.environ.get("BENCH_DURATION", "1" if QUICK else "8")))
-WARMUP = 0 if QUICK else 1
+WARMUP = 1  # seconds of load before each measured run (V8 tiers up, pools fill)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "4"))
 TTFB_REQUESTS = int(os.environ.get("BENCH_TTFB_REQUESTS", "20" if QUICK else "200"))
@@ -452,7 +452,7 @@ def report(bench, results, ttfb, rss, started):
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), "unknown")
     envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
-    envoy_version = (re.search(r"version: \S+/(\S+?)/", envoy_version) or re.search(r"(\d+\.\d+\.\d+)", envoy_version))
+    envoy_version = (re.search(r"version: [0-9a-f]+/([^/]+)/", envoy_version) or re.search(r"(\d+\.\d+\.\d+)", envoy_version))
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1:2]
     lines = [
         f"Measured {started:%Y-%m-%d %H:%M} UTC on `nproc` = {os.cpu_count()}, {cpu_model}; Envoy "
