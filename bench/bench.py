@@ -1,104 +1,562 @@
 #!/usr/bin/env python3
-"""`make bench`: what the filter costs in Envoy on this machine.
+"""`make bench`: what the filter costs in Envoy, beside a plain hop and Envoy's native filters.
 
-Envoy CPU time per request (from /proc, one worker, keep-alive client, the captured 130 KB Claude
-Code body, a streamed answer) for a plain proxy hop and for the gateway with a cached token and
-with a new token every request (a full RS256 verification), and the memory the Wasm VM adds.
+Envoy 1.40 runs pinned to one core with one worker; `wrk` (closed loop, keep-alive) runs pinned to
+the other core with the upstream. For each Envoy configuration and each body/answer kind, several
+rounds (interleaved, so that noise from other work on the machine spreads over every
+configuration) give Envoy CPU µs per request (/proc utime+stime over the requests completed),
+requests/s and wrk's p50/p99 latency, as medians with their spread. A raw-socket probe measures
+the time to the first byte of a streamed answer over sequential requests. Envoy's RSS and the
+`.wasm` sizes complete the table, which goes to stdout and into README.md (between the
+`bench:begin` and `bench:end` markers).
+
+Configurations: (1) passthrough (router only); (2) native: `jwt_authn` RS256 with a local JWKS and
+no cache, `local_ratelimit` per user (descriptor from a header set from the `sub` claim), and a
+header mutation (drop `authorization`, set the provider key); (3) native plus a Lua filter
+rewriting `model` in the body; (4) an empty Rust Wasm filter (bench/empty-filter); (5) this filter,
+one token (verified once, then cached); (6) this filter, a new RS256 token every request.
+
+The upstream is a second Envoy answering from memory what tools/stub_upstream.py answers (same SSE
+events and JSON; 401 without the provider key) after reading the whole request body: the Python
+stub would be the bottleneck and make requests/s and latency measure itself.
+
+Environment: BENCH_QUICK=1 (about a minute: 1 round of 1 s after 1 s of warm-up, few probes; README not written unless
+BENCH_README=1), BENCH_DURATION (s per run), BENCH_ROUNDS, BENCH_CONNECTIONS, BENCH_TTFB_REQUESTS,
+BENCH_ENVOY_CPU / BENCH_LOAD_CPU (core numbers), BENCH_README=0/1.
 """
-import http.client
+import datetime
+import json
 import os
+import re
+import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
-from stub_upstream import StubUpstream  # noqa: E402
+from stub_upstream import sse_events  # noqa: E402
 
 from tests.conftest import UPSTREAM_KEY, gateway_config  # noqa: E402
 from tests.harness.client import fixture  # noqa: E402
-from tests.harness.envoy import Envoy  # noqa: E402
-from tests.harness.signer import Signer  # noqa: E402
+from tests.harness.envoy import BUFFER_LIMIT, WASM, envoy_binary, free_port, static_cluster, wasm_filter  # noqa: E402
+from tests.harness.signer import AUDIENCE, Signer  # noqa: E402
 
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "400"))
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+# wrk takes whole seconds.
+DURATION = max(1, int(os.environ.get("BENCH_DURATION", "1" if QUICK else "8")))
+WARMUP = 1  # seconds of load before each measured run (V8 tiers up, pools fill)
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "4"))
+TTFB_REQUESTS = int(os.environ.get("BENCH_TTFB_REQUESTS", "20" if QUICK else "200"))
+TOKENS = 300 if QUICK else 2000
+# Config (6) keeps fewer verified tokens than it is sent, so every token is verified afresh (the
+# cache empties when full, and a token comes back only after TOKENS others).
+ROTATING_CACHE_ENTRIES = 64
+WRITE_README = os.environ.get("BENCH_README", "0" if QUICK else "1") == "1"
+TWO_CORES = (os.cpu_count() or 1) >= 2
+ENVOY_CPU = os.environ.get("BENCH_ENVOY_CPU", "0")
+LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1" if TWO_CORES else "0")
+EMPTY_WASM = ROOT / "target" / "empty-filter" / "wasm32-wasip1" / "release" / "bench_empty_filter.wasm"
+PATH = "/v1/messages?beta=true"
 TICK = os.sysconf("SC_CLK_TCK")
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+CONFIGS = [
+    ("passthrough", "(1) passthrough (router only)"),
+    ("native", "(2) native: jwt_authn RS256 + local_ratelimit per user + header mutation"),
+    ("native_lua", "(3) native + Lua `model` rewrite"),
+    ("empty_wasm", "(4) empty Rust Wasm filter"),
+    ("filter_cached", "(5) this filter, cached token"),
+    ("filter_rotating", "(6) this filter, new RS256 token each request"),
+]
+KINDS = [("1k", "json"), ("1k", "sse"), ("130k", "json"), ("130k", "sse")]
+BODY_NAMES = {"1k": "1 KiB body", "130k": "Claude Code body (130 KB)"}
 
 
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+class Processes:
+    """Every process the benchmark starts, each in its own process group, stopped by `stop_all`."""
+
+    def __init__(self):
+        self.running = []
+
+    def start(self, args, **kwargs):
+        proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc):
+        if proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def stop_all(self):
+        for proc in list(reversed(self.running)):
+            self.stop(proc)
 
 
-def rss_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def pinned(cpu, args):
+    return ["taskset", "-c", cpu, *args]
 
 
-def run(envoy, tokens, body, plain=False):
-    conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
-    latencies = []
+class EnvoyProcess:
+    """One Envoy with one listener (`http_filters`, optional route rate limits), pinned to `cpu`."""
 
-    def one(token):
-        start = time.perf_counter()
-        # Without the filter nothing swaps credentials, so the plain hop carries the upstream key.
-        auth = {"x-api-key": UPSTREAM_KEY} if plain else {"authorization": f"Bearer {token}", "x-api-key": token}
-        conn.request("POST", "/v1/messages?beta=true", body=body,
-                     headers={**auth, "content-type": "application/json", "anthropic-version": "2023-06-01"})
-        resp = conn.getresponse()
-        resp.read()
-        assert resp.status == 200, resp.status
-        latencies.append(time.perf_counter() - start)
+    def __init__(self, procs, workdir, name, http_filters, clusters, cpu, env=None, routes=None):
+        self.name, self.port, self.admin_port = name, free_port(), free_port()
+        hcm = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                     ".HttpConnectionManager",
+            "stat_prefix": name,
+            "route_config": {"max_direct_response_body_size_bytes": 1 << 20, "virtual_hosts": [{
+                "name": name, "domains": ["*"], "routes": routes or [
+                    {"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]}]},
+            "http_filters": [*http_filters, {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        }
+        config = {
+            "node": {"id": f"bench-{name}", "cluster": "bench"},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
+            "static_resources": {"clusters": clusters, "listeners": [{
+                "name": name, "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}]}]},
+        }
+        path = Path(workdir) / f"{name}.json"
+        path.write_text(json.dumps(config, indent=1))
+        self.log = Path(workdir) / f"{name}.log"
+        self.process = procs.start(
+            pinned(cpu, [envoy_binary(), "-c", str(path), "--concurrency", "1", "--log-level", "warn",
+                         "--base-id", str(self.port)]),
+            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env={**os.environ, **(env or {})})
 
-    for token in tokens[:50]:
-        one(token)
-    latencies.clear()
-    before = cpu_seconds(envoy.process.pid)
-    for token in tokens[50:]:
-        one(token)
-    used = cpu_seconds(envoy.process.pid) - before
-    conn.close()
-    return used / len(latencies) * 1e6, statistics.median(latencies) * 1e3
+    def wait_ready(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"envoy {self.name} exited:\n{self.log.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.read().strip() == b"LIVE":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"envoy {self.name} not ready:\n{self.log.read_text(errors='replace')}")
+
+    def cpu_seconds(self):
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def rss_mib(self):
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def upstream_routes():
+    """What the stub answers, from memory: SSE or JSON (by `x-bench-answer`), 401 without the key."""
+    usage = {"input_tokens": 120, "output_tokens": 30, "cache_creation_input_tokens": 1000,
+             "cache_read_input_tokens": 2000}
+    sse = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in sse_events("claude-sonnet-4-6", usage))
+    message = json.dumps({
+        "id": "msg_stub", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+        "content": [{"type": "text", "text": "Hello from the stand-in upstream."}],
+        "stop_reason": "end_turn", "stop_sequence": None, "usage": usage})
+    key = {"name": "x-api-key", "string_match": {"exact": UPSTREAM_KEY}}
+
+    def answer(status, body, content_type):
+        return {"direct_response": {"status": status, "body": {"inline_string": body}},
+                "response_headers_to_add": [{"header": {"key": "content-type", "value": content_type},
+                                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}
+
+    denied = json.dumps({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+    return [
+        {"match": {"prefix": "/", "headers": [key, {"name": "x-bench-answer", "string_match": {"exact": "sse"}}]},
+         **answer(200, sse, "text/event-stream")},
+        {"match": {"prefix": "/", "headers": [key]}, **answer(200, message, "application/json")},
+        {"match": {"prefix": "/"}, **answer(401, denied, "application/json")},
+    ]
+
+
+def native_filters(signer, lua):
+    """jwt_authn (RS256, local JWKS, no cache), local_ratelimit per `sub`, header mutation[, Lua]."""
+    jwks = {"keys": [signer.keys["RS256"].jwk]}
+    filters = [
+        {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"idp": {
+                "issuer": signer.issuer, "audiences": [AUDIENCE],
+                "local_jwks": {"inline_string": json.dumps(jwks)},
+                "claim_to_headers": [{"header_name": "x-bench-user", "claim_name": "sub"}]}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]}},
+        {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench",
+            "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
+            "filter_enabled": {"runtime_key": "bench_rl_enabled",
+                               "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "filter_enforced": {"runtime_key": "bench_rl_enforced",
+                                "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            # One bucket per person: an entry without a value matches any value of `user`.
+            "descriptors": [{"entries": [{"key": "user"}],
+                             "token_bucket": {"max_tokens": 100000000, "tokens_per_fill": 100000000,
+                                              "fill_interval": "60s"}}],
+            "max_dynamic_descriptors": 100000,
+            "rate_limits": [{"actions": [{"request_headers": {"header_name": "x-bench-user",
+                                                              "descriptor_key": "user"}}]}]}},
+        {"name": "envoy.filters.http.header_mutation", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [
+                {"remove": "authorization"},
+                {"append": {"header": {"key": "x-api-key", "value": UPSTREAM_KEY},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]}}},
+    ]
+    if lua:
+        filters.append({"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": LUA_MODEL_REWRITE}}})
+    return filters
+
+
+# The first `"model": "<alias>"` in the body gets the provider's model id (a byte-level rewrite, as
+# a Lua filter would do it; it does not validate the JSON).
+LUA_MODEL_REWRITE = r"""
+function envoy_on_request(handle)
+  local body = handle:body()
+  if body == nil then return end
+  local text = body:getBytes(0, body:length())
+  local out, n = string.gsub(text, '"model"%s*:%s*"claude%-sonnet%-4%-6"', '"model":"claude-sonnet-4-6-20250929"', 1)
+  if n > 0 then
+    body:setBytes(out)
+    handle:headers():replace("content-length", tostring(#out))
+  end
+end
+"""
+
+
+def bodies():
+    """Body files by (size, answer): the 130 KB fixture as captured, and a 1 KiB request."""
+    big = fixture("request_main_stream.json")
+    assert big.count(b'"stream": true') == 1, "the fixture's stream flag moved"
+    out = {("130k", "sse"): big, ("130k", "json"): big.replace(b'"stream": true', b'"stream": false')}
+    for answer in ("json", "sse"):
+        head = {"model": "claude-sonnet-4-6", "max_tokens": 1024, "stream": answer == "sse",
+                "messages": [{"role": "user", "content": ""}]}
+        pad = 1024 - len(json.dumps(head, separators=(",", ":")))
+        head["messages"][0]["content"] = "x" * pad
+        out[("1k", answer)] = json.dumps(head, separators=(",", ":")).encode()
+    return out
+
+
+LUA_SCRIPT = """
+wrk.method = "POST"
+local f = assert(io.open("{body}", "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["content-type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.headers["x-bench-answer"] = "{answer}"
+local tokens = {{}}
+for line in io.lines("{tokens}") do tokens[#tokens + 1] = line end
+local api_key = "{api_key}"
+local function use(token)
+  wrk.headers["authorization"] = "Bearer " .. token
+  wrk.headers["x-api-key"] = (api_key ~= "") and api_key or token
+end
+use(tokens[1])
+if {rotate} then
+  local i = math.random(#tokens)
+  request = function()
+    i = i % #tokens + 1
+    use(tokens[i])
+    return wrk.format()
+  end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH_RESULT %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+class Bench:
+    def __init__(self, procs, workdir):
+        self.procs, self.workdir = procs, Path(workdir)
+        self.signer = Signer()
+        print(f"minting {TOKENS} RS256 tokens ...", file=sys.stderr, flush=True)
+        exp = int(time.time()) + 3 * 3600  # longer than any run
+        self.same = self.signer.token(exp=exp)
+        (self.workdir / "same.txt").write_text(self.same + "\n")
+        self.rotating = [self.signer.token(sub=f"user-{i}", exp=exp) for i in range(TOKENS)]
+        (self.workdir / "rotating.txt").write_text("\n".join(self.rotating) + "\n")
+        self.bodies = bodies()
+        for (size, answer), body in self.bodies.items():
+            (self.workdir / f"body-{size}-{answer}.json").write_bytes(body)
+        self.envoys = {}
+
+    def start(self):
+        upstream = EnvoyProcess(self.procs, self.workdir, "upstream",
+                                [{"name": "envoy.filters.http.buffer", "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                                    "max_request_bytes": BUFFER_LIMIT}}],
+                                [], LOAD_CPU, routes=upstream_routes())
+        upstream.wait_ready()
+        self.upstream = upstream
+        clusters = [static_cluster("anthropic", upstream.port), static_cluster(self.signer.upstream, self.signer.port)]
+        filter_config = gateway_config(self.signer)
+        filter_config["tiers"][1]["limits"] = [{"limit": 10**15, "window_seconds": 60}]
+        rotating_config = json.loads(json.dumps(filter_config))
+        rotating_config["oidc"]["token_cache_entries"] = ROTATING_CACHE_ENTRIES
+        env = {"ANTHROPIC_API_KEY": UPSTREAM_KEY}
+        gateway = {"env": env}
+        filters = {
+            "passthrough": ([], {}),
+            "native": (native_filters(self.signer, lua=False), {}),
+            "native_lua": (native_filters(self.signer, lua=True), {}),
+            "empty_wasm": ([wasm_filter("", wasm_path=EMPTY_WASM)], {}),
+            "filter_cached": ([wasm_filter(filter_config, env_keys=sorted(env))], gateway),
+            "filter_rotating": ([wasm_filter(rotating_config, env_keys=sorted(env))], gateway),
+        }
+        for name, (http_filters, extra) in filters.items():
+            self.envoys[name] = EnvoyProcess(self.procs, self.workdir, name, http_filters, clusters, ENVOY_CPU, **extra)
+        for envoy in self.envoys.values():
+            envoy.wait_ready()
+        time.sleep(1.0)  # the filter fetches the JWKS on its first ticks
+
+    def script(self, config, size, answer):
+        path = self.workdir / f"{config}-{size}-{answer}.lua"
+        if not path.exists():
+            plain = config in ("passthrough", "empty_wasm")  # nothing swaps the key: send the provider's
+            path.write_text(LUA_SCRIPT.format(
+                body=self.workdir / f"body-{size}-{answer}.json", answer=answer,
+                tokens=self.workdir / ("rotating.txt" if config == "filter_rotating" else "same.txt"),
+                api_key=UPSTREAM_KEY if plain else "", rotate="true" if config == "filter_rotating" else "false"))
+        return path
+
+    def headers(self, config, token):
+        key = UPSTREAM_KEY if config in ("passthrough", "empty_wasm") else token
+        return {"content-type": "application/json", "anthropic-version": "2023-06-01",
+                "authorization": f"Bearer {token}", "x-api-key": key}
+
+    def check(self, config, size, answer):
+        """One request through `config`: it must reach the upstream with the provider key."""
+        import http.client
+
+        envoy = self.envoys[config]
+        conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
+        try:
+            token = self.rotating[0] if config == "filter_rotating" else self.same
+            conn.request("POST", PATH, body=self.bodies[(size, answer)],
+                         headers={**self.headers(config, token), "x-bench-answer": answer})
+            resp = conn.getresponse()
+            data = resp.read()
+            kind = resp.getheader("content-type", "")
+            want = "text/event-stream" if answer == "sse" else "application/json"
+            if resp.status != 200 or not kind.startswith(want) or b"msg_stub" not in data:
+                raise RuntimeError(f"{config} {size} {answer}: {resp.status} {kind} {data[:300]!r}")
+        finally:
+            conn.close()
+
+    def wrk(self, config, size, answer, duration):
+        envoy = self.envoys[config]
+        script = self.script(config, size, answer)
+        before = envoy.cpu_seconds()
+        proc = self.procs.start(
+            pinned(LOAD_CPU, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--timeout", "30s",
+                              "-s", str(script), f"http://127.0.0.1:{envoy.port}{PATH}"]),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=duration + 60)
+        finally:
+            self.procs.stop(proc)
+        used = envoy.cpu_seconds() - before
+        match = re.search(r"BENCH_RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out or "")
+        if not match:
+            raise RuntimeError(f"wrk gave no result for {config}:\n{out}")
+        requests, micros, sock_errors, status_errors, p50, p99 = map(int, match.groups())
+        if requests == 0 or sock_errors or status_errors:
+            raise RuntimeError(f"{config} {size} {answer}: {requests} requests, {sock_errors} socket errors, "
+                               f"{status_errors} non-2xx answers")
+        return {"cpu_us": used / requests * 1e6, "rps": requests / (micros / 1e6), "p50_ms": p50 / 1e3,
+                "p99_ms": p99 / 1e3, "requests": requests}
+
+    def ttfb(self, config, size, n):
+        """Seconds from the request's last byte sent to the answer's first body byte, `n` times."""
+        token_at = iter(self.rotating * (n // len(self.rotating) + 1))
+        body = self.bodies[(size, "sse")]
+        times = []
+        with socket.create_connection(("127.0.0.1", self.envoys[config].port), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = sock.makefile("rb")
+            for _ in range(n + 3):
+                token = next(token_at) if config == "filter_rotating" else self.same
+                head = {**self.headers(config, token), "x-bench-answer": "sse", "host": "bench",
+                        "content-length": str(len(body))}
+                request = (f"POST {PATH} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items())
+                           + "\r\n").encode() + body
+                sock.sendall(request)
+                sent = time.perf_counter()
+                status = reader.readline()
+                headers = {}
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    k, _, v = line.decode("latin-1").partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                if b" 200 " not in status:
+                    raise RuntimeError(f"TTFB probe {config}: {status!r}")
+                if headers.get("transfer-encoding") == "chunked":
+                    first = True
+                    while True:
+                        length = int(reader.readline().split(b";")[0], 16)
+                        if first:
+                            times.append(time.perf_counter() - sent)
+                            first = False
+                        reader.read(length + 2)
+                        if length == 0:
+                            break
+                else:
+                    reader.read(1)
+                    times.append(time.perf_counter() - sent)
+                    reader.read(int(headers["content-length"]) - 1)
+        return times[3:]  # the first requests warm the connection up
+
+
+def median_spread(values):
+    return statistics.median(values), (max(values) - min(values)) / 2
+
+
+def fmt_ratio(value, base):
+    return f"{value / base:.2f}×" if base else "–"
+
+
+def report(bench, results, ttfb, rss, started):
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "unknown")
+    envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
+    envoy_version = (re.search(r"version: [0-9a-f]+/([^/]+)/", envoy_version) or re.search(r"(\d+\.\d+\.\d+)", envoy_version))
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1:2]
+    lines = [
+        f"Measured {started:%Y-%m-%d %H:%M} UTC on `nproc` = {os.cpu_count()}, {cpu_model}; Envoy "
+        f"{envoy_version.group(1) if envoy_version else '?'} (`--concurrency 1`, `taskset -c {ENVOY_CPU}`), "
+        f"wrk {''.join(wrk_version)} (`-t1 -c{CONNECTIONS}`, `taskset -c {LOAD_CPU}`, closed loop) with the "
+        f"upstream on the same core as wrk; {ROUNDS} round(s) of {DURATION} s per cell (after a {WARMUP} s warm-up), median ± half "
+        f"the range over rounds." + (" **BENCH_QUICK smoke run: not for comparison.**" if QUICK else ""),
+        "",
+        "Ratios are to (1) passthrough / to (2) native. CPU is Envoy's (all threads) per completed request.",
+    ]
+    for size, answer in KINDS:
+        lines += ["", f"**{BODY_NAMES[size]}, {'streamed (SSE)' if answer == 'sse' else 'JSON'} answer**", "",
+                  "| configuration | Envoy CPU µs/req | ratio | req/s | ratio | p50 ms | p99 ms | p99 ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+        cell = {c: results[(c, size, answer)] for c, _ in CONFIGS}
+        med = {c: {k: statistics.median(r[k] for r in rounds) for k in ("cpu_us", "rps", "p50_ms", "p99_ms")}
+               for c, rounds in cell.items()}
+        base, native = med["passthrough"], med["native"]
+        for config, label in CONFIGS:
+            m = med[config]
+            _, cpu_spread = median_spread([r["cpu_us"] for r in cell[config]])
+            _, rps_spread = median_spread([r["rps"] for r in cell[config]])
+            lines.append(
+                f"| {label} | {m['cpu_us']:.0f} ± {cpu_spread:.0f} | {fmt_ratio(m['cpu_us'], base['cpu_us'])} / "
+                f"{fmt_ratio(m['cpu_us'], native['cpu_us'])} | {m['rps']:.0f} ± {rps_spread:.0f} | "
+                f"{fmt_ratio(m['rps'], base['rps'])} / {fmt_ratio(m['rps'], native['rps'])} | {m['p50_ms']:.2f} | "
+                f"{m['p99_ms']:.2f} | {fmt_ratio(m['p99_ms'], base['p99_ms'])} / "
+                f"{fmt_ratio(m['p99_ms'], native['p99_ms'])} |")
+    lines += ["", f"**Time to first byte of a streamed answer** ({TTFB_REQUESTS} sequential requests on one "
+                  "connection, from the request's last byte sent to the answer's first body byte)", "",
+              "| configuration | 1 KiB p50 ms | 1 KiB p99 ms | 130 KB p50 ms | 130 KB p99 ms | 130 KB p99 ratio |",
+              "|---|---|---|---|---|---|"]
+    p99 = {key: sorted(v)[min(len(v) - 1, int(len(v) * 0.99))] * 1e3 for key, v in ttfb.items()}
+    p50 = {key: statistics.median(v) * 1e3 for key, v in ttfb.items()}
+    for config, label in CONFIGS:
+        lines.append(f"| {label} | {p50[(config, '1k')]:.2f} | {p99[(config, '1k')]:.2f} | "
+                     f"{p50[(config, '130k')]:.2f} | {p99[(config, '130k')]:.2f} | "
+                     f"{fmt_ratio(p99[(config, '130k')], p99[('passthrough', '130k')])} / "
+                     f"{fmt_ratio(p99[(config, '130k')], p99[('native', '130k')])} |")
+    lines += ["", "**Memory and size** (Envoy RSS after the load, one worker: the main thread and the worker "
+                  "each hold a Wasm VM)", "", "| configuration | Envoy RSS MiB | ratio | `.wasm` bytes |", "|---|---|---|---|"]
+    sizes = {"empty_wasm": EMPTY_WASM.stat().st_size, "filter_cached": WASM.stat().st_size,
+             "filter_rotating": WASM.stat().st_size}
+    for config, label in CONFIGS:
+        lines.append(f"| {label} | {rss[config]:.1f} | {fmt_ratio(rss[config], rss['passthrough'])} / "
+                     f"{fmt_ratio(rss[config], rss['native'])} | {sizes.get(config, '')} |")
+    return "\n".join(lines)
+
+
+def write_readme(table):
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise RuntimeError(f"README.md has no {BEGIN} … {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
 def main():
-    stub = StubUpstream(api_key=UPSTREAM_KEY).start()
-    signer = Signer()
-    body = fixture("request_main_stream.json")
-    env = {"ANTHROPIC_API_KEY": UPSTREAM_KEY}
-    config = gateway_config(signer)
-    config["tiers"][1]["limits"] = [{"limit": 10**12, "window_seconds": 60}]
-    same = [signer.token()] * (REQUESTS + 50)
-    print(f"minting {REQUESTS + 50} tokens ...", file=sys.stderr)
-    fresh = [signer.token(sub=f"user-{i}") for i in range(REQUESTS + 50)]
-    rows = []
-    plain = Envoy(config, stub.port, [signer.upstream], env=env, concurrency=1, with_filter=False)
+    for need in (WASM, EMPTY_WASM):
+        if not need.exists():
+            sys.exit(f"{need} is missing: run `make bench` (it builds both filters)")
+    if not TWO_CORES:
+        print("one core only: Envoy and the load generator share it", file=sys.stderr)
+    # The harness itself (signer, probes) stays off Envoy's core.
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    started = datetime.datetime.now(datetime.timezone.utc)
+    procs = Processes()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bench = None
     try:
-        rows.append(("plain proxy hop (no filter)", *run(plain, same, body, plain=True)))
-        plain_rss = rss_mib(plain.process.pid)
+        with tempfile.TemporaryDirectory(prefix="csg-bench-") as workdir:
+            bench = Bench(procs, workdir)
+            bench.start()
+            for config, _ in CONFIGS:
+                for size, answer in KINDS:
+                    bench.check(config, size, answer)
+            results = {(c, s, a): [] for c, _ in CONFIGS for s, a in KINDS}
+            for round_no in range(ROUNDS):
+                for size, answer in KINDS:
+                    for config, _ in CONFIGS:
+                        if WARMUP > 0:
+                            bench.wrk(config, size, answer, WARMUP)
+                        r = bench.wrk(config, size, answer, DURATION)
+                        results[(config, size, answer)].append(r)
+                        print(f"round {round_no + 1}/{ROUNDS} {size:>4} {answer:<4} {config:<16} "
+                              f"{r['cpu_us']:7.0f} µs/req {r['rps']:7.0f} req/s p50 {r['p50_ms']:6.2f} ms "
+                              f"p99 {r['p99_ms']:6.2f} ms", file=sys.stderr, flush=True)
+            ttfb = {(c, s): bench.ttfb(c, s, TTFB_REQUESTS) for c, _ in CONFIGS for s in ("1k", "130k")}
+            rss = {c: bench.envoys[c].rss_mib() for c, _ in CONFIGS}
+            table = report(bench, results, ttfb, rss, started)
     finally:
-        plain.stop()
-    gw = Envoy(config, stub.port, [signer.upstream], env=env, concurrency=1)
-    try:
-        time.sleep(1)
-        rows.append(("gateway, cached token", *run(gw, same, body)))
-        rows.append(("gateway, new token each request (RS256 verify)", *run(gw, fresh, body)))
-        gw_rss = rss_mib(gw.process.pid)
-    finally:
-        gw.stop()
-        stub.stop()
-        signer.stop()
-    base = rows[0][1]
-    print(f"\nEnvoy 1.40, one worker, {REQUESTS} requests of {len(body)} bytes each, streamed answers\n")
-    print(f"{'case':<50} {'Envoy CPU µs/req':>17} {'added':>8} {'median ms':>10}")
-    for name, cpu, median in rows:
-        print(f"{name:<50} {cpu:>17.0f} {cpu - base:>8.0f} {median:>10.2f}")
-    print(f"\nEnvoy RSS: {plain_rss:.0f} MiB without the filter, {gw_rss:.0f} MiB with it "
-          f"(+{gw_rss - plain_rss:.0f} MiB for the main-thread and one worker VM)")
+        procs.stop_all()
+        if bench is not None:
+            bench.signer.stop()
+    print(table)
+    if WRITE_README:
+        write_readme(table)
+        print(f"\nwritten to README.md between {BEGIN} and {END}", file=sys.stderr)
+    print(f"\ntotal {time.monotonic() - START:.0f} s", file=sys.stderr)
 
+
+START = time.monotonic()
 
 if __name__ == "__main__":
     main()

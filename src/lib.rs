@@ -16,6 +16,7 @@ pub mod metering;
 pub mod reply;
 pub mod request;
 pub mod routing;
+pub mod scan;
 pub mod shared;
 pub mod sse;
 pub mod strict_json;

@@ -1,0 +1,545 @@
+//! One pass over a request body: validates it as JSON without building a tree, and reports the
+//! top-level members the gateway reads (`model`, `stream`, `max_tokens`).
+//!
+//! The verdicts are those of the serde parse in [`crate::routing`] (`serde_json::from_slice` into a
+//! struct of borrowed `RawValue`s, unknown members ignored), checked by a differential test and a
+//! fuzz target. That parse is less strict than `serde_json::Value` in three ways, and so is this
+//! scanner, on purpose (a stricter scanner would refuse bodies the gateway forwards today):
+//! - strings that are skipped (every string except the top-level keys and the values of the members
+//!   of interest) are not checked for UTF-8 validity, and their `\u` escapes need four hex digits
+//!   but may be lone surrogates (serde's `ignore_str`);
+//! - nesting below the top-level object has no depth limit (serde's `ignore_value` keeps its own
+//!   stack and never consults the 128 recursion limit); this scanner keeps one bit per level, so a
+//!   body of `n` bytes costs at most `n / 8` bytes of stack memory and no recursion;
+//! - duplicate keys are refused only at the top level, and only among `model`, `stream` and
+//!   `max_tokens` (compared after decoding escapes: `"mod\u0065l"` repeats `model`).
+//!
+//! Top-level keys are decoded with serde's `validate` rules (UTF-8, surrogates paired), and the
+//! values of the members of interest must be valid UTF-8 (serde's `RawValue`). A `model` string
+//! whose escapes do not decode (a lone surrogate) is reported as no string `model`, as serde's
+//! second `from_str::<String>` does.
+
+use std::fmt;
+use std::ops::Range;
+
+/// The top-level members of a valid body that the gateway reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Members {
+    /// `model`, when its value is a string whose escapes decode.
+    pub model: Option<ModelValue>,
+    /// `stream`, when its value is `true` or `false`.
+    pub stream: Option<bool>,
+    /// `max_tokens`, when its value is a whole number that fits in a `u64`.
+    pub max_tokens: Option<u64>,
+}
+
+/// The top-level `model` string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelValue {
+    /// The decoded value.
+    pub value: String,
+    /// Byte range of the value in the body, quotes included: the bytes to replace to change it.
+    pub span: Range<usize>,
+}
+
+/// Why a body was refused, and at which byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanError {
+    /// What was wrong.
+    pub kind: ScanErrorKind,
+    /// Byte offset in the body where it was found.
+    pub at: usize,
+}
+
+/// What was wrong with a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanErrorKind {
+    /// The document is not an object.
+    NotAnObject,
+    /// The body ended inside a value.
+    UnexpectedEnd,
+    /// A byte that cannot start a value.
+    ExpectedValue,
+    /// An object key that is not a string.
+    ExpectedKey,
+    /// No `:` after an object key.
+    ExpectedColon,
+    /// No `,` or `}` after an object member.
+    ExpectedObjectCommaOrEnd,
+    /// No `,` or `]` after an array element.
+    ExpectedArrayCommaOrEnd,
+    /// A misspelt `true`, `false` or `null`.
+    InvalidLiteral,
+    /// A number outside JSON's grammar (leading zero, no digit after `.`, `e` or `-`).
+    InvalidNumber,
+    /// A backslash escape outside JSON's set, or `\u` without four hex digits.
+    InvalidEscape,
+    /// A raw control character (below U+0020) inside a string.
+    ControlCharacter,
+    /// A lone or unpaired UTF-16 surrogate escape in a top-level key.
+    LoneSurrogate,
+    /// Bytes that are not UTF-8 in a top-level key or in a value the gateway reads.
+    InvalidUtf8,
+    /// `model`, `stream` or `max_tokens` given twice.
+    DuplicateKey(&'static str),
+    /// Something other than whitespace after the document.
+    TrailingCharacters,
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            ScanErrorKind::NotAnObject => "expected a JSON object",
+            ScanErrorKind::UnexpectedEnd => "unexpected end of input",
+            ScanErrorKind::ExpectedValue => "expected a value",
+            ScanErrorKind::ExpectedKey => "expected a string key",
+            ScanErrorKind::ExpectedColon => "expected `:`",
+            ScanErrorKind::ExpectedObjectCommaOrEnd => "expected `,` or `}`",
+            ScanErrorKind::ExpectedArrayCommaOrEnd => "expected `,` or `]`",
+            ScanErrorKind::InvalidLiteral => "invalid literal",
+            ScanErrorKind::InvalidNumber => "invalid number",
+            ScanErrorKind::InvalidEscape => "invalid escape",
+            ScanErrorKind::ControlCharacter => "control character in a string",
+            ScanErrorKind::LoneSurrogate => "unpaired surrogate escape in a key",
+            ScanErrorKind::InvalidUtf8 => "invalid UTF-8",
+            ScanErrorKind::DuplicateKey(name) => return write!(f, "duplicate field `{name}` at byte {}", self.at),
+            ScanErrorKind::TrailingCharacters => "trailing characters",
+        };
+        write!(f, "{what} at byte {}", self.at)
+    }
+}
+
+/// The members of interest, in the order of [`Seen`]'s flags.
+const FIELDS: [&str; 3] = ["model", "stream", "max_tokens"];
+
+/// Scans `body`: `Ok` with the members of interest when it is one valid JSON object (surrounded by
+/// JSON whitespace only), the first problem otherwise.
+pub fn scan(body: &[u8]) -> Result<Members, ScanError> {
+    let mut s = Scanner { body, pos: 0 };
+    s.skip_ws();
+    if s.peek() != Some(b'{') {
+        return Err(ScanError { kind: ScanErrorKind::NotAnObject, at: s.pos });
+    }
+    s.pos += 1;
+    let mut members = Members::default();
+    let mut seen = [false; FIELDS.len()];
+    s.skip_ws();
+    if s.peek() == Some(b'}') {
+        s.pos += 1;
+    } else {
+        loop {
+            let field = s.top_level_key()?;
+            s.skip_ws();
+            s.expect(b':', ScanErrorKind::ExpectedColon)?;
+            s.skip_ws();
+            let start = s.pos;
+            s.skip_value()?;
+            if let Some(i) = field {
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(ScanError { kind: ScanErrorKind::DuplicateKey(FIELDS[i]), at: start });
+                }
+                members.take(i, body, start..s.pos)?;
+            }
+            s.skip_ws();
+            match s.peek() {
+                Some(b',') => {
+                    s.pos += 1;
+                    s.skip_ws();
+                }
+                Some(b'}') => {
+                    s.pos += 1;
+                    break;
+                }
+                Some(_) => return Err(s.err(ScanErrorKind::ExpectedObjectCommaOrEnd)),
+                None => return Err(s.err(ScanErrorKind::UnexpectedEnd)),
+            }
+        }
+    }
+    s.skip_ws();
+    if s.pos != body.len() {
+        return Err(s.err(ScanErrorKind::TrailingCharacters));
+    }
+    Ok(members)
+}
+
+impl Members {
+    /// Records member `field` whose value is `body[span]` (already valid JSON).
+    fn take(&mut self, field: usize, body: &[u8], span: Range<usize>) -> Result<(), ScanError> {
+        let raw = body.get(span.clone()).unwrap_or_default();
+        // serde's RawValue refuses a value that is not UTF-8 as a whole.
+        if let Err(e) = std::str::from_utf8(raw) {
+            return Err(ScanError { kind: ScanErrorKind::InvalidUtf8, at: span.start + e.valid_up_to() });
+        }
+        match field {
+            0 => {
+                self.model = match raw {
+                    [b'"', inner @ .., b'"'] => decode(inner).ok().map(|value| ModelValue { value, span }),
+                    _ => None,
+                }
+            }
+            1 => {
+                self.stream = match raw {
+                    b"true" => Some(true),
+                    b"false" => Some(false),
+                    _ => None,
+                }
+            }
+            _ => self.max_tokens = std::str::from_utf8(raw).ok().and_then(|t| t.parse().ok()),
+        }
+        Ok(())
+    }
+}
+
+/// Bytes that end the fast run inside a string: the quote, the backslash, control characters.
+const STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = true;
+        i += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// How many bytes at the start of `rest` are plain string content (no [`STRING_STOP`] byte).
+fn string_run(rest: &[u8]) -> usize {
+    // Eight bytes at a time (SWAR, as serde_json's `skip_to_escape`): a byte's high bit is set in
+    // `found` when it is below 0x20, a quote or a backslash. The borrows can also flag bytes after
+    // the first match, never before it, so the lowest flag is exact.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut chunks = rest.chunks_exact(8);
+    let mut run = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        let quote = v ^ (ONES * u64::from(b'"'));
+        let backslash = v ^ (ONES * u64::from(b'\\'));
+        // `& !v` keeps only bytes below 0x80: above it, the high bit is the byte's own.
+        let found =
+            (v.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES)) & !v & (ONES << 7);
+        if found != 0 {
+            return run + (found.trailing_zeros() / 8) as usize;
+        }
+        run += 8;
+    }
+    run + chunks.remainder().iter().position(|&b| STRING_STOP[b as usize]).unwrap_or(chunks.remainder().len())
+}
+
+/// A cursor over the body.
+struct Scanner<'a> {
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.body.get(self.pos).copied()
+    }
+
+    fn err(&self, kind: ScanErrorKind) -> ScanError {
+        let kind = if self.pos >= self.body.len() { ScanErrorKind::UnexpectedEnd } else { kind };
+        ScanError { kind, at: self.pos }
+    }
+
+    /// JSON whitespace only: space, tab, line feed, carriage return.
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8, kind: ScanErrorKind) -> Result<(), ScanError> {
+        if self.peek() != Some(byte) {
+            return Err(self.err(kind));
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// A top-level key, decoded and checked as serde checks the keys of a struct. Returns which
+    /// member of interest it names, if any.
+    fn top_level_key(&mut self) -> Result<Option<usize>, ScanError> {
+        let start = self.pos + 1;
+        let escaped = self.string(ScanErrorKind::ExpectedKey)?;
+        let raw = self.body.get(start..self.pos - 1).unwrap_or_default();
+        let name = if escaped {
+            match decode(raw) {
+                Ok(name) => std::borrow::Cow::Owned(name.into_bytes()),
+                Err(kind) => return Err(ScanError { kind, at: start }),
+            }
+        } else {
+            if let Err(e) = std::str::from_utf8(raw) {
+                return Err(ScanError { kind: ScanErrorKind::InvalidUtf8, at: start + e.valid_up_to() });
+            }
+            std::borrow::Cow::Borrowed(raw)
+        };
+        Ok(FIELDS.iter().position(|f| f.as_bytes() == &*name))
+    }
+
+    /// A string starting at the cursor (which must be its opening quote, else `not_string`), with
+    /// JSON's escape grammar and no raw control characters. Leaves the cursor after the closing
+    /// quote; returns whether it held an escape.
+    fn string(&mut self, not_string: ScanErrorKind) -> Result<bool, ScanError> {
+        self.expect(b'"', not_string)?;
+        let mut escaped = false;
+        loop {
+            // The hot loop: most of a Claude Code body is string content.
+            let rest = self.body.get(self.pos..).unwrap_or_default();
+            self.pos += string_run(rest);
+            match self.peek() {
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.pos += 1;
+                    self.escape()?;
+                }
+                Some(_) => return Err(self.err(ScanErrorKind::ControlCharacter)),
+                None => return Err(self.err(ScanErrorKind::UnexpectedEnd)),
+            }
+        }
+    }
+
+    /// The escape after a backslash: one of `"\/bfnrt`, or `u` and four hex digits (any value).
+    fn escape(&mut self) -> Result<(), ScanError> {
+        match self.peek() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 1,
+            Some(b'u') => {
+                self.pos += 1;
+                for _ in 0..4 {
+                    match self.peek() {
+                        Some(b) if b.is_ascii_hexdigit() => self.pos += 1,
+                        _ => return Err(self.err(ScanErrorKind::InvalidEscape)),
+                    }
+                }
+            }
+            _ => return Err(self.err(ScanErrorKind::InvalidEscape)),
+        }
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
+        for &b in word {
+            if self.peek() != Some(b) {
+                return Err(self.err(ScanErrorKind::InvalidLiteral));
+            }
+            self.pos += 1;
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`; what follows is the caller's.
+    fn number(&mut self) -> Result<(), ScanError> {
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.pos += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return Err(self.err(ScanErrorKind::InvalidNumber));
+                }
+            }
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.err(ScanErrorKind::InvalidNumber)),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return Err(self.err(ScanErrorKind::InvalidNumber));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.err(ScanErrorKind::InvalidNumber));
+            }
+        }
+        Ok(())
+    }
+
+    /// One value of any depth starting at the cursor; leaves the cursor just after it.
+    fn skip_value(&mut self) -> Result<(), ScanError> {
+        let mut stack = Nesting::default();
+        loop {
+            // The cursor is at a value.
+            match self.peek() {
+                Some(b'{') => {
+                    self.pos += 1;
+                    self.skip_ws();
+                    if self.peek() == Some(b'}') {
+                        self.pos += 1;
+                    } else {
+                        stack.push(true);
+                        self.member_key()?;
+                        continue;
+                    }
+                }
+                Some(b'[') => {
+                    self.pos += 1;
+                    self.skip_ws();
+                    if self.peek() == Some(b']') {
+                        self.pos += 1;
+                    } else {
+                        stack.push(false);
+                        continue;
+                    }
+                }
+                Some(b'"') => {
+                    self.string(ScanErrorKind::ExpectedValue)?;
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                _ => return Err(self.err(ScanErrorKind::ExpectedValue)),
+            }
+            // A value ended: close containers until one has a next element, or the value is done.
+            loop {
+                let Some(in_object) = stack.top() else { return Ok(()) };
+                self.skip_ws();
+                match self.peek() {
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.skip_ws();
+                        if in_object {
+                            self.member_key()?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if in_object => {
+                        self.pos += 1;
+                        stack.pop();
+                    }
+                    Some(b']') if !in_object => {
+                        self.pos += 1;
+                        stack.pop();
+                    }
+                    _ if in_object => return Err(self.err(ScanErrorKind::ExpectedObjectCommaOrEnd)),
+                    _ => return Err(self.err(ScanErrorKind::ExpectedArrayCommaOrEnd)),
+                }
+            }
+        }
+    }
+
+    /// A nested object's key and colon, leaving the cursor at the value.
+    fn member_key(&mut self) -> Result<(), ScanError> {
+        self.string(ScanErrorKind::ExpectedKey)?;
+        self.skip_ws();
+        self.expect(b':', ScanErrorKind::ExpectedColon)?;
+        self.skip_ws();
+        Ok(())
+    }
+}
+
+/// Open containers below the current value, one bit each (set: object, clear: array).
+#[derive(Default)]
+struct Nesting {
+    bits: Vec<u64>,
+    depth: usize,
+}
+
+impl Nesting {
+    fn push(&mut self, object: bool) {
+        let (word, bit) = (self.depth / 64, self.depth % 64);
+        if word == self.bits.len() {
+            self.bits.push(0);
+        }
+        if let Some(w) = self.bits.get_mut(word) {
+            *w = (*w & !(1 << bit)) | (u64::from(object) << bit);
+        }
+        self.depth += 1;
+    }
+
+    fn pop(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    /// Whether the innermost open container is an object; `None` when none is open.
+    fn top(&self) -> Option<bool> {
+        let i = self.depth.checked_sub(1)?;
+        self.bits.get(i / 64).map(|w| w >> (i % 64) & 1 == 1)
+    }
+}
+
+/// Decodes the inside of a string already checked by [`Scanner::string`], with serde's rules for
+/// strings it keeps: surrogate escapes must pair, and the result must be UTF-8.
+fn decode(raw: &[u8]) -> Result<String, ScanErrorKind> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let Some(&e) = raw.get(i + 1) else { return Err(ScanErrorKind::InvalidEscape) };
+        i += 2;
+        let simple = match e {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => 0,
+            _ => return Err(ScanErrorKind::InvalidEscape),
+        };
+        if e != b'u' {
+            out.push(simple);
+            continue;
+        }
+        let high = hex4(raw.get(i..i + 4))?;
+        i += 4;
+        let code = match high {
+            0xDC00..=0xDFFF => return Err(ScanErrorKind::LoneSurrogate),
+            0xD800..=0xDBFF => {
+                if raw.get(i..i + 2) != Some(b"\\u") {
+                    return Err(ScanErrorKind::LoneSurrogate);
+                }
+                let low = hex4(raw.get(i + 2..i + 6))?;
+                if !(0xDC00..=0xDFFF).contains(&low) {
+                    return Err(ScanErrorKind::LoneSurrogate);
+                }
+                i += 6;
+                0x1_0000 + ((u32::from(high) - 0xD800) << 10 | (u32::from(low) - 0xDC00))
+            }
+            _ => u32::from(high),
+        };
+        let c = char::from_u32(code).ok_or(ScanErrorKind::LoneSurrogate)?;
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    }
+    String::from_utf8(out).map_err(|_| ScanErrorKind::InvalidUtf8)
+}
+
+/// Four hex digits as a number.
+fn hex4(digits: Option<&[u8]>) -> Result<u16, ScanErrorKind> {
+    let digits = digits.ok_or(ScanErrorKind::InvalidEscape)?;
+    digits.iter().try_fold(0u16, |n, &d| {
+        let v = (d as char).to_digit(16).ok_or(ScanErrorKind::InvalidEscape)?;
+        Ok(n << 4 | v as u16)
+    })
+}
+
+#[cfg(test)]
+mod tests;

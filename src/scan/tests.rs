@@ -1,0 +1,413 @@
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::*;
+
+/// What the serde parse in `routing` concludes (plus `stream`, read the same way): the oracle the
+/// scanner must agree with. `None` when serde refuses the body.
+pub(crate) fn oracle(body: &[u8]) -> Option<Members> {
+    #[derive(Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        model: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        stream: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        max_tokens: Option<&'a RawValue>,
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let top: Top = serde_json::from_slice(body).ok()?;
+    let model = top.model.and_then(|raw| {
+        let value: String = serde_json::from_str(raw.get()).ok()?;
+        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+        Some(ModelValue { value, span: start..start + raw.get().len() })
+    });
+    let stream = top.stream.and_then(|raw| match raw.get() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    });
+    let max_tokens = top.max_tokens.and_then(|raw| raw.get().parse().ok());
+    Some(Members { model, stream, max_tokens })
+}
+
+fn model(value: &str, span: Range<usize>) -> Option<ModelValue> {
+    Some(ModelValue { value: value.to_owned(), span })
+}
+
+#[test]
+fn reads_the_members_of_interest() {
+    let cases: &[(&str, &[u8], Members)] = &[
+        (
+            "all three",
+            br#"{"model":"claude-sonnet-4-6","stream":true,"max_tokens":32000}"#,
+            Members { model: model("claude-sonnet-4-6", 9..28), stream: Some(true), max_tokens: Some(32000) },
+        ),
+        ("empty object", b" {} ", Members::default()),
+        (
+            "whitespace everywhere",
+            b" \t\r\n{ \"model\" :\n\"m\" , \"stream\" : false }\n",
+            Members { model: model("m", 16..19), stream: Some(false), max_tokens: None },
+        ),
+        (
+            "escaped model is decoded, span covers the escapes",
+            br#"{"model":"claude-sonnet\u002d4-6"}"#,
+            Members { model: model("claude-sonnet-4-6", 9..33), ..Members::default() },
+        ),
+        (
+            "escaped key names model",
+            br#"{"mod\u0065l":"x"}"#,
+            Members { model: model("x", 14..17), ..Members::default() },
+        ),
+        (
+            "surrogate pair in model",
+            br#"{"model":"\ud83d\ude00"}"#,
+            Members { model: model("😀", 9..23), ..Members::default() },
+        ),
+        ("lone surrogate in model: no string model", br#"{"model":"\ud800"}"#, Members::default()),
+        ("model null", br#"{"model":null}"#, Members::default()),
+        ("model number", br#"{"model":7}"#, Members::default()),
+        ("model object", br#"{"model":{"model":"x"}}"#, Members::default()),
+        ("nested model is not top-level", br#"{"m":{"model":"x"},"a":["model"]}"#, Members::default()),
+        ("stream not a bool", br#"{"stream":"true"}"#, Members::default()),
+        (
+            "max_tokens u64::MAX",
+            br#"{"max_tokens":18446744073709551615}"#,
+            Members { max_tokens: Some(u64::MAX), ..Members::default() },
+        ),
+        ("max_tokens overflow", br#"{"max_tokens":18446744073709551616}"#, Members::default()),
+        ("max_tokens negative", br#"{"max_tokens":-1}"#, Members::default()),
+        ("max_tokens fraction", br#"{"max_tokens":1.0}"#, Members::default()),
+        ("max_tokens exponent", br#"{"max_tokens":1e3}"#, Members::default()),
+        (
+            "duplicate unknown keys",
+            br#"{"a":1,"a":2,"model":"x"}"#,
+            Members { model: model("x", 21..24), ..Members::default() },
+        ),
+        ("lone surrogate in a skipped string", br#"{"messages":["\udc00"]}"#, Members::default()),
+        ("invalid UTF-8 in a skipped string", b"{\"messages\":[\"\xff\"]}", Members::default()),
+        ("invalid UTF-8 in a nested key", b"{\"m\":{\"\xff\":1}}", Members::default()),
+        ("every number form", br#"{"n":[0,-0,1.5,-2e10,3E+2,4e-0,0.0e0]}"#, Members::default()),
+        ("empty containers", br#"{"a":[],"b":{},"c":[ ],"d":{ },"e":[[],{}]}"#, Members::default()),
+        ("UTF-8 key", "{\"é\":1}".as_bytes(), Members::default()),
+    ];
+    for (name, body, want) in cases {
+        assert_eq!(scan(body).as_ref(), Ok(want), "{name}");
+        assert_eq!(oracle(body).as_ref(), Some(want), "oracle: {name}");
+    }
+}
+
+#[test]
+fn refuses_what_serde_refuses() {
+    use ScanErrorKind::*;
+    let cases: &[(&str, &[u8], ScanErrorKind)] = &[
+        ("empty", b"", NotAnObject),
+        ("array", b"[1]", NotAnObject),
+        ("string", b"\"model\"", NotAnObject),
+        ("form feed is not JSON whitespace", b"\x0c{}", NotAnObject),
+        ("not json", b"model=claude", NotAnObject),
+        ("truncated", br#"{"model":"a""#, UnexpectedEnd),
+        ("truncated string", br#"{"model":"a"#, UnexpectedEnd),
+        ("trailing garbage", br#"{"model":"a"} x"#, TrailingCharacters),
+        ("two documents", br#"{}{}"#, TrailingCharacters),
+        ("duplicate model", br#"{"model":"claude-sonnet-4-6","model":"claude-opus-4-7"}"#, DuplicateKey("model")),
+        ("duplicate via escape", br#"{"model":"a","mod\u0065l":"b"}"#, DuplicateKey("model")),
+        ("duplicate null model", br#"{"model":null,"model":"b"}"#, DuplicateKey("model")),
+        ("duplicate stream", br#"{"stream":true,"stream":false}"#, DuplicateKey("stream")),
+        ("duplicate max_tokens", br#"{"max_tokens":1,"max_tokens":2}"#, DuplicateKey("max_tokens")),
+        ("trailing comma in object", br#"{"a":1,}"#, ExpectedKey),
+        ("trailing comma in array", br#"{"a":[1,]}"#, ExpectedValue),
+        ("unquoted key", br#"{a:1}"#, ExpectedKey),
+        ("no colon", br#"{"a" 1}"#, ExpectedColon),
+        ("missing comma", br#"{"a":1 "b":2}"#, ExpectedObjectCommaOrEnd),
+        ("missing array comma", br#"{"a":[1 2]}"#, ExpectedArrayCommaOrEnd),
+        ("mismatched close", br#"{"a":[1}"#, ExpectedArrayCommaOrEnd),
+        ("leading zero", br#"{"a":01}"#, InvalidNumber),
+        ("bare minus", br#"{"a":-}"#, InvalidNumber),
+        ("no fraction digit", br#"{"a":1.}"#, InvalidNumber),
+        ("no exponent digit", br#"{"a":1e+}"#, InvalidNumber),
+        ("leading dot", br#"{"a":.5}"#, ExpectedValue),
+        ("plus sign", br#"{"a":+1}"#, ExpectedValue),
+        ("bad literal", br#"{"a":tru}"#, InvalidLiteral),
+        ("capital literal", br#"{"a":True}"#, ExpectedValue),
+        ("bad escape", br#"{"a":"\x"}"#, InvalidEscape),
+        ("short unicode escape", br#"{"a":"\u12"}"#, InvalidEscape),
+        ("raw newline in string", b"{\"a\":\"x\ny\"}", ControlCharacter),
+        ("raw tab in string", b"{\"a\":\"x\ty\"}", ControlCharacter),
+        ("lone surrogate in top-level key", br#"{"\ud800":1}"#, LoneSurrogate),
+        ("trailing surrogate in top-level key", br#"{"\udc00":1}"#, LoneSurrogate),
+        ("invalid UTF-8 in top-level key", b"{\"\xff\":1}", InvalidUtf8),
+        ("invalid UTF-8 in model", b"{\"model\":\"\xc3\"}", InvalidUtf8),
+        ("invalid UTF-8 inside max_tokens array", b"{\"max_tokens\":[\"\xff\"]}", InvalidUtf8),
+        ("unclosed nesting", br#"{"a":[[[{"b":["#, UnexpectedEnd),
+    ];
+    for (name, body, want) in cases {
+        assert_eq!(scan(body).map_err(|e| e.kind), Err(*want), "{name}");
+        assert_eq!(oracle(body), None, "oracle: {name}");
+    }
+}
+
+#[test]
+fn string_run_stops_at_the_first_quote_backslash_or_control_byte() {
+    let cases: &[(&str, u8)] =
+        &[("quote", b'"'), ("backslash", b'\\'), ("nul", 0), ("newline", b'\n'), ("unit separator", 0x1f)];
+    for (name, stop) in cases {
+        for len in 0..40 {
+            for at in 0..=len {
+                // Filler around the stop byte: ASCII and bytes above 0x80 that look like stops minus 0x80.
+                let mut text: Vec<u8> = (0..len).map(|i| [b'a', 0xa2, 0xdc, 0x9f, b' '][i % 5]).collect();
+                if at < len {
+                    text[at] = *stop;
+                    if at + 1 < len {
+                        text[at + 1] = b'"';
+                    }
+                }
+                assert_eq!(string_run(&text), at, "{name}: length {len}, at {at}");
+            }
+        }
+    }
+}
+
+#[test]
+fn nesting_below_the_top_level_has_no_depth_limit_as_in_serde() {
+    for depth in [1, 127, 128, 129, 5000] {
+        for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+            let body = format!("{{\"x\":{}1{}}}", open.repeat(depth), close.repeat(depth));
+            assert!(scan(body.as_bytes()).is_ok(), "{open} {depth}");
+            assert!(oracle(body.as_bytes()).is_some(), "oracle {open} {depth}");
+        }
+    }
+}
+
+#[test]
+fn error_display_names_the_byte() {
+    let err = scan(br#"{"model":"a","model":"b"}"#).unwrap_err();
+    assert_eq!(err.to_string(), "duplicate field `model` at byte 21");
+    assert_eq!(scan(b"{\"a\":1} x").unwrap_err().to_string(), "trailing characters at byte 8");
+}
+
+#[test]
+fn captured_claude_code_bodies_agree_with_serde() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/claude-code");
+    for name in [
+        "request_main_stream.json",
+        "request_tool_result_followup.json",
+        "request_automode_classifier_nonstream.json",
+        "request_title_small_fast_model.json",
+    ] {
+        let body = std::fs::read(dir.join(name)).unwrap();
+        let got = scan(&body).unwrap();
+        assert_eq!(Some(&got), oracle(&body).as_ref(), "{name}");
+        assert!(got.model.is_some(), "{name}");
+        // Cut anywhere, a body is no longer valid.
+        for cut in (0..body.len()).step_by(997) {
+            assert_eq!(scan(&body[..cut]).ok(), oracle(&body[..cut]), "{name} cut at {cut}");
+        }
+    }
+}
+
+/// A deterministic generator of JSON-like documents near the grammar's edges.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a [u8]]) -> &'a [u8] {
+        items[self.below(items.len())]
+    }
+
+    fn ws(&mut self, out: &mut Vec<u8>) {
+        if self.below(4) == 0 {
+            out.extend_from_slice(self.pick(&[b" ", b"\n", b"\t", b"\r\n ", b"  "]));
+        } else if self.below(50) == 0 {
+            out.push(0x0c); // form feed: whitespace to Rust's `is_ascii_whitespace`, not to JSON
+        }
+    }
+
+    fn string(&mut self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        for _ in 0..self.below(5) {
+            out.extend_from_slice(self.pick(&[
+                b"claude",
+                b"-4-6",
+                b"model",
+                b"\\n",
+                b"\\\"",
+                b"\\\\",
+                b"\\/",
+                b"\\u0041",
+                b"\\u002d",
+                b"\\ud83d\\ude00",
+                b"\\ud800",
+                b"\\udc00",
+                b"\\ud800\\u0041",
+                b"\\ud800\\n",
+                b"\\uD834\\uDD1E",
+                b"\\u00e9",
+                "é😀".as_bytes(),
+                b"\xff",
+                b"\xc3",
+                b"\xed\xa0\x80",
+                b"\\x",
+                b"\\u12",
+                b"\t",
+            ]));
+        }
+        out.push(b'"');
+    }
+
+    fn number(&mut self, out: &mut Vec<u8>) {
+        if self.below(8) == 0 {
+            out.extend_from_slice(self.pick(&[
+                b"18446744073709551615",
+                b"18446744073709551616",
+                b"99999999999999999999999999",
+                b"1e400",
+            ]));
+            return;
+        }
+        if self.below(4) == 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(self.pick(&[b"0", b"7", b"32000", b"00", b"1", b""]));
+        if self.below(4) == 0 {
+            out.extend_from_slice(self.pick(&[b".5", b".", b".05"]));
+        }
+        if self.below(4) == 0 {
+            out.extend_from_slice(self.pick(&[b"e3", b"E+2", b"e-1", b"e", b"e+"]));
+        }
+    }
+
+    fn key(&mut self, out: &mut Vec<u8>) {
+        if self.below(3) == 0 {
+            self.string(out);
+        } else {
+            out.extend_from_slice(self.pick(&[
+                br#""model""#,
+                br#""stream""#,
+                br#""max_tokens""#,
+                br#""mod\u0065l""#,
+                br#""\u006dodel""#,
+                br#""str\u0065am""#,
+                br#""max\u005ftokens""#,
+                br#""messages""#,
+                br#""model ""#,
+                br#""Model""#,
+                br#""""#,
+            ]));
+        }
+    }
+
+    fn value(&mut self, depth: usize, out: &mut Vec<u8>) {
+        let kinds = if depth > 4 { 4 } else { 6 };
+        match self.below(kinds) {
+            0 => self.string(out),
+            1 => self.number(out),
+            2 => out.extend_from_slice(self.pick(&[b"true", b"false", b"null", b"nul", b"True"])),
+            3 => self.string(out),
+            4 => {
+                out.push(b'[');
+                for i in 0..self.below(4) {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.ws(out);
+                    self.value(depth + 1, out);
+                    self.ws(out);
+                }
+                out.push(b']');
+            }
+            _ => self.object(depth + 1, out),
+        }
+    }
+
+    fn object(&mut self, depth: usize, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for i in 0..self.below(5) {
+            if i > 0 {
+                out.push(b',');
+            }
+            self.ws(out);
+            self.key(out);
+            self.ws(out);
+            out.push(b':');
+            self.ws(out);
+            if depth == 0 && self.below(2) == 0 {
+                // Values the members of interest usually have, so that each is often found.
+                out.extend_from_slice(self.pick(&[
+                    br#""claude-sonnet-4-6""#,
+                    br#""claude\u002dhaiku""#,
+                    b"true",
+                    b"false",
+                    b"32000",
+                    b"null",
+                ]));
+            } else {
+                self.value(depth, out);
+            }
+            self.ws(out);
+        }
+        out.push(b'}');
+    }
+
+    /// A document, then a few random edits.
+    fn document(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.ws(&mut out);
+        self.object(0, &mut out);
+        self.ws(&mut out);
+        for _ in 0..self.below(4).saturating_sub(1) {
+            self.mutate(&mut out);
+        }
+        out
+    }
+
+    fn mutate(&mut self, doc: &mut Vec<u8>) {
+        const BYTES: &[u8] = b"\"\\{}[],: 0-e.ntu\xff\x00a";
+        let at = self.below(doc.len() + 1);
+        match self.below(5) {
+            0 if at < doc.len() => doc[at] = BYTES[self.below(BYTES.len())],
+            1 if at < doc.len() => {
+                doc.remove(at);
+            }
+            2 => doc.insert(at, BYTES[self.below(BYTES.len())]),
+            3 => doc.truncate(at),
+            _ => {
+                let end = (at + self.below(8)).min(doc.len());
+                let piece = doc[at..end].to_vec();
+                let to = self.below(doc.len() + 1);
+                doc.splice(to..to, piece);
+            }
+        }
+    }
+}
+
+#[test]
+fn agrees_with_serde_on_generated_documents() {
+    let mut gen = Gen(0x9e37_79b9_7f4a_7c15);
+    let (mut accepted, mut with_model, total) = (0, 0, 100_000);
+    for _ in 0..total {
+        let doc = gen.document();
+        let got = scan(&doc).ok();
+        assert_eq!(got, oracle(&doc), "{:?}", String::from_utf8_lossy(&doc));
+        if let Some(members) = got {
+            accepted += 1;
+            with_model += usize::from(members.model.is_some());
+        }
+    }
+    // The generator must exercise both verdicts and the model path, or the test proves little.
+    assert!(accepted > total / 10 && accepted < total * 9 / 10, "accepted {accepted} of {total}");
+    assert!(with_model > total / 100, "model found in {with_model} of {total}");
+}
