@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: all build test unit lint integration demo demo-token bench compose-up clean tools
+.PHONY: all build test unit unit-fast lint fuzz fuzz-ci integration demo demo-token bench compose-up clean tools
 
 all: build
 
@@ -31,8 +31,23 @@ tools: .wasm-target.stamp $(VENV)/.stamp node_modules/.stamp
 build: .wasm-target.stamp
 	cargo build --release --target $(WASM_TARGET) -p claude-sso-gateway
 
-## Every test: native unit tests, lints, then the real-Envoy, real-IdP and real-Claude-Code tests.
-test: unit lint integration
+## Every test: native unit tests, lints, a short fuzz run, then the real-Envoy, real-IdP and
+## real-Claude-Code tests.
+test: unit lint fuzz-ci integration
+
+## The everyday loop: the filter's unit tests (the state machine over every event order) and
+## clippy, no npm, no Envoy.
+unit-fast:
+	cargo test -p claude-sso-gateway --lib
+	cargo clippy -p claude-sso-gateway --all-targets -- -D warnings
+
+## Every fuzz target from its seeds: 10 s each in CI, FUZZ_SECONDS (default 300) each here.
+fuzz-ci:
+	bash scripts/fuzz.sh 10
+
+FUZZ_SECONDS ?= 300
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 unit: node_modules/.stamp
 	cargo test --workspace

@@ -106,6 +106,17 @@ pub fn strict_json(data: &[u8]) {
     }
 }
 
+/// The one-pass scanner and serde_json agree on every input: accept or refuse, and every
+/// member read (the `model` value and its span, `stream`, `max_tokens`).
+pub fn scan_vs_serde(data: &[u8]) {
+    let got = crate::scan::scan(data);
+    assert_eq!(got.as_ref().ok(), crate::scan::oracle::oracle(data).as_ref(), "scan: {got:?}");
+    if let Ok(crate::scan::Members { model: Some(m), .. }) = &got {
+        let raw = &data[m.span.clone()];
+        assert_eq!(serde_json::from_slice::<String>(raw).ok().as_deref(), Some(m.value.as_str()));
+    }
+}
+
 /// Every target by name, for the fuzz crate and the smoke test.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("jwt", jwt),
@@ -116,6 +127,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("config", config),
     ("request_events", request_events),
     ("strict_json", strict_json),
+    ("scan_vs_serde", scan_vs_serde),
 ];
 
 #[cfg(test)]
@@ -124,7 +136,8 @@ mod tests {
     fn every_target_takes_its_seed_inputs() {
         for (name, target) in super::TARGETS {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(name);
-            let seeds: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+            let seeds: Vec<_> =
+                std::fs::read_dir(&dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
             assert!(!seeds.is_empty(), "{name}: no seeds");
             for seed in seeds {
                 target(&seed);

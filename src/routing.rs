@@ -1,11 +1,9 @@
 //! What a request is (which endpoint), and the body's `model`: finding it without re-encoding
 //! the body, checking it against the tier, and splicing in the provider's model id.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use crate::config::{Model, Plan, Tier};
 use crate::reply::{Reply, ToReply};
+use crate::scan;
 
 /// What the gateway does with a request, decided from method and path alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,37 +100,23 @@ pub struct RequestBody {
     pub model: String,
     /// `max_tokens`, when it is a whole number.
     pub max_tokens: Option<u64>,
+    /// `stream: true`.
+    pub stream: bool,
     /// Byte range of the `model` value (with its quotes) in the body.
     model_span: (usize, usize),
 }
 
-#[derive(Deserialize)]
-struct Top<'a> {
-    // Borrowed raw value: its position in the input gives the bytes to replace. serde refuses a
-    // repeated `model`, so the provider cannot be shown a different model than the one checked.
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    max_tokens: Option<&'a RawValue>,
-}
-
 impl RequestBody {
-    /// Parses the body, validating all of it as JSON.
+    /// Validates the whole body as JSON in one pass (see [`crate::scan`]) and reads `model`.
     pub fn parse(body: &[u8]) -> Result<RequestBody, RequestError> {
-        // serde would also read a struct from a JSON array; the API takes objects only.
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(RequestError::InvalidJson("expected a JSON object".to_owned()));
-        }
-        let top: Top = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-        let raw = top.model.ok_or(RequestError::MissingModel)?;
-        let model: String = serde_json::from_str(raw.get()).map_err(|_| RequestError::MissingModel)?;
-        let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-        let end = start + raw.get().len();
-        if body.get(start..end) != Some(raw.get().as_bytes()) {
-            return Err(RequestError::InvalidJson("model value could not be located".to_owned()));
-        }
-        let max_tokens = top.max_tokens.and_then(|raw| raw.get().parse::<u64>().ok());
-        Ok(RequestBody { model, max_tokens, model_span: (start, end) })
+        let members = scan::scan(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+        let model = members.model.ok_or(RequestError::MissingModel)?;
+        Ok(RequestBody {
+            model: model.value,
+            max_tokens: members.max_tokens,
+            stream: members.stream.unwrap_or(false),
+            model_span: (model.span.start, model.span.end),
+        })
     }
 
     /// The model entry the tier allows for this body, or the refusal listing what it allows.

@@ -1,23 +1,14 @@
 //! One pass over a request body: validates it as JSON without building a tree, and reports the
 //! top-level members the gateway reads (`model`, `stream`, `max_tokens`).
 //!
-//! The verdicts are those of the serde parse in [`crate::routing`] (`serde_json::from_slice` into a
-//! struct of borrowed `RawValue`s, unknown members ignored), checked by a differential test and a
-//! fuzz target. That parse is less strict than `serde_json::Value` in three ways, and so is this
-//! scanner, on purpose (a stricter scanner would refuse bodies the gateway forwards today):
-//! - strings that are skipped (every string except the top-level keys and the values of the members
-//!   of interest) are not checked for UTF-8 validity, and their `\u` escapes need four hex digits
-//!   but may be lone surrogates (serde's `ignore_str`);
-//! - nesting below the top-level object has no depth limit (serde's `ignore_value` keeps its own
-//!   stack and never consults the 128 recursion limit); this scanner keeps one bit per level, so a
-//!   body of `n` bytes costs at most `n / 8` bytes of stack memory and no recursion;
-//! - duplicate keys are refused only at the top level, and only among `model`, `stream` and
-//!   `max_tokens` (compared after decoding escapes: `"mod\u0065l"` repeats `model`).
+//! The verdicts are those of `serde_json::from_slice::<serde_json::Value>` (UTF-8 everywhere,
+//! surrogate escapes paired, at most 128 levels of nesting, JSON's number and escape grammar),
+//! plus two rules of the gateway's own: the document must be an object, and `model`, `stream`
+//! and `max_tokens` may not repeat at the top level (compared after decoding escapes:
+//! `"mod\u0065l"` repeats `model`), so the provider cannot be shown a different model than the
+//! one checked. A differential test and a fuzz target hold it to serde_json.
 //!
-//! Top-level keys are decoded with serde's `validate` rules (UTF-8, surrogates paired), and the
-//! values of the members of interest must be valid UTF-8 (serde's `RawValue`). A `model` string
-//! whose escapes do not decode (a lone surrogate) is reported as no string `model`, as serde's
-//! second `from_str::<String>` does.
+//! Nesting is tracked with one bit per level and no recursion.
 
 use std::fmt;
 use std::ops::Range;
@@ -76,10 +67,12 @@ pub enum ScanErrorKind {
     InvalidEscape,
     /// A raw control character (below U+0020) inside a string.
     ControlCharacter,
-    /// A lone or unpaired UTF-16 surrogate escape in a top-level key.
+    /// A lone or unpaired UTF-16 surrogate escape.
     LoneSurrogate,
-    /// Bytes that are not UTF-8 in a top-level key or in a value the gateway reads.
+    /// Bytes that are not UTF-8.
     InvalidUtf8,
+    /// More than [`MAX_DEPTH`] levels of nesting.
+    TooDeep,
     /// `model`, `stream` or `max_tokens` given twice.
     DuplicateKey(&'static str),
     /// Something other than whitespace after the document.
@@ -100,7 +93,8 @@ impl fmt::Display for ScanError {
             ScanErrorKind::InvalidNumber => "invalid number",
             ScanErrorKind::InvalidEscape => "invalid escape",
             ScanErrorKind::ControlCharacter => "control character in a string",
-            ScanErrorKind::LoneSurrogate => "unpaired surrogate escape in a key",
+            ScanErrorKind::LoneSurrogate => "unpaired surrogate escape",
+            ScanErrorKind::TooDeep => "nested too deeply",
             ScanErrorKind::InvalidUtf8 => "invalid UTF-8",
             ScanErrorKind::DuplicateKey(name) => return write!(f, "duplicate field `{name}` at byte {}", self.at),
             ScanErrorKind::TrailingCharacters => "trailing characters",
@@ -109,12 +103,20 @@ impl fmt::Display for ScanError {
     }
 }
 
+/// Most levels of nesting, the top-level object included (serde_json's recursion limit of 128
+/// counts down to zero, so 127 levels parse).
+pub const MAX_DEPTH: usize = 127;
+
 /// The members of interest, in the order of [`Seen`]'s flags.
 const FIELDS: [&str; 3] = ["model", "stream", "max_tokens"];
 
 /// Scans `body`: `Ok` with the members of interest when it is one valid JSON object (surrounded by
 /// JSON whitespace only), the first problem otherwise.
 pub fn scan(body: &[u8]) -> Result<Members, ScanError> {
+    // One pass of the standard library's validator up front, so no string needs its own check.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ScanError { kind: ScanErrorKind::InvalidUtf8, at: e.valid_up_to() });
+    }
     let mut s = Scanner { body, pos: 0 };
     s.skip_ws();
     if s.peek() != Some(b'{') {
@@ -138,7 +140,7 @@ pub fn scan(body: &[u8]) -> Result<Members, ScanError> {
                 if std::mem::replace(&mut seen[i], true) {
                     return Err(ScanError { kind: ScanErrorKind::DuplicateKey(FIELDS[i]), at: start });
                 }
-                members.take(i, body, start..s.pos)?;
+                members.take(i, body, start..s.pos);
             }
             s.skip_ws();
             match s.peek() {
@@ -164,12 +166,8 @@ pub fn scan(body: &[u8]) -> Result<Members, ScanError> {
 
 impl Members {
     /// Records member `field` whose value is `body[span]` (already valid JSON).
-    fn take(&mut self, field: usize, body: &[u8], span: Range<usize>) -> Result<(), ScanError> {
+    fn take(&mut self, field: usize, body: &[u8], span: Range<usize>) {
         let raw = body.get(span.clone()).unwrap_or_default();
-        // serde's RawValue refuses a value that is not UTF-8 as a whole.
-        if let Err(e) = std::str::from_utf8(raw) {
-            return Err(ScanError { kind: ScanErrorKind::InvalidUtf8, at: span.start + e.valid_up_to() });
-        }
         match field {
             0 => {
                 self.model = match raw {
@@ -186,7 +184,6 @@ impl Members {
             }
             _ => self.max_tokens = std::str::from_utf8(raw).ok().and_then(|t| t.parse().ok()),
         }
-        Ok(())
     }
 }
 
@@ -271,9 +268,6 @@ impl Scanner<'_> {
                 Err(kind) => return Err(ScanError { kind, at: start }),
             }
         } else {
-            if let Err(e) = std::str::from_utf8(raw) {
-                return Err(ScanError { kind: ScanErrorKind::InvalidUtf8, at: start + e.valid_up_to() });
-            }
             std::borrow::Cow::Borrowed(raw)
         };
         Ok(FIELDS.iter().position(|f| f.as_bytes() == &*name))
@@ -305,22 +299,37 @@ impl Scanner<'_> {
         }
     }
 
-    /// The escape after a backslash: one of `"\/bfnrt`, or `u` and four hex digits (any value).
+    /// The escape after a backslash: one of `"\\/bfnrt`, or `u` and four hex digits, where a
+    /// surrogate must come as a high-low pair of escapes.
     fn escape(&mut self) -> Result<(), ScanError> {
         match self.peek() {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 1,
             Some(b'u') => {
                 self.pos += 1;
-                for _ in 0..4 {
-                    match self.peek() {
-                        Some(b) if b.is_ascii_hexdigit() => self.pos += 1,
-                        _ => return Err(self.err(ScanErrorKind::InvalidEscape)),
+                match self.hex4()? {
+                    0xD800..=0xDBFF => {
+                        if self.body.get(self.pos..self.pos + 2) != Some(b"\\u") {
+                            return Err(self.err(ScanErrorKind::LoneSurrogate));
+                        }
+                        self.pos += 2;
+                        if !(0xDC00..=0xDFFF).contains(&self.hex4()?) {
+                            return Err(self.err(ScanErrorKind::LoneSurrogate));
+                        }
                     }
+                    0xDC00..=0xDFFF => return Err(self.err(ScanErrorKind::LoneSurrogate)),
+                    _ => {}
                 }
             }
             _ => return Err(self.err(ScanErrorKind::InvalidEscape)),
         }
         Ok(())
+    }
+
+    /// Four hex digits at the cursor.
+    fn hex4(&mut self) -> Result<u16, ScanError> {
+        let code = hex4(self.body.get(self.pos..self.pos + 4)).map_err(|kind| self.err(kind))?;
+        self.pos += 4;
+        Ok(code)
     }
 
     fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
@@ -341,8 +350,23 @@ impl Scanner<'_> {
         self.pos - start
     }
 
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`; what follows is the caller's.
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?` whose value is a finite `f64`
+    /// (serde_json refuses `1e400` as out of range); what follows is the caller's.
     fn number(&mut self) -> Result<(), ScanError> {
+        let start = self.pos;
+        self.number_grammar()?;
+        let text = self.body.get(start..self.pos).unwrap_or_default();
+        // Small integers (nearly every number in a request) are finite; only the rest are parsed.
+        if text.len() > 18 || text.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+            let finite = std::str::from_utf8(text).ok().and_then(|t| t.parse::<f64>().ok()).is_some_and(f64::is_finite);
+            if !finite {
+                return Err(ScanError { kind: ScanErrorKind::InvalidNumber, at: start });
+            }
+        }
+        Ok(())
+    }
+
+    fn number_grammar(&mut self) -> Result<(), ScanError> {
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
@@ -381,6 +405,12 @@ impl Scanner<'_> {
         let mut stack = Nesting::default();
         loop {
             // The cursor is at a value.
+            if let Some(b'{' | b'[') = self.peek() {
+                // The top-level object is the first level.
+                if stack.depth + 2 > MAX_DEPTH {
+                    return Err(self.err(ScanErrorKind::TooDeep));
+                }
+            }
             match self.peek() {
                 Some(b'{') => {
                     self.pos += 1;
@@ -541,5 +571,7 @@ fn hex4(digits: Option<&[u8]>) -> Result<u16, ScanErrorKind> {
     })
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod oracle;
 #[cfg(test)]
 mod tests;

@@ -240,7 +240,7 @@ pub fn expected(setup: &Setup) -> Vec<End> {
         (Body::TooLarge, Some(status)) if !declared => vec![End::Answered(413), End::Answered(status)],
         (Body::TooLarge, _) => vec![End::Answered(413)],
         (_, Some(status)) => vec![End::Answered(status)],
-        _ if setup.spilled => vec![End::Answered(413)],
+        _ if setup.spilled && setup.profile == HostProfile::Ngx => vec![End::Answered(413)],
         (Body::NotAllowed | Body::Invalid, None) => vec![End::Answered(400)],
         (Body::Allowed, None) => vec![End::Forwarded],
     }
