@@ -117,8 +117,11 @@ pub fn scan_vs_serde(data: &[u8]) {
     }
 }
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the fuzz crate and the smoke test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("jwt", jwt),
     ("jwks", jwks),
     ("discovery", discovery),
