@@ -32,7 +32,8 @@ die() { log "error: $*"; exit 1; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 # The Wasmtime C API crate: a static library named `wasmtime`, re-exporting wasmtime-c-api-impl.
-# `threads` is needed (ngx_wasm_module calls wasmtime_config_wasm_threads_set).
+# `threads` is needed (ngx_wasm_module calls wasmtime_config_wasm_threads_set). wasmtime-c-api-impl
+# 26.0.0 accepts any wasmtime 26.0.x; the pins keep the engine at 26.0.0, the release Kong 3.9 ships.
 WASMTIME_MANIFEST='[package]
 name = "wasmtime-c-api-kong"
 version = "26.0.0"
@@ -46,6 +47,8 @@ crate-type = ["staticlib"]
 
 [dependencies]
 wasmtime-c-api-impl = { version = "=26.0.0", default-features = false, features = ["cranelift", "wat", "wasi", "cache", "parallel-compilation", "threads"] }
+wasmtime = { version = "=26.0.0", default-features = false }
+wasmtime-wasi = { version = "=26.0.0", default-features = false }
 
 [profile.release]
 opt-level = 1
@@ -97,6 +100,8 @@ fi
 command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
 
 mkdir -p "$CACHE"
+# Leftovers of builds that were killed (an exiting build removes its own).
+find "$CACHE" -maxdepth 1 -name '.build-*' -mmin +720 -exec rm -rf {} + 2>/dev/null || true
 TMP="$(mktemp -d "$CACHE/.build-XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -111,6 +116,7 @@ if [[ ! -f $WASMTIME/lib/libwasmtime.a ]]; then
     printf '%s' "$WASMTIME_LIBRS" >"$crate/lib.rs"
     (cd "$crate" && CARGO_TARGET_DIR="$crate/target" cargo build --release --jobs "$JOBS" >&2)
     cp "$crate/target/release/libwasmtime.a" "$stage/lib/"
+    cp "$crate/Cargo.lock" "$stage/"  # the crate versions actually built
     # The headers: the build script's out/include (with the generated wasmtime/conf.h).
     conf="$(find "$crate/target/release/build" -path '*/out/include/wasmtime/conf.h' | head -n1)"
     [[ -n $conf ]] || die "wasmtime/conf.h not found in the crate build"
@@ -129,8 +135,8 @@ if [[ ! -f $WASMTIME/lib/libwasmtime.a ]]; then
         sed -i "${last}i #define WASMTIME_FEATURE_WAT" "$conf"
     fi
     grep -q '^#define WASMTIME_FEATURE_WAT' "$conf" || die "could not define WASMTIME_FEATURE_WAT in conf.h"
-    rm -rf "$WASMTIME"
-    mv "$stage" "$WASMTIME"
+    # Atomic: a concurrent build that finished first wins, ours is dropped with $TMP.
+    mv -T "$stage" "$WASMTIME" 2>/dev/null || [[ -f $WASMTIME/lib/libwasmtime.a ]] || die "cannot create $WASMTIME"
 fi
 
 ## 2. nginx + ngx_wasm_module, linked statically against libwasmtime.a (the binary is relocatable).
@@ -165,10 +171,9 @@ stage="$TMP/out"
 {
     echo "nginx-1.27.2.tar.gz $NGINX_SHA256"
     echo "ngx_wasm_module-9136e463.tar.gz $NGXWASM_SHA256"
-    echo "wasmtime-c-api-impl =26.0.0 ($WASMTIME_KEY)"
+    echo "wasmtime-c-api-impl =26.0.0 ($WASMTIME_KEY): $(grep -A1 '^name = "wasmtime"$' "$WASMTIME/Cargo.lock" 2>/dev/null | tail -n1)"
     echo "script $(sha "$SELF")"
 } >>"$stage/BUILD-INFO"
-rm -rf "$OUT"
-mv "$stage" "$OUT"
+mv -T "$stage" "$OUT" 2>/dev/null || [[ -x $NGINX_BIN ]] || die "cannot create $OUT"
 log "built $NGINX_BIN"
 echo "$NGINX_BIN"
