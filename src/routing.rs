@@ -47,6 +47,8 @@ pub enum RequestError {
     MissingModel,
     /// `content-length` is not a number.
     InvalidLength,
+    /// A header the gateway sets itself was sent more than once.
+    RepeatedHeader(String),
     /// The host could not hand the body to the filter (nginx spilled it to a temp file).
     BodyUnreadable,
     /// The tier may not use this model.
@@ -73,6 +75,11 @@ impl ToReply for RequestError {
             RequestError::MissingModel => {
                 Reply::error(400, "invalid_request_error", "gateway: request body has no string `model`")
             }
+            RequestError::RepeatedHeader(name) => Reply::error(
+                400,
+                "invalid_request_error",
+                &format!("gateway: the {name} header is set by the gateway and may not be sent (let alone twice)"),
+            ),
             RequestError::InvalidLength => {
                 Reply::error(400, "invalid_request_error", "gateway: content-length is not a number")
             }

@@ -146,7 +146,13 @@ impl<'a> Head<'a> {
     fn read(headers: &'a [(String, String)]) -> Head<'a> {
         let mut head = Head::default();
         for (name, value) in headers {
-            match name.as_str() {
+            // Envoy hands names lower-case; nginx as the client spelt them.
+            let lower = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(name.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(name.as_str())
+            };
+            match &*lower {
                 ":method" => head.method = value,
                 ":path" => head.path = value,
                 "authorization" => head.authorization.push(value),
@@ -238,21 +244,37 @@ impl Request {
             Endpoint::Messages | Endpoint::CountTokens => {}
         }
         self.phase = Phase::Deciding;
-        let plan = &worker.plan;
-        // Everything the client may not choose is removed before anything else happens, so no
+        // Everything the client may not choose is taken away before anything else happens, so no
         // later path can forward it.
-        let stripped = worker.stripped_headers();
-        let mut remove: Vec<String> = stripped
-            .iter()
-            .filter(|name| headers.iter().any(|(n, _)| n == *name))
-            .map(|name| (*name).to_owned())
-            .collect();
-        if head.content_length.is_some() {
-            // The body may be rewritten; the length is set again when the body is known.
-            remove.push("content-length".to_owned());
+        let count = |name: &str| headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count();
+        let present: Vec<String> =
+            worker.stripped_headers().iter().filter(|name| count(name) > 0).map(|n| (*n).to_owned()).collect();
+        let mut step = match present.iter().find(|name| count(name) > 1) {
+            // One value each: ngx cannot take every copy of a repeated header away (below).
+            Some(name) if name == "authorization" || name == "x-api-key" => {
+                self.refuse_early(AuthError::DuplicateCredential.to_reply(), has_body)
+            }
+            Some(name) => self.refuse_early(RequestError::RepeatedHeader(name.clone()).to_reply(), has_body),
+            None => self.decide_head(worker, host, &head, has_body),
+        };
+        match self.profile {
+            HostProfile::Envoy => {
+                step.remove_headers = present;
+                if head.content_length.is_some() {
+                    // The body may be rewritten; the length is set again when the body is known.
+                    step.remove_headers.push("content-length".to_owned());
+                }
+            }
+            // ngx_wasm_module only marks a removed request header and nginx's proxy module
+            // forwards it anyway; a replaced value does reach the upstream. So each is replaced
+            // with "" now (the forward sets the gateway's own values over them; the samples drop
+            // an empty Authorization with `proxy_set_header Authorization ""`). nginx computes
+            // Content-Length itself from the body it sends.
+            HostProfile::Ngx => {
+                let cleared = present.into_iter().map(|n| (n, String::new()));
+                step.set_headers.splice(0..0, cleared);
+            }
         }
-        let mut step = self.decide_head(worker, host, &head, has_body, plan.max_body_bytes);
-        step.remove_headers = remove;
         step
     }
 
@@ -262,8 +284,8 @@ impl Request {
         host: &dyn Host,
         head: &Head<'_>,
         has_body: bool,
-        max: usize,
     ) -> Step {
+        let max = worker.plan.max_body_bytes;
         let declared = head.content_length.map(|l| l.trim().parse::<usize>());
         match declared {
             Some(Err(_)) => return self.answer(RequestError::InvalidLength.to_reply()),
@@ -274,9 +296,6 @@ impl Request {
         }
         if !has_body {
             return self.answer(RequestError::MissingModel.to_reply());
-        }
-        if head.authorization.len() > 1 || head.api_key.len() > 1 {
-            return self.refuse_early(AuthError::DuplicateCredential.to_reply(), true);
         }
         match jwt::take_token(head.authorization.first().copied(), head.api_key.first().copied()) {
             Ok(token) => self.authenticate(worker, host, &token, true),
@@ -461,7 +480,10 @@ impl Request {
                 step.warnings = refusal.warnings;
                 step
             }
-            Ok((Forward { body, headers }, metering)) => {
+            Ok((Forward { body, mut headers }, metering)) => {
+                if self.profile == HostProfile::Ngx {
+                    headers.retain(|(name, _)| name != "content-length");
+                }
                 self.metering = metering;
                 self.phase = Phase::Forwarded;
                 Step { flow: Flow::Continue, set_headers: headers, body, forwarded: true, ..Step::default() }

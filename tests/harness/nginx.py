@@ -105,6 +105,9 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
+            # The filter empties the client's Authorization (ngx cannot remove request headers);
+            # this drops the empty header, as the sample nginx.conf does.
+            proxy_set_header Authorization "";
             proxy_buffering off;
             proxy_read_timeout 300s;
 {location_extra}        }}
