@@ -10,7 +10,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from stub_upstream import StubUpstream  # noqa: E402
 
-from tests.harness.envoy import Envoy  # noqa: E402
+from tests.harness.hosts import HOSTS, gateway_class  # noqa: E402
 from tests.harness.signer import AUDIENCE, Signer  # noqa: E402
 
 UPSTREAM_KEY = "sk-ant-test-upstream-key-7f3a9c"
@@ -68,22 +68,41 @@ def signer():
     s.stop()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "envoy_only(why): runs on Envoy only; `why` says what ngx lacks")
+
+
+@pytest.fixture(scope="session", params=HOSTS)
+def host(request):
+    """The Proxy-Wasm host a gateway test runs on: every such test runs on each."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _host_support(request):
+    marker = request.node.get_closest_marker("envoy_only")
+    callspec = getattr(request.node, "callspec", None)
+    if marker and callspec and callspec.params.get("host", "envoy") != "envoy":
+        pytest.skip(f"Envoy only: {marker.args[0] if marker.args else ''}")
+
+
 @pytest.fixture(scope="session")
-def gateway(stub, signer):
-    """One gateway for the tests that leave the IdP as it is."""
-    g = Envoy(gateway_config(signer), stub.port, [signer.upstream], env={"ANTHROPIC_API_KEY": UPSTREAM_KEY})
+def gateway(stub, signer, host):
+    """One gateway per host for the tests that leave the IdP as it is."""
+    g = gateway_class(host)(gateway_config(signer), stub.port, [signer.upstream],
+                            env={"ANTHROPIC_API_KEY": UPSTREAM_KEY})
     yield g
     g.stop()
 
 
 @pytest.fixture
-def make_gateway(stub):
-    """Starts gateways with their own config; all are stopped after the test."""
+def make_gateway(stub, host):
+    """Starts gateways (on the test's host) with their own config; all are stopped after the test."""
     started = []
 
     def start(config, idp_upstreams, env=None, **kwargs):
         env = {"ANTHROPIC_API_KEY": UPSTREAM_KEY} if env is None else env
-        g = Envoy(config, stub.port, idp_upstreams, env=env, **kwargs)
+        g = gateway_class(host)(config, stub.port, idp_upstreams, env=env, **kwargs)
         started.append(g)
         return g
 

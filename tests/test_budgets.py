@@ -130,6 +130,7 @@ def test_reserve_is_held_and_settled_to_the_true_count(make_gateway, signer, stu
     assert remaining(second, 600) == limit - per_request(stub) - estimate, "first request settled to its true usage"
 
 
+@pytest.mark.envoy_only("plain nginx has no reader for proxy-wasm metrics (Kong's Prometheus plugin reads them)")
 def test_usage_metrics_per_tier_and_model(make_gateway, signer, stub):
     g = budget_gateway(make_gateway, signer, [])
     call(g.port, signer.token(), STREAM)
@@ -187,6 +188,7 @@ def test_claude_code_sees_the_429_promptly(make_gateway, signer, stub, tmp_path)
     assert len(stub.requests) == 1
 
 
+@pytest.mark.envoy_only("a live listener reload (LDS) is Envoy's")
 def test_counters_survive_a_config_reload_that_keeps_the_tiers(make_gateway, signer, stub):
     limits = [{"limit": 2 * per_request(stub) - 100, "window_seconds": 600}]
     config = gateway_config(signer, budgets={"reserve": "none"})

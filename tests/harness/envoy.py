@@ -87,7 +87,20 @@ def bootstrap(gateway_listener: dict, admin_port: int, upstream_port: int, idp_u
     return config
 
 
-class Envoy:
+class HostProcess:
+    """What every gateway host class offers on top of `logs()`."""
+
+    def wait_for_log(self, text: str, seconds=5.0) -> bool:
+        """Whether `text` shows up in the log within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while text not in self.logs():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+class Envoy(HostProcess):
     """Runs Envoy until `stop()`. Fails with Envoy's log if it does not become ready."""
 
     def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
@@ -157,15 +170,6 @@ class Envoy:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for_log(self, text: str, seconds=5.0) -> bool:
-        """Whether `text` shows up in the log within `seconds`."""
-        deadline = time.monotonic() + seconds
-        while text not in self.logs():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
 
     def stats(self, prefix="wasmcustom.") -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter={prefix}") as r:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.harness.envoy import ROOT, WASM, free_port
+from tests.harness.envoy import ROOT, WASM, HostProcess, free_port
 
 FILTER = "claude_sso_gateway"
 RUNTIME_SCRIPT = ROOT / "scripts" / "kong-runtime.sh"
@@ -87,6 +87,8 @@ http {{
 
     # Bodies spilled to a temp file are invisible to Wasm filters: keep them in memory.
     client_body_buffer_size {BODY_BUFFER};
+    # Room for a bearer token up to the filter's oidc.max_token_bytes (8 KiB) in a header line.
+    large_client_header_buffers 4 32k;
     client_max_body_size {BODY_BUFFER};
     keepalive_timeout 75s;
     keepalive_requests 10000;
@@ -116,7 +118,7 @@ http {{
 """
 
 
-class Nginx:
+class Nginx(HostProcess):
     """Runs nginx until `stop()`. Fails with nginx's log if it does not become ready."""
 
     def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
