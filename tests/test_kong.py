@@ -298,7 +298,7 @@ SDK_TO_ABI = {
     "get_current_time": "proxy_get_current_time_nanoseconds",
     "set_tick_period": "proxy_set_tick_period_milliseconds",
     "get_buffer": "proxy_get_buffer_bytes", "set_buffer": "proxy_set_buffer_bytes",
-    "get_map_value": "proxy_get_header_map_value", "set_map_value": "proxy_replace_header_map_value",
+    "get_map": "proxy_get_header_map_pairs", "get_map_value": "proxy_get_header_map_value", "set_map_value": "proxy_replace_header_map_value",
     "remove_map_value": "proxy_remove_header_map_value", "add_map_value": "proxy_add_header_map_value",
     "send_http_response": "proxy_send_local_response", "resume_http_request": "proxy_continue_stream",
     "resume_http_response": "proxy_continue_stream", "reset_http_request": "proxy_close_stream",
@@ -397,6 +397,7 @@ def kong_prometheus_name(filter_name: str, metric: str, label_patterns) -> tuple
     return key[:first_label].decode().replace(":", "_"), labels
 
 
+@pytest.mark.envoy_only("reads the metric names from Envoy's stats endpoint")
 def test_kong_exports_the_filter_metrics_under_valid_prometheus_names(gateway):
     # Every counter is defined at configure time, so Envoy lists them all (value 0) before any traffic.
     metrics = sorted(k.removeprefix("wasmcustom.") for k in gateway.stats() if k.startswith("wasmcustom.claude_sso"))
