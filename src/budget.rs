@@ -215,8 +215,8 @@ impl ToReply for Exhausted {
             s.used,
             s.retry_after
         );
-        let reply =
-            Reply::error(429, "rate_limit_error", &message).with_header("retry-after", s.retry_after.to_string());
+        let reply = Reply::error(429, "budget_exhausted", "rate_limit_error", &message)
+            .with_header("retry-after", s.retry_after.to_string());
         // Claude Code waits out a Retry-After of 60 s or less and gives up at once beyond it.
         if s.retry_after > 60 {
             reply.with_header("x-should-retry", "false")

@@ -55,6 +55,21 @@ pub struct Forward {
     pub body: Option<Vec<u8>>,
     /// Headers to set (after the client's credential and identity headers were removed).
     pub headers: Vec<(String, String)>,
+    /// Where it goes, for the usage record.
+    pub route: Route,
+}
+
+/// The tier, model and provider a forwarded request was routed to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Route {
+    /// Tier name.
+    pub tier: String,
+    /// The alias the client asked for.
+    pub model: String,
+    /// What the provider receives.
+    pub provider_model: String,
+    /// Provider name.
+    pub provider: &'static str,
 }
 
 /// A refusal of an admitted request, with problems to log that the client never sees.
@@ -207,7 +222,13 @@ impl Worker {
         if let Some(email) = &admission.identity.email {
             headers.push((names.email.clone(), email.clone()));
         }
-        Ok((Forward { body: new_body, headers }, metering))
+        let route = Route {
+            tier: tier.name.clone(),
+            model: model.alias.clone(),
+            provider_model: model.model_id.clone(),
+            provider: target.provider.name(),
+        };
+        Ok((Forward { body: new_body, headers, route }, metering))
     }
 }
 

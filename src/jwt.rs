@@ -48,6 +48,26 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every variant, for defining one metric series each.
+    pub const ALL: [AuthError; 16] = [
+        AuthError::MissingToken,
+        AuthError::NotBearer,
+        AuthError::ConflictingTokens,
+        AuthError::DuplicateCredential,
+        AuthError::TooLarge,
+        AuthError::Malformed,
+        AuthError::UnsupportedAlgorithm,
+        AuthError::WrongIssuer,
+        AuthError::MissingExpiry,
+        AuthError::InvalidTimeClaim,
+        AuthError::Expired,
+        AuthError::NotYetValid,
+        AuthError::WrongAudience,
+        AuthError::MissingSubject,
+        AuthError::UnknownKey,
+        AuthError::BadSignature,
+    ];
+
     /// Stable short code, for logs and metrics.
     pub fn code(&self) -> &'static str {
         match self {
@@ -95,7 +115,7 @@ impl AuthError {
 
 impl ToReply for AuthError {
     fn to_reply(&self) -> Reply {
-        Reply::error(401, "authentication_error", &format!("gateway: {}", self.message())).with_header(
+        Reply::error(401, self.code(), "authentication_error", &format!("gateway: {}", self.message())).with_header(
             "www-authenticate",
             format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code()),
         )
@@ -306,6 +326,12 @@ pub(crate) mod tests {
         let plan = plan();
         let set = KeySet::parse(keys.jwks().as_bytes()).unwrap();
         check_claims(token, &plan.oidc, NOW)?.verify(token, &set, &plan.oidc, NOW)
+    }
+
+    #[test]
+    fn every_error_has_its_own_code() {
+        let codes: std::collections::HashSet<_> = AuthError::ALL.iter().map(AuthError::code).collect();
+        assert_eq!(codes.len(), AuthError::ALL.len());
     }
 
     #[test]

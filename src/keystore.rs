@@ -65,7 +65,11 @@ impl ToReply for KeysError {
                 "gateway: the identity provider has been unreachable too long to verify sign-ins; try again shortly"
             }
         };
-        Reply::error(503, "api_error", message).with_header("retry-after", "5")
+        let reason = match self {
+            KeysError::Unavailable => "keys_unavailable",
+            KeysError::TooOld => "keys_too_old",
+        };
+        Reply::error(503, reason, "api_error", message).with_header("retry-after", "5")
     }
 }
 

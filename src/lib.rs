@@ -13,6 +13,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod keystore;
 pub mod metering;
+pub mod record;
 pub mod reply;
 pub mod request;
 pub mod routing;

@@ -11,21 +11,25 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     /// Body bytes (empty for `HEAD` answers).
     pub body: Vec<u8>,
+    /// Stable short code of why (metrics label, usage record); never shown as the message.
+    pub reason: &'static str,
 }
 
 impl Reply {
     /// An empty answer with the given status.
     pub fn empty(status: u32) -> Reply {
-        Reply { status, headers: Vec::new(), body: Vec::new() }
+        Reply { status, headers: Vec::new(), body: Vec::new(), reason: "ok" }
     }
 
-    /// An Anthropic-shaped error: `{"type":"error","error":{"type":..,"message":..}}`.
-    pub fn error(status: u32, error_type: &str, message: &str) -> Reply {
+    /// An Anthropic-shaped error: `{"type":"error","error":{"type":..,"message":..}}`, with the
+    /// stable `reason` code for metrics and records.
+    pub fn error(status: u32, reason: &'static str, error_type: &str, message: &str) -> Reply {
         let body = json!({"type": "error", "error": {"type": error_type, "message": message}});
         Reply {
             status,
             headers: vec![("content-type".to_owned(), "application/json".to_owned())],
             body: body.to_string().into_bytes(),
+            reason,
         }
     }
 
@@ -48,7 +52,7 @@ mod tests {
 
     #[test]
     fn error_body_has_anthropic_shape_and_escapes() {
-        let r = Reply::error(400, "invalid_request_error", "model \"x\" not configured");
+        let r = Reply::error(400, "model_not_allowed", "invalid_request_error", "model \"x\" not configured");
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "invalid_request_error");

@@ -65,31 +65,43 @@ pub enum RequestError {
 impl ToReply for RequestError {
     fn to_reply(&self) -> Reply {
         match self {
-            RequestError::NotFound => Reply::error(404, "not_found_error", "gateway: not found"),
-            RequestError::TooLarge { max } => {
-                Reply::error(413, "request_too_large", &format!("gateway: request body larger than {max} bytes"))
-            }
-            RequestError::InvalidJson(why) => {
-                Reply::error(400, "invalid_request_error", &format!("gateway: request body is not valid JSON: {why}"))
-            }
-            RequestError::MissingModel => {
-                Reply::error(400, "invalid_request_error", "gateway: request body has no string `model`")
-            }
+            RequestError::NotFound => Reply::error(404, "not_found", "not_found_error", "gateway: not found"),
+            RequestError::TooLarge { max } => Reply::error(
+                413,
+                "body_too_large",
+                "request_too_large",
+                &format!("gateway: request body larger than {max} bytes"),
+            ),
+            RequestError::InvalidJson(why) => Reply::error(
+                400,
+                "invalid_json",
+                "invalid_request_error",
+                &format!("gateway: request body is not valid JSON: {why}"),
+            ),
+            RequestError::MissingModel => Reply::error(
+                400,
+                "missing_model",
+                "invalid_request_error",
+                "gateway: request body has no string `model`",
+            ),
             RequestError::RepeatedHeader(name) => Reply::error(
                 400,
+                "repeated_header",
                 "invalid_request_error",
                 &format!("gateway: the {name} header is set by the gateway and may not be sent (let alone twice)"),
             ),
             RequestError::InvalidLength => {
-                Reply::error(400, "invalid_request_error", "gateway: content-length is not a number")
+                Reply::error(400, "invalid_length", "invalid_request_error", "gateway: content-length is not a number")
             }
             RequestError::BodyUnreadable => Reply::error(
                 413,
+                "body_unreadable",
                 "request_too_large",
                 "gateway: the request body could not be inspected (larger than the gateway's body buffer)",
             ),
             RequestError::ModelNotAllowed { model, tier, allowed } => Reply::error(
                 400,
+                "model_not_allowed",
                 "invalid_request_error",
                 &format!(
                     "model not configured: {model} is not available to tier {tier}; allowed: {}",

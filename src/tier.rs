@@ -32,7 +32,7 @@ impl ToReply for NoTier {
             "gateway: access denied: your account is in no group that may use Claude (one of: {}); ask your administrator for access",
             self.required.join(", ")
         );
-        Reply::error(400, "permission_error", &message).with_header("x-should-retry", "false")
+        Reply::error(400, "no_tier", "permission_error", &message).with_header("x-should-retry", "false")
     }
 }
 

@@ -307,7 +307,7 @@ SDK_TO_ABI = {
     "define_metric": "proxy_define_metric", "increment_metric": "proxy_increment_metric",
     "record_metric": "proxy_record_metric", "get_metric": "proxy_get_metric",
     "set_effective_context": "proxy_set_effective_context", "done": "proxy_done",
-    "resolve_shared_queue": "proxy_resolve_shared_queue", "get_property": "proxy_get_property",
+    "resolve_shared_queue": "proxy_resolve_shared_queue", "get_property": "proxy_get_property", "set_property": "proxy_set_property",
 }
 
 

@@ -105,12 +105,20 @@ impl Skip {
     }
 }
 
-/// Reads one log line: the record itself, or an access-log object carrying it under `usage`
-/// (as an object or as a JSON string).
+/// What the filter writes before the record in the host's own log (Envoy's or nginx's error
+/// log), e.g. `[…][info][wasm] … wasm log claude_sso_gateway: claude-sso-gateway: usage {…}`.
+pub const LOG_MARKER: &str = "claude-sso-gateway: usage ";
+
+/// Reads one log line: the record itself, an access-log object carrying it under `usage` (as an
+/// object or as a JSON string), or a host log line with the filter's `claude-sso-gateway: usage`
+/// marker followed by the record.
 pub fn parse_line(line: &str) -> Result<Record, Skip> {
-    let line = line.trim();
+    let mut line = line.trim();
     if line.is_empty() {
         return Err(Skip::Blank);
+    }
+    if let Some(at) = line.find(LOG_MARKER) {
+        line = &line[at + LOG_MARKER.len()..];
     }
     let Ok(Value::Object(outer)) = serde_json::from_str::<Value>(line) else {
         return Err(Skip::NotJson);
@@ -213,6 +221,9 @@ mod tests {
         let direct = parse_line(FULL).unwrap();
         assert_eq!(parse_line(&as_object).unwrap(), direct);
         assert_eq!(parse_line(&as_string).unwrap(), direct);
+        let host_log =
+            format!("[2026-11-29 14:52:03.123][7][info][wasm] wasm log claude_sso_gateway: {LOG_MARKER}{FULL}");
+        assert_eq!(parse_line(&host_log).unwrap(), direct);
     }
 
     #[test]
@@ -244,6 +255,7 @@ mod tests {
             ("json number", "42", Skip::NotJson),
             ("truncated object", r#"{"time":"2026-11-29T14:52:03Z","sub":"a""#, Skip::NotJson),
             ("access log without usage", r#"{"response_code":200,"path":"/v1/messages"}"#, Skip::NoRecord),
+            ("host log marker without a record", "[info][wasm] claude-sso-gateway: usage -", Skip::NotJson),
             ("access log with null usage", r#"{"response_code":200,"usage":null}"#, Skip::NoRecord),
             ("access log with dash usage", r#"{"usage":"-"}"#, Skip::NoRecord),
             ("usage string not an object", r#"{"usage":"[1]"}"#, Skip::NoRecord),

@@ -25,6 +25,14 @@ pub fn now() -> u64 {
     hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
 }
 
+/// Host time in milliseconds since the epoch (0 if the host cannot tell).
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Sets the root context's tick period.
 pub fn set_tick_period(period: Duration) {
     if hostcalls::set_tick_period(period).is_err() {
@@ -139,12 +147,22 @@ pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>)
     (status, body, reason)
 }
 
+/// Sets a property for the host (Envoy: filter state for the access log). A host that has no
+/// place for it refuses; that is not an error here.
+pub fn set_property(name: &str, value: &str) {
+    let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
+}
+
 /// The host as the plain-Rust code sees it: time, key callouts and shared data.
 pub struct HostCalls;
 
 impl Host for HostCalls {
     fn now(&self) -> u64 {
         now()
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
     }
 
     fn dispatch(&self, callout: &Callout, timeout_ms: u64) -> Result<u32, String> {
@@ -170,9 +188,14 @@ impl SharedStore for HostCalls {
     }
 }
 
-/// Defines a counter metric; `None` if the host refuses the name.
-pub fn define_counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
+/// Defines a metric; `None` if the host refuses the name.
+pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(kind, name).ok()
+}
+
+/// Records a value in a histogram metric.
+pub fn record_metric(id: u32, value: u64) {
+    let _ = hostcalls::record_metric(id, value);
 }
 
 /// Adds to a counter metric.

@@ -42,27 +42,36 @@ impl GatewayHttp {
                 // Headers are already set for the new body; refuse rather than send a mismatch.
                 calls::send_reply(&crate::reply::Reply::error(
                     500,
+                    "rewrite_failed",
                     "api_error",
                     "gateway: could not rewrite the request body",
                 ));
                 return Action::Pause;
             }
         }
+        // Before a local answer: Envoy may finish the stream, and write its access log, inside
+        // the call that sends it.
+        if let Some(record) = &step.record {
+            if record.refusal.is_none() {
+                self.metrics.record_forwarded(record, step.settled.as_ref());
+            }
+            super::publish_record(record, self.profile.get());
+        }
         if let Some(reply) = &step.reply {
-            self.metrics.record_refusal(reply.status);
-            calls::log(
-                LogLevel::Info,
-                &format!("claude-sso-gateway: refused {}: {}", reply.status, String::from_utf8_lossy(&reply.body)),
-            );
+            if reply.status >= 400 {
+                let tier = step.record.as_ref().and_then(|r| r.tier.as_deref());
+                self.metrics.record_refusal(reply, tier);
+                calls::log(
+                    LogLevel::Info,
+                    &format!("claude-sso-gateway: refused {}: {}", reply.status, String::from_utf8_lossy(&reply.body)),
+                );
+            }
             calls::send_reply(reply);
         }
         for (name, value) in &step.response_headers {
             calls::set_response_header(name, value);
         }
-        if let Some(settled) = &step.settled {
-            self.metrics.record_usage(settled);
-            super::log_settlement(settled);
-        }
+
         let settle_warnings = step.settled.iter().flat_map(|s| &s.warnings);
         for warning in step.warnings.iter().chain(settle_warnings) {
             self.metrics.record_warning();
@@ -92,7 +101,7 @@ impl Context for GatewayHttp {
             self.request.on_keys_fetched(&mut worker, &HostCalls, token_id, status, &body)
         };
         if let Some(progress) = progress {
-            super::publish_or_log(progress, reason.as_deref());
+            super::publish_or_log(progress, reason.as_deref(), &self.metrics);
         }
         self.apply(step);
     }

@@ -1,34 +1,53 @@
-//! Usage counters through the host's metrics API: Envoy shows them under `wasmcustom.` in
-//! `/stats` (and Prometheus), Kong's Prometheus plugin as `pw:<filter>:...`.
+//! The filter's metrics through the host's metrics API. Envoy shows them under `wasmcustom.` in
+//! `/stats` and, with the sample configs' `stats_tags`, as labelled Prometheus series
+//! (`claude_sso_gateway_requests_total{tier="standard",model="…",status_class="2xx",provider="anthropic"}`);
+//! Kong's Prometheus plugin exports them as `pw:claude_sso_gateway:…` with the meta file's
+//! `label_patterns` cutting the same labels out.
 //!
-//! Every counter is defined in `on_configure` from the plan (tiers and their models are known
-//! there), so requests only increment by id and never define metrics mid-request, which not
-//! every host allows in every callback.
+//! A name is `<metric>.<label>.<value>...`: the metric part is a valid Prometheus name ending in
+//! `_total` for counters (Envoy adds no suffix), and label values never contain a dot. Every
+//! series is defined in `on_configure` from the plan, so requests only add by id, and no
+//! per-person label exists: people go to the usage records.
 
 use std::collections::HashMap;
 
+use proxy_wasm::types::MetricType;
+
 use crate::config::Plan;
+use crate::jwt::AuthError;
 use crate::metering::Settlement;
+use crate::record::UsageRecord;
+use crate::reply::Reply;
 
 use super::calls;
 
 /// Token kinds counted per tier and model.
 const KINDS: [&str; 4] = ["input", "output", "cache_write", "cache_read"];
-/// Statuses the gateway answers itself.
-const REFUSALS: [u32; 8] = [400, 401, 403, 404, 413, 429, 500, 503];
-/// Problems logged as warnings.
-const WARNINGS: &str = "claude_sso_gateway_warnings";
+/// Status classes of forwarded requests; `none` when no answer came.
+const STATUS_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "none"];
+/// Every reason code a local refusal can carry (`Reply::reason`).
+const REFUSALS: &[&str] = &[
+    "not_found",
+    "body_too_large",
+    "body_unreadable",
+    "invalid_json",
+    "invalid_length",
+    "missing_model",
+    "repeated_header",
+    "model_not_allowed",
+    "no_tier",
+    "budget_exhausted",
+    "keys_unavailable",
+    "keys_too_old",
+    "rewrite_failed",
+];
+/// Outcomes of a key fetch.
+const FETCH_OUTCOMES: [&str; 2] = ["ok", "error"];
 
-/// Counter ids of this VM.
+/// Series ids of this VM, by full name.
 #[derive(Default)]
 pub struct Metrics {
     ids: HashMap<String, u32>,
-}
-
-// The name is `<metric>.<label>.<value>...`: the metric part is a valid Prometheus name, and
-// the labels are cut out by Envoy's tag extraction and Kong's `label_patterns` (meta.json).
-fn refused(status: u32) -> String {
-    format!("claude_sso_gateway_refused.status.{status}")
 }
 
 fn scope(tier: &str, model: &str) -> String {
@@ -36,19 +55,42 @@ fn scope(tier: &str, model: &str) -> String {
 }
 
 impl Metrics {
-    /// Defines every counter the plan can produce.
+    /// Defines every series the plan can produce.
     pub fn define(plan: &Plan) -> Metrics {
-        let mut names: Vec<String> = REFUSALS.iter().map(|s| refused(*s)).collect();
-        names.push(WARNINGS.to_owned());
+        let mut counters: Vec<String> = vec!["claude_sso_gateway_warnings_total".to_owned()];
+        let mut histograms = Vec::new();
+        let auth_codes = AuthError::ALL.iter().map(AuthError::code);
+        for reason in REFUSALS.iter().copied().chain(auth_codes.clone()) {
+            counters.push(format!("claude_sso_gateway_refusals_total.reason.{reason}"));
+        }
+        for reason in auth_codes {
+            counters.push(format!("claude_sso_gateway_auth_failures_total.reason.{reason}"));
+        }
+        for outcome in FETCH_OUTCOMES {
+            counters.push(format!("claude_sso_gateway_jwks_fetches_total.outcome.{outcome}"));
+        }
         for tier in &plan.tiers {
-            for alias in tier.aliases(plan) {
-                let scope = scope(&tier.name, alias);
-                names.push(format!("claude_sso_gateway_requests.{scope}"));
-                names.push(format!("claude_sso_gateway_cost_micro_usd.{scope}"));
-                names.extend(KINDS.iter().map(|k| format!("claude_sso_gateway_tokens_{k}.{scope}")));
+            counters.push(format!("claude_sso_gateway_budget_refusals_total.tier.{}", clean(&tier.name)));
+            for &m in &tier.models {
+                let Some(model) = plan.models.get(m) else { continue };
+                let provider = plan.targets.get(model.target).map_or("none", |t| t.provider.name());
+                let scope = scope(&tier.name, &model.alias);
+                for class in STATUS_CLASSES {
+                    counters.push(format!(
+                        "claude_sso_gateway_requests_total.{scope}.status_class.{class}.provider.{provider}"
+                    ));
+                }
+                counters.push(format!("claude_sso_gateway_cost_usd_micros_total.{scope}"));
+                counters.extend(KINDS.iter().map(|k| format!("claude_sso_gateway_tokens_total.{scope}.kind.{k}")));
+                histograms.push(format!("claude_sso_gateway_latency_ms.{scope}"));
+                histograms.push(format!("claude_sso_gateway_ttft_ms.{scope}"));
             }
         }
-        let ids = names.into_iter().filter_map(|name| calls::define_counter(&name).map(|id| (name, id))).collect();
+        let defined = counters
+            .into_iter()
+            .map(|n| (n, MetricType::Counter))
+            .chain(histograms.into_iter().map(|n| (n, MetricType::Histogram)));
+        let ids = defined.filter_map(|(name, kind)| calls::define_metric(kind, &name).map(|id| (name, id))).collect();
         Metrics { ids }
     }
 
@@ -58,28 +100,59 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished request's tokens and cost under its tier and model.
-    pub fn record_usage(&self, settled: &Settlement) {
-        let (subject, report) = (&settled.subject, settled);
-        let scope = scope(&subject.tier, &subject.model);
-        let u = &report.usage;
-        self.add(&format!("claude_sso_gateway_requests.{scope}"), 1);
-        for (kind, value) in KINDS.iter().zip([u.input, u.output, u.cache_write, u.cache_read]) {
-            self.add(&format!("claude_sso_gateway_tokens_{kind}.{scope}"), value);
+    fn observe(&self, name: &str, value: u64) {
+        if let Some(id) = self.ids.get(name) {
+            calls::record_metric(*id, value);
         }
-        if let Some(cost) = report.cost_usd {
-            self.add(&format!("claude_sso_gateway_cost_micro_usd.{scope}"), (cost * 1e6).round() as u64);
+    }
+
+    /// Counts one forwarded request by its record: status class, tokens, cost, latency.
+    pub fn record_forwarded(&self, record: &UsageRecord, settled: Option<&Settlement>) {
+        let (Some(tier), Some(model), Some(provider)) = (&record.tier, &record.model, record.provider) else {
+            return;
+        };
+        let scope = scope(tier, model);
+        let class = match record.status {
+            Some(s @ 200..=599) => ["2xx", "3xx", "4xx", "5xx"][(s / 100 - 2) as usize],
+            _ => "none",
+        };
+        self.add(&format!("claude_sso_gateway_requests_total.{scope}.status_class.{class}.provider.{provider}"), 1);
+        if let Some(settled) = settled {
+            let u = &settled.usage;
+            for (kind, value) in KINDS.iter().zip([u.input, u.output, u.cache_write, u.cache_read]) {
+                self.add(&format!("claude_sso_gateway_tokens_total.{scope}.kind.{kind}"), value);
+            }
+            if let Some(cost) = settled.cost_usd {
+                self.add(&format!("claude_sso_gateway_cost_usd_micros_total.{scope}"), (cost * 1e6).round() as u64);
+            }
         }
+        if let Some(ms) = record.latency_ms {
+            self.observe(&format!("claude_sso_gateway_latency_ms.{scope}"), ms);
+        }
+        if let Some(ms) = record.ttft_ms {
+            self.observe(&format!("claude_sso_gateway_ttft_ms.{scope}"), ms);
+        }
+    }
+
+    /// Counts a local refusal by reason (and authentication failures and budget refusals apart).
+    pub fn record_refusal(&self, reply: &Reply, tier: Option<&str>) {
+        self.add(&format!("claude_sso_gateway_refusals_total.reason.{}", reply.reason), 1);
+        if reply.status == 401 {
+            self.add(&format!("claude_sso_gateway_auth_failures_total.reason.{}", reply.reason), 1);
+        }
+        if let (429, Some(tier)) = (reply.status, tier) {
+            self.add(&format!("claude_sso_gateway_budget_refusals_total.tier.{}", clean(tier)), 1);
+        }
+    }
+
+    /// Counts a key fetch by outcome.
+    pub fn record_fetch(&self, ok: bool) {
+        self.add(&format!("claude_sso_gateway_jwks_fetches_total.outcome.{}", if ok { "ok" } else { "error" }), 1);
     }
 
     /// Counts a problem that was logged (a failed budget write, an implausible upstream usage).
     pub fn record_warning(&self) {
-        self.add(WARNINGS, 1);
-    }
-
-    /// Counts a refusal by status.
-    pub fn record_refusal(&self, status: u32) {
-        self.add(&refused(status), 1);
+        self.add("claude_sso_gateway_warnings_total", 1);
     }
 }
 

@@ -16,7 +16,7 @@ use proxy_wasm::types::{ContextType, LogLevel};
 use crate::config::Plan;
 use crate::gateway::{FetchProgress, Worker};
 use crate::keystore::{self, Fetch};
-use crate::metering::Settlement;
+use crate::record::UsageRecord;
 use crate::request::HostProfile;
 
 use self::calls::HostCalls;
@@ -58,7 +58,7 @@ impl Context for GatewayRoot {
         let (status, body, reason) = calls::call_response(body_size);
         let progress = worker.borrow_mut().on_fetched(&fetch, status, &body, calls::now());
         // A JWKS named by discovery is fetched on the next tick, not from this callback.
-        publish_or_log(progress, reason.as_deref());
+        publish_or_log(progress, reason.as_deref(), &self.metrics);
     }
 }
 
@@ -133,7 +133,8 @@ impl RootContext for GatewayRoot {
 }
 
 /// Shares newly installed keys with the other workers, or logs why a fetch failed.
-fn publish_or_log(progress: FetchProgress, reason: Option<&str>) {
+fn publish_or_log(progress: FetchProgress, reason: Option<&str>, metrics: &metrics::Metrics) {
+    metrics.record_fetch(!matches!(progress, FetchProgress::Failed(_)));
     match progress {
         FetchProgress::Next(_) => {}
         FetchProgress::Installed(record) => {
@@ -151,16 +152,14 @@ fn publish_or_log(progress: FetchProgress, reason: Option<&str>) {
     }
 }
 
-/// Writes one finished request's usage to the log (never a token or a prompt).
-fn log_settlement(settled: &Settlement) {
-    let s = &settled.subject;
-    let u = &settled.usage;
-    let cost = settled.cost_usd.map_or_else(|| "unpriced".to_owned(), |c| format!("{c:.6}"));
-    calls::log(
-        LogLevel::Info,
-        &format!(
-            "claude-sso-gateway: usage person={} tier={} model={} input={} output={} cache_write={} cache_read={} cost_usd={cost} outcome={:?}",
-            s.person, s.tier, s.model, u.input, u.output, u.cache_write, u.cache_read, settled.outcome
-        ),
-    );
+/// Hands a request's usage record to the host: on Envoy as the property
+/// `claude_sso_gateway_usage` (kept as filter state `wasm.claude_sso_gateway_usage` for the access
+/// log), and on every host as one log line `claude-sso-gateway: usage {…}`. ngx_wasm_module has no
+/// such property and answers a status the SDK does not map (which traps), so it is not asked.
+fn publish_record(record: &UsageRecord, profile: Option<HostProfile>) {
+    let json = record.to_json();
+    if profile == Some(HostProfile::Envoy) {
+        calls::set_property("claude_sso_gateway_usage", &json);
+    }
+    calls::log(LogLevel::Info, &format!("claude-sso-gateway: usage {json}"));
 }

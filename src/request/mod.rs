@@ -14,10 +14,11 @@
 //! A request ends in exactly one of: a local answer ([`Step::reply`]), or one forward with the
 //! header and body changes ([`Step::forwarded`]), after which only the answer is metered.
 
-use crate::gateway::{Admission, AuthOutcome, FetchProgress, Forward, Worker};
+use crate::gateway::{Admission, AuthOutcome, FetchProgress, Forward, Route, Worker};
 use crate::jwt::{self, AuthError};
 use crate::keystore::{Callout, Fetch};
-use crate::metering::{Metering, Settlement};
+use crate::metering::{Metering, Outcome, Settlement};
+use crate::record::UsageRecord;
 use crate::reply::{Reply, ToReply};
 use crate::routing::{Endpoint, RequestError};
 use crate::shared::SharedStore;
@@ -41,6 +42,8 @@ pub enum HostProfile {
 pub trait Host: SharedStore {
     /// Seconds since the epoch.
     fn now(&self) -> u64;
+    /// Milliseconds since the epoch.
+    fn now_ms(&self) -> u64;
     /// Dispatches a key callout; the answer comes back as [`Request::on_keys_fetched`] with the
     /// returned token. `Err` carries the host's reason.
     fn dispatch(&self, callout: &Callout, timeout_ms: u64) -> Result<u32, String>;
@@ -78,6 +81,8 @@ pub struct Step {
     pub response_headers: Vec<(String, String)>,
     /// A request's accounting finished: report it.
     pub settled: Option<Settlement>,
+    /// The request's usage record, once, when it is over (answered, settled or abandoned).
+    pub record: Option<UsageRecord>,
     /// Problems to log and count; never shown to the client.
     pub warnings: Vec<String>,
 }
@@ -89,10 +94,6 @@ impl Step {
 
     fn flow(flow: Flow) -> Step {
         Step { flow, ..Step::default() }
-    }
-
-    fn reply(reply: Reply) -> Step {
-        Step { reply: Some(reply), ..Step::default() }
     }
 }
 
@@ -140,6 +141,7 @@ struct Head<'a> {
     api_key: Vec<&'a str>,
     content_length: Option<&'a str>,
     chunked: bool,
+    session: Option<&'a str>,
 }
 
 impl<'a> Head<'a> {
@@ -159,6 +161,7 @@ impl<'a> Head<'a> {
                 "x-api-key" => head.api_key.push(value),
                 "content-length" => head.content_length = Some(value),
                 "transfer-encoding" => head.chunked = true,
+                "x-claude-code-session-id" => head.session = Some(value),
                 _ => {}
             }
         }
@@ -183,6 +186,18 @@ pub struct Request {
     fetching: bool,
     /// The bearer token, kept only while a key callout is pending.
     pending_token: Option<String>,
+    /// Host time at the latest event, milliseconds.
+    now_ms: u64,
+    started_ms: u64,
+    first_byte_ms: Option<u64>,
+    session: Option<String>,
+    route: Option<Route>,
+    /// The usage record was handed out.
+    recorded: bool,
+    /// The answer's status.
+    status: Option<u32>,
+    /// The tier of an admitted person, for the record of a refusal after admission.
+    admitted_tier: Option<String>,
 }
 
 impl Request {
@@ -199,6 +214,14 @@ impl Request {
             metering: None,
             fetching: false,
             pending_token: None,
+            now_ms: 0,
+            started_ms: 0,
+            first_byte_ms: None,
+            session: None,
+            route: None,
+            recorded: false,
+            status: None,
+            admitted_tier: None,
         }
     }
 
@@ -228,7 +251,13 @@ impl Request {
         if !matches!(self.phase, Phase::New) {
             return self.settled_flow();
         }
+        self.now_ms = host.now_ms();
+        self.started_ms = self.now_ms;
         let head = Head::read(headers);
+        // An id for grouping a person's requests, not trusted for anything else: kept short and
+        // printable so it cannot break a log line.
+        self.session =
+            head.session.filter(|s| s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).map(str::to_owned);
         self.endpoint = Endpoint::classify(head.method, head.path);
         let declared_empty = head.content_length.is_some_and(|l| l.trim() == "0");
         let has_body = match self.profile {
@@ -331,6 +360,9 @@ impl Request {
                 },
             },
         };
+        if let Auth::Admitted(a) = &self.auth {
+            self.admitted_tier = worker.plan.tiers.get(a.tier).map(|t| t.name.clone());
+        }
         // The token is needed again only after a key callout.
         if let Auth::Waiting(..) = self.auth {
             self.pending_token = Some(token.to_owned());
@@ -351,6 +383,7 @@ impl Request {
         if !matches!(self.phase, Phase::Deciding) {
             return self.settled_flow();
         }
+        self.now_ms = host.now_ms();
         self.buffered = size;
         let max = worker.plan.max_body_bytes;
         if size > max {
@@ -368,6 +401,7 @@ impl Request {
         if !matches!(self.phase, Phase::Deciding) {
             return self.settled_flow();
         }
+        self.now_ms = host.now_ms();
         self.body_complete(worker, host, body)
     }
 
@@ -414,6 +448,7 @@ impl Request {
             return (Step::pause(), None);
         }
         let fetch = fetch.clone();
+        self.now_ms = host.now_ms();
         self.release_fetch(worker);
         let progress = worker.on_fetched(&fetch, status, body, host.now());
         let mut step = Step::pause();
@@ -474,7 +509,8 @@ impl Request {
                 step.warnings = refusal.warnings;
                 step
             }
-            Ok((Forward { body, mut headers }, metering)) => {
+            Ok((Forward { body, mut headers, route }, metering)) => {
+                self.route = Some(route);
                 if self.profile == HostProfile::Ngx {
                     headers.retain(|(name, _)| name != "content-length");
                 }
@@ -488,32 +524,87 @@ impl Request {
     /// The response headers arrived (for a forwarded request: the upstream's; otherwise our own
     /// local answer passing through the filter, which is left alone).
     pub fn on_response_headers(&mut self, status: Option<u32>, content_type: &str, length: Option<u64>) -> Step {
-        let Some(metering) = &mut self.metering else { return Step::flow(Flow::Continue) };
-        let response_headers = metering.headers();
-        metering.on_response_headers(status, content_type, length);
-        Step { flow: Flow::Continue, response_headers, ..Step::default() }
+        let mut step = Step::flow(Flow::Continue);
+        self.status = status;
+        if let Some(metering) = &mut self.metering {
+            step.response_headers = metering.headers();
+            metering.on_response_headers(status, content_type, length);
+        }
+        step
     }
 
     /// A response body chunk passed (never held back).
     pub fn on_response_body(&mut self, host: &dyn Host, chunk: &[u8], end_of_stream: bool) -> Step {
         let mut step = Step::flow(Flow::Continue);
-        if let Some(metering) = &mut self.metering {
-            if metering.on_response_body(chunk, end_of_stream) {
-                step.settled = metering.settle(host, host.now());
-            }
+        self.now_ms = host.now_ms();
+        if !chunk.is_empty() && self.first_byte_ms.is_none() {
+            self.first_byte_ms = Some(self.now_ms);
+        }
+        let complete = match &mut self.metering {
+            Some(metering) => metering.on_response_body(chunk, end_of_stream),
+            None => end_of_stream,
+        };
+        if complete {
+            self.finish(host, &mut step);
         }
         step
     }
 
-    /// The request is over (completed, reset or cancelled): charge what is still open and give
-    /// back a key-fetch slot.
+    /// The request is over (completed, reset or cancelled): charge what is still open, hand out
+    /// the record if not yet done, and give back a key-fetch slot.
     pub fn on_done(&mut self, worker: &mut Worker, host: &dyn Host) -> Step {
+        self.now_ms = host.now_ms();
         self.release_fetch(worker);
         let mut step = Step::pause();
-        if let Some(metering) = &mut self.metering {
-            step.settled = metering.settle(host, host.now());
+        match self.phase {
+            Phase::Forwarded => self.finish(host, &mut step),
+            // Gone before a decision: nothing went upstream and nothing is charged.
+            Phase::New | Phase::Deciding if self.started_ms > 0 && !std::mem::replace(&mut self.recorded, true) => {
+                step.record = Some(self.record(None, Some("cancelled")));
+            }
+            _ => {}
         }
         step
+    }
+
+    /// Settles a forwarded request once and hands out its record.
+    fn finish(&mut self, host: &dyn Host, step: &mut Step) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let settled = self.metering.as_mut().and_then(|m| m.settle(host, host.now()));
+        let mut record = self.record(self.status, None);
+        if let Some(s) = &settled {
+            record.usage = s.usage;
+            record.cost_usd = s.cost_usd;
+            record.estimated = s.outcome == Outcome::Unknown;
+        }
+        record.latency_ms = Some(self.now_ms.saturating_sub(self.started_ms));
+        record.ttft_ms = self.first_byte_ms.map(|t| t.saturating_sub(self.started_ms));
+        step.settled = settled;
+        step.record = Some(record);
+    }
+
+    /// The record as far as this request got.
+    fn record(&self, status: Option<u32>, refusal: Option<&'static str>) -> UsageRecord {
+        let identity = match &self.auth {
+            Auth::Admitted(a) => Some(&a.identity),
+            _ => None,
+        };
+        let route = self.route.as_ref();
+        UsageRecord {
+            time_ms: self.now_ms,
+            sub: identity.map(|i| i.subject.clone()),
+            email: identity.and_then(|i| i.email.clone()),
+            tier: route.map(|r| r.tier.clone()).or_else(|| self.admitted_tier.clone()),
+            model: route.map(|r| r.model.clone()),
+            provider_model: route.map(|r| r.provider_model.clone()),
+            provider: route.map(|r| r.provider),
+            status,
+            session: self.session.clone(),
+            refusal,
+            ..UsageRecord::default()
+        }
     }
 
     /// Gives back the worker's key-fetch slot this request holds, if any.
@@ -538,7 +629,15 @@ impl Request {
         self.phase = Phase::Answered;
         self.held = Held::None;
         self.body = None;
-        Step::reply(reply)
+        let mut step = Step::default();
+        // The connectivity check is not a use of the gateway and leaves no record.
+        if self.endpoint != Endpoint::Hello && !std::mem::replace(&mut self.recorded, true) {
+            let mut record = self.record(Some(reply.status), Some(reply.reason));
+            record.latency_ms = Some(self.now_ms.saturating_sub(self.started_ms));
+            step.record = Some(record);
+        }
+        step.reply = Some(reply);
+        step
     }
 
     fn hold(&mut self, at: Held) -> Step {

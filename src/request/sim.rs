@@ -177,6 +177,10 @@ impl Host for FakeHost {
         NOW
     }
 
+    fn now_ms(&self) -> u64 {
+        NOW * 1000
+    }
+
     fn dispatch(&self, callout: &Callout, _: u64) -> Result<u32, String> {
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
@@ -284,6 +288,10 @@ pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {
     if step.reply.is_some() || step.resume || step.forwarded {
         return Err("the end of a request produced an answer or a forward".into());
     }
+    sim.count_record(&step)?;
+    if sim.records != 1 {
+        return Err(format!("{} usage records for one request", sim.records));
+    }
     sim.end.clone().ok_or_else(|| "the request hangs: neither answered, forwarded nor reset".to_owned())
 }
 
@@ -311,6 +319,7 @@ struct Sim {
     /// ngx: nginx may read the body (headers continued or were resumed).
     may_read: bool,
     end: Option<End>,
+    records: usize,
 }
 
 impl Sim {
@@ -356,6 +365,7 @@ impl Sim {
             paused: None,
             may_read: false,
             end: None,
+            records: 0,
         }
     }
 
@@ -394,8 +404,8 @@ impl Sim {
             }
             Event::Reset => {
                 self.end = Some(End::Reset);
-                self.request.on_done(worker, host);
-                Ok(())
+                let step = self.request.on_done(worker, host);
+                self.count_record(&step)
             }
         }
     }
@@ -421,7 +431,18 @@ impl Sim {
         self.apply(step, Stage::Body)
     }
 
+    fn count_record(&mut self, step: &Step) -> Result<(), String> {
+        if let Some(record) = &step.record {
+            self.records += 1;
+            if record.to_json().contains(&self.token) {
+                return Err("the token is in the usage record".into());
+            }
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, step: Step, stage: Stage) -> Result<(), String> {
+        self.count_record(&step)?;
         for name in &step.remove_headers {
             self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         }

@@ -48,7 +48,18 @@ def wasm_filter(config, wasm_path=WASM, env_keys=()) -> dict:
                    "vm_config": vm_config}}}
 
 
-def listener(filter_config, listen_port: int, env_keys=(), with_filter=True) -> dict:
+# The labels the filter's metric names carry (`<metric>.<label>.<value>...`), as Prometheus labels:
+# the same stats_tags as the sample configs in envoy/.
+STATS_TAGS = [
+    {"tag_name": label, "regex": rf"^wasmcustom\.claude_sso_gateway_\w+(?:\.\w+\.[^.]+)*?(\.{label}\.([^.]+))"}
+    for label in ("tier", "model", "status_class", "provider", "kind", "reason", "outcome")
+]
+
+# One usage record per request, as the sample configs write it.
+USAGE_LOG_FORMAT = "%FILTER_STATE(wasm.claude_sso_gateway_usage:PLAIN)%\n"
+
+
+def listener(filter_config, listen_port: int, env_keys=(), with_filter=True, access_log=None) -> dict:
     """The gateway listener: HTTP connection manager, the filter, the router."""
     filters = [wasm_filter(filter_config, env_keys=env_keys)] if with_filter else []
     filters.append({"name": "envoy.filters.http.router", "typed_config": {
@@ -62,6 +73,10 @@ def listener(filter_config, listen_port: int, env_keys=(), with_filter=True) -> 
             {"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]}]},
         "http_filters": filters,
     }
+    if access_log:
+        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(access_log), "log_format": {"text_format_source": {"inline_string": USAGE_LOG_FORMAT}}}}]
     return {"name": "gateway", "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
@@ -78,6 +93,9 @@ def bootstrap(gateway_listener: dict, admin_port: int, upstream_port: int, idp_u
         "node": {"id": "claude-sso-gateway-test", "cluster": "claude-sso-gateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {"clusters": clusters},
+        "stats_config": {"stats_tags": STATS_TAGS},
+        # Histograms reach /stats/prometheus at each flush (default 5 s).
+        "stats_flush_interval": "1s",
     }
     if lds_dir is None:
         config["static_resources"]["listeners"] = [gateway_listener]
@@ -113,7 +131,8 @@ class Envoy(HostProcess):
         self.log_path = Path(self.dir.name) / "envoy.log"
         env = dict(env or {})
         self.env_keys, self.with_filter = sorted(env), with_filter
-        gateway_listener = listener(filter_config, self.port, self.env_keys, with_filter)
+        self.access_log_path = Path(self.dir.name) / "access.log"
+        gateway_listener = listener(filter_config, self.port, self.env_keys, with_filter, self.access_log_path)
         lds_dir = Path(self.dir.name) if reloadable else None
         if lds_dir:
             self._write_lds(gateway_listener)
@@ -121,7 +140,7 @@ class Envoy(HostProcess):
         self.config_path.write_text(json.dumps(config, indent=1))
         self.process = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-             "--log-level", "info", "--component-log-level", "wasm:debug", "--base-id", str(self.port)],
+             "--log-level", "info", "--file-flush-interval-msec", "250", "--component-log-level", "wasm:debug", "--base-id", str(self.port)],
             # stderr, not --log-path: the file sink is flushed only every few seconds.
             stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"), env={**os.environ, **env})
         if wait:
@@ -171,6 +190,17 @@ class Envoy(HostProcess):
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def usage_records(self) -> list:
+        """The usage records the access log holds, one per request that left one."""
+        if not self.access_log_path.exists():
+            return []
+        lines = self.access_log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def prometheus(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats/prometheus") as r:
+            return r.read().decode()
+
     def stats(self, prefix="wasmcustom.") -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter={prefix}") as r:
             lines = r.read().decode().splitlines()
@@ -188,6 +218,8 @@ class Envoy(HostProcess):
 
 
 def validate(path) -> subprocess.CompletedProcess:
-    """`envoy --mode validate -c path`, run from the repository root."""
+    """`envoy --mode validate -c path`, run from the repository root (where the demo configs
+    write their usage log, target/demo/usage.log)."""
+    (ROOT / "target" / "demo").mkdir(parents=True, exist_ok=True)
     return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

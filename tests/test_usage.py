@@ -1,0 +1,207 @@
+"""Usage, cost and audit in real Envoy (issue #11): after a scripted mix of traffic (two tiers,
+success, refusals, a 429, streamed and JSON answers) the Prometheus output has exactly the
+expected counts and labels, every request left one usage record with the right fields, no record
+or log line carries a token or the key, a real Prometheus scraping Envoy answers every dashboard
+query with data that agrees with the records, and the report's totals equal the records' sums."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import UPSTREAM_KEY, gateway_config
+from tests.harness.client import call, fixture, with_model
+from tests.harness.envoy import ROOT, free_port
+
+sys.path.insert(0, str(ROOT / "dashboards"))
+from check_dashboard import queries  # noqa: E402
+
+STREAM = fixture("request_title_small_fast_model.json")  # haiku, streaming
+JSON_BODY = fixture("request_automode_classifier_nonstream.json")  # sonnet, JSON
+PRICES = {"claude-sonnet-4-6": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3},
+          "claude-opus-4-7": {"input": 5, "output": 25, "cache_write": 6.25, "cache_read": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def traffic(stub, signer):
+    """Envoy after the scripted traffic, and what each request got."""
+    from tests.harness.envoy import Envoy
+
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    for m in config["models"]:
+        if m["alias"] in PRICES:
+            m["price"] = PRICES[m["alias"]]
+    one = sum(stub.usage.values())
+    config["tiers"][1]["limits"] = [{"limit": 3 * one, "window_seconds": 3600, "window_type": "fixed"}]
+    g = Envoy(config, stub.port, [signer.upstream], env={"ANTHROPIC_API_KEY": UPSTREAM_KEY})
+    alice, bob = signer.token(sub="alice"), signer.token(sub="bob", email="bob@example.com",
+                                                         groups=["claude-power-users"])
+    expired = signer.token(exp=int(time.time()) - 3600)
+    session = {"x-claude-code-session-id": "5f1c0a52-7d7e-4c1e-9d55-2f7a1c9b3e10"}
+    sent = [
+        ("alice haiku stream", call(g.port, alice, STREAM, headers=session).status, 200),
+        ("alice sonnet json", call(g.port, alice, JSON_BODY).status, 200),
+        ("alice haiku stream 2", call(g.port, alice, STREAM).status, 200),
+        ("alice over budget", call(g.port, alice, STREAM).status, 429),
+        ("alice opus", call(g.port, alice, with_model(STREAM, "claude-opus-4-7")).status, 400),
+        ("bob opus stream", call(g.port, bob, with_model(STREAM, "claude-opus-4-7")).status, 200),
+        ("expired token", call(g.port, expired, STREAM).status, 401),
+    ]
+    for name, got, want in sent:
+        assert got == want, name
+    time.sleep(0.5)
+    yield g, {"alice": alice, "bob": bob, "expired": expired}
+    g.stop()
+
+
+def series(text: str) -> dict:
+    """Prometheus text output as {'name{labels}': value} for the filter's series."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("claude_sso_gateway_"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_prometheus_has_the_expected_counts_and_labels(traffic, stub):
+    g, _ = traffic
+    time.sleep(1.5)  # a stats flush, for the histograms
+    s = series(g.prometheus())
+    req = 'claude_sso_gateway_requests_total{{tier="{}",model="{}",status_class="2xx",provider="anthropic"}}'
+    assert s[req.format("standard", "claude-haiku-4-5")] == 2
+    assert s[req.format("standard", "claude-sonnet-4-6")] == 1
+    assert s[req.format("power", "claude-opus-4-7")] == 1
+    assert sum(v for k, v in s.items() if k.startswith("claude_sso_gateway_requests_total{")) == 4, \
+        "refused requests are not counted as requests"
+    tokens = 'claude_sso_gateway_tokens_total{{tier="standard",model="claude-haiku-4-5",kind="{}"}}'
+    assert s[tokens.format("input")] == 2 * stub.usage["input_tokens"]
+    assert s[tokens.format("cache_read")] == 2 * stub.usage["cache_read_input_tokens"]
+    assert s['claude_sso_gateway_refusals_total{reason="model_not_allowed"}'] == 1
+    assert s['claude_sso_gateway_refusals_total{reason="budget_exhausted"}'] == 1
+    assert s['claude_sso_gateway_refusals_total{reason="expired"}'] == 1
+    assert s['claude_sso_gateway_auth_failures_total{reason="expired"}'] == 1
+    assert s['claude_sso_gateway_budget_refusals_total{tier="standard"}'] == 1
+    assert s['claude_sso_gateway_budget_refusals_total{tier="power"}'] == 0
+    assert s['claude_sso_gateway_jwks_fetches_total{outcome="ok"}'] >= 2  # discovery, then the JWKS
+    assert s['claude_sso_gateway_latency_ms_count{tier="standard",model="claude-haiku-4-5"}'] == 2
+    assert s['claude_sso_gateway_ttft_ms_count{tier="power",model="claude-opus-4-7"}'] == 1
+    priced = s['claude_sso_gateway_cost_usd_micros_total{tier="power",model="claude-opus-4-7"}']
+    u, p = stub.usage, PRICES["claude-opus-4-7"]
+    assert priced == round(u["input_tokens"] * p["input"] + u["output_tokens"] * p["output"]
+                           + u["cache_creation_input_tokens"] * p["cache_write"]
+                           + u["cache_read_input_tokens"] * p["cache_read"])
+    assert not [k for k in s if "alice" in k or "bob" in k], "no per-person label"
+
+
+def test_one_usage_record_per_request_with_the_right_fields(traffic, stub):
+    g, tokens = traffic
+    records = g.usage_records()
+    assert len(records) == 7, records
+    by = {(r["sub"], r["model"], r["status"]): r for r in records}
+    first = records[0]
+    assert (first["sub"], first["email"], first["tier"], first["model"], first["provider_model"],
+            first["provider"], first["status"]) == ("alice", "alice@example.com", "standard", "claude-haiku-4-5",
+                                                    "claude-haiku-4-5-20251001", "anthropic", 200)
+    assert first["session"] == "5f1c0a52-7d7e-4c1e-9d55-2f7a1c9b3e10"
+    assert (first["input_tokens"], first["output_tokens"], first["cache_write_tokens"],
+            first["cache_read_tokens"]) == (120, 30, 1000, 2000)
+    assert first["cost_usd"] is None, "haiku has no price"
+    assert first["latency_ms"] >= first["ttft_ms"] >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    opus = by[("bob", "claude-opus-4-7", 200)]
+    assert opus["cost_usd"] == pytest.approx((120 * 5 + 30 * 25 + 1000 * 6.25 + 2000 * 0.5) / 1e6)
+    refusals = sorted((r["status"], r["refusal"], r["sub"], r["tier"]) for r in records if r["refusal"])
+    assert refusals == [(400, "model_not_allowed", "alice", "standard"),
+                        (401, "expired", None, None),
+                        (429, "budget_exhausted", "alice", "standard")]
+    for r in records:
+        if r["refusal"]:
+            assert r["input_tokens"] == r["output_tokens"] == 0
+
+
+def test_no_record_or_log_line_carries_a_token_or_the_key(traffic):
+    g, tokens = traffic
+    text = g.access_log_path.read_text() + g.logs()
+    for secret in [UPSTREAM_KEY, *tokens.values()]:
+        assert secret not in text
+    assert g.logs().count("claude-sso-gateway: usage {") == 7
+
+
+def test_the_report_totals_equal_the_sum_of_the_records(traffic, tmp_path):
+    g, _ = traffic
+    records = g.usage_records()
+    out = subprocess.run(["cargo", "run", "-q", "-p", "claude-sso-report", "--", str(g.access_log_path),
+                          "--by", "person", "--format", "json", "--chart", str(tmp_path / "usage.svg")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    total = report["total"]
+    for field in ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens"):
+        assert total[field] == sum(r[field] for r in records), field
+        assert sum(row[field] for row in report["rows"]) == total[field], field
+    assert total["requests"] == len(records)
+    assert total["refused"] == len([r for r in records if r["refusal"]])
+    assert total["cost_usd"] == pytest.approx(sum(r["cost_usd"] or 0 for r in records))
+    assert {row["person"] for row in report["rows"]} >= {"alice@example.com", "bob@example.com"}
+    assert "<svg" in (tmp_path / "usage.svg").read_text()
+
+
+def prometheus_binary():
+    return shutil.which("prometheus")
+
+
+def test_dashboard_queries_answer_from_a_real_prometheus(traffic):
+    g, _ = traffic
+    binary = prometheus_binary()
+    assert binary, "prometheus is missing: make installs it (apt-get install prometheus)"
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "prometheus.yml"
+        cfg.write_text(json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": [{
+            "job_name": "envoy", "metrics_path": "/stats/prometheus",
+            "static_configs": [{"targets": [f"127.0.0.1:{g.admin_port}"]}]}]}))
+        proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={d}/data",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def query(expr):
+                url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    answer = json.loads(r.read())
+                assert answer["status"] == "success", answer
+                return answer["data"]["result"]
+
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if query("claude_sso_gateway_tokens_total"):
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "Prometheus never scraped Envoy"
+                time.sleep(0.5)
+            # More traffic between scrapes, so rate() and increase() have a change to see.
+            from tests.harness.client import call as again
+            time.sleep(2)
+            again(g.port, traffic[1]["bob"], with_model(STREAM, "claude-opus-4-7"))
+            time.sleep(3)
+            empty = [title for title, expr in queries(ROOT / "dashboards" / "claude-sso-gateway.json")
+                     if not query(expr)]
+            assert not empty, f"panels without data: {empty}"
+            records = g.usage_records()
+            tokens = sum(r["input_tokens"] + r["output_tokens"] + r["cache_write_tokens"] + r["cache_read_tokens"]
+                         for r in records)
+            assert float(query("sum(claude_sso_gateway_tokens_total)")[0]["value"][1]) == tokens
+            forwarded = len([r for r in records if not r["refusal"]])
+            assert float(query("sum(claude_sso_gateway_requests_total)")[0]["value"][1]) == forwarded
+        finally:
+            proc.terminate()
+            proc.wait(10)
