@@ -25,7 +25,16 @@ node_modules/.stamp: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-tools: .wasm-target.stamp $(VENV)/.stamp node_modules/.stamp
+## Debian packages the tests run for real (Prometheus for the dashboard test).
+APT_PACKAGES := prometheus
+.apt.stamp: Makefile
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+tools: .wasm-target.stamp $(VENV)/.stamp node_modules/.stamp .apt.stamp
 
 ## The filter.
 build: .wasm-target.stamp
@@ -59,7 +68,7 @@ lint: .wasm-target.stamp
 
 integration: build tools kong-runtime
 	cargo build -p claude-sso-signin
-	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests dashboards $(PYTEST_ARGS)
 
 ## Kong's Wasm runtime (nginx 1.27.2 + ngx_wasm_module 9136e463 + Wasmtime 26, as in Kong 3.9), from
 ## ../shared/vendor/kong-wasm and crates.io. Cached in ~/.cache/claude-sso-gateway/kong-runtime
@@ -93,4 +102,4 @@ bench: build $(VENV)/.stamp
 
 clean:
 	cargo clean
-	rm -rf $(VENV) node_modules .wasm-target.stamp
+	rm -rf $(VENV) node_modules .wasm-target.stamp .apt.stamp
