@@ -252,8 +252,7 @@ fn discover(issuer: &str) -> Result<Client, String> {
 fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, String> {
     let issuer = issuer(idp)?;
     let cache = cache_file(idp)?;
-    let situation =
-        Situation { device_offered: client.endpoints.device_authorization_endpoint.is_some(), ..situation };
+    let situation = Situation { device_offered: client.endpoints.device_authorization_endpoint.is_some(), ..situation };
     let timeout = Duration::from_secs(idp.login_timeout_seconds);
     let tokens = match flow::choose(situation) {
         SignIn::NotNow => return Err("cannot sign in here: nobody can see the sign-in prompt".to_owned()),
