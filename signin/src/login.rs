@@ -1,12 +1,12 @@
 //! Signing in: the browser flow (Authorization Code + PKCE with a loopback redirect) and the
-//! device authorization grant for machines without a browser; plus when a cached token is
-//! still good enough to hand to Claude Code.
+//! device authorization grant for machines without a browser.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::flow::BrowserCan;
 use crate::oidc::{Client, OidcError, TokenResponse};
 use crate::pkce;
 
@@ -46,13 +46,6 @@ impl From<OidcError> for LoginError {
     }
 }
 
-/// Whether a token expiring at `expires_at` may still be handed out at `now`: Claude Code keeps
-/// using a token for its helper TTL (and sends it once more while the helper re-runs), so it must
-/// outlive that plus a margin.
-pub fn fresh_enough(expires_at: u64, now: u64, helper_ttl_ms: u64, margin_s: u64) -> bool {
-    expires_at > now + helper_ttl_ms.div_ceil(1000) + margin_s
-}
-
 /// How the browser is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Browser {
@@ -74,11 +67,13 @@ impl Browser {
         }
     }
 
-    /// Whether a browser can be expected to open on this machine.
-    pub fn available(&self) -> bool {
+    /// What this setting can do on this machine.
+    pub fn can(&self) -> BrowserCan {
         match self {
-            Browser::System => system_browser_available(),
-            Browser::Command(_) | Browser::PrintOnly => true,
+            Browser::System if system_browser_available() => BrowserCan::Open,
+            Browser::System => BrowserCan::Nothing,
+            Browser::Command(_) => BrowserCan::Open,
+            Browser::PrintOnly => BrowserCan::PrintOnly,
         }
     }
 
@@ -286,20 +281,6 @@ fn decode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn freshness_covers_helper_ttl_and_margin() {
-        let cases = [
-            ("plenty left", 10_000, true),
-            ("exactly ttl + margin left", 1000 + 300 + 60, false),
-            ("one second more", 1000 + 300 + 61, true),
-            ("expired", 900, false),
-        ];
-        for (name, expires_at, want) in cases {
-            assert_eq!(fresh_enough(expires_at, 1000, 300_000, 60), want, "{name}");
-        }
-        assert!(!fresh_enough(1000 + 60 + 6, 1000, 5_500, 60), "TTL in ms rounds up");
-    }
 
     #[test]
     fn query_round_trip() {

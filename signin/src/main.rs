@@ -3,6 +3,7 @@
 
 mod cache;
 mod claims;
+mod flow;
 mod login;
 mod oidc;
 mod pkce;
@@ -15,8 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 
 use cache::{CacheFile, Cached};
+use flow::{SignIn, Situation};
 use login::{Browser, BrowserLogin};
-use oidc::{Client, TokenResponse};
+use oidc::{Client, Revocation, TokenResponse};
 
 #[derive(Parser)]
 #[command(
@@ -70,11 +72,16 @@ struct Idp {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Print a valid access token (the default).
+    /// Print a valid access token (the default). Run by Claude Code, where nobody sees a
+    /// prompt, it never waits for a device code: it tells the person to run `login` instead.
     Token,
+    /// Sign in now (in a browser, or with --device a code to enter on another device) and keep
+    /// the tokens for Claude Code; prints no token.
+    Login,
     /// Show who is signed in, their groups and the token's expiry (never the token).
     Status,
-    /// Revoke the tokens at the IdP if it supports revocation, and delete the cache.
+    /// Delete the saved sign-in and revoke its refresh token at the IdP (if it has a
+    /// revocation endpoint). An access token already issued stays valid until it expires.
     Logout,
     /// Point Claude Code at the gateway: merge our keys into ~/.claude/settings.json.
     Setup(SetupArgs),
@@ -114,10 +121,30 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Claude Code's settings file: `$CLAUDE_CONFIG_DIR/settings.json`, else `~/.claude/settings.json`.
+fn claude_settings() -> Option<PathBuf> {
+    std::env::var_os("CLAUDE_CONFIG_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".claude")))
+        .map(|d| d.join("settings.json"))
+}
+
 fn main() -> ExitCode {
+    // A person in a terminal lacks the `env` block Claude Code passes to the helper; take what
+    // is not set from the settings file, so `claude-sso-signin login` signs in where the helper
+    // will look. This runs before any thread exists, so setting the environment is sound.
+    if let Some(path) = claude_settings() {
+        for (key, value) in settings::helper_env(&path) {
+            if std::env::var_os(&key).is_none() {
+                std::env::set_var(key, value);
+            }
+        }
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         None | Some(Cmd::Token) => token(&cli.idp).map(|t| println!("{t}")),
+        Some(Cmd::Login) => login(&cli.idp),
         Some(Cmd::Status) => status(&cli.idp),
         Some(Cmd::Logout) => logout(&cli.idp),
         Some(Cmd::Setup(args)) => setup(&cli.idp, args),
@@ -141,49 +168,123 @@ fn cache_file(idp: &Idp) -> Result<CacheFile, String> {
     Ok(CacheFile::new(&dir, issuer(idp)?, &idp.client_id))
 }
 
-/// The token flow: cached if fresh enough, else refreshed, else a new sign-in; all under the
-/// cache lock so that parallel runs make one sign-in.
+/// The token flow: cached if fresh enough, else refreshed, else a new sign-in if someone can
+/// see it (see [`flow::choose`]); all under the cache lock so that parallel runs make one sign-in.
 fn token(idp: &Idp) -> Result<String, String> {
     let issuer = issuer(idp)?;
     let cache = cache_file(idp)?;
     let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
-    let fresh = |c: &Cached| login::fresh_enough(c.expires_at, now(), idp.helper_ttl_ms, idp.margin_seconds);
+    let fresh = |c: &Cached| flow::fresh_enough(c.expires_at, now(), idp.helper_ttl_ms, idp.margin_seconds);
     let cached = cache.load().filter(|c| c.issuer == issuer && c.client_id == idp.client_id);
     if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
         return Ok(c.access_token.clone());
     }
-    let client = Client::discover(issuer).map_err(|e| format!("{e}; check CLAUDE_SSO_ISSUER and your network"))?;
+    let mut why = match &cached {
+        None => "no saved sign-in".to_owned(),
+        Some(_) => "the saved token expires soon and there is no refresh token".to_owned(),
+    };
+    let mut client = None;
     if let Some(refresh_token) = cached.as_ref().and_then(|c| c.refresh_token.clone()) {
-        match client.refresh(&idp.client_id, &refresh_token) {
+        let idp_client = discover(issuer)?;
+        match idp_client.refresh(&idp.client_id, &refresh_token) {
             Ok(tokens) => {
                 let c = remember(&cache, issuer, &idp.client_id, tokens, Some(refresh_token))?;
                 if !fresh(&c) {
                     eprintln!("claude-sso-signin: note: the identity provider issues tokens shorter-lived than the helper TTL");
                 }
-                return Ok(c.access_token);
+                return hand_out(c, idp.margin_seconds);
             }
-            Err(e) => eprintln!("claude-sso-signin: silent refresh failed ({e}); signing in again"),
+            Err(e) => why = format!("the saved sign-in could not be renewed: {e}"),
         }
+        client = Some(idp_client);
     }
+    let situation = Situation {
+        interactive: flow::interactive(),
+        device_flag: idp.device,
+        browser: Browser::from_setting(idp.browser.as_deref()).can(),
+        device_offered: false,
+    };
+    // Decided before discovery: a run that may not sign in needs no network and fails at once.
+    if flow::choose(situation) == SignIn::NotNow {
+        let exe = std::env::current_exe().ok();
+        let command = flow::command_name(exe.as_deref(), std::env::var_os("PATH").as_deref());
+        return Err(flow::not_signed_in(issuer, &command, &why));
+    }
+    if cached.is_some() {
+        eprintln!("claude-sso-signin: {why}; signing in again");
+    }
+    let client = match client {
+        Some(c) => c,
+        None => discover(issuer)?,
+    };
+    let c = sign_in(idp, &client, situation)?;
+    hand_out(c, idp.margin_seconds)
+}
+
+/// `login`: signs in now, whatever is cached, and keeps the tokens for Claude Code.
+fn login(idp: &Idp) -> Result<(), String> {
+    let issuer = issuer(idp)?;
+    let cache = cache_file(idp)?;
+    let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
+    let client = discover(issuer)?;
+    // The person asked for it, so it runs even without a terminal (they chose where its output goes).
+    let situation = Situation {
+        interactive: true,
+        device_flag: idp.device,
+        browser: Browser::from_setting(idp.browser.as_deref()).can(),
+        device_offered: false,
+    };
+    let c = sign_in(idp, &client, situation)?;
+    let who = claims::summary(&c.access_token);
+    eprintln!(
+        "Signed in to {issuer} as {}. Claude Code will use this sign-in (token valid {} min, renewed silently).",
+        who.subject,
+        c.expires_at.saturating_sub(now()) / 60
+    );
+    Ok(())
+}
+
+fn discover(issuer: &str) -> Result<Client, String> {
+    Client::discover(issuer).map_err(|e| format!("{e}; check CLAUDE_SSO_ISSUER and your network"))
+}
+
+/// Runs the sign-in [`flow::choose`] picks and stores the tokens.
+fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, String> {
+    let issuer = issuer(idp)?;
+    let cache = cache_file(idp)?;
+    let situation = Situation { device_offered: client.endpoints.device_authorization_endpoint.is_some(), ..situation };
     let timeout = Duration::from_secs(idp.login_timeout_seconds);
-    let browser = Browser::from_setting(idp.browser.as_deref());
-    let device_possible = client.endpoints.device_authorization_endpoint.is_some();
-    let tokens = if idp.device || (!browser.available() && device_possible) {
-        login::device_login(&client, &idp.client_id, &idp.scopes, timeout)
-    } else {
-        BrowserLogin {
-            client: &client,
+    let tokens = match flow::choose(situation) {
+        SignIn::NotNow => return Err("cannot sign in here: nobody can see the sign-in prompt".to_owned()),
+        SignIn::Device => login::device_login(client, &idp.client_id, &idp.scopes, timeout),
+        SignIn::Browser => BrowserLogin {
+            client,
             client_id: &idp.client_id,
             scopes: &idp.scopes,
             port: idp.redirect_port,
             audience: idp.audience.as_deref(),
-            browser: &browser,
+            browser: &Browser::from_setting(idp.browser.as_deref()),
             timeout,
         }
-        .run()
+        .run(),
     }
     .map_err(|e| format!("sign-in failed: {e}"))?;
-    Ok(remember(&cache, issuer, &idp.client_id, tokens, None)?.access_token)
+    remember(&cache, issuer, &idp.client_id, tokens, None)
+}
+
+/// Prints nothing itself: returns the token unless it is expired or about to be, which the
+/// gateway would refuse (and Claude Code would re-run the helper and retry, for minutes).
+fn hand_out(c: Cached, margin_s: u64) -> Result<String, String> {
+    let now = now();
+    if flow::usable(c.expires_at, now, margin_s) {
+        return Ok(c.access_token);
+    }
+    Err(format!(
+        "the identity provider issued a token that expires in {} s (exp {}), within the {margin_s} s margin; \
+         check this computer's clock, or the IdP's access token lifetime",
+        c.expires_at as i64 - now as i64,
+        c.expires_at
+    ))
 }
 
 fn remember(
@@ -209,7 +310,7 @@ fn remember(
 fn status(idp: &Idp) -> Result<(), String> {
     let cache = cache_file(idp)?;
     let Some(c) = cache.load() else {
-        eprintln!("not signed in to {} (run claude-sso-signin to sign in)", issuer(idp)?);
+        eprintln!("not signed in to {} (run `claude-sso-signin login`)", issuer(idp)?);
         return Ok(());
     };
     let who = claims::summary(&c.access_token);
@@ -228,34 +329,48 @@ fn status(idp: &Idp) -> Result<(), String> {
     Ok(())
 }
 
+/// `logout`: deletes the saved sign-in and revokes its refresh token (RFC 7009) when the IdP
+/// advertises a revocation endpoint. The access token is not revoked: the gateway verifies it
+/// on its own and keeps accepting it until it expires.
 fn logout(idp: &Idp) -> Result<(), String> {
+    let issuer = issuer(idp)?;
     let cache = cache_file(idp)?;
     let _lock = cache.lock().map_err(|e| e.to_string())?;
-    if let Some(c) = cache.load() {
-        match Client::discover(issuer(idp)?) {
-            Ok(client) => {
-                for (token, hint) in
-                    [(c.refresh_token.as_deref(), "refresh_token"), (Some(c.access_token.as_str()), "access_token")]
-                {
-                    if let Some(token) = token {
-                        if let Err(e) = client.revoke(&idp.client_id, token, hint) {
-                            eprintln!("claude-sso-signin: could not revoke the {hint}: {e}");
-                        }
-                    }
-                }
-            }
-            Err(e) => eprintln!("claude-sso-signin: could not reach the identity provider to revoke tokens: {e}"),
-        }
+    let Some(c) = cache.load() else {
+        cache.delete().map_err(|e| e.to_string())?;
+        eprintln!("was not signed in to {issuer}");
+        return Ok(());
+    };
+    let revoked = match c.refresh_token.as_deref() {
+        None => Ok("there was no refresh token to revoke"),
+        Some(refresh_token) => match Client::discover(issuer) {
+            Ok(client) => match client.revoke(&idp.client_id, refresh_token, "refresh_token") {
+                Ok(Revocation::Revoked) => Ok("revoked the refresh token at the identity provider"),
+                Ok(Revocation::NoEndpoint) => Ok("the identity provider advertises no revocation endpoint, \
+                     so the refresh token was not revoked and stays valid there until it expires"),
+                Err(e) => Err(format!("could not revoke the refresh token: {e}")),
+            },
+            Err(e) => Err(format!("could not reach the identity provider to revoke the refresh token: {e}")),
+        },
+    };
+    cache.delete().map_err(|e| format!("cannot delete {}: {e}", cache.path.display()))?;
+    eprintln!("signed out of {issuer}: deleted the saved sign-in ({})", cache.path.display());
+    if let Ok(done) = revoked {
+        eprintln!("{done}");
     }
-    let removed = cache.delete().map_err(|e| e.to_string())?;
-    eprintln!("{}", if removed { "signed out" } else { "was not signed in" });
-    Ok(())
+    let left = c.expires_at as i64 - now() as i64;
+    if left > 0 {
+        eprintln!(
+            "the access token already issued is not revoked: the gateway accepts it until it expires (in {} min), \
+             or until the gateway's max token age if one is set",
+            (left + 59) / 60
+        );
+    }
+    revoked.map(|_| ())
 }
 
 fn settings_path(path: Option<&PathBuf>) -> Result<PathBuf, String> {
-    path.cloned()
-        .or_else(|| dirs::home_dir().map(|h| h.join(".claude").join("settings.json")))
-        .ok_or_else(|| "no home directory; pass --settings".to_owned())
+    path.cloned().or_else(claude_settings).ok_or_else(|| "no home directory; pass --settings".to_owned())
 }
 
 fn setup(idp: &Idp, args: &SetupArgs) -> Result<(), String> {

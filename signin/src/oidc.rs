@@ -93,6 +93,15 @@ struct ErrorBody {
     error_description: Option<String>,
 }
 
+/// What a revocation request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The IdP accepted it: the token can no longer be used there.
+    Revoked,
+    /// The IdP advertises no revocation endpoint; nothing was sent.
+    NoEndpoint,
+}
+
 /// A client for one IdP.
 pub struct Client {
     agent: Agent,
@@ -178,14 +187,22 @@ impl Client {
         self.post(&self.endpoints.token_endpoint, &form)
     }
 
-    /// Revokes a token if the IdP supports revocation; returns whether it was attempted.
-    pub fn revoke(&self, client_id: &str, token: &str, hint: &str) -> Result<bool, OidcError> {
-        let Some(url) = self.endpoints.revocation_endpoint.as_deref() else { return Ok(false) };
-        let response = self
+    /// Revokes a token (RFC 7009) if the IdP advertises a revocation endpoint.
+    pub fn revoke(&self, client_id: &str, token: &str, hint: &str) -> Result<Revocation, OidcError> {
+        let Some(url) = self.endpoints.revocation_endpoint.as_deref() else { return Ok(Revocation::NoEndpoint) };
+        let mut response = self
             .agent
             .post(url)
             .send_form([("token", token), ("token_type_hint", hint), ("client_id", client_id)])
             .map_err(|e| OidcError::Transport(e.to_string()))?;
-        Ok(response.status().is_success())
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Revocation::Revoked);
+        }
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => Err(OidcError::Refused { error: e.error, description: e.error_description.unwrap_or_default() }),
+            Err(_) => Err(OidcError::Transport(format!("{url}: status {status}"))),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! `setup` and `uninstall`: merging exactly our keys into Claude Code's `settings.json`, and
-//! removing exactly those keys again, leaving every other key as it was.
+//! removing exactly those keys again, leaving every other key as it was; and reading the
+//! helper's configuration back from that file for runs from a terminal.
 
 use std::fs;
 use std::path::Path;
@@ -75,6 +76,24 @@ fn save(path: &Path, map: Map<String, Value>) -> Result<(), SettingsError> {
     let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     fs::write(&tmp, format!("{text}\n")).map_err(SettingsError::Io)?;
     fs::rename(&tmp, path).map_err(SettingsError::Io)
+}
+
+/// Whether an `env` key of Claude Code's settings configures this helper.
+fn configures_helper(key: &str) -> bool {
+    key.starts_with("CLAUDE_SSO_") || key == "CLAUDE_CODE_API_KEY_HELPER_TTL_MS"
+}
+
+/// The helper's configuration in the settings file's `env` block (the `CLAUDE_SSO_*` keys and the
+/// helper TTL). Claude Code passes that block to the helper; a person who runs
+/// `claude-sso-signin login` in a terminal has none of it, so it is read from the file. A missing
+/// or unreadable file gives nothing.
+pub fn helper_env(path: &Path) -> Vec<(String, String)> {
+    let Ok(map) = load(path) else { return Vec::new() };
+    let Some(Value::Object(env)) = map.get("env") else { return Vec::new() };
+    env.iter()
+        .filter(|(k, _)| configures_helper(k))
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect()
 }
 
 /// Merges our keys into the settings file, keeping all others.
@@ -165,6 +184,34 @@ mod tests {
         uninstall(&path).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&fs::read_to_string(&path).unwrap()).unwrap(), json!({}));
         fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn helper_env_reads_only_our_keys() {
+        let cases = [
+            ("missing file", None, vec![]),
+            ("broken file", Some("{ not json"), vec![]),
+            ("no env", Some(r#"{"theme": "dark"}"#), vec![]),
+            (
+                "our keys only, strings only",
+                Some(
+                    r#"{"env": {"ANTHROPIC_BASE_URL": "https://gw", "CLAUDE_SSO_ISSUER": "https://idp",
+                        "CLAUDE_SSO_CLIENT_ID": "cc", "CLAUDE_CODE_API_KEY_HELPER_TTL_MS": "60000",
+                        "CLAUDE_SSO_MARGIN_SECONDS": 5, "HTTPS_PROXY": "http://p"}}"#,
+                ),
+                vec![
+                    ("CLAUDE_SSO_ISSUER", "https://idp"),
+                    ("CLAUDE_SSO_CLIENT_ID", "cc"),
+                    ("CLAUDE_CODE_API_KEY_HELPER_TTL_MS", "60000"),
+                ],
+            ),
+        ];
+        for (name, content, want) in cases {
+            let path = temp(&format!("env-{}", name.replace(' ', "-")), content);
+            let want: Vec<(String, String)> = want.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            assert_eq!(helper_env(&path), want, "{name}");
+            let _ = fs::remove_file(path);
+        }
     }
 
     #[test]

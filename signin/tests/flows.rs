@@ -153,28 +153,110 @@ fn cache_is_owner_only() {
     }
 }
 
-#[test]
-fn device_flow() {
-    let idp = Idp::start(&[]);
-    let home = Home::new("alice");
-    let mut child = home.command(&idp).arg("--device").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+/// Runs `login --device` (what a person on SSH types), approves the code it shows as `user`
+/// would on another device, and returns what `login` printed.
+fn device_login(mut login: Command, idp: &Idp, user: &str) -> Output {
+    let mut child = login.args(["login", "--device"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
+    let mut shown = String::new();
     let code = loop {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "no user code printed");
+        shown.push_str(&line);
         if let Some(rest) = line.split("enter the code ").nth(1) {
             break rest.trim().to_owned();
         }
     };
+    assert!(shown.contains(&format!("visit {}/device", idp.issuer)), "{shown}");
     let approve = Command::new("node")
         .arg(repo().join("demo/idp/login.mjs"))
-        .args(["--issuer", &idp.issuer, "--device", &code, "--user", "bob"])
+        .args(["--issuer", &idp.issuer, "--device", &code, "--user", user])
         .output()
         .unwrap();
     assert!(approve.status.success(), "{}", String::from_utf8_lossy(&approve.stderr));
+    std::io::Read::read_to_string(&mut stderr, &mut shown).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(claims(&token_of(&out))["sub"], "bob");
+    Output { stderr: shown.into_bytes(), ..out }
+}
+
+#[test]
+fn device_flow() {
+    let idp = Idp::start(&[]);
+    let home = Home::new("alice");
+    let out = device_login(home.command(&idp), &idp, "bob");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "login prints no token");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("as bob"));
+    assert_eq!(claims(&token_of(&home.run(&idp, &[])))["sub"], "bob");
+    assert_eq!(idp.logins(), 1);
+}
+
+#[test]
+fn headless_helper_fails_fast_with_what_to_run_then_works_after_device_login() {
+    // As on SSH: no display, no browser setting, and Claude Code's pipes for stdin/stdout/stderr.
+    // The issuer comes only from Claude Code's settings (written by `setup`), as for a person
+    // who then types the command from the message into a terminal.
+    let idp = Idp::start(&[]);
+    let home = Home::new("alice");
+    let helper = || {
+        let mut c = home.command(&idp);
+        c.env_remove("CLAUDE_SSO_BROWSER").env_remove("CLAUDE_SSO_ISSUER").stdin(Stdio::null());
+        c
+    };
+    let setup = home.run(&idp, &["setup", "--gateway-url", "https://gw.example.com"]);
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+
+    let started = std::time::Instant::now();
+    let out = helper().output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nothing on stdout for Claude Code to take as a key");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "claude-sso-signin: not signed in to {}.\nRun `{HELPER} login` in a terminal \
+                        (on SSH or without a browser: `{HELPER} login --device`), then try again.\n",
+        idp.issuer
+    );
+    assert!(err.starts_with(&want), "{err}");
+    assert!(err.len() < 500, "Claude Code shows the first 500 characters");
+    assert_eq!(idp.logins(), 0, "no sign-in was started");
+
+    let login = device_login(helper(), &idp, "alice");
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    assert_eq!(claims(&token_of(&helper().output().unwrap()))["sub"], "alice");
+    assert_eq!(idp.logins(), 1);
+}
+
+#[test]
+fn headless_helper_with_an_expired_sign_in_and_no_refresh_fails_fast() {
+    // Tokens live 400 s but Claude Code wants 350 + 60; the refresh token is gone after 1 s.
+    let idp = Idp::start(&[("IDP_ACCESS_TOKEN_TTL", "400"), ("IDP_REFRESH_TOKEN_TTL", "1")]);
+    let home = Home::new("alice");
+    token_of(&home.run(&idp, &[]));
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = home
+        .command(&idp)
+        .env("CLAUDE_SSO_BROWSER", "none")
+        .env("CLAUDE_CODE_API_KEY_HELPER_TTL_MS", "350000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "the cached token, too close to expiry, was handed out");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not signed in to") && err.contains("could not be renewed"), "{err}");
+    assert_eq!(idp.logins(), 1);
+}
+
+#[test]
+fn a_token_within_the_margin_of_expiry_is_never_handed_out() {
+    let idp = Idp::start(&[("IDP_ACCESS_TOKEN_TTL", "30")]);
+    let home = Home::new("alice");
+    let out = home.run(&idp, &[]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("within the 60 s margin"), "{err}");
 }
 
 #[test]
@@ -199,7 +281,7 @@ fn expired_refresh_token_falls_back_to_login() {
     std::thread::sleep(Duration::from_millis(2100));
     let out = run();
     token_of(&out);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("silent refresh failed"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the saved sign-in could not be renewed"));
     assert_eq!(idp.logins(), 2);
 }
 
@@ -232,20 +314,42 @@ fn ten_parallel_runs_make_one_login() {
     assert_eq!(idp.logins(), 1);
 }
 
+/// Uses a refresh token at the IdP's token endpoint; returns the OAuth `error`, if any.
+fn refresh_error(idp: &Idp, refresh_token: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-s", &format!("{}/token", idp.issuer), "-d", "grant_type=refresh_token", "-d", "client_id=claude-code"])
+        .args(["--data-urlencode", &format!("refresh_token={refresh_token}")])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["error"].as_str().map(str::to_owned)
+}
+
 #[test]
-fn logout_revokes_and_deletes_the_cache() {
+fn logout_revokes_the_refresh_token_and_deletes_the_cache() {
     let idp = Idp::start(&[]);
     let home = Home::new("alice");
     token_of(&home.run(&idp, &[]));
+    let cache_files = || -> Vec<PathBuf> {
+        std::fs::read_dir(home.dir.join("cache"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect()
+    };
+    let [file] = &cache_files()[..] else { panic!("one cache file") };
+    let cached: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let refresh_token = cached["refresh_token"].as_str().unwrap().to_owned();
+
     let out = home.run(&idp, &["logout"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("signed out"));
-    let left: Vec<_> = std::fs::read_dir(home.dir.join("cache"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .collect();
-    assert!(left.is_empty());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for said in ["signed out of", "revoked the refresh token", "the access token already issued is not revoked"] {
+        assert!(err.contains(said), "{said:?} missing from {err}");
+    }
+    assert!(cache_files().is_empty());
+    assert_eq!(refresh_error(&idp, &refresh_token).as_deref(), Some("invalid_grant"), "refresh token still works");
     token_of(&home.run(&idp, &[]));
     assert_eq!(idp.logins(), 2, "signed in again after logout");
 }

@@ -1,0 +1,188 @@
+//! How one run gets a token, decided as data: hand out the cached one, refresh it, sign in with
+//! the browser or the device flow, or refuse at once because nobody can see a sign-in prompt.
+//!
+//! Claude Code runs the helper with stdin, stdout and stderr on pipes (measured with 2.1.330, in
+//! `-p` and in the TUI) and shows the helper's stderr only after it has exited non-zero (its first
+//! 500 characters). A device code printed while the helper waits is therefore never seen, so such
+//! a run must fail fast with a message that says what to run instead.
+
+use std::io::IsTerminal;
+
+/// Whether a person can read what this run prints while it waits: stderr is a terminal.
+///
+/// Claude Code gives its helper a pipe for stderr; a person at a shell gives it the terminal.
+/// (Claude Code also sets `AI_AGENT` and `CLAUDE_CODE_ENTRYPOINT`, but their values change with
+/// its version and every command its Bash tool runs inherits them, so they are not used.)
+pub fn interactive() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// What the browser setting can do on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserCan {
+    /// A window opens by itself (the system opener with a display, or a configured command).
+    Open,
+    /// `CLAUDE_SSO_BROWSER=none`: the address is only printed.
+    PrintOnly,
+    /// The system opener, but no display (SSH, a container).
+    Nothing,
+}
+
+/// Which sign-in a run that has no usable token starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignIn {
+    /// Authorization Code + PKCE in a browser, with a loopback redirect.
+    Browser,
+    /// The device authorization grant: a code the person enters elsewhere.
+    Device,
+    /// None: nobody would see the prompt; fail at once with [`not_signed_in`].
+    NotNow,
+}
+
+/// The facts [`choose`] decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct Situation {
+    /// A person can read stderr while we wait (see [`interactive`]).
+    pub interactive: bool,
+    /// `--device` was given.
+    pub device_flag: bool,
+    /// What the browser setting can do.
+    pub browser: BrowserCan,
+    /// The IdP offers the device authorization grant (only consulted for interactive runs).
+    pub device_offered: bool,
+}
+
+/// Chooses the sign-in. A run nobody watches only signs in when a browser window opens by
+/// itself (the window is then the prompt); otherwise it must not start a flow that waits.
+pub fn choose(s: Situation) -> SignIn {
+    match (s.interactive, s.device_flag, s.browser) {
+        (false, true, _) | (false, false, BrowserCan::PrintOnly | BrowserCan::Nothing) => SignIn::NotNow,
+        (false, false, BrowserCan::Open) => SignIn::Browser,
+        (true, true, _) => SignIn::Device,
+        (true, false, BrowserCan::Nothing) if s.device_offered => SignIn::Device,
+        (true, false, _) => SignIn::Browser,
+    }
+}
+
+/// Whether a token expiring at `expires_at` may still be handed out at `now`: Claude Code keeps
+/// using a token for its helper TTL (and sends it once more while the helper re-runs), so it must
+/// outlive that plus a margin.
+pub fn fresh_enough(expires_at: u64, now: u64, helper_ttl_ms: u64, margin_s: u64) -> bool {
+    expires_at > now + helper_ttl_ms.div_ceil(1000) + margin_s
+}
+
+/// Whether a token just obtained from the IdP may be handed out at all: it must have more than
+/// the margin left. One that is expired or about to be would only earn a 401 from the gateway,
+/// and Claude Code would re-run the helper and retry, up to 13 times over four minutes.
+pub fn usable(expires_at: u64, now: u64, margin_s: u64) -> bool {
+    expires_at > now + margin_s
+}
+
+/// How a person runs this program from a terminal: the bare name when the binary is found on
+/// `PATH` under that name, else its full path (`setup` writes the full path into Claude Code's
+/// settings, so the binary need not be on `PATH`).
+pub fn command_name(exe: Option<&std::path::Path>, path_var: Option<&std::ffi::OsStr>) -> String {
+    const NAME: &str = "claude-sso-signin";
+    let Some(exe) = exe else { return NAME.to_owned() };
+    let on_path = exe.file_stem().is_some_and(|s| s == NAME)
+        && path_var.is_some_and(|p| std::env::split_paths(p).any(|dir| Some(dir.as_path()) == exe.parent()));
+    if on_path {
+        return NAME.to_owned();
+    }
+    let full = exe.to_string_lossy().into_owned();
+    if full.contains(' ') {
+        format!("\"{full}\"")
+    } else {
+        full
+    }
+}
+
+/// The message for a run that may not sign in. Claude Code shows the first 500 characters of the
+/// helper's stderr, so what to do comes first and the detail (`why`) last.
+pub fn not_signed_in(issuer: &str, command: &str, why: &str) -> String {
+    format!(
+        "not signed in to {issuer}.\n\
+         Run `{command} login` in a terminal (on SSH or without a browser: `{command} login --device`), \
+         then try again.\n({why})"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::path::Path;
+
+    #[test]
+    fn choose_the_sign_in() {
+        use BrowserCan::{Nothing, Open, PrintOnly};
+        let cases = [
+            ("Claude Code, desktop: the browser window is the prompt", false, false, Open, true, SignIn::Browser),
+            ("Claude Code over SSH: fail fast", false, false, Nothing, true, SignIn::NotNow),
+            ("Claude Code, browser=none: fail fast", false, false, PrintOnly, true, SignIn::NotNow),
+            ("Claude Code with --device: fail fast", false, true, Open, true, SignIn::NotNow),
+            ("terminal, desktop", true, false, Open, true, SignIn::Browser),
+            ("terminal over SSH", true, false, Nothing, true, SignIn::Device),
+            ("terminal over SSH, IdP without device grant", true, false, Nothing, false, SignIn::Browser),
+            ("terminal, browser=none prints the address", true, false, PrintOnly, true, SignIn::Browser),
+            ("terminal with --device", true, true, Open, true, SignIn::Device),
+        ];
+        for (name, interactive, device_flag, browser, device_offered, want) in cases {
+            assert_eq!(choose(Situation { interactive, device_flag, browser, device_offered }), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn freshness_covers_helper_ttl_and_margin() {
+        let cases = [
+            ("plenty left", 10_000, true),
+            ("exactly ttl + margin left", 1000 + 300 + 60, false),
+            ("one second more", 1000 + 300 + 61, true),
+            ("expired", 900, false),
+        ];
+        for (name, expires_at, want) in cases {
+            assert_eq!(fresh_enough(expires_at, 1000, 300_000, 60), want, "{name}");
+        }
+        assert!(!fresh_enough(1000 + 60 + 6, 1000, 5_500, 60), "TTL in ms rounds up");
+    }
+
+    #[test]
+    fn never_hand_out_an_expired_or_expiring_token() {
+        let cases = [
+            ("expired", 900, false),
+            ("expires now", 1000, false),
+            ("exactly the margin left", 1060, false),
+            ("more than the margin left", 1061, true),
+        ];
+        for (name, expires_at, want) in cases {
+            assert_eq!(usable(expires_at, 1000, 60), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn command_name_is_bare_only_when_on_path() {
+        let path = OsStr::new("/usr/bin:/opt/csg/bin");
+        let cases = [
+            ("on PATH", Some("/opt/csg/bin/claude-sso-signin"), "claude-sso-signin"),
+            ("not on PATH", Some("/home/a/dl/claude-sso-signin"), "/home/a/dl/claude-sso-signin"),
+            ("renamed", Some("/usr/bin/csg"), "/usr/bin/csg"),
+            ("with a space", Some("/home/a b/claude-sso-signin"), "\"/home/a b/claude-sso-signin\""),
+            ("unknown", None, "claude-sso-signin"),
+        ];
+        for (name, exe, want) in cases {
+            assert_eq!(command_name(exe.map(Path::new), Some(path)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn message_says_what_to_run_first_and_fits_what_claude_code_shows() {
+        let m = not_signed_in("https://idp.example.com/oauth2/default", "claude-sso-signin", "no saved sign-in");
+        assert_eq!(
+            m,
+            "not signed in to https://idp.example.com/oauth2/default.\n\
+             Run `claude-sso-signin login` in a terminal (on SSH or without a browser: \
+             `claude-sso-signin login --device`), then try again.\n(no saved sign-in)"
+        );
+        assert!(m.len() + "claude-sso-signin: ".len() < 500, "Claude Code cuts the helper's stderr at 500");
+    }
+}
