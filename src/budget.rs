@@ -71,6 +71,33 @@ impl Limit {
     }
 
     /// How the limit is described to people.
+    /// The limit in a sentence for the person refused: whose limit it is and what it counts.
+    pub fn explain(&self) -> String {
+        let amount = match self.counts {
+            Counts::TotalTokens => format!("{} tokens", self.limit),
+            Counts::PromptTokens => format!("{} prompt tokens", self.limit),
+            Counts::CompletionTokens => format!("{} completion tokens", self.limit),
+            Counts::Cost => format!("${:.2}", self.limit as f64 / 1e6),
+        };
+        let whom = match self.per {
+            Per::Tier => "your tier's shared limit",
+            Per::Person => "your personal limit",
+        };
+        format!("{whom} of {amount} per {}", human_duration(self.window))
+    }
+
+    /// How room comes back, which differs by window type.
+    pub fn how_room_returns(&self) -> String {
+        match self.window_type {
+            WindowType::Sliding => format!(
+                "This is a sliding window: use older than {} stops counting, so room comes back gradually.",
+                human_duration(self.window)
+            ),
+            WindowType::Fixed => "The window starts over in full when it ends.".to_owned(),
+        }
+    }
+
+    /// The limit in a few words, for headers and logs.
     pub fn describe(&self) -> String {
         let what = match self.counts {
             Counts::TotalTokens => "tokens",
@@ -202,6 +229,8 @@ pub struct Standing {
 pub struct Exhausted {
     /// The spent limit with the longest wait.
     pub standing: Standing,
+    /// When it was refused, seconds since the epoch (for the time of day in the message).
+    pub now: u64,
     /// Holds that could not be given back (the shared-data write failed).
     pub refund_errors: Vec<String>,
 }
@@ -210,10 +239,12 @@ impl ToReply for Exhausted {
     fn to_reply(&self) -> Reply {
         let s = &self.standing;
         let message = format!(
-            "gateway: token budget spent: {} (used {}); try again in {} s",
-            s.limit.describe(),
+            "gateway: token budget spent: {} (used {}). {} Try again in {} (at {}).",
+            s.limit.explain(),
             s.used,
-            s.retry_after
+            s.limit.how_room_returns(),
+            human_duration(s.retry_after),
+            time_of_day(self.now, s.retry_after),
         );
         let reply = Reply::error(429, "budget_exhausted", "rate_limit_error", &message)
             .with_header("retry-after", s.retry_after.to_string());
@@ -223,6 +254,34 @@ impl ToReply for Exhausted {
         } else {
             reply
         }
+    }
+}
+
+/// `39 s`, `4 min 10 s`, `1 h 27 min`, `3 d 4 h`.
+pub fn human_duration(seconds: u64) -> String {
+    let (d, h, m, s) = (seconds / 86_400, seconds % 86_400 / 3600, seconds % 3600 / 60, seconds % 60);
+    match (d, h, m, s) {
+        (0, 0, 0, s) => format!("{s} s"),
+        (0, 0, m, 0) => format!("{m} min"),
+        (0, 0, m, s) if m < 10 => format!("{m} min {s} s"),
+        (0, 0, m, _) => format!("{m} min"),
+        (0, h, 0, _) => format!("{h} h"),
+        (0, h, m, _) => format!("{h} h {m} min"),
+        (d, 0, _, _) => format!("{d} d"),
+        (d, h, _, _) => format!("{d} d {h} h"),
+    }
+}
+
+/// The UTC time `wait` seconds after `now`: `14:52:10 UTC` within the hour, `14:52 UTC` within
+/// the day, `2026-12-01 14:52 UTC` beyond.
+pub fn time_of_day(now: u64, wait: u64) -> String {
+    let at = now.saturating_add(wait);
+    let stamp = crate::record::rfc3339_ms(at.saturating_mul(1000));
+    let (date, clock) = (&stamp[..10], &stamp[11..19]);
+    match wait {
+        0..3600 => format!("{clock} UTC"),
+        3600..86_400 => format!("{} UTC", &clock[..5]),
+        _ => format!("{date} {} UTC", &clock[..5]),
     }
 }
 
@@ -275,7 +334,7 @@ pub fn admit(
                     refund_errors.push(format!("could not give back {held} held on budget {key}: {e:?}"));
                 }
             }
-            Err(Exhausted { standing, refund_errors })
+            Err(Exhausted { standing, now, refund_errors })
         }
     }
 }
@@ -309,6 +368,51 @@ pub fn headers(standings: &[Standing], provider: &str, charged: &[u64], warn_sha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_read_as_people_read_them() {
+        let cases = [
+            (39, "39 s"),
+            (60, "1 min"),
+            (250, "4 min 10 s"),
+            (1500, "25 min"),
+            (5212, "1 h 26 min"),
+            (7200, "2 h"),
+            (2_592_000, "30 d"),
+            (90_000, "1 d 1 h"),
+        ];
+        for (seconds, want) in cases {
+            assert_eq!(human_duration(seconds), want, "{seconds}");
+        }
+        let now = 1_764_427_923; // 2025-11-29T14:52:03Z
+        assert_eq!(time_of_day(now, 39), "14:52:42 UTC");
+        assert_eq!(time_of_day(now, 5212), "16:18 UTC");
+        assert_eq!(time_of_day(now, 2 * 86_400), "2025-12-01 14:52 UTC");
+    }
+
+    #[test]
+    fn a_refusal_says_whose_limit_which_window_and_when() {
+        let mut l = limit(3000, 20, WindowType::Sliding);
+        let s = Standing { limit: l.clone(), used: 3150, reset: 5, retry_after: 39 };
+        let text = |e: &Exhausted| String::from_utf8(e.to_reply().body).unwrap();
+        let refusal = Exhausted { standing: s.clone(), now: 1_764_427_923, refund_errors: vec![] };
+        let body = text(&refusal);
+        assert!(body.contains("your tier's shared limit of 3000 tokens per 20 s (used 3150)"), "{body}");
+        assert!(body.contains("sliding window: use older than 20 s stops counting"), "{body}");
+        assert!(body.contains("Try again in 39 s (at 14:52:42 UTC)"), "{body}");
+        l.per = Per::Person;
+        l.window_type = WindowType::Fixed;
+        l.window = 2_592_000;
+        let long = Exhausted {
+            standing: Standing { limit: l, retry_after: 5212, ..s },
+            now: 1_764_427_923,
+            refund_errors: vec![],
+        };
+        let body = text(&long);
+        assert!(body.contains("your personal limit of 3000 tokens per 30 d"), "{body}");
+        assert!(body.contains("Try again in 1 h 26 min (at 16:18 UTC)"), "{body}");
+        assert!(long.to_reply().headers.contains(&("x-should-retry".to_owned(), "false".to_owned())));
+    }
     use crate::shared::tests::FakeStore;
 
     fn limit(limit: u64, window: u64, window_type: WindowType) -> Limit {

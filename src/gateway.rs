@@ -115,14 +115,14 @@ impl Worker {
 
     /// Verifies `token` and places the person in a tier. With `may_fetch`, missing keys or an
     /// unknown `kid` ask for a fetch (throttled); without it they are final.
-    pub fn authenticate(&mut self, token: &str, now: u64, may_fetch: bool) -> AuthOutcome {
+    pub fn authenticate(&mut self, store: &dyn SharedStore, token: &str, now: u64, may_fetch: bool) -> AuthOutcome {
         let oidc = &self.plan.oidc;
         let keys = match self.keys.keys(oidc, now) {
             Ok(keys) => keys,
             Err(_) if may_fetch && self.request_fetches < MAX_REQUEST_FETCHES && !self.keys.cooling_down(now) => {
                 return AuthOutcome::FetchKeys(self.keys.fetch_now(oidc, now));
             }
-            Err(e) => return AuthOutcome::Refused(e.to_reply()),
+            Err(e) => return AuthOutcome::Refused(e.to_reply_after(self.keys.missing_for(oidc, now))),
         };
         let digest = TokenCache::digest(token);
         let cached = self.tokens.get(&digest, now, oidc.leeway_seconds, |kid| kid.is_none_or(|k| keys.has_kid(k)));
@@ -132,7 +132,7 @@ impl Worker {
                 let verified = jwt::check_claims(token, oidc, now).and_then(|parsed| {
                     let kid_unknown = parsed.kid().is_some_and(|k| !keys.has_kid(k));
                     if kid_unknown && may_fetch {
-                        if let Some(callout) = self.keys.allow_kid_refetch(oidc, now) {
+                        if let Some(callout) = self.keys.allow_kid_refetch(oidc, store, now) {
                             return Ok(Err(callout));
                         }
                     }
@@ -267,10 +267,16 @@ mod tests {
         let keys = TestKeys::new();
         let mut w = worker_with_keys(&keys);
         let token = sign(&keys, good_claims());
-        let AuthOutcome::Admitted(a) = w.authenticate(&token, NOW, true) else { panic!("not admitted") };
+        let AuthOutcome::Admitted(a) = w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW, true)
+        else {
+            panic!("not admitted")
+        };
         assert_eq!((a.identity.subject.as_str(), a.tier), ("alice", 1));
         assert_eq!(w.tokens.len(), 1);
-        assert!(matches!(w.authenticate(&token, NOW + 1, false), AuthOutcome::Admitted(_)));
+        assert!(matches!(
+            w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW + 1, false),
+            AuthOutcome::Admitted(_)
+        ));
     }
 
     #[test]
@@ -279,17 +285,31 @@ mod tests {
         let mut w = Worker::new(plan());
         let token = sign(&keys, good_claims());
         assert!(matches!(
-            w.authenticate(&token, NOW, true),
+            w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW, true),
             AuthOutcome::FetchKeys(Callout { fetch: Fetch::Discovery, .. })
         ));
-        assert_eq!(status(&w.authenticate(&token, NOW, false)), 503);
+        assert_eq!(status(&w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW, false)), 503);
         assert!(matches!(w.on_fetched(&Fetch::Discovery, None, b"", NOW), FetchProgress::Failed(_)));
-        assert_eq!(status(&w.authenticate(&token, NOW + 1, true)), 503, "cooling down after a failure");
-        assert!(matches!(w.authenticate(&token, NOW + 2, true), AuthOutcome::FetchKeys(_)), "tries again");
+        assert_eq!(
+            status(&w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW + 1, true)),
+            503,
+            "cooling down after a failure"
+        );
+        assert!(
+            matches!(
+                w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW + 2, true),
+                AuthOutcome::FetchKeys(_)
+            ),
+            "tries again"
+        );
         for _ in 0..MAX_REQUEST_FETCHES {
             w.request_fetch_started();
         }
-        assert_eq!(status(&w.authenticate(&token, NOW + 3, true)), 503, "fetch cap reached");
+        assert_eq!(
+            status(&w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW + 3, true)),
+            503,
+            "fetch cap reached"
+        );
     }
 
     #[test]
@@ -303,10 +323,14 @@ mod tests {
             pair.sign(crate::jwt::tests::bare(good_claims())).unwrap()
         };
         assert!(matches!(
-            w.authenticate(&token, NOW, true),
+            w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW, true),
             AuthOutcome::FetchKeys(Callout { fetch: Fetch::Jwks, .. })
         ));
-        assert_eq!(status(&w.authenticate(&token, NOW, true)), 401, "throttled: refused without a fetch");
+        assert_eq!(
+            status(&w.authenticate(&crate::shared::tests::FakeStore::default(), &token, NOW, true)),
+            401,
+            "throttled: refused without a fetch"
+        );
     }
 
     #[test]
@@ -315,14 +339,21 @@ mod tests {
         let mut w = worker_with_keys(&keys);
         let mut claims = good_claims();
         claims["groups"] = json!(["sales"]);
-        assert_eq!(status(&w.authenticate(&sign(&keys, claims), NOW, true)), 400);
+        assert_eq!(
+            status(&w.authenticate(&crate::shared::tests::FakeStore::default(), &sign(&keys, claims), NOW, true)),
+            400
+        );
     }
 
     #[test]
     fn forward_sets_key_identity_and_length() {
         let keys = TestKeys::new();
         let mut w = worker_with_keys(&keys);
-        let AuthOutcome::Admitted(a) = w.authenticate(&sign(&keys, good_claims()), NOW, true) else { panic!() };
+        let AuthOutcome::Admitted(a) =
+            w.authenticate(&crate::shared::tests::FakeStore::default(), &sign(&keys, good_claims()), NOW, true)
+        else {
+            panic!()
+        };
         let store = crate::shared::tests::FakeStore::default();
         let forward = |body: &[u8]| w.forward(&store, &a, Endpoint::Messages, body, NOW);
         let (f, metering) = forward(br#"{"model":"claude-sonnet-4-6","max_tokens":5}"#).unwrap();

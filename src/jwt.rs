@@ -37,6 +37,8 @@ pub enum AuthError {
     Expired,
     /// `nbf` (minus leeway) is still ahead.
     NotYetValid,
+    /// Issued (`iat`) longer ago than `oidc.max_token_age_seconds`, or no `iat` while that is set.
+    TokenTooOld,
     /// No `aud` value is accepted.
     WrongAudience,
     /// No `sub` claim.
@@ -49,7 +51,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, for defining one metric series each.
-    pub const ALL: [AuthError; 16] = [
+    pub const ALL: [AuthError; 17] = [
         AuthError::MissingToken,
         AuthError::NotBearer,
         AuthError::ConflictingTokens,
@@ -62,6 +64,7 @@ impl AuthError {
         AuthError::InvalidTimeClaim,
         AuthError::Expired,
         AuthError::NotYetValid,
+        AuthError::TokenTooOld,
         AuthError::WrongAudience,
         AuthError::MissingSubject,
         AuthError::UnknownKey,
@@ -83,6 +86,7 @@ impl AuthError {
             AuthError::InvalidTimeClaim => "invalid_time_claim",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
+            AuthError::TokenTooOld => "token_too_old",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingSubject => "missing_sub",
             AuthError::UnknownKey => "unknown_kid",
@@ -105,6 +109,7 @@ impl AuthError {
             AuthError::InvalidTimeClaim => "access token has an exp, nbf or iat that is not a whole number of seconds",
             AuthError::Expired => "access token expired",
             AuthError::NotYetValid => "access token not yet valid",
+            AuthError::TokenTooOld => "access token issued too long ago for this gateway; sign in again",
             AuthError::WrongAudience => "access token audience not accepted",
             AuthError::MissingSubject => "access token has no subject",
             AuthError::UnknownKey => "access token signed by an unknown key",
@@ -113,12 +118,43 @@ impl AuthError {
     }
 }
 
+impl AuthError {
+    /// Whether this is a 401. Claude Code answers every 401 by re-running its helper and
+    /// retrying, for about four minutes, whatever the headers say; so 401 is kept for what a new
+    /// token can fix (and for repeated credential headers, an attack rather than a setup). The
+    /// rest (a token for another issuer or audience, without `sub`, with an algorithm or time
+    /// claims the gateway does not take) are 400s, which Claude Code shows at once.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            AuthError::MissingToken
+                | AuthError::DuplicateCredential
+                | AuthError::Malformed
+                | AuthError::Expired
+                | AuthError::NotYetValid
+                | AuthError::TokenTooOld
+                | AuthError::UnknownKey
+                | AuthError::BadSignature
+        )
+    }
+}
+
 impl ToReply for AuthError {
     fn to_reply(&self) -> Reply {
-        Reply::error(401, self.code(), "authentication_error", &format!("gateway: {}", self.message())).with_header(
-            "www-authenticate",
-            format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code()),
-        )
+        let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code());
+        if self.retryable() {
+            let message = format!("gateway: {}", self.message());
+            return Reply::error(401, self.code(), "authentication_error", &message)
+                .with_header("www-authenticate", challenge);
+        }
+        let message = format!(
+            "gateway: {}. Signing in again will not change this: the sign-in helper or the gateway is \
+             set up for another identity provider or audience; ask your administrator",
+            self.message()
+        );
+        Reply::error(400, self.code(), "authentication_error", &message)
+            .with_header("www-authenticate", challenge)
+            .with_header("x-should-retry", "false")
     }
 }
 
@@ -194,12 +230,18 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     }
     let exp = time_claim(&claims, "exp")?.ok_or(AuthError::MissingExpiry)?;
     let nbf = time_claim(&claims, "nbf")?;
-    time_claim(&claims, "iat")?;
+    let iat = time_claim(&claims, "iat")?;
     if now > exp.saturating_add(oidc.leeway_seconds) {
         return Err(AuthError::Expired);
     }
     if nbf.is_some_and(|nbf| now.saturating_add(oidc.leeway_seconds) < nbf) {
         return Err(AuthError::NotYetValid);
+    }
+    if let Some(max_age) = oidc.max_token_age_seconds {
+        let issued = iat.ok_or(AuthError::TokenTooOld)?;
+        if now.saturating_sub(issued) > max_age.saturating_add(oidc.leeway_seconds) {
+            return Err(AuthError::TokenTooOld);
+        }
     }
     let audience_ok = match claims.get("aud") {
         Some(Value::String(a)) => oidc.audiences.contains(a),

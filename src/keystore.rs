@@ -16,6 +16,8 @@ use crate::url::HttpUrl;
 
 /// Shared-data key of the JWKS record (short: Kong aliases keys by CRC32).
 pub const SHARED_KEY: &str = "csg/jwks";
+/// Shared-data key of the last unknown-`kid` refetch, seconds since the epoch.
+pub const KID_REFETCH_KEY: &str = "csg/kidfetch";
 
 /// How long to wait between fetch attempts while no keys are loaded, seconds.
 const RETRY_WITHOUT_KEYS: u64 = 2;
@@ -73,6 +75,28 @@ impl ToReply for KeysError {
     }
 }
 
+/// How long keys may be missing before a refusal tells Claude Code to stop retrying. Before
+/// that, a 503 with `Retry-After: 5` lets its retries ride out a short IdP hiccup or a restart;
+/// after it, the person sees the message at once instead of after three minutes of retries.
+pub const KEYS_FAIL_FAST_AFTER: u64 = 60;
+
+impl KeysError {
+    /// The answer when keys have been missing for `missing_for` seconds.
+    pub fn to_reply_after(&self, missing_for: u64) -> Reply {
+        if missing_for < KEYS_FAIL_FAST_AFTER {
+            return self.to_reply();
+        }
+        let minutes = missing_for.div_ceil(60);
+        let message = format!(
+            "gateway: sign-ins cannot be verified: the identity provider has been unreachable for {minutes} min. \
+             This is on the gateway's side; try again later, and tell your administrator if it lasts"
+        );
+        let mut reply = self.to_reply();
+        reply.body = Reply::error(503, reply.reason, "api_error", &message).body;
+        reply.with_header("x-should-retry", "false")
+    }
+}
+
 /// Why a fetched document was not installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {
@@ -116,6 +140,8 @@ pub struct KeyStore {
     last_attempt: Option<u64>,
     last_kid_refetch: Option<u64>,
     last_failure: Option<u64>,
+    /// Since when no usable keys have been available (the first failure without them).
+    missing_since: Option<u64>,
 }
 
 impl KeyStore {
@@ -128,6 +154,7 @@ impl KeyStore {
             last_attempt: None,
             last_kid_refetch: None,
             last_failure: None,
+            missing_since: None,
             installed: String::new(),
         }
     }
@@ -139,6 +166,16 @@ impl KeyStore {
             return Err(KeysError::TooOld);
         }
         Ok(Rc::clone(keys))
+    }
+
+    /// Seconds the keys have been unusable at `now` (0 while they are usable or were never tried).
+    pub fn missing_for(&self, oidc: &OidcPlan, now: u64) -> u64 {
+        let too_old_since = self.keys.as_ref().map(|_| self.fetched_at.saturating_add(oidc.jwks_max_age_seconds));
+        match (self.missing_since, too_old_since) {
+            (_, Some(since)) if now > since => now - since,
+            (Some(since), None) => now.saturating_sub(since),
+            _ => 0,
+        }
     }
 
     /// The background refresh due now, if any. Marks the attempt.
@@ -167,6 +204,9 @@ impl KeyStore {
     /// Records a failed fetch.
     pub fn note_failure(&mut self, now: u64) {
         self.last_failure = Some(now);
+        if self.keys.is_none() {
+            self.missing_since.get_or_insert(now);
+        }
     }
 
     /// A fetch for a request that found no keys (bounded by the caller).
@@ -176,10 +216,24 @@ impl KeyStore {
     }
 
     /// Whether an unknown `kid` may trigger a JWKS refetch now; if so, the refetch is recorded.
-    pub fn allow_kid_refetch(&mut self, oidc: &OidcPlan, now: u64) -> Option<Callout> {
+    ///
+    /// The cool-down is shared by every worker (a time in shared data, taken by compare-and-swap),
+    /// so a flood of forged tokens with made-up `kid`s costs the IdP one fetch per cool-down in
+    /// all, and with the default 1 s a real rotation is picked up within a second or two.
+    pub fn allow_kid_refetch(&mut self, oidc: &OidcPlan, store: &dyn SharedStore, now: u64) -> Option<Callout> {
         if self.jwks_uri.is_none()
             || self.last_kid_refetch.is_some_and(|t| now.saturating_sub(t) < oidc.unknown_kid_refetch_seconds)
         {
+            return None;
+        }
+        let cooldown = oidc.unknown_kid_refetch_seconds;
+        let taken = shared::update(store, KID_REFETCH_KEY, |current| {
+            let last = current.and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok());
+            // A time in the future (a clock stepped back) does not block refetches forever.
+            let free = last.is_none_or(|t| t > now || now - t >= cooldown);
+            free.then(|| now.to_string().into_bytes())
+        });
+        if taken != Ok(true) {
             return None;
         }
         self.last_kid_refetch = Some(now);
@@ -225,6 +279,7 @@ impl KeyStore {
         check_status(status)?;
         let set = KeySet::parse(body).map_err(FetchError::BadJwks)?;
         self.last_failure = None;
+        self.missing_since = None;
         self.keys = Some(Rc::new(set));
         self.fetched_at = now;
         self.installed = String::from_utf8_lossy(body).into_owned();
@@ -363,11 +418,17 @@ mod tests {
     fn unknown_kid_refetch_is_throttled() {
         let oidc = plan().oidc;
         let mut store = KeyStore::new(&oidc);
-        assert!(store.allow_kid_refetch(&oidc, 1000).is_none(), "no JWKS URL known yet");
+        let shared = crate::shared::tests::FakeStore::default();
+        assert!(store.allow_kid_refetch(&oidc, &shared, 1000).is_none(), "no JWKS URL known yet");
         store.on_discovery(&oidc, Some(200), &discovery("https://idp.example.com/keys")).unwrap();
-        assert!(store.allow_kid_refetch(&oidc, 1000).is_some());
-        assert!(store.allow_kid_refetch(&oidc, 1029).is_none());
-        assert!(store.allow_kid_refetch(&oidc, 1030).is_some());
+        assert!(store.allow_kid_refetch(&oidc, &shared, 1000).is_some());
+        assert!(store.allow_kid_refetch(&oidc, &shared, 1000).is_none(), "cooling down");
+        let mut other_worker = KeyStore::new(&oidc);
+        other_worker.on_discovery(&oidc, Some(200), &discovery("https://idp.example.com/keys")).unwrap();
+        assert!(other_worker.allow_kid_refetch(&oidc, &shared, 1000).is_none(), "the cool-down is shared");
+        assert!(other_worker.allow_kid_refetch(&oidc, &shared, 1001).is_some(), "1 s later");
+        assert!(store.allow_kid_refetch(&oidc, &shared, 1001).is_none(), "taken by the other worker");
+        assert!(store.allow_kid_refetch(&oidc, &shared, 1002).is_some());
     }
 
     #[test]

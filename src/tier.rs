@@ -11,16 +11,21 @@ pub fn select<'a>(plan: &'a Plan, groups: &[String]) -> Option<(usize, &'a Tier)
 /// A verified person whose groups match no tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoTier {
-    /// The groups required by any tier, for the message.
-    pub required: Vec<String>,
+    /// The groups that give access, when the config lets the refusal name them.
+    pub required: Option<Vec<String>>,
+    /// Whom to ask, from the config.
+    pub contact: Option<String>,
 }
 
 impl NoTier {
     /// The refusal for `plan`.
     pub fn new(plan: &Plan) -> NoTier {
-        let mut required: Vec<String> = plan.tiers.iter().flat_map(|t| t.groups.iter().cloned()).collect();
-        required.dedup();
-        NoTier { required }
+        let required = plan.access.show_groups.then(|| {
+            let mut groups: Vec<String> = plan.tiers.iter().flat_map(|t| t.groups.iter().cloned()).collect();
+            groups.dedup();
+            groups
+        });
+        NoTier { required, contact: plan.access.contact.clone() }
     }
 }
 
@@ -28,9 +33,11 @@ impl ToReply for NoTier {
     // Claude Code retries a 401/403 for about four minutes, re-running its helper each time, and
     // a 400 is shown at once without a retry; so a settled "no access" is a 400, not a 403.
     fn to_reply(&self) -> Reply {
+        let groups = self.required.as_ref().map(|g| format!(" (one of: {})", g.join(", "))).unwrap_or_default();
+        let whom = self.contact.as_deref().unwrap_or("your administrator");
         let message = format!(
-            "gateway: access denied: your account is in no group that may use Claude (one of: {}); ask your administrator for access",
-            self.required.join(", ")
+            "gateway: access denied: you are signed in, but your account is in no group that may use Claude{groups}. \
+             To get access, ask {whom}"
         );
         Reply::error(400, "no_tier", "permission_error", &message).with_header("x-should-retry", "false")
     }
@@ -58,11 +65,22 @@ mod tests {
     }
 
     #[test]
-    fn no_tier_reply_names_the_groups_and_stops_retries() {
-        let r = NoTier::new(&plan()).to_reply();
+    fn no_tier_reply_says_whom_to_ask_and_stops_retries() {
+        let mut plan = plan();
+        let r = NoTier::new(&plan).to_reply();
         assert_eq!(r.status, 400);
         assert!(r.headers.contains(&("x-should-retry".into(), "false".into())));
         let body = String::from_utf8(r.body).unwrap();
-        assert!(body.contains("claude-power-users, claude-standard-users"), "{body}");
+        assert!(body.contains("in no group that may use Claude. To get access, ask your administrator"), "{body}");
+        assert!(!body.contains("claude-power-users"), "group names are not shown unless configured: {body}");
+        plan.access.contact = Some("#claude-access on Slack".into());
+        plan.access.show_groups = true;
+        let body = String::from_utf8(NoTier::new(&plan).to_reply().body).unwrap();
+        assert!(
+            body.contains(
+                "(one of: claude-power-users, claude-standard-users). To get access, ask #claude-access on Slack"
+            ),
+            "{body}"
+        );
     }
 }

@@ -3,6 +3,7 @@ per-tier and per-person windows, Retry-After, the rate-limit headers and the ove
 import copy
 import json
 import math
+import re
 import threading
 import time
 
@@ -51,7 +52,10 @@ def test_tier_runs_out_then_recovers_as_the_window_slides(make_gateway, signer, 
     assert refused.status == 429
     body = refused.json()
     assert body["error"]["type"] == "rate_limit_error"
-    assert f"{limit} tokens per {window} s for the tier" in body["error"]["message"]
+    message = body["error"]["message"]
+    assert f"your tier's shared limit of {limit} tokens per {window} s" in message, message
+    assert "sliding window: use older than 12 s stops counting, so room comes back gradually" in message
+    assert re.search(r"Try again in \d+ s \(at \d\d:\d\d:\d\d UTC\)", message), message
     retry_after = int(refused.headers["retry-after"])
     assert 1 <= retry_after <= 2 * window
     assert "x-should-retry" not in refused.headers, "a short wait lets Claude Code retry"
@@ -78,7 +82,9 @@ def test_two_windows_are_enforced_together(make_gateway, signer, stub):
     assert call(g.port, token, STREAM).status == 200  # 1 token of room was left
     refused = call(g.port, token, STREAM)
     assert refused.status == 429
-    assert "per 3600 s" in refused.error_message
+    assert "per 1 h" in refused.error_message and "starts over in full" in refused.error_message
+    assert re.search(r"Try again in \d+ min( \d+ s)? \(at \d\d:\d\d(:\d\d)? UTC\)", refused.error_message), \
+        refused.error_message
     assert int(refused.headers["retry-after"]) > 60
     assert refused.headers["x-should-retry"] == "false", "a long wait must fail fast in Claude Code"
 
@@ -90,7 +96,7 @@ def test_per_person_budgets_isolate_people_of_one_tier(make_gateway, signer, stu
     assert call(g.port, alice, STREAM).status == 429
     assert call(g.port, bob, STREAM).status == 200
     assert call(g.port, bob, STREAM).status == 429
-    assert "per person" in call(g.port, alice, STREAM).error_message
+    assert "your personal limit" in call(g.port, alice, STREAM).error_message
 
 
 def test_non_streaming_answers_are_counted_and_headers_decrease(make_gateway, signer, stub):
@@ -136,11 +142,12 @@ def test_usage_metrics_per_tier_and_model(make_gateway, signer, stub):
     call(g.port, signer.token(), STREAM)
     call(g.port, signer.token(), JSON_BODY)
     stats = g.stats()
-    scope = "tier.standard"
-    assert stats[f"wasmcustom.claude_sso_gateway_requests.{scope}.model.claude-haiku-4-5"] == 1
-    assert stats[f"wasmcustom.claude_sso_gateway_requests.{scope}.model.claude-sonnet-4-6"] == 1
-    assert stats[f"wasmcustom.claude_sso_gateway_tokens_cache_read.{scope}.model.claude-sonnet-4-6"] == stub.usage["cache_read_input_tokens"]
-    assert stats[f"wasmcustom.claude_sso_gateway_tokens_output.{scope}.model.claude-haiku-4-5"] == stub.usage["output_tokens"]
+    req = "wasmcustom.claude_sso_gateway_requests_total.tier.standard.model.{}.status_class.2xx.provider.anthropic"
+    tok = "wasmcustom.claude_sso_gateway_tokens_total.tier.standard.model.{}.kind.{}"
+    assert stats[req.format("claude-haiku-4-5")] == 1
+    assert stats[req.format("claude-sonnet-4-6")] == 1
+    assert stats[tok.format("claude-sonnet-4-6", "cache_read")] == stub.usage["cache_read_input_tokens"]
+    assert stats[tok.format("claude-haiku-4-5", "output")] == stub.usage["output_tokens"]
 
 
 @pytest.mark.parametrize("reserve", ["estimate"])

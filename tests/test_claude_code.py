@@ -56,7 +56,7 @@ def test_person_without_tier_fails_fast(real_gateway, idp, stub, tmp_path):
     run = run_claude(tmp_path, real_gateway.port, idp.token("carol"))
     assert run.code == 1
     assert run.seconds < 30, f"took {run.seconds:.1f} s"
-    assert "access denied: your account is in no group that may use Claude" in run.stdout
+    assert "access denied: you are signed in, but your account is in no group that may use Claude" in run.stdout
     assert refusals(real_gateway, 400) == 1
     assert stub.requests == []
 

@@ -90,6 +90,18 @@ pub struct OidcPlan {
     pub callout_timeout_ms: u64,
     /// Most verified tokens remembered per worker.
     pub token_cache_entries: usize,
+    /// Tokens issued (`iat`) longer ago than this are refused: the revocation delay.
+    pub max_token_age_seconds: Option<u64>,
+}
+
+/// What a person without access is told.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Access {
+    /// Whom to ask for access (a name, channel or URL), shown in the refusal.
+    pub contact: Option<String>,
+    /// Whether the refusal lists the groups that give access (off: the company's group names
+    /// are not shown to everyone who signs in).
+    pub show_groups: bool,
 }
 
 /// Names of the identity headers set for the upstream.
@@ -174,6 +186,8 @@ pub struct Plan {
     pub tiers: Vec<Tier>,
     /// Reserve and warning behaviour of the budgets.
     pub budgets: Budgets,
+    /// What a person without access is told.
+    pub access: Access,
 }
 
 impl Plan {
@@ -215,7 +229,9 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
     let models = compile_models(raw.models, &targets)?;
     let tiers = compile_tiers(raw.tiers, &models)?;
     let budgets = limits::compile_budgets(raw.budgets)?;
-    Ok(Plan { budgets, oidc, identity_headers, max_body_bytes: raw.max_body_bytes, targets, models, tiers })
+    let access =
+        Access { contact: raw.access.contact.filter(|c| !c.trim().is_empty()), show_groups: raw.access.show_groups };
+    Ok(Plan { budgets, oidc, identity_headers, max_body_bytes: raw.max_body_bytes, targets, models, tiers, access })
 }
 
 fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
@@ -249,6 +265,9 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(ConfigError::new(*field, "must be greater than 0"));
     }
+    if raw.max_token_age_seconds == Some(0) {
+        return Err(ConfigError::new("oidc.max_token_age_seconds", "must be greater than 0"));
+    }
     if raw.jwks_max_age_seconds < raw.jwks_refresh_seconds {
         return Err(ConfigError::new("oidc.jwks_max_age_seconds", "must not be less than oidc.jwks_refresh_seconds"));
     }
@@ -267,6 +286,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         unknown_kid_refetch_seconds: raw.unknown_kid_refetch_seconds,
         callout_timeout_ms: raw.callout_timeout_ms,
         token_cache_entries: raw.token_cache_entries,
+        max_token_age_seconds: raw.max_token_age_seconds,
     })
 }
 

@@ -61,6 +61,18 @@ pub(super) struct RawConfig {
     pub(super) tiers: Vec<RawTier>,
     #[serde(default)]
     pub(super) budgets: limits::RawBudgets,
+    #[serde(default)]
+    pub(super) access: RawAccess,
+}
+
+/// What a person without access is told.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccess {
+    #[serde(default)]
+    pub(super) contact: Option<String>,
+    #[serde(default)]
+    pub(super) show_groups: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +91,8 @@ pub(super) struct RawOidc {
     pub(super) groups_claim: String,
     #[serde(default = "default_leeway")]
     pub(super) leeway_seconds: u64,
+    #[serde(default)]
+    pub(super) max_token_age_seconds: Option<u64>,
     #[serde(default = "default_max_token_bytes")]
     pub(super) max_token_bytes: usize,
     #[serde(default = "default_refresh")]
@@ -167,7 +181,7 @@ fn default_max_age() -> u64 {
     86_400
 }
 fn default_unknown_kid() -> u64 {
-    30
+    1
 }
 fn default_callout_timeout() -> u64 {
     5000

@@ -344,7 +344,7 @@ impl Request {
     }
 
     fn authenticate(&mut self, worker: &mut Worker, host: &dyn Host, token: &str, may_fetch: bool) {
-        self.auth = match worker.authenticate(token, host.now(), may_fetch) {
+        self.auth = match worker.authenticate(host, token, host.now(), may_fetch) {
             AuthOutcome::Admitted(admission) => Auth::Admitted(admission),
             AuthOutcome::Refused(reply) => Auth::Refused(reply),
             AuthOutcome::FetchKeys(callout) => match host.dispatch(&callout, worker.plan.oidc.callout_timeout_ms) {
@@ -353,7 +353,7 @@ impl Request {
                     self.fetching = true;
                     Auth::Waiting(id, callout.fetch)
                 }
-                Err(_) => match worker.authenticate(token, host.now(), false) {
+                Err(_) => match worker.authenticate(host, token, host.now(), false) {
                     AuthOutcome::Admitted(admission) => Auth::Admitted(admission),
                     AuthOutcome::Refused(reply) => Auth::Refused(reply),
                     AuthOutcome::FetchKeys(_) => Auth::Refused(crate::keystore::KeysError::Unavailable.to_reply()),
