@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: all build test unit unit-fast lint fuzz fuzz-ci integration kong-runtime demo demo-token bench compose-up clean tools
+.PHONY: all build test unit unit-fast lint fuzz fuzz-ci integration kong-runtime demo demo-token bench compose-up compose-down compose-images clean tools
 
 all: build
 
@@ -84,9 +84,19 @@ demo: build tools
 demo-token: node_modules/.stamp
 	@bash scripts/demo-token.sh "$(USER)" "$(GROUPS)"
 
-## Envoy, Kong 3.9, the demo IdP and the stand-in upstream in containers (needs a Docker engine).
+## Envoy, Kong 3.9, the demo IdP and the stand-in upstream in containers, in the background:
+## `docker compose` where Docker runs (public images), else Podman + podman-compose (installed when
+## missing) on images built here (scripts/compose-images.sh, then docker-compose.local.yml, where
+## Kong's Wasm runtime stands in for Kong). `make compose-down` stops and removes it all.
 compose-up: build
-	docker compose up
+	bash scripts/compose.sh up
+
+compose-down:
+	bash scripts/compose.sh down
+
+## The compose stack's images without a registry (cached: seconds when nothing changed).
+compose-images:
+	bash scripts/compose-images.sh
 
 ## Envoy CPU, throughput, latency, TTFB and memory: passthrough, native filters, an empty Wasm filter
 ## and this filter (README "Performance"). BENCH_QUICK=1 for a one-minute smoke run.
