@@ -22,7 +22,6 @@ else
   upstream="the stand-in Anthropic API on 127.0.0.1:9200"
 fi
 
-mkdir -p target/demo
 for _ in $(seq 50); do curl -sf http://127.0.0.1:9100/.well-known/openid-configuration >/dev/null && break; sleep 0.2; done
 "$ENVOY" -c "$config" --concurrency 2 --log-level warn --component-log-level wasm:info 2> >(sed 's/^/[envoy] /' >&2) &
 pids+=($!)
@@ -32,8 +31,8 @@ cat <<TXT
 claude-sso-gateway demo
   gateway   http://127.0.0.1:10000   (Envoy admin http://127.0.0.1:9901)
   metrics   http://127.0.0.1:9901/stats/prometheus   (claude_sso_gateway_* series; dashboards/ for Grafana)
-  usage log $PWD/target/demo/usage.log   (one JSON record per request)
-  report    cargo run -q -p claude-sso-report -- target/demo/usage.log --by person,model --chart target/demo/usage.svg
+  usage log /tmp/claude-sso-gateway-usage.log   (one JSON record per request)
+  report    cargo run -q -p claude-sso-report -- /tmp/claude-sso-gateway-usage.log --by person,model --chart usage.svg
   IdP       http://127.0.0.1:9100    users alice (standard), bob (power), erin (both), carol (none); password demo
   upstream  $upstream
 

@@ -210,7 +210,7 @@ def test_opus_is_refused_for_the_standard_tier(stack, tokens, gateway):
 def test_a_person_with_no_tier_gets_the_400(stack, tokens, gateway):
     answer = ask(GATEWAYS[gateway], tokens["carol"], "claude-sonnet-4-6")
     assert answer.status == 400, answer.body
-    assert "access denied: your account is in no group that may use Claude" in answer.error_message
+    assert "access denied: you are signed in, but your account is in no group that may use Claude" in answer.error_message
 
 
 @pytest.mark.parametrize("gateway", GATEWAYS)

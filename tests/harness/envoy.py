@@ -218,8 +218,6 @@ class Envoy(HostProcess):
 
 
 def validate(path) -> subprocess.CompletedProcess:
-    """`envoy --mode validate -c path`, run from the repository root (where the demo configs
-    write their usage log, target/demo/usage.log)."""
-    (ROOT / "target" / "demo").mkdir(parents=True, exist_ok=True)
+    """`envoy --mode validate -c path`, run from the repository root."""
     return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
