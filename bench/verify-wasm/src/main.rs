@@ -19,6 +19,15 @@ fn main() {
     }
     let parse_us = t.elapsed().as_secs_f64() * 1e6 / rounds as f64;
     let set = KeySet::parse(jwks.as_bytes()).unwrap();
+    // Per key (a JWKS parse happens once per fetch of the IdP's keys, not per request).
+    for key in doc["jwks"]["keys"].as_array().unwrap() {
+        let one = serde_json::json!({ "keys": [key] }).to_string();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(KeySet::parse(std::hint::black_box(one.as_bytes())).unwrap());
+        }
+        println!("  parse {}: {:.1} µs", key["kid"].as_str().unwrap(), t.elapsed().as_secs_f64() * 1e6 / rounds as f64);
+    }
 
     let vectors = doc["vectors"].as_array().unwrap();
     let mut wrong = 0;
