@@ -122,7 +122,11 @@ impl Worker {
             Err(_) if may_fetch && self.request_fetches < MAX_REQUEST_FETCHES && !self.keys.cooling_down(now) => {
                 return AuthOutcome::FetchKeys(self.keys.fetch_now(oidc, now));
             }
-            Err(e) => return AuthOutcome::Refused(e.to_reply_after(self.keys.missing_for(oidc, now))),
+            Err(e) => {
+                return AuthOutcome::Refused(
+                    e.to_reply_after(self.keys.missing_for(oidc, now), oidc.keys_fail_fast_seconds),
+                )
+            }
         };
         let digest = TokenCache::digest(token);
         let cached = self.tokens.get(&digest, now, oidc.leeway_seconds, |kid| kid.is_none_or(|k| keys.has_kid(k)));

@@ -75,15 +75,13 @@ impl ToReply for KeysError {
     }
 }
 
-/// How long keys may be missing before a refusal tells Claude Code to stop retrying. Before
-/// that, a 503 with `Retry-After: 5` lets its retries ride out a short IdP hiccup or a restart;
-/// after it, the person sees the message at once instead of after three minutes of retries.
-pub const KEYS_FAIL_FAST_AFTER: u64 = 60;
-
 impl KeysError {
-    /// The answer when keys have been missing for `missing_for` seconds.
-    pub fn to_reply_after(&self, missing_for: u64) -> Reply {
-        if missing_for < KEYS_FAIL_FAST_AFTER {
+    /// The answer when keys have been missing for `missing_for` seconds. Until `fail_fast_after`
+    /// (`oidc.keys_fail_fast_seconds`), a 503 with `Retry-After: 5` lets Claude Code's retries
+    /// ride out a short IdP hiccup or a restart; after it, the person sees the message at once
+    /// instead of after three minutes of retries.
+    pub fn to_reply_after(&self, missing_for: u64, fail_fast_after: u64) -> Reply {
+        if missing_for < fail_fast_after {
             return self.to_reply();
         }
         let minutes = missing_for.div_ceil(60);

@@ -92,6 +92,8 @@ pub struct OidcPlan {
     pub token_cache_entries: usize,
     /// Tokens issued (`iat`) longer ago than this are refused: the revocation delay.
     pub max_token_age_seconds: Option<u64>,
+    /// After keys have been missing this long, refusals tell clients not to retry.
+    pub keys_fail_fast_seconds: u64,
 }
 
 /// What a person without access is told.
@@ -287,6 +289,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         callout_timeout_ms: raw.callout_timeout_ms,
         token_cache_entries: raw.token_cache_entries,
         max_token_age_seconds: raw.max_token_age_seconds,
+        keys_fail_fast_seconds: raw.keys_fail_fast_seconds,
     })
 }
 

@@ -93,6 +93,8 @@ pub(super) struct RawOidc {
     pub(super) leeway_seconds: u64,
     #[serde(default)]
     pub(super) max_token_age_seconds: Option<u64>,
+    #[serde(default = "default_keys_fail_fast")]
+    pub(super) keys_fail_fast_seconds: u64,
     #[serde(default = "default_max_token_bytes")]
     pub(super) max_token_bytes: usize,
     #[serde(default = "default_refresh")]
@@ -179,6 +181,9 @@ fn default_refresh() -> u64 {
 }
 fn default_max_age() -> u64 {
     86_400
+}
+fn default_keys_fail_fast() -> u64 {
+    60
 }
 fn default_unknown_kid() -> u64 {
     1

@@ -55,6 +55,15 @@ STATS_TAGS = [
     for label in ("tier", "model", "status_class", "provider", "kind", "reason", "outcome")
 ]
 
+# Envoy's own answers in Anthropic's error shape, as in the sample configs.
+LOCAL_REPLY = {"mappers": [{
+    "filter": {"response_flag_filter": {"flags": ["UF", "UH", "UT", "UC", "URX", "UO", "UMSDR", "NR", "DT", "SI",
+                                                   "DPE", "UPE"]}},
+    "body_format_override": {"json_format": {"type": "error", "error": {"type": "api_error", "message":
+        "gateway: the AI provider could not be reached or did not answer in time "
+        "(%RESPONSE_CODE% %RESPONSE_CODE_DETAILS%). This is on the gateway's side; try again shortly."}},
+        "content_type": "application/json"}}]}
+
 # One usage record per request, as the sample configs write it.
 USAGE_LOG_FORMAT = "%FILTER_STATE(wasm.claude_sso_gateway_usage:PLAIN)%\n"
 
@@ -73,6 +82,7 @@ def listener(filter_config, listen_port: int, env_keys=(), with_filter=True, acc
             {"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]}]},
         "http_filters": filters,
     }
+    hcm["local_reply_config"] = LOCAL_REPLY
     if access_log:
         hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",

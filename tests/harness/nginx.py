@@ -102,6 +102,19 @@ http {{
         listen 127.0.0.1:{listen_port};
         server_name gateway;
 
+        # nginx's own answers when the provider cannot be reached or times out, in Anthropic's
+        # error shape so Claude Code shows a clear message (the filter's answers are its own).
+        error_page 502 @provider_unreachable;
+        error_page 504 @provider_timeout;
+        location @provider_unreachable {{
+            default_type application/json;
+            return 502 '{{"type":"error","error":{{"type":"api_error","message":"gateway: the AI provider could not be reached (502). This is on the gateway side; try again shortly."}}}}';
+        }}
+        location @provider_timeout {{
+            default_type application/json;
+            return 504 '{{"type":"error","error":{{"type":"api_error","message":"gateway: the AI provider did not answer in time (504). This is on the gateway side; try again shortly."}}}}';
+        }}
+
         location / {{
 {proxy_wasm}            proxy_pass http://anthropic;
             proxy_http_version 1.1;
