@@ -48,6 +48,28 @@ pub use sigv4::{amz_date, sign, SignInput, SERVICE};
 pub use stream::{usage_from_headers, BedrockStreamTranslator};
 pub use translate::{translate_error, translate_request, BedrockRequest, ResponseKind, ANTHROPIC_VERSION};
 
+/// Betas a Bedrock target forwards when its config names none: those the AWS Bedrock user guide
+/// lists for Claude on `InvokeModel` ("Anthropic Claude Messages API"), plus
+/// `fine-grained-tool-streaming-2025-05-14`, which Bedrock accepts for Claude 4 models. Bedrock
+/// answers 400 "invalid beta flag" to any other (Claude Code sends e.g. `claude-code-20250219`,
+/// `oauth-2025-04-20`, `prompt-caching-scope-2026-01-05`), and some models accept fewer: a
+/// target's `betas` overrides this list.
+pub const DEFAULT_BETAS: &[&str] = &[
+    "computer-use-2024-10-22",
+    "computer-use-2025-01-24",
+    "computer-use-2025-11-24",
+    "token-efficient-tools-2025-02-19",
+    "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14",
+    "context-1m-2025-08-07",
+    "context-management-2025-06-27",
+    "effort-2025-11-24",
+    "tool-search-tool-2025-10-19",
+    "tool-examples-2025-10-29",
+    "fine-grained-tool-streaming-2025-05-14",
+];
+
 /// AWS credentials of a Bedrock target. `Debug` hides the secret parts.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
