@@ -71,8 +71,8 @@ fn canonical_request(input: &SignInput<'_>, set: &[(String, String)]) -> (String
         .collect();
     headers.push(("host".to_owned(), input.host.to_ascii_lowercase()));
     headers.extend(set.iter().map(|(n, v)| (n.clone(), trim_all(v))));
-    // Stable sort by name keeps repeated headers in order; they join with ',' as AWS specifies.
-    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    // Stable by name: repeated headers keep their order and join with ',' as AWS specifies.
+    insertion_sort(&mut headers, |a, b| a.0 > b.0);
     let mut canonical_headers = String::new();
     let mut names: Vec<&str> = Vec::new();
     for (name, value) in &headers {
@@ -106,8 +106,19 @@ fn canonical_query(query: &str) -> String {
         return String::new();
     }
     let mut pairs: Vec<(&str, &str)> = query.split('&').map(|p| p.split_once('=').unwrap_or((p, ""))).collect();
-    pairs.sort_unstable();
+    insertion_sort(&mut pairs, |a, b| a > b);
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+}
+
+// A handful of items: the standard library's sorts would add about 20 KiB of .wasm each.
+fn insertion_sort<T>(items: &mut [T], greater: impl Fn(&T, &T) -> bool) {
+    for i in 1..items.len() {
+        let mut j = i;
+        while j > 0 && greater(&items[j - 1], &items[j]) {
+            items.swap(j - 1, j);
+            j -= 1;
+        }
+    }
 }
 
 /// Percent-encodes every byte but the RFC 3986 unreserved ones (and `/` when `keep_slash`).
@@ -129,12 +140,28 @@ fn trim_all(value: &str) -> String {
     value.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+// HMAC-SHA256 (RFC 2104) over the sha2 crate the filter already carries: the hmac-sha256
+// crate brings a second SHA-256 into the .wasm.
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    hmac_sha256::HMAC::mac(msg, key)
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(msg).finalize();
+    Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// `YYYYMMDDTHHMMSSZ` for a Unix time (UTC).
@@ -218,6 +245,26 @@ mod tests {
             }
             let amz: Vec<&String> = case.expected.keys().filter(|k| k.starts_with("x-amz-")).collect();
             assert_eq!(set.len(), amz.len() + 1, "{name}: the same x-amz headers and authorization");
+        }
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        let cases: [(&[u8], &[u8], &str); 3] = [
+            (&[0x0b; 20], b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+            (
+                b"Jefe",
+                b"what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First",
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            ),
+        ];
+        for (key, msg, want) in cases {
+            assert_eq!(hex(&hmac(key, msg)), want);
         }
     }
 

@@ -1,15 +1,14 @@
 //! Bedrock's streamed answer (event-stream frames whose `chunk` events carry base64 Anthropic
 //! stream events) back into Anthropic SSE, chunk by chunk.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use serde::Deserialize;
-use serde_json::json;
-
 use super::eventstream::{EventStreamDecoder, Frame};
 use super::translate::anthropic_error_type;
 use super::BedrockError;
+use crate::reply::Reply;
 use crate::usage::Usage;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct Chunk {
@@ -147,13 +146,9 @@ impl BedrockStreamTranslator {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(event.kind.as_bytes());
         out.extend_from_slice(b"\ndata: ");
-        if data.iter().any(|&b| b == b'\n' || b == b'\r') {
-            // One `data:` line per event: compact JSON never holds a raw line break.
-            let value: serde_json::Value = serde_json::from_slice(&data).map_err(|_| bad("is not JSON"))?;
-            out.extend_from_slice(value.to_string().as_bytes());
-        } else {
-            out.extend_from_slice(&data);
-        }
+        // One `data:` line per event. `data` parsed as JSON above, so a raw line break in it can
+        // only be whitespace between tokens (inside strings JSON escapes it): a space is the same.
+        out.extend(data.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
         out.extend_from_slice(b"\n\n");
         Ok(())
     }
@@ -164,8 +159,10 @@ impl BedrockStreamTranslator {
     }
 
     fn end_with(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
-        let body = json!({"type": "error", "error": {"type": kind, "message": message}});
-        out.extend_from_slice(format!("event: error\ndata: {body}\n\n").as_bytes());
+        // The same body the gateway's own errors have (and the same code in the .wasm).
+        out.extend_from_slice(b"event: error\ndata: ");
+        out.extend_from_slice(&Reply::error(500, kind, message).body);
+        out.extend_from_slice(b"\n\n");
         self.ended = true;
     }
 }
@@ -197,6 +194,7 @@ mod tests {
     use super::*;
     use crate::sse::Framer;
     use crate::usage::Meter;
+    use serde_json::json;
 
     #[derive(Deserialize)]
     struct Counts {
@@ -345,9 +343,9 @@ mod tests {
         type Case = (&'static str, Vec<u8>, &'static str);
         let cases: Vec<Case> = vec![
             (
-                "pretty-printed event is compacted to one data line",
-                chunk(b"{\n \"type\": \"ping\"\n}"),
-                "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+                "pretty-printed event stays on one data line",
+                chunk(b"{\r\n \"type\": \"ping\",\"x\":\"a\\nb\"\n}"),
+                "event: ping\ndata: {   \"type\": \"ping\",\"x\":\"a\\nb\" }\n\n",
             ),
             (
                 "a type with a line break is refused",

@@ -1,8 +1,9 @@
 //! Anthropic request bodies into Bedrock `InvokeModel` bodies, and Bedrock error answers into
 //! Anthropic-shaped errors.
 
-use std::collections::BTreeMap;
+use std::fmt;
 
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -33,8 +34,9 @@ pub struct BedrockRequest {
 /// Turns an Anthropic Messages body into a Bedrock one: `model` and `stream` removed,
 /// `anthropic_version` set, and the betas of the `anthropic-beta` headers (`beta_headers`: each
 /// header's value, comma separated) and of any `anthropic_beta` in the body merged into one
-/// `anthropic_beta` array filtered by `allowed`. Every other value keeps its exact bytes; the
-/// top-level keys come out sorted.
+/// `anthropic_beta` array filtered by `allowed`. Every other member keeps its place and its exact
+/// bytes. A top-level key given twice is refused, so Bedrock cannot read a different value than
+/// the gateway did.
 pub fn translate_request(
     body: &[u8],
     model_id: &str,
@@ -44,16 +46,16 @@ pub fn translate_request(
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(BedrockError::InvalidJson("expected a JSON object".to_owned()));
     }
-    let mut fields: BTreeMap<String, &RawValue> =
-        serde_json::from_slice(body).map_err(|e| BedrockError::InvalidJson(e.to_string()))?;
-    fields.remove("model");
-    fields.remove("anthropic_version");
-    let stream = match fields.remove("stream") {
+    let Fields(mut fields) = serde_json::from_slice(body).map_err(|e| BedrockError::InvalidJson(e.to_string()))?;
+    let mut remove = |key: &str| fields.iter().position(|(k, _)| k == key).map(|i| fields.remove(i).1);
+    remove("model");
+    remove("anthropic_version");
+    let stream = match remove("stream") {
         None => false,
         Some(raw) => serde_json::from_str::<bool>(raw.get())
             .map_err(|_| BedrockError::InvalidField { field: "stream", expected: "a boolean" })?,
     };
-    let mut asked: Vec<String> = match fields.remove("anthropic_beta") {
+    let mut asked: Vec<String> = match remove("anthropic_beta") {
         None => Vec::new(),
         Some(raw) => serde_json::from_str(raw.get())
             .map_err(|_| BedrockError::InvalidField { field: "anthropic_beta", expected: "an array of strings" })?,
@@ -92,6 +94,38 @@ pub fn translate_request(
 
     let accept = if stream { "application/vnd.amazon.eventstream" } else { "application/json" };
     Ok(BedrockRequest { path: invoke_path(model_id, stream), body: out, stream, accept, betas, dropped_betas: dropped })
+}
+
+/// The members of a JSON object in order, values borrowed as written. (A `Vec` rather than a
+/// map: the order is kept, repeats are caught, and no B-tree code lands in the .wasm.)
+struct Fields<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields: Vec<(String, &'de RawValue)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                    let value = map.next_value()?;
+                    fields.push((key, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+
+        deserializer.deserialize_map(FieldsVisitor)
+    }
 }
 
 /// How the host layer treats a Bedrock answer, decided from its status and content type.
@@ -221,6 +255,16 @@ mod tests {
     }
 
     #[test]
+    fn members_keep_their_order_and_bytes() {
+        let body = br#" {"z":1,"model":"m","stream":false,"a":[1, 2],"m":{"b":null,"a":"\u0041"}} "#;
+        let req = translate_request(body, "m", &[], &allowed()).unwrap();
+        assert_eq!(
+            String::from_utf8(req.body).unwrap(),
+            r#"{"anthropic_version":"bedrock-2023-05-31","z":1,"a":[1, 2],"m":{"b":null,"a":"\u0041"}}"#
+        );
+    }
+
+    #[test]
     fn betas_merge_filter_and_vanish_when_none_are_left() {
         type Case = (&'static str, &'static str, &'static [&'static str], Option<Value>);
         let cases: &[Case] = &[
@@ -263,6 +307,11 @@ mod tests {
             ),
             ("stream not a bool", r#"{"stream":"yes"}"#, "gateway: `stream` must be a boolean"),
             ("beta not a list", r#"{"anthropic_beta":"x"}"#, "gateway: `anthropic_beta` must be an array of strings"),
+            (
+                "repeated key",
+                r#"{"stream":false,"max_tokens":1,"stream":true}"#,
+                "gateway: request body is not valid JSON: duplicate field `stream` at line 1 column 39",
+            ),
         ];
         for (name, body, want) in cases {
             let err = translate_request(body.as_bytes(), "m", &[], &allowed()).unwrap_err();
