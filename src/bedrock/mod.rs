@@ -140,6 +140,8 @@ impl fmt::Display for BedrockError {
     }
 }
 
+impl std::error::Error for BedrockError {}
+
 impl ToReply for BedrockError {
     fn to_reply(&self) -> Reply {
         match self {
