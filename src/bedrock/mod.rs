@@ -33,6 +33,10 @@
 //! at end of stream append [`BedrockStreamTranslator::finish`]. Feed the translated bytes to the
 //! usage meter (`usage::Meter::new("text/event-stream")`), then prefer
 //! [`BedrockStreamTranslator::metrics`] (what AWS bills) when it is `Some`.
+//!
+//! Not covered here: `POST /v1/messages/count_tokens` (Bedrock's `CountTokens` takes another
+//! body shape), so the host layer should answer it locally for Bedrock targets until it is
+//! translated. The Envoy cluster of a Bedrock target speaks TLS with SNI [`host`]`(region)`.
 
 mod eventstream;
 mod sigv4;
