@@ -4,6 +4,7 @@
 //!
 //! Only [`host`] touches `proxy_wasm`; every other module is plain Rust tested natively.
 
+pub mod bedrock;
 pub mod budget;
 pub mod config;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -10,11 +10,13 @@ use serde::Deserialize;
 use crate::budget::Limit;
 use crate::url::HttpUrl;
 
+mod bedrock;
 mod limits;
 mod raw;
 
 use raw::{RawConfig, RawIdentityHeaders, RawModel, RawOidc, RawTarget, RawTier};
 
+pub use bedrock::BedrockTarget;
 pub use limits::{short_digest, Budgets, Price, Reserve};
 
 /// A configuration problem, naming the field it is about.
@@ -48,6 +50,8 @@ impl fmt::Display for ConfigError {
 pub enum Provider {
     /// The Anthropic Messages API, authenticated by `x-api-key`.
     Anthropic,
+    /// Amazon Bedrock `InvokeModel`, signed with AWS SigV4 (see [`crate::bedrock`]).
+    Bedrock,
 }
 
 impl Provider {
@@ -55,6 +59,7 @@ impl Provider {
     pub fn name(self) -> &'static str {
         match self {
             Provider::Anthropic => "anthropic",
+            Provider::Bedrock => "bedrock",
         }
     }
 }
@@ -124,8 +129,10 @@ pub struct Target {
     pub name: String,
     /// Wire protocol.
     pub provider: Provider,
-    /// The provider key. Never logged: `Debug` hides it.
+    /// The provider key. Never logged: `Debug` hides it. Empty for Bedrock targets.
     pub api_key: String,
+    /// Region, AWS credentials and betas; `Some` exactly for [`Provider::Bedrock`].
+    pub bedrock: Option<BedrockTarget>,
 }
 
 impl fmt::Debug for Target {
@@ -134,6 +141,7 @@ impl fmt::Debug for Target {
             .field("name", &self.name)
             .field("provider", &self.provider)
             .field("api_key", &"<redacted>")
+            .field("bedrock", &self.bedrock)
             .finish()
     }
 }
@@ -319,6 +327,16 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
 
 fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<Target, ConfigError> {
     let field = format!("targets.{name}");
+    if raw.provider == Provider::Bedrock {
+        let bedrock = bedrock::compile(&field, raw, env)?;
+        return Ok(Target {
+            name: name.to_owned(),
+            provider: raw.provider,
+            api_key: String::new(),
+            bedrock: Some(bedrock),
+        });
+    }
+    bedrock::check_absent(&field, raw)?;
     let api_key = match (&raw.api_key, &raw.api_key_env) {
         (Some(_), Some(_)) => return Err(ConfigError::new(field, "give api_key or api_key_env, not both")),
         (None, None) => return Err(ConfigError::new(field, "api_key or api_key_env is required")),
@@ -333,7 +351,7 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
     if api_key.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(ConfigError::new(field, "the api key contains control characters"));
     }
-    Ok(Target { name: name.to_owned(), provider: raw.provider, api_key })
+    Ok(Target { name: name.to_owned(), provider: raw.provider, api_key, bedrock: None })
 }
 
 fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, ConfigError> {

@@ -134,6 +134,40 @@ pub(super) struct RawTarget {
     pub(super) api_key: Option<String>,
     #[serde(default)]
     pub(super) api_key_env: Option<String>,
+    /// Bedrock only (see `super::bedrock`).
+    #[serde(default)]
+    pub(super) region: Option<String>,
+    #[serde(default)]
+    pub(super) access_key_id: Option<String>,
+    #[serde(default)]
+    pub(super) access_key_id_env: Option<String>,
+    #[serde(default)]
+    pub(super) secret_access_key: Option<String>,
+    #[serde(default)]
+    pub(super) secret_access_key_env: Option<String>,
+    #[serde(default)]
+    pub(super) session_token: Option<String>,
+    #[serde(default)]
+    pub(super) session_token_env: Option<String>,
+    #[serde(default, deserialize_with = "optional_list")]
+    pub(super) betas: Option<Vec<String>>,
+}
+
+// `list` for a field that may be absent or null (its default then applies).
+fn optional_list<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Listed<T>(Vec<T>);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Listed<T> {
+        fn deserialize<D2: Deserializer<'de>>(deserializer: D2) -> Result<Self, D2::Error> {
+            list(deserializer).map(Listed)
+        }
+    }
+
+    Ok(Option::<Listed<T>>::deserialize(deserializer)?.map(|l| l.0))
 }
 
 #[derive(Debug, Deserialize)]
