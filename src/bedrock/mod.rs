@@ -150,9 +150,9 @@ impl ToReply for BedrockError {
     fn to_reply(&self) -> Reply {
         match self {
             BedrockError::InvalidJson(_) | BedrockError::InvalidField { .. } => {
-                Reply::error(400, "invalid_request_error", &format!("gateway: {self}"))
+                Reply::error(400, "bedrock_request", "invalid_request_error", &format!("gateway: {self}"))
             }
-            BedrockError::EventStream(_) => Reply::error(502, "api_error", &format!("gateway: {self}")),
+            BedrockError::EventStream(_) => Reply::error(502, "bedrock_stream", "api_error", &format!("gateway: {self}")),
         }
     }
 }

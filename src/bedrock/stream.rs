@@ -161,7 +161,7 @@ impl BedrockStreamTranslator {
     fn end_with(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
         // The same body the gateway's own errors have (and the same code in the .wasm).
         out.extend_from_slice(b"event: error\ndata: ");
-        out.extend_from_slice(&Reply::error(500, kind, message).body);
+        out.extend_from_slice(&Reply::error(500, "bedrock_exception", kind, message).body);
         out.extend_from_slice(b"\n\n");
         self.ended = true;
     }

@@ -171,7 +171,7 @@ pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Re
         Some(t) => format!("bedrock {t}: {message}"),
         None => format!("bedrock: {message}"),
     };
-    Reply::error(status, anthropic_error_type(aws_type, Some(status)), &message)
+    Reply::error(status, "bedrock_error", anthropic_error_type(aws_type, Some(status)), &message)
 }
 
 /// `ValidationException` from `ValidationException:http://internal.amazon.com/...` or from
