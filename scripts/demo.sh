@@ -17,9 +17,9 @@ if [[ -n "${ANTHROPIC_API_KEY:-}" ]]; then
   upstream="the real Anthropic API (key from ANTHROPIC_API_KEY)"
 else
   config=envoy/demo.yaml
-  .venv/bin/python tools/stub_upstream.py --port 9200 --api-key demo-upstream-key > >(sed 's/^/[upstream] /') 2>&1 &
+  .venv/bin/python tools/stub_upstream.py --port 9200 --api-key demo-upstream-key --bedrock > >(sed 's/^/[upstream] /') 2>&1 &
   pids+=($!)
-  upstream="the stand-in Anthropic API on 127.0.0.1:9200"
+  upstream="the stand-in Anthropic API on 127.0.0.1:9200 (model claude-sonnet-4-5 goes to its Bedrock mode, SigV4-signed)"
 fi
 
 for _ in $(seq 50); do curl -sf http://127.0.0.1:9100/.well-known/openid-configuration >/dev/null && break; sleep 0.2; done

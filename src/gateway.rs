@@ -55,6 +55,10 @@ pub struct Forward {
     pub body: Option<Vec<u8>>,
     /// Headers to set (after the client's credential and identity headers were removed).
     pub headers: Vec<(String, String)>,
+    /// Client headers to take away besides the ones taken at the request headers.
+    pub remove_headers: Vec<String>,
+    /// The answer comes from Bedrock and is translated back (event stream to SSE, errors).
+    pub bedrock: bool,
     /// Where it goes, for the usage record.
     pub route: Route,
 }
@@ -188,6 +192,7 @@ impl Worker {
         admission: &Admission,
         endpoint: Endpoint,
         body: &[u8],
+        beta_headers: &[&str],
         now: u64,
     ) -> Result<(Forward, Option<Metering>), Refusal> {
         let plan = &self.plan;
@@ -195,6 +200,23 @@ impl Worker {
         let parsed = RequestBody::parse(body).map_err(|e| e.to_reply())?;
         let model = parsed.resolve(plan, tier).map_err(|e| e.to_reply())?;
         let target = plan.targets.get(model.target).ok_or_else(|| KeysError::Unavailable.to_reply())?;
+        if let (Some(_), Endpoint::CountTokens) = (&target.bedrock, endpoint) {
+            // Bedrock's CountTokens takes another body: answered here with the estimate the
+            // budgets use (body bytes / 4), which is what Claude Code needs it for.
+            return Err(Reply::json(
+                200,
+                "count_tokens_estimate",
+                &serde_json::json!({"input_tokens": body.len() / 4}),
+            )
+            .into());
+        }
+        // Translated (and refused if it cannot be) before any budget is held.
+        let bedrock = match &target.bedrock {
+            Some(b) => {
+                Some(crate::bedrock::prepare(b, &model.model_id, body, beta_headers, now).map_err(|e| e.to_reply())?)
+            }
+            None => None,
+        };
         let metering = match endpoint {
             Endpoint::Messages => {
                 let subject = Subject {
@@ -212,6 +234,21 @@ impl Worker {
             }
             _ => None,
         };
+        let route = Route {
+            tier: tier.name.clone(),
+            model: model.alias.clone(),
+            provider_model: model.model_id.clone(),
+            provider: target.provider.name(),
+        };
+        if let Some(out) = bedrock {
+            let mut headers = out.set_headers;
+            headers.push(("x-gateway-target".to_owned(), target.name.clone()));
+            headers.push(("accept-encoding".to_owned(), "identity".to_owned()));
+            headers.push(("content-length".to_owned(), out.body.len().to_string()));
+            let forward =
+                Forward { body: Some(out.body), headers, remove_headers: out.remove_headers, bedrock: true, route };
+            return Ok((forward, metering));
+        }
         let new_body = parsed.rewrite(body, &model.model_id);
         let length = new_body.as_ref().map_or(body.len(), Vec::len);
         let names = &plan.identity_headers;
@@ -226,13 +263,7 @@ impl Worker {
         if let Some(email) = &admission.identity.email {
             headers.push((names.email.clone(), email.clone()));
         }
-        let route = Route {
-            tier: tier.name.clone(),
-            model: model.alias.clone(),
-            provider_model: model.model_id.clone(),
-            provider: target.provider.name(),
-        };
-        Ok((Forward { body: new_body, headers, route }, metering))
+        Ok((Forward { body: new_body, headers, remove_headers: Vec::new(), bedrock: false, route }, metering))
     }
 }
 
@@ -359,7 +390,7 @@ mod tests {
             panic!()
         };
         let store = crate::shared::tests::FakeStore::default();
-        let forward = |body: &[u8]| w.forward(&store, &a, Endpoint::Messages, body, NOW);
+        let forward = |body: &[u8]| w.forward(&store, &a, Endpoint::Messages, body, &[], NOW);
         let (f, metering) = forward(br#"{"model":"claude-sonnet-4-6","max_tokens":5}"#).unwrap();
         assert!(metering.is_some());
         assert_eq!(f.body, None, "alias equals model id: body untouched");

@@ -59,6 +59,8 @@ pub struct Metering {
     seen_bytes: u64,
     complete: bool,
     settled: bool,
+    /// Usage the provider reported apart from the answer body (Bedrock's invocation metrics).
+    reported: Option<Usage>,
 }
 
 /// How sure the gateway is of what the answer cost.
@@ -135,6 +137,7 @@ impl Metering {
             seen_bytes: 0,
             complete: false,
             settled: false,
+            reported: None,
         })
     }
 
@@ -170,7 +173,8 @@ impl Metering {
             return None;
         }
         let mut warnings = Vec::new();
-        let mut usage = self.meter.as_mut().map(Meter::finish).unwrap_or_default();
+        let metered = self.meter.as_mut().map(Meter::finish).unwrap_or_default();
+        let mut usage = self.reported.unwrap_or(metered);
         if !usage.is_plausible() {
             warnings.push(format!("upstream reported implausible usage {usage:?}; charging the estimate"));
             usage = Usage::default();
@@ -189,6 +193,12 @@ impl Metering {
         }
         let cost_usd = self.subject.price.map(|p| cost_micros(&usage, &p) as f64 / 1e6);
         Some(Settlement { subject: self.subject.clone(), usage, cost_usd, outcome, status: self.status, warnings })
+    }
+
+    /// Uses `usage` (what the provider bills, e.g. Bedrock's invocation metrics) instead of
+    /// what the meter read in the body.
+    pub fn use_reported_usage(&mut self, usage: Usage) {
+        self.reported = Some(usage);
     }
 
     /// Who and what, for the usage report.

@@ -33,6 +33,16 @@ impl Reply {
         }
     }
 
+    /// A JSON answer the gateway makes itself.
+    pub fn json(status: u32, reason: &'static str, body: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: body.to_string().into_bytes(),
+            reason,
+        }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
         self.headers.push((name.to_owned(), value.into()));

@@ -12,9 +12,11 @@ from tests.harness.client import call, fixture, with_model
 from tests.harness.envoy import ROOT, validate
 
 
-@pytest.mark.parametrize("name", ["envoy.yaml", "demo.yaml", "demo-anthropic.yaml"])
+@pytest.mark.parametrize("name", ["envoy.yaml", "bedrock.yaml", "demo.yaml", "demo-anthropic.yaml"])
 def test_sample_envoy_configs_validate(name, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-validate-only")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDVALIDATEONLY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "validate-only")
     result = validate(ROOT / "envoy" / name)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
@@ -55,6 +57,9 @@ def test_make_demo_stack_serves_claude_code_traffic():
         assert answer.status == 200, answer.body
         assert b"message_stop" in answer.body
         assert int(answer.headers["x-ai-ratelimit-remaining-60-anthropic"]) < 100000
+        bedrock = call(10000, token, with_model(fixture("request_main_stream.json"), "claude-sonnet-4-5"))
+        assert bedrock.status == 200, bedrock.body
+        assert b"message_stop" in bedrock.body, "the Bedrock-backed model answers as Anthropic SSE"
         refused = call(10000, "not-a-token", fixture("request_main_stream.json"))
         assert refused.status == 401
         assert call(10000, None, path="/api/hello", method="HEAD").status == 200

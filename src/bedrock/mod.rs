@@ -38,19 +38,23 @@
 //! body shape), so the host layer should answer it locally for Bedrock targets until it is
 //! translated. The Envoy cluster of a Bedrock target speaks TLS with SNI [`host`]`(region)`.
 
+mod answer;
 mod eventstream;
 mod sigv4;
 mod stream;
 mod translate;
+mod upstream;
 
 use std::fmt;
 
 use crate::reply::{Reply, ToReply};
 
+pub use answer::{Answer, Chunk};
 pub use eventstream::{crc32, Decoded, EventStreamDecoder, Frame, HeaderValue, MAX_FRAME};
 pub use sigv4::{amz_date, sign, SignInput, SERVICE};
 pub use stream::{usage_from_headers, BedrockStreamTranslator};
 pub use translate::{translate_error, translate_request, BedrockRequest, ResponseKind, ANTHROPIC_VERSION};
+pub use upstream::{prepare, Outgoing};
 
 /// Betas a Bedrock target forwards when its config names none: those the AWS Bedrock user guide
 /// lists for Claude on `InvokeModel` ("Anthropic Claude Messages API"), plus
@@ -152,7 +156,9 @@ impl ToReply for BedrockError {
             BedrockError::InvalidJson(_) | BedrockError::InvalidField { .. } => {
                 Reply::error(400, "bedrock_request", "invalid_request_error", &format!("gateway: {self}"))
             }
-            BedrockError::EventStream(_) => Reply::error(502, "bedrock_stream", "api_error", &format!("gateway: {self}")),
+            BedrockError::EventStream(_) => {
+                Reply::error(502, "bedrock_stream", "api_error", &format!("gateway: {self}"))
+            }
         }
     }
 }

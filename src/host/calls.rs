@@ -81,6 +81,19 @@ pub fn set_response_header(name: &str, value: &str) {
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
 }
 
+/// Removes a response header.
+pub fn remove_response_header(name: &str) {
+    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+}
+
+/// Replaces the response body chunk being delivered (size: the larger of old and new, as for
+/// the request body; ngx_wasm_module truncates to it).
+pub fn replace_response_chunk(old_size: usize, bytes: &[u8]) {
+    if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_size.max(bytes.len()), bytes).is_err() {
+        log(LogLevel::Warn, "claude-sso-gateway: could not replace a response chunk");
+    }
+}
+
 /// The response body chunk being delivered.
 pub fn response_chunk(size: usize) -> Vec<u8> {
     if size == 0 {

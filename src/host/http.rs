@@ -68,6 +68,9 @@ impl GatewayHttp {
             }
             calls::send_reply(reply);
         }
+        for name in &step.remove_response_headers {
+            calls::remove_response_header(name);
+        }
         for (name, value) in &step.response_headers {
             calls::set_response_header(name, value);
         }
@@ -150,7 +153,8 @@ impl HttpContext for GatewayHttp {
         let status = calls::response_header(":status").and_then(|s| s.parse().ok());
         let content_type = calls::response_header("content-type").unwrap_or_default();
         let length = calls::response_header("content-length").and_then(|v| v.parse().ok());
-        let step = self.request.on_response_headers(status, &content_type, length);
+        let error_type = self.request.translates_answer().then(|| calls::response_header("x-amzn-errortype")).flatten();
+        let step = self.request.on_response_headers(status, &content_type, length, error_type.as_deref());
         self.apply(step)
     }
 
@@ -161,8 +165,10 @@ impl HttpContext for GatewayHttp {
         // Each chunk passes at once; nothing is held back.
         let chunk = calls::response_chunk(body_size);
         let step = self.request.on_response_body(&HostCalls, &chunk, end_of_stream);
-        self.apply(step);
-        Action::Continue
+        if let Some(bytes) = &step.response_body {
+            calls::replace_response_chunk(body_size, bytes);
+        }
+        self.apply(step)
     }
 
     fn on_log(&mut self) {

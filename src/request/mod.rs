@@ -79,6 +79,10 @@ pub struct Step {
     pub forwarded: bool,
     /// Response headers to set.
     pub response_headers: Vec<(String, String)>,
+    /// Response headers to remove.
+    pub remove_response_headers: Vec<String>,
+    /// Bytes to send in place of the response chunk just delivered.
+    pub response_body: Option<Vec<u8>>,
     /// A request's accounting finished: report it.
     pub settled: Option<Settlement>,
     /// The request's usage record, once, when it is over (answered, settled or abandoned).
@@ -142,6 +146,7 @@ struct Head<'a> {
     content_length: Option<&'a str>,
     chunked: bool,
     session: Option<&'a str>,
+    betas: Vec<&'a str>,
 }
 
 impl<'a> Head<'a> {
@@ -162,6 +167,7 @@ impl<'a> Head<'a> {
                 "content-length" => head.content_length = Some(value),
                 "transfer-encoding" => head.chunked = true,
                 "x-claude-code-session-id" => head.session = Some(value),
+                "anthropic-beta" => head.betas.push(value),
                 _ => {}
             }
         }
@@ -198,6 +204,10 @@ pub struct Request {
     status: Option<u32>,
     /// The tier of an admitted person, for the record of a refusal after admission.
     admitted_tier: Option<String>,
+    /// The client's `anthropic-beta` header values (a Bedrock target moves them into the body).
+    betas: Vec<String>,
+    /// The answer comes from Bedrock and is translated back.
+    answer_translation: Option<crate::bedrock::Answer>,
 }
 
 impl Request {
@@ -222,6 +232,8 @@ impl Request {
             recorded: false,
             status: None,
             admitted_tier: None,
+            betas: Vec::new(),
+            answer_translation: None,
         }
     }
 
@@ -254,6 +266,7 @@ impl Request {
         self.now_ms = host.now_ms();
         self.started_ms = self.now_ms;
         let head = Head::read(headers);
+        self.betas = head.betas.iter().map(|b| (*b).to_owned()).collect();
         // An id for grouping a person's requests, not trusted for anything else: kept short and
         // printable so it cannot break a log line.
         self.session =
@@ -503,34 +516,69 @@ impl Request {
         let Auth::Admitted(admission) = &self.auth else {
             return self.answer(crate::keystore::KeysError::Unavailable.to_reply());
         };
-        match worker.forward(host, admission, self.endpoint, body, host.now()) {
+        let betas: Vec<&str> = self.betas.iter().map(String::as_str).collect();
+        match worker.forward(host, admission, self.endpoint, body, &betas, host.now()) {
             Err(refusal) => {
                 let mut step = self.answer(refusal.reply);
                 step.warnings = refusal.warnings;
                 step
             }
-            Ok((Forward { body, mut headers, route }, metering)) => {
+            Ok((Forward { body, mut headers, remove_headers, bedrock, route }, metering)) => {
                 self.route = Some(route);
-                if self.profile == HostProfile::Ngx {
-                    headers.retain(|(name, _)| name != "content-length");
+                self.answer_translation = bedrock.then(crate::bedrock::Answer::default);
+                let mut step = Step { flow: Flow::Continue, body, forwarded: true, ..Step::default() };
+                match self.profile {
+                    HostProfile::Envoy => step.remove_headers = remove_headers,
+                    HostProfile::Ngx => {
+                        // nginx computes Content-Length itself, takes the authority from `host`
+                        // (`:authority` is read-only there) and cannot remove a request header.
+                        headers.retain(|(name, _)| name != "content-length");
+                        for (name, _) in headers.iter_mut().filter(|(n, _)| n == ":authority") {
+                            *name = "host".to_owned();
+                        }
+                        step.set_headers = remove_headers.into_iter().map(|n| (n, String::new())).collect();
+                    }
                 }
+                step.set_headers.extend(headers);
                 self.metering = metering;
                 self.phase = Phase::Forwarded;
-                Step { flow: Flow::Continue, set_headers: headers, body, forwarded: true, ..Step::default() }
+                step
             }
         }
     }
 
     /// The response headers arrived (for a forwarded request: the upstream's; otherwise our own
     /// local answer passing through the filter, which is left alone).
-    pub fn on_response_headers(&mut self, status: Option<u32>, content_type: &str, length: Option<u64>) -> Step {
+    /// `error_type` is Bedrock's `x-amzn-errortype`, read only when [`Request::translates_answer`].
+    pub fn on_response_headers(
+        &mut self,
+        status: Option<u32>,
+        content_type: &str,
+        length: Option<u64>,
+        error_type: Option<&str>,
+    ) -> Step {
         let mut step = Step::flow(Flow::Continue);
         self.status = status;
+        let (mut content_type, mut length) = (content_type, length);
+        if let Some(answer) = &mut self.answer_translation {
+            let (set, remove, meter_as) = answer.on_headers(status.unwrap_or(0), content_type, error_type);
+            step.response_headers = set;
+            step.remove_response_headers = remove;
+            content_type = meter_as;
+            // The translated body has another length; the end of stream ends it.
+            length = None;
+        }
         if let Some(metering) = &mut self.metering {
-            step.response_headers = metering.headers();
+            step.response_headers.extend(metering.headers());
             metering.on_response_headers(status, content_type, length);
         }
         step
+    }
+
+    /// Whether the answer is translated (a Bedrock target): the host then also reads
+    /// `x-amzn-errortype` for [`Request::on_response_headers`].
+    pub fn translates_answer(&self) -> bool {
+        self.answer_translation.is_some()
     }
 
     /// A response body chunk passed (never held back).
@@ -540,10 +588,29 @@ impl Request {
         if !chunk.is_empty() && self.first_byte_ms.is_none() {
             self.first_byte_ms = Some(self.now_ms);
         }
+        let mut seen = chunk;
+        let translated;
+        if let Some(answer) = &mut self.answer_translation {
+            match answer.on_body(chunk, end_of_stream) {
+                crate::bedrock::Chunk::Pass => {}
+                crate::bedrock::Chunk::Replace(bytes) => {
+                    translated = bytes;
+                    seen = &translated;
+                    step.response_body = Some(translated.clone());
+                }
+            }
+        }
         let complete = match &mut self.metering {
-            Some(metering) => metering.on_response_body(chunk, end_of_stream),
+            Some(metering) => metering.on_response_body(seen, end_of_stream),
             None => end_of_stream,
         };
+        if complete {
+            if let (Some(m), Some(usage)) =
+                (&mut self.metering, self.answer_translation.as_ref().and_then(crate::bedrock::Answer::metrics))
+            {
+                m.use_reported_usage(usage);
+            }
+        }
         if complete {
             self.finish(host, &mut step);
         }

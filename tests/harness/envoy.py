@@ -78,7 +78,12 @@ def listener(filter_config, listen_port: int, env_keys=(), with_filter=True, acc
         "stat_prefix": "gateway",
         # As in the samples: the request must arrive in bounded time.
         "request_headers_timeout": "10s", "request_timeout": "120s", "stream_idle_timeout": "300s",
+        # A Bedrock target's requests go to the `bedrock` cluster: the filter names the target in
+        # x-gateway-target, and Envoy picks the route after the filter changed the headers.
         "route_config": {"virtual_hosts": [{"name": "anthropic", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/", "headers": [{"name": "x-gateway-target", "string_match": {"exact": "bedrock"}}]},
+             "route": {"cluster": "bedrock", "timeout": "300s"},
+             "request_headers_to_remove": ["x-gateway-target"]},
             {"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]}]},
         "http_filters": filters,
     }
@@ -95,7 +100,7 @@ def listener(filter_config, listen_port: int, env_keys=(), with_filter=True, acc
 
 def bootstrap(gateway_listener: dict, admin_port: int, upstream_port: int, idp_upstreams, lds_dir=None) -> dict:
     """A bootstrap with the gateway listener, static or (with `lds_dir`) from a watched LDS file."""
-    clusters = [static_cluster("anthropic", upstream_port)]
+    clusters = [static_cluster("anthropic", upstream_port), static_cluster("bedrock", upstream_port)]
     for name in idp_upstreams:
         host, port = name.rsplit(":", 1)
         clusters.append(static_cluster(name, int(port), host))

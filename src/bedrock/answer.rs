@@ -1,0 +1,133 @@
+//! One Bedrock answer on its way back to the client: an event stream becomes Anthropic SSE chunk
+//! by chunk, an error body becomes an Anthropic error with the same status, a JSON message
+//! passes as it is.
+
+use super::{translate_error, BedrockStreamTranslator, ResponseKind};
+use crate::usage::Usage;
+
+/// What to do with a chunk of the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Send it as it is.
+    Pass,
+    /// Send these bytes in its place (possibly none: a partial frame, or an error body that is
+    /// replaced whole at its end, is kept here until then).
+    Replace(Vec<u8>),
+}
+
+/// The translation state of one answer.
+#[derive(Debug, Default)]
+pub struct Answer {
+    kind: Option<ResponseKind>,
+    status: u32,
+    error_type: Option<String>,
+    stream: BedrockStreamTranslator,
+    error_body: Vec<u8>,
+}
+
+/// Largest Bedrock error body kept (they are a short JSON message).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+impl Answer {
+    /// The answer's headers arrived: returns the headers to set and to remove, and the content
+    /// type the usage meter should read the (translated) body as.
+    pub fn on_headers(
+        &mut self,
+        status: u32,
+        content_type: &str,
+        error_type: Option<&str>,
+    ) -> (Vec<(String, String)>, Vec<String>, &'static str) {
+        let kind = ResponseKind::of(status, Some(content_type));
+        self.kind = Some(kind);
+        self.status = status;
+        self.error_type = error_type.map(str::to_owned);
+        let length = vec!["content-length".to_owned()];
+        match kind {
+            ResponseKind::Stream => {
+                (vec![("content-type".to_owned(), "text/event-stream".to_owned())], length, "text/event-stream")
+            }
+            ResponseKind::Json => (Vec::new(), Vec::new(), "application/json"),
+            // Bedrock refusing the gateway's own AWS credentials is the gateway's fault, not the
+            // person's: a 401/403 would make Claude Code re-run its sign-in helper and retry for
+            // minutes, so it becomes a 502 that is shown at once.
+            ResponseKind::Error if matches!(status, 401 | 403) => {
+                self.status = 502;
+                let set = vec![
+                    (":status".to_owned(), "502".to_owned()),
+                    ("content-type".to_owned(), "application/json".to_owned()),
+                    ("x-should-retry".to_owned(), "false".to_owned()),
+                ];
+                (set, length, "application/json")
+            }
+            ResponseKind::Error => {
+                (vec![("content-type".to_owned(), "application/json".to_owned())], length, "application/json")
+            }
+        }
+    }
+
+    /// A chunk of the answer (`end`: the last one).
+    pub fn on_body(&mut self, chunk: &[u8], end: bool) -> Chunk {
+        match self.kind {
+            Some(ResponseKind::Stream) => {
+                let mut out = self.stream.push(chunk);
+                if end {
+                    out.extend(self.stream.finish());
+                }
+                Chunk::Replace(out)
+            }
+            Some(ResponseKind::Error) => {
+                let room = MAX_ERROR_BODY.saturating_sub(self.error_body.len());
+                self.error_body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if !end {
+                    // Nothing is held by the host (whose buffering differs between hosts): the
+                    // chunk is sent as nothing, and the whole translated error goes at the end.
+                    return Chunk::Replace(Vec::new());
+                }
+                let reply = translate_error(self.status, self.error_type.as_deref(), &self.error_body);
+                if self.status == 502 {
+                    let message = format!(
+                        "gateway: Bedrock refused the gateway's AWS credentials ({}); tell your administrator",
+                        String::from_utf8_lossy(&self.error_body).chars().take(300).collect::<String>()
+                    );
+                    return Chunk::Replace(
+                        crate::reply::Reply::error(502, "bedrock_credentials", "api_error", &message).body,
+                    );
+                }
+                Chunk::Replace(reply.body)
+            }
+            Some(ResponseKind::Json) | None => Chunk::Pass,
+        }
+    }
+
+    /// Token counts Bedrock reported in `amazon-bedrock-invocationMetrics` (what AWS bills).
+    pub fn metrics(&self) -> Option<Usage> {
+        self.stream.metrics()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_held_then_replaced_in_anthropic_shape() {
+        let mut a = Answer::default();
+        let (set, remove, meter) = a.on_headers(429, "application/json", Some("ThrottlingException:http://x"));
+        assert_eq!(
+            (set[0].1.as_str(), remove, meter),
+            ("application/json", vec!["content-length".to_owned()], "application/json")
+        );
+        assert_eq!(a.on_body(br#"{"message":"Too many"#, false), Chunk::Replace(Vec::new()));
+        let Chunk::Replace(body) = a.on_body(br#" requests"}"#, true) else { panic!() };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("Too many requests"), "{v}");
+    }
+
+    #[test]
+    fn json_messages_pass() {
+        let mut a = Answer::default();
+        a.on_headers(200, "application/json", None);
+        assert_eq!(a.on_body(b"{}", true), Chunk::Pass);
+    }
+}

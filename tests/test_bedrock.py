@@ -1,0 +1,150 @@
+"""A Bedrock target in real Envoy (issue #10): the filter translates Claude Code's Anthropic
+request, signs it with SigV4 (the stand-in recomputes the signature with botocore and refuses a
+wrong one, as AWS does), and turns Bedrock's event stream back into Anthropic SSE; betas are
+filtered, usage counted and budgets enforced as for Anthropic. Tiers mix providers: the standard
+tier's sonnet goes to Bedrock, the power tier's opus to Anthropic."""
+import json
+
+import pytest
+
+from tests.conftest import UPSTREAM_KEY, gateway_config
+from tests.harness.client import call, fixture, with_model
+from tests.harness.claude import run_claude
+from tests.harness.envoy import Envoy
+
+sys_path_added = False
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from stub_upstream import BedrockAccount, StubUpstream, sse_events  # noqa: E402
+
+BEDROCK_MODEL = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+STREAM = fixture("request_main_stream.json")  # sonnet, streaming, with Claude Code's betas
+JSON_BODY = fixture("request_automode_classifier_nonstream.json")  # sonnet, not streaming
+
+
+@pytest.fixture(scope="module")
+def aws():
+    account = BedrockAccount(session_token="stub-session-token")
+    s = StubUpstream(api_key=UPSTREAM_KEY, bedrock=account).start()
+    yield s
+    s.stop()
+
+
+def bedrock_config(signer, account, limits=None):
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    config["targets"]["bedrock"] = {
+        "provider": "bedrock", "region": account.region,
+        "access_key_id": account.access_key_id, "secret_access_key_env": "AWS_SECRET_ACCESS_KEY",
+        "session_token_env": "AWS_SESSION_TOKEN"}
+    for m in config["models"]:
+        if m["alias"] == "claude-sonnet-4-6":
+            m.update(target="bedrock", model_id=BEDROCK_MODEL)
+    if limits:
+        config["tiers"][1]["limits"] = limits
+    return config
+
+
+@pytest.fixture
+def bedrock_gateway(aws, signer):
+    account = aws.bedrock
+    aws.reset()
+    g = Envoy(bedrock_config(signer, account), aws.port, [signer.upstream],
+              env={"ANTHROPIC_API_KEY": UPSTREAM_KEY, "AWS_SECRET_ACCESS_KEY": account.secret_access_key,
+                   "AWS_SESSION_TOKEN": account.session_token})
+    yield g
+    g.stop()
+
+
+def sse(body: bytes):
+    events = []
+    for block in body.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines:
+            events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def test_a_streamed_answer_arrives_as_anthropic_sse(bedrock_gateway, aws, signer):
+    answer = call(bedrock_gateway.port, signer.token(), STREAM)
+    assert answer.status == 200, answer.body[:500]
+    assert answer.headers["content-type"] == "text/event-stream"
+    names = [name for name, _ in sse(answer.body)]
+    assert names[0] == "message_start" and names[-1] == "message_stop", names
+    assert "content_block_delta" in names
+    sent = aws.requests[-1]
+    headers = {k.lower(): v for k, v in sent["headers"]}
+    assert sent["path"] == "/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/invoke-with-response-stream"
+    assert headers["host"] == "bedrock-runtime.us-east-1.amazonaws.com"
+    assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDSTUBEXAMPLE/")
+    assert "x-api-key" not in headers and "anthropic-beta" not in headers
+    body = json.loads(sent["body"])
+    assert "model" not in body and "stream" not in body
+    assert body["anthropic_version"] == "bedrock-2023-05-31"
+    assert "claude-code-20250219" not in body.get("anthropic_beta", []), "betas Bedrock refuses are dropped"
+
+
+def test_non_streaming_and_errors_in_anthropic_shape(bedrock_gateway, aws, signer):
+    answer = call(bedrock_gateway.port, signer.token(), JSON_BODY)
+    assert answer.status == 200, answer.body[:300]
+    assert answer.json()["type"] == "message"
+    aws.force(429, {"message": "Too many requests, please wait before trying again."},
+              {"x-amzn-ErrorType": "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"})
+    throttled = call(bedrock_gateway.port, signer.token(), JSON_BODY)
+    assert throttled.status == 429
+    assert throttled.json()["type"] == "error" and "Too many requests" in throttled.error_message
+
+
+def test_tiers_mix_providers(bedrock_gateway, aws, signer):
+    power = signer.token(groups=["claude-power-users"])
+    answer = call(bedrock_gateway.port, power, with_model(STREAM, "claude-opus-4-7"))
+    assert answer.status == 200
+    sent = aws.requests[-1]
+    assert sent["path"].startswith("/v1/messages"), "opus goes to Anthropic"
+    assert dict((k.lower(), v) for k, v in sent["headers"])["x-api-key"] == UPSTREAM_KEY
+
+
+def test_usage_is_counted_and_budgets_hold_as_for_anthropic(aws, signer):
+    account = aws.bedrock
+    aws.reset()
+    one = sum(aws.usage.values())
+    g = Envoy(bedrock_config(signer, account, [{"limit": one, "window_seconds": 600}]), aws.port, [signer.upstream],
+              env={"ANTHROPIC_API_KEY": UPSTREAM_KEY, "AWS_SECRET_ACCESS_KEY": account.secret_access_key,
+                   "AWS_SESSION_TOKEN": account.session_token})
+    try:
+        token = signer.token()
+        first = call(g.port, token, STREAM)
+        assert first.status == 200
+        assert call(g.port, token, STREAM).status == 429, "the Bedrock answer's usage was charged"
+        record = g.usage_records()[0]
+        assert (record["provider"], record["provider_model"]) == ("bedrock", BEDROCK_MODEL)
+        assert record["input_tokens"] == aws.usage["input_tokens"]
+    finally:
+        g.stop()
+
+
+def test_a_wrong_signature_is_refused_as_aws_does(aws, signer):
+    account = aws.bedrock
+    aws.reset()
+    g = Envoy(bedrock_config(signer, account), aws.port, [signer.upstream],
+              env={"ANTHROPIC_API_KEY": UPSTREAM_KEY, "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+                   "AWS_SESSION_TOKEN": account.session_token})
+    try:
+        answer = call(g.port, signer.token(), JSON_BODY)
+        # AWS answers 403; the person gets a 502 shown at once (a 403 would make Claude Code
+        # re-run its sign-in helper for minutes over the gateway's own credentials).
+        assert answer.status == 502
+        assert answer.headers["x-should-retry"] == "false"
+        assert answer.json()["type"] == "error"
+        assert "refused the gateway's AWS credentials" in answer.error_message
+        assert "signature" in answer.error_message
+    finally:
+        g.stop()
+
+
+def test_claude_code_completes_a_streaming_turn_through_bedrock(bedrock_gateway, aws, signer, tmp_path):
+    run = run_claude(tmp_path, bedrock_gateway.port, signer.token())
+    assert run.code == 0, run.stdout + run.stderr
+    assert "Hello from the stand-in upstream." in run.stdout
+    assert any(r["path"].startswith("/model/") for r in aws.requests)
