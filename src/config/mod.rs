@@ -12,10 +12,12 @@ use crate::url::HttpUrl;
 
 mod limits;
 mod raw;
+mod store;
 
 use raw::{RawConfig, RawIdentityHeaders, RawModel, RawOidc, RawTarget, RawTier};
 
 pub use limits::{short_digest, Budgets, Price, Reserve};
+pub use store::{OnStoreFailure, StoreKind, StorePlan};
 
 /// A configuration problem, naming the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +176,8 @@ pub struct Plan {
     pub tiers: Vec<Tier>,
     /// Reserve and warning behaviour of the budgets.
     pub budgets: Budgets,
+    /// The cluster-wide budget store, when the counters are shared between nodes.
+    pub budget_store: Option<StorePlan>,
 }
 
 impl Plan {
@@ -215,7 +219,17 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
     let models = compile_models(raw.models, &targets)?;
     let tiers = compile_tiers(raw.tiers, &models)?;
     let budgets = limits::compile_budgets(raw.budgets)?;
-    Ok(Plan { budgets, oidc, identity_headers, max_body_bytes: raw.max_body_bytes, targets, models, tiers })
+    let budget_store = raw.budget_store.map(store::compile_store).transpose()?;
+    Ok(Plan {
+        budgets,
+        budget_store,
+        oidc,
+        identity_headers,
+        max_body_bytes: raw.max_body_bytes,
+        targets,
+        models,
+        tiers,
+    })
 }
 
 fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {

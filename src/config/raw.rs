@@ -61,6 +61,8 @@ pub(super) struct RawConfig {
     pub(super) tiers: Vec<RawTier>,
     #[serde(default)]
     pub(super) budgets: limits::RawBudgets,
+    #[serde(default)]
+    pub(super) budget_store: Option<super::store::RawBudgetStore>,
 }
 
 #[derive(Debug, Deserialize)]
