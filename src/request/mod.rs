@@ -278,13 +278,7 @@ impl Request {
         step
     }
 
-    fn decide_head(
-        &mut self,
-        worker: &mut Worker,
-        host: &dyn Host,
-        head: &Head<'_>,
-        has_body: bool,
-    ) -> Step {
+    fn decide_head(&mut self, worker: &mut Worker, host: &dyn Host, head: &Head<'_>, has_body: bool) -> Step {
         let max = worker.plan.max_body_bytes;
         let declared = head.content_length.map(|l| l.trim().parse::<usize>());
         match declared {

@@ -482,7 +482,11 @@ impl Sim {
             return Err(format!("{stage:?}: forwarded before the whole body was seen"));
         }
         let get = |name: &str| {
-            self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect::<Vec<_>>()
+            self.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
         };
         if get("x-api-key") != [PROVIDER_KEY] {
             return Err(format!("x-api-key upstream is {:?}", get("x-api-key")));
