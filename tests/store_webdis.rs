@@ -4,6 +4,9 @@
 //! Needs `redis-server` and `webdis` on the PATH (`apt-get install -y redis-server webdis`);
 //! run with `cargo test -p claude-sso-gateway --test store_webdis -- --ignored`.
 
+// The whole file is test code: its helpers fail the test the same way the test does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{Read, Write};
