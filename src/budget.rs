@@ -125,20 +125,31 @@ pub struct Counter {
     pub c: u64,
     /// Units in the previous window.
     pub p: u64,
+    /// This node's own units in the current window (part of `c`; the rest of `c` is what the
+    /// other nodes spent, as last pulled from the budget store). Absent in old records.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub oc: u64,
+    /// This node's own units in the previous window (part of `p`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub op: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Counter {
     /// This counter moved to the window that holds `now`.
     pub fn rolled(&self, window: u64, now: u64) -> Counter {
         let start = now - now % window;
-        let (c, p) = if self.s == start {
-            (self.c, self.p)
+        let (c, p, oc, op) = if self.s == start {
+            (self.c, self.p, self.oc, self.op)
         } else if self.s + window == start {
-            (0, self.c)
+            (0, self.c, 0, self.oc)
         } else {
-            (0, 0)
+            (0, 0, 0, 0)
         };
-        Counter { k: self.k.clone(), s: start, c, p }
+        Counter { k: self.k.clone(), s: start, c, p, oc, op }
     }
 
     /// Units counted against the limit at `now`.
@@ -184,13 +195,14 @@ impl Counter {
     pub fn add(&self, window: u64, now: u64, delta: i64) -> Counter {
         let mut r = self.rolled(window, now);
         r.c = r.c.saturating_add_signed(delta);
+        r.oc = r.oc.saturating_add_signed(delta);
         r
     }
 }
 
 /// A counter from its stored bytes; one written under another key (a CRC32 alias in Kong's
 /// store) or unreadable counts as empty.
-fn decode(stored: Option<&[u8]>, key: &str) -> Counter {
+pub fn decode(stored: Option<&[u8]>, key: &str) -> Counter {
     stored
         .and_then(|b| serde_json::from_slice::<Counter>(b).ok())
         .filter(|c| c.k == key)
@@ -427,7 +439,7 @@ mod tests {
     }
 
     fn counter(s: u64, c: u64, p: u64) -> Counter {
-        Counter { k: "k".into(), s, c, p }
+        Counter { k: "k".into(), s, c, p, ..Counter::default() }
     }
 
     #[test]
@@ -512,6 +524,19 @@ mod tests {
         charge(&store, "a", 60, 10, 5).unwrap();
         charge(&store, "a", 60, 10, -50).unwrap();
         assert_eq!(read(&store, "a").c, 0);
+    }
+
+    #[test]
+    fn own_spend_rolls_with_the_window_and_old_records_still_read() {
+        let old: Counter = serde_json::from_slice(br#"{"k":"k","s":600,"c":70,"p":5}"#).unwrap();
+        assert_eq!((old.oc, old.op), (0, 0));
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"k":"k","s":600,"c":70,"p":5}"#, "unchanged bytes");
+        let charged = old.add(60, 610, 30);
+        assert_eq!((charged.c, charged.oc), (100, 30), "own spend is part of the count");
+        let next = charged.rolled(60, 660);
+        assert_eq!((next.c, next.p, next.oc, next.op), (0, 100, 0, 30));
+        assert_eq!(charged.rolled(60, 720), Counter { k: "k".into(), s: 720, ..Counter::default() });
+        assert_eq!(charged.add(60, 611, -50).oc, 0, "a refund never makes own spend negative");
     }
 
     #[test]

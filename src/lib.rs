@@ -21,6 +21,7 @@ pub mod routing;
 pub mod scan;
 pub mod shared;
 pub mod sse;
+pub mod store_sync;
 pub mod strict_json;
 pub mod tier;
 pub mod token_cache;

@@ -13,11 +13,13 @@ use crate::url::HttpUrl;
 mod bedrock;
 mod limits;
 mod raw;
+mod store;
 
 use raw::{RawConfig, RawIdentityHeaders, RawModel, RawOidc, RawTarget, RawTier};
 
 pub use bedrock::BedrockTarget;
 pub use limits::{short_digest, Budgets, Price, Reserve};
+pub use store::{OnStoreFailure, StoreKind, StorePlan};
 
 /// A configuration problem, naming the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +200,8 @@ pub struct Plan {
     pub budgets: Budgets,
     /// What a person without access is told.
     pub access: Access,
+    /// The cluster-wide budget store, when the counters are shared between nodes.
+    pub budget_store: Option<StorePlan>,
 }
 
 impl Plan {
@@ -241,7 +245,18 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
     let budgets = limits::compile_budgets(raw.budgets)?;
     let access =
         Access { contact: raw.access.contact.filter(|c| !c.trim().is_empty()), show_groups: raw.access.show_groups };
-    Ok(Plan { budgets, oidc, identity_headers, max_body_bytes: raw.max_body_bytes, targets, models, tiers, access })
+    let budget_store = raw.budget_store.map(store::compile_store).transpose()?;
+    Ok(Plan {
+        budgets,
+        budget_store,
+        oidc,
+        identity_headers,
+        max_body_bytes: raw.max_body_bytes,
+        targets,
+        models,
+        tiers,
+        access,
+    })
 }
 
 fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {

@@ -63,6 +63,8 @@ pub(super) struct RawConfig {
     pub(super) budgets: limits::RawBudgets,
     #[serde(default)]
     pub(super) access: RawAccess,
+    #[serde(default)]
+    pub(super) budget_store: Option<super::store::RawBudgetStore>,
 }
 
 /// What a person without access is told.

@@ -1,0 +1,201 @@
+//! The two shared-data records of one node's sync: the node record (who syncs now, when the
+//! next sync is due, whether the node is cut off from the store) and the index of counters to
+//! sync. Both are read, then compare-and-swapped, like every shared-data write.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::shared::{self, SharedStore, StoreError};
+
+/// Shared-data key of the node record (short: Kong aliases keys by CRC32).
+pub const NODE_KEY: &str = "csg/sync";
+/// Shared-data key of the counter index.
+pub const INDEX_KEY: &str = "csg/sync/keys";
+
+/// Whether admission may trust the cluster totals in the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// No sync has succeeded since the node started: the counters hold only this node's spend.
+    Starting,
+    /// The last sync succeeded recently enough: counters hold cluster totals plus this node's
+    /// unsynced spend.
+    Synced,
+    /// No sync has succeeded for `stale_after_ms`: admission follows `on_failure`.
+    CutOff,
+}
+
+impl Health {
+    /// A stable name for logs and metric labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Synced => "synced",
+            Health::CutOff => "cut_off",
+        }
+    }
+}
+
+/// The right of one worker to run the sync in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The worker that holds it.
+    pub owner: u64,
+    /// The batch it sent; an answer for another batch is not applied.
+    pub batch: u64,
+    /// When the lease lapses and another worker may sync, milliseconds since the epoch.
+    pub until_ms: u64,
+}
+
+/// The node record, shared by the workers of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// This node's field name in the store's bucket hashes (the id of the worker that created
+    /// the record; every worker of the node uses it).
+    pub node: u64,
+    /// The sync in flight, if any.
+    pub lease: Option<Lease>,
+    /// Last batch number handed out.
+    pub seq: u64,
+    /// Earliest start of the next sync, milliseconds.
+    pub next_ms: u64,
+    /// Last successful sync, milliseconds.
+    pub last_ok_ms: Option<u64>,
+    /// What admission may trust.
+    pub health: Health,
+    /// Syncs failed in a row.
+    pub failures: u32,
+}
+
+impl NodeRecord {
+    fn fresh(node: u64) -> NodeRecord {
+        NodeRecord { node, lease: None, seq: 0, next_ms: 0, last_ok_ms: None, health: Health::Starting, failures: 0 }
+    }
+}
+
+/// The node record, created by this worker (`worker` becomes the node id) when there is none.
+pub fn load_or_create(store: &dyn SharedStore, worker: u64) -> Result<NodeRecord, StoreError> {
+    let mut seen = None;
+    shared::update(store, NODE_KEY, |current| {
+        match current.and_then(|b| serde_json::from_slice::<NodeRecord>(b).ok()) {
+            Some(record) => {
+                seen = Some(record);
+                None
+            }
+            // A missing or unreadable record is replaced: a node whose record is lost starts
+            // over as a new node (its spend stays in the store under the old id).
+            None => {
+                let record = NodeRecord::fresh(worker);
+                let bytes = serde_json::to_vec(&record).ok();
+                seen = Some(record);
+                bytes
+            }
+        }
+    })?;
+    seen.ok_or(StoreError::Contended)
+}
+
+/// Changes the node record with `edit` (which may decline with `false`); returns the record
+/// as written, or `None` when `edit` declined.
+pub fn modify(
+    store: &dyn SharedStore,
+    mut edit: impl FnMut(&mut NodeRecord) -> bool,
+) -> Result<Option<NodeRecord>, StoreError> {
+    let mut written = None;
+    let wrote = shared::update(store, NODE_KEY, |current| {
+        let mut record = current.and_then(|b| serde_json::from_slice::<NodeRecord>(b).ok())?;
+        if !edit(&mut record) {
+            return None;
+        }
+        let bytes = serde_json::to_vec(&record).ok();
+        written = Some(record);
+        bytes
+    })?;
+    Ok(if wrote { written } else { None })
+}
+
+/// A counter the node syncs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tracked {
+    /// The counter's shared-data key ([`crate::budget::Limit::key_for`]).
+    pub key: String,
+    /// Its window, seconds.
+    pub window: u64,
+}
+
+/// The index of per-person counters seen on this node: key → (window, last seen, seconds).
+/// Tier-wide counters are not listed: the configuration names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    /// Counter key → `[window, last seen]`.
+    pub keys: BTreeMap<String, (u64, u64)>,
+}
+
+impl Index {
+    /// The counters still worth syncing at `now_s` (seen within two windows: older ones can no
+    /// longer count in a sliding window).
+    pub fn live(&self, now_s: u64) -> impl Iterator<Item = Tracked> + '_ {
+        self.keys
+            .iter()
+            .filter(move |(_, (w, seen))| seen.saturating_add(2 * w) > now_s)
+            .map(|(k, (w, _))| Tracked { key: k.clone(), window: *w })
+    }
+}
+
+/// Reads the index (missing or unreadable: empty).
+pub fn read_index(store: &dyn SharedStore) -> Index {
+    store.get(INDEX_KEY).ok().and_then(|(v, _)| v).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Adds or refreshes `tracked` as seen at `now_s`, and drops entries that are no longer live.
+pub fn note_in_index(store: &dyn SharedStore, tracked: &[Tracked], now_s: u64) -> Result<bool, StoreError> {
+    shared::update(store, INDEX_KEY, |current| {
+        let mut index: Index = current.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        index.keys.retain(|_, (w, seen)| seen.saturating_add(2 * *w) > now_s);
+        for t in tracked {
+            index.keys.insert(t.key.clone(), (t.window, now_s));
+        }
+        serde_json::to_vec(&index).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::tests::FakeStore;
+
+    #[test]
+    fn first_worker_names_the_node_and_others_keep_it() {
+        let store = FakeStore::default();
+        assert_eq!(load_or_create(&store, 7).unwrap().node, 7);
+        assert_eq!(load_or_create(&store, 9).unwrap().node, 7);
+        store.data.borrow_mut().insert(NODE_KEY.into(), (b"garbage".to_vec(), 40));
+        assert_eq!(load_or_create(&store, 9).unwrap().node, 9, "an unreadable record starts a new node");
+    }
+
+    #[test]
+    fn modify_writes_only_when_the_edit_accepts() {
+        let store = FakeStore::default();
+        load_or_create(&store, 1).unwrap();
+        assert_eq!(modify(&store, |_| false).unwrap(), None);
+        store.lose_races.set(2);
+        let written = modify(&store, |r| {
+            r.seq += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(written.map(|r| r.seq), Some(1), "a lost race re-reads and edits again");
+    }
+
+    #[test]
+    fn index_keeps_live_keys_only() {
+        let store = FakeStore::default();
+        let t = |k: &str, w| Tracked { key: k.into(), window: w };
+        note_in_index(&store, &[t("a", 60), t("b", 3600)], 1000).unwrap();
+        assert_eq!(read_index(&store).live(1119).count(), 2);
+        assert_eq!(read_index(&store).live(1120).collect::<Vec<_>>(), vec![t("b", 3600)]);
+        note_in_index(&store, &[t("c", 60)], 1200).unwrap();
+        assert_eq!(read_index(&store).keys.keys().cloned().collect::<Vec<_>>(), vec!["b", "c"], "a pruned");
+    }
+}
