@@ -25,8 +25,9 @@ node_modules/.stamp: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-## Debian packages the tests run for real (Prometheus for the dashboard test).
-APT_PACKAGES := prometheus
+## Debian packages the tests run for real: Prometheus (dashboard test), Redis and Webdis (the
+## shared budget store).
+APT_PACKAGES := prometheus redis-server webdis
 .apt.stamp: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

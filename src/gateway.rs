@@ -9,6 +9,7 @@ use crate::metering::{Metering, Subject};
 use crate::reply::{Reply, ToReply};
 use crate::routing::{Endpoint, RequestBody};
 use crate::shared::SharedStore;
+use crate::store_sync::{self, Syncer, Tracked};
 use crate::tier::{self, NoTier};
 use crate::token_cache::TokenCache;
 
@@ -61,6 +62,8 @@ pub struct Forward {
     pub bedrock: bool,
     /// Where it goes, for the usage record.
     pub route: Route,
+    /// Problems to log (a budget-store index write that failed).
+    pub warnings: Vec<String>,
 }
 
 /// The tier, model and provider a forwarded request was routed to.
@@ -100,6 +103,9 @@ pub struct Worker {
     pub keys: KeyStore,
     tokens: TokenCache,
     request_fetches: usize,
+    /// The cluster-wide budget sync, when `budget_store` is configured, and the tier-wide
+    /// counters it always syncs.
+    pub sync: Option<(Syncer, Vec<Tracked>)>,
 }
 
 impl Worker {
@@ -107,7 +113,13 @@ impl Worker {
     pub fn new(plan: Plan) -> Worker {
         let keys = KeyStore::new(&plan.oidc);
         let tokens = TokenCache::new(plan.oidc.token_cache_entries);
-        Worker { plan, keys, tokens, request_fetches: 0 }
+        let sync = plan.budget_store.as_ref().map(|_| {
+            // A random node id per worker VM; the shared-data lease makes one worker per node sync.
+            let mut id = [0u8; 8];
+            let _ = getrandom::getrandom(&mut id);
+            (Syncer::new(u64::from_le_bytes(id)), store_sync::tier_counters(&plan.tiers))
+        });
+        Worker { plan, keys, tokens, request_fetches: 0, sync }
     }
 
     /// Request headers removed before anything is forwarded: the client's credential and any
@@ -187,7 +199,7 @@ impl Worker {
     /// Checks the body's model against the admitted tier and its budgets, and builds what goes
     /// upstream. Messages requests are metered; `count_tokens` is free and is not.
     pub fn forward(
-        &self,
+        &mut self,
         store: &dyn SharedStore,
         admission: &Admission,
         endpoint: Endpoint,
@@ -195,7 +207,8 @@ impl Worker {
         beta_headers: &[&str],
         now: u64,
     ) -> Result<(Forward, Option<Metering>), Refusal> {
-        let plan = &self.plan;
+        let Worker { plan, sync, .. } = self;
+        let plan = &*plan;
         let tier = plan.tiers.get(admission.tier).ok_or_else(|| NoTier::new(plan).to_reply())?;
         let parsed = RequestBody::parse(body).map_err(|e| e.to_reply())?;
         let model = parsed.resolve(plan, tier).map_err(|e| e.to_reply())?;
@@ -217,6 +230,7 @@ impl Worker {
             }
             None => None,
         };
+        let mut warnings = Vec::new();
         let metering = match endpoint {
             Endpoint::Messages => {
                 let subject = Subject {
@@ -227,10 +241,23 @@ impl Worker {
                     price: model.price,
                     provider: target.provider.name(),
                 };
-                let limits = &tier.limits;
+                // With a budget store, admission uses its limits (divided while cut off from it).
+                let limits = match (sync.as_ref(), &plan.budget_store) {
+                    (Some((syncer, _)), Some(store_plan)) => syncer.admission_limits(store_plan, &tier.limits),
+                    _ => std::borrow::Cow::Borrowed(tier.limits.as_slice()),
+                };
+                let person_key = subject.person_key.clone();
                 let admitted =
-                    Metering::admit(store, limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now);
-                Some(admitted.map_err(|(reply, warnings)| Refusal { reply, warnings })?)
+                    Metering::admit(store, &limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now);
+                let metering = admitted.map_err(|(reply, warnings)| Refusal { reply, warnings })?;
+                if let Some((syncer, _)) = sync.as_mut() {
+                    // A person's counters are synced from their first admission on; a failed
+                    // note only delays that to the next admission.
+                    if let Err(e) = syncer.note_admitted(store, &tier.limits, &person_key, now.saturating_mul(1000)) {
+                        warnings.push(format!("budget store: could not note a person's counters: {e:?}"));
+                    }
+                }
+                Some(metering)
             }
             _ => None,
         };
@@ -245,8 +272,14 @@ impl Worker {
             headers.push(("x-gateway-target".to_owned(), target.name.clone()));
             headers.push(("accept-encoding".to_owned(), "identity".to_owned()));
             headers.push(("content-length".to_owned(), out.body.len().to_string()));
-            let forward =
-                Forward { body: Some(out.body), headers, remove_headers: out.remove_headers, bedrock: true, route };
+            let forward = Forward {
+                body: Some(out.body),
+                headers,
+                remove_headers: out.remove_headers,
+                bedrock: true,
+                route,
+                warnings,
+            };
             return Ok((forward, metering));
         }
         let new_body = parsed.rewrite(body, &model.model_id);
@@ -263,7 +296,8 @@ impl Worker {
         if let Some(email) = &admission.identity.email {
             headers.push((names.email.clone(), email.clone()));
         }
-        Ok((Forward { body: new_body, headers, remove_headers: Vec::new(), bedrock: false, route }, metering))
+        let forward = Forward { body: new_body, headers, remove_headers: Vec::new(), bedrock: false, route, warnings };
+        Ok((forward, metering))
     }
 }
 
@@ -390,7 +424,7 @@ mod tests {
             panic!()
         };
         let store = crate::shared::tests::FakeStore::default();
-        let forward = |body: &[u8]| w.forward(&store, &a, Endpoint::Messages, body, &[], NOW);
+        let mut forward = |body: &[u8]| w.forward(&store, &a, Endpoint::Messages, body, &[], NOW);
         let (f, metering) = forward(br#"{"model":"claude-sonnet-4-6","max_tokens":5}"#).unwrap();
         assert!(metering.is_some());
         assert_eq!(f.body, None, "alias equals model id: body untouched");

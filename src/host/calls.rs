@@ -145,6 +145,17 @@ pub fn dispatch(callout: &Callout, timeout: Duration) -> Result<u32, Status> {
     hostcalls::dispatch_http_call(&callout.upstream, headers, None, vec![], timeout)
 }
 
+/// Dispatches a callout with these headers (pseudo-headers included) and body.
+pub fn dispatch_request(
+    upstream: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    hostcalls::dispatch_http_call(upstream, headers, Some(body), vec![], Duration::from_millis(timeout_ms))
+}
+
 /// Status and body of the callout being answered. ngx_wasm_module reports a failed callout
 /// with no `:status` and a `:dispatch_status` reason instead; that reason is returned too.
 pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>) {

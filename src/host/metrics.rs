@@ -43,6 +43,11 @@ const REFUSALS: &[&str] = &[
 ];
 /// Outcomes of a key fetch.
 const FETCH_OUTCOMES: [&str; 2] = ["ok", "error"];
+/// Outcomes of a budget-store sync (`SyncError::code`, `ok`, `dispatch_failed`).
+const SYNC_OUTCOMES: [&str; 8] =
+    ["ok", "unreachable", "status", "refused", "garbage", "superseded", "shared_data", "dispatch_failed"];
+/// Budget-store health states a node moves into.
+const STORE_HEALTH: [&str; 3] = ["starting", "synced", "cut_off"];
 
 /// Series ids of this VM, by full name.
 #[derive(Default)]
@@ -68,6 +73,14 @@ impl Metrics {
         }
         for outcome in FETCH_OUTCOMES {
             counters.push(format!("claude_sso_gateway_jwks_fetches_total.outcome.{outcome}"));
+        }
+        if plan.budget_store.is_some() {
+            for outcome in SYNC_OUTCOMES {
+                counters.push(format!("claude_sso_gateway_budget_store_syncs_total.outcome.{outcome}"));
+            }
+            for state in STORE_HEALTH {
+                counters.push(format!("claude_sso_gateway_budget_store_health_changes_total.outcome.{state}"));
+            }
         }
         for tier in &plan.tiers {
             counters.push(format!("claude_sso_gateway_budget_refusals_total.tier.{}", clean(&tier.name)));
@@ -148,6 +161,16 @@ impl Metrics {
     /// Counts a key fetch by outcome.
     pub fn record_fetch(&self, ok: bool) {
         self.add(&format!("claude_sso_gateway_jwks_fetches_total.outcome.{}", if ok { "ok" } else { "error" }), 1);
+    }
+
+    /// Counts a budget-store sync by outcome.
+    pub fn record_store_sync(&self, outcome: &str) {
+        self.add(&format!("claude_sso_gateway_budget_store_syncs_total.outcome.{outcome}"), 1);
+    }
+
+    /// Counts a move of this node's budget-store health into `state`.
+    pub fn record_store_health(&self, state: &str) {
+        self.add(&format!("claude_sso_gateway_budget_store_health_changes_total.outcome.{state}"), 1);
     }
 
     /// Counts a problem that was logged (a failed budget write, an implausible upstream usage).

@@ -18,6 +18,7 @@ use crate::gateway::{FetchProgress, Worker};
 use crate::keystore::{self, Fetch};
 use crate::record::UsageRecord;
 use crate::request::HostProfile;
+use crate::store_sync::Batch;
 
 use self::calls::HostCalls;
 
@@ -28,18 +29,82 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(GatewayRoot::default()) });
 }}
 
-/// Per-worker root: owns the configuration and the background key refresh.
+/// What a callout the root context dispatched is for.
+enum Pending {
+    /// A key fetch (background refresh).
+    Keys(Fetch),
+    /// A budget-store sync of this batch.
+    Sync(Batch),
+}
+
+/// Per-worker root: owns the configuration, the background key refresh and the budget sync.
 #[derive(Default)]
 struct GatewayRoot {
     worker: Option<Rc<RefCell<Worker>>>,
     metrics: Rc<metrics::Metrics>,
-    pending: HashMap<u32, Fetch>,
+    pending: HashMap<u32, Pending>,
     shared_cas: Option<u32>,
     /// Learned at the first request (only a request can tell the hosts apart safely).
     profile: Rc<Cell<Option<HostProfile>>>,
 }
 
 impl GatewayRoot {
+    /// Starts a background key refresh when one is due and none is under way.
+    fn refresh_keys(&mut self, worker: &RefCell<Worker>) {
+        if self.pending.values().any(|p| matches!(p, Pending::Keys(_))) {
+            return;
+        }
+        let now = calls::now();
+        let callout = {
+            let mut w = worker.borrow_mut();
+            let Worker { plan, keys, .. } = &mut *w;
+            keys.due(&plan.oidc, now)
+        };
+        let Some(callout) = callout else { return };
+        let timeout = Duration::from_millis(worker.borrow().plan.oidc.callout_timeout_ms);
+        match calls::dispatch(&callout, timeout) {
+            Ok(token) => {
+                self.pending.insert(token, Pending::Keys(callout.fetch));
+            }
+            Err(status) => calls::log(
+                LogLevel::Warn,
+                &format!("claude-sso-gateway: key refresh: could not reach upstream {}: {status:?}", callout.upstream),
+            ),
+        }
+    }
+
+    /// Pushes this node's spend to the budget store and pulls the cluster's totals, when this
+    /// worker holds the node's sync lease and a sync is due (never on the request path).
+    fn sync_budgets(&mut self, worker: &RefCell<Worker>) {
+        if self.pending.values().any(|p| matches!(p, Pending::Sync(_))) {
+            return;
+        }
+        let mut w = worker.borrow_mut();
+        let Worker { plan, sync, .. } = &mut *w;
+        let (Some((syncer, tracked)), Some(store_plan)) = (sync.as_mut(), plan.budget_store.as_ref()) else {
+            return;
+        };
+        let tick = syncer.on_tick(&HostCalls, store_plan, tracked, calls::now_ms());
+        sync_log(tick.change, &tick.problems);
+        if let Some(change) = tick.change {
+            self.metrics.record_store_health(change.to.code());
+        }
+        let Some(request) = tick.request else { return };
+        match calls::dispatch_request(&request.upstream, &request.headers, &request.body, request.timeout_ms) {
+            Ok(token) => {
+                self.pending.insert(token, Pending::Sync(request.batch));
+            }
+            Err(status) => {
+                self.metrics.record_store_sync("dispatch_failed");
+                calls::log(
+                    LogLevel::Warn,
+                    &format!("claude-sso-gateway: budget store: could not reach {}: {status:?}", request.upstream),
+                );
+                syncer.on_dispatch_failed(&HostCalls, &request.batch);
+            }
+        }
+    }
+
     /// Installs keys another worker published, when the record changed since the last look.
     fn adopt_shared(&mut self, worker: &RefCell<Worker>) {
         let Some((record, cas)) = keystore::read_shared(&HostCalls, self.shared_cas) else {
@@ -52,13 +117,52 @@ impl GatewayRoot {
 
 impl Context for GatewayRoot {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        let (Some(fetch), Some(worker)) = (self.pending.remove(&token_id), self.worker.clone()) else {
+        let (Some(pending), Some(worker)) = (self.pending.remove(&token_id), self.worker.clone()) else {
             return;
         };
         let (status, body, reason) = calls::call_response(body_size);
-        let progress = worker.borrow_mut().on_fetched(&fetch, status, &body, calls::now());
-        // A JWKS named by discovery is fetched on the next tick, not from this callback.
-        publish_or_log(progress, reason.as_deref(), &self.metrics);
+        match pending {
+            Pending::Keys(fetch) => {
+                let progress = worker.borrow_mut().on_fetched(&fetch, status, &body, calls::now());
+                // A JWKS named by discovery is fetched on the next tick, not from this callback.
+                publish_or_log(progress, reason.as_deref(), &self.metrics);
+            }
+            Pending::Sync(batch) => {
+                let mut w = worker.borrow_mut();
+                let Worker { plan, sync, .. } = &mut *w;
+                let (Some((syncer, _)), Some(store_plan)) = (sync.as_mut(), plan.budget_store.as_ref()) else {
+                    return;
+                };
+                match syncer.on_answer(&HostCalls, store_plan, &batch, status, &body, calls::now_ms()) {
+                    Ok(applied) => {
+                        self.metrics.record_store_sync("ok");
+                        if let Some(change) = applied.change {
+                            self.metrics.record_store_health(change.to.code());
+                        }
+                        sync_log(applied.change, &applied.problems);
+                    }
+                    Err(e) => {
+                        self.metrics.record_store_sync(e.code());
+                        let reason = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                        calls::log(
+                            LogLevel::Warn,
+                            &format!("claude-sso-gateway: budget store sync failed: {e}{reason}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Logs a budget-store health change and the problems of a sync step.
+fn sync_log(change: Option<crate::store_sync::HealthChange>, problems: &[String]) {
+    if let Some(c) = change {
+        let level = if c.to == crate::store_sync::Health::Synced { LogLevel::Info } else { LogLevel::Warn };
+        calls::log(level, &format!("claude-sso-gateway: budget store: {} -> {}", c.from.code(), c.to.code()));
+    }
+    for p in problems {
+        calls::log(LogLevel::Warn, &format!("claude-sso-gateway: {p}"));
     }
 }
 
@@ -100,26 +204,8 @@ impl RootContext for GatewayRoot {
             return;
         };
         self.adopt_shared(&worker);
-        if !self.pending.is_empty() {
-            return;
-        }
-        let now = calls::now();
-        let callout = {
-            let mut w = worker.borrow_mut();
-            let Worker { plan, keys, .. } = &mut *w;
-            keys.due(&plan.oidc, now)
-        };
-        let Some(callout) = callout else { return };
-        let timeout = Duration::from_millis(worker.borrow().plan.oidc.callout_timeout_ms);
-        match calls::dispatch(&callout, timeout) {
-            Ok(token) => {
-                self.pending.insert(token, callout.fetch);
-            }
-            Err(status) => calls::log(
-                LogLevel::Warn,
-                &format!("claude-sso-gateway: key refresh: could not reach upstream {}: {status:?}", callout.upstream),
-            ),
-        }
+        self.refresh_keys(&worker);
+        self.sync_budgets(&worker);
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {

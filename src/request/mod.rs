@@ -523,10 +523,10 @@ impl Request {
                 step.warnings = refusal.warnings;
                 step
             }
-            Ok((Forward { body, mut headers, remove_headers, bedrock, route }, metering)) => {
+            Ok((Forward { body, mut headers, remove_headers, bedrock, route, warnings }, metering)) => {
                 self.route = Some(route);
                 self.answer_translation = bedrock.then(crate::bedrock::Answer::default);
-                let mut step = Step { flow: Flow::Continue, body, forwarded: true, ..Step::default() };
+                let mut step = Step { flow: Flow::Continue, body, forwarded: true, warnings, ..Step::default() };
                 match self.profile {
                     HostProfile::Envoy => step.remove_headers = remove_headers,
                     HostProfile::Ngx => {
