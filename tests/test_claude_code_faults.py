@@ -311,8 +311,7 @@ def test_an_unreachable_provider_is_shown_in_claude_code(host, signer, tmp_path)
         run, _ = claude(tmp_path, g, signer.token(), settings_env={"CLAUDE_CODE_MAX_RETRIES": "0"})
         assert run.code == 1, run.stdout + run.stderr
         assert run.seconds < SETTLED, f"took {run.seconds:.1f} s"
-        text = shown(run)
-        assert re.search(r"API Error: 50[23] gateway: the AI provider could not be reached.*try again shortly\.", text), \
-            run.stdout
+        provider = r"API Error: 50[23] gateway: the AI provider could not be reached.*try again shortly\."
+        assert re.search(provider, shown(run)), run.stdout
     finally:
         g.stop()
