@@ -61,7 +61,7 @@ LOCAL_REPLY = {"mappers": [{
                                                    "DPE", "UPE"]}},
     "body_format_override": {"json_format": {"type": "error", "error": {"type": "api_error", "message":
         "gateway: the AI provider could not be reached or did not answer in time "
-        "(%RESPONSE_CODE% %RESPONSE_CODE_DETAILS%). This is on the gateway's side; try again shortly."}},
+        "(%RESPONSE_CODE%). This is on the gateway side; try again shortly."}},
         "content_type": "application/json"}}]}
 
 # One usage record per request, as the sample configs write it.
