@@ -113,10 +113,8 @@ const FIELDS: [&str; 3] = ["model", "stream", "max_tokens"];
 /// Scans `body`: `Ok` with the members of interest when it is one valid JSON object (surrounded by
 /// JSON whitespace only), the first problem otherwise.
 pub fn scan(body: &[u8]) -> Result<Members, ScanError> {
-    // One pass of the standard library's validator up front, so no string needs its own check.
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(ScanError { kind: ScanErrorKind::InvalidUtf8, at: e.valid_up_to() });
-    }
+    // UTF-8 is checked where it can occur, in the strings (any other non-ASCII byte is a
+    // grammar error), run by run and only for runs that are not plain ASCII.
     let mut s = Scanner { body, pos: 0 };
     s.skip_ws();
     if s.peek() != Some(b'{') {
@@ -200,14 +198,16 @@ const STRING_STOP: [bool; 256] = {
     table
 };
 
-/// How many bytes at the start of `rest` are plain string content (no [`STRING_STOP`] byte).
-fn string_run(rest: &[u8]) -> usize {
+/// How many bytes at the start of `rest` are plain string content (no [`STRING_STOP`] byte), and
+/// whether any of them is not ASCII (then the run needs a UTF-8 check).
+fn string_run(rest: &[u8]) -> (usize, bool) {
     // Eight bytes at a time (SWAR, as serde_json's `skip_to_escape`): a byte's high bit is set in
     // `found` when it is below 0x20, a quote or a backslash. The borrows can also flag bytes after
     // the first match, never before it, so the lowest flag is exact.
     const ONES: u64 = 0x0101_0101_0101_0101;
     let mut chunks = rest.chunks_exact(8);
     let mut run = 0;
+    let mut high = 0u64;
     for chunk in chunks.by_ref() {
         let mut word = [0; 8];
         word.copy_from_slice(chunk);
@@ -218,11 +218,17 @@ fn string_run(rest: &[u8]) -> usize {
         let found =
             (v.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES)) & !v & (ONES << 7);
         if found != 0 {
-            return run + (found.trailing_zeros() / 8) as usize;
+            let len = (found.trailing_zeros() / 8) as usize;
+            // Only the bytes before the stop count.
+            let before = if len == 0 { 0 } else { v & (u64::MAX >> (64 - 8 * len)) };
+            return (run + len, (high | before) & (ONES << 7) != 0);
         }
+        high |= v;
         run += 8;
     }
-    run + chunks.remainder().iter().position(|&b| STRING_STOP[b as usize]).unwrap_or(chunks.remainder().len())
+    let tail = chunks.remainder();
+    let len = tail.iter().position(|&b| STRING_STOP[b as usize]).unwrap_or(tail.len());
+    (run + len, high & (ONES << 7) != 0 || tail[..len].iter().any(|b| !b.is_ascii()))
 }
 
 /// A cursor over the body.
@@ -282,7 +288,14 @@ impl Scanner<'_> {
         loop {
             // The hot loop: most of a Claude Code body is string content.
             let rest = self.body.get(self.pos..).unwrap_or_default();
-            self.pos += string_run(rest);
+            let (run, non_ascii) = string_run(rest);
+            // Stop bytes are ASCII, so a run ends on a character boundary and can be checked alone.
+            if non_ascii {
+                if let Err(e) = std::str::from_utf8(&rest[..run]) {
+                    return Err(ScanError { kind: ScanErrorKind::InvalidUtf8, at: self.pos + e.valid_up_to() });
+                }
+            }
+            self.pos += run;
             match self.peek() {
                 Some(b'"') => {
                     self.pos += 1;

@@ -88,6 +88,7 @@ def test_a_cancelled_request_costs_at_least_its_estimate(make_gateway, signer, s
     assert len(stub.requests) == 2, "the cancelled request did reach the upstream"
     after = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
     assert before - after == spent + estimate, "the first answer's usage plus the cancelled request's estimate"
+    assert g.wait_for_log('"estimated":true'), "the abandoned request's record is in the log"
 
 
 def test_absurd_usage_from_upstream_never_lowers_a_counter(make_gateway, signer, stub):

@@ -31,6 +31,11 @@ impl GatewayHttp {
 
     /// Carries out a step in the order [`Step`] documents and returns the callback's action.
     fn apply(&mut self, step: Step) -> Action {
+        self.apply_at(step, false)
+    }
+
+    /// [`Self::apply`]; `late` in the request's last callback (after Envoy's access log).
+    fn apply_at(&mut self, step: Step, late: bool) -> Action {
         for name in &step.remove_headers {
             calls::remove_request_header(name);
         }
@@ -55,7 +60,7 @@ impl GatewayHttp {
             if record.refusal.is_none() {
                 self.metrics.record_forwarded(record, step.settled.as_ref());
             }
-            super::publish_record(record, self.profile.get());
+            super::publish_record(record, self.profile.get(), late);
         }
         if let Some(reply) = &step.reply {
             if reply.status >= 400 {
@@ -175,6 +180,6 @@ impl HttpContext for GatewayHttp {
         // Streams cut short, cancelled requests and answers a host never marks as ended are
         // settled here.
         let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls);
-        self.apply(step);
+        self.apply_at(step, true);
     }
 }

@@ -49,10 +49,24 @@ const SYNC_OUTCOMES: [&str; 8] =
 /// Budget-store health states a node moves into.
 const STORE_HEALTH: [&str; 3] = ["starting", "synced", "cut_off"];
 
-/// Series ids of this VM, by full name.
+/// Series ids of this VM, by full name, and those of each tier and model at hand (one lookup per
+/// answered request instead of one per series).
 #[derive(Default)]
 pub struct Metrics {
     ids: HashMap<String, u32>,
+    scopes: HashMap<String, ScopeIds>,
+}
+
+/// The series of one tier and model.
+#[derive(Default)]
+struct ScopeIds {
+    /// By status class (`STATUS_CLASSES`), for the model's provider.
+    requests: [Option<u32>; 5],
+    /// By token kind (`KINDS`).
+    tokens: [Option<u32>; 4],
+    cost: Option<u32>,
+    latency: Option<u32>,
+    ttft: Option<u32>,
 }
 
 fn scope(tier: &str, model: &str) -> String {
@@ -103,47 +117,56 @@ impl Metrics {
             .into_iter()
             .map(|n| (n, MetricType::Counter))
             .chain(histograms.into_iter().map(|n| (n, MetricType::Histogram)));
-        let ids = defined.filter_map(|(name, kind)| calls::define_metric(kind, &name).map(|id| (name, id))).collect();
-        Metrics { ids }
+        let ids: HashMap<String, u32> =
+            defined.filter_map(|(name, kind)| calls::define_metric(kind, &name).map(|id| (name, id))).collect();
+        let mut scopes = HashMap::new();
+        for tier in &plan.tiers {
+            for model in tier.models.iter().filter_map(|&m| plan.models.get(m)) {
+                let provider = plan.targets.get(model.target).map_or("none", |t| t.provider.name());
+                let scope = scope(&tier.name, &model.alias);
+                let id = |name: String| ids.get(&name).copied();
+                let ids = ScopeIds {
+                    requests: STATUS_CLASSES.map(|c| {
+                        id(format!("claude_sso_gateway_requests_total.{scope}.status_class.{c}.provider.{provider}"))
+                    }),
+                    tokens: KINDS.map(|k| id(format!("claude_sso_gateway_tokens_total.{scope}.kind.{k}"))),
+                    cost: id(format!("claude_sso_gateway_cost_usd_micros_total.{scope}")),
+                    latency: id(format!("claude_sso_gateway_latency_ms.{scope}")),
+                    ttft: id(format!("claude_sso_gateway_ttft_ms.{scope}")),
+                };
+                scopes.insert(scope, ids);
+            }
+        }
+        Metrics { ids, scopes }
     }
 
     fn add(&self, name: &str, value: u64) {
-        if let (Some(id), true) = (self.ids.get(name), value > 0) {
-            calls::increment_counter(*id, value);
-        }
-    }
-
-    fn observe(&self, name: &str, value: u64) {
-        if let Some(id) = self.ids.get(name) {
-            calls::record_metric(*id, value);
-        }
+        add(self.ids.get(name).copied(), value);
     }
 
     /// Counts one forwarded request by its record: status class, tokens, cost, latency.
     pub fn record_forwarded(&self, record: &UsageRecord, settled: Option<&Settlement>) {
-        let (Some(tier), Some(model), Some(provider)) = (&record.tier, &record.model, record.provider) else {
-            return;
-        };
-        let scope = scope(tier, model);
+        let (Some(tier), Some(model)) = (&record.tier, &record.model) else { return };
+        let Some(ids) = self.scopes.get(&scope(tier, model)) else { return };
         let class = match record.status {
-            Some(s @ 200..=599) => ["2xx", "3xx", "4xx", "5xx"][(s / 100 - 2) as usize],
-            _ => "none",
+            Some(s @ 200..=599) => (s / 100 - 2) as usize,
+            _ => 4,
         };
-        self.add(&format!("claude_sso_gateway_requests_total.{scope}.status_class.{class}.provider.{provider}"), 1);
+        add(ids.requests[class], 1);
         if let Some(settled) = settled {
             let u = &settled.usage;
-            for (kind, value) in KINDS.iter().zip([u.input, u.output, u.cache_write, u.cache_read]) {
-                self.add(&format!("claude_sso_gateway_tokens_total.{scope}.kind.{kind}"), value);
+            for (id, value) in ids.tokens.iter().zip([u.input, u.output, u.cache_write, u.cache_read]) {
+                add(*id, value);
             }
             if let Some(cost) = settled.cost_usd {
-                self.add(&format!("claude_sso_gateway_cost_usd_micros_total.{scope}"), (cost * 1e6).round() as u64);
+                add(ids.cost, (cost * 1e6).round() as u64);
             }
         }
-        if let Some(ms) = record.latency_ms {
-            self.observe(&format!("claude_sso_gateway_latency_ms.{scope}"), ms);
+        if let (Some(id), Some(ms)) = (ids.latency, record.latency_ms) {
+            calls::record_metric(id, ms);
         }
-        if let Some(ms) = record.ttft_ms {
-            self.observe(&format!("claude_sso_gateway_ttft_ms.{scope}"), ms);
+        if let (Some(id), Some(ms)) = (ids.ttft, record.ttft_ms) {
+            calls::record_metric(id, ms);
         }
     }
 
@@ -176,6 +199,13 @@ impl Metrics {
     /// Counts a problem that was logged (a failed budget write, an implausible upstream usage).
     pub fn record_warning(&self) {
         self.add("claude_sso_gateway_warnings_total", 1);
+    }
+}
+
+/// Adds to a counter defined at configure time (nothing for zero or an undefined series).
+fn add(id: Option<u32>, value: u64) {
+    if let (Some(id), true) = (id, value > 0) {
+        calls::increment_counter(id, value);
     }
 }
 

@@ -238,14 +238,19 @@ fn publish_or_log(progress: FetchProgress, reason: Option<&str>, metrics: &metri
     }
 }
 
-/// Hands a request's usage record to the host: on Envoy as the property
-/// `claude_sso_gateway_usage` (kept as filter state `wasm.claude_sso_gateway_usage` for the access
-/// log), and on every host as one log line `claude-sso-gateway: usage {…}`. ngx_wasm_module has no
-/// such property and answers a status the SDK does not map (which traps), so it is not asked.
-fn publish_record(record: &UsageRecord, profile: Option<HostProfile>) {
+/// Hands a request's usage record to the host. On Envoy it becomes the property
+/// `claude_sso_gateway_usage` (filter state `wasm.claude_sso_gateway_usage`, which the samples'
+/// access log writes); Envoy writes its access log before the filter's last callback, so a record
+/// made there (`late`: a stream the client abandoned) goes to the log as a line
+/// `claude-sso-gateway: usage {…}` instead. ngx_wasm_module has no such property (and answers a
+/// status the SDK does not map, which traps), so there every record is a log line.
+fn publish_record(record: &UsageRecord, profile: Option<HostProfile>, late: bool) {
     let json = record.to_json();
     if profile == Some(HostProfile::Envoy) {
         calls::set_property("claude_sso_gateway_usage", &json);
+        if !late {
+            return;
+        }
     }
     calls::log(LogLevel::Info, &format!("claude-sso-gateway: usage {json}"));
 }

@@ -588,18 +588,13 @@ impl Request {
         if !chunk.is_empty() && self.first_byte_ms.is_none() {
             self.first_byte_ms = Some(self.now_ms);
         }
-        let mut seen = chunk;
-        let translated;
+        // A translated answer (Bedrock) is metered as the client receives it.
         if let Some(answer) = &mut self.answer_translation {
-            match answer.on_body(chunk, end_of_stream) {
-                crate::bedrock::Chunk::Pass => {}
-                crate::bedrock::Chunk::Replace(bytes) => {
-                    translated = bytes;
-                    seen = &translated;
-                    step.response_body = Some(translated.clone());
-                }
+            if let crate::bedrock::Chunk::Replace(bytes) = answer.on_body(chunk, end_of_stream) {
+                step.response_body = Some(bytes);
             }
         }
+        let seen = step.response_body.as_deref().unwrap_or(chunk);
         let complete = match &mut self.metering {
             Some(metering) => metering.on_response_body(seen, end_of_stream),
             None => end_of_stream,

@@ -122,7 +122,7 @@ fn refuses_what_serde_refuses() {
 }
 
 #[test]
-fn string_run_stops_at_the_first_quote_backslash_or_control_byte() {
+fn string_run_stops_at_the_first_quote_backslash_or_control_byte_and_notes_non_ascii_before_it() {
     let cases: &[(&str, u8)] =
         &[("quote", b'"'), ("backslash", b'\\'), ("nul", 0), ("newline", b'\n'), ("unit separator", 0x1f)];
     for (name, stop) in cases {
@@ -136,7 +136,9 @@ fn string_run_stops_at_the_first_quote_backslash_or_control_byte() {
                         text[at + 1] = b'"';
                     }
                 }
-                assert_eq!(string_run(&text), at, "{name}: length {len}, at {at}");
+                let (run, non_ascii) = string_run(&text);
+                assert_eq!(run, at, "{name}: length {len}, at {at}");
+                assert_eq!(non_ascii, text[..at].iter().any(|b| !b.is_ascii()), "{name}: length {len}, at {at}");
             }
         }
     }
