@@ -200,11 +200,6 @@ impl Metering {
     pub fn use_reported_usage(&mut self, usage: Usage) {
         self.reported = Some(usage);
     }
-
-    /// Who and what, for the usage report.
-    pub fn subject(&self) -> &Subject {
-        &self.subject
-    }
 }
 
 #[cfg(test)]

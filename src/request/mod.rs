@@ -247,11 +247,6 @@ impl Request {
         matches!(self.phase, Phase::Forwarded)
     }
 
-    /// Whether a local answer was sent.
-    pub fn is_answered(&self) -> bool {
-        matches!(self.phase, Phase::Answered)
-    }
-
     /// Request headers arrived (all of them, as the host lists them, names lower-case).
     pub fn on_request_headers(
         &mut self,
