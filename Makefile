@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: all build test unit unit-fast lint fuzz fuzz-ci integration kong-runtime demo demo-token bench compose-up compose-down compose-images clean tools
+.PHONY: all build test unit unit-fast lint fuzz fuzz-ci integration kong-runtime demo demo-cluster demo-token bench compose-up compose-down compose-images clean tools
 
 all: build
 
@@ -80,6 +80,10 @@ kong-runtime:
 ## The gateway on 127.0.0.1:10000 with a local OpenID Provider and a stand-in upstream.
 demo: build tools
 	bash scripts/demo.sh
+
+## The demo with budgets shared by 3 Envoy nodes through Redis and Webdis (127.0.0.1:10001-10003).
+demo-cluster: build tools
+	$(PY) scripts/demo_cluster.py
 
 ## A token for a demo user: make demo-token USER=alice GROUPS=claude-standard-users
 demo-token: node_modules/.stamp

@@ -66,3 +66,34 @@ def test_make_demo_stack_serves_claude_code_traffic():
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
         demo.wait(15)
+
+
+def test_make_demo_cluster_shares_one_budget_across_its_nodes():
+    cluster = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "scripts/demo_cluster.py"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for admin in (9911, 9912, 9913):
+            wait_for(f"http://127.0.0.1:{admin}/ready")
+        wait_for("http://127.0.0.1:9100/.well-known/openid-configuration")
+        token = subprocess.run(["bash", "scripts/demo-token.sh", "alice", ""], cwd=ROOT, capture_output=True,
+                               text=True, timeout=30, check=True).stdout.strip()
+        body = fixture("request_title_small_fast_model.json")
+        header = "x-ai-ratelimit-remaining-2592000-anthropic"
+        time.sleep(2.0)  # each node's first sync loads the windows (until then limits are divided by 3)
+        deadline = time.monotonic() + 20
+        while (first := call(10001, token, body)).status != 200:
+            assert time.monotonic() < deadline, first.body
+            time.sleep(0.5)
+        time.sleep(2.0)  # a few sync intervals: node 1's spend reaches Redis
+        # A node pulls a person's counters from its first admission of them on (the stated
+        # overshoot: one sync interval of traffic per node), so node 2's second answer shows both.
+        assert call(10002, token, body).status == 200
+        time.sleep(2.0)
+        second = call(10002, token, body)
+        assert second.status == 200, second.body
+        spent = 120 + 30 + 1000 + 2000  # what the stand-in reports per answer
+        assert int(second.headers[header]) <= int(first.headers[header]) - 2 * spent, \
+            "node 2 admits against what node 1 spent"
+    finally:
+        os.killpg(cluster.pid, signal.SIGTERM)
+        cluster.wait(20)
