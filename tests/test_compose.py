@@ -44,6 +44,10 @@ TESTED_CONFIGS = {
     "kong/claude_sso_gateway.meta.json": "tests/test_kong.py (the schema itself)",
     "tools/stub_upstream.py": "every gateway test",
     "demo": "tests/test_claude_code.py, tests/test_samples.py (demo/idp), this file's stack",
+    "dashboards/prometheus.yml": "dashboards/test_check_dashboard.py",
+    "dashboards/provisioning/datasources": "dashboards/test_check_dashboard.py",
+    "dashboards/provisioning/dashboards": "dashboards/test_check_dashboard.py",
+    "dashboards/claude-sso-gateway.json": "tests/test_usage.py (every panel's query against a real Prometheus)",
 }
 
 
