@@ -69,7 +69,11 @@ def test_valid_against_the_compose_specification():
 
 def test_services_and_images():
     services = COMPOSE["services"]
-    assert set(services) == {"idp", "upstream", "envoy", "kong"}
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    assert default == {"idp", "upstream", "envoy", "kong"}
+    # Prometheus and Grafana, Redis and Webdis join on request (public images, not run here).
+    assert {name: services[name]["profiles"] for name in set(services) - default} == {
+        "prometheus": ["observability"], "grafana": ["observability"], "redis": ["cluster"], "webdis": ["cluster"]}
     assert services["envoy"]["image"] == "envoyproxy/envoy:v1.40.0", "the Envoy version the tests run"
     assert services["kong"]["image"].startswith("kong:3.9"), "Kong 3.9: the last open-source release with Wasm"
     # The IdP's image is built from the repository wherever compose runs (no npm install at start).
