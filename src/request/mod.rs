@@ -247,7 +247,7 @@ impl Request {
         matches!(self.phase, Phase::Forwarded)
     }
 
-    /// Request headers arrived (all of them, as the host lists them, names lower-case).
+    /// Request headers arrived (all of them, as the host lists them; names in any case).
     pub fn on_request_headers(
         &mut self,
         worker: &mut Worker,
