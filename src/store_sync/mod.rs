@@ -416,4 +416,4 @@ fn forget_others(store: &dyn SharedStore, tracked: &BTreeSet<Tracked>) -> Vec<St
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -38,7 +38,8 @@ impl FakeRedis {
     }
 }
 
-fn plan(on_failure: OnStoreFailure) -> StorePlan {
+/// The store plan the tests use (also the wire format's tests).
+pub(crate) fn plan(on_failure: OnStoreFailure) -> StorePlan {
     StorePlan {
         kind: StoreKind::Webdis,
         upstream: "webdis:7379".into(),

@@ -138,16 +138,7 @@ mod tests {
     use crate::store_sync::Entry;
 
     fn plan() -> StorePlan {
-        StorePlan {
-            kind: StoreKind::Webdis,
-            upstream: "webdis:7379".into(),
-            authority: "webdis".into(),
-            sync_ms: 500,
-            timeout_ms: 1000,
-            stale_after_ms: 2000,
-            key_prefix: "csg".into(),
-            on_failure: OnStoreFailure::DivideByNodes(3),
-        }
+        crate::store_sync::tests::plan(OnStoreFailure::DivideByNodes(3))
     }
 
     #[test]
