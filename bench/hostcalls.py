@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Host calls per request, and the filter's own time per callback, in V8 without Envoy.
+
+Runs the built .wasm under bench/hostcalls/run.mjs (a minimal Proxy-Wasm host in Node.js) with
+`make bench`'s filter configuration and token: one request at a time through every callback
+(request headers, body, response headers, body chunks, log), as Envoy calls them. Prints, per
+body/answer kind, how many times each host function is called in each callback, and the
+microseconds spent inside the VM per callback (fastest and median batch).
+
+    python3 bench/hostcalls.py            # the 1 KiB and 130 KB bodies, JSON and SSE answers
+    python3 bench/hostcalls.py --json     # the raw results
+"""
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tools"), str(ROOT / "bench")]
+
+from bench import PATH, bodies, upstream_routes  # noqa: E402
+from tests.conftest import UPSTREAM_KEY, gateway_config  # noqa: E402
+from tests.harness.envoy import WASM  # noqa: E402
+from tests.harness.signer import Signer  # noqa: E402
+
+RUNNER = ROOT / "bench" / "hostcalls" / "run.mjs"
+
+
+def answers():
+    """The stand-in upstream's JSON and SSE answers (what bench.py's upstream Envoy sends)."""
+    routes = upstream_routes()
+    sse = routes[0]["direct_response"]["body"]["inline_string"]
+    message = routes[1]["direct_response"]["body"]["inline_string"]
+    # SSE as a host delivers it: one chunk per event.
+    events = [e + "\n\n" for e in sse.split("\n\n") if e]
+    return {
+        "json": {"headers": [[":status", "200"], ["content-type", "application/json"],
+                             ["content-length", str(len(message))]], "chunks": [message]},
+        "sse": {"headers": [[":status", "200"], ["content-type", "text/event-stream"]], "chunks": events},
+    }
+
+
+def run(workdir: Path, signer: Signer, config: dict, token: str, size: str, answer: str, requests=2000) -> dict:
+    body_path = workdir / f"body-{size}-{answer}.json"
+    body_path.write_bytes(bodies()[(size, answer)])
+    discovery = {"issuer": signer.issuer, "jwks_uri": f"{signer.issuer}/jwks"}
+    scenario = {
+        "wasm": str(WASM), "config": config, "env": {"ANTHROPIC_API_KEY": UPSTREAM_KEY},
+        "callouts": {"/.well-known/openid-configuration": {"status": 200, "body": discovery},
+                     "/jwks": {"status": 200, "body": signer.jwks()}},
+        "request": {"headers": [[":method", "POST"], [":path", PATH], [":authority", "gateway"],
+                                [":scheme", "http"], ["content-type", "application/json"],
+                                ["anthropic-version", "2023-06-01"], ["authorization", f"Bearer {token}"],
+                                ["x-api-key", token], ["user-agent", "claude-cli/2.1.330 (external, cli)"]],
+                    "body": str(body_path)},
+        "response": answers()[answer],
+        "requests": requests if size == "1k" else requests // 4,
+        "batches": 15,
+    }
+    path = workdir / f"scenario-{size}-{answer}.json"
+    path.write_text(json.dumps(scenario))
+    out = subprocess.run(["node", str(RUNNER), str(path)], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"run.mjs failed:\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def main():
+    if not WASM.exists():
+        sys.exit(f"{WASM} is missing: run `make build`")
+    signer = Signer()
+    try:
+        config = gateway_config(signer)
+        config["tiers"][1]["limits"] = [{"limit": 10**15, "window_seconds": 60}]
+        token = signer.token(exp=int(time.time()) + 3 * 3600)
+        results = {}
+        with tempfile.TemporaryDirectory(prefix="csg-hostcalls-") as workdir:
+            for size, answer in (("1k", "json"), ("1k", "sse"), ("130k", "json"), ("130k", "sse")):
+                results[f"{size} {answer}"] = run(Path(workdir), signer, config, token, size, answer)
+    finally:
+        signer.stop()
+    if "--json" in sys.argv:
+        print(json.dumps(results, indent=1))
+        return
+    for kind, r in results.items():
+        total_calls = sum(n for cb in r["host_calls"].values() for n in cb.values())
+        print(f"\n## {kind}: {total_calls} host calls per request; in the VM {r['us_fastest']['total']} µs "
+              f"(fastest batch), {r['us_median']['total']} µs (median)")
+        for cb, calls in r["host_calls"].items():
+            print(f"  {cb:<17} {r['us_fastest'].get(cb, 0):>7} µs  " +
+                  ", ".join(f"{name.removeprefix('proxy_')}×{n}" for name, n in sorted(calls.items())))
+        if r["warnings"]:
+            print(f"  warnings: {r['warnings']}")
+
+
+if __name__ == "__main__":
+    main()
