@@ -144,7 +144,7 @@ impl Worker {
                 )
             }
         };
-        let digest = TokenCache::digest(token);
+        let digest = self.tokens.digest(token);
         let cached = self.tokens.get(&digest, now, oidc.leeway_seconds, |kid| kid.is_none_or(|k| keys.has_kid(k)));
         let identity = match cached {
             Some(identity) => identity,

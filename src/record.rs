@@ -2,7 +2,7 @@
 //! many tokens, what it cost, how long it took), for the host's access log and the per-person
 //! report (`report/README.md` is the contract). Never a token, a key or prompt text.
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::usage::Usage;
 
@@ -41,24 +41,58 @@ pub struct UsageRecord {
     pub estimated: bool,
 }
 
+/// The record's JSON shape (`report/README.md`), borrowed from the record: serialized in one
+/// pass, with no tree built.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    sub: Option<&'a str>,
+    email: Option<&'a str>,
+    tier: Option<&'a str>,
+    model: Option<&'a str>,
+    provider_model: Option<&'a str>,
+    provider: Option<&'static str>,
+    status: Option<u32>,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_write_tokens: u64,
+    cache_read_tokens: u64,
+    cost_usd: Option<f64>,
+    latency_ms: Option<u64>,
+    ttft_ms: Option<u64>,
+    session: Option<&'a str>,
+    refusal: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    estimated: bool,
+}
+
 impl UsageRecord {
     /// The record as one line of JSON.
     pub fn to_json(&self) -> String {
         let u = &self.usage;
-        let mut v = json!({
-            "time": rfc3339_ms(self.time_ms),
-            "sub": self.sub, "email": self.email, "tier": self.tier,
-            "model": self.model, "provider_model": self.provider_model, "provider": self.provider,
-            "status": self.status,
-            "input_tokens": u.input, "output_tokens": u.output,
-            "cache_write_tokens": u.cache_write, "cache_read_tokens": u.cache_read,
-            "cost_usd": self.cost_usd, "latency_ms": self.latency_ms, "ttft_ms": self.ttft_ms,
-            "session": self.session, "refusal": self.refusal,
-        });
-        if self.estimated {
-            v["estimated"] = Value::Bool(true);
-        }
-        v.to_string()
+        let line = Line {
+            time: rfc3339_ms(self.time_ms),
+            sub: self.sub.as_deref(),
+            email: self.email.as_deref(),
+            tier: self.tier.as_deref(),
+            model: self.model.as_deref(),
+            provider_model: self.provider_model.as_deref(),
+            provider: self.provider,
+            status: self.status,
+            input_tokens: u.input,
+            output_tokens: u.output,
+            cache_write_tokens: u.cache_write,
+            cache_read_tokens: u.cache_read,
+            // JSON has no NaN or infinity (serde_json would write null for them anyway).
+            cost_usd: self.cost_usd.filter(|c| c.is_finite()),
+            latency_ms: self.latency_ms,
+            ttft_ms: self.ttft_ms,
+            session: self.session.as_deref(),
+            refusal: self.refusal,
+            estimated: self.estimated,
+        };
+        // Serializing borrowed strings and numbers into a Vec cannot fail.
+        serde_json::to_string(&line).unwrap_or_default()
     }
 }
 
@@ -87,6 +121,7 @@ pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn times_format_as_rfc3339_utc() {

@@ -177,16 +177,28 @@ pub fn set_property(name: &str, value: &str) {
     let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
 }
 
-/// The host as the plain-Rust code sees it: time, key callouts and shared data.
-pub struct HostCalls;
+/// The host as the plain-Rust code sees it: time, key callouts and shared data. The clock is
+/// read at most once per value: make one for each host callback, so that the callback's steps
+/// share one time and one host call.
+#[derive(Default)]
+pub struct HostCalls {
+    now_ms: std::cell::Cell<Option<u64>>,
+}
 
 impl Host for HostCalls {
     fn now(&self) -> u64 {
-        now()
+        self.now_ms() / 1000
     }
 
     fn now_ms(&self) -> u64 {
-        now_ms()
+        match self.now_ms.get() {
+            Some(ms) => ms,
+            None => {
+                let ms = now_ms();
+                self.now_ms.set(Some(ms));
+                ms
+            }
+        }
     }
 
     fn dispatch(&self, callout: &Callout, timeout_ms: u64) -> Result<u32, String> {

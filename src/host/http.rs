@@ -106,7 +106,7 @@ impl Context for GatewayHttp {
         let (status, body, reason) = calls::call_response(body_size);
         let (step, progress) = {
             let mut worker = self.worker.borrow_mut();
-            self.request.on_keys_fetched(&mut worker, &HostCalls, token_id, status, &body)
+            self.request.on_keys_fetched(&mut worker, &HostCalls::default(), token_id, status, &body)
         };
         if let Some(progress) = progress {
             super::publish_or_log(progress, reason.as_deref(), &self.metrics);
@@ -127,7 +127,7 @@ impl HttpContext for GatewayHttp {
         };
         self.request = Request::new(profile);
         let headers = calls::request_headers();
-        let step = self.request.on_request_headers(&mut self.worker.borrow_mut(), &HostCalls, &headers, end_of_stream);
+        let step = self.request.on_request_headers(&mut self.worker.borrow_mut(), &HostCalls::default(), &headers, end_of_stream);
         self.apply(step)
     }
 
@@ -136,7 +136,7 @@ impl HttpContext for GatewayHttp {
         let body = end_of_stream.then(|| calls::request_body(body_size)).flatten();
         let step = self.request.on_request_body(
             &mut self.worker.borrow_mut(),
-            &HostCalls,
+            &HostCalls::default(),
             body_size,
             end_of_stream,
             body.as_deref(),
@@ -146,7 +146,7 @@ impl HttpContext for GatewayHttp {
 
     fn on_http_request_trailers(&mut self, _: usize) -> Action {
         let body = calls::request_body(self.request.buffered());
-        let step = self.request.on_request_trailers(&mut self.worker.borrow_mut(), &HostCalls, body.as_deref());
+        let step = self.request.on_request_trailers(&mut self.worker.borrow_mut(), &HostCalls::default(), body.as_deref());
         self.apply(step)
     }
 
@@ -169,7 +169,7 @@ impl HttpContext for GatewayHttp {
         }
         // Each chunk passes at once; nothing is held back.
         let chunk = calls::response_chunk(body_size);
-        let step = self.request.on_response_body(&HostCalls, &chunk, end_of_stream);
+        let step = self.request.on_response_body(&HostCalls::default(), &chunk, end_of_stream);
         if let Some(bytes) = &step.response_body {
             calls::replace_response_chunk(body_size, bytes);
         }
@@ -179,7 +179,7 @@ impl HttpContext for GatewayHttp {
     fn on_log(&mut self) {
         // Streams cut short, cancelled requests and answers a host never marks as ended are
         // settled here.
-        let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls);
+        let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls::default());
         self.apply_at(step, true);
     }
 }

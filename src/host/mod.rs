@@ -84,7 +84,7 @@ impl GatewayRoot {
         let (Some((syncer, tracked)), Some(store_plan)) = (sync.as_mut(), plan.budget_store.as_ref()) else {
             return;
         };
-        let tick = syncer.on_tick(&HostCalls, store_plan, tracked, calls::now_ms());
+        let tick = syncer.on_tick(&HostCalls::default(), store_plan, tracked, calls::now_ms());
         sync_log(tick.change, &tick.problems);
         if let Some(change) = tick.change {
             self.metrics.record_store_health(change.to.code());
@@ -100,14 +100,14 @@ impl GatewayRoot {
                     LogLevel::Warn,
                     &format!("claude-sso-gateway: budget store: could not reach {}: {status:?}", request.upstream),
                 );
-                syncer.on_dispatch_failed(&HostCalls, &request.batch);
+                syncer.on_dispatch_failed(&HostCalls::default(), &request.batch);
             }
         }
     }
 
     /// Installs keys another worker published, when the record changed since the last look.
     fn adopt_shared(&mut self, worker: &RefCell<Worker>) {
-        let Some((record, cas)) = keystore::read_shared(&HostCalls, self.shared_cas) else {
+        let Some((record, cas)) = keystore::read_shared(&HostCalls::default(), self.shared_cas) else {
             return;
         };
         self.shared_cas = Some(cas);
@@ -133,7 +133,7 @@ impl Context for GatewayRoot {
                 let (Some((syncer, _)), Some(store_plan)) = (sync.as_mut(), plan.budget_store.as_ref()) else {
                     return;
                 };
-                match syncer.on_answer(&HostCalls, store_plan, &batch, status, &body, calls::now_ms()) {
+                match syncer.on_answer(&HostCalls::default(), store_plan, &batch, status, &body, calls::now_ms()) {
                     Ok(applied) => {
                         self.metrics.record_store_sync("ok");
                         if let Some(change) = applied.change {
@@ -224,7 +224,7 @@ fn publish_or_log(progress: FetchProgress, reason: Option<&str>, metrics: &metri
     match progress {
         FetchProgress::Next(_) => {}
         FetchProgress::Installed(record) => {
-            if let Err(e) = keystore::publish(&HostCalls, &record) {
+            if let Err(e) = keystore::publish(&HostCalls::default(), &record) {
                 calls::log(
                     LogLevel::Warn,
                     &format!("claude-sso-gateway: could not share keys with other workers: {e:?}"),

@@ -579,8 +579,10 @@ impl Request {
     /// A response body chunk passed (never held back).
     pub fn on_response_body(&mut self, host: &dyn Host, chunk: &[u8], end_of_stream: bool) -> Step {
         let mut step = Step::flow(Flow::Continue);
-        self.now_ms = host.now_ms();
+        // The clock is read for the first byte and at the end only (one host call each), not
+        // for every chunk of a stream.
         if !chunk.is_empty() && self.first_byte_ms.is_none() {
+            self.now_ms = host.now_ms();
             self.first_byte_ms = Some(self.now_ms);
         }
         // A translated answer (Bedrock) is metered as the client receives it.
@@ -610,13 +612,13 @@ impl Request {
     /// The request is over (completed, reset or cancelled): charge what is still open, hand out
     /// the record if not yet done, and give back a key-fetch slot.
     pub fn on_done(&mut self, worker: &mut Worker, host: &dyn Host) -> Step {
-        self.now_ms = host.now_ms();
         self.release_fetch(worker);
         let mut step = Step::pause();
         match self.phase {
             Phase::Forwarded => self.finish(host, &mut step),
             // Gone before a decision: nothing went upstream and nothing is charged.
             Phase::New | Phase::Deciding if self.started_ms > 0 && !std::mem::replace(&mut self.recorded, true) => {
+                self.now_ms = host.now_ms();
                 step.record = Some(self.record(None, Some("cancelled")));
             }
             _ => {}
@@ -629,6 +631,7 @@ impl Request {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
+        self.now_ms = host.now_ms();
         let settled = self.metering.as_mut().and_then(|m| m.settle(host, host.now()));
         let mut record = self.record(self.status, None);
         if let Some(s) = &settled {
