@@ -13,21 +13,30 @@ the time to the first byte of a streamed answer over sequential requests. Envoy'
 Configurations: (1) passthrough (router only); (2) native: `jwt_authn` RS256 with a local JWKS and
 no cache, `local_ratelimit` per user (descriptor from a header set from the `sub` claim), and a
 header mutation (drop `authorization`, set the provider key); (3) native plus a Lua filter
-rewriting `model` in the body; (4) an empty Rust Wasm filter (bench/empty-filter); (5) this filter,
-one token (verified once, then cached); (6) this filter, a new RS256 token every request.
+rewriting `model` in the body; (4) an empty Rust Wasm filter (bench/empty-filter); (5) the Wasm
+floor of the job: the same filter holding the headers, buffering the body, rewriting `model` by a
+byte search and setting the body; (6) this filter, one token (verified once, then cached); (7) the
+same with a `budget_store` (a real redis-server behind a real Webdis, synced every 500 ms); (8)
+this filter, a new RS256 token every request.
+
+Then the budget store's own traffic: one Envoy with the filter, 10 tiers and 1,000 people sending
+requests, and what it sends to Webdis per second (from Envoy's cluster statistics), and the
+targets of issues 12 and 13 checked against the numbers of this run.
 
 The upstream is a second Envoy answering from memory what tools/stub_upstream.py answers (same SSE
 events and JSON; 401 without the provider key) after reading the whole request body: the Python
 stub would be the bottleneck and make requests/s and latency measure itself.
 
-Environment: BENCH_QUICK=1 (about a minute: 1 round of 1 s after 1 s of warm-up, few probes; README not written unless
-BENCH_README=1), BENCH_DURATION (s per run), BENCH_ROUNDS, BENCH_CONNECTIONS, BENCH_TTFB_REQUESTS,
-BENCH_ENVOY_CPU / BENCH_LOAD_CPU (core numbers), BENCH_README=0/1.
+Environment: BENCH_QUICK=1 (about two minutes: 1 round of 1 s after 1 s of warm-up, few probes; README not written
+unless BENCH_README=1), BENCH_DURATION (s per run), BENCH_ROUNDS, BENCH_CONNECTIONS, BENCH_TTFB_REQUESTS,
+BENCH_ENVOY_CPU / BENCH_LOAD_CPU (core numbers), BENCH_README=0/1, BENCH_ONLY (comma-separated
+configuration names: a partial run, never written to the README).
 """
 import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -50,7 +59,7 @@ from tests.harness.signer import AUDIENCE, Signer  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 # wrk takes whole seconds.
-DURATION = max(1, int(os.environ.get("BENCH_DURATION", "1" if QUICK else "8")))
+DURATION = max(1, int(os.environ.get("BENCH_DURATION", "1" if QUICK else "6")))
 WARMUP = 1  # seconds of load before each measured run (V8 tiers up, pools fill)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "4"))
@@ -59,7 +68,12 @@ TOKENS = 300 if QUICK else 2000
 # Config (6) keeps fewer verified tokens than it is sent, so every token is verified afresh (the
 # cache empties when full, and a token comes back only after TOKENS others).
 ROTATING_CACHE_ENTRIES = 64
-WRITE_README = os.environ.get("BENCH_README", "0" if QUICK else "1") == "1"
+ONLY = [c for c in os.environ.get("BENCH_ONLY", "").split(",") if c]
+WRITE_README = os.environ.get("BENCH_README", "0" if QUICK or ONLY else "1") == "1"
+# The budget store's traffic: people, tiers, seconds of load.
+SYNC_PEOPLE, SYNC_TIERS = 1000, 10
+SYNC_SECONDS = 3 if QUICK else 10
+SYNC_MS = 500
 TWO_CORES = (os.cpu_count() or 1) >= 2
 ENVOY_CPU = os.environ.get("BENCH_ENVOY_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1" if TWO_CORES else "0")
@@ -73,9 +87,18 @@ CONFIGS = [
     ("native", "(2) native: jwt_authn RS256 + local_ratelimit per user + header mutation"),
     ("native_lua", "(3) native + Lua `model` rewrite"),
     ("empty_wasm", "(4) empty Rust Wasm filter"),
-    ("filter_cached", "(5) this filter, cached token"),
-    ("filter_rotating", "(6) this filter, new RS256 token each request"),
+    ("wasm_rewrite", "(5) Wasm floor: hold headers, buffer body, rewrite `model`, set body"),
+    ("filter_cached", "(6) this filter, cached token"),
+    ("filter_store", "(7) this filter, cached token, budget store (Redis via Webdis)"),
+    ("filter_rotating", "(8) this filter, new RS256 token each request"),
 ]
+if ONLY:
+    unknown = set(ONLY) - {c for c, _ in CONFIGS}
+    if unknown:
+        sys.exit(f"BENCH_ONLY: no configuration named {', '.join(sorted(unknown))}")
+    CONFIGS = [(c, label) for c, label in CONFIGS if c in ONLY or c == "passthrough"]
+# Configurations that do not swap the key: the client sends the provider's.
+PLAIN = ("passthrough", "empty_wasm", "wasm_rewrite")
 KINDS = [("1k", "json"), ("1k", "sse"), ("130k", "json"), ("130k", "sse")]
 BODY_NAMES = {"1k": "1 KiB body", "130k": "Claude Code body (130 KB)"}
 
@@ -299,6 +322,41 @@ end
 """
 
 
+class Store:
+    """A redis-server behind a Webdis, on free ports, for the `budget_store` configurations."""
+
+    def __init__(self, procs, workdir):
+        for tool in ("redis-server", "webdis"):
+            if not shutil.which(tool):
+                raise RuntimeError(f"{tool} is missing: `make tools` installs it")
+        self.redis_port, self.webdis_port = free_port(), free_port()
+        work = Path(workdir) / "store"
+        work.mkdir()
+        procs.start(pinned(LOAD_CPU, ["redis-server", "--port", str(self.redis_port), "--save", "",
+                                      "--appendonly", "no", "--dir", str(work)]), stdout=subprocess.DEVNULL)
+        (work / "webdis.json").write_text(json.dumps({
+            "redis_host": "127.0.0.1", "redis_port": self.redis_port, "http_host": "127.0.0.1",
+            "http_port": self.webdis_port, "threads": 1, "daemonize": False, "database": 0,
+            "logfile": str(work / "webdis.log")}))
+        procs.start(pinned(LOAD_CPU, ["webdis", str(work / "webdis.json")]), stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.webdis_port}/PING", timeout=1) as r:
+                    if b"PONG" in r.read():
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server or webdis did not start")
+            time.sleep(0.1)
+
+    def config(self):
+        """The `budget_store` block, and the Envoy cluster it names."""
+        return ({"kind": "webdis", "upstream": "webdis", "sync_ms": SYNC_MS,
+                 "on_failure": {"divide_by_nodes": 3}}, static_cluster("webdis", self.webdis_port))
+
+
 class Bench:
     def __init__(self, procs, workdir):
         self.procs, self.workdir = procs, Path(workdir)
@@ -322,11 +380,14 @@ class Bench:
                                 [], LOAD_CPU, routes=upstream_routes())
         upstream.wait_ready()
         self.upstream = upstream
+        self.store = Store(self.procs, self.workdir)
+        store_config, store_cluster = self.store.config()
         clusters = [static_cluster("anthropic", upstream.port), static_cluster(self.signer.upstream, self.signer.port)]
         filter_config = gateway_config(self.signer)
         filter_config["tiers"][1]["limits"] = [{"limit": 10**15, "window_seconds": 60}]
         rotating_config = json.loads(json.dumps(filter_config))
         rotating_config["oidc"]["token_cache_entries"] = ROTATING_CACHE_ENTRIES
+        store_filter_config = {**json.loads(json.dumps(filter_config)), "budget_store": store_config}
         env = {"ANTHROPIC_API_KEY": UPSTREAM_KEY}
         gateway = {"env": env}
         filters = {
@@ -334,11 +395,15 @@ class Bench:
             "native": (native_filters(self.signer, lua=False), {}),
             "native_lua": (native_filters(self.signer, lua=True), {}),
             "empty_wasm": ([wasm_filter("", wasm_path=EMPTY_WASM)], {}),
+            "wasm_rewrite": ([wasm_filter("rewrite", wasm_path=EMPTY_WASM)], {}),
             "filter_cached": ([wasm_filter(filter_config, env_keys=sorted(env))], gateway),
+            "filter_store": ([wasm_filter(store_filter_config, env_keys=sorted(env))], gateway),
             "filter_rotating": ([wasm_filter(rotating_config, env_keys=sorted(env))], gateway),
         }
-        for name, (http_filters, extra) in filters.items():
-            self.envoys[name] = EnvoyProcess(self.procs, self.workdir, name, http_filters, clusters, ENVOY_CPU, **extra)
+        for name, _ in CONFIGS:
+            http_filters, extra = filters[name]
+            own = clusters + ([store_cluster] if name == "filter_store" else [])
+            self.envoys[name] = EnvoyProcess(self.procs, self.workdir, name, http_filters, own, ENVOY_CPU, **extra)
         for envoy in self.envoys.values():
             envoy.wait_ready()
         time.sleep(1.0)  # the filter fetches the JWKS on its first ticks
@@ -346,7 +411,7 @@ class Bench:
     def script(self, config, size, answer):
         path = self.workdir / f"{config}-{size}-{answer}.lua"
         if not path.exists():
-            plain = config in ("passthrough", "empty_wasm")  # nothing swaps the key: send the provider's
+            plain = config in PLAIN
             path.write_text(LUA_SCRIPT.format(
                 body=self.workdir / f"body-{size}-{answer}.json", answer=answer,
                 tokens=self.workdir / ("rotating.txt" if config == "filter_rotating" else "same.txt"),
@@ -354,7 +419,7 @@ class Bench:
         return path
 
     def headers(self, config, token):
-        key = UPSTREAM_KEY if config in ("passthrough", "empty_wasm") else token
+        key = UPSTREAM_KEY if config in PLAIN else token
         return {"content-type": "application/json", "anthropic-version": "2023-06-01",
                 "authorization": f"Bearer {token}", "x-api-key": key}
 
@@ -399,6 +464,63 @@ class Bench:
                                f"{status_errors} non-2xx answers")
         return {"cpu_us": used / requests * 1e6, "rps": requests / (micros / 1e6), "p50_ms": p50 / 1e3,
                 "p99_ms": p99 / 1e3, "requests": requests}
+
+    def sync_traffic(self):
+        """What one node sends to the budget store while SYNC_PEOPLE people in SYNC_TIERS tiers
+        use it: Webdis requests per second and bytes per request (Envoy's cluster statistics)."""
+        store_config, store_cluster = self.store.config()
+        config = gateway_config(self.signer)
+        models = [m["alias"] for m in config["models"]]
+        config["tiers"] = [{"name": f"tier-{t}", "groups": [f"bench-tier-{t}"], "models": models,
+                            "limits": [{"limit": 10**15, "window_seconds": 3600, "per": "person"},
+                                       {"limit": 10**15, "window_seconds": 86400, "per": "tier"}]}
+                           for t in range(SYNC_TIERS)]
+        config["oidc"]["token_cache_entries"] = 2 * SYNC_PEOPLE
+        config["budget_store"] = store_config
+        env = {"ANTHROPIC_API_KEY": UPSTREAM_KEY}
+        clusters = [static_cluster("anthropic", self.upstream.port),
+                    static_cluster(self.signer.upstream, self.signer.port), store_cluster]
+        envoy = EnvoyProcess(self.procs, self.workdir, "sync", [wasm_filter(config, env_keys=sorted(env))],
+                             clusters, ENVOY_CPU, env=env)
+        exp = int(time.time()) + 3 * 3600
+        tokens = [self.signer.token(sub=f"person-{i}", email=None, groups=[f"bench-tier-{i % SYNC_TIERS}"], exp=exp)
+                  for i in range(SYNC_PEOPLE)]
+        (self.workdir / "sync-tokens.txt").write_text("\n".join(tokens) + "\n")
+        script = self.workdir / "sync.lua"
+        script.write_text(LUA_SCRIPT.format(body=self.workdir / "body-1k-json.json", answer="json",
+                                            tokens=self.workdir / "sync-tokens.txt", api_key="", rotate="true"))
+        envoy.wait_ready()
+        time.sleep(1.0)
+
+        def load(seconds):
+            proc = self.procs.start(
+                pinned(LOAD_CPU, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "30s", "-s",
+                                  str(script), f"http://127.0.0.1:{envoy.port}{PATH}"]),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            out, _ = proc.communicate(timeout=seconds + 60)
+            self.procs.stop(proc)
+            match = re.search(r"BENCH_RESULT (\d+) (\d+) (\d+) (\d+)", out or "")
+            if not match or int(match.group(1)) == 0 or int(match.group(3)) or int(match.group(4)):
+                raise RuntimeError(f"sync traffic load failed:\n{out}")
+            return int(match.group(1))
+
+        def stats():
+            with urllib.request.urlopen(f"http://127.0.0.1:{envoy.admin_port}/stats?format=json", timeout=5) as r:
+                return {s["name"]: s.get("value", 0) for s in json.load(r)["stats"] if "value" in s}
+
+        load(max(2, SYNC_SECONDS // 2))  # every person admitted once: all are synced from now on
+        before, started = stats(), time.monotonic()
+        requests = load(SYNC_SECONDS)
+        after, seconds = stats(), time.monotonic() - started
+        self.procs.stop(envoy.process)
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        syncs = delta.get("cluster.webdis.upstream_rq_total", 0)
+        ok = sum(v for k, v in delta.items() if k.startswith("wasmcustom.claude_sso_gateway_budget_store_syncs_total")
+                 and k.endswith(".ok"))
+        return {"people": SYNC_PEOPLE, "tiers": SYNC_TIERS, "seconds": seconds, "requests": requests,
+                "syncs": syncs, "syncs_per_s": syncs / seconds, "ok": ok,
+                "tx_per_sync": delta.get("cluster.webdis.upstream_cx_tx_bytes_total", 0) / max(1, syncs),
+                "rx_per_sync": delta.get("cluster.webdis.upstream_cx_rx_bytes_total", 0) / max(1, syncs)}
 
     def ttfb(self, config, size, n):
         """Seconds from the request's last byte sent to the answer's first body byte, `n` times."""
@@ -448,7 +570,52 @@ def fmt_ratio(value, base):
     return f"{value / base:.2f}×" if base else "–"
 
 
-def report(bench, results, ttfb, rss, started):
+def targets(results, ttfb_p99, rss, sync):
+    """The issues' targets, each with this run's numbers and whether it is met."""
+    def cpu(config, size):
+        rounds = results.get((config, size, "json"))
+        return statistics.median(r["cpu_us"] for r in rounds) if rounds else None
+
+    rows = []
+
+    def row(target, measured, met):
+        rows.append(f"| {target} | {measured} | {'met' if met else '**not met**'} |")
+
+    base1, base130 = cpu("passthrough", "1k"), cpu("passthrough", "130k")
+    if cpu("native", "1k") and cpu("filter_cached", "1k"):
+        native_added, ours_added = cpu("native", "1k") - base1, cpu("filter_cached", "1k") - base1
+        row("#13: 1 KiB, cached token: added CPU ≤ native `jwt_authn` + rate limit + header's added CPU",
+            f"+{ours_added:.0f} µs vs native +{native_added:.0f} µs", ours_added <= native_added)
+    if cpu("wasm_rewrite", "130k") and cpu("filter_cached", "130k"):
+        floor, ours = cpu("wasm_rewrite", "130k"), cpu("filter_cached", "130k")
+        row("#13: 130 KB, cached token: CPU ≤ the Wasm body-rewrite floor + 30 µs",
+            f"{ours:.0f} µs vs floor {floor:.0f} + 30 µs", ours <= floor + 30)
+    if cpu("filter_store", "1k") and cpu("filter_cached", "1k"):
+        with_store = results[("filter_store", "1k", "json")]
+        without = results[("filter_cached", "1k", "json")]
+        spread = max(r["cpu_us"] for r in with_store + without) - min(r["cpu_us"] for r in with_store + without)
+        diff = cpu("filter_store", "1k") - cpu("filter_cached", "1k")
+        row("#12: 1 KiB, cached token: the request path costs no more with the budget store (within noise: the "
+            "spread of both cells' rounds)", f"{diff:+.0f} µs (spread {spread:.0f} µs)", diff <= max(spread, 3))
+    if sync:
+        row(f"#12: budget-store traffic with {sync['people']:,} people in {sync['tiers']} tiers: one request "
+            f"per interval ({SYNC_MS} ms)", f"{sync['syncs_per_s']:.2f} requests/s ({1000 / SYNC_MS:.0f} expected)",
+            abs(sync["syncs_per_s"] - 1000 / SYNC_MS) <= 0.5)
+    if ("filter_cached", "130k") in ttfb_p99:
+        gap = ttfb_p99[("filter_cached", "130k")] - ttfb_p99[("passthrough", "130k")]
+        row("#13: streamed answers: time to first byte within 1 ms of passthrough at p99 (130 KB)",
+            f"+{gap:.2f} ms", gap <= 1.0)
+    if "filter_cached" in rss:
+        added = rss["filter_cached"] - rss["passthrough"]
+        # One worker: the main thread's VM and the worker's; per worker is at most the whole.
+        row("#13: memory: Envoy with the filter ≤ +30 MiB per worker over Envoy without",
+            f"+{added:.1f} MiB (1 worker)", added <= 30)
+    size = WASM.stat().st_size
+    row("#13: `.wasm` ≤ 1.5 MB", f"{size / 1e6:.2f} MB", size <= 1_500_000)
+    return rows
+
+
+def report(bench, results, ttfb, rss, sync, started):
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), "unknown")
     envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
@@ -470,7 +637,8 @@ def report(bench, results, ttfb, rss, started):
         cell = {c: results[(c, size, answer)] for c, _ in CONFIGS}
         med = {c: {k: statistics.median(r[k] for r in rounds) for k in ("cpu_us", "rps", "p50_ms", "p99_ms")}
                for c, rounds in cell.items()}
-        base, native = med["passthrough"], med["native"]
+        base = med["passthrough"]
+        native = med.get("native", {"cpu_us": 0, "rps": 0, "p99_ms": 0})
         for config, label in CONFIGS:
             m = med[config]
             _, cpu_spread = median_spread([r["cpu_us"] for r in cell[config]])
@@ -491,14 +659,25 @@ def report(bench, results, ttfb, rss, started):
         lines.append(f"| {label} | {p50[(config, '1k')]:.2f} | {p99[(config, '1k')]:.2f} | "
                      f"{p50[(config, '130k')]:.2f} | {p99[(config, '130k')]:.2f} | "
                      f"{fmt_ratio(p99[(config, '130k')], p99[('passthrough', '130k')])} / "
-                     f"{fmt_ratio(p99[(config, '130k')], p99[('native', '130k')])} |")
+                     f"{fmt_ratio(p99[(config, '130k')], p99.get(('native', '130k'), 0))} |")
     lines += ["", "**Memory and size** (Envoy RSS after the load, one worker: the main thread and the worker "
                   "each hold a Wasm VM)", "", "| configuration | Envoy RSS MiB | ratio | `.wasm` bytes |", "|---|---|---|---|"]
-    sizes = {"empty_wasm": EMPTY_WASM.stat().st_size, "filter_cached": WASM.stat().st_size,
+    sizes = {"empty_wasm": EMPTY_WASM.stat().st_size, "wasm_rewrite": EMPTY_WASM.stat().st_size,
+             "filter_cached": WASM.stat().st_size, "filter_store": WASM.stat().st_size,
              "filter_rotating": WASM.stat().st_size}
     for config, label in CONFIGS:
         lines.append(f"| {label} | {rss[config]:.1f} | {fmt_ratio(rss[config], rss['passthrough'])} / "
-                     f"{fmt_ratio(rss[config], rss['native'])} | {sizes.get(config, '')} |")
+                     f"{fmt_ratio(rss[config], rss.get('native', 0))} | {sizes.get(config, '')} |")
+    if sync:
+        lines += ["", f"**Budget store traffic** (one node, {sync['people']:,} people in {sync['tiers']} tiers sending "
+                      f"requests for {sync['seconds']:.0f} s, each person's counters and the tiers' synced; from Envoy's "
+                      "statistics for the Webdis cluster)", "",
+                  "| requests served | requests/s to Webdis | syncs answered ok | bytes sent per sync | bytes received per sync |",
+                  "|---|---|---|---|---|",
+                  f"| {sync['requests']:,} | {sync['syncs_per_s']:.2f} | {sync['ok']:.0f} of {sync['syncs']:.0f} | "
+                  f"{sync['tx_per_sync']:,.0f} | {sync['rx_per_sync']:,.0f} |"]
+    lines += ["", "**Targets** (issues 12 and 13, with this run's numbers)", "", "| target | measured | |", "|---|---|---|",
+              *targets(results, p99, rss, sync)]
     return "\n".join(lines)
 
 
@@ -544,7 +723,8 @@ def main():
                               f"p99 {r['p99_ms']:6.2f} ms", file=sys.stderr, flush=True)
             ttfb = {(c, s): bench.ttfb(c, s, TTFB_REQUESTS) for c, _ in CONFIGS for s in ("1k", "130k")}
             rss = {c: bench.envoys[c].rss_mib() for c, _ in CONFIGS}
-            table = report(bench, results, ttfb, rss, started)
+            sync = bench.sync_traffic() if not ONLY or "filter_store" in ONLY else None
+            table = report(bench, results, ttfb, rss, sync, started)
     finally:
         procs.stop_all()
         if bench is not None:

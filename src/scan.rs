@@ -185,51 +185,6 @@ impl Members {
     }
 }
 
-/// Bytes that end the fast run inside a string: the quote, the backslash, control characters.
-const STRING_STOP: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        table[i] = true;
-        i += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
-
-/// How many bytes at the start of `rest` are plain string content (no [`STRING_STOP`] byte), and
-/// whether any of them is not ASCII (then the run needs a UTF-8 check).
-fn string_run(rest: &[u8]) -> (usize, bool) {
-    // Eight bytes at a time (SWAR, as serde_json's `skip_to_escape`): a byte's high bit is set in
-    // `found` when it is below 0x20, a quote or a backslash. The borrows can also flag bytes after
-    // the first match, never before it, so the lowest flag is exact.
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let mut chunks = rest.chunks_exact(8);
-    let mut run = 0;
-    let mut high = 0u64;
-    for chunk in chunks.by_ref() {
-        // Byte by byte so that it compiles to one load (`copy_from_slice` stays a call at opt-level "s").
-        let v = u64::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]]);
-        let quote = v ^ (ONES * u64::from(b'"'));
-        let backslash = v ^ (ONES * u64::from(b'\\'));
-        // `& !v` keeps only bytes below 0x80: above it, the high bit is the byte's own.
-        let found =
-            (v.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES)) & !v & (ONES << 7);
-        if found != 0 {
-            let len = (found.trailing_zeros() / 8) as usize;
-            // Only the bytes before the stop count.
-            let before = if len == 0 { 0 } else { v & (u64::MAX >> (64 - 8 * len)) };
-            return (run + len, (high | before) & (ONES << 7) != 0);
-        }
-        high |= v;
-        run += 8;
-    }
-    let tail = chunks.remainder();
-    let len = tail.iter().position(|&b| STRING_STOP[b as usize]).unwrap_or(tail.len());
-    (run + len, high & (ONES << 7) != 0 || tail[..len].iter().any(|b| !b.is_ascii()))
-}
-
 /// A cursor over the body.
 struct Scanner<'a> {
     body: &'a [u8],
@@ -523,7 +478,9 @@ impl Nesting {
 }
 
 mod decode;
+mod run;
 use decode::{decode, hex4};
+use run::string_run;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod oracle;
