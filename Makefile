@@ -99,6 +99,7 @@ demo-token: node_modules/.stamp
 ## `docker compose` where Docker runs (public images), else Podman + podman-compose (installed when
 ## missing) on images built here (scripts/compose-images.sh, then docker-compose.local.yml, where
 ## Kong's Wasm runtime stands in for Kong). `make compose-down` stops and removes it all.
+## COMPOSE_PROFILES=cluster adds Redis, Webdis and two Envoy nodes sharing budgets (10001, 10002).
 compose-up: build
 	bash scripts/compose.sh up
 

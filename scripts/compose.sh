@@ -7,6 +7,11 @@
 #   scripts/compose.sh engine   print the engine and compose files `up` would use
 #   scripts/compose.sh logs [SERVICE]   the services' logs
 #
+# COMPOSE_PROFILES=cluster adds the `cluster` profile: Redis (6390) behind Webdis (7379) and two
+# Envoy gateway nodes sharing budgets through them, envoy-a on 10001 (admin 9911) and envoy-b on 10002
+# (admin 9912); `up` then waits for those too. `down` removes the cluster profile's containers whether
+# or not COMPOSE_PROFILES names it.
+#
 # Docker with a running daemon and the compose plugin: `docker compose` on docker-compose.yml, pulling
 # the public images (kong:3.9.1, envoyproxy/envoy:v1.40.0, ...). Otherwise Podman (installed from
 # Debian when missing) with podman-compose 1.6.0 (from PyPI, in a venv under ~/.cache), on images
@@ -15,7 +20,7 @@
 #
 # Environment: COMPOSE_ENGINE=docker|podman to choose; COMPOSE_LOCAL=1 to use the locally built
 # images with Docker too; COMPOSE_OVERRIDE=FILE adds one more compose file; COMPOSE_WAIT (seconds,
-# default 90) bounds the wait for `up`.
+# default 90) bounds the wait for `up`; COMPOSE_PROFILES (comma-separated) as for `docker compose`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +43,19 @@ READY=(
     "kong POST http://127.0.0.1:8000/v1/messages 401"
 )
 PORTS=(9100 9200 9901 10000 8000 8001)
+# The cluster profile's: Webdis answers PING once Redis does; each node's filter its 401.
+CLUSTER=0
+[[ ,${COMPOSE_PROFILES:-}, == *,cluster,* ]] && CLUSTER=1
+if ((CLUSTER)); then
+    READY+=(
+        "webdis GET http://127.0.0.1:7379/PING 200"
+        "envoy-a GET http://127.0.0.1:9911/ready 200"
+        "envoy-a POST http://127.0.0.1:10001/v1/messages 401"
+        "envoy-b GET http://127.0.0.1:9912/ready 200"
+        "envoy-b POST http://127.0.0.1:10002/v1/messages 401"
+    )
+    PORTS+=(6390 7379 10001 9911 10002 9912)
+fi
 
 ENGINE="${COMPOSE_ENGINE:-}"
 if [[ -z $ENGINE ]]; then
@@ -179,11 +197,19 @@ claude-sso-gateway compose stack ($ENGINE):
   Kong gateway   http://127.0.0.1:8000    ($([[ $LOCAL == 1 ]] && echo "Kong 3.9's Wasm runtime: nginx + ngx_wasm_module" || echo "Kong 3.9.1, admin http://127.0.0.1:8001"))
   demo IdP       http://127.0.0.1:9100    users alice (standard), bob (power), erin (both), carol (none); password demo
   upstream       http://127.0.0.1:9200    the stand-in Anthropic API
+TXT
+    ((CLUSTER)) && cat <<TXT
+  cluster        http://127.0.0.1:10001 and :10002 (admin :9911, :9912): two Envoy nodes sharing budgets
+                 through Redis 127.0.0.1:6390 behind Webdis http://127.0.0.1:7379 (envoy/cluster.yaml)
+TXT
+    cat <<TXT
 Token: make demo-token USER=alice    Logs: bash scripts/compose.sh logs [SERVICE]    Stop: make compose-down
 TXT
 }
 
 down() {
+    # The cluster profile's services too, whether or not `up` was asked for them.
+    [[ ,${COMPOSE_PROFILES:-}, == *,cluster,* ]] || export COMPOSE_PROFILES="cluster${COMPOSE_PROFILES:+,$COMPOSE_PROFILES}"
     if [[ $ENGINE == podman ]]; then
         [[ -x $PODMAN_COMPOSE_VENV/bin/podman-compose ]] || { [[ -z $(containers 2>/dev/null) ]] && return 0; install_podman_compose; }
         local out

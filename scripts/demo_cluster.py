@@ -3,7 +3,8 @@
 
 Starts redis-server (127.0.0.1:6390), Webdis (127.0.0.1:7379), the demo IdP (9100), the stand-in
 API (9200) and three Envoy nodes (127.0.0.1:10001-10003, admin 9911-9913), each with two workers
-and the demo config plus a `budget_store`. Ctrl-C stops everything."""
+and the filter config of envoy/cluster.yaml (the demo's plus a `budget_store`, as the compose stack's
+cluster profile runs it). Ctrl-C stops everything."""
 import json
 import os
 import signal
@@ -22,13 +23,14 @@ NODES = [(10001, 9911), (10002, 9912), (10003, 9913)]
 
 
 def demo_filter_config() -> dict:
-    """The filter config of envoy/demo.yaml, with the shared budget store."""
-    text = (ROOT / "envoy" / "demo.yaml").read_text()
+    """The filter config of envoy/cluster.yaml (the compose stack's cluster nodes): envoy/demo.yaml's
+    with the shared budget store on Webdis."""
+    text = (ROOT / "envoy" / "cluster.yaml").read_text()
     start = text.index("value: |") + len("value: |")
     block = text[start:text.index("- name: envoy.filters.http.router", start)]
     config = json.loads(block)
-    config["budget_store"] = {"kind": "webdis", "upstream": f"127.0.0.1:{WEBDIS}", "sync_ms": 500,
-                              "on_failure": {"divide_by_nodes": len(NODES)}}
+    assert config["budget_store"]["upstream"] == f"127.0.0.1:{WEBDIS}"
+    assert config["budget_store"]["on_failure"] == {"divide_by_nodes": len(NODES)}
     return config
 
 
