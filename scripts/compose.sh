@@ -87,21 +87,6 @@ install_podman_compose() {
 }
 
 compose() {
-    [[ -x $PODMAN_COMPOSE_VENV/bin/podman-compose ]] && return
-    log "installing podman-compose $PODMAN_COMPOSE_VERSION into $PODMAN_COMPOSE_VENV"
-    python3 -m venv "$PODMAN_COMPOSE_VENV.tmp" 2>/dev/null || {
-        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3-venv >/dev/null
-        rm -rf "$PODMAN_COMPOSE_VENV.tmp"
-        python3 -m venv "$PODMAN_COMPOSE_VENV.tmp"
-    }
-    "$PODMAN_COMPOSE_VENV.tmp/bin/pip" install --quiet "podman-compose==$PODMAN_COMPOSE_VERSION"
-    # The venv's scripts name their interpreter by path: build it under its final name.
-    rm -rf "$PODMAN_COMPOSE_VENV.tmp" && python3 -m venv "$PODMAN_COMPOSE_VENV" \
-        && "$PODMAN_COMPOSE_VENV/bin/pip" install --quiet "podman-compose==$PODMAN_COMPOSE_VERSION" \
-        || { rm -rf "$PODMAN_COMPOSE_VENV"; die "could not install podman-compose"; }
-}
-
-compose() {
     if [[ $ENGINE == docker ]]; then
         docker compose -p "$PROJECT" "${FILES[@]}" "$@"
     else
