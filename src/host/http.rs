@@ -155,11 +155,16 @@ impl HttpContext for GatewayHttp {
             // Our own local answers pass here too, on both hosts: leave them alone.
             return Action::Continue;
         }
-        let status = calls::response_header(":status").and_then(|s| s.parse().ok());
-        let content_type = calls::response_header("content-type").unwrap_or_default();
-        let length = calls::response_header("content-length").and_then(|v| v.parse().ok());
-        let error_type = self.request.translates_answer().then(|| calls::response_header("x-amzn-errortype")).flatten();
-        let step = self.request.on_response_headers(status, &content_type, length, error_type.as_deref());
+        // One host call for every header the request reads; a host whose list leaves out the
+        // pseudo-header is asked for it by name.
+        let headers = calls::response_headers();
+        let find = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let status = find(":status").map(str::to_owned).or_else(|| calls::response_header(":status"));
+        let status = status.and_then(|s| s.parse().ok());
+        let content_type = find("content-type").unwrap_or_default();
+        let length = find("content-length").and_then(|v| v.parse().ok());
+        let error_type = self.request.translates_answer().then(|| find("x-amzn-errortype")).flatten();
+        let step = self.request.on_response_headers(status, content_type, length, error_type);
         self.apply(step)
     }
 

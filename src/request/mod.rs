@@ -295,13 +295,9 @@ impl Request {
             None => self.decide_head(worker, host, &head, has_body),
         };
         match self.profile {
-            HostProfile::Envoy => {
-                step.remove_headers = present;
-                if head.content_length.is_some() {
-                    // The body may be rewritten; the length is set again when the body is known.
-                    step.remove_headers.push("content-length".to_owned());
-                }
-            }
+            // Content-Length stays: the headers are held until the decision, and the forward
+            // always sets it for the body it sends.
+            HostProfile::Envoy => step.remove_headers = present,
             // ngx_wasm_module only marks a removed request header and nginx's proxy module
             // forwards it anyway; a replaced value does reach the upstream. So each is replaced
             // with "" now (the forward sets the gateway's own values over them; the samples drop
