@@ -200,11 +200,41 @@ impl Counter {
     }
 }
 
-/// A counter from its stored bytes; one written under another key (a CRC32 alias in Kong's
-/// store) or unreadable counts as empty.
+/// The first bytes of a counter in the compact encoding ([`Counter::encode`]).
+const COMPACT: &[u8; 2] = b"C1";
+
+impl Counter {
+    /// The stored bytes: `C1`, then `s`, `c`, `p`, `oc`, `op` as little-endian `u64`s, then the
+    /// key. Read and written on every request, so no JSON (a record in the older JSON form is
+    /// still read, see [`decode`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(COMPACT.len() + 40 + self.k.len());
+        out.extend_from_slice(COMPACT);
+        for n in [self.s, self.c, self.p, self.oc, self.op] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(self.k.as_bytes());
+        out
+    }
+
+    fn from_compact(bytes: &[u8]) -> Option<Counter> {
+        let rest = bytes.strip_prefix(COMPACT)?;
+        let (numbers, key) = (rest.get(..40)?, rest.get(40..)?);
+        let mut n = numbers.chunks_exact(8).map(|b| b.try_into().map(u64::from_le_bytes).unwrap_or_default());
+        let mut next = || n.next().unwrap_or_default();
+        let (s, c, p, oc, op) = (next(), next(), next(), next(), next());
+        Some(Counter { k: std::str::from_utf8(key).ok()?.to_owned(), s, c, p, oc, op })
+    }
+}
+
+/// A counter from its stored bytes (compact, or the JSON of earlier versions); one written
+/// under another key (a CRC32 alias in Kong's store) or unreadable counts as empty.
 pub fn decode(stored: Option<&[u8]>, key: &str) -> Counter {
     stored
-        .and_then(|b| serde_json::from_slice::<Counter>(b).ok())
+        .and_then(|b| match b.first() {
+            Some(b'{') => serde_json::from_slice::<Counter>(b).ok(),
+            _ => Counter::from_compact(b),
+        })
         .filter(|c| c.k == key)
         .unwrap_or_else(|| Counter { k: key.to_owned(), ..Counter::default() })
 }
@@ -219,7 +249,7 @@ pub fn charge(store: &dyn SharedStore, key: &str, window: u64, now: u64, delta: 
     if delta == 0 {
         return Ok(());
     }
-    shared::update(store, key, |current| serde_json::to_vec(&decode(current, key).add(window, now, delta)).ok())
+    shared::update(store, key, |current| Some(decode(current, key).add(window, now, delta).encode()))
         .map(|_| ())
 }
 
@@ -328,7 +358,7 @@ pub fn admit(
             let room = s.retry_after == 0;
             seen = Some(s);
             let hold = i64::try_from(hold).unwrap_or(i64::MAX);
-            (room && hold > 0).then(|| serde_json::to_vec(&counter.add(limit.window, now, hold)).ok()).flatten()
+            (room && hold > 0).then(|| counter.add(limit.window, now, hold).encode())
         });
         // A store that fails (contention, a full zone) costs the reserve, never the request.
         let s = seen.unwrap_or_else(|| standing(limit, &decode(None, &key), now));
@@ -514,6 +544,21 @@ mod tests {
         charge(&store, &l.key, l.window, 0, 10).unwrap();
         let reply = admit(&store, &[l], "p", &[], 10).unwrap_err().to_reply();
         assert!(reply.headers.contains(&("x-should-retry".into(), "false".into())));
+    }
+
+    #[test]
+    fn counters_are_stored_compactly_and_json_records_still_read() {
+        let c = Counter { k: "csg/b/x/t60fp/y".into(), s: 600, c: u64::MAX, p: 5, oc: 7, op: 1 };
+        let bytes = c.encode();
+        assert_eq!(bytes.len(), 2 + 40 + c.k.len());
+        assert_eq!(decode(Some(&bytes), &c.k), c);
+        assert_eq!(decode(Some(&bytes), "other").c, 0, "another key's counter counts as empty");
+        for cut in 0..bytes.len() - c.k.len() {
+            assert_eq!(decode(Some(&bytes[..cut]), &c.k).c, 0, "truncated at {cut}");
+        }
+        let json = serde_json::to_vec(&c).unwrap();
+        assert_eq!(decode(Some(&json), &c.k), c, "the JSON of earlier versions");
+        assert_eq!(decode(Some(b"C1 not a counter"), &c.k).c, 0);
     }
 
     #[test]

@@ -331,7 +331,7 @@ impl Syncer {
         let updates = updates(batch, &totals);
         for u in &updates {
             let written = shared::update(store, &u.key, |cur| {
-                apply(&budget::decode(cur, &u.key), u, now_s).and_then(|c| serde_json::to_vec(&c).ok())
+                apply(&budget::decode(cur, &u.key), u, now_s).map(|c| c.encode())
             });
             if let Err(e) = written {
                 problems.push(format!("budget sync: could not update {}: {e:?}", u.key));
@@ -406,7 +406,7 @@ fn forget_others(store: &dyn SharedStore, tracked: &BTreeSet<Tracked>) -> Vec<St
         let written = shared::update(store, &t.key, |cur| {
             let c = budget::decode(cur, &t.key);
             let own_only = Counter { c: c.oc, p: c.op, ..c.clone() };
-            (own_only != c).then(|| serde_json::to_vec(&own_only).ok()).flatten()
+            (own_only != c).then(|| own_only.encode())
         });
         if let Err(e) = written {
             problems.push(format!("budget sync: could not drop other nodes' spend from {}: {e:?}", t.key));
