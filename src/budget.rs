@@ -249,8 +249,7 @@ pub fn charge(store: &dyn SharedStore, key: &str, window: u64, now: u64, delta: 
     if delta == 0 {
         return Ok(());
     }
-    shared::update(store, key, |current| Some(decode(current, key).add(window, now, delta).encode()))
-        .map(|_| ())
+    shared::update(store, key, |current| Some(decode(current, key).add(window, now, delta).encode())).map(|_| ())
 }
 
 /// The state of one limit for one request, for headers and refusals.

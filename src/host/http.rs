@@ -127,7 +127,12 @@ impl HttpContext for GatewayHttp {
         };
         self.request = Request::new(profile);
         let headers = calls::request_headers();
-        let step = self.request.on_request_headers(&mut self.worker.borrow_mut(), &HostCalls::default(), &headers, end_of_stream);
+        let step = self.request.on_request_headers(
+            &mut self.worker.borrow_mut(),
+            &HostCalls::default(),
+            &headers,
+            end_of_stream,
+        );
         self.apply(step)
     }
 
@@ -146,7 +151,8 @@ impl HttpContext for GatewayHttp {
 
     fn on_http_request_trailers(&mut self, _: usize) -> Action {
         let body = calls::request_body(self.request.buffered());
-        let step = self.request.on_request_trailers(&mut self.worker.borrow_mut(), &HostCalls::default(), body.as_deref());
+        let step =
+            self.request.on_request_trailers(&mut self.worker.borrow_mut(), &HostCalls::default(), body.as_deref());
         self.apply(step)
     }
 

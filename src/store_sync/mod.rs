@@ -330,9 +330,8 @@ impl Syncer {
         let mut problems = Vec::new();
         let updates = updates(batch, &totals);
         for u in &updates {
-            let written = shared::update(store, &u.key, |cur| {
-                apply(&budget::decode(cur, &u.key), u, now_s).map(|c| c.encode())
-            });
+            let written =
+                shared::update(store, &u.key, |cur| apply(&budget::decode(cur, &u.key), u, now_s).map(|c| c.encode()));
             if let Err(e) = written {
                 problems.push(format!("budget sync: could not update {}: {e:?}", u.key));
             }
