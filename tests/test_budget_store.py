@@ -117,7 +117,8 @@ def test_nodes_share_one_tier_budget_and_all_refuse_once_it_is_spent(redis, stub
                 assert answer.status == 429, answer.body
                 refused_on.add(i % 3)
             time.sleep(0.25)  # about one sync interval between requests
-        # The stated bound: the limit plus one sync interval of traffic per node.
+        # The stated bound: the limit plus up to two sync intervals of traffic per node (each node
+        # gets a request every 750 ms here, more than two 200 ms intervals: at most one more each).
         assert 6 <= admitted <= 6 + 3, admitted
         assert refused_on == {0, 1, 2}, "the 429s start on every node"
     finally:
