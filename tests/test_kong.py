@@ -96,6 +96,14 @@ INVALID = [
     ("unknown per", {"tiers[1].per": "team"}, "config error: tiers[1].per: unknown variant `team`"),
     ("warning share above 1", {"budgets": {"warning_share": 1.5}}, "config error: budgets.warning_share: must be greater than 0 and at most 1"),
     ("unknown reserve", {"budgets": {"reserve": "all"}}, "config error: budgets.reserve: unknown variant `all`"),
+    ("unknown budget store", {"budget_store": {"kind": "redis", "upstream": "webdis:7379", "on_failure": "keep_limits"}},
+     "config error: budget_store.kind: unknown variant `redis`"),
+    ("budget store divided by 0 nodes", {"budget_store": {"kind": "webdis", "upstream": "webdis:7379",
+                                                          "on_failure": {"divide_by_nodes": 0}}},
+     "config error: budget_store.on_failure.divide_by_nodes: must be at least 1"),
+    ("budget store syncing too often", {"budget_store": {"kind": "webdis", "upstream": "webdis:7379", "sync_ms": 10,
+                                                         "on_failure": "keep_limits"}},
+     "config error: budget_store.sync_ms: must be at least 100"),
 ]
 
 # Rules that need more than one field or the VM's environment: draft-4 JSON Schema cannot say
@@ -123,6 +131,9 @@ VALID = [
     ("Kong's {} for an empty limits list", {"tiers[1].limits": {}}),
     ("nulls where fields are optional", {"oidc.upstream": None, "oidc.jwks_uri": None, "models[1].price": None,
                                         "tiers[1].window_type": None}),
+    ("a budget store with every field", {"budget_store": {
+        "kind": "webdis", "upstream": "webdis:7379", "authority": "webdis", "sync_ms": 250, "timeout_ms": 500,
+        "stale_after_ms": 2000, "key_prefix": "csg-prod", "on_failure": {"divide_by_nodes": 3}}}),
     ("cost limit on priced models", {"tiers[1].limits": [{"limit": 2.5, "window_seconds": 86400, "counts": "cost"}]}),
     ("literal api key", {"targets.anthropic": {"provider": "anthropic", "api_key": "sk-ant-x"}}),
     ("a null api_key beside api_key_env", {"targets.anthropic.api_key": None}),
