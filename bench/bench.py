@@ -48,7 +48,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tools"), str(ROOT / "bench")]
 
 from stub_upstream import sse_events  # noqa: E402
 
@@ -648,7 +648,7 @@ def targets(results, ttfb_p99, rss, memory, sync):
     return rows
 
 
-def report(bench, results, ttfb, rss, memory, sync, started):
+def report(bench, results, ttfb, rss, memory, sync, hostcalls, started):
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), "unknown")
     envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
@@ -720,9 +720,36 @@ def report(bench, results, ttfb, rss, memory, sync, started):
                   "|---|---|---|---|---|",
                   f"| {sync['requests']:,} | {sync['syncs_per_s']:.2f} | {sync['ok']:.0f} of {sync['syncs']:.0f} | "
                   f"{sync['tx_per_sync']:,.0f} | {sync['rx_per_sync']:,.0f} |"]
+    if hostcalls:
+        lines += ["", "**Host calls per request** (bench/hostcalls.py: the `.wasm` under a minimal Proxy-Wasm host in "
+                      "Node's V8, one request through every callback; µs are the filter's own time in the VM, fastest "
+                      "batch, without what each host call costs in Envoy)", "",
+                  "| body, answer | request headers | request body | response headers | response body | log | "
+                  "host calls | µs in the VM |", "|---|---|---|---|---|---|---|---|"]
+        for kind, r in hostcalls.items():
+            calls = {cb: sum(n.values()) for cb, n in r["host_calls"].items()}
+            def cell(cb):
+                names = sorted(r["host_calls"].get(cb, {}).items())
+                listed = ", ".join(f"{name.removeprefix('proxy_')}×{n}" for name, n in names)
+                return f"{calls.get(cb, 0)}: {listed}" if listed else "0"
+
+            cells = " | ".join(cell(cb) for cb in
+                               ("request_headers", "request_body", "response_headers", "response_body", "log_done"))
+            lines.append(f"| {kind} | {cells} | {sum(calls.values())} | {r['us_fastest']['total']} |")
     lines += ["", "**Targets** (issues 12 and 13, with this run's numbers)", "", "| target | measured | |", "|---|---|---|",
               *targets(results, p99, rss, memory, sync)]
     return "\n".join(lines)
+
+
+def host_calls(bench):
+    """bench/hostcalls.py's counts and times for the 1 KiB and 130 KB bodies, JSON and SSE."""
+    import hostcalls
+
+    config = gateway_config(bench.signer)
+    config["tiers"][1]["limits"] = [{"limit": 10**15, "window_seconds": 60}]
+    return {f"{BODY_NAMES[size]}, {answer.upper()}": hostcalls.run(bench.workdir, bench.signer, config, bench.same,
+                                                                     size, answer)
+            for size, answer in KINDS}
 
 
 def write_readme(table):
@@ -769,7 +796,8 @@ def main():
             rss = {c: bench.envoys[c].rss_mib() for c, _ in CONFIGS}
             memory = bench.memory_per_worker(rss)
             sync = bench.sync_traffic() if not ONLY or "filter_store" in ONLY else None
-            table = report(bench, results, ttfb, rss, memory, sync, started)
+            hostcalls = host_calls(bench)
+            table = report(bench, results, ttfb, rss, memory, sync, hostcalls, started)
     finally:
         procs.stop_all()
         if bench is not None:
