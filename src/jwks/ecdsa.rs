@@ -14,10 +14,12 @@
 
 mod field;
 mod point;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, OnceLock};
 
-use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::elliptic_curve::ops::{Invert, Reduce};
 use p256::{FieldBytes, Scalar};
 use sha2::{Digest, Sha256};
@@ -33,8 +35,7 @@ const MULTIPLES: usize = 16;
 pub(crate) const TABLE_BYTES: usize = POSITIONS * MULTIPLES * std::mem::size_of::<Affine>();
 
 /// The group order n.
-const N: [u32; 8] =
-    [0xfc63_2551, 0xf3b9_cac2, 0xa717_9e84, 0xbce6_faad, 0xffff_ffff, 0xffff_ffff, 0, 0xffff_ffff];
+const N: [u32; 8] = [0xfc63_2551, 0xf3b9_cac2, 0xa717_9e84, 0xbce6_faad, 0xffff_ffff, 0xffff_ffff, 0, 0xffff_ffff];
 
 /// The generator's coordinates.
 const GX: [u8; 32] = [
@@ -68,7 +69,8 @@ impl Table {
 
     /// acc + digit·32^position·P.
     fn add_digit(&self, acc: &Jacobian, position: usize, digit: i8) -> Jacobian {
-        let Some(entry) = (digit.unsigned_abs() as usize).checked_sub(1).and_then(|d| self.0.get(position * MULTIPLES + d))
+        let Some(entry) =
+            (digit.unsigned_abs() as usize).checked_sub(1).and_then(|d| self.0.get(position * MULTIPLES + d))
         else {
             return *acc;
         };
@@ -134,25 +136,31 @@ impl P256Key {
 
     /// Checks an ES256 signature (r || s, 64 bytes) of `message`.
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.verify_digest(&Sha256::digest(message).into(), signature)
+    }
+
+    /// Checks a signature of a message whose SHA-256 is `digest`.
+    fn verify_digest(&self, digest: &[u8; 32], signature: &[u8]) -> bool {
+        let Ok(signature) = p256::ecdsa::Signature::from_slice(signature) else {
+            return false;
+        };
         match (&self.table, generator_table()) {
-            (Some(q), Some(g)) => verify_with_tables(g, q, message, signature),
-            _ => self.verify_generic(message, signature),
+            (Some(q), Some(g)) => verify_with_tables(g, q, digest, &signature),
+            _ => self.key.verify_prehash(digest, &signature).is_ok(),
         }
     }
 
     /// The same check by `p256` alone.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn verify_generic(&self, message: &[u8], signature: &[u8]) -> bool {
+        use p256::ecdsa::signature::Verifier;
         p256::ecdsa::Signature::from_slice(signature).is_ok_and(|s| self.key.verify(message, &s).is_ok())
     }
 }
 
-fn verify_with_tables(g: &Table, q: &Table, message: &[u8], signature: &[u8]) -> bool {
-    let Ok(signature) = p256::ecdsa::Signature::from_slice(signature) else {
-        return false;
-    };
+fn verify_with_tables(g: &Table, q: &Table, digest: &[u8; 32], signature: &p256::ecdsa::Signature) -> bool {
     let (r, s) = signature.split_scalars();
-    let digest: [u8; 32] = Sha256::digest(message).into();
-    let z = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(digest));
+    let z = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(*digest));
     let s_inv: Scalar = *s.invert_vartime();
     let u1 = digits(&(z * s_inv).to_bytes().into());
     let u2 = digits(&(*r * s_inv).to_bytes().into());
