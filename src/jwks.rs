@@ -6,7 +6,7 @@
 //! Montgomery arithmetic, fast in Wasm), ECDSA is RustCrypto's `p256`/`p384`, Ed25519 is
 //! `curve25519-dalek` (32-bit field arithmetic on wasm32).
 
-mod ecdsa;
+pub(crate) mod ecdsa;
 mod rsa;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
