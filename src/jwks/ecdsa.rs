@@ -31,8 +31,6 @@ use self::point::{to_affine_all, Affine, Jacobian};
 const POSITIONS: usize = 52;
 /// Multiples per position: a digit is in [-16, 16], negative ones negate the point.
 const MULTIPLES: usize = 16;
-/// Bytes of one table: POSITIONS × MULTIPLES affine points of 64 bytes.
-pub(crate) const TABLE_BYTES: usize = POSITIONS * MULTIPLES * std::mem::size_of::<Affine>();
 
 /// The group order n.
 const N: [u32; 8] = [0xfc63_2551, 0xf3b9_cac2, 0xa717_9e84, 0xbce6_faad, 0xffff_ffff, 0xffff_ffff, 0, 0xffff_ffff];
