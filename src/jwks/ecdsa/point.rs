@@ -1,56 +1,47 @@
-//! Points of P-256 (y² = x³ - 3x + b): affine points for the tables, Jacobian points (x = X/Z²,
+//! Points of P-256 and P-384 (y² = x³ - 3x + b): affine points for the tables, Jacobian points (x = X/Z²,
 //! y = Y/Z³, Z = 0 for the point at infinity) for sums. The formulas are the incomplete ones of
 //! the Explicit-Formulas Database; their exceptional cases (equal or opposite points, infinity)
 //! are tested for and handled, in variable time.
 
-use super::field::Fe;
+use super::field::Field;
 
 /// A finite point in affine coordinates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) struct Affine {
-    pub(crate) x: Fe,
-    pub(crate) y: Fe,
+pub(crate) struct Affine<F> {
+    pub(crate) x: F,
+    pub(crate) y: F,
 }
 
 /// A point in Jacobian coordinates; Z = 0 is the point at infinity.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Jacobian {
-    pub(crate) x: Fe,
-    pub(crate) y: Fe,
-    pub(crate) z: Fe,
+pub(crate) struct Jacobian<F> {
+    pub(crate) x: F,
+    pub(crate) y: F,
+    pub(crate) z: F,
 }
 
-/// 1 as a field element.
-const ONE: Fe = Fe([1, 0, 0, 0, 0, 0, 0, 0]);
-
-/// The curve's b.
-const B: [u8; 32] = [
-    0x5a, 0xc6, 0x35, 0xd8, 0xaa, 0x3a, 0x93, 0xe7, 0xb3, 0xeb, 0xbd, 0x55, 0x76, 0x98, 0x86, 0xbc, 0x65, 0x1d, 0x06,
-    0xb0, 0xcc, 0x53, 0xb0, 0xf6, 0x3b, 0xce, 0x3c, 0x3e, 0x27, 0xd2, 0x60, 0x4b,
-];
-
-impl Affine {
-    /// The point (x, y) given as big-endian coordinates, if they are below p and on the curve.
-    pub(crate) fn from_coordinates(x: &[u8; 32], y: &[u8; 32]) -> Option<Affine> {
-        let (x, y) = (Fe::from_be_bytes(x)?, Fe::from_be_bytes(y)?);
-        let b = Fe::from_be_bytes(&B)?;
+impl<F: Field> Affine<F> {
+    /// The point (x, y) given as big-endian coordinates, if they are below p and on the curve
+    /// with this `b` (big-endian too).
+    pub(crate) fn from_coordinates(x: &[u8], y: &[u8], b: &[u8]) -> Option<Affine<F>> {
+        let (x, y, b) = (F::from_be_slice(x)?, F::from_be_slice(y)?, F::from_be_slice(b)?);
         let rhs = x.square().mul(&x).sub(&x.double().add(&x)).add(&b);
         (y.square() == rhs).then_some(Affine { x, y })
     }
 
     /// -self.
-    pub(crate) fn neg(&self) -> Affine {
+    pub(crate) fn neg(&self) -> Affine<F> {
         Affine { x: self.x, y: self.y.neg() }
     }
 }
 
-impl Jacobian {
+impl<F: Field> Jacobian<F> {
     /// The point at infinity.
-    pub(crate) const INFINITY: Jacobian = Jacobian { x: ONE, y: ONE, z: Fe::ZERO };
+    pub(crate) const INFINITY: Jacobian<F> = Jacobian { x: F::ONE, y: F::ONE, z: F::ZERO };
 
     /// An affine point.
-    pub(crate) fn from_affine(p: &Affine) -> Jacobian {
-        Jacobian { x: p.x, y: p.y, z: ONE }
+    pub(crate) fn from_affine(p: &Affine<F>) -> Jacobian<F> {
+        Jacobian { x: p.x, y: p.y, z: F::ONE }
     }
 
     /// Whether this is the point at infinity.
@@ -59,7 +50,7 @@ impl Jacobian {
     }
 
     /// 2·self (dbl-2001-b, a = -3: 3M + 5S).
-    pub(crate) fn double(&self) -> Jacobian {
+    pub(crate) fn double(&self) -> Jacobian<F> {
         if self.is_infinity() || self.y.is_zero() {
             return Jacobian::INFINITY;
         }
@@ -77,7 +68,7 @@ impl Jacobian {
     }
 
     /// self + q for an affine q (madd-2004-hmv: 8M + 3S).
-    pub(crate) fn add_affine(&self, q: &Affine) -> Jacobian {
+    pub(crate) fn add_affine(&self, q: &Affine<F>) -> Jacobian<F> {
         if self.is_infinity() {
             return Jacobian::from_affine(q);
         }
@@ -98,7 +89,7 @@ impl Jacobian {
     }
 
     /// self + q (add-1998-cmo-2: 12M + 4S).
-    pub(crate) fn add(&self, q: &Jacobian) -> Jacobian {
+    pub(crate) fn add(&self, q: &Jacobian<F>) -> Jacobian<F> {
         if self.is_infinity() {
             return *q;
         }
@@ -127,13 +118,13 @@ impl Jacobian {
 
 /// The affine forms of finite points, with one field inversion for all (Montgomery's trick);
 /// `None` if any point is at infinity.
-pub(crate) fn to_affine_all(points: &[Jacobian]) -> Option<Vec<Affine>> {
+pub(crate) fn to_affine_all<F: Field>(points: &[Jacobian<F>]) -> Option<Vec<Affine<F>>> {
     if points.iter().any(Jacobian::is_infinity) {
         return None;
     }
     // prefix[i] = Z_0 ··· Z_(i-1)
     let mut prefix = Vec::with_capacity(points.len());
-    let mut product = ONE;
+    let mut product = F::ONE;
     for p in points {
         prefix.push(product);
         product = product.mul(&p.z);
