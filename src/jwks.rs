@@ -3,11 +3,12 @@
 //!
 //! Keys are decoded once, when the JWKS is parsed; a verification is the signature alone (the
 //! claims are checked by [`crate::jwt`] before any signature work). RSA is [`rsa`] (32-bit-limb
-//! Montgomery arithmetic, fast in Wasm), ES256 is [`ecdsa`] (fixed-base tables per key, built at
-//! parse: ~1 ms and 52 KiB per P-256 key, at most [`MAX_P256_TABLES`] per set, plus 52 KiB once
-//! for the generator), ES384 is RustCrypto's `p384`, Ed25519 is `curve25519-dalek` (32-bit field
-//! arithmetic on wasm32). Per verification in V8 (bench/verify-wasm): RS256-2048 ~80 µs, ES256
-//! ~55 µs, ES384 ~2.9 ms, EdDSA ~70 µs.
+//! Montgomery arithmetic, fast in Wasm), ES256/ES384 is [`ecdsa`] (fixed-base tables per key,
+//! built at parse: in V8 ~1.5 ms and 52 KiB per P-256 key, ~5 ms and 115.5 KiB per P-384 key, at
+//! most [`MAX_EC_TABLES`] per set, plus one table per curve for the generator, built with the
+//! first key), Ed25519 is `curve25519-dalek` (32-bit field arithmetic on wasm32). Per
+//! verification in V8 (bench/verify-wasm): RS256-2048 ~80 µs, ES256 ~55 µs, ES384 ~140 µs,
+//! EdDSA ~70 µs.
 
 pub(crate) mod ecdsa;
 mod rsa;
