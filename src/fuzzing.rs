@@ -37,6 +37,67 @@ pub fn jwks(data: &[u8]) {
     }
 }
 
+/// ES256 and ES384: the table verifier ([`crate::jwks::ecdsa`]) and the RustCrypto crate agree
+/// on every signature, for a few fixed keys per curve (among them ±G, where the table sums meet
+/// their exceptional cases). The input is a curve and key byte, a mode, two bytes, then the
+/// message; the signature is the key's own, or one with a bit flipped, s negated (high s), r or s
+/// replaced, or raw bytes from the input.
+pub fn ecdsa(data: &[u8]) {
+    use crate::jwks::ecdsa::EcKey;
+    let Some((&[which, mode, a, b], rest)) = data.split_first_chunk::<4>() else { return };
+    let raw = &rest[..rest.len().min(96)];
+    let message = &rest[raw.len()..];
+    let check = |size: usize, own: Vec<u8>, high_s: Vec<u8>, verify: &dyn Fn(&[u8]) -> (bool, bool)| {
+        let mut sig = own;
+        let at = usize::from(u16::from_le_bytes([a, b])) % (16 * size);
+        let take = raw.len().min(size);
+        match mode % 6 {
+            0 => assert!(verify(&sig).0, "own signature refused"),
+            1 => sig[at / 8] ^= 1 << (at % 8),
+            2 => sig = high_s,
+            3 => sig[..take].copy_from_slice(&raw[..take]),
+            4 => sig[size..size + take].copy_from_slice(&raw[..take]),
+            _ => sig = rest[..rest.len().min(usize::from(a) % (2 * size + 8))].to_vec(),
+        }
+        let (fast, reference) = verify(&sig);
+        assert_eq!(fast, reference, "signature {sig:02x?}");
+    };
+    // Per curve: keys of the secrets 1, n - 1 and two more, built once; the key's own signature.
+    macro_rules! curve {
+        ($krate:ident, $curve:ident, $size:literal) => {{
+            use $krate::ecdsa::signature::Signer;
+            use $krate::ecdsa::{Signature, SigningKey};
+            static KEYS: OnceLock<Vec<(SigningKey, EcKey<crate::jwks::ecdsa::$curve>)>> = OnceLock::new();
+            let keys = KEYS.get_or_init(|| {
+                let minus_one = (-$krate::Scalar::ONE).to_bytes();
+                let mut one = [0u8; $size];
+                one[$size - 1] = 1;
+                [&one[..], &minus_one[..], &[0x5a; $size][..], &[0x7f; $size][..]]
+                    .iter()
+                    .map(|d| {
+                        let signer = SigningKey::from_slice(d).unwrap();
+                        let sec1 = signer.verifying_key().to_sec1_point(false);
+                        let key = EcKey::new(sec1.as_bytes(), true).unwrap();
+                        assert!(key.has_table());
+                        (signer, key)
+                    })
+                    .collect()
+            });
+            let (signer, key) = &keys[usize::from(which & 0x7f) % keys.len()];
+            let signature: Signature = signer.sign(message);
+            let high_s = [signature.r().to_bytes(), (-*signature.s()).to_bytes()].concat();
+            check($size, signature.to_bytes().to_vec(), high_s, &|sig| {
+                (key.verify(message, sig), key.verify_generic(message, sig))
+            });
+        }};
+    }
+    if which & 0x80 == 0 {
+        curve!(p256, P256, 32);
+    } else {
+        curve!(p384, P384, 48);
+    }
+}
+
 /// An OIDC discovery answer.
 pub fn discovery(data: &[u8]) {
     let plan = plan();
@@ -124,6 +185,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("jwt", jwt),
     ("jwks", jwks),
+    ("ecdsa", ecdsa),
     ("discovery", discovery),
     ("body", body),
     ("usage", usage),
