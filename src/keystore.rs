@@ -275,12 +275,17 @@ impl KeyStore {
     /// Takes a JWKS answer; on success the keys are installed and the record to share is returned.
     pub fn on_jwks(&mut self, status: Option<u32>, body: &[u8], now: u64) -> Result<SharedRecord, FetchError> {
         check_status(status)?;
-        let set = KeySet::parse(body).map_err(FetchError::BadJwks)?;
+        // The same document again (every refresh until the IdP rotates) keeps the parsed keys:
+        // an EC key's verification tables take about a millisecond to build.
+        let unchanged = self.keys.is_some() && self.installed.as_bytes() == body;
+        if !unchanged {
+            let set = KeySet::parse(body).map_err(FetchError::BadJwks)?;
+            self.keys = Some(Rc::new(set));
+            self.installed = String::from_utf8_lossy(body).into_owned();
+        }
         self.last_failure = None;
         self.missing_since = None;
-        self.keys = Some(Rc::new(set));
         self.fetched_at = now;
-        self.installed = String::from_utf8_lossy(body).into_owned();
         Ok(SharedRecord {
             fetched_at: now,
             jwks_uri: self
@@ -298,15 +303,18 @@ impl KeyStore {
         if !record.supersedes(self.fetched_at, &self.installed) {
             return false;
         }
-        let Ok(set) = KeySet::parse(record.jwks.as_bytes()) else {
-            return false;
-        };
+        // Another worker's refresh of the same document: only its time is new.
+        if self.keys.is_none() || record.jwks != self.installed {
+            let Ok(set) = KeySet::parse(record.jwks.as_bytes()) else {
+                return false;
+            };
+            self.keys = Some(Rc::new(set));
+            self.installed = record.jwks.clone();
+        }
         if let Ok(url) = HttpUrl::parse(&record.jwks_uri) {
             self.jwks_uri = Some(url);
         }
-        self.keys = Some(Rc::new(set));
         self.fetched_at = record.fetched_at;
-        self.installed = record.jwks.clone();
         true
     }
 }
@@ -473,5 +481,27 @@ mod tests {
         assert!(store.adopt(&rotated), "a rotation in the same second is still adopted");
         assert!(store.keys(&oidc, 600).is_ok());
         assert_eq!(store.due(&oidc, 600), None, "fresh keys from another worker need no fetch");
+    }
+
+    #[test]
+    fn the_same_document_again_keeps_the_parsed_keys() {
+        let oidc = plan().oidc;
+        let jwks = TestKeys::new().jwks();
+        let mut store = KeyStore::new(&oidc);
+        store.on_jwks(Some(200), jwks.as_bytes(), 1000).unwrap();
+        let first = store.keys(&oidc, 1000).unwrap();
+        store.on_jwks(Some(200), jwks.as_bytes(), 1300).unwrap();
+        assert!(Rc::ptr_eq(&first, &store.keys(&oidc, 1300).unwrap()), "a refresh of the same keys parses nothing");
+        let later =
+            SharedRecord { fetched_at: 1600, jwks_uri: "https://idp.example.com/keys".into(), jwks: jwks.clone() };
+        assert!(store.adopt(&later));
+        let adopted = store.keys(&oidc, 1600).unwrap();
+        assert!(Rc::ptr_eq(&first, &adopted), "nor another worker's refresh of them");
+        assert_eq!(store.due(&oidc, 1600), None, "the refresh time still moves");
+        store.on_jwks(Some(200), TestKeys::new().jwks().as_bytes(), 1900).unwrap();
+        let rotated = store.keys(&oidc, 1900).unwrap();
+        assert!(!Rc::ptr_eq(&first, &rotated), "rotated keys are parsed");
+        assert!(store.on_jwks(Some(200), b"{not json", 2000).is_err(), "a bad document is still refused");
+        assert!(Rc::ptr_eq(&rotated, &store.keys(&oidc, 2000).unwrap()), "and the keys stay");
     }
 }

@@ -25,21 +25,21 @@ use crate::shared::{SharedStore, StoreError};
 pub const PROVIDER_KEY: &str = "sk-provider-secret";
 const ISSUER: &str = "https://idp.test";
 
-fn signing_key() -> &'static ES256KeyPair {
-    static KEY: OnceLock<ES256KeyPair> = OnceLock::new();
-    KEY.get_or_init(|| ES256KeyPair::generate().with_key_id("k1"))
+// Ed25519: fast to sign and to parse (an EC key builds verification tables when parsed, and
+// every simulated request starts a worker that parses the JWKS).
+fn signing_key() -> &'static Ed25519KeyPair {
+    static KEY: OnceLock<Ed25519KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| Ed25519KeyPair::generate().with_key_id("k1"))
 }
 
-fn other_key() -> &'static ES256KeyPair {
-    static KEY: OnceLock<ES256KeyPair> = OnceLock::new();
-    KEY.get_or_init(|| ES256KeyPair::generate().with_key_id("k1"))
+fn other_key() -> &'static Ed25519KeyPair {
+    static KEY: OnceLock<Ed25519KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| Ed25519KeyPair::generate().with_key_id("k1"))
 }
 
 fn jwks() -> String {
-    let ec = signing_key().public_key().public_key().to_bytes_uncompressed();
-    let enc = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
-    serde_json::json!({"keys": [{"kty": "EC", "kid": "k1", "crv": "P-256", "x": enc(&ec[1..33]), "y": enc(&ec[33..])}]})
-        .to_string()
+    let x = URL_SAFE_NO_PAD.encode(signing_key().public_key().to_bytes());
+    serde_json::json!({"keys": [{"kty": "OKP", "kid": "k1", "crv": "Ed25519", "x": x}]}).to_string()
 }
 
 /// The key set the simulated IdP publishes.
