@@ -116,10 +116,11 @@ def webdis_relay(port, upstream):
 """
 
 
-def node(config, stub, signer, upstream, host="envoy"):
+def node(config, stub, signer, upstream, host="envoy", relay=True):
     """A gateway node on `host` ("envoy" or "nginx", Kong's Wasm runtime). Envoy gets a cluster
-    named after each upstream; nginx reaches Webdis through `webdis_relay` in its own nginx."""
-    if host == "nginx":
+    named after each upstream; nginx reaches Webdis through `webdis_relay` in its own nginx
+    (`relay=False`: it calls `upstream` directly)."""
+    if host == "nginx" and relay:
         relay = free_port()
         config = json.loads(json.dumps(config))
         config["budget_store"]["upstream"] = f"127.0.0.1:{relay}"
@@ -291,11 +292,12 @@ class Broken:
         self.server.shutdown()
 
 
-def test_a_bridge_answering_garbage_fails_nothing_and_limits_hold_locally(stub, signer):
+def test_a_bridge_answering_garbage_fails_nothing_and_limits_hold_locally(stub, signer, host):
     broken = Broken()
     upstream = f"127.0.0.1:{broken.port}"
     one = sum(stub.usage.values())
-    g = node(store_config(signer, upstream, 6 * one, {"divide_by_nodes": 3}), stub, signer, upstream)
+    g = node(store_config(signer, upstream, 6 * one, {"divide_by_nodes": 3}), stub, signer, upstream, host,
+             relay=False)
     try:
         token = signer.token()
         statuses = [call(g.port, token, STREAM).status for _ in range(4)]
@@ -303,10 +305,14 @@ def test_a_bridge_answering_garbage_fails_nothing_and_limits_hold_locally(stub, 
         assert statuses == [200, 200, 429, 429], statuses
         time.sleep(2.5)
         assert broken.count >= 3, "syncs kept being tried"
-        stats = g.stats()
-        errors = sum(v for k, v in stats.items() if "budget_store_syncs_total" in k and not k.endswith(".ok"))
-        assert errors >= 2, stats
-        assert "panicked at" not in g.logs() and "wasm trap" not in g.logs() and "VM failed" not in g.logs()
+        if host == "envoy":
+            stats = g.stats()
+            errors = sum(v for k, v in stats.items() if "budget_store_syncs_total" in k and not k.endswith(".ok"))
+            assert errors >= 2, stats
+        else:  # no metrics reader on nginx: the log lines (the hung answer ends as ngx's "timeout")
+            assert g.logs().count("budget store sync failed") >= 2, g.logs()[-2000:]
+        assert not [bad for bad in ("panicked at", "wasm trap", "host trap", "VM failed") if bad in g.logs()], \
+            g.logs()[-2000:]
     finally:
         g.stop()
         broken.stop()
