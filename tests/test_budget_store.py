@@ -138,6 +138,14 @@ def synced(g, seconds=10):
     assert g.wait_for_log("budget store: starting -> synced", seconds), g.logs()[-2000:]
 
 
+def inside_one_window(seconds):
+    """Waits, if need be, until the next `seconds` fall inside one fixed window: a test that
+    crossed a window's end would see the spend start over and admit a fresh budget."""
+    left = WINDOW - time.time() % WINDOW
+    if left < seconds:
+        time.sleep(left + 0.5)
+
+
 def test_nodes_share_one_tier_budget_and_all_refuse_once_it_is_spent(redis, stub, signer):
     one = sum(stub.usage.values())
     limit = 6 * one
@@ -145,6 +153,7 @@ def test_nodes_share_one_tier_budget_and_all_refuse_once_it_is_spent(redis, stub
     try:
         for g in nodes:
             synced(g)
+        inside_one_window(20)
         token = signer.token()
         admitted = 0
         refused_on = set()
@@ -174,6 +183,7 @@ def test_an_envoy_node_and_a_kong_runtime_node_share_one_tier_budget(redis, stub
     try:
         for g in nodes:
             synced(g)
+        inside_one_window(20)
         token = signer.token()
         admitted = 0
         admitted_on, refused_on = set(), set()
@@ -206,6 +216,7 @@ def test_an_envoy_node_and_a_kong_runtime_node_share_one_tier_budget(redis, stub
 def test_a_restarted_node_loads_the_spent_budget_from_redis(redis, stub, signer, host):
     one = sum(stub.usage.values())
     config = store_config(signer, redis.upstream, 10 * one)
+    inside_one_window(30)
     g = node(config, stub, signer, redis.upstream, host)
     token = signer.token()
     try:
@@ -296,6 +307,7 @@ def test_a_bridge_answering_garbage_fails_nothing_and_limits_hold_locally(stub, 
     broken = Broken()
     upstream = f"127.0.0.1:{broken.port}"
     one = sum(stub.usage.values())
+    inside_one_window(15)
     g = node(store_config(signer, upstream, 6 * one, {"divide_by_nodes": 3}), stub, signer, upstream, host,
              relay=False)
     try:
