@@ -58,8 +58,10 @@ def nginx_string(value: str) -> str:
 
 
 def nginx_conf(filter_config, listen_port: int, upstream_port: int, prefix: Path, env_keys=(),
-               with_filter=True, workers=2, wasm_path=WASM, log_level="info", location_extra="") -> str:
-    """An nginx.conf shaped like the one Kong renders for a route with the filter attached."""
+               with_filter=True, workers=2, wasm_path=WASM, log_level="info", location_extra="",
+               http_extra="") -> str:
+    """An nginx.conf shaped like the one Kong renders for a route with the filter attached;
+    `http_extra` goes into `http {}` as it is (Kong: `nginx_http_include`)."""
     envs = "".join(f"env {k};\n" for k in env_keys)
     wasm = (f"wasm {{\n    module {FILTER} {wasm_path};\n    shm_kv * 16m;\n"
             f"    socket_connect_timeout 5s;\n    socket_read_timeout 10s;\n    socket_send_timeout 10s;\n}}\n"
@@ -97,7 +99,7 @@ http {{
         server 127.0.0.1:{upstream_port};
         keepalive 32;
     }}
-
+{http_extra}
     server {{
         listen 127.0.0.1:{listen_port};
         server_name gateway;
@@ -135,7 +137,8 @@ class Nginx(HostProcess):
     """Runs nginx until `stop()`. Fails with nginx's log if it does not become ready."""
 
     def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
-                 with_filter=True, wait=True, reloadable=False, log_level="info", location_extra=""):
+                 with_filter=True, wait=True, reloadable=False, log_level="info", location_extra="",
+                 http_extra=""):
         if with_filter and not WASM.exists():
             raise FileNotFoundError(f"{WASM} is missing: run `make build` first")
         self.binary = nginx_binary()
@@ -147,7 +150,7 @@ class Nginx(HostProcess):
         self.log_path = self.prefix / "error.log"
         env = dict(env or {})
         self.env_keys, self.with_filter, self.concurrency = sorted(env), with_filter, concurrency
-        self.log_level, self.location_extra = log_level, location_extra
+        self.log_level, self.location_extra, self.http_extra = log_level, location_extra, http_extra
         self._write_conf(filter_config)
         self.process = subprocess.Popen(
             [self.binary, "-p", str(self.prefix), "-c", str(self.config_path), "-e", str(self.log_path)],
@@ -159,7 +162,7 @@ class Nginx(HostProcess):
     def _write_conf(self, filter_config):
         text = nginx_conf(filter_config, self.port, self.upstream_port, self.prefix, self.env_keys,
                           self.with_filter, self.concurrency, log_level=self.log_level,
-                          location_extra=self.location_extra)
+                          location_extra=self.location_extra, http_extra=self.http_extra)
         tmp = self.prefix / "nginx.conf.tmp"
         tmp.write_text(text)
         tmp.rename(self.config_path)
