@@ -19,7 +19,7 @@ use raw::{RawConfig, RawIdentityHeaders, RawModel, RawOidc, RawTarget, RawTier};
 
 pub use bedrock::BedrockTarget;
 pub use limits::{short_digest, Budgets, Price, Reserve};
-pub use store::{OnStoreFailure, StoreKind, StorePlan};
+pub use store::{OnStoreFailure, StoreKind, StorePlan, TICK_MS};
 
 /// A configuration problem, naming the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

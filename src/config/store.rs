@@ -58,8 +58,11 @@ fn default_key_prefix() -> String {
     "csg".to_owned()
 }
 
-/// Shortest sync interval accepted, milliseconds (the host ticks every 500 ms).
+/// Shortest sync interval accepted, milliseconds.
 const MIN_SYNC_MS: u64 = 100;
+/// How often the filter's root context ticks, milliseconds: syncs start on ticks, so no two are
+/// closer than this whatever `sync_ms` says.
+pub const TICK_MS: u64 = 500;
 /// Longest key prefix accepted, bytes.
 const MAX_PREFIX: usize = 32;
 
@@ -100,7 +103,8 @@ pub(super) fn compile_store(raw: RawBudgetStore) -> Result<StorePlan, ConfigErro
     if raw.timeout_ms == 0 {
         return Err(ConfigError::new("budget_store.timeout_ms", "must be greater than 0"));
     }
-    let stale_after_ms = raw.stale_after_ms.unwrap_or(2 * raw.sync_ms + raw.timeout_ms);
+    // Two syncs missed, at the pace ticks allow, before a node counts as cut off.
+    let stale_after_ms = raw.stale_after_ms.unwrap_or(2 * raw.sync_ms.max(TICK_MS) + raw.timeout_ms);
     if stale_after_ms < raw.sync_ms + raw.timeout_ms {
         return Err(ConfigError::new(
             "budget_store.stale_after_ms",
@@ -166,6 +170,10 @@ mod tests {
                 on_failure: OnStoreFailure::KeepLimits,
             }
         );
+        let fast = with_store(json!({"kind": "webdis", "upstream": "w:1", "sync_ms": 200, "timeout_ms": 300,
+                                     "on_failure": "keep_limits"}));
+        let store = load(&fast).unwrap().budget_store.unwrap();
+        assert_eq!(store.stale_after_ms, 2 * TICK_MS + 300, "two syncs at the pace of ticks, not of sync_ms");
         let doc = with_store(json!({
             "kind": "webdis", "upstream": "127.0.0.1:7379", "authority": "webdis", "sync_ms": 250,
             "timeout_ms": 300, "stale_after_ms": 5000, "key_prefix": "prod.csg",

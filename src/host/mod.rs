@@ -23,7 +23,7 @@ use crate::store_sync::Batch;
 use self::calls::HostCalls;
 
 /// How often each worker checks for shared keys and due refreshes.
-const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(crate::config::TICK_MS);
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(GatewayRoot::default()) });
