@@ -115,11 +115,12 @@ compose-images:
 EMPTY_WASM := target/empty-filter/$(WASM_TARGET)/release/bench_empty_filter.wasm
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-bench: build $(VENV)/.stamp
+bench: build $(VENV)/.stamp .apt.stamp
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 	@command -v taskset >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq util-linux; }
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
+	cargo build --release --target $(WASM_TARGET) --manifest-path bench/verify-wasm/Cargo.toml
 	$(PY) bench/bench.py
 
 clean:
