@@ -617,7 +617,7 @@ def targets(results, ttfb_p99, rss, memory, sync, verify):
     if cpu("native", "1k") and cpu("filter_cached", "1k"):
         native_added, ours_added = cpu("native", "1k") - base1, cpu("filter_cached", "1k") - base1
         row("#13: 1 KiB, cached token: added CPU ≤ native `jwt_authn` + rate limit + header's added CPU",
-            f"+{ours_added:.0f} µs vs native +{native_added:.0f} µs", ours_added <= native_added)
+            f"+{ours_added:.1f} µs vs native +{native_added:.1f} µs", ours_added <= native_added)
     if cpu("wasm_rewrite", "130k") and cpu("filter_cached", "130k"):
         floor, ours = cpu("wasm_rewrite", "130k"), cpu("filter_cached", "130k")
         row("#13: 130 KB, cached token: CPU ≤ the Wasm body-rewrite floor + 30 µs",
