@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import UPSTREAM_KEY, gateway_config
+from tests.harness import windows
 from tests.harness.client import call, fixture
 from tests.harness.envoy import free_port
 from tests.harness.hosts import gateway_class
@@ -140,11 +141,8 @@ def synced(g, seconds=10):
 
 
 def inside_one_window(seconds):
-    """Waits, if need be, until the next `seconds` fall inside one fixed window: a test that
-    crossed a window's end would see the spend start over and admit a fresh budget."""
-    left = WINDOW - time.time() % WINDOW
-    if left < seconds:
-        time.sleep(left + 0.5)
+    """Waits, if need be, until the next `seconds` fall inside one of this file's windows."""
+    windows.inside_one_window(WINDOW, seconds)
 
 
 def test_nodes_share_one_tier_budget_and_all_refuse_once_it_is_spent(redis, stub, signer):

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.conftest import gateway_config
+from tests.harness import windows
 from tests.harness.claude import run_claude
 from tests.harness.client import call, fixture, with_model
 from tests.harness.signer import Signer
@@ -129,6 +130,7 @@ def test_reserve_is_held_and_settled_to_the_true_count(make_gateway, signer, stu
     limit = 1_000_000
     g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": 600}], reserve="estimate")
     token = signer.token()
+    windows.inside_one_window(600, 10)
     first = call(g.port, token, STREAM)
     estimate = len(STREAM) // 4 + 4096  # bytes / 4 + reserve_output_tokens (max_tokens is 32000)
     assert remaining(first, 600) == limit - estimate

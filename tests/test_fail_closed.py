@@ -8,6 +8,7 @@ import jwt as pyjwt
 import pytest
 
 from tests.conftest import UPSTREAM_KEY, gateway_config
+from tests.harness import windows
 from tests.harness.client import call
 from tests.harness.raw import h2_request, http1, send_and_hang_up
 from tests.harness.signer import AUDIENCE, Signer, b64url
@@ -77,6 +78,9 @@ def test_a_cancelled_request_costs_at_least_its_estimate(make_gateway, signer, s
     g = make_gateway(config, [signer.upstream])
     token = signer.token()
     estimate = len(BODY) // 4 + 1000  # body bytes / 4 + min(max_tokens, 4096)
+    # The spend is compared across three requests: all inside one window (a sliding window's
+    # previous share shrinks from its first second on).
+    windows.inside_one_window(600, 10)
     before = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
     spent = sum(stub.usage.values())
     stub.first_byte_delay = 2.0
@@ -96,6 +100,7 @@ def test_absurd_usage_from_upstream_never_lowers_a_counter(make_gateway, signer,
     config["tiers"][1]["limits"] = [{"limit": 1_000_000, "window_seconds": 600}]
     g = make_gateway(config, [signer.upstream])
     token = signer.token()
+    windows.inside_one_window(600, 10)
     before = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
     spent = sum(stub.usage.values())
     stub.usage = {"input_tokens": 2**63, "output_tokens": 2**64 - 1,
