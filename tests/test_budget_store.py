@@ -145,6 +145,24 @@ def inside_one_window(seconds):
     windows.inside_one_window(WINDOW, seconds)
 
 
+def spend_in_turn(nodes, token, requests, pause):
+    """Sends `requests` requests to the nodes in turn, `pause` seconds apart. Returns how many
+    were admitted, and the indexes of the nodes that admitted and that refused (429 with
+    Retry-After, nothing else)."""
+    admitted, admitted_on, refused_on = 0, set(), set()
+    for i in range(requests):
+        answer = call(nodes[i % len(nodes)].port, token, STREAM)
+        if answer.status == 200:
+            admitted += 1
+            admitted_on.add(i % len(nodes))
+        else:
+            assert answer.status == 429, answer.body
+            assert answer.headers.get("retry-after"), answer.headers
+            refused_on.add(i % len(nodes))
+        time.sleep(pause)
+    return admitted, admitted_on, refused_on
+
+
 def test_nodes_share_one_tier_budget_and_all_refuse_once_it_is_spent(redis, stub, signer):
     one = sum(stub.usage.values())
     limit = 6 * one
@@ -153,18 +171,8 @@ def test_nodes_share_one_tier_budget_and_all_refuse_once_it_is_spent(redis, stub
         for g in nodes:
             synced(g)
         inside_one_window(20)
-        token = signer.token()
-        admitted = 0
-        refused_on = set()
-        for i in range(18):
-            g = nodes[i % 3]
-            answer = call(g.port, token, STREAM)
-            if answer.status == 200:
-                admitted += 1
-            else:
-                assert answer.status == 429, answer.body
-                refused_on.add(i % 3)
-            time.sleep(0.25)  # about one sync interval between requests
+        # About one sync interval between requests.
+        admitted, _, refused_on = spend_in_turn(nodes, signer.token(), 18, pause=0.25)
         # The stated bound: the limit plus up to two sync intervals of traffic per node (each node
         # gets a request every 750 ms here, and syncs run on 500 ms ticks: at most one more each).
         assert 6 <= admitted <= 6 + 3, admitted
@@ -183,20 +191,7 @@ def test_an_envoy_node_and_a_kong_runtime_node_share_one_tier_budget(redis, stub
         for g in nodes:
             synced(g)
         inside_one_window(20)
-        token = signer.token()
-        admitted = 0
-        admitted_on, refused_on = set(), set()
-        for i in range(16):
-            g = nodes[i % 2]
-            answer = call(g.port, token, STREAM)
-            if answer.status == 200:
-                admitted += 1
-                admitted_on.add(i % 2)
-            else:
-                assert answer.status == 429, answer.body
-                assert answer.headers.get("retry-after"), answer.headers
-                refused_on.add(i % 2)
-            time.sleep(0.6)
+        admitted, admitted_on, refused_on = spend_in_turn(nodes, signer.token(), 16, pause=0.6)
         # The stated bound: the limit plus up to two sync intervals of traffic per node. A node
         # syncs on its 500 ms ticks (sync_ms 200 is shorter), so what one node spends reaches the
         # other within about two ticks (its push, then the other's pull), under the 1.2 s between
