@@ -1,5 +1,6 @@
 // Runs a wasm32-wasip1 command in Node's V8 (the engine Envoy embeds), with its arguments:
-// cargo's runner for `make unit-wasm`, so unit tests also run compiled for Wasm (with simd128).
+// cargo's runner for `make unit-wasm` (unit tests compiled for Wasm, with simd128), and
+// bench/verify-wasm's runner.
 //   node scripts/wasi-run.mjs FILE.wasm [ARGS...]
 import { readFileSync } from "node:fs";
 import { WASI } from "node:wasi";
