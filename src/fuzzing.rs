@@ -111,7 +111,11 @@ pub fn discovery(data: &[u8]) {
 /// the result is still JSON with the new model.
 pub fn body(data: &[u8]) {
     let Ok(parsed) = RequestBody::parse(data) else { return };
-    let Some(out) = parsed.rewrite(data, "fuzz-model-\"id\"") else { return };
+    let Some(edit) = parsed.rewrite(data, "fuzz-model-\"id\"") else { return };
+    let out = edit.apply(data);
+    assert_eq!(edit.new_len(data.len()), out.len());
+    let whole = edit.clone().into_whole(data);
+    assert!(whole.replaced >= data.len().max(whole.bytes.len()) && whole.bytes == out);
     let value: serde_json::Value = serde_json::from_slice(&out).expect("the rewritten body is JSON");
     assert_eq!(value["model"], "fuzz-model-\"id\"");
 }

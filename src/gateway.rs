@@ -2,12 +2,12 @@
 //! decisions a request needs (admit, refuse, fetch keys first; which body and headers go
 //! upstream). The host layer turns these decisions into host calls.
 
-use crate::config::{short_digest, Plan};
+use crate::config::Plan;
 use crate::jwt::{self, Identity};
 use crate::keystore::{Callout, Fetch, FetchError, KeyStore, KeysError, SharedRecord};
 use crate::metering::{Metering, Subject};
 use crate::reply::{Reply, ToReply};
-use crate::routing::{Endpoint, RequestBody};
+use crate::routing::{BodyEdit, Endpoint, RequestBody};
 use crate::shared::SharedStore;
 use crate::store_sync::{self, Syncer, Tracked};
 use crate::tier::{self, NoTier};
@@ -52,8 +52,8 @@ pub enum FetchProgress {
 /// What goes upstream for an admitted request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
-    /// The new body, when `model` was rewritten.
-    pub body: Option<Vec<u8>>,
+    /// The change to the body, when `model` was rewritten (or the body translated).
+    pub body: Option<BodyEdit>,
     /// Headers to set (after the client's credential and identity headers were removed).
     pub headers: Vec<(String, String)>,
     /// Client headers to take away besides the ones taken at the request headers.
@@ -235,7 +235,7 @@ impl Worker {
             Endpoint::Messages => {
                 let subject = Subject {
                     person: admission.identity.subject.clone(),
-                    person_key: short_digest(&admission.identity.subject),
+                    person_key: admission.identity.person_key.clone(),
                     tier: tier.name.clone(),
                     model: model.alias.clone(),
                     price: model.price,
@@ -273,7 +273,7 @@ impl Worker {
             headers.push(("accept-encoding".to_owned(), "identity".to_owned()));
             headers.push(("content-length".to_owned(), out.body.len().to_string()));
             let forward = Forward {
-                body: Some(out.body),
+                body: Some(BodyEdit::whole(body.len(), out.body)),
                 headers,
                 remove_headers: out.remove_headers,
                 bedrock: true,
@@ -282,7 +282,7 @@ impl Worker {
             };
             return Ok((forward, metering));
         }
-        let new_body = parsed.rewrite(body, &model.model_id);
+        let edit = parsed.rewrite(body, &model.model_id);
         let names = &plan.identity_headers;
         let mut headers = vec![
             ("x-api-key".to_owned(), target.api_key.clone()),
@@ -292,13 +292,13 @@ impl Worker {
             ("accept-encoding".to_owned(), "identity".to_owned()),
         ];
         // A body that goes as it came keeps the client's framing (one header write fewer).
-        if let Some(new_body) = &new_body {
-            headers.push(("content-length".to_owned(), new_body.len().to_string()));
+        if let Some(edit) = &edit {
+            headers.push(("content-length".to_owned(), edit.new_len(body.len()).to_string()));
         }
         if let Some(email) = &admission.identity.email {
             headers.push((names.email.clone(), email.clone()));
         }
-        let forward = Forward { body: new_body, headers, remove_headers: Vec::new(), bedrock: false, route, warnings };
+        let forward = Forward { body: edit, headers, remove_headers: Vec::new(), bedrock: false, route, warnings };
         Ok((forward, metering))
     }
 }

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
 
-use crate::config::OidcPlan;
+use crate::config::{short_digest, OidcPlan};
 use crate::jwks::{Algorithm, KeySet};
 use crate::reply::{Reply, ToReply};
 
@@ -183,6 +183,9 @@ pub fn take_token(authorization: Option<&str>, api_key: Option<&str>) -> Result<
 pub struct Identity {
     /// `sub`.
     pub subject: String,
+    /// The key of the person's budget counters ([`short_digest`] of `sub`), computed once with
+    /// the verification and cached with it.
+    pub person_key: String,
     /// `email`, when present.
     pub email: Option<String>,
     /// The groups claim, as a list.
@@ -278,8 +281,10 @@ impl ParsedToken {
                 return Err(AuthError::BadSignature);
             }
         }
+        let subject = self.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
         Ok(Identity {
-            subject: self.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            person_key: short_digest(&subject),
+            subject,
             email: self.claims.get("email").and_then(Value::as_str).map(str::to_owned),
             groups: groups_at(&self.claims, &oidc.groups_claim),
             expires_at: self.exp,

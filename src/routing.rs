@@ -147,19 +147,57 @@ impl RequestBody {
         })
     }
 
-    /// The body with `model` replaced by `model_id`; every other byte stays as it was.
-    /// `None` when the model is already `model_id` and the body can go as it is.
-    pub fn rewrite(&self, body: &[u8], model_id: &str) -> Option<Vec<u8>> {
+    /// The edit that puts `model_id` in place of `model`; every other byte stays as it was.
+    /// Only the body's start up to the model's value is replaced, so a body whose `model` comes
+    /// first (Claude Code's) sends a few dozen bytes across the host boundary, not the body.
+    pub fn rewrite(&self, body: &[u8], model_id: &str) -> Option<BodyEdit> {
         if self.model == model_id {
             return None;
         }
         let value = serde_json::Value::String(model_id.to_owned()).to_string();
         let (start, end) = self.model_span;
-        let mut out = Vec::with_capacity(body.len() - (end - start) + value.len());
-        out.extend_from_slice(&body[..start]);
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(&body[end..]);
-        Some(out)
+        let mut bytes = Vec::with_capacity(start + value.len());
+        bytes.extend_from_slice(body.get(..start)?);
+        bytes.extend_from_slice(value.as_bytes());
+        Some(BodyEdit { replaced: end, bytes })
+    }
+}
+
+/// A change to the request body: its first `replaced` bytes (all of them, when it is shorter)
+/// give way to `bytes`. This is the shape both hosts take in one call: Envoy drains `replaced`
+/// bytes and prepends the new ones; ngx_wasm_module replaces the whole body with `bytes` cut to
+/// `replaced`, so an edit for ngx is always [`BodyEdit::whole`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyEdit {
+    /// How many bytes at the start of the old body go.
+    pub replaced: usize,
+    /// What takes their place.
+    pub bytes: Vec<u8>,
+}
+
+impl BodyEdit {
+    /// A new body in place of an old one of `old_len` bytes, whatever the host.
+    pub fn whole(old_len: usize, body: Vec<u8>) -> BodyEdit {
+        BodyEdit { replaced: old_len.max(body.len()), bytes: body }
+    }
+
+    /// The new body's length.
+    pub fn new_len(&self, old_len: usize) -> usize {
+        old_len.saturating_sub(self.replaced) + self.bytes.len()
+    }
+
+    /// The new body.
+    pub fn apply(&self, old: &[u8]) -> Vec<u8> {
+        let kept = old.get(self.replaced..).unwrap_or_default();
+        [self.bytes.as_slice(), kept].concat()
+    }
+
+    /// The same change as a whole new body (for a host that cannot replace a prefix).
+    pub fn into_whole(self, old: &[u8]) -> BodyEdit {
+        if self.replaced >= old.len().max(self.bytes.len()) {
+            return self;
+        }
+        BodyEdit::whole(old.len(), self.apply(old))
     }
 }
 
@@ -192,7 +230,12 @@ mod tests {
             br#"{ "model" : "claude-haiku-4-5", "messages":[{"role":"user","content":"model \"x\""}], "stream":true }"#;
         let parsed = RequestBody::parse(body).unwrap();
         assert_eq!(parsed.model, "claude-haiku-4-5");
-        let out = parsed.rewrite(body, "claude-haiku-4-5-20251001").unwrap();
+        let edit = parsed.rewrite(body, "claude-haiku-4-5-20251001").unwrap();
+        assert_eq!(edit.replaced, r#"{ "model" : "claude-haiku-4-5""#.len(), "only the start up to the model goes");
+        let out = edit.apply(body);
+        assert_eq!(edit.new_len(body.len()), out.len());
+        let whole = edit.clone().into_whole(body);
+        assert_eq!((whole.replaced, &whole.bytes), (out.len(), &out), "a whole edit for ngx");
         let expected =
             String::from_utf8_lossy(body).replacen("\"claude-haiku-4-5\"", "\"claude-haiku-4-5-20251001\"", 1);
         assert_eq!(String::from_utf8(out).unwrap(), expected);
@@ -204,7 +247,7 @@ mod tests {
         let body = br#"{"messages":[],"model":"claude-sonnet\u002d4-6"}"#;
         let parsed = RequestBody::parse(body).unwrap();
         assert_eq!(parsed.model, "claude-sonnet-4-6");
-        assert_eq!(parsed.rewrite(body, "x").unwrap(), br#"{"messages":[],"model":"x"}"#.to_vec());
+        assert_eq!(parsed.rewrite(body, "x").unwrap().apply(body), br#"{"messages":[],"model":"x"}"#.to_vec());
     }
 
     #[test]
@@ -252,8 +295,9 @@ mod tests {
             let body = std::fs::read(dir.join(name)).unwrap();
             let parsed = RequestBody::parse(&body).unwrap();
             assert_eq!(parsed.model, "claude-sonnet-4-6", "{name}");
-            let out = parsed.rewrite(&body, "claude-sonnet-4-6-20990101").unwrap();
-            assert_eq!(out.len(), body.len() + 9, "{name}");
+            let edit = parsed.rewrite(&body, "claude-sonnet-4-6-20990101").unwrap();
+            assert!(edit.bytes.len() < 64, "{name}: the model comes first, so the edit is small");
+            assert_eq!(edit.apply(&body).len(), body.len() + 9, "{name}");
         }
     }
 }

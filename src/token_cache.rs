@@ -94,7 +94,14 @@ mod tests {
     use super::*;
 
     fn identity(exp: u64) -> Identity {
-        Identity { subject: "alice".into(), email: None, groups: vec![], expires_at: exp, kid: Some("k1".into()) }
+        Identity {
+            subject: "alice".into(),
+            person_key: "k".into(),
+            email: None,
+            groups: vec![],
+            expires_at: exp,
+            kid: Some("k1".into()),
+        }
     }
 
     #[test]

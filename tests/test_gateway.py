@@ -42,6 +42,29 @@ def test_captured_bodies_arrive_byte_for_byte_but_model(gateway, signer, stub, n
     assert header(seen, "content-length") == str(len(expected))
 
 
+@pytest.mark.parametrize("place", ["first", "middle", "last"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_rewrite_of_a_large_body_wherever_model_stands(gateway, signer, stub, place, chunked):
+    # The filter replaces the body only up to the model's value (Envoy drains that prefix and
+    # prepends the new one): the rest must arrive byte for byte, however the body came in.
+    doc = json.loads(fixture("request_main_stream.json"))
+    doc.pop("model")
+    keys = list(doc)
+    at = {"first": 0, "middle": keys.index("system"), "last": len(keys)}[place]
+
+    def encode(model):
+        items = [(k, doc[k]) for k in keys]
+        items.insert(at, ("model", model))
+        return json.dumps(dict(items), ensure_ascii=False).encode()
+
+    body = encode("claude-haiku-4-5")
+    answer = call(gateway.port, signer.token(), body, chunked=chunked)
+    assert answer.status == 200, answer.body
+    [seen] = stub.requests
+    assert seen["body"] == encode("claude-haiku-4-5-20251001")
+    assert header(seen, "content-length") in (str(len(seen["body"])), None)
+
+
 @pytest.mark.parametrize("tier_group, model, sent_as", [
     pytest.param("claude-standard-users", "claude-sonnet-4-6", "claude-sonnet-4-6", id="standard-sonnet"),
     pytest.param("claude-standard-users", "claude-haiku-4-5", "claude-haiku-4-5-20251001", id="standard-haiku-rewritten"),

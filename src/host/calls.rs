@@ -13,6 +13,7 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use crate::keystore::Callout;
 use crate::reply::Reply;
 use crate::request::{Host, HostProfile};
+use crate::routing::BodyEdit;
 use crate::shared::{SharedStore, StoreError};
 
 /// Writes a log line. Callers never pass a key or a token.
@@ -116,10 +117,11 @@ pub fn request_body(size: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
 }
 
-/// Replaces the whole request body. ngx_wasm_module truncates the new data to the size
-/// given, so the size is the larger of the old and new lengths (Envoy accepts either).
-pub fn replace_request_body(old_size: usize, body: &[u8]) -> bool {
-    hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size.max(body.len()), body).is_ok()
+/// Replaces the start of the request body: Envoy drains `edit.replaced` bytes and prepends
+/// `edit.bytes`; ngx_wasm_module takes `edit.bytes` as the whole body (cut to `edit.replaced`,
+/// which for ngx is at least their length: [`BodyEdit::whole`]).
+pub fn edit_request_body(edit: &BodyEdit) -> bool {
+    hostcalls::set_buffer(BufferType::HttpRequestBody, 0, edit.replaced, &edit.bytes).is_ok()
 }
 
 /// Sends a local response.

@@ -42,8 +42,8 @@ impl GatewayHttp {
         for (name, value) in &step.set_headers {
             calls::set_request_header(name, value);
         }
-        if let Some(body) = &step.body {
-            if !calls::replace_request_body(self.request.buffered(), body) {
+        if let Some(edit) = &step.body {
+            if !calls::edit_request_body(edit) {
                 // Headers are already set for the new body; refuse rather than send a mismatch.
                 calls::send_reply(&crate::reply::Reply::error(
                     500,

@@ -49,12 +49,12 @@ const SYNC_OUTCOMES: [&str; 8] =
 /// Budget-store health states a node moves into.
 const STORE_HEALTH: [&str; 3] = ["starting", "synced", "cut_off"];
 
-/// Series ids of this VM, by full name, and those of each tier and model at hand (one lookup per
-/// answered request instead of one per series).
+/// Series ids of this VM, by full name, and those of each tier and model at hand (by the tier's
+/// name, then the model's alias, as a usage record names them: no name is built per request).
 #[derive(Default)]
 pub struct Metrics {
     ids: HashMap<String, u32>,
-    scopes: HashMap<String, ScopeIds>,
+    scopes: HashMap<String, HashMap<String, ScopeIds>>,
 }
 
 /// The series of one tier and model.
@@ -119,7 +119,7 @@ impl Metrics {
             .chain(histograms.into_iter().map(|n| (n, MetricType::Histogram)));
         let ids: HashMap<String, u32> =
             defined.filter_map(|(name, kind)| calls::define_metric(kind, &name).map(|id| (name, id))).collect();
-        let mut scopes = HashMap::new();
+        let mut scopes: HashMap<String, HashMap<String, ScopeIds>> = HashMap::new();
         for tier in &plan.tiers {
             for model in tier.models.iter().filter_map(|&m| plan.models.get(m)) {
                 let provider = plan.targets.get(model.target).map_or("none", |t| t.provider.name());
@@ -134,7 +134,7 @@ impl Metrics {
                     latency: id(format!("claude_sso_gateway_latency_ms.{scope}")),
                     ttft: id(format!("claude_sso_gateway_ttft_ms.{scope}")),
                 };
-                scopes.insert(scope, ids);
+                scopes.entry(tier.name.clone()).or_default().insert(model.alias.clone(), ids);
             }
         }
         Metrics { ids, scopes }
@@ -147,7 +147,7 @@ impl Metrics {
     /// Counts one forwarded request by its record: status class, tokens, cost, latency.
     pub fn record_forwarded(&self, record: &UsageRecord, settled: Option<&Settlement>) {
         let (Some(tier), Some(model)) = (&record.tier, &record.model) else { return };
-        let Some(ids) = self.scopes.get(&scope(tier, model)) else { return };
+        let Some(ids) = self.scopes.get(tier.as_str()).and_then(|models| models.get(model.as_str())) else { return };
         let class = match record.status {
             Some(s @ 200..=599) => (s / 100 - 2) as usize,
             _ => 4,

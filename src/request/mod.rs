@@ -20,7 +20,7 @@ use crate::keystore::{Callout, Fetch};
 use crate::metering::{Metering, Outcome, Settlement};
 use crate::record::UsageRecord;
 use crate::reply::{Reply, ToReply};
-use crate::routing::{Endpoint, RequestError};
+use crate::routing::{BodyEdit, Endpoint, RequestError};
 use crate::shared::SharedStore;
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -69,8 +69,8 @@ pub struct Step {
     pub remove_headers: Vec<String>,
     /// Request headers to set (replace).
     pub set_headers: Vec<(String, String)>,
-    /// A new request body.
-    pub body: Option<Vec<u8>>,
+    /// A change to the request body (for ngx always a whole new body).
+    pub body: Option<BodyEdit>,
     /// A local answer; after it nothing is forwarded.
     pub reply: Option<Reply>,
     /// Resume a request a host callback paused earlier.
@@ -514,13 +514,15 @@ impl Request {
                 step.warnings = refusal.warnings;
                 step
             }
-            Ok((Forward { body, mut headers, remove_headers, bedrock, route, warnings }, metering)) => {
+            Ok((Forward { body: edit, mut headers, remove_headers, bedrock, route, warnings }, metering)) => {
                 self.route = Some(route);
                 self.answer_translation = bedrock.then(crate::bedrock::Answer::default);
-                let mut step = Step { flow: Flow::Continue, body, forwarded: true, warnings, ..Step::default() };
+                let mut step = Step { flow: Flow::Continue, body: edit, forwarded: true, warnings, ..Step::default() };
                 match self.profile {
                     HostProfile::Envoy => step.remove_headers = remove_headers,
                     HostProfile::Ngx => {
+                        // ngx_wasm_module replaces the whole body with what it is given.
+                        step.body = step.body.map(|edit| edit.into_whole(body));
                         // nginx computes Content-Length itself, takes the authority from `host`
                         // (`:authority` is read-only there) and cannot remove a request header.
                         headers.retain(|(name, _)| name != "content-length");

@@ -221,7 +221,8 @@ fn sign(kind: Token) -> String {
 
 fn body(kind: Body) -> Vec<u8> {
     match kind {
-        Body::Allowed => br#"{"model":"claude-sonnet-4-6","max_tokens":10,"messages":[]}"#.to_vec(),
+        // `model` in the middle: the rewrite keeps bytes on both sides of it.
+        Body::Allowed => br#"{"max_tokens":10,"model":"claude-sonnet-4-6","messages":[]}"#.to_vec(),
         Body::NotAllowed => br#"{"model":"claude-opus-4-7","max_tokens":10,"messages":[]}"#.to_vec(),
         Body::Invalid => b"{\"model\":".to_vec(),
         Body::TooLarge => format!(r#"{{"model":"claude-sonnet-4-6","pad":"{}"}}"#, "x".repeat(5000)).into_bytes(),
@@ -521,13 +522,30 @@ impl Sim {
         if self.headers.iter().any(|(_, v)| v.contains(&self.token)) {
             return Err("the user's token reached the upstream".into());
         }
-        let body = step.body.as_deref().unwrap_or(&self.body);
+        // What each host makes of the edit (Envoy's `Buffer::copyFrom` at offset 0 drains and
+        // prepends; ngx_wasm_module's `ngx_wasm_chain_append` at 0 replaces the body with the
+        // bytes cut to the size given, or prepends them when that size is 0).
+        let body = match (&step.body, self.profile) {
+            (None, _) => self.body.clone(),
+            (Some(edit), HostProfile::Envoy) => {
+                [edit.bytes.as_slice(), self.body.get(edit.replaced..).unwrap_or_default()].concat()
+            }
+            (Some(edit), HostProfile::Ngx) if edit.replaced == 0 => [edit.bytes.as_slice(), &self.body].concat(),
+            (Some(edit), HostProfile::Ngx) => edit.bytes.get(..edit.replaced).unwrap_or(&edit.bytes).to_vec(),
+        };
         // nginx sets Content-Length itself from the body it sends.
         if self.profile == HostProfile::Envoy && get("content-length") != [body.len().to_string().as_str()] {
             return Err("content-length does not match the forwarded body".into());
         }
-        if !String::from_utf8_lossy(body).contains("claude-sonnet-4-6-20990101") {
-            return Err("the model was not rewritten".into());
+        // The body upstream is the client's with only `model` changed.
+        let mut expected: serde_json::Value =
+            serde_json::from_slice(&self.body).map_err(|e| format!("the client's body: {e}"))?;
+        expected["model"] = "claude-sonnet-4-6-20990101".into();
+        if serde_json::from_slice::<serde_json::Value>(&body).ok() != Some(expected) {
+            return Err(format!(
+                "the body upstream is not the client's with the model rewritten: {:?}",
+                String::from_utf8_lossy(&body)
+            ));
         }
         Ok(())
     }
