@@ -143,9 +143,12 @@ def test_usage_metrics_per_tier_and_model(make_gateway, signer, stub):
     g = budget_gateway(make_gateway, signer, [])
     call(g.port, signer.token(), STREAM)
     call(g.port, signer.token(), JSON_BODY)
-    stats = g.stats()
     req = "wasmcustom.claude_sso_gateway_requests_total.tier.standard.model.{}.status_class.2xx.provider.anthropic"
     tok = "wasmcustom.claude_sso_gateway_tokens_total.tier.standard.model.{}.kind.{}"
+    # The filter hands its per-tier counts to Envoy at its next tick (every 500 ms).
+    deadline = time.monotonic() + 5
+    while (stats := g.stats()).get(req.format("claude-sonnet-4-6"), 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert stats[req.format("claude-haiku-4-5")] == 1
     assert stats[req.format("claude-sonnet-4-6")] == 1
     assert stats[tok.format("claude-sonnet-4-6", "cache_read")] == stub.usage["cache_read_input_tokens"]

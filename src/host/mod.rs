@@ -200,6 +200,7 @@ impl RootContext for GatewayRoot {
     }
 
     fn on_tick(&mut self) {
+        self.metrics.flush();
         let Some(worker) = self.worker.clone() else {
             return;
         };
