@@ -15,6 +15,7 @@ pub mod config;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub(crate) mod gateway;
+pub(crate) mod header_map;
 pub mod jwks;
 pub(crate) mod jwt;
 pub(crate) mod keystore;

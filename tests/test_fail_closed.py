@@ -211,3 +211,22 @@ def test_the_connection_stays_usable_after_every_kind_of_refusal(make_gateway, s
             second.read()
         finally:
             conn.close()
+
+
+def test_a_header_value_that_is_not_utf8_is_answered_and_breaks_nothing(gateway, signer, stub):
+    """HTTP allows any byte above 0x7f in a header value (obs-text); the filter must not trap on
+    one (the Proxy-Wasm SDK's header reader would: it takes every value as UTF-8)."""
+    token = signer.token()
+    for name in ("x-note", "authorization", "anthropic-beta"):
+        value = b"Bearer " + token.encode() if name == "authorization" else b"caf\xe9"
+        head = (b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+                + (b"" if name == "authorization" else b"authorization: Bearer " + token.encode() + b"\r\n")
+                + name.encode() + b": " + value + (b"\xff" if name == "authorization" else b"") + b"\r\n"
+                + b"content-length: " + str(len(BODY)).encode())
+        status, answer = http1(gateway.port, head, BODY)
+        if name == "authorization":
+            # Not a bearer token the gateway can read: refused in Anthropic's error shape.
+            assert status == 400 and b'"type":"authentication_error"' in answer, answer[:400]
+        else:
+            assert status == 200, (name, answer[:300])
+    assert call(gateway.port, token, BODY).status == 200, "the filter still answers"

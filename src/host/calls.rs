@@ -46,9 +46,33 @@ pub fn plugin_configuration() -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten()
 }
 
-/// All request headers, in the host's order, repeated names repeated (one host call).
-pub fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // The SDK's own declaration, with plain integers: the SDK's `get_map` panics on a value
+    // that is not UTF-8 (see `crate::header_map`) and on a status it does not know.
+    fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
+}
+
+/// A header map as the host serializes it (read it with [`crate::header_map::pairs`]); empty
+/// when the host has none to give.
+fn header_map(map_type: MapType) -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a size through the two out-pointers, which point to
+    // live locals.
+    let status = unsafe { proxy_get_header_map_pairs(map_type as u32, &mut data, &mut size) };
+    if status != Status::Ok as u32 || data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the host allocated `size` bytes at `data` through the SDK's
+    // `proxy_on_memory_allocate` (a `Vec<u8>` of that capacity, forgotten) and hands them over;
+    // the SDK's `get_map` takes them back the same way.
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// All request headers, serialized, in the host's order, repeated names repeated (one host call).
+pub fn request_headers() -> Vec<u8> {
+    header_map(MapType::HttpRequestHeaders)
 }
 
 /// Which host runs the filter: only nginx has `ngx.*` properties (read in a request, where
@@ -72,14 +96,15 @@ pub fn remove_request_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
 }
 
-/// All response headers, in the host's order (one host call).
-pub fn response_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+/// All response headers, serialized, in the host's order (one host call).
+pub fn response_headers() -> Vec<u8> {
+    header_map(MapType::HttpResponseHeaders)
 }
 
-/// A response header.
+/// A response header (`None` when absent or not UTF-8).
 pub fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+    let bytes = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// Sets (replaces) a response header.
@@ -166,13 +191,14 @@ pub fn dispatch_request(
 /// Status and body of the callout being answered. ngx_wasm_module reports a failed callout
 /// with no `:status` and a `:dispatch_status` reason instead; that reason is returned too.
 pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>) {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse().ok());
+    let header = |name: &str| {
+        let bytes = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name).ok().flatten()?;
+        String::from_utf8(bytes).ok()
+    };
+    let status = header(":status").and_then(|s| s.parse().ok());
     let reason = match status {
         Some(_) => None,
-        None => hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":dispatch_status").ok().flatten(),
+        None => header(":dispatch_status"),
     };
     let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
     (status, body, reason)

@@ -9,6 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use crate::gateway::Worker;
+use crate::header_map;
 use crate::request::{Flow, HostProfile, Request, Step};
 
 use super::calls::{self, HostCalls};
@@ -126,7 +127,8 @@ impl HttpContext for GatewayHttp {
             }
         };
         self.request = Request::new(profile);
-        let headers = calls::request_headers();
+        let raw = calls::request_headers();
+        let headers = header_map::pairs(&raw);
         let step = self.request.on_request_headers(
             &mut self.worker.borrow_mut(),
             &HostCalls::default(),
@@ -163,8 +165,9 @@ impl HttpContext for GatewayHttp {
         }
         // One host call for every header the request reads; a host whose list leaves out the
         // pseudo-header is asked for it by name.
-        let headers = calls::response_headers();
-        let find = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let raw = calls::response_headers();
+        let headers = header_map::pairs(&raw);
+        let find = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, v)| v);
         let status = find(":status").map(str::to_owned).or_else(|| calls::response_header(":status"));
         let status = status.and_then(|s| s.parse().ok());
         let content_type = find("content-type").unwrap_or_default();

@@ -150,14 +150,14 @@ struct Head<'a> {
 }
 
 impl<'a> Head<'a> {
-    fn read(headers: &'a [(String, String)]) -> Head<'a> {
+    fn read(headers: &[(&'a str, &'a str)]) -> Head<'a> {
         let mut head = Head::default();
-        for (name, value) in headers {
+        for &(name, value) in headers {
             // Envoy hands names lower-case; nginx as the client spelt them.
             let lower = if name.bytes().any(|b| b.is_ascii_uppercase()) {
                 std::borrow::Cow::Owned(name.to_ascii_lowercase())
             } else {
-                std::borrow::Cow::Borrowed(name.as_str())
+                std::borrow::Cow::Borrowed(name)
             };
             match &*lower {
                 ":method" => head.method = value,
@@ -252,7 +252,7 @@ impl Request {
         &mut self,
         worker: &mut Worker,
         host: &dyn Host,
-        headers: &[(String, String)],
+        headers: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Step {
         if !matches!(self.phase, Phase::New) {

@@ -271,7 +271,8 @@ pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {
     }
     let mut sim = Sim::new(setup);
     let step = {
-        let headers = sim.headers.clone();
+        let owned = sim.headers.clone();
+        let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let eos = sim.body.is_empty() && !sim.trailers;
         sim.request.on_request_headers(&mut worker, &host, &headers, eos)
     };

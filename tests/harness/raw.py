@@ -43,11 +43,11 @@ def h2_request(port: int, headers: list, chunks: list, trailers: list | None = N
     return status, got, body
 
 
-def http1(port: int, head: str, body: bytes = b"", timeout=15.0) -> tuple[int, bytes]:
-    """Sends `head` (request line and headers, CRLF-joined, without the blank line) and `body`;
-    returns the status and the raw answer."""
+def http1(port: int, head: str | bytes, body: bytes = b"", timeout=15.0) -> tuple[int, bytes]:
+    """Sends `head` (request line and headers, CRLF-joined, without the blank line; bytes go as
+    they are) and `body`; returns the status and the raw answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        sock.sendall((head if isinstance(head, bytes) else head.encode()) + b"\r\n\r\n" + body)
         answer = b""
         while b"\r\n\r\n" not in answer:
             piece = sock.recv(65536)
