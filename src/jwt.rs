@@ -43,6 +43,8 @@ pub enum AuthError {
     WrongAudience,
     /// No `sub` claim.
     MissingSubject,
+    /// `sub` or `email` holds a control character: it would go upstream in a header.
+    UnsafeIdentity,
     /// The IdP's keys have no key for this token.
     UnknownKey,
     /// The signature does not verify.
@@ -51,7 +53,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, for defining one metric series each.
-    pub const ALL: [AuthError; 17] = [
+    pub const ALL: [AuthError; 18] = [
         AuthError::MissingToken,
         AuthError::NotBearer,
         AuthError::ConflictingTokens,
@@ -67,6 +69,7 @@ impl AuthError {
         AuthError::TokenTooOld,
         AuthError::WrongAudience,
         AuthError::MissingSubject,
+        AuthError::UnsafeIdentity,
         AuthError::UnknownKey,
         AuthError::BadSignature,
     ];
@@ -89,6 +92,7 @@ impl AuthError {
             AuthError::TokenTooOld => "token_too_old",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingSubject => "missing_sub",
+            AuthError::UnsafeIdentity => "unsafe_identity",
             AuthError::UnknownKey => "unknown_kid",
             AuthError::BadSignature => "bad_signature",
         }
@@ -112,6 +116,7 @@ impl AuthError {
             AuthError::TokenTooOld => "access token issued too long ago for this gateway; sign in again",
             AuthError::WrongAudience => "access token audience not accepted",
             AuthError::MissingSubject => "access token has no subject",
+            AuthError::UnsafeIdentity => "access token's sub or email contains control characters",
             AuthError::UnknownKey => "access token signed by an unknown key",
             AuthError::BadSignature => "access token signature is invalid",
         }
@@ -258,6 +263,13 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     }
     if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(AuthError::MissingSubject);
+    }
+    // Both go upstream as header values (and into log lines): a CR, LF or NUL there would let a
+    // token holder write headers of their own.
+    let unsafe_text =
+        |name: &str| claims.get(name).and_then(Value::as_str).is_some_and(|v| v.chars().any(char::is_control));
+    if unsafe_text("sub") || unsafe_text("email") {
+        return Err(AuthError::UnsafeIdentity);
     }
     Ok(ParsedToken { alg, kid, exp, claims })
 }
@@ -441,6 +453,9 @@ pub(crate) mod tests {
                 },
                 AuthError::MissingSubject,
             ),
+            ("sub with a line break", |c| c["sub"] = json!("alice\r\nx-api-key: mine"), AuthError::UnsafeIdentity),
+            ("email with a NUL", |c| c["email"] = json!("alice@example.com\u{0}"), AuthError::UnsafeIdentity),
+            ("sub with DEL", |c| c["sub"] = json!("alice\u{7f}"), AuthError::UnsafeIdentity),
         ];
         for (name, edit, want) in cases {
             let mut claims = good_claims();

@@ -230,3 +230,17 @@ def test_a_header_value_that_is_not_utf8_is_answered_and_breaks_nothing(gateway,
         else:
             assert status == 200, (name, answer[:300])
     assert call(gateway.port, token, BODY).status == 200, "the filter still answers"
+
+
+@pytest.mark.parametrize("claim, value", [("sub", "alice\r\nx-api-key: mine"), ("email", "alice@example.com\nx-a: b"),
+                                          ("sub", "alice\u0000")])
+def test_a_signed_identity_that_would_write_headers_upstream_is_refused(gateway, signer, stub, claim, value):
+    """`sub` and `email` go upstream as header values: a line break there would let the token's
+    holder add headers of their own (or, on some hosts, abort the VM). Refused as the IdP's
+    problem (400, not retried), nothing forwarded."""
+    answer = call(gateway.port, signer.token(**{claim: value}), BODY)
+    assert answer.status == 400, answer.body
+    assert 'error_description="unsafe_identity"' in answer.headers["www-authenticate"]
+    assert answer.json()["error"]["type"] == "authentication_error"
+    assert stub.requests == []
+    assert call(gateway.port, signer.token(), BODY).status == 200
