@@ -751,6 +751,14 @@ def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started):
         if verify["parse"]:
             n, us = verify["parse"]
             lines.append(f"| parsing a {n}-key JWKS (EC keys build their verification tables) | {us:.0f} | |")
+    if verify and verify["scan"]:
+        names = {"captured": "the Claude Code body as captured (1-space indent)",
+                 "compact": "the same document, compact"}
+        lines += ["", "**Request body validation in V8** (bench/verify-wasm: `scan::scan`, the one-pass JSON check "
+                  "every request body gets, in Node's V8; fastest batch and median)", "",
+                  "| body | bytes | µs | median µs | GB/s |", "|---|---|---|---|---|"]
+        lines += [f"| {names.get(name, name)} | {n} | {best:.1f} | {median:.1f} | {n / best / 1e3:.1f} |"
+                  for name, n, best, median in verify["scan"]]
     lines += ["", "**Targets** (issues 12 and 13, with this run's numbers)", "", "| target | measured | |", "|---|---|---|",
               *targets(results, p99, rss, memory, sync, verify)]
     return "\n".join(lines)
@@ -775,14 +783,23 @@ def verify_times():
     wasm = VERIFY / "target" / "wasm32-wasip1" / "release" / "verify-wasm.wasm"
     if not wasm.exists():
         return None
-    out = subprocess.run(["node", "--no-warnings", str(VERIFY / "run.mjs"), "50" if QUICK else "200"],
-                         capture_output=True, text=True, timeout=600)
+    with tempfile.TemporaryDirectory(prefix="csg-scan-") as tmp:
+        # The captured body as sent, and the same document compact (as a client may send it).
+        captured = fixture("request_main_stream.json")
+        compact = Path(tmp) / "compact.json"
+        compact.write_text(json.dumps(json.loads(captured), separators=(",", ":"), ensure_ascii=False))
+        captured_path = Path(tmp) / "captured.json"
+        captured_path.write_bytes(captured)
+        out = subprocess.run(["node", "--no-warnings", str(VERIFY / "run.mjs"), "50" if QUICK else "200",
+                              str(captured_path), str(compact)], capture_output=True, text=True, timeout=600)
     if out.returncode != 0 or "0 wrong" not in out.stdout:
         raise RuntimeError(f"bench/verify-wasm failed:\n{out.stdout}\n{out.stderr}")
     verifies = re.findall(r"^\s*(\S+) ([^:]+):\s+([\d.]+) µs/verify \(median ([\d.]+)\)", out.stdout, re.M)
     refusals = re.findall(r"^refused, ([^:]+): ([\d.]+) µs", out.stdout, re.M)
     parse = re.search(r"KeySet::parse of the (\d+)-key JWKS: ([\d.]+) µs", out.stdout)
-    return {"verify": [(alg, key.strip(), float(best), float(median)) for alg, key, best, median in verifies],
+    scans = re.findall(r"^scan (\S+): (\d+) bytes, ([\d.]+) µs \(median ([\d.]+)\)", out.stdout, re.M)
+    return {"scan": [(name.removesuffix(".json"), int(n), float(best), float(median)) for name, n, best, median in scans],
+            "verify": [(alg, key.strip(), float(best), float(median)) for alg, key, best, median in verifies],
             "refused": [(what, float(us)) for what, us in refusals],
             "parse": (int(parse.group(1)), float(parse.group(2))) if parse else None}
 

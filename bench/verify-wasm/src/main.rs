@@ -1,7 +1,10 @@
-//! Verifies the committed known-answer vectors, then times `Jwk::verify` per algorithm.
-//! Built for wasm32-wasip1 and run under V8 (`node run.mjs`) or natively (`cargo run --release`).
+//! Verifies the committed known-answer vectors, then times `Jwk::verify` per algorithm, and
+//! `scan::scan` (the request body's one-pass JSON validation) on each body file named after the
+//! iteration count. Built for wasm32-wasip1 and run under V8 (`node run.mjs`) or natively
+//! (`cargo run --release`).
 
 use claude_sso_gateway::jwks::{Algorithm, KeySet};
+use claude_sso_gateway::scan;
 use std::time::Instant;
 
 const VECTORS: &str = include_str!("../../../src/jwks/vectors.json");
@@ -80,6 +83,27 @@ fn main() {
             assert!(!key.verify(std::hint::black_box(token), alg, NOW));
         }
         println!("refused, {note}: {:.2} µs", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    }
+    // The body scan: every byte of a request body, at every request.
+    for path in std::env::args().skip(2) {
+        let body = std::fs::read(&path).unwrap();
+        assert!(scan::scan(&body).unwrap().model.is_some(), "{path}: no model");
+        let batch = (20_000_000 / body.len().max(1)).clamp(1, 2000);
+        for _ in 0..batch {
+            std::hint::black_box(scan::scan(std::hint::black_box(&body)).unwrap());
+        }
+        let mut times: Vec<f64> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..batch {
+                    std::hint::black_box(scan::scan(std::hint::black_box(&body)).unwrap());
+                }
+                t.elapsed().as_secs_f64() * 1e6 / batch as f64
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let name = std::path::Path::new(&path).file_name().unwrap().to_string_lossy().into_owned();
+        println!("scan {name}: {} bytes, {:.1} µs (median {:.1})", body.len(), times[0], times[10]);
     }
     if wrong > 0 {
         std::process::exit(1);
