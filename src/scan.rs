@@ -309,6 +309,16 @@ impl<'a> Scanner<'a> {
                             break;
                         }
                     }
+                    // Most non-ASCII text is two- or three-byte characters: checked in place, its
+                    // bytes cleared like an escape's when it ends inside the window.
+                    Some(&lead) if lead > 0x7f && (1..=WINDOW - i as usize).contains(&short_char(body, at)) => {
+                        // Two bits or three.
+                        found &= !((3 | u64::from(short_char(body, at) == 3) << 2) << i);
+                        if found == 0 {
+                            pos = self.window_end();
+                            break;
+                        }
+                    }
                     _ => {
                         pos = rare_stop(body, at)?;
                         break;
@@ -397,6 +407,20 @@ impl<'a> Scanner<'a> {
             return Err(err(self.body, pos, ScanErrorKind::ExpectedColon));
         }
         Ok(self.skip_ws(pos + 1))
+    }
+}
+
+/// The length of the two- or three-byte UTF-8 character at `at` (lead byte C2 to DF, or E1 to
+/// EF but not ED, and continuation bytes), or 0 for anything else: other lengths, the leads
+/// whose second byte has a narrower range (E0, ED), errors.
+#[inline(always)]
+fn short_char(body: &[u8], at: usize) -> usize {
+    let byte = |k: usize| body.get(at + k).copied().unwrap_or_default();
+    let continuation = |b: u8| b & 0xc0 == 0x80;
+    match byte(0) {
+        0xc2..=0xdf if continuation(byte(1)) => 2,
+        0xe1..=0xec | 0xee..=0xef if continuation(byte(1)) && continuation(byte(2)) => 3,
+        _ => 0,
     }
 }
 
