@@ -20,6 +20,12 @@
 //! stops were, and keeps few values live (V8 spills the rest). Nesting is a depth count, the
 //! kind of the innermost container, and the kinds of the outer ones in a small array; no
 //! recursion.
+//!
+//! In Node 20's V8 on a 2-core AMD EPYC (best of 100 batches of 50 scans) the captured 130 KB
+//! Claude Code body scans in about 12.5 µs (10.5 GB/s), the same compacted in about 10.8 µs,
+//! a 125 KB string alone in 2.7 µs, and 3000 small objects (99 KB) in about 49 µs: what is left
+//! is mostly the cost of each string, escape and structural byte (a few ns each, one after the
+//! other) and one 64-byte window read per 64 bytes of escaped text.
 
 use std::fmt;
 use std::ops::Range;
