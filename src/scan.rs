@@ -201,7 +201,7 @@ fn err(body: &[u8], at: usize, kind: ScanErrorKind) -> ScanError {
     ScanError { kind, at }
 }
 
-/// The body and the stops of the window last read.
+/// The body, and the masks of the last windows read in it.
 struct Scanner<'a> {
     body: &'a [u8],
     /// Where the window starts.
@@ -215,6 +215,7 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    /// A scanner that has read no window yet.
     fn new(body: &'a [u8]) -> Self {
         // An empty window far from any offset: the first look reads one.
         Scanner { body, base: usize::MAX / 2, stops: 0, ws_base: usize::MAX / 2, text: 0 }
@@ -259,6 +260,7 @@ impl<'a> Scanner<'a> {
         self.stops & (u64::MAX << offset)
     }
 
+    /// Where the current window ends.
     fn window_end(&self) -> usize {
         self.base + WINDOW
     }
@@ -441,8 +443,9 @@ static SIMPLE_ESCAPE: [bool; 256] = {
     table
 };
 
-/// A stop at `at` in a string other than its end or a two-byte escape: a `\u` escape, UTF-8, or
-/// an error. Returns where the string goes on.
+/// A stop at `at` in a string that the string loop leaves to this: a `\u` escape, an escape in a
+/// window's last byte, a character other than those checked in place, or an error. Returns where
+/// the string goes on.
 #[inline(never)]
 fn rare_stop(body: &[u8], at: usize) -> Result<usize, ScanError> {
     match body.get(at) {
