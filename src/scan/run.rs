@@ -1,122 +1,262 @@
-//! The scanner's hot loop: how far string content goes before a byte that needs a look (the
-//! closing quote, a backslash, a control character), and whether any of it is not ASCII (then
-//! that stretch needs a UTF-8 check). Most of a Claude Code body is string content.
+//! The scanner's byte-level steps: which bytes of a 64-byte window end a stretch of string
+//! content (a quote, a backslash, a control character, or a byte that is not ASCII and needs a
+//! UTF-8 check), which are not JSON whitespace, how far plain string content goes in bulk, and
+//! the UTF-8 check.
 //!
-//! In Wasm with `simd128` (V8 and Wasmtime both run it) 16 bytes go per step; elsewhere, and
-//! for the last bytes, 8 at a time in a `u64` (SWAR, as serde_json's `skip_to_escape`). Both
-//! are held to a byte-by-byte reference by the tests (natively and in Wasm: `make unit-wasm`).
+//! A window is four 16-byte blocks. In Wasm with `simd128` (V8 and Wasmtime both run it;
+//! `.cargo/config.toml` enables it for wasm32-wasip1) a block is one `v128`; elsewhere it is two
+//! `u64`s classified exactly, each byte on its own (SWAR with no borrows between bytes). Both
+//! give the same masks, so everything above them is one and the same code on every target:
+//! natively it is fuzzed against serde_json, and the tests hold both classifiers to a
+//! byte-by-byte reference (natively and in Wasm: `make unit-wasm`).
 
-/// Bytes that end a run.
-const STOP: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        table[i] = true;
-        i += 1;
+/// Bytes in a block.
+const WIDTH: usize = 16;
+
+/// Bytes in a window.
+pub(super) const WINDOW: usize = 64;
+
+/// Bit `i` set when byte `at + i` of `body` ends a stretch of string content: `"`, `\`, below
+/// 0x20, or above 0x7f. Bytes past the end count as such.
+#[inline(always)]
+pub(super) fn window_stops(body: &[u8], at: usize) -> u64 {
+    match body.get(at..).and_then(<[u8]>::first_chunk::<WINDOW>) {
+        Some(window) => gather(window, block_stops),
+        None => gather(&padded(body, at), block_stops),
     }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
-
-/// How many bytes at the start of `rest` are plain string content (no [`STOP`] byte), and
-/// whether any of them is not ASCII.
-#[cfg(not(target_arch = "wasm32"))]
-pub(super) fn string_run(rest: &[u8]) -> (usize, bool) {
-    swar(rest)
 }
 
-/// How many bytes at the start of `rest` are plain string content (no [`STOP`] byte), and
-/// whether any of them is not ASCII.
-#[cfg(target_arch = "wasm32")]
-#[target_feature(enable = "simd128")]
-pub(super) fn string_run(rest: &[u8]) -> (usize, bool) {
-    use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_load, v128_or};
-    let (quote, backslash, space) = (u8x16_splat(b'"'), u8x16_splat(b'\\'), u8x16_splat(0x20));
-    let mut high = u8x16_splat(0);
-    let mut chunks = rest.chunks_exact(16);
-    let mut run = 0;
-    for chunk in chunks.by_ref() {
-        // SAFETY: `chunk` is 16 readable bytes, and `v128.load` takes any alignment.
-        let v = unsafe { v128_load(chunk.as_ptr().cast::<v128>()) };
-        let stop = v128_or(v128_or(u8x16_eq(v, quote), u8x16_eq(v, backslash)), u8x16_lt(v, space));
-        let found = u8x16_bitmask(stop);
-        if found != 0 {
-            let len = found.trailing_zeros() as usize;
-            // High bits of the bytes before the stop (`len` < 16).
-            let before = u8x16_bitmask(v) & ((1u16 << len) - 1);
-            return (run + len, before != 0 || u8x16_bitmask(high) != 0);
+/// Bit `i` set when byte `at + i` of `body` is not JSON whitespace (space, tab, line feed,
+/// carriage return). Bytes past the end count as such.
+#[inline(always)]
+pub(super) fn window_text(body: &[u8], at: usize) -> u64 {
+    match body.get(at..).and_then(<[u8]>::first_chunk::<WINDOW>) {
+        Some(window) => gather(window, block_text),
+        None => gather(&padded(body, at), block_text),
+    }
+}
+
+/// A window's mask from its blocks' masks.
+#[inline(always)]
+fn gather(window: &[u8; WINDOW], class: impl Fn(&[u8; WIDTH]) -> u32) -> u64 {
+    let mut bits = 0;
+    for (k, block) in window.chunks_exact(WIDTH).enumerate() {
+        if let Some(block) = block.first_chunk::<WIDTH>() {
+            bits |= u64::from(class(block)) << (k * WIDTH);
         }
-        high = v128_or(high, v);
-        run += 16;
     }
-    let (len, non_ascii) = swar(chunks.remainder());
-    (run + len, non_ascii || u8x16_bitmask(high) != 0)
+    bits
 }
 
-/// [`string_run`] eight bytes at a time: a byte's high bit is set in `found` when it is below
-/// 0x20, a quote or a backslash. The borrows can also flag bytes after the first match, never
-/// before it, so the lowest flag is exact.
-fn swar(rest: &[u8]) -> (usize, bool) {
+/// The last bytes of `body` from `at` (less than a window), then NULs: a NUL is a stop and not
+/// whitespace, so the masks end where the body does.
+#[cold]
+#[inline(never)]
+fn padded(body: &[u8], at: usize) -> [u8; WINDOW] {
+    let mut window = [0; WINDOW];
+    let rest = body.get(at..).unwrap_or_default();
+    let n = rest.len().min(WINDOW);
+    window[..n].copy_from_slice(&rest[..n]);
+    window
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod block {
+    use super::{WIDTH, WINDOW};
+    use core::arch::wasm32::{
+        i8x16_lt, i8x16_splat, u8x16_bitmask, u8x16_eq, u8x16_splat, v128, v128_any_true, v128_load, v128_or,
+    };
+
+    /// Stop bytes as 0xff, the others as 0.
+    #[inline(always)]
+    fn stops(v: v128) -> v128 {
+        // Signed: below 0x20 or above 0x7f in one compare.
+        v128_or(
+            v128_or(u8x16_eq(v, u8x16_splat(b'"')), u8x16_eq(v, u8x16_splat(b'\\'))),
+            i8x16_lt(v, i8x16_splat(0x20)),
+        )
+    }
+
+    #[inline(always)]
+    fn load(block: &[u8; WIDTH]) -> v128 {
+        // SAFETY: `block` is 16 readable bytes, and `v128.load` takes any alignment.
+        unsafe { v128_load(block.as_ptr().cast::<v128>()) }
+    }
+
+    #[inline(always)]
+    pub(super) fn block_stops(block: &[u8; WIDTH]) -> u32 {
+        u32::from(u8x16_bitmask(stops(load(block))))
+    }
+
+    #[inline(always)]
+    pub(super) fn block_text(block: &[u8; WIDTH]) -> u32 {
+        let v = load(block);
+        let ws = v128_or(
+            v128_or(u8x16_eq(v, u8x16_splat(b' ')), u8x16_eq(v, u8x16_splat(b'\n'))),
+            v128_or(u8x16_eq(v, u8x16_splat(b'\t')), u8x16_eq(v, u8x16_splat(b'\r'))),
+        );
+        u32::from(!u8x16_bitmask(ws))
+    }
+
+    /// From `pos` in string content, skips whole windows with no stop byte; the offset returned
+    /// is at most the first stop's.
+    #[inline(always)]
+    pub(in crate::scan) fn plain(body: &[u8], pos: usize) -> usize {
+        let mut run = 0;
+        for window in body.get(pos..).unwrap_or_default().chunks_exact(WINDOW) {
+            let p = window.as_ptr();
+            // SAFETY: `window` is 64 readable bytes, and `v128.load` takes any alignment.
+            let [a, b, c, d] = [0, 1, 2, 3].map(|k| unsafe { v128_load(p.add(k * WIDTH).cast::<v128>()) });
+            // One test for the whole window: most of a long string has no stop.
+            if v128_any_true(v128_or(v128_or(stops(a), stops(b)), v128_or(stops(c), stops(d)))) {
+                break;
+            }
+            run += WINDOW;
+        }
+        pos + run
+    }
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+mod block {
+    use super::{window_stops, WIDTH, WINDOW};
+
     const ONES: u64 = 0x0101_0101_0101_0101;
-    let mut chunks = rest.chunks_exact(8);
-    let mut run = 0;
-    let mut high = 0u64;
-    for chunk in chunks.by_ref() {
-        // Byte by byte so that it compiles to one load (`copy_from_slice` stays a call at opt-level "s").
-        let v = u64::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]]);
-        let quote = v ^ (ONES * u64::from(b'"'));
-        let backslash = v ^ (ONES * u64::from(b'\\'));
-        // `& !v` keeps only bytes below 0x80: above it, the high bit is the byte's own.
-        let found =
-            (v.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES)) & !v & (ONES << 7);
-        if found != 0 {
-            let len = (found.trailing_zeros() / 8) as usize;
-            // Only the bytes before the stop count.
-            let before = if len == 0 { 0 } else { v & (u64::MAX >> (64 - 8 * len)) };
-            return (run + len, (high | before) & (ONES << 7) != 0);
-        }
-        high |= v;
-        run += 8;
+    const HIGH: u64 = ONES << 7;
+    const LOW: u64 = !HIGH;
+
+    /// The two halves of a block, little-endian.
+    #[inline(always)]
+    fn halves(block: &[u8; WIDTH]) -> [u64; 2] {
+        let (lo, hi) = block.split_at(8);
+        let word = |h: &[u8]| h.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
+        [word(lo), word(hi)]
     }
-    let tail = chunks.remainder();
-    let len = tail.iter().position(|&b| STOP[b as usize]).unwrap_or(tail.len());
-    (run + len, high & (ONES << 7) != 0 || tail[..len].iter().any(|b| !b.is_ascii()))
+
+    /// High bit of each byte equal to `b`. Exact: adding 0x7f to a 7-bit value carries into
+    /// that byte's high bit only.
+    #[inline(always)]
+    fn eq(v: u64, b: u8) -> u64 {
+        let x = v ^ (ONES * u64::from(b));
+        !(((x & LOW) + LOW) | x) & HIGH
+    }
+
+    /// The high bits of the eight bytes as the low 8 bits (the shifted copies never overlap,
+    /// so nothing carries).
+    #[inline(always)]
+    fn bitmask(high: u64) -> u32 {
+        ((high >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
+    }
+
+    #[inline(always)]
+    pub(super) fn block_stops(block: &[u8; WIDTH]) -> u32 {
+        let [lo, hi] = halves(block).map(|v| {
+            // `(v & LOW) + 0x60` sets the high bit of the bytes whose low 7 bits are 0x20 or more.
+            let control_or_high = (!((v & LOW) + ONES * 0x60) | v) & HIGH;
+            bitmask(eq(v, b'"') | eq(v, b'\\') | control_or_high)
+        });
+        lo | hi << 8
+    }
+
+    #[inline(always)]
+    pub(super) fn block_text(block: &[u8; WIDTH]) -> u32 {
+        let [lo, hi] =
+            halves(block).map(|v| bitmask(!(eq(v, b' ') | eq(v, b'\n') | eq(v, b'\t') | eq(v, b'\r')) & HIGH));
+        lo | hi << 8
+    }
+
+    /// From `pos` in string content, skips whole windows with no stop byte; the offset returned
+    /// is at most the first stop's.
+    pub(in crate::scan) fn plain(body: &[u8], mut pos: usize) -> usize {
+        while pos + WINDOW <= body.len() && window_stops(body, pos) == 0 {
+            pos += WINDOW;
+        }
+        pos
+    }
+}
+
+pub(super) use block::plain;
+use block::{block_stops, block_text};
+
+/// Checks the UTF-8 of the non-ASCII characters from `at` up to the next ASCII byte (or the
+/// end), with `str::from_utf8`'s rules (no overlong forms, no surrogates, nothing above
+/// U+10FFFF). Returns where they end, or where the first bad sequence starts.
+#[inline(never)]
+pub(super) fn utf8(body: &[u8], mut at: usize) -> Result<usize, usize> {
+    while let Some(&lead) = body.get(at) {
+        // The sequence's length and the range its second byte must fall in.
+        let (len, second) = match lead {
+            0x00..=0x7f => return Ok(at),
+            0xc2..=0xdf => (2, 0x80..=0xbf),
+            0xe0 => (3, 0xa0..=0xbf),
+            0xe1..=0xec | 0xee..=0xef => (3, 0x80..=0xbf),
+            0xed => (3, 0x80..=0x9f),
+            0xf0 => (4, 0x90..=0xbf),
+            0xf1..=0xf3 => (4, 0x80..=0xbf),
+            0xf4 => (4, 0x80..=0x8f),
+            _ => return Err(at),
+        };
+        match body.get(at + 1..at + len) {
+            Some([b, rest @ ..]) if second.contains(b) && rest.iter().all(|c| (0x80..=0xbf).contains(c)) => at += len,
+            _ => return Err(at),
+        }
+    }
+    Ok(at)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The definition, one byte at a time.
-    fn reference(rest: &[u8]) -> (usize, bool) {
-        let len = rest.iter().position(|&b| STOP[b as usize]).unwrap_or(rest.len());
-        (len, rest[..len].iter().any(|b| !b.is_ascii()))
+    fn is_stop(b: u8) -> bool {
+        !(0x20..=0x7f).contains(&b) || b == b'"' || b == b'\\'
+    }
+
+    fn is_ws(b: u8) -> bool {
+        matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+    }
+
+    /// The masks by their definitions, one byte at a time.
+    fn reference(body: &[u8], at: usize) -> (u64, u64) {
+        let (mut stops, mut text) = (0, 0);
+        for i in 0..WINDOW {
+            let b = body.get(at + i).copied();
+            stops |= u64::from(b.is_none_or(is_stop)) << i;
+            text |= u64::from(!b.is_some_and(is_ws)) << i;
+        }
+        (stops, text)
     }
 
     #[test]
-    fn every_stop_byte_at_every_offset_agrees_with_the_reference() {
-        let stops: Vec<u8> = (0..0x20).chain([b'"', b'\\']).collect();
-        // Fillers that differ from a stop byte only in the high bit, and plain ones.
-        let fillers = [b'a', 0xa2, 0xdc, 0x9f, b' ', 0x80, 0xff, 0x7f, 0xa0];
-        for &stop in &stops {
-            for len in 0..70 {
-                for at in 0..=len {
-                    for shift in 0..fillers.len() {
-                        let mut text: Vec<u8> = (0..len).map(|i| fillers[(i + shift) % fillers.len()]).collect();
-                        if at < len {
-                            text[at] = stop;
-                        }
-                        assert_eq!(string_run(&text), reference(&text), "stop {stop:#x}, length {len}, at {at}");
-                        assert_eq!(swar(&text), reference(&text), "swar: stop {stop:#x}, length {len}, at {at}");
-                    }
+    fn wasm_builds_test_the_simd128_classifier() {
+        // `.cargo/config.toml` enables simd128 for wasm32-wasip1; without it `make unit-wasm`
+        // would test the SWAR classifier a second time, and the filter would run it.
+        const { assert!(!cfg!(target_arch = "wasm32") || cfg!(target_feature = "simd128")) };
+    }
+
+    fn masks(body: &[u8], at: usize) -> (u64, u64) {
+        (window_stops(body, at), window_text(body, at))
+    }
+
+    #[test]
+    fn every_byte_in_every_lane_agrees_with_the_reference() {
+        // Fillers around it, among them bytes that differ from a stop or a space only in the
+        // high bit.
+        let fillers = [b'a', 0xa2, 0xdc, 0x9f, b' ', 0x80, 0xff, 0x7f, 0xa0, b'\n', 0xa0, b'"' + 0x80];
+        for b in 0..=255u8 {
+            for lane in 0..WINDOW {
+                let shift = usize::from(b) % fillers.len();
+                let mut body: Vec<u8> = (0..WINDOW + 3).map(|i| fillers[(i + shift) % fillers.len()]).collect();
+                body[lane + 1] = b;
+                for at in [0, 1, 2, 3, lane, lane + 1, body.len() - 5, body.len(), body.len() + 2] {
+                    assert_eq!(masks(&body, at), reference(&body, at), "{b:#x} in lane {lane}, window at {at}");
                 }
             }
         }
     }
 
     #[test]
-    fn random_text_agrees_with_the_reference() {
+    fn random_windows_agree_with_the_reference() {
         // xorshift: the same cases on every run and every target.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
@@ -126,19 +266,83 @@ mod tests {
             state
         };
         for _ in 0..20_000 {
-            let len = (next() % 80) as usize;
-            // Mostly ASCII letters, some non-ASCII, rare stops: long runs, as in real bodies.
-            let text: Vec<u8> = (0..len)
-                .map(|_| match next() % 64 {
-                    0 => b'"',
-                    1 => b'\\',
-                    2 => (next() % 0x20) as u8,
-                    3..=8 => 0x80 | (next() % 0x80) as u8,
+            let len = (next() % 150) as usize;
+            // Either any byte or mostly letters, spaces and stops.
+            let wild = next() % 2 == 0;
+            let body: Vec<u8> = (0..len)
+                .map(|_| match (wild, next() % 16) {
+                    (true, _) => next() as u8,
+                    (false, 0) => b'"',
+                    (false, 1) => b'\\',
+                    (false, 2) => b' ',
+                    (false, 3) => b'\n',
+                    (false, 4) => 0xc3,
                     _ => b'a' + (next() % 26) as u8,
                 })
                 .collect();
-            for start in 0..len.min(17) {
-                assert_eq!(string_run(&text[start..]), reference(&text[start..]), "{text:?} from {start}");
+            let at = (next() % 151) as usize;
+            assert_eq!(masks(&body, at), reference(&body, at), "{body:?} at {at}");
+            // Whole windows with no stop, and never past the first stop.
+            let mut want = at;
+            while want + WINDOW <= body.len() && reference(&body, want).0 == 0 {
+                want += WINDOW;
+            }
+            assert_eq!(plain(&body, at), want, "{body:?} from {at}");
+        }
+    }
+
+    #[test]
+    fn plain_skips_whole_windows_up_to_the_first_stop() {
+        for stop in [b'"', b'\\', 0x00, b'\n', 0x1f, 0x80, 0xe9, 0xff] {
+            for len in [0, 1, 63, 64, 65, 127, 128, 129, 200, 300] {
+                for at in 0..len.min(70) {
+                    for place in (at..len).step_by(7).chain([len]) {
+                        let mut body = vec![b'a'; len];
+                        if place < len {
+                            body[place] = stop;
+                        }
+                        let mut want = at;
+                        while want + WINDOW <= len && !(want..want + WINDOW).contains(&place) {
+                            want += WINDOW;
+                        }
+                        assert_eq!(plain(&body, at), want, "{stop:#x} at {place} of {len}, from {at}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `utf8` against `str::from_utf8`, with `seq` between a few prefixes and suffixes.
+    fn check_utf8(seq: &[u8]) {
+        for (prefix, suffix) in [(&b""[..], &b""[..]), (b"ab", b"\"x"), (b"", b"\xc3\xa9a")] {
+            let body = [prefix, seq, suffix].concat();
+            let at = prefix.len();
+            // `utf8` starts at a non-ASCII byte and stops at the next ASCII one.
+            let stretch_end = body[at..].iter().position(u8::is_ascii).map_or(body.len(), |p| at + p);
+            let want = match std::str::from_utf8(&body[at..stretch_end]) {
+                Ok(_) => Ok(stretch_end),
+                Err(e) => Err(at + e.valid_up_to()),
+            };
+            assert_eq!(utf8(&body, at), want, "{body:x?}");
+        }
+    }
+
+    #[test]
+    fn utf8_agrees_with_std_on_every_short_sequence() {
+        // Every byte in second place; the edges of every range after it.
+        let edges = [0x00, 0x22, 0x7f, 0x80, 0x81, 0x8f, 0x90, 0x91, 0x9f, 0xa0, 0xa1, 0xbe, 0xbf, 0xc0, 0xc1, 0xff];
+        for lead in 0x80..=0xffu8 {
+            check_utf8(&[lead]);
+            for b in 0..=255u8 {
+                check_utf8(&[lead, b]);
+            }
+            for b in edges {
+                for c in edges {
+                    check_utf8(&[lead, b, c]);
+                    for d in edges {
+                        check_utf8(&[lead, b, c, d]);
+                    }
+                }
             }
         }
     }

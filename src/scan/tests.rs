@@ -122,29 +122,6 @@ fn refuses_what_serde_refuses() {
 }
 
 #[test]
-fn string_run_stops_at_the_first_quote_backslash_or_control_byte_and_notes_non_ascii_before_it() {
-    let cases: &[(&str, u8)] =
-        &[("quote", b'"'), ("backslash", b'\\'), ("nul", 0), ("newline", b'\n'), ("unit separator", 0x1f)];
-    for (name, stop) in cases {
-        for len in 0..40 {
-            for at in 0..=len {
-                // Filler around the stop byte: ASCII and bytes above 0x80 that look like stops minus 0x80.
-                let mut text: Vec<u8> = (0..len).map(|i| [b'a', 0xa2, 0xdc, 0x9f, b' '][i % 5]).collect();
-                if at < len {
-                    text[at] = *stop;
-                    if at + 1 < len {
-                        text[at + 1] = b'"';
-                    }
-                }
-                let (run, non_ascii) = string_run(&text);
-                assert_eq!(run, at, "{name}: length {len}, at {at}");
-                assert_eq!(non_ascii, text[..at].iter().any(|b| !b.is_ascii()), "{name}: length {len}, at {at}");
-            }
-        }
-    }
-}
-
-#[test]
 fn nesting_is_limited_as_in_serde() {
     for depth in [1, 126, 127, 128, 129, 5000] {
         for (open, close, inner) in [("[", "]", "1"), ("{\"a\":", "}", "1"), ("[", "]", "[]"), ("[", "]", "{}")] {
@@ -152,6 +129,197 @@ fn nesting_is_limited_as_in_serde() {
             let want = oracle(body.as_bytes()).is_some();
             assert_eq!(scan(body.as_bytes()).is_ok(), want, "{open} {depth} {inner}");
             assert_eq!(want, depth + usize::from(inner.len() == 2) < MAX_DEPTH, "{open} {depth} {inner}");
+        }
+    }
+}
+
+/// The scanner and serde_json agree on `body`: the same verdict, and the same members when both
+/// accept. Returns whether they accept.
+#[track_caller]
+fn agrees(body: &[u8]) -> bool {
+    let got = scan(body).ok();
+    assert_eq!(got, oracle(body), "{:?}", String::from_utf8_lossy(body));
+    got.is_some()
+}
+
+/// Counts of accepted and refused documents, to check that a test saw both.
+#[derive(Default)]
+struct Verdicts(usize, usize);
+
+impl Verdicts {
+    #[track_caller]
+    fn check(&mut self, body: &[u8]) {
+        if agrees(body) {
+            self.0 += 1;
+        } else {
+            self.1 += 1;
+        }
+    }
+
+    #[track_caller]
+    fn saw_both(&self) {
+        assert!(self.0 > 0 && self.1 > 0, "accepted {}, refused {}", self.0, self.1);
+    }
+}
+
+/// Documents with `string` (the inside of a string) as a top-level value, as a nested key, and
+/// as an array element.
+fn in_every_place(string: &[u8]) -> Vec<Vec<u8>> {
+    [&br#"{"model":"m","k":"S","z":1}"#[..], br#"{"o":{"S":[1]},"model":"m"}"#, br#"{"a":[true,"S",{}]}"#]
+        .iter()
+        .map(|template| {
+            let at = template.iter().position(|&b| b == b'S').unwrap_or_default();
+            [&template[..at], string, &template[at + 1..]].concat()
+        })
+        .collect()
+}
+
+#[test]
+fn escapes_at_every_offset_of_a_window_agree_with_serde() {
+    // A window is read where a string starts, then every 64 bytes: an escape `k` bytes into
+    // the string is at offset `k % 64` of a window, and `k` up to 140 covers every offset twice,
+    // the last byte (an escape whose second byte is in the next window) included.
+    let escapes: &[&[u8]] = &[
+        br"\n",
+        br#"\""#,
+        br"\\",
+        br"\/",
+        br"\b",
+        br"\f",
+        br"\r",
+        br"\t",
+        br#"\\\""#,
+        br#"\"\\"#,
+        br"\n\n\n",
+        br"\\\\",
+        br#"\\""#,
+        br"\u0041",
+        br"\ud83d\ude00",
+        br"\u00e9\n",
+        br"\x",
+        br"\u12",
+        br"\ud800",
+        br"\ud800\n",
+        br"\",
+        "\u{e9}".as_bytes(),
+        b"\n",
+        b"\x7f\x1f",
+    ];
+    let mut verdicts = Verdicts::default();
+    for escape in escapes {
+        for k in 0..140 {
+            for tail in [&b""[..], b"a", b"\"", br"\n", &[b'b'; 70]] {
+                let string = [&vec![b'a'; k][..], escape, tail].concat();
+                for body in in_every_place(&string) {
+                    verdicts.check(&body);
+                }
+            }
+        }
+    }
+    verdicts.saw_both();
+}
+
+#[test]
+fn whitespace_runs_of_every_length_at_every_alignment_agree_with_serde() {
+    let kinds = [b' ', b'\n', b'\t', b'\r'];
+    // `P` pads the body so that the runs (`W`) start at every offset of a whitespace window;
+    // the last documents end a run with a byte JSON does not count as whitespace.
+    let templates: &[&[u8]] = &[
+        b"{\"P\":W[W1W,W\"x\"W,W{W\"a\"W:Wnull}W]W}",
+        b"W{W\"P\"W:W{W\"model\"W:W\"m\"W}W,\"e\":[W],\"f\":{W}}W",
+        b"{\"P\":1W\x0c}",
+        b"{\"P\":[1W\x0b]}",
+    ];
+    let mut verdicts = Verdicts::default();
+    for len in 0..70 {
+        for shift in 0..64 {
+            let run: Vec<u8> = (0..len).map(|i| kinds[(i * 7 + shift) % kinds.len()]).collect();
+            let pad = vec![b'p'; shift];
+            for template in templates {
+                let mut body = Vec::new();
+                for &b in *template {
+                    match b {
+                        b'W' => body.extend_from_slice(&run),
+                        b'P' => body.extend_from_slice(&pad),
+                        _ => body.push(b),
+                    }
+                }
+                verdicts.check(&body);
+            }
+        }
+    }
+    verdicts.saw_both();
+}
+
+#[test]
+fn non_ascii_next_to_stops_agrees_with_serde() {
+    let characters: &[&[u8]] = &[
+        "é".as_bytes(),
+        "€".as_bytes(),
+        "😀".as_bytes(),
+        "\u{7ff}\u{800}\u{ffff}\u{10000}\u{10ffff}".as_bytes(),
+        // Cut short, overlong, a surrogate, above U+10FFFF, a lone continuation byte.
+        b"\xc3",
+        b"\xe2\x82",
+        b"\xf0\x9f\x98",
+        b"\xff",
+        b"\xc0\x80",
+        b"\xed\xa0\x80",
+        b"\xf4\x90\x80\x80",
+        b"\x80",
+        b"\xc3\xa9\xa9",
+    ];
+    let neighbours: &[&[u8]] = &[b"", b"\"", br"\n", br#"\""#, b"a", br"\u00e9", b"\n", "ü".as_bytes()];
+    let mut verdicts = Verdicts::default();
+    for k in (0..6).chain(58..70).chain(122..130) {
+        for character in characters {
+            for before in neighbours {
+                for after in neighbours {
+                    let string = [&vec![b'a'; k][..], before, character, after].concat();
+                    for body in in_every_place(&string) {
+                        verdicts.check(&body);
+                    }
+                }
+            }
+        }
+    }
+    verdicts.saw_both();
+}
+
+/// A body with every kind of value and of whitespace, long strings with escapes and non-ASCII
+/// text across window edges, and the members of interest.
+fn sample_body(pretty: bool) -> Vec<u8> {
+    let text = "Line one of a long prompt, \"quoted\", with a tab\tand a path C:\\dir\\file.\nLigne deux: \
+                café, naïve, 東京, 😀 — and more words to pass a window edge or two.\n"
+        .repeat(3);
+    let value = serde_json::json!({
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 32000,
+        "stream": true,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": []},
+        ],
+        "tools": [{"name": "Bash", "input_schema": {"type": "object", "properties": {"timeout": {"type": "number", "maximum": 600000, "minimum": -1.5e-3}}, "required": ["command"], "additionalProperties": false}}],
+        "metadata": {"user_id": "u\u{1}\u{1f}", "temperature": 0.7, "n": null, "e": {}},
+    });
+    let mut body = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }.unwrap();
+    // A key spelt with an escape, as clients may.
+    let at = body.windows(8).position(|w| w == b"\"stream\"").unwrap();
+    body.splice(at..at + 8, br#""str\u0065am""#.iter().copied());
+    body
+}
+
+#[test]
+fn a_sample_body_cut_anywhere_agrees_with_serde() {
+    for pretty in [false, true] {
+        let body = sample_body(pretty);
+        let members = scan(&body).unwrap();
+        assert_eq!(members.stream, Some(true));
+        assert_eq!(members.max_tokens, Some(32000));
+        assert_eq!(members.model.unwrap().value, "claude-sonnet-4-6");
+        for cut in 0..body.len() {
+            assert!(!agrees(&body[..cut]), "cut at {cut}");
         }
     }
 }
@@ -176,8 +344,8 @@ fn captured_claude_code_bodies_agree_with_serde() {
         let got = scan(&body).unwrap();
         assert_eq!(Some(&got), oracle(&body).as_ref(), "{name}");
         assert!(got.model.is_some(), "{name}");
-        // Cut anywhere, a body is no longer valid.
-        for cut in (0..body.len()).step_by(997) {
+        // Cut anywhere, a body is no longer valid (the small one is cut at every byte).
+        for cut in (0..body.len()).step_by(if body.len() < 10_000 { 1 } else { 997 }) {
             assert_eq!(scan(&body[..cut]).ok(), oracle(&body[..cut]), "{name} cut at {cut}");
         }
     }
