@@ -384,6 +384,9 @@ def test_requests_before_keys_wait_for_the_first_fetch(make_gateway, stub):
         for t in threads:
             t.join()
         assert results == [200] * 6
+        # The bodies held while the keys were fetched are rewritten from the callout's answer.
+        expected = with_model(body, "claude-haiku-4-5-20251001")
+        assert [r["body"] == expected for r in stub.requests] == [True] * 6
     finally:
         idp.stop()
 
