@@ -309,7 +309,8 @@ SDK_TO_ABI = {
     "get_current_time": "proxy_get_current_time_nanoseconds",
     "set_tick_period": "proxy_set_tick_period_milliseconds",
     "get_buffer": "proxy_get_buffer_bytes", "set_buffer": "proxy_set_buffer_bytes",
-    "get_map": "proxy_get_header_map_pairs", "get_map_value": "proxy_get_header_map_value", "set_map_value": "proxy_replace_header_map_value",
+    "get_map": "proxy_get_header_map_pairs", "get_map_value": "proxy_get_header_map_value",
+    "get_map_value_bytes": "proxy_get_header_map_value", "set_map_value": "proxy_replace_header_map_value",
     "remove_map_value": "proxy_remove_header_map_value", "add_map_value": "proxy_add_header_map_value",
     "send_http_response": "proxy_send_local_response", "resume_http_request": "proxy_continue_stream",
     "resume_http_response": "proxy_continue_stream", "reset_http_request": "proxy_close_stream",
@@ -385,6 +386,15 @@ def test_code_never_calls_a_host_function_kong_traps_on():
     assert not unknown, f"map these SDK calls to their ABI function in this test first: {unknown}"
     trapping = sorted(f"{c} -> {SDK_TO_ABI[c]}" for c in calls if SDK_TO_ABI[c] in NGX_TRAPS)
     assert not trapping, f"Kong traps on: {trapping}"
+    # Host functions declared by hand (an `extern` block), not through the SDK.
+    direct = {}
+    for p, text in sources.items():
+        for abi in re.findall(r"\bfn (proxy_\w+)\s*\(", text):
+            direct.setdefault(abi, []).append(p.name)
+    exports = {n for n in direct if n.startswith("proxy_on_")}
+    assert not exports, f"the SDK exports the proxy_on_* callbacks, not our code: {exports}"
+    assert all(files == ["calls.rs"] for files in direct.values()), f"host functions declared outside calls.rs: {direct}"
+    assert not sorted(set(direct) & NGX_TRAPS), f"Kong traps on: {sorted(set(direct) & NGX_TRAPS)}"
     # The SDK's trait helpers call the host and unwrap; only `hostcalls` (whose errors we handle) is used.
     for p, text in sources.items():
         assert not re.search(r"self\.(get_http_request_header|send_http_response|dispatch_http_call|"
