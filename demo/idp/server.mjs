@@ -97,7 +97,10 @@ function buildProvider(issuer) {
         getResourceServerInfo: () => ({ scope: 'claude', audience: AUDIENCE, accessTokenFormat: 'jwt', accessTokenTTL: accessTtl }),
       },
     },
-    ttl: { AccessToken: accessTtl, RefreshToken: refreshTtl, IdToken: accessTtl, DeviceCode: 600, Interaction: 600, Grant: refreshTtl, Session: refreshTtl },
+    // Grant and session outlive a short refresh token by at least a minute: with both at 1 s (the
+    // tests' expired-refresh case) a login that crossed a second boundary lost its grant mid-way.
+    ttl: { AccessToken: accessTtl, RefreshToken: refreshTtl, IdToken: accessTtl, DeviceCode: 600, Interaction: 600,
+           Grant: Math.max(refreshTtl, 60), Session: Math.max(refreshTtl, 60) },
     rotateRefreshToken: true,
     issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
     interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
