@@ -227,13 +227,6 @@ mod tests {
         (stops, text)
     }
 
-    #[test]
-    fn wasm_builds_test_the_simd128_classifier() {
-        // `.cargo/config.toml` enables simd128 for wasm32-wasip1; without it `make unit-wasm`
-        // would test the SWAR classifier a second time, and the filter would run it.
-        const { assert!(!cfg!(target_arch = "wasm32") || cfg!(target_feature = "simd128")) };
-    }
-
     fn masks(body: &[u8], at: usize) -> (u64, u64) {
         (window_stops(body, at), window_text(body, at))
     }
