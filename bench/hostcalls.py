@@ -7,7 +7,8 @@ Runs the built .wasm under bench/hostcalls/run.mjs (a minimal Proxy-Wasm host in
 body/answer kind, how many times each host function is called in each callback, and the
 microseconds spent inside the VM per callback (fastest and median batch).
 
-    python3 bench/hostcalls.py            # the 1 KiB and 130 KB bodies, JSON and SSE answers
+    python3 bench/hostcalls.py            # the 1 KiB and 130 KB bodies, JSON and SSE answers, and a
+                                          # long (70 KB) streamed answer
     python3 bench/hostcalls.py --json     # the raw results
 """
 import json
@@ -35,16 +36,23 @@ def answers():
     message = routes[1]["direct_response"]["body"]["inline_string"]
     # SSE as a host delivers it: one chunk per event.
     events = [e + "\n\n" for e in sse.split("\n\n") if e]
+    # A long answer as Envoy hands it on: 200 text deltas (about 70 KB) in 16 KiB reads.
+    text = json.dumps("Here is the change, step by step, with the reasons for each part of it. " * 3)
+    delta = ('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+             f'"delta":{{"type":"text_delta","text":{text}}}}}\n\n')
+    long = events[0] + delta * 200 + "".join(events[-3:])
+    sse_headers = [[":status", "200"], ["content-type", "text/event-stream"]]
     return {
         "json": {"headers": [[":status", "200"], ["content-type", "application/json"],
                              ["content-length", str(len(message))]], "chunks": [message]},
-        "sse": {"headers": [[":status", "200"], ["content-type", "text/event-stream"]], "chunks": events},
+        "sse": {"headers": sse_headers, "chunks": events},
+        "sse-long": {"headers": sse_headers, "chunks": [long[i:i + 16384] for i in range(0, len(long), 16384)]},
     }
 
 
 def run(workdir: Path, signer: Signer, config: dict, token: str, size: str, answer: str, requests=2000) -> dict:
     body_path = workdir / f"body-{size}-{answer}.json"
-    body_path.write_bytes(bodies()[(size, answer)])
+    body_path.write_bytes(bodies()[(size, answer.removesuffix("-long"))])
     discovery = {"issuer": signer.issuer, "jwks_uri": f"{signer.issuer}/jwks"}
     scenario = {
         "wasm": str(WASM), "config": config, "env": {"ANTHROPIC_API_KEY": UPSTREAM_KEY},
@@ -77,7 +85,7 @@ def main():
         token = signer.token(exp=int(time.time()) + 3 * 3600)
         results = {}
         with tempfile.TemporaryDirectory(prefix="csg-hostcalls-") as workdir:
-            for size, answer in (("1k", "json"), ("1k", "sse"), ("130k", "json"), ("130k", "sse")):
+            for size, answer in (("1k", "json"), ("1k", "sse"), ("130k", "json"), ("130k", "sse"), ("1k", "sse-long")):
                 results[f"{size} {answer}"] = run(Path(workdir), signer, config, token, size, answer)
     finally:
         signer.stop()

@@ -2,6 +2,8 @@
 //! decisions a request needs (admit, refuse, fetch keys first; which body and headers go
 //! upstream). The host layer turns these decisions into host calls.
 
+use std::rc::Rc;
+
 use crate::config::Plan;
 use crate::jwt::{self, Identity};
 use crate::keystore::{Callout, Fetch, FetchError, KeyStore, KeysError, SharedRecord};
@@ -21,8 +23,8 @@ pub const MAX_REQUEST_FETCHES: usize = 32;
 /// A verified person with a tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
-    /// Who the token says.
-    pub identity: Identity,
+    /// Who the token says (shared with the token cache: a cached token costs no copy).
+    pub identity: Rc<Identity>,
     /// Index of the tier in [`Plan::tiers`].
     pub tier: usize,
 }
@@ -160,7 +162,8 @@ impl Worker {
                 });
                 match verified {
                     Ok(Ok(identity)) => {
-                        self.tokens.insert(digest, identity.clone(), now);
+                        let identity = Rc::new(identity);
+                        self.tokens.insert(digest, Rc::clone(&identity), now);
                         identity
                     }
                     Ok(Err(callout)) => return AuthOutcome::FetchKeys(callout),

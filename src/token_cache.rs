@@ -3,6 +3,7 @@
 //! drawn at start (SHA-256 if the host has no randomness); the token itself is not kept.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use sha2::{Digest as _, Sha256};
 use siphasher::sip128::{Hasher128, SipHasher24};
@@ -15,7 +16,7 @@ pub type Digest = u128;
 /// A bounded map from token digest to the verified identity.
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: HashMap<Digest, Identity>,
+    entries: HashMap<Digest, Rc<Identity>>,
     capacity: usize,
     /// The SipHash key: secret, so nobody can make a token collide with another's. SipHash is a
     /// PRF under a secret key, and costs a third of SHA-256 on a token in Wasm.
@@ -56,17 +57,17 @@ impl TokenCache {
         now: u64,
         leeway: u64,
         key_known: impl Fn(Option<&str>) -> bool,
-    ) -> Option<Identity> {
+    ) -> Option<Rc<Identity>> {
         let entry = self.entries.get(digest)?;
         if now > entry.expires_at.saturating_add(leeway) || !key_known(entry.kid.as_deref()) {
             self.entries.remove(digest);
             return None;
         }
-        Some(entry.clone())
+        Some(Rc::clone(entry))
     }
 
     /// Remembers a verified token. When full, expired entries go first, then everything.
-    pub fn insert(&mut self, digest: Digest, identity: Identity, now: u64) {
+    pub fn insert(&mut self, digest: Digest, identity: Rc<Identity>, now: u64) {
         if self.entries.len() >= self.capacity {
             self.entries.retain(|_, id| id.expires_at > now);
             if self.entries.len() >= self.capacity {
@@ -93,15 +94,15 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn identity(exp: u64) -> Identity {
-        Identity {
+    fn identity(exp: u64) -> Rc<Identity> {
+        Rc::new(Identity {
             subject: "alice".into(),
             person_key: "k".into(),
             email: None,
             groups: vec![],
             expires_at: exp,
             kid: Some("k1".into()),
-        }
+        })
     }
 
     #[test]

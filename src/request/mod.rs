@@ -325,7 +325,7 @@ impl Request {
             return self.answer(RequestError::MissingModel.to_reply());
         }
         match jwt::take_token(head.authorization.first().copied(), head.api_key.first().copied()) {
-            Ok(token) => self.authenticate(worker, host, &token, true),
+            Ok(token) => self.authenticate(worker, host, token, true),
             Err(e) => self.auth = Auth::Refused(e.to_reply()),
         }
         self.after_auth_at_headers()
