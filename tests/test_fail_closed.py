@@ -244,3 +244,33 @@ def test_a_signed_identity_that_would_write_headers_upstream_is_refused(gateway,
     assert answer.json()["error"]["type"] == "authentication_error"
     assert stub.requests == []
     assert call(gateway.port, signer.token(), BODY).status == 200
+
+
+@pytest.mark.parametrize("cut", ["reset", "slow"])
+def test_a_key_fetch_cut_after_its_headers_is_a_503_and_the_vm_lives_on(make_gateway, stub, cut):
+    """The JWKS answer stops after its headers: a reset, or a body slower than the callout timeout.
+    Envoy then has no callout headers to give, and ngx_wasm_module no body: reading either used to
+    abort the VM (Envoy) or the nginx worker, and the waiting request hung."""
+    idp = Signer()
+    idp.jwks_cut = cut
+    try:
+        config = gateway_config(idp)
+        config["oidc"]["callout_timeout_ms"] = 1000
+        g = make_gateway(config, [idp.upstream])
+        started = time.monotonic()
+        answer = call(g.port, idp.token(), BODY, timeout=15)
+        assert answer.status == 503, answer.body
+        assert answer.json()["error"]["type"] == "api_error"
+        assert time.monotonic() - started < 5, "answered, not left to hang"
+        assert idp.fetches["jwks"] >= 1, "the JWKS was asked for and cut"
+        idp.jwks_cut = None
+        deadline = time.monotonic() + 15
+        while (status := call(g.port, idp.token(), BODY, timeout=15).status) != 200:
+            assert status == 503, status
+            assert time.monotonic() < deadline, "the same VM (and nginx worker) did not recover"
+            time.sleep(0.5)
+        logs = g.logs()
+        assert "panicked at" not in logs and "Uncaught RuntimeError" not in logs, logs[-2000:]
+        assert "exited on signal" not in logs, "the nginx worker died"
+    finally:
+        idp.stop()

@@ -1,7 +1,9 @@
 """A test identity provider: signing keys of every accepted type, discovery and JWKS over HTTP,
-with knobs to rotate keys, go down and count fetches, and a minter for good and forged tokens."""
+with knobs to rotate keys, go down, cut the JWKS answer short and count fetches, and a minter for good and forged tokens."""
 import base64
 import json
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +61,9 @@ class Signer:
         self.published = list(self.keys.values())
         self.down = False
         self.delay = 0.0  # seconds before each answer (a slow IdP)
+        # The JWKS answer cut after its headers and 10 bytes of body: "reset" (a TCP reset) or
+        # "slow" (the rest 3 s later, past a short callout timeout).
+        self.jwks_cut: str | None = None
         self.fetches = {"discovery": 0, "jwks": 0}
         self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler())
@@ -130,6 +135,20 @@ class Signer:
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                cut = signer.jwks_cut if kind == "jwks" else None
+                if cut is None:
+                    self.wfile.write(data)
+                    return
+                self.wfile.write(data[:10])
+                self.wfile.flush()
+                if cut == "slow":
+                    time.sleep(3.0)
+                    self.wfile.write(data[10:])
+                    return
+                time.sleep(0.2)
+                # A reset, not a close: linger on, with no time to linger.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                self.close_connection = True
 
         return Handler
