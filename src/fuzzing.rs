@@ -120,7 +120,7 @@ pub fn body(data: &[u8]) {
     assert_eq!(value["model"], "fuzz-model-\"id\"");
 }
 
-/// The usage meters: split anywhere, an answer counts the same as whole.
+/// The usage meters: split anywhere, an answer counts the same as whole, and is as readable.
 pub fn usage(data: &[u8]) {
     let Some((&split, rest)) = data.split_first() else { return };
     let content_type = if split & 1 == 0 { "text/event-stream" } else { "application/json" };
@@ -131,6 +131,7 @@ pub fn usage(data: &[u8]) {
     parts.push(&rest[..cut]);
     parts.push(&rest[cut..]);
     assert_eq!(whole.finish(), parts.finish());
+    assert_eq!(whole.problem(Some(200)), parts.problem(Some(200)));
 }
 
 /// The filter configuration.

@@ -294,14 +294,16 @@ impl ParsedToken {
 
     /// Checks the signature against `keys` and returns the identity.
     pub fn verify(self, token: &str, keys: &KeySet, oidc: &OidcPlan, now: u64) -> Result<Identity, AuthError> {
-        // With a `kid` at most one key matches it; without one, only a JWKS with exactly one
-        // key for the algorithm is accepted, so no token makes the gateway try every key.
+        // No token makes the gateway try every key. With a `kid`, at most two keys are tried:
+        // IdPs do list one key twice under its kid (once with `alg`, once without). Without a
+        // `kid`, only a JWKS with exactly one key for the algorithm is accepted.
         {
-            let mut candidates = keys.candidates(self.kid.as_deref(), self.alg);
-            let (Some(key), None) = (candidates.next(), candidates.next()) else {
+            let most = if self.kid.is_some() { 2 } else { 1 };
+            let candidates: Vec<_> = keys.candidates(self.kid.as_deref(), self.alg).take(most + 1).collect();
+            if candidates.is_empty() || candidates.len() > most {
                 return Err(AuthError::UnknownKey);
-            };
-            if !key.verify(token, self.alg, now) {
+            }
+            if !candidates.iter().any(|key| key.verify(token, self.alg, now)) {
                 return Err(AuthError::BadSignature);
             }
         }
@@ -570,6 +572,30 @@ pub(crate) mod tests {
         let two = KeySet::parse(doc.to_string().as_bytes()).unwrap();
         let refused = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &two, &plan.oidc, NOW);
         assert_eq!(refused.unwrap_err(), AuthError::UnknownKey);
+    }
+
+    #[test]
+    fn a_kid_listed_twice_still_verifies_and_three_times_is_refused() {
+        let keys = TestKeys::new();
+        let plan = plan();
+        let token = sign(&keys, good_claims());
+        let mut doc: Value = serde_json::from_str(&keys.jwks()).unwrap();
+        let mut twin = doc["keys"][0].clone();
+        twin.as_object_mut().unwrap().remove("alg");
+        doc["keys"].as_array_mut().unwrap().push(twin.clone());
+        let twice = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        let ok = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &twice, &plan.oidc, NOW);
+        assert!(ok.is_ok(), "the same key with and without alg: {ok:?}");
+        // A kid reused for another key (listed first): the token's key is the second one tried.
+        let other = RS256KeyPair::generate(2048).unwrap().public_key().to_components();
+        let mut reused = doc.clone();
+        reused["keys"][0]["n"] = json!(URL_SAFE_NO_PAD.encode(&other.n));
+        let set = KeySet::parse(reused.to_string().as_bytes()).unwrap();
+        assert!(check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &set, &plan.oidc, NOW).is_ok());
+        doc["keys"].as_array_mut().unwrap().push(twin);
+        let thrice = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        let refused = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &thrice, &plan.oidc, NOW);
+        assert_eq!(refused.unwrap_err(), AuthError::UnknownKey, "no more than two keys are tried");
     }
 
     #[test]

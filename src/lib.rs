@@ -21,6 +21,7 @@ compile_error!(
 pub mod bedrock;
 pub mod budget;
 pub mod config;
+pub(crate) mod credential_refusal;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub(crate) mod gateway;

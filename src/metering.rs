@@ -178,6 +178,10 @@ impl Metering {
         if !usage.is_plausible() {
             warnings.push(format!("upstream reported implausible usage {usage:?}; charging the estimate"));
             usage = Usage::default();
+        } else if self.reported.is_none() {
+            if let Some(problem) = self.meter.as_ref().and_then(|m| m.problem(self.status)) {
+                warnings.push(format!("could not read the answer's usage ({problem}); charging at least the estimate"));
+            }
         }
         // A gateway timeout (504) or request timeout (408) says nothing about what was generated.
         let known = self.complete && warnings.is_empty() && !matches!(self.status, Some(408 | 504));
@@ -332,6 +336,69 @@ mod tests {
             assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, *want, "{name}");
             assert_eq!(settled.outcome == Outcome::Complete, *want == 0, "{name}");
         }
+    }
+
+    #[test]
+    fn a_successful_answer_whose_usage_cannot_be_read_costs_at_least_the_estimate() {
+        let stream = |delta: &str| {
+            format!(
+                "event: message_start\ndata: {{\"message\":{{\"usage\":{{\"input_tokens\":100,\"output_tokens\":1}}}}}}\n\n\
+                 event: message_delta\ndata: {{\"usage\":{{\"output_tokens\":{delta}}}}}\n\n"
+            )
+        };
+        let json = |n: &str| format!(r#"{{"content":[],"usage":{{"input_tokens":{n},"output_tokens":{n}}}}}"#);
+        // (name, status, content type, body, units charged in the end: 2000 is the estimate)
+        let cases: Vec<(&str, u32, &str, String, u64)> = vec![
+            ("2^64 in JSON", 200, "application/json", json("18446744073709551616"), 2000),
+            ("1e30 in JSON", 200, "application/json", json("1e30"), 2000),
+            ("negative in JSON", 200, "application/json", json("-5"), 2000),
+            ("float in JSON", 200, "application/json", json("1.0"), 2000),
+            ("string in JSON", 200, "application/json", json("\"5000\""), 2000),
+            ("no usage in a 200", 200, "application/json", r#"{"content":[]}"#.into(), 2000),
+            ("not JSON (compressed)", 200, "application/json", "\u{1f}\u{8b}\u{8}".into(), 2000),
+            ("2^64 in message_delta", 200, "text/event-stream", stream("18446744073709551616"), 2000),
+            ("SSE with no event read (CR line ends)", 200, "text/event-stream", stream("5").replace('\n', "\r"), 2000),
+            ("the answer read whole", 200, "text/event-stream", stream("5000"), 5100),
+            ("an error answer that is not JSON", 502, "text/html", "<html>bad gateway</html>".into(), 0),
+            ("an error answer without usage", 400, "application/json", r#"{"type":"error"}"#.into(), 0),
+        ];
+        for (name, status, content_type, body, want) in cases {
+            let store = FakeStore::default();
+            let mut m =
+                Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 4000, Some(32000), 0).unwrap();
+            m.on_response_headers(Some(status), content_type, None);
+            m.on_response_body(body.as_bytes(), true);
+            let settled = m.settle(&store, 1).unwrap();
+            assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, want, "{name}");
+            let unknown = want == 2000;
+            assert_eq!(settled.outcome == Outcome::Unknown, unknown, "{name}");
+            assert_eq!(
+                settled.warnings.iter().any(|w| w.contains("could not read the answer's usage")),
+                unknown,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_usage_event_as_large_as_a_request_body_is_still_counted() {
+        // message_delta echoes the stop sequence that matched, which the client chose.
+        let store = FakeStore::default();
+        let mut m =
+            Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 4000, Some(32000), 0).unwrap();
+        m.on_response_headers(Some(200), "text/event-stream", None);
+        let stop = "Z".repeat(3 << 20);
+        let stream = format!(
+            "event: message_start\ndata: {{\"message\":{{\"usage\":{{\"input_tokens\":100,\"output_tokens\":1}}}}}}\n\n\
+             event: message_delta\ndata: {{\"delta\":{{\"stop_sequence\":\"{stop}\"}},\"usage\":{{\"output_tokens\":50000}}}}\n\n"
+        );
+        for chunk in stream.as_bytes().chunks(16 * 1024) {
+            m.on_response_body(chunk, false);
+        }
+        m.on_response_body(b"", true);
+        let settled = m.settle(&store, 1).unwrap();
+        assert_eq!(settled.outcome, Outcome::Complete);
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 50_100);
     }
 
     #[test]

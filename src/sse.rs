@@ -21,14 +21,39 @@ pub struct Framer {
     /// handed out.
     wanted: fn(&[u8]) -> bool,
     max_event: usize,
+    /// The event being framed went over `max_event`: it is dropped at its end.
     oversized: bool,
+    /// The rest of the current line is not needed: a line of an unwanted event that cannot name
+    /// it, or a line over `max_event`. Its bytes are not kept, and never read as a line of their own.
+    skip_line: bool,
+    /// Wanted events dropped for going over `max_event`.
+    dropped: u32,
 }
 
 impl Framer {
     /// A framer handing out the events for which `wanted(name)` holds (an event with no name
     /// always is), each up to `max_event` bytes; the others are framed and dropped.
     pub fn new(wanted: fn(&[u8]) -> bool, max_event: usize) -> Framer {
-        Framer { line: Vec::new(), name: Vec::new(), data: Vec::new(), wanted, max_event, oversized: false }
+        Framer {
+            line: Vec::new(),
+            name: Vec::new(),
+            data: Vec::new(),
+            wanted,
+            max_event,
+            oversized: false,
+            skip_line: false,
+            dropped: 0,
+        }
+    }
+
+    /// How many wanted events were dropped for going over `max_event` (their data is lost).
+    pub fn dropped(&self) -> u32 {
+        self.dropped
+    }
+
+    /// Whether the event being framed is handed out (so its data is kept).
+    fn keeps_data(&self) -> bool {
+        self.name.is_empty() || (self.wanted)(&self.name)
     }
 
     /// Feeds a chunk; `on_event` is called for every event it completes.
@@ -38,6 +63,9 @@ impl Framer {
         while let Some(newline) = memchr::memchr(b'\n', chunk) {
             let (head, rest) = chunk.split_at(newline);
             chunk = &rest[1..];
+            if std::mem::take(&mut self.skip_line) {
+                continue;
+            }
             if self.line.is_empty() {
                 self.take_line(head, on_event);
             } else {
@@ -48,11 +76,21 @@ impl Framer {
                 self.line = line;
             }
         }
-        if self.line.len() + chunk.len() <= self.max_event {
-            self.line.extend_from_slice(chunk);
-        } else {
+        if self.skip_line || chunk.is_empty() {
+            return;
+        }
+        if self.line.len() + chunk.len() > self.max_event {
             self.oversized = true;
             self.line.clear();
+            self.skip_line = true;
+            return;
+        }
+        self.line.extend_from_slice(chunk);
+        // Of an unwanted event only an `event` field matters (it may rename the event).
+        let may_name = |line: &[u8]| line.starts_with(b"event") || b"event".starts_with(line);
+        if !self.keeps_data() && !may_name(&self.line) {
+            self.line.clear();
+            self.skip_line = true;
         }
     }
 
@@ -98,7 +136,10 @@ impl Framer {
     fn dispatch(&mut self, on_event: &mut dyn FnMut(Event<'_>)) {
         // Unwanted events end here: most of a stream is text deltas, and handing each one out
         // with no data would only have the caller fail to parse it.
-        let wanted = self.name.is_empty() || (self.wanted)(&self.name);
+        let wanted = self.keeps_data();
+        if wanted && self.oversized {
+            self.dropped = self.dropped.saturating_add(1);
+        }
         let complete = wanted && !self.oversized && (!self.data.is_empty() || !self.name.is_empty());
         if complete {
             if let (Ok(name), Ok(data)) = (std::str::from_utf8(&self.name), std::str::from_utf8(&self.data)) {
@@ -160,5 +201,47 @@ mod tests {
             &mut sink,
         );
         assert_eq!(out, vec!["ok"], "b framed and not handed out, oversized a dropped");
+        assert_eq!(framer.dropped(), 1, "the oversized a is counted");
+    }
+
+    #[test]
+    fn long_lines_of_unwanted_events_are_not_kept_whatever_the_split() {
+        fn only_a(name: &[u8]) -> bool {
+            name == b"a"
+        }
+        let long = "x".repeat(10_000);
+        let stream = format!("event: b\ndata: {long}\n\nevent: a\ndata: ok\n\nevent: b\ndata: {long}\n\n");
+        for piece in [1, 7, 64, 4096] {
+            let mut framer = Framer::new(only_a, 1024);
+            let mut out = Vec::new();
+            let mut sink = |e: Event<'_>| out.push(e.data.to_owned());
+            for chunk in stream.as_bytes().chunks(piece) {
+                framer.push(chunk, &mut sink);
+                assert!(framer.line.capacity() <= 64, "piece {piece}: an unwanted line was kept");
+            }
+            framer.finish(&mut sink);
+            assert_eq!(out, vec!["ok"], "piece {piece}");
+            assert_eq!(framer.dropped(), 0, "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn a_wanted_line_over_the_limit_is_dropped_and_counted_and_its_rest_never_read_as_a_line() {
+        fn only_a(name: &[u8]) -> bool {
+            name == b"a"
+        }
+        // The rest of the long line, read on its own, would be a data line of `a`.
+        let stream = b"event: a\ndata: 0123456789abcdef0123456789\ndata: {}\n\nevent: a\ndata: ok\n\n";
+        for piece in 1..stream.len() {
+            let mut framer = Framer::new(only_a, 16);
+            let mut out = Vec::new();
+            let mut sink = |e: Event<'_>| out.push(e.data.to_owned());
+            for chunk in stream.chunks(piece) {
+                framer.push(chunk, &mut sink);
+            }
+            framer.finish(&mut sink);
+            assert_eq!(out, vec!["ok"], "piece {piece}");
+            assert_eq!(framer.dropped(), 1, "piece {piece}");
+        }
     }
 }

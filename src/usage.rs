@@ -66,8 +66,10 @@ struct Message {
     usage: Option<RawUsage>,
 }
 
-/// Largest SSE event kept for parsing; usage events are a few hundred bytes.
-const MAX_EVENT: usize = 64 * 1024;
+/// Largest SSE event kept for parsing. Usage events are a few hundred bytes, but `message_delta`
+/// echoes the stop sequence that matched, which the client chose: it can be as large as a
+/// request body (`max_body_bytes`, 10 MiB by default). Only usage events are kept at all.
+const MAX_EVENT: usize = 16 * 1024 * 1024;
 /// Largest JSON answer kept whole; beyond it only the tail (where `usage` sits) is kept.
 const MAX_JSON: usize = 4 * 1024 * 1024;
 const JSON_TAIL: usize = 64 * 1024;
@@ -90,6 +92,8 @@ pub struct Meter {
     fields: [Option<u64>; 4],
     /// Whether any usage was reported at all.
     pub reported: bool,
+    /// Why some of the usage could not be read (the first reason), when it could not.
+    unreadable: Option<&'static str>,
 }
 
 impl Meter {
@@ -100,15 +104,16 @@ impl Meter {
         } else {
             Body::Json { bytes: Vec::new(), truncated: false }
         };
-        Meter { body, fields: [None; 4], reported: false }
+        Meter { body, fields: [None; 4], reported: false, unreadable: None }
     }
 
     /// Observes one chunk of the answer.
     pub fn push(&mut self, chunk: &[u8]) {
         let fields = &mut self.fields;
         let reported = &mut self.reported;
+        let unreadable = &mut self.unreadable;
         match &mut self.body {
-            Body::Sse(framer) => framer.push(chunk, &mut |e| take_event(e, fields, reported)),
+            Body::Sse(framer) => framer.push(chunk, &mut |e| take_event(e, fields, reported, unreadable)),
             Body::Json { bytes, truncated } => {
                 bytes.extend_from_slice(chunk);
                 if bytes.len() > MAX_JSON {
@@ -120,16 +125,40 @@ impl Meter {
         }
     }
 
+    /// Why this answer's usage cannot be taken as what it cost, if it cannot: part of it could
+    /// not be read, or a successful answer reported none (the provider always reports usage with
+    /// a 2xx; an answer compressed despite `accept-encoding: identity`, or mislabelled, reads as
+    /// none). Other answers are not charged by their body. Read after [`Meter::finish`].
+    pub fn problem(&self, status: Option<u32>) -> Option<&'static str> {
+        if !status.is_some_and(|s| (200..300).contains(&s)) {
+            return None;
+        }
+        self.unreadable.or_else(|| (!self.reported).then_some("a successful answer that reported no usage"))
+    }
+
     /// Ends the answer and returns its usage (what was reported; zeros where nothing was).
     pub fn finish(&mut self) -> Usage {
         let fields = &mut self.fields;
         let reported = &mut self.reported;
+        let unreadable = &mut self.unreadable;
         match &mut self.body {
-            Body::Sse(framer) => framer.finish(&mut |e| take_event(e, fields, reported)),
+            Body::Sse(framer) => {
+                framer.finish(&mut |e| take_event(e, fields, reported, unreadable));
+                if framer.dropped() > 0 {
+                    unreadable.get_or_insert("a usage event over 16 MiB");
+                }
+            }
             Body::Json { bytes, truncated } => {
-                if let Some(usage) = json_usage(bytes, *truncated) {
-                    merge(fields, &usage);
-                    *reported = true;
+                match json_usage(bytes, *truncated) {
+                    Ok(Some(usage)) => {
+                        merge(fields, &usage);
+                        *reported = true;
+                    }
+                    Ok(None) => {}
+                    Err(()) => {
+                        unreadable
+                            .get_or_insert("a JSON answer that does not parse, or counts that are not whole numbers");
+                    }
                 }
                 bytes.clear();
             }
@@ -139,9 +168,21 @@ impl Meter {
     }
 }
 
-fn take_event(event: Event<'_>, fields: &mut [Option<u64>; 4], reported: &mut bool) {
-    let Ok(parsed) = serde_json::from_str::<StreamEvent>(event.data) else {
-        return;
+fn take_event(
+    event: Event<'_>,
+    fields: &mut [Option<u64>; 4],
+    reported: &mut bool,
+    unreadable: &mut Option<&'static str>,
+) {
+    let parsed = match serde_json::from_str::<StreamEvent>(event.data) {
+        Ok(parsed) => parsed,
+        // Counts that are not whole numbers up to 2^64 - 1 (2^64, 1e30, -5, 1.0, "5000") fail the
+        // parse: such an event is not believed, and its tokens are not taken as zero either.
+        Err(_) if usage_event(event.name.as_bytes()) => {
+            unreadable.get_or_insert("a usage event that does not parse, or counts that are not whole numbers");
+            return;
+        }
+        Err(_) => return,
     };
     let usage = parsed.usage.or(parsed.message.and_then(|m| m.usage));
     if let Some(usage) = usage {
@@ -160,20 +201,26 @@ fn merge(fields: &mut [Option<u64>; 4], usage: &RawUsage) {
     }
 }
 
-fn json_usage(bytes: &[u8], truncated: bool) -> Option<RawUsage> {
+/// The `usage` of a JSON answer: `Ok(None)` when it has none, `Err` when it does not parse.
+fn json_usage(bytes: &[u8], truncated: bool) -> Result<Option<RawUsage>, ()> {
     #[derive(Deserialize)]
     struct Top {
         usage: Option<RawUsage>,
     }
     if !truncated {
-        return serde_json::from_slice::<Top>(bytes).ok()?.usage;
+        return serde_json::from_slice::<Top>(bytes).map(|top| top.usage).map_err(|_| ());
     }
     // Only the tail is left: parse the object that follows the last `"usage":`.
     let key = b"\"usage\"";
-    let at = bytes.windows(key.len()).rposition(|w| w == key)?;
+    let Some(at) = bytes.windows(key.len()).rposition(|w| w == key) else {
+        return Ok(None);
+    };
     let rest = &bytes[at + key.len()..];
-    let start = rest.iter().position(|&b| b == b'{')?;
-    serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<RawUsage>().next()?.ok()
+    let start = rest.iter().position(|&b| b == b'{').ok_or(())?;
+    match serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<RawUsage>().next() {
+        Some(Ok(usage)) => Ok(Some(usage)),
+        _ => Err(()),
+    }
 }
 
 #[cfg(test)]

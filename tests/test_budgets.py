@@ -192,6 +192,8 @@ def test_claude_code_sees_the_429_promptly(make_gateway, signer, stub, tmp_path)
     g = budget_gateway(make_gateway, signer,
                        [{"limit": per_request(stub), "window_seconds": 3600, "window_type": "fixed"}])
     token = signer.token()
+    # Near the hour's end the Retry-After is under a minute, and Claude Code waits it out.
+    windows.inside_one_window(3600, 120)
     assert call(g.port, token, STREAM).status == 200
     run = run_claude(tmp_path, g.port, token)
     assert run.code == 1

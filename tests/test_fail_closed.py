@@ -3,6 +3,7 @@ with HTTP/2 trailers, cancelled requests, absurd usage from the upstream, repeat
 headers, Retry-After agreeing with RateLimit-Reset, and strict JWT claims."""
 import json
 import time
+from types import SimpleNamespace
 
 import jwt as pyjwt
 import pytest
@@ -109,6 +110,49 @@ def test_absurd_usage_from_upstream_never_lowers_a_counter(make_gateway, signer,
     after = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
     assert before - after == spent + len(BODY) // 4 + 1000, "charged the estimate, no wrap"
     assert g.wait_for_log("implausible usage")
+
+
+def usage_records(g) -> list:
+    """The usage records: Envoy's access log, or the lines nginx logs."""
+    if hasattr(g, "usage_records"):
+        return g.usage_records()
+    marker = "claude-sso-gateway: usage "
+    return [json.JSONDecoder().raw_decode(line.split(marker, 1)[1])[0]
+            for line in g.logs().splitlines() if marker in line]
+
+
+@pytest.mark.parametrize("case", ["2^64", "1e30", "float", "string", "no usage", "stream with 2^64"])
+def test_usage_that_cannot_be_read_costs_the_estimate_not_zero(make_gateway, signer, stub, case):
+    """A 200 whose usage does not parse as whole numbers (or that has none) used to be charged 0 as
+    a complete answer: a budget bypass for whoever can shape the answer. It now costs the estimate."""
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    config["tiers"][1]["limits"] = [{"limit": 1_000_000, "window_seconds": 600}]
+    g = make_gateway(config, [signer.upstream])
+    token = signer.token()
+    windows.inside_one_window(600, 10)
+    before = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
+    spent = sum(stub.usage.values())
+    body = BODY
+    if case == "no usage":
+        stub.force(200, {"id": "m", "type": "message", "role": "assistant", "content": []})
+    else:
+        value = {"2^64": 2**64, "1e30": 1e30, "float": 1.0, "string": "5000", "stream with 2^64": 2**64}[case]
+        stub.usage = {"input_tokens": value, "output_tokens": value,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        if case.startswith("stream"):
+            body = json.dumps({**json.loads(BODY), "stream": True}).encode()
+    answer = call(g.port, token, body)
+    assert answer.status == 200
+    stub.usage = {"input_tokens": 120, "output_tokens": 30, "cache_creation_input_tokens": 1000,
+                  "cache_read_input_tokens": 2000}
+    assert sum(stub.usage.values()) == spent, "the stub's usage is back to what the first answer had"
+    after = int(call(g.port, token, BODY).headers["x-ai-ratelimit-remaining-600-anthropic"])
+    assert before - after == spent + len(body) // 4 + 1000, "charged the estimate, not 0"
+    assert g.wait_for_log("could not read the answer's usage")
+    deadline = time.monotonic() + 5
+    while not any(r.get("estimated") for r in usage_records(g)):
+        assert time.monotonic() < deadline, "the record says the usage was estimated"
+        time.sleep(0.1)
 
 
 def test_repeated_credential_headers_are_refused(gateway, signer, stub, host):
@@ -272,5 +316,49 @@ def test_a_key_fetch_cut_after_its_headers_is_a_503_and_the_vm_lives_on(make_gat
         logs = g.logs()
         assert "panicked at" not in logs and "Uncaught RuntimeError" not in logs, logs[-2000:]
         assert "exited on signal" not in logs, "the nginx worker died"
+    finally:
+        idp.stop()
+
+
+@pytest.mark.parametrize("answer", ["401 revoked key", "403 permission"])
+def test_the_provider_refusing_the_gateways_key_is_a_502_shown_at_once(make_gateway, signer, stub, answer):
+    """Claude Code answers a 401 or 403 by re-running its sign-in helper and retrying for minutes,
+    but only the administrator can fix the gateway's own key."""
+    if answer.startswith("401"):
+        g = make_gateway(gateway_config(signer), [signer.upstream], env={"ANTHROPIC_API_KEY": "sk-revoked"})
+    else:
+        g = make_gateway(gateway_config(signer), [signer.upstream])
+        stub.force(403, {"type": "error", "error": {"type": "permission_error",
+                                                    "message": "Your organization has been disabled."}})
+    token = signer.token()
+    for body in (BODY, json.dumps({**json.loads(BODY), "stream": True}).encode()):
+        got = call(g.port, token, body)
+        assert got.status == 502, (got.status, got.body)
+        assert got.headers.get("x-should-retry") == "false"
+        assert got.json()["error"]["type"] == "api_error"
+        said = "401 authentication_error: stub: invalid x-api-key" if answer.startswith("401") else \
+            "403 permission_error: Your organization has been disabled."
+        assert said in got.error_message, got.error_message
+        assert "tell your administrator" in got.error_message
+        assert b"sk-revoked" not in got.body and token.encode() not in got.body
+        if answer.startswith("403"):
+            break
+    assert g.wait_for_log("the provider refused the gateway's API key")
+    assert "sk-revoked" not in g.logs()
+
+
+def test_a_jwks_listing_a_key_twice_still_verifies_its_tokens(make_gateway, stub):
+    """Some IdPs list a key twice under one kid (once with `alg`, once without): every token of that
+    kid used to be refused as signed by an unknown key, and no refetch could fix it."""
+    idp = Signer()
+    key = idp.keys["RS256"]
+    idp.published.append(SimpleNamespace(jwk={k: v for k, v in key.jwk.items() if k != "alg"}))
+    try:
+        g = make_gateway(gateway_config(idp), [idp.upstream])
+        assert call(g.port, idp.token(), BODY).status == 200
+        forged = idp.forged({"alg": "RS256", "kid": key.kid, "typ": "JWT"}, idp.claims(), signature=b"x" * 256)
+        answer = call(g.port, forged, BODY)
+        assert answer.status == 401, answer.body
+        assert "signature" in answer.error_message, answer.error_message
     finally:
         idp.stop()

@@ -14,6 +14,7 @@
 //! A request ends in exactly one of: a local answer ([`Step::reply`]), or one forward with the
 //! header and body changes ([`Step::forwarded`]), after which only the answer is metered.
 
+use crate::credential_refusal::CredentialRefusal;
 use crate::gateway::{Admission, AuthOutcome, FetchProgress, Forward, Route, Worker};
 use crate::jwt::{self, AuthError};
 use crate::keystore::{Callout, Fetch};
@@ -208,6 +209,8 @@ pub struct Request {
     betas: Vec<String>,
     /// The answer comes from Bedrock and is translated back.
     answer_translation: Option<crate::bedrock::Answer>,
+    /// Anthropic refused the gateway's own key: the answer is replaced by a 502.
+    credential_refusal: Option<CredentialRefusal>,
 }
 
 impl Request {
@@ -234,6 +237,7 @@ impl Request {
             admitted_tier: None,
             betas: Vec::new(),
             answer_translation: None,
+            credential_refusal: None,
         }
     }
 
@@ -560,10 +564,15 @@ impl Request {
             content_type = meter_as;
             // The translated body has another length; the end of stream ends it.
             length = None;
+        } else if let Some(refusal) = CredentialRefusal::of(status, length) {
+            (step.response_headers, step.remove_response_headers) = CredentialRefusal::headers();
+            self.credential_refusal = Some(refusal);
+            self.status = Some(CredentialRefusal::STATUS);
+            (content_type, length) = ("application/json", None);
         }
         if let Some(metering) = &mut self.metering {
             step.response_headers.extend(metering.headers());
-            metering.on_response_headers(status, content_type, length);
+            metering.on_response_headers(self.status, content_type, length);
         }
         step
     }
@@ -588,6 +597,16 @@ impl Request {
             if let crate::bedrock::Chunk::Replace(bytes) = answer.on_body(chunk, end_of_stream) {
                 step.response_body = Some(bytes);
             }
+        }
+        let mut end_of_stream = end_of_stream;
+        if let Some(refusal) = &mut self.credential_refusal {
+            let bytes = refusal.on_body(chunk, end_of_stream);
+            if !bytes.is_empty() {
+                step.warnings.push(refusal.warning());
+                // The replacement is the whole answer, whether or not the host marks its end.
+                end_of_stream = true;
+            }
+            step.response_body = Some(bytes);
         }
         let seen = step.response_body.as_deref().unwrap_or(chunk);
         let complete = match &mut self.metering {

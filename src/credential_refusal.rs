@@ -1,0 +1,147 @@
+//! The provider refusing the gateway's own credential: Anthropic answering 401 or 403 to the
+//! gateway's API key (revoked, mistyped, an organization disabled or without access). The
+//! person can do nothing about it, yet Claude Code answers a 401 or 403 by re-running its
+//! sign-in helper and retrying for minutes. So the answer becomes a `502 api_error` with
+//! `x-should-retry: false`, shown at once and saying what the provider said, as the Bedrock path
+//! does for AWS credentials; the operator gets a warning.
+
+use serde::Deserialize;
+
+use crate::reply::Reply;
+
+/// The most of the provider's answer kept to quote from.
+const MAX_BODY: usize = 4096;
+
+/// One refusal being replaced.
+#[derive(Debug)]
+pub struct CredentialRefusal {
+    status: u32,
+    /// The provider's answer so far (up to [`MAX_BODY`]).
+    body: Vec<u8>,
+    /// Bytes the provider announced (`content-length`), and how many passed: a host that does not
+    /// mark the end of such an answer (ngx) still gets the replacement.
+    expected: Option<u64>,
+    seen: u64,
+    done: bool,
+}
+
+impl CredentialRefusal {
+    /// `Some` when an answer with `status` is the provider refusing the gateway's credential.
+    pub fn of(status: Option<u32>, content_length: Option<u64>) -> Option<CredentialRefusal> {
+        let status = status.filter(|s| matches!(s, 401 | 403))?;
+        Some(CredentialRefusal { status, body: Vec::new(), expected: content_length, seen: 0, done: false })
+    }
+
+    /// The status the client gets.
+    pub const STATUS: u32 = 502;
+
+    /// Response headers to set, and to remove (the replacement has another length).
+    pub fn headers() -> (Vec<(String, String)>, Vec<String>) {
+        let set = [(":status", "502"), ("content-type", "application/json"), ("x-should-retry", "false")];
+        (set.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec(), vec!["content-length".to_owned()])
+    }
+
+    /// Takes a chunk of the provider's answer; returns what the client gets instead: nothing
+    /// until the answer ends, then the whole 502, once.
+    pub fn on_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        if self.done {
+            return Vec::new();
+        }
+        let room = MAX_BODY.saturating_sub(self.body.len());
+        self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        self.seen = self.seen.saturating_add(chunk.len() as u64);
+        if !end_of_stream && self.expected.is_none_or(|n| self.seen < n) {
+            return Vec::new();
+        }
+        self.done = true;
+        Reply::error(Self::STATUS, "provider_credentials", "api_error", &self.message()).body
+    }
+
+    /// What the provider said, as a sentence: its error type and message when its answer is
+    /// Anthropic's error shape (nothing else is quoted, so no other text of it is shown).
+    fn said(&self) -> String {
+        #[derive(Deserialize)]
+        struct Answer {
+            error: Detail,
+        }
+        #[derive(Deserialize)]
+        struct Detail {
+            #[serde(rename = "type")]
+            kind: String,
+            message: String,
+        }
+        match serde_json::from_slice::<Answer>(&self.body) {
+            Ok(Answer { error }) => {
+                let message: String = error.message.chars().filter(|c| !c.is_control()).take(300).collect();
+                let kind: String =
+                    error.kind.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+                format!("{} {kind}: {message}", self.status)
+            }
+            Err(_) => self.status.to_string(),
+        }
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "gateway: the AI provider refused the gateway's own credentials ({}). This is on the gateway's side; \
+             signing in again will not change it: tell your administrator",
+            self.said()
+        )
+    }
+
+    /// The operator's log line, once the answer ended.
+    pub fn warning(&self) -> String {
+        format!("the provider refused the gateway's API key ({}); check the target's key", self.said())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REVOKED: &[u8] = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+
+    #[test]
+    fn only_401_and_403_are_the_gateways_credentials() {
+        for status in [200, 400, 404, 429, 500, 529] {
+            assert!(CredentialRefusal::of(Some(status), None).is_none(), "{status}");
+        }
+        assert!(CredentialRefusal::of(None, None).is_none());
+        assert!(CredentialRefusal::of(Some(401), None).is_some());
+        assert!(CredentialRefusal::of(Some(403), None).is_some());
+    }
+
+    #[test]
+    fn the_answer_is_replaced_once_at_its_end_by_a_502_quoting_the_provider() {
+        for split in 0..=REVOKED.len() {
+            let mut r = CredentialRefusal::of(Some(401), None).unwrap();
+            assert!(r.on_body(&REVOKED[..split], false).is_empty(), "held until the end");
+            let body = r.on_body(&REVOKED[split..], true);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "api_error");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.contains("401 authentication_error: invalid x-api-key"), "{message}");
+            assert!(message.contains("tell your administrator"), "{message}");
+            assert!(r.on_body(b"", true).is_empty(), "once");
+            assert!(r.warning().contains("401 authentication_error: invalid x-api-key"));
+        }
+    }
+
+    #[test]
+    fn a_host_that_never_marks_the_end_gets_it_by_the_announced_length() {
+        let mut r = CredentialRefusal::of(Some(403), Some(REVOKED.len() as u64)).unwrap();
+        assert!(r.on_body(&REVOKED[..10], false).is_empty());
+        assert!(!r.on_body(&REVOKED[10..], false).is_empty(), "complete by length");
+        assert!(r.on_body(b"", true).is_empty(), "not twice");
+    }
+
+    #[test]
+    fn an_answer_in_another_shape_is_not_quoted() {
+        let mut r = CredentialRefusal::of(Some(403), None).unwrap();
+        let body = r.on_body(b"<html>forbidden: secret-ish text</html>", true);
+        let text = String::from_utf8(body).unwrap();
+        assert!(!text.contains("secret-ish"), "{text}");
+        assert!(text.contains("(403)"), "{text}");
+    }
+}
