@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::ConfigError;
+use super::{ConfigError, MAX_SECONDS};
 use crate::budget::{Counts, Limit, Per, WindowType};
 
 /// A tier's limits as written.
@@ -128,8 +128,11 @@ pub(super) fn compile_limits(
         let counts = l.counts.or(raw.counts).unwrap_or(Counts::TotalTokens);
         let window_type = l.window_type.or(raw.window_type).unwrap_or(WindowType::Sliding);
         let per = l.per.or(raw.per).unwrap_or(Per::Tier);
-        if l.window_seconds == 0 {
-            return Err(ConfigError::new(format!("{field}.window_seconds"), "must be greater than 0"));
+        if l.window_seconds == 0 || l.window_seconds > MAX_SECONDS {
+            return Err(ConfigError::new(
+                format!("{field}.window_seconds"),
+                format!("must be greater than 0 and at most {MAX_SECONDS} (a year)"),
+            ));
         }
         if !(l.limit.is_finite() && l.limit > 0.0) {
             return Err(ConfigError::new(format!("{field}.limit"), "must be greater than 0"));
@@ -145,6 +148,14 @@ pub(super) fn compile_limits(
             }
             l.limit as u64
         };
+        // 2^53: the budget store's Lua sums counters in doubles, and a larger limit is no limit.
+        if units == 0 || units > MAX_UNITS {
+            let range = match counts {
+                Counts::Cost => format!("0.000001 and {} dollars", MAX_UNITS / 1_000_000),
+                _ => format!("1 and {MAX_UNITS} tokens"),
+            };
+            return Err(ConfigError::new(format!("{field}.limit"), format!("must be between {range}")));
+        }
         let key = limit_key(tier, counts, l.window_seconds, window_type, per);
         if limits.iter().any(|other| other.key == key) {
             return Err(ConfigError::new(field, "the same limit is listed twice"));
@@ -153,6 +164,9 @@ pub(super) fn compile_limits(
     }
     Ok(limits)
 }
+
+/// The largest limit, in tokens or micro-dollars.
+pub const MAX_UNITS: u64 = 1 << 53;
 
 // Keys stay short and depend only on what the limit means, so counters survive a reload that
 // keeps the tier and its limits (and Kong's CRC32-keyed store sees few keys).
@@ -238,6 +252,16 @@ mod tests {
                 "negative limit",
                 |d| d["tiers"][0]["limits"] = json!([{"limit": -1, "window_seconds": 60}]),
                 "config error: tiers[0].limits[0].limit: must be greater than 0",
+            ),
+            (
+                "window over a year",
+                |d| d["tiers"][0]["limits"] = json!([{"limit": 1, "window_seconds": 366 * 86_400 + 1}]),
+                "config error: tiers[0].limits[0].window_seconds: must be greater than 0 and at most 31622400",
+            ),
+            (
+                "a limit that is no limit",
+                |d| d["tiers"][0]["limits"] = json!([{"limit": 1e30, "window_seconds": 60}]),
+                "config error: tiers[0].limits[0].limit: must be between 1 and 9007199254740992 tokens",
             ),
             (
                 "same limit twice",

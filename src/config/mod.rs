@@ -17,8 +17,15 @@ mod store;
 
 use raw::{RawConfig, RawIdentityHeaders, RawModel, RawOidc, RawTarget, RawTier};
 
+/// Longest timeout for a callout: a host takes it as 32-bit milliseconds.
+pub(crate) const MAX_TIMEOUT_MS: u64 = 300_000;
+/// Most clock skew forgiven on a token's time claims (Envoy's `jwt_authn` defaults to 60 s).
+const MAX_LEEWAY_SECONDS: u64 = 600;
+/// Longest period or age in seconds: a year.
+pub(crate) const MAX_SECONDS: u64 = 366 * 86_400;
+
 pub use bedrock::BedrockTarget;
-pub use limits::{short_digest, Budgets, Price, Reserve};
+pub use limits::{short_digest, Budgets, Price, Reserve, MAX_UNITS};
 pub use store::{OnStoreFailure, StoreKind, StorePlan, TICK_MS};
 
 /// A configuration problem, naming the field it is about.
@@ -290,6 +297,21 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(ConfigError::new(*field, "must be greater than 0"));
     }
+    // Upper bounds: a timeout reaches the host as 32-bit milliseconds (a larger one wrapped to a
+    // few ms, or to 0, which Envoy reads as "no timeout"), and a leeway of years would accept
+    // expired tokens.
+    let at_most = [
+        ("oidc.callout_timeout_ms", raw.callout_timeout_ms, MAX_TIMEOUT_MS),
+        ("oidc.leeway_seconds", raw.leeway_seconds, MAX_LEEWAY_SECONDS),
+        ("oidc.jwks_refresh_seconds", raw.jwks_refresh_seconds, MAX_SECONDS),
+        ("oidc.jwks_max_age_seconds", raw.jwks_max_age_seconds, MAX_SECONDS),
+        ("oidc.unknown_kid_refetch_seconds", raw.unknown_kid_refetch_seconds, MAX_SECONDS),
+        ("oidc.keys_fail_fast_seconds", raw.keys_fail_fast_seconds, MAX_SECONDS),
+        ("oidc.max_token_age_seconds", raw.max_token_age_seconds.unwrap_or(0), MAX_SECONDS),
+    ];
+    if let Some((field, _, most)) = at_most.iter().find(|(_, v, most)| v > most) {
+        return Err(ConfigError::new(*field, format!("must be at most {most}")));
+    }
     if raw.max_token_age_seconds == Some(0) {
         return Err(ConfigError::new("oidc.max_token_age_seconds", "must be greater than 0"));
     }
@@ -327,17 +349,43 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
     let check = |field: &str, name: String| -> Result<String, ConfigError> {
         let name = name.to_ascii_lowercase();
         let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        let reserved = matches!(name.as_str(), "authorization" | "x-api-key" | "host" | "content-length");
+        // Headers that frame or route the request, or that the gateway sets itself.
+        let reserved = matches!(
+            name.as_str(),
+            "authorization"
+                | "x-api-key"
+                | "host"
+                | "content-length"
+                | "content-type"
+                | "content-encoding"
+                | "accept-encoding"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "expect"
+                | "cookie"
+                | "x-gateway-target"
+        ) || ["proxy-", "anthropic-", "x-envoy-", "x-amz-"].iter().any(|p| name.starts_with(p));
         if !valid || reserved {
             return Err(ConfigError::new(field, format!("{name:?} is not a usable header name")));
         }
         Ok(name)
     };
-    Ok(IdentityHeaders {
+    let headers = IdentityHeaders {
         user: check("identity_headers.user", raw.user)?,
         email: check("identity_headers.email", raw.email)?,
         tier: check("identity_headers.tier", raw.tier)?,
-    })
+    };
+    if headers.email == headers.user {
+        return Err(ConfigError::new("identity_headers.email", "must differ from identity_headers.user"));
+    }
+    if headers.tier == headers.user || headers.tier == headers.email {
+        return Err(ConfigError::new("identity_headers.tier", "must differ from identity_headers.user and .email"));
+    }
+    Ok(headers)
 }
 
 fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<Target, ConfigError> {
@@ -550,6 +598,36 @@ pub(crate) mod tests {
                 "reserved header",
                 |d| d["identity_headers"] = json!({"user": "Authorization"}),
                 "config error: identity_headers.user: \"authorization\" is not a usable header name",
+            ),
+            (
+                "a callout timeout a host would take as 1 ms",
+                |d| d["oidc"]["callout_timeout_ms"] = json!(4_294_967_297_u64),
+                "config error: oidc.callout_timeout_ms: must be at most 300000",
+            ),
+            (
+                "a leeway that accepts expired tokens for ever",
+                |d| d["oidc"]["leeway_seconds"] = json!(u64::MAX),
+                "config error: oidc.leeway_seconds: must be at most 600",
+            ),
+            (
+                "a framing header as identity header",
+                |d| d["identity_headers"] = json!({"user": "Transfer-Encoding"}),
+                "config error: identity_headers.user: \"transfer-encoding\" is not a usable header name",
+            ),
+            (
+                "the routing header as identity header",
+                |d| d["identity_headers"] = json!({"email": "x-gateway-target"}),
+                "config error: identity_headers.email: \"x-gateway-target\" is not a usable header name",
+            ),
+            (
+                "a provider header as identity header",
+                |d| d["identity_headers"] = json!({"tier": "anthropic-beta"}),
+                "config error: identity_headers.tier: \"anthropic-beta\" is not a usable header name",
+            ),
+            (
+                "one name for two identity headers",
+                |d| d["identity_headers"] = json!({"user": "x-who", "email": "X-Who"}),
+                "config error: identity_headers.email: must differ from identity_headers.user",
             ),
             ("no tiers", |d| d["tiers"] = json!([]), "config error: tiers: at least one tier is required"),
             (

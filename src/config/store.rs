@@ -88,6 +88,9 @@ pub struct StorePlan {
     pub on_failure: OnStoreFailure,
 }
 
+/// Longest sync period or staleness: an hour.
+const MAX_PERIOD_MS: u64 = 3_600_000;
+
 pub(super) fn compile_store(raw: RawBudgetStore) -> Result<StorePlan, ConfigError> {
     let upstream = super::check_upstream("budget_store.upstream", raw.upstream)?;
     let authority = match raw.authority {
@@ -102,6 +105,16 @@ pub(super) fn compile_store(raw: RawBudgetStore) -> Result<StorePlan, ConfigErro
     }
     if raw.timeout_ms == 0 {
         return Err(ConfigError::new("budget_store.timeout_ms", "must be greater than 0"));
+    }
+    // A host takes a callout timeout as 32-bit milliseconds; a sync period or staleness beyond an
+    // hour would leave nodes apart for longer than most budget windows.
+    let at_most = [
+        ("budget_store.timeout_ms", raw.timeout_ms, super::MAX_TIMEOUT_MS),
+        ("budget_store.sync_ms", raw.sync_ms, MAX_PERIOD_MS),
+        ("budget_store.stale_after_ms", raw.stale_after_ms.unwrap_or(0), MAX_PERIOD_MS),
+    ];
+    if let Some((field, _, most)) = at_most.iter().find(|(_, v, most)| v > most) {
+        return Err(ConfigError::new(*field, format!("must be at most {most}")));
     }
     // Two syncs missed, at the pace ticks allow, before a node counts as cut off.
     let stale_after_ms = raw.stale_after_ms.unwrap_or(2 * raw.sync_ms.max(TICK_MS) + raw.timeout_ms);
@@ -217,6 +230,16 @@ mod tests {
                 |s| s["on_failure"] = json!("local"),
                 "config error: budget_store.on_failure: unknown variant `local`, expected `divide_by_nodes` or \
                  `keep_limits`",
+            ),
+            (
+                "a timeout a host would take as 0 (none)",
+                |s| s["timeout_ms"] = json!(4_294_967_296_u64),
+                "config error: budget_store.timeout_ms: must be at most 300000",
+            ),
+            (
+                "a sync period that overflows the staleness",
+                |s| s["sync_ms"] = json!(u64::MAX),
+                "config error: budget_store.sync_ms: must be at most 3600000",
             ),
             (
                 "zero nodes",

@@ -114,7 +114,10 @@ pub fn totals(kind: StoreKind, status: Option<u32>, body: &[u8], entries: usize)
     if items.len() != entries {
         return Err(SyncError::Garbage(format!("{} totals for {entries} buckets", items.len())));
     }
-    items.iter().map(|v| v.as_u64().ok_or_else(|| SyncError::Garbage(format!("total {v} is not a count")))).collect()
+    // A total beyond any limit (2^53: the script sums in doubles) is a store fault, not spend: taken
+    // as spend it would refuse a whole tier until its window ends.
+    let count = |v: &Value| v.as_u64().filter(|n| *n <= crate::config::MAX_UNITS);
+    items.iter().map(|v| count(v).ok_or_else(|| SyncError::Garbage(format!("total {v} is not a count")))).collect()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (Webdis decodes each path
@@ -194,6 +197,12 @@ mod tests {
                 Err(SyncError::Garbage("total -4 is not a count".into())),
             ),
             ("fraction", Some(200), r#"{"EVAL":[1,2.5]}"#, Err(SyncError::Garbage("total 2.5 is not a count".into()))),
+            (
+                "a total beyond any limit (it would refuse a whole tier)",
+                Some(200),
+                r#"{"EVAL":[1,9223372036854775807]}"#,
+                Err(SyncError::Garbage("total 9223372036854775807 is not a count".into())),
+            ),
         ];
         for (name, status, body, want) in cases {
             assert_eq!(&totals(StoreKind::Webdis, *status, body.as_bytes(), 2), want, "{name}");
