@@ -79,6 +79,7 @@ INVALID = [
     ("provider header name", {"identity_headers": {"tier": "Anthropic-Beta"}}, "config error: identity_headers.tier: \"anthropic-beta\" is not a usable header name"),
     ("callout timeout a host would wrap", {"oidc.callout_timeout_ms": 4294967297}, "config error: oidc.callout_timeout_ms: must be at most 300000"),
     ("leeway of years", {"oidc.leeway_seconds": 100000000}, "config error: oidc.leeway_seconds: must be at most 600"),
+    ("unknown kids refetching without a pause", {"oidc.unknown_kid_refetch_seconds": 0}, "config error: oidc.unknown_kid_refetch_seconds: must be greater than 0"),
     ("window over a year", {"tiers[1].limits[0].window_seconds": 31622401}, "config error: tiers[1].limits[0].window_seconds: must be greater than 0 and at most 31622400"),
     ("a limit that is no limit", {"tiers[1].limits[0].limit": 1e30}, "config error: tiers[1].limits[0].limit: must be between 1 and 9007199254740992 tokens"),
     ("zero max body", {"max_body_bytes": 0}, "config error: max_body_bytes: must be greater than 0"),

@@ -291,6 +291,8 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         ("oidc.jwks_refresh_seconds", raw.jwks_refresh_seconds),
         ("oidc.jwks_max_age_seconds", raw.jwks_max_age_seconds),
         ("oidc.callout_timeout_ms", raw.callout_timeout_ms),
+        // 0 would let a flood of tokens naming unknown keys refetch the JWKS on every request.
+        ("oidc.unknown_kid_refetch_seconds", raw.unknown_kid_refetch_seconds),
         ("oidc.max_token_bytes", raw.max_token_bytes as u64),
         ("oidc.token_cache_entries", raw.token_cache_entries as u64),
     ];
