@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use cache::{CacheFile, Cached};
 use flow::{SignIn, Situation};
 use login::{Browser, BrowserLogin};
-use oidc::{Client, Revocation, TokenResponse};
+use oidc::{Client, OidcError, Revocation, TokenResponse};
 
 #[derive(Parser)]
 #[command(
@@ -184,8 +184,11 @@ fn token(idp: &Idp) -> Result<String, String> {
         Some(_) => "the saved token expires soon and there is no refresh token".to_owned(),
     };
     let mut client = None;
-    if let Some(refresh_token) = cached.as_ref().and_then(|c| c.refresh_token.clone()) {
-        let idp_client = discover(issuer)?;
+    if let Some((saved, refresh_token)) = cached.as_ref().and_then(|c| Some((c, c.refresh_token.clone()?))) {
+        let idp_client = match Client::discover(issuer) {
+            Ok(c) => c,
+            Err(e) => return saved_during_outage(saved, &e, idp.margin_seconds).ok_or_else(|| discovery_failed(&e)),
+        };
         match idp_client.refresh(&idp.client_id, &refresh_token) {
             Ok(tokens) => {
                 let c = remember(&cache, issuer, &idp.client_id, tokens, Some(refresh_token))?;
@@ -194,7 +197,12 @@ fn token(idp: &Idp) -> Result<String, String> {
                 }
                 return hand_out(c, idp.margin_seconds);
             }
-            Err(e) => why = format!("the saved sign-in could not be renewed: {e}"),
+            Err(e) => {
+                if let Some(token) = saved_during_outage(saved, &e, idp.margin_seconds) {
+                    return Ok(token);
+                }
+                why = format!("the saved sign-in could not be renewed: {e}");
+            }
         }
         client = Some(idp_client);
     }
@@ -245,7 +253,26 @@ fn login(idp: &Idp) -> Result<(), String> {
 }
 
 fn discover(issuer: &str) -> Result<Client, String> {
-    Client::discover(issuer).map_err(|e| format!("{e}; check CLAUDE_SSO_ISSUER and your network"))
+    Client::discover(issuer).map_err(|e| discovery_failed(&e))
+}
+
+fn discovery_failed(e: &OidcError) -> String {
+    format!("{e}; check CLAUDE_SSO_ISSUER and your network")
+}
+
+/// The saved token, when the IdP is out of reach for a refresh (not when it refuses) and the
+/// gateway will still take the token: a short IdP outage should not stop Claude Code while the
+/// token it has is good. Claude Code reads the JWT's `exp` and runs the helper again before it.
+fn saved_during_outage(saved: &Cached, e: &OidcError, margin_s: u64) -> Option<String> {
+    let now = now();
+    if !e.is_outage() || !flow::usable(saved.expires_at, now, margin_s) {
+        return None;
+    }
+    eprintln!(
+        "claude-sso-signin: note: {e}; using the saved token, which expires in {} s",
+        saved.expires_at.saturating_sub(now)
+    );
+    Some(saved.access_token.clone())
 }
 
 /// Runs the sign-in [`flow::choose`] picks and stores the tokens.

@@ -9,16 +9,36 @@ use ureq::Agent;
 /// Why a call to the IdP failed.
 #[derive(Debug)]
 pub enum OidcError {
-    /// The IdP could not be reached or answered garbage.
+    /// The IdP could not be reached, or did not answer in time.
     Transport(String),
+    /// The IdP answered with an HTTP error status and no OAuth error.
+    Status { url: String, status: u16 },
+    /// The IdP answered, but not what the protocol says (not JSON, a missing field, discovery
+    /// for another issuer).
+    Unexpected(String),
     /// The IdP answered with an OAuth error (`error`, `error_description`).
     Refused { error: String, description: String },
+}
+
+impl OidcError {
+    /// Whether the IdP is out of reach for now (no connection, a timeout, a 5xx from it or its
+    /// load balancer), as opposed to an answer that says no or makes no sense. Only an outage
+    /// lets a run fall back on a saved token that is still valid.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            OidcError::Transport(_) => true,
+            OidcError::Status { status, .. } => *status >= 500,
+            OidcError::Unexpected(_) | OidcError::Refused { .. } => false,
+        }
+    }
 }
 
 impl std::fmt::Display for OidcError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OidcError::Transport(why) => write!(f, "cannot reach the identity provider: {why}"),
+            OidcError::Status { url, status } => write!(f, "the identity provider answered {url} with status {status}"),
+            OidcError::Unexpected(why) => write!(f, "the identity provider answered something unexpected: {why}"),
             OidcError::Refused { error, description } if description.is_empty() => {
                 write!(f, "the identity provider refused: {error}")
             }
@@ -120,12 +140,16 @@ impl Client {
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let mut response = agent.get(&url).call().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
         if !response.status().is_success() {
-            return Err(OidcError::Transport(format!("{url}: status {}", response.status())));
+            return Err(OidcError::Status { url, status: response.status().as_u16() });
         }
+        let text = response.body_mut().read_to_string().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
         let endpoints: Endpoints =
-            response.body_mut().read_json().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
+            serde_json::from_str(&text).map_err(|e| OidcError::Unexpected(format!("{url}: {e}")))?;
         if endpoints.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
-            return Err(OidcError::Transport(format!("discovery names issuer {:?}, not {issuer:?}", endpoints.issuer)));
+            return Err(OidcError::Unexpected(format!(
+                "discovery names issuer {:?}, not {issuer:?}",
+                endpoints.issuer
+            )));
         }
         Ok(Client { agent, endpoints })
     }
@@ -136,11 +160,11 @@ impl Client {
         let status = response.status();
         let text = response.body_mut().read_to_string().map_err(|e| OidcError::Transport(e.to_string()))?;
         if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| OidcError::Transport(format!("{url}: {e}")));
+            return serde_json::from_str(&text).map_err(|e| OidcError::Unexpected(format!("{url}: {e}")));
         }
         match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => Err(OidcError::Refused { error: e.error, description: e.error_description.unwrap_or_default() }),
-            Err(_) => Err(OidcError::Transport(format!("{url}: status {status}"))),
+            Err(_) => Err(OidcError::Status { url: url.to_owned(), status: status.as_u16() }),
         }
     }
 
@@ -202,7 +226,7 @@ impl Client {
         let text = response.body_mut().read_to_string().unwrap_or_default();
         match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => Err(OidcError::Refused { error: e.error, description: e.error_description.unwrap_or_default() }),
-            Err(_) => Err(OidcError::Transport(format!("{url}: status {status}"))),
+            Err(_) => Err(OidcError::Status { url: url.to_owned(), status: status.as_u16() }),
         }
     }
 }

@@ -1,0 +1,232 @@
+//! The sign-in helper against an identity provider that is down, or answers what a broken one
+//! would (a small fake IdP on a loopback port): the answers the real `oidc-provider` of
+//! `tests/flows.rs` never gives. Each test runs the real binary with pipes on stdin, stdout and
+//! stderr, as Claude Code does.
+
+// This whole file is test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_claude-sso-signin");
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An unsigned JWT with these claims (the helper does not verify; the gateway does).
+fn jwt(claims: serde_json::Value) -> String {
+    format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(claims.to_string()))
+}
+
+/// What the fake answers to a POST: path and form body in, status and JSON body out.
+type Answer = dyn Fn(&str, &str) -> (u16, String) + Send + Sync;
+
+/// A fake IdP: discovery names itself; every POST goes to `answer`. Lives until the test ends.
+struct FakeIdp {
+    issuer: String,
+    posts: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl FakeIdp {
+    fn start(answer: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static) -> FakeIdp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let answer: Arc<Answer> = Arc::new(answer);
+        let (base, seen) = (issuer.clone(), posts.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (base, seen, answer) = (base.clone(), seen.clone(), answer.clone());
+                std::thread::spawn(move || serve(stream, &base, &seen, &*answer));
+            }
+        });
+        FakeIdp { issuer, posts }
+    }
+
+    fn posts(&self) -> usize {
+        self.posts.lock().unwrap().len()
+    }
+}
+
+fn serve(stream: TcpStream, base: &str, posts: &Mutex<Vec<(String, String)>>, answer: &Answer) {
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let body = String::from_utf8(body).unwrap();
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, reply) = match (method, path) {
+        ("GET", "/.well-known/openid-configuration") => (
+            200,
+            serde_json::json!({
+                "issuer": base,
+                "authorization_endpoint": format!("{base}/auth"),
+                "token_endpoint": format!("{base}/token"),
+                "device_authorization_endpoint": format!("{base}/device"),
+            })
+            .to_string(),
+        ),
+        ("POST", _) => {
+            posts.lock().unwrap().push((path.to_owned(), body.clone()));
+            answer(path, &body)
+        }
+        _ => (404, "{}".to_owned()),
+    };
+    let _ = write!(
+        &stream,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
+}
+
+/// An issuer nothing listens on: every connection is refused.
+fn dead_issuer() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// A private HOME and cache directory for one issuer, removed on drop.
+struct Home {
+    dir: PathBuf,
+    issuer: String,
+}
+
+impl Home {
+    fn new(issuer: &str) -> Home {
+        let n = DIRS.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("csg-hostile-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Home { dir, issuer: issuer.to_owned() }
+    }
+
+    /// As Claude Code over SSH runs it: no browser, pipes everywhere.
+    fn command(&self) -> Command {
+        let mut c = Command::new(HELPER);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
+            .env("CLAUDE_SSO_ISSUER", &self.issuer)
+            .env("CLAUDE_SSO_CACHE_DIR", self.dir.join("cache"))
+            .env("CLAUDE_SSO_BROWSER", "none")
+            .env("CLAUDE_SSO_REDIRECT_PORT", "0")
+            .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "30")
+            .stdin(Stdio::piped());
+        c
+    }
+
+    fn run(&self) -> Output {
+        self.command().output().unwrap()
+    }
+
+    fn cache_path(&self) -> PathBuf {
+        let digest = Sha256::digest(format!("{}\nclaude-code", self.issuer).as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join("cache").join(format!("{name}.json"))
+    }
+
+    /// A saved sign-in, as the helper writes it.
+    fn save(&self, access_token: &str, expires_at: u64, refresh_token: &str) {
+        let path = self.cache_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let entry = serde_json::json!({
+            "issuer": self.issuer, "client_id": "claude-code", "access_token": access_token,
+            "expires_at": expires_at, "refresh_token": refresh_token,
+        });
+        std::fs::write(path, entry.to_string()).unwrap();
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit 0 and exactly `token` and a newline on stdout.
+fn assert_hands_out(out: &Output, token: &str) {
+    assert!(out.status.success(), "helper failed: {}", stderr(out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{token}\n"), "{}", stderr(out));
+}
+
+/// Exit 1, nothing on stdout for Claude Code to take as a key.
+fn assert_fails(out: &Output) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    assert!(out.stdout.is_empty(), "stdout: {:?}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn idp_out_of_reach_hands_out_the_saved_token_while_it_is_still_good() {
+    // 240 s left: inside helper TTL + margin (360 s), so the run refreshes, but the gateway
+    // still takes it. The IdP refuses connections.
+    let home = Home::new(&dead_issuer());
+    let token = jwt(serde_json::json!({"sub": "alice", "exp": now() + 240}));
+    home.save(&token, now() + 240, "rt");
+    let out = home.run();
+    assert_hands_out(&out, &token);
+    let err = stderr(&out);
+    assert!(err.contains("cannot reach the identity provider") && err.contains("using the saved token"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line of note: {err}");
+}
+
+#[test]
+fn idp_out_of_reach_never_hands_out_a_token_within_the_margin() {
+    let home = Home::new(&dead_issuer());
+    home.save("nearly-expired", now() + 30, "rt");
+    let out = home.run();
+    assert_fails(&out);
+    assert!(stderr(&out).contains("cannot reach the identity provider"), "{}", stderr(&out));
+}
+
+#[test]
+fn idp_5xx_counts_as_out_of_reach() {
+    let idp = FakeIdp::start(|_, _| (503, "<html>maintenance</html>".to_owned()));
+    let home = Home::new(&idp.issuer);
+    home.save("still-good", now() + 240, "rt");
+    assert_hands_out(&home.run(), "still-good");
+}
+
+#[test]
+fn a_refused_refresh_does_not_fall_back_on_the_saved_token() {
+    // invalid_grant is an answer, not an outage: the grant is gone (revoked, a person left the
+    // company), so the saved token is not handed out again.
+    let idp = FakeIdp::start(|_, _| (400, r#"{"error":"invalid_grant"}"#.to_owned()));
+    let home = Home::new(&idp.issuer);
+    home.save("still-good", now() + 240, "rt");
+    let out = home.run();
+    assert_fails(&out);
+    assert!(stderr(&out).contains("could not be renewed: the identity provider refused: invalid_grant"));
+    assert_eq!(idp.posts(), 1);
+}
