@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use ureq::Agent;
 
 /// Why a call to the IdP failed.
@@ -71,8 +73,9 @@ pub struct Endpoints {
 pub struct TokenResponse {
     /// The access token Claude Code sends to the gateway.
     pub access_token: String,
-    /// Lifetime in seconds, when given.
-    #[serde(default)]
+    /// Lifetime in seconds, when given: a JSON number, or a numeric string as Azure AD v1 and
+    /// some ADFS versions send it.
+    #[serde(default, deserialize_with = "seconds")]
     pub expires_in: Option<u64>,
     /// For silent renewal.
     #[serde(default)]
@@ -97,6 +100,23 @@ pub struct DeviceAuthorization {
     /// Seconds until the code expires.
     #[serde(default = "default_device_ttl")]
     pub expires_in: u64,
+}
+
+/// `expires_in` as a number (a fraction is cut, a value past `u64` saturates) or a string of
+/// digits; `null` counts as absent. Anything else is an answer the helper cannot use.
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let unusable = |v: &Value| D::Error::custom(format!("expires_in {v} is not a number of seconds"));
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(s), _) => Ok(Some(s)),
+            // `as` saturates at u64::MAX; the lifetime is capped when it is used.
+            (None, Some(f)) if f >= 0.0 => Ok(Some(f as u64)),
+            _ => Err(unusable(&Value::Number(n))),
+        },
+        Some(Value::String(text)) => text.trim().parse().map(Some).map_err(|_| unusable(&Value::String(text))),
+        Some(other) => Err(unusable(&other)),
+    }
 }
 
 fn default_interval() -> u64 {
@@ -227,6 +247,38 @@ impl Client {
         match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => Err(OidcError::Refused { error: e.error, description: e.error_description.unwrap_or_default() }),
             Err(_) => Err(OidcError::Status { url: url.to_owned(), status: status.as_u16() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_as_number_or_numeric_string() {
+        let cases: [(&str, &str, Option<u64>); 7] = [
+            ("a number", r#""expires_in": 3599"#, Some(3599)),
+            ("a string (Azure AD v1, ADFS)", r#""expires_in": "3599""#, Some(3599)),
+            ("a string with spaces", r#""expires_in": " 60 ""#, Some(60)),
+            ("a fraction", r#""expires_in": 59.9"#, Some(59)),
+            ("past u64", r#""expires_in": 1e30"#, Some(u64::MAX)),
+            ("null", r#""expires_in": null"#, None),
+            ("absent", r#""x": 1"#, None),
+        ];
+        for (name, field, want) in cases {
+            let json = format!(r#"{{"access_token": "t", {field}}}"#);
+            let got: TokenResponse = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(got.expires_in, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn expires_in_that_is_no_number_is_refused() {
+        for field in [r#""soon""#, "-5", "true", "[3600]", r#""3600s""#] {
+            let json = format!(r#"{{"access_token": "t", "expires_in": {field}}}"#);
+            let err = serde_json::from_str::<TokenResponse>(&json).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("is not a number of seconds"), "{field}: {err}");
         }
     }
 }

@@ -54,6 +54,11 @@ impl FakeIdp {
         FakeIdp { issuer, posts }
     }
 
+    /// Answers every token request with this JSON.
+    fn token(body: serde_json::Value) -> FakeIdp {
+        FakeIdp::start(move |_, _| (200, body.to_string()))
+    }
+
     fn posts(&self) -> usize {
         self.posts.lock().unwrap().len()
     }
@@ -165,6 +170,17 @@ impl Home {
     }
 }
 
+impl Home {
+    /// A saved sign-in whose access token is about to expire, so the next run refreshes.
+    fn save_stale(&self) {
+        self.save("old-token", now() + 10, "rt");
+    }
+
+    fn cached(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.cache_path()).unwrap()).unwrap()
+    }
+}
+
 impl Drop for Home {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -229,4 +245,35 @@ fn a_refused_refresh_does_not_fall_back_on_the_saved_token() {
     assert_fails(&out);
     assert!(stderr(&out).contains("could not be renewed: the identity provider refused: invalid_grant"));
     assert_eq!(idp.posts(), 1);
+}
+
+#[test]
+fn expires_in_as_a_string_is_a_lifetime() {
+    // Azure AD v1 and some ADFS versions send `"expires_in": "3599"`.
+    let idp =
+        FakeIdp::token(serde_json::json!({"access_token": "opaque", "expires_in": "3599", "refresh_token": "rt2"}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let started = now();
+    assert_hands_out(&home.run(), "opaque");
+    let expires_at = home.cached()["expires_at"].as_u64().unwrap();
+    assert!((started + 3599..=now() + 3599).contains(&expires_at), "{expires_at}");
+}
+
+#[test]
+fn an_answer_that_does_not_parse_is_unexpected_not_unreachable() {
+    for (name, answer) in [
+        ("expires_in that is no number", r#"{"access_token": "t", "expires_in": "soon"}"#),
+        ("no access_token", r#"{"token": "t"}"#),
+        ("an HTML page", "<html>sign in</html>"),
+    ] {
+        let idp = FakeIdp::start(move |_, _| (200, answer.to_owned()));
+        let home = Home::new(&idp.issuer);
+        home.save_stale();
+        let out = home.run();
+        assert_fails(&out);
+        let err = stderr(&out);
+        assert!(err.contains("the identity provider answered something unexpected"), "{name}: {err}");
+        assert!(!err.contains("cannot reach"), "{name}: {err}");
+    }
 }
