@@ -20,6 +20,9 @@ pub enum OidcError {
     Unexpected(String),
     /// The IdP answered with an OAuth error (`error`, `error_description`).
     Refused { error: String, description: String },
+    /// The token endpoint returned an access token that cannot go into an HTTP header (empty,
+    /// or with whitespace, control or non-ASCII characters); the reason, never the token.
+    UnusableAccessToken(&'static str),
 }
 
 impl OidcError {
@@ -30,7 +33,7 @@ impl OidcError {
         match self {
             OidcError::Transport(_) => true,
             OidcError::Status { status, .. } => *status >= 500,
-            OidcError::Unexpected(_) | OidcError::Refused { .. } => false,
+            OidcError::Unexpected(_) | OidcError::Refused { .. } | OidcError::UnusableAccessToken(_) => false,
         }
     }
 }
@@ -46,6 +49,9 @@ impl std::fmt::Display for OidcError {
             }
             OidcError::Refused { error, description } => {
                 write!(f, "the identity provider refused: {error}: {description}")
+            }
+            OidcError::UnusableAccessToken(why) => {
+                write!(f, "the identity provider returned an unusable access token: {why}")
             }
         }
     }
@@ -80,6 +86,20 @@ pub struct TokenResponse {
     /// For silent renewal.
     #[serde(default)]
     pub refresh_token: Option<String>,
+}
+
+/// Checks that an access token can be printed as one line and sent as `Authorization: Bearer`
+/// and `x-api-key`: non-empty and visible ASCII only (RFC 6750's b64token is a subset). An empty
+/// token would only earn 401s and Claude Code's retries; one with a line break would print as
+/// two lines and make an invalid header.
+pub fn check_access_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("it is empty");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("it contains whitespace, control or non-ASCII characters");
+    }
+    Ok(())
 }
 
 /// A device authorization answer.
@@ -188,6 +208,13 @@ impl Client {
         }
     }
 
+    /// A token endpoint request whose answer carries a usable access token.
+    fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, OidcError> {
+        let tokens: TokenResponse = self.post(&self.endpoints.token_endpoint, form)?;
+        check_access_token(&tokens.access_token).map_err(OidcError::UnusableAccessToken)?;
+        Ok(tokens)
+    }
+
     /// Exchanges an authorization code (with its PKCE verifier).
     pub fn exchange_code(
         &self,
@@ -203,13 +230,13 @@ impl Client {
             ("client_id", client_id),
             ("code_verifier", verifier),
         ];
-        self.post(&self.endpoints.token_endpoint, &form)
+        self.token_request(&form)
     }
 
     /// Uses a refresh token.
     pub fn refresh(&self, client_id: &str, refresh_token: &str) -> Result<TokenResponse, OidcError> {
         let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)];
-        self.post(&self.endpoints.token_endpoint, &form)
+        self.token_request(&form)
     }
 
     /// Starts the device authorization grant.
@@ -228,7 +255,7 @@ impl Client {
             ("device_code", device_code),
             ("client_id", client_id),
         ];
-        self.post(&self.endpoints.token_endpoint, &form)
+        self.token_request(&form)
     }
 
     /// Revokes a token (RFC 7009) if the IdP advertises a revocation endpoint.
@@ -254,6 +281,24 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_token_must_fit_a_header_line() {
+        let cases = [
+            ("a JWT", "eyJhbGciOi.eyJzdWIi.c2ln", Ok(())),
+            ("b64token characters", "abc-._~+/==", Ok(())),
+            ("empty", "", Err("it is empty")),
+            ("a line break", "abc\nX-Evil: 1", Err("it contains whitespace, control or non-ASCII characters")),
+            ("a space", "abc def", Err("it contains whitespace, control or non-ASCII characters")),
+            ("a tab", "abc\tdef", Err("it contains whitespace, control or non-ASCII characters")),
+            ("a NUL", "abc\0", Err("it contains whitespace, control or non-ASCII characters")),
+            ("DEL", "abc\x7f", Err("it contains whitespace, control or non-ASCII characters")),
+            ("non-ASCII", "abcé", Err("it contains whitespace, control or non-ASCII characters")),
+        ];
+        for (name, token, want) in cases {
+            assert_eq!(check_access_token(token), want, "{name}");
+        }
+    }
 
     #[test]
     fn expires_in_as_number_or_numeric_string() {

@@ -277,3 +277,18 @@ fn an_answer_that_does_not_parse_is_unexpected_not_unreachable() {
         assert!(!err.contains("cannot reach"), "{name}: {err}");
     }
 }
+
+#[test]
+fn an_unusable_access_token_is_refused_and_never_printed() {
+    for (name, token) in [("empty", ""), ("a line break", "abc\nX-Evil: 1"), ("a space", "abc def")] {
+        let idp =
+            FakeIdp::token(serde_json::json!({"access_token": token, "expires_in": 3600, "refresh_token": "rt2"}));
+        let home = Home::new(&idp.issuer);
+        home.save_stale();
+        let out = home.run();
+        assert_fails(&out);
+        let err = stderr(&out);
+        assert!(err.contains("the identity provider returned an unusable access token"), "{name}: {err}");
+        assert!(!err.contains("X-Evil"), "{name}: the token is not shown: {err}");
+    }
+}
