@@ -68,14 +68,27 @@ pub fn choose(s: Situation) -> SignIn {
 /// using a token for its helper TTL (and sends it once more while the helper re-runs), so it must
 /// outlive that plus a margin.
 pub fn fresh_enough(expires_at: u64, now: u64, helper_ttl_ms: u64, margin_s: u64) -> bool {
-    expires_at > now + helper_ttl_ms.div_ceil(1000) + margin_s
+    expires_at > now.saturating_add(helper_ttl_ms.div_ceil(1000)).saturating_add(margin_s)
 }
 
 /// Whether a token just obtained from the IdP may be handed out at all: it must have more than
 /// the margin left. One that is expired or about to be would only earn a 401 from the gateway,
 /// and Claude Code would re-run the helper and retry, up to 13 times over four minutes.
 pub fn usable(expires_at: u64, now: u64, margin_s: u64) -> bool {
-    expires_at > now + margin_s
+    expires_at > now.saturating_add(margin_s)
+}
+
+/// The longest lifetime believed for a token, whatever the IdP says (24 h): a larger or absurd
+/// `expires_in` (2^64 - 1 overflowed the sum with the clock) is taken as this.
+pub const MAX_LIFETIME_S: u64 = 86_400;
+
+/// Seconds from `now` until `expires_at`, negative once past; saturates instead of overflowing.
+pub fn seconds_left(expires_at: u64, now: u64) -> i64 {
+    if expires_at >= now {
+        i64::try_from(expires_at - now).unwrap_or(i64::MAX)
+    } else {
+        i64::try_from(now - expires_at).map_or(i64::MIN, |s| -s)
+    }
 }
 
 /// How a person runs this program from a terminal: the bare name when the binary is found on
@@ -144,6 +157,22 @@ mod tests {
             assert_eq!(fresh_enough(expires_at, 1000, 300_000, 60), want, "{name}");
         }
         assert!(!fresh_enough(1000 + 60 + 6, 1000, 5_500, 60), "TTL in ms rounds up");
+    }
+
+    #[test]
+    fn time_arithmetic_saturates() {
+        assert!(!fresh_enough(1000 + 864_000, 1000, u64::MAX, 60), "an absurd helper TTL means: always renew");
+        assert!(!fresh_enough(u64::MAX, u64::MAX, 300_000, u64::MAX));
+        assert!(!usable(u64::MAX, u64::MAX - 10, 60));
+        let cases = [
+            ("ahead", 1060, 1000, 60),
+            ("past", 940, 1000, -60),
+            ("far ahead", u64::MAX, 0, i64::MAX),
+            ("far past", 0, u64::MAX, i64::MIN),
+        ];
+        for (name, expires_at, now, want) in cases {
+            assert_eq!(seconds_left(expires_at, now), want, "{name}");
+        }
     }
 
     #[test]

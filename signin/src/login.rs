@@ -161,10 +161,18 @@ impl BrowserLogin<'_> {
     }
 }
 
+/// The longest a sign-in waits for the person, whatever the setting says: one day.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
+/// `timeout` from now, capped at [`MAX_WAIT`] (`Instant + Duration` panics on overflow).
+fn deadline_after(timeout: Duration) -> Instant {
+    Instant::now() + timeout.min(MAX_WAIT)
+}
+
 /// Accepts connections until one is the `/callback` redirect; returns its query parameters.
 fn wait_for_redirect(listener: &TcpListener, timeout: Duration) -> Result<Vec<(String, String)>, LoginError> {
     listener.set_nonblocking(true).map_err(|e| LoginError::Listener(e.to_string()))?;
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     while Instant::now() < deadline {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -212,7 +220,7 @@ pub fn device_login(
     if let Some(complete) = &device.verification_uri_complete {
         eprintln!("  or open {complete}");
     }
-    let deadline = Instant::now() + timeout.min(Duration::from_secs(device.expires_in));
+    let deadline = deadline_after(timeout.min(Duration::from_secs(device.expires_in)));
     let mut interval = device.interval.max(1);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(interval));

@@ -309,7 +309,7 @@ fn hand_out(c: Cached, margin_s: u64) -> Result<String, String> {
     Err(format!(
         "the identity provider issued a token that expires in {} s (exp {}), within the {margin_s} s margin; \
          check this computer's clock, or the IdP's access token lifetime",
-        c.expires_at as i64 - now as i64,
+        flow::seconds_left(c.expires_at, now),
         c.expires_at
     ))
 }
@@ -321,8 +321,9 @@ fn remember(
     tokens: TokenResponse,
     old_refresh: Option<String>,
 ) -> Result<Cached, String> {
-    let expires_at =
-        claims::expiry(&tokens.access_token).or(tokens.expires_in.map(|s| now() + s)).unwrap_or_else(|| now() + 300);
+    let expires_at = claims::expiry(&tokens.access_token)
+        .or(tokens.expires_in.map(|s| now().saturating_add(s.min(flow::MAX_LIFETIME_S))))
+        .unwrap_or_else(|| now() + 300);
     let cached = Cached {
         issuer: issuer.to_owned(),
         client_id: client_id.to_owned(),
@@ -341,7 +342,7 @@ fn status(idp: &Idp) -> Result<(), String> {
         return Ok(());
     };
     let who = claims::summary(&c.access_token);
-    let left = c.expires_at as i64 - now() as i64;
+    let left = flow::seconds_left(c.expires_at, now());
     eprintln!("signed in to {} as {}", c.issuer, who.subject);
     if let Some(email) = who.email {
         eprintln!("  email:   {email}");
@@ -385,12 +386,12 @@ fn logout(idp: &Idp) -> Result<(), String> {
     if let Ok(done) = revoked {
         eprintln!("{done}");
     }
-    let left = c.expires_at as i64 - now() as i64;
+    let left = flow::seconds_left(c.expires_at, now());
     if left > 0 {
         eprintln!(
             "the access token already issued is not revoked: the gateway accepts it until it expires (in {} min), \
              or until the gateway's max token age if one is set",
-            (left + 59) / 60
+            left.saturating_add(59) / 60
         );
     }
     revoked.map(|_| ())

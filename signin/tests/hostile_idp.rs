@@ -292,3 +292,27 @@ fn an_unusable_access_token_is_refused_and_never_printed() {
         assert!(!err.contains("X-Evil"), "{name}: the token is not shown: {err}");
     }
 }
+
+#[test]
+fn a_huge_lifetime_is_capped_at_a_day_without_a_panic() {
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "opaque", "expires_in": u64::MAX}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    assert_hands_out(&home.run(), "opaque");
+    let left = home.cached()["expires_at"].as_u64().unwrap() - now();
+    assert!((86_300..=86_400).contains(&left), "{left}");
+}
+
+#[test]
+fn absurd_settings_do_not_panic() {
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "opaque", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let max = u64::MAX.to_string();
+    let out = home.command().env("CLAUDE_CODE_API_KEY_HELPER_TTL_MS", &max).output().unwrap();
+    assert_hands_out(&out, "opaque");
+    let out = home.command().env("CLAUDE_SSO_MARGIN_SECONDS", &max).output().unwrap();
+    assert_fails(&out);
+    let out = home.command().env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", &max).arg("status").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
