@@ -321,9 +321,17 @@ fn remember(
     tokens: TokenResponse,
     old_refresh: Option<String>,
 ) -> Result<Cached, String> {
-    let expires_at = claims::expiry(&tokens.access_token)
-        .or(tokens.expires_in.map(|s| now().saturating_add(s.min(flow::MAX_LIFETIME_S))))
-        .unwrap_or_else(|| now() + 300);
+    let token = &tokens.access_token;
+    let expiry = flow::expiry(now(), tokens.expires_in, claims::expiry(token), claims::issued_at(token));
+    if let Some(skew) = expiry.skew_s.filter(|_| expiry.clocks_disagree()) {
+        eprintln!(
+            "claude-sso-signin: note: this computer's clock is {} s {} the identity provider's; \
+             the token's lifetime is counted from this clock, but set it right",
+            skew.unsigned_abs(),
+            if skew > 0 { "behind" } else { "ahead of" }
+        );
+    }
+    let expires_at = expiry.expires_at;
     let cached = Cached {
         issuer: issuer.to_owned(),
         client_id: client_id.to_owned(),

@@ -316,3 +316,42 @@ fn absurd_settings_do_not_panic() {
     let out = home.command().env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", &max).arg("status").output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// An IdP (and gateway) whose clock is `skew` seconds ahead of this computer's; 1 h JWTs.
+fn skewed_idp(skew: i64) -> FakeIdp {
+    FakeIdp::start(move |_, _| {
+        let t = now().checked_add_signed(skew).unwrap();
+        let token = jwt(serde_json::json!({"sub": "a", "iat": t, "exp": t + 3600}));
+        (200, serde_json::json!({"access_token": token, "expires_in": 3600, "refresh_token": "rt2"}).to_string())
+    })
+}
+
+#[test]
+fn a_clock_behind_the_idp_does_not_stretch_the_token_life() {
+    // The laptop is 2 h behind: `exp` looks 3 h away, but the token lives 1 h at the gateway.
+    for (name, skew, said) in [("behind", 7200, "7200 s behind"), ("ahead", -7200, "7200 s ahead of")] {
+        let idp = skewed_idp(skew);
+        let home = Home::new(&idp.issuer);
+        home.save_stale();
+        let out = home.run();
+        assert!(out.status.success(), "clock {name}: {}", stderr(&out));
+        let left = home.cached()["expires_at"].as_u64().unwrap() - now();
+        assert!((3590..=3600).contains(&left), "clock {name}: believed {left} s left; really 3600 s");
+        let err = stderr(&out);
+        assert!(err.contains(&format!("this computer's clock is {said} the identity provider's")), "{err}");
+    }
+}
+
+#[test]
+fn clocks_that_agree_raise_no_warning_and_exp_still_caps() {
+    let idp = FakeIdp::start(move |_, _| {
+        let token = jwt(serde_json::json!({"sub": "a", "iat": now(), "exp": now() + 900}));
+        (200, serde_json::json!({"access_token": token, "expires_in": 3600}).to_string())
+    });
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let out = home.run();
+    assert!(out.status.success() && stderr(&out).is_empty(), "{}", stderr(&out));
+    let left = home.cached()["expires_at"].as_u64().unwrap() - now();
+    assert!((890..=900).contains(&left), "{left}");
+}
