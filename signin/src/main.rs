@@ -191,7 +191,8 @@ fn token(idp: &Idp) -> Result<String, String> {
         };
         match idp_client.refresh(&idp.client_id, &refresh_token) {
             Ok(tokens) => {
-                let c = remember(&cache, issuer, &idp.client_id, tokens, Some(refresh_token))?;
+                let c = received(issuer, &idp.client_id, tokens, Some(refresh_token));
+                save_or_say(&cache, &c);
                 if !fresh(&c) {
                     eprintln!("claude-sso-signin: note: the identity provider issues tokens shorter-lived than the helper TTL");
                 }
@@ -226,6 +227,7 @@ fn token(idp: &Idp) -> Result<String, String> {
         None => discover(issuer)?,
     };
     let c = sign_in(idp, &client, situation)?;
+    save_or_say(&cache, &c);
     hand_out(c, idp.margin_seconds)
 }
 
@@ -243,6 +245,7 @@ fn login(idp: &Idp) -> Result<(), String> {
         device_offered: false,
     };
     let c = sign_in(idp, &client, situation)?;
+    save(&cache, &c)?;
     let who = claims::summary(&c.access_token);
     eprintln!(
         "Signed in to {issuer} as {}. Claude Code will use this sign-in (token valid {} min, renewed silently).",
@@ -275,10 +278,9 @@ fn saved_during_outage(saved: &Cached, e: &OidcError, margin_s: u64) -> Option<S
     Some(saved.access_token.clone())
 }
 
-/// Runs the sign-in [`flow::choose`] picks and stores the tokens.
+/// Runs the sign-in [`flow::choose`] picks; the caller stores the tokens.
 fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, String> {
     let issuer = issuer(idp)?;
-    let cache = cache_file(idp)?;
     let situation = Situation { device_offered: client.endpoints.device_authorization_endpoint.is_some(), ..situation };
     let timeout = Duration::from_secs(idp.login_timeout_seconds);
     let tokens = match flow::choose(situation) {
@@ -296,7 +298,7 @@ fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, S
         .run(),
     }
     .map_err(|e| format!("sign-in failed: {e}"))?;
-    remember(&cache, issuer, &idp.client_id, tokens, None)
+    Ok(received(issuer, &idp.client_id, tokens, None))
 }
 
 /// Prints nothing itself: returns the token unless it is expired or about to be, which the
@@ -314,13 +316,8 @@ fn hand_out(c: Cached, margin_s: u64) -> Result<String, String> {
     ))
 }
 
-fn remember(
-    cache: &CacheFile,
-    issuer: &str,
-    client_id: &str,
-    tokens: TokenResponse,
-    old_refresh: Option<String>,
-) -> Result<Cached, String> {
+/// What to remember of a token endpoint answer received just now.
+fn received(issuer: &str, client_id: &str, tokens: TokenResponse, old_refresh: Option<String>) -> Cached {
     let token = &tokens.access_token;
     let expiry = flow::expiry(now(), tokens.expires_in, claims::expiry(token), claims::issued_at(token));
     if let Some(skew) = expiry.skew_s.filter(|_| expiry.clocks_disagree()) {
@@ -332,15 +329,26 @@ fn remember(
         );
     }
     let expires_at = expiry.expires_at;
-    let cached = Cached {
+    Cached {
         issuer: issuer.to_owned(),
         client_id: client_id.to_owned(),
         access_token: tokens.access_token,
         expires_at,
         refresh_token: tokens.refresh_token.or(old_refresh),
-    };
-    cache.store(&cached).map_err(|e| format!("cannot write the token cache {}: {e}", cache.path.display()))?;
-    Ok(cached)
+    }
+}
+
+fn save(cache: &CacheFile, c: &Cached) -> Result<(), String> {
+    cache.store(c).map_err(|e| format!("cannot write the token cache {}: {e}", cache.path.display()))
+}
+
+/// Saves for the token run. Failing to save (a full disk) must not also lose the token just
+/// received: the IdP may have rotated the refresh token, so the old one is spent either way,
+/// and this run can still hand out the new access token.
+fn save_or_say(cache: &CacheFile, c: &Cached) {
+    if let Err(e) = save(cache, c) {
+        eprintln!("claude-sso-signin: note: the sign-in was not saved ({e}); the next run may have to sign in again");
+    }
 }
 
 fn status(idp: &Idp) -> Result<(), String> {

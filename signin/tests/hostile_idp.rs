@@ -355,3 +355,27 @@ fn clocks_that_agree_raise_no_warning_and_exp_still_caps() {
     let left = home.cached()["expires_at"].as_u64().unwrap() - now();
     assert!((890..=900).contains(&left), "{left}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_refresh_that_cannot_be_saved_still_hands_out_the_new_token() {
+    // As on a full disk: no file may grow (the shell ignores SIGXFSZ, so writes fail with EFBIG
+    // and the helper inherits both). The IdP has rotated the refresh token by then, so the new
+    // access token is all this run can keep.
+    let idp =
+        FakeIdp::token(serde_json::json!({"access_token": "new-token", "expires_in": 3600, "refresh_token": "rt2"}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let mut full_disk = Command::new("sh");
+    full_disk.args(["-c", "trap '' XFSZ; ulimit -f 0; exec \"$0\"", HELPER]).env_clear();
+    for (key, value) in home.command().get_envs() {
+        if let Some(value) = value {
+            full_disk.env(key, value);
+        }
+    }
+    let out = full_disk.stdin(Stdio::piped()).output().unwrap();
+    assert_hands_out(&out, "new-token");
+    let err = stderr(&out);
+    assert!(err.contains("the sign-in was not saved") && err.contains("cannot write the token cache"), "{err}");
+    assert_eq!(home.cached()["access_token"], "old-token", "the cache was not written");
+}
