@@ -257,17 +257,29 @@ pub fn device_login(
         eprintln!("  or open {complete}");
     }
     let deadline = deadline_after(timeout.min(Duration::from_secs(device.expires_in)));
-    let mut interval = device.interval.max(1);
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(interval));
+    let mut interval = poll_interval(device.interval);
+    let mut now = Instant::now();
+    while now < deadline {
+        // Never sleep past the deadline, however long the IdP asks to wait.
+        std::thread::sleep(interval.min(deadline - now));
         match client.poll_device(client_id, &device.device_code) {
             Ok(tokens) => return Ok(tokens),
             Err(OidcError::Refused { error, .. }) if error == "authorization_pending" => {}
-            Err(OidcError::Refused { error, .. }) if error == "slow_down" => interval += 5,
+            // RFC 8628 §3.5: slow_down adds 5 s to the interval.
+            Err(OidcError::Refused { error, .. }) if error == "slow_down" => {
+                interval = poll_interval(interval.as_secs().saturating_add(5));
+            }
             Err(e) => return Err(e.into()),
         }
+        now = Instant::now();
     }
     Err(LoginError::TimedOut { foreign: 0 })
+}
+
+/// The device-flow polling interval the IdP asks for, kept within 1..=60 s: an IdP that asks
+/// for a day would otherwise keep `login --device` asleep long past its own deadline.
+fn poll_interval(seconds: u64) -> Duration {
+    Duration::from_secs(seconds.clamp(1, 60))
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters stay).
@@ -365,6 +377,14 @@ mod tests {
         for (name, target, want) in cases {
             assert_eq!(judge(target, "S1"), want, "{name}");
         }
+    }
+
+    #[test]
+    fn device_polling_interval_is_bounded() {
+        for (name, asked, want) in [("none", 0, 1), ("usual", 5, 5), ("a minute", 60, 60), ("a day", 86_400, 60)] {
+            assert_eq!(poll_interval(asked), Duration::from_secs(want), "{name}");
+        }
+        assert_eq!(poll_interval(u64::MAX), Duration::from_secs(60));
     }
 
     #[test]

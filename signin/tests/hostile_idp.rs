@@ -379,3 +379,43 @@ fn a_refresh_that_cannot_be_saved_still_hands_out_the_new_token() {
     assert!(err.contains("the sign-in was not saved") && err.contains("cannot write the token cache"), "{err}");
     assert_eq!(home.cached()["access_token"], "old-token", "the cache was not written");
 }
+
+#[test]
+fn a_device_polling_interval_of_a_day_does_not_outlast_the_login_timeout() {
+    let idp = FakeIdp::start(|path, _| {
+        match path {
+        "/device" => (
+            200,
+            serde_json::json!({"device_code": "dc", "user_code": "AB-CD", "verification_uri": "http://x/device", "interval": 86_400})
+                .to_string(),
+        ),
+        _ => (400, r#"{"error":"authorization_pending"}"#.to_owned()),
+    }
+    });
+    let home = Home::new(&idp.issuer);
+    let started = std::time::Instant::now();
+    let mut login = home
+        .command()
+        .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "2")
+        .args(["login", "--device"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = loop {
+        if let Some(status) = login.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = login.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = login.wait_with_output().unwrap();
+    assert!(finished.is_some(), "login --device still asleep after 10 s: {}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_fails(&out);
+    assert!(stderr(&out).contains("sign-in was not completed in time"), "{}", stderr(&out));
+    assert_eq!(idp.posts(), 2, "one device authorization, one poll at the deadline");
+}
