@@ -75,20 +75,18 @@ impl CacheFile {
     /// Writes atomically: a private temporary file, then a rename over the old one.
     pub fn store(&self, cached: &Cached) -> std::io::Result<()> {
         self.ensure_dir()?;
-        let tmp = self.dir.join(format!(".{}.{}.tmp", std::process::id(), file_name(&self.path)));
-        {
-            let mut options = OpenOptions::new();
-            options.create_new(true).write(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&tmp)?;
-            file.write_all(serde_json::to_string(cached).map_err(std::io::Error::other)?.as_bytes())?;
-            file.sync_all()?;
+        let json = serde_json::to_string(cached).map_err(std::io::Error::other)?;
+        // A random part in the name: a name from the PID alone collided with the file a killed
+        // run had left (PIDs repeat, in containers soon), and the refreshed tokens were lost.
+        let mut random = [0u8; 8];
+        getrandom::getrandom(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = self.dir.join(format!(".{}.{}.{random}.tmp", file_name(&self.path), std::process::id()));
+        let written = write_new(&tmp, json.as_bytes()).and_then(|()| fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
-        fs::rename(&tmp, &self.path)
+        written
     }
 
     /// Deletes the cache; returns whether there was one.
@@ -99,6 +97,20 @@ impl CacheFile {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Creates `path` (owner-only), writes `bytes` and syncs them to disk.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.create_new(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 fn file_name(path: &Path) -> String {
@@ -147,6 +159,24 @@ mod tests {
         assert_eq!(cache.load(), Some(sample()));
         assert!(cache.delete().unwrap());
         assert!(!cache.delete().unwrap());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_stale_temporary_file_does_not_block_a_store() {
+        // A run killed mid-write left its temporary file; a later run with the same PID (PIDs
+        // repeat in containers) must still store. This is that PID: the test process stores.
+        let root = temp_dir("stale");
+        let cache = CacheFile::new(&root.join("claude-sso"), "https://idp", "c");
+        fs::create_dir_all(&cache.dir).unwrap();
+        let name = file_name(&cache.path);
+        for stale in [format!(".{}.{name}.tmp", std::process::id()), format!(".{name}.{}.tmp", std::process::id())] {
+            fs::write(cache.dir.join(stale), "").unwrap();
+        }
+        cache.store(&sample()).unwrap();
+        assert_eq!(cache.load(), Some(sample()));
+        let left: Vec<_> = fs::read_dir(&cache.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 3, "no temporary file of this store is left behind: {left:?}");
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -15,6 +15,11 @@ pub fn expiry(token: &str) -> Option<u64> {
     payload(token)?.get("exp")?.as_u64()
 }
 
+/// `iat` (when it was issued, by the IdP's clock), when the token is a JWT that has one.
+pub fn issued_at(token: &str) -> Option<u64> {
+    payload(token)?.get("iat")?.as_u64()
+}
+
 /// Who a token names, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -50,13 +55,16 @@ mod tests {
 
     #[test]
     fn reads_expiry_and_summary() {
-        let token = jwt(serde_json::json!({"sub": "alice", "email": "a@x", "groups": ["g1", "g2"], "exp": 99}));
+        let token =
+            jwt(serde_json::json!({"sub": "alice", "email": "a@x", "groups": ["g1", "g2"], "exp": 99, "iat": 9}));
         assert_eq!(expiry(&token), Some(99));
+        assert_eq!(issued_at(&token), Some(9));
         assert_eq!(
             summary(&token),
             Summary { subject: "alice".into(), email: Some("a@x".into()), groups: vec!["g1".into(), "g2".into()] }
         );
         assert_eq!(expiry("opaque-token"), None);
+        assert_eq!(issued_at("opaque-token"), None);
         assert_eq!(summary("opaque-token").subject, "(opaque token)");
     }
 }

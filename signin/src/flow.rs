@@ -68,14 +68,69 @@ pub fn choose(s: Situation) -> SignIn {
 /// using a token for its helper TTL (and sends it once more while the helper re-runs), so it must
 /// outlive that plus a margin.
 pub fn fresh_enough(expires_at: u64, now: u64, helper_ttl_ms: u64, margin_s: u64) -> bool {
-    expires_at > now + helper_ttl_ms.div_ceil(1000) + margin_s
+    expires_at > now.saturating_add(helper_ttl_ms.div_ceil(1000)).saturating_add(margin_s)
 }
 
 /// Whether a token just obtained from the IdP may be handed out at all: it must have more than
 /// the margin left. One that is expired or about to be would only earn a 401 from the gateway,
 /// and Claude Code would re-run the helper and retry, up to 13 times over four minutes.
 pub fn usable(expires_at: u64, now: u64, margin_s: u64) -> bool {
-    expires_at > now + margin_s
+    expires_at > now.saturating_add(margin_s)
+}
+
+/// The longest lifetime believed for a token, whatever the IdP says (24 h): a larger or absurd
+/// `expires_in` (2^64 - 1 overflowed the sum with the clock) is taken as this.
+pub const MAX_LIFETIME_S: u64 = 86_400;
+
+/// The lifetime assumed for a token when the IdP gives neither `expires_in` nor `exp`.
+pub const DEFAULT_LIFETIME_S: u64 = 300;
+
+/// How far apart this computer's clock and the IdP's may be and still count as agreeing.
+pub const CLOCK_TOLERANCE_S: u64 = 60;
+
+/// When a token just received expires, by this computer's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// Seconds since the epoch, by this computer's clock.
+    pub expires_at: u64,
+    /// The token's `iat` minus this computer's clock at receipt: positive when the IdP's clock is
+    /// ahead. `None` without `iat`.
+    pub skew_s: Option<i64>,
+}
+
+impl Expiry {
+    /// Whether the clocks disagree by more than [`CLOCK_TOLERANCE_S`] (worth a warning).
+    pub fn clocks_disagree(&self) -> bool {
+        self.skew_s.is_some_and(|s| s.unsigned_abs() > CLOCK_TOLERANCE_S)
+    }
+}
+
+/// When a token received at `received_at` (this computer's clock) expires. The lifetime is
+/// relative, so a clock that is off does not matter: `expires_in`, else `exp - iat`, else (no
+/// `iat` to tell the skew) `exp - received_at`, else [`DEFAULT_LIFETIME_S`]; never more than
+/// [`MAX_LIFETIME_S`]. `exp` as an absolute time caps the lifetime only when `iat` shows that the
+/// two clocks agree. Comparing the IdP's `exp` with a clock hours behind made a 1 h token look
+/// good for 3 h (the gateway refuses it after 1 h); with a clock ahead, every token looked expired.
+pub fn expiry(received_at: u64, expires_in: Option<u64>, exp: Option<u64>, iat: Option<u64>) -> Expiry {
+    let skew_s = iat.map(|iat| seconds_left(iat, received_at));
+    let agree = skew_s.is_some_and(|s| s.unsigned_abs() <= CLOCK_TOLERANCE_S);
+    let relative = expires_in.or_else(|| Some(exp?.saturating_sub(iat?)));
+    let lifetime = match (relative, exp) {
+        (Some(r), Some(e)) if agree => r.min(e.saturating_sub(received_at)),
+        (Some(r), _) => r,
+        (None, Some(e)) => e.saturating_sub(received_at),
+        (None, None) => DEFAULT_LIFETIME_S,
+    };
+    Expiry { expires_at: received_at.saturating_add(lifetime.min(MAX_LIFETIME_S)), skew_s }
+}
+
+/// Seconds from `now` until `expires_at`, negative once past; saturates instead of overflowing.
+pub fn seconds_left(expires_at: u64, now: u64) -> i64 {
+    if expires_at >= now {
+        i64::try_from(expires_at - now).unwrap_or(i64::MAX)
+    } else {
+        i64::try_from(now - expires_at).map_or(i64::MIN, |s| -s)
+    }
 }
 
 /// How a person runs this program from a terminal: the bare name when the binary is found on
@@ -144,6 +199,49 @@ mod tests {
             assert_eq!(fresh_enough(expires_at, 1000, 300_000, 60), want, "{name}");
         }
         assert!(!fresh_enough(1000 + 60 + 6, 1000, 5_500, 60), "TTL in ms rounds up");
+    }
+
+    #[test]
+    fn expiry_counts_the_lifetime_from_this_computers_clock() {
+        const NOW: u64 = 1_000_000;
+        const H: u64 = 3600;
+        let cases = [
+            ("clocks agree", Some(H), Some(NOW + H), Some(NOW), NOW + H, Some(0)),
+            ("laptop 2 h behind the IdP", Some(H), Some(NOW + 3 * H), Some(NOW + 2 * H), NOW + H, Some(7200)),
+            ("laptop 2 h ahead of the IdP", Some(H), Some(NOW - H), Some(NOW - 2 * H), NOW + H, Some(-7200)),
+            ("no expires_in: exp - iat", None, Some(NOW + 3 * H), Some(NOW + 2 * H), NOW + H, Some(7200)),
+            ("clocks agree, exp sooner than expires_in", Some(H), Some(NOW + 600), Some(NOW), NOW + 600, Some(0)),
+            ("within tolerance", Some(H), Some(NOW + 30 + H), Some(NOW + 30), NOW + H, Some(30)),
+            ("opaque token", Some(H), None, None, NOW + H, None),
+            ("exp only: nothing tells the skew", None, Some(NOW + 900), None, NOW + 900, None),
+            ("expires_in and exp, no iat", Some(H), Some(NOW + 3 * H), None, NOW + H, None),
+            ("nothing at all", None, None, None, NOW + DEFAULT_LIFETIME_S, None),
+            ("absurd expires_in", Some(u64::MAX), None, None, NOW + MAX_LIFETIME_S, None),
+            ("absurd exp - iat", None, Some(u64::MAX), Some(NOW), NOW + MAX_LIFETIME_S, Some(0)),
+            ("exp before iat", None, Some(NOW - 1), Some(NOW), NOW, Some(0)),
+        ];
+        for (name, expires_in, exp, iat, expires_at, skew_s) in cases {
+            assert_eq!(expiry(NOW, expires_in, exp, iat), Expiry { expires_at, skew_s }, "{name}");
+        }
+        assert!(expiry(NOW, Some(H), None, Some(NOW + 61)).clocks_disagree());
+        assert!(!expiry(NOW, Some(H), None, Some(NOW - 60)).clocks_disagree());
+        assert!(!expiry(NOW, Some(H), None, None).clocks_disagree());
+    }
+
+    #[test]
+    fn time_arithmetic_saturates() {
+        assert!(!fresh_enough(1000 + 864_000, 1000, u64::MAX, 60), "an absurd helper TTL means: always renew");
+        assert!(!fresh_enough(u64::MAX, u64::MAX, 300_000, u64::MAX));
+        assert!(!usable(u64::MAX, u64::MAX - 10, 60));
+        let cases = [
+            ("ahead", 1060, 1000, 60),
+            ("past", 940, 1000, -60),
+            ("far ahead", u64::MAX, 0, i64::MAX),
+            ("far past", 0, u64::MAX, i64::MIN),
+        ];
+        for (name, expires_at, now, want) in cases {
+            assert_eq!(seconds_left(expires_at, now), want, "{name}");
+        }
     }
 
     #[test]

@@ -17,10 +17,9 @@ pub enum LoginError {
     Oidc(OidcError),
     /// The loopback listener could not be set up.
     Listener(String),
-    /// The redirect came back with another `state` (a forged or stale redirect).
-    StateMismatch,
-    /// Nobody finished signing in in time.
-    TimedOut,
+    /// Nobody finished signing in in time; `foreign` redirects (without this sign-in's `state`)
+    /// were refused meanwhile.
+    TimedOut { foreign: usize },
     /// Randomness was unavailable.
     Random,
 }
@@ -33,8 +32,14 @@ impl std::fmt::Display for LoginError {
                 f,
                 "cannot listen for the sign-in redirect: {why} (set CLAUDE_SSO_REDIRECT_PORT, or use --device)"
             ),
-            LoginError::StateMismatch => write!(f, "the sign-in redirect carried the wrong state; sign in again"),
-            LoginError::TimedOut => write!(f, "sign-in was not completed in time; run the command again"),
+            LoginError::TimedOut { foreign: 0 } => {
+                write!(f, "sign-in was not completed in time; run the command again")
+            }
+            LoginError::TimedOut { foreign } => write!(
+                f,
+                "sign-in was not completed in time; run the command again \
+                 ({foreign} redirect(s) that were not this sign-in's were refused)"
+            ),
             LoginError::Random => write!(f, "the system has no randomness source"),
         }
     }
@@ -144,60 +149,99 @@ impl BrowserLogin<'_> {
         if !self.browser.open(&url) {
             eprintln!("(could not open a browser; open the address above yourself)");
         }
-        let query = wait_for_redirect(&listener, self.timeout)?;
-        let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-        if get("state") != Some(state.as_str()) {
-            return Err(LoginError::StateMismatch);
+        match wait_for_redirect(&listener, self.timeout, &state)? {
+            Redirect::Code(code) => Ok(self.client.exchange_code(self.client_id, &code, &redirect_uri, &verifier)?),
+            Redirect::Refused { error, description } => Err(OidcError::Refused { error, description }.into()),
+            // wait_for_redirect returns only this sign-in's redirect.
+            Redirect::Foreign | Redirect::NotFound => Err(LoginError::TimedOut { foreign: 0 }),
         }
-        if let Some(error) = get("error") {
-            return Err(OidcError::Refused {
-                error: error.to_owned(),
-                description: get("error_description").unwrap_or("").to_owned(),
-            }
-            .into());
-        }
-        let code = get("code").ok_or(LoginError::StateMismatch)?;
-        Ok(self.client.exchange_code(self.client_id, code, &redirect_uri, &verifier)?)
     }
 }
 
-/// Accepts connections until one is the `/callback` redirect; returns its query parameters.
-fn wait_for_redirect(listener: &TcpListener, timeout: Duration) -> Result<Vec<(String, String)>, LoginError> {
+/// The longest a sign-in waits for the person, whatever the setting says: one day.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
+/// `timeout` from now, capped at [`MAX_WAIT`] (`Instant + Duration` panics on overflow).
+fn deadline_after(timeout: Duration) -> Instant {
+    Instant::now() + timeout.min(MAX_WAIT)
+}
+
+/// What one request to the loopback listener means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Redirect {
+    /// This sign-in's redirect, with a code to exchange.
+    Code(String),
+    /// This sign-in's redirect, with an OAuth error from the IdP.
+    Refused { error: String, description: String },
+    /// A `/callback` without this sign-in's `state`, or with neither code nor error: forged (any
+    /// local process or web page can send one) or stale. Answered 400; the wait goes on, so that
+    /// one such request cannot cancel a sign-in.
+    Foreign,
+    /// Another path: answered 404.
+    NotFound,
+}
+
+/// Reads a request target (`/callback?code=…&state=…`) against this sign-in's `state`.
+fn judge(target: &str, state: &str) -> Redirect {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != "/callback" {
+        return Redirect::NotFound;
+    }
+    let query = parse_query(query);
+    let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    if get("state").as_deref() != Some(state) {
+        return Redirect::Foreign;
+    }
+    match (get("code"), get("error")) {
+        (_, Some(error)) => Redirect::Refused { error, description: get("error_description").unwrap_or_default() },
+        (Some(code), None) => Redirect::Code(code),
+        (None, None) => Redirect::Foreign,
+    }
+}
+
+/// Accepts connections until this sign-in's redirect comes or the deadline passes.
+fn wait_for_redirect(listener: &TcpListener, timeout: Duration, state: &str) -> Result<Redirect, LoginError> {
     listener.set_nonblocking(true).map_err(|e| LoginError::Listener(e.to_string()))?;
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
+    let mut foreign = 0;
     while Instant::now() < deadline {
         match listener.accept() {
-            Ok((stream, _)) => {
-                if let Some(query) = answer_redirect(stream) {
-                    return Ok(query);
-                }
-            }
+            Ok((stream, _)) => match answer_redirect(stream, state) {
+                Some(Redirect::Foreign) => foreign += 1,
+                Some(Redirect::NotFound) | None => {}
+                Some(redirect) => return Ok(redirect),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => return Err(LoginError::Listener(e.to_string())),
         }
     }
-    Err(LoginError::TimedOut)
+    Err(LoginError::TimedOut { foreign })
 }
 
-fn answer_redirect(mut stream: TcpStream) -> Option<Vec<(String, String)>> {
+/// Reads one request, answers it and says what it was (`None`: unreadable).
+fn answer_redirect(mut stream: TcpStream, state: &str) -> Option<Redirect> {
     stream.set_nonblocking(false).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line).ok()?;
-    let target = line.split_whitespace().nth(1)?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if path != "/callback" {
-        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        return None;
-    }
-    let page =
-        "<!doctype html><title>Signed in</title><p>Signed in. You can close this window and return to Claude Code.</p>";
+    let redirect = judge(line.split_whitespace().nth(1)?, state);
+    let (status, page) = match redirect {
+        Redirect::NotFound => ("404 Not Found", ""),
+        Redirect::Foreign => (
+            "400 Bad Request",
+            "<!doctype html><title>Not this sign-in</title><p>This is not the sign-in Claude Code is waiting for.</p>",
+        ),
+        Redirect::Code(_) | Redirect::Refused { .. } => (
+            "200 OK",
+            "<!doctype html><title>Signed in</title><p>Signed in. You can close this window and return to Claude Code.</p>",
+        ),
+    };
     let _ = write!(
         stream,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+        "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
         page.len()
     );
-    Some(parse_query(query))
+    Some(redirect)
 }
 
 /// Runs the device authorization grant: prints where to go and polls until done.
@@ -212,18 +256,30 @@ pub fn device_login(
     if let Some(complete) = &device.verification_uri_complete {
         eprintln!("  or open {complete}");
     }
-    let deadline = Instant::now() + timeout.min(Duration::from_secs(device.expires_in));
-    let mut interval = device.interval.max(1);
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(interval));
+    let deadline = deadline_after(timeout.min(Duration::from_secs(device.expires_in)));
+    let mut interval = poll_interval(device.interval);
+    let mut now = Instant::now();
+    while now < deadline {
+        // Never sleep past the deadline, however long the IdP asks to wait.
+        std::thread::sleep(interval.min(deadline - now));
         match client.poll_device(client_id, &device.device_code) {
             Ok(tokens) => return Ok(tokens),
             Err(OidcError::Refused { error, .. }) if error == "authorization_pending" => {}
-            Err(OidcError::Refused { error, .. }) if error == "slow_down" => interval += 5,
+            // RFC 8628 §3.5: slow_down adds 5 s to the interval.
+            Err(OidcError::Refused { error, .. }) if error == "slow_down" => {
+                interval = poll_interval(interval.as_secs().saturating_add(5));
+            }
             Err(e) => return Err(e.into()),
         }
+        now = Instant::now();
     }
-    Err(LoginError::TimedOut)
+    Err(LoginError::TimedOut { foreign: 0 })
+}
+
+/// The device-flow polling interval the IdP asks for, kept within 1..=60 s: an IdP that asks
+/// for a day would otherwise keep `login --device` asleep long past its own deadline.
+fn poll_interval(seconds: u64) -> Duration {
+    Duration::from_secs(seconds.clamp(1, 60))
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters stay).
@@ -296,6 +352,39 @@ mod tests {
         );
         assert_eq!(encode("openid email/x y"), "openid%20email%2Fx%20y");
         assert_eq!(parse_query("bad=%zz%4"), vec![("bad".into(), "%zz%4".into())]);
+    }
+
+    #[test]
+    fn only_this_sign_ins_redirect_ends_the_wait() {
+        let code = |c: &str| Redirect::Code(c.to_owned());
+        let refused = |e: &str, d: &str| Redirect::Refused { error: e.to_owned(), description: d.to_owned() };
+        let cases = [
+            ("the redirect", "/callback?code=abc&state=S1", code("abc")),
+            ("state first, escaped code", "/callback?state=S1&code=a%2Bb", code("a+b")),
+            (
+                "the IdP refused",
+                "/callback?error=access_denied&error_description=no+way&state=S1",
+                refused("access_denied", "no way"),
+            ),
+            ("forged state", "/callback?code=forged&state=forged", Redirect::Foreign),
+            ("no state", "/callback?code=forged", Redirect::Foreign),
+            ("forged error", "/callback?error=access_denied&state=x", Redirect::Foreign),
+            ("state but neither code nor error", "/callback?state=S1", Redirect::Foreign),
+            ("no query", "/callback", Redirect::Foreign),
+            ("another path", "/favicon.ico", Redirect::NotFound),
+            ("a prefix of the path", "/callbackx?code=abc&state=S1", Redirect::NotFound),
+        ];
+        for (name, target, want) in cases {
+            assert_eq!(judge(target, "S1"), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn device_polling_interval_is_bounded() {
+        for (name, asked, want) in [("none", 0, 1), ("usual", 5, 5), ("a minute", 60, 60), ("a day", 86_400, 60)] {
+            assert_eq!(poll_interval(asked), Duration::from_secs(want), "{name}");
+        }
+        assert_eq!(poll_interval(u64::MAX), Duration::from_secs(60));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use cache::{CacheFile, Cached};
 use flow::{SignIn, Situation};
 use login::{Browser, BrowserLogin};
-use oidc::{Client, Revocation, TokenResponse};
+use oidc::{Client, OidcError, Revocation, TokenResponse};
 
 #[derive(Parser)]
 #[command(
@@ -184,17 +184,26 @@ fn token(idp: &Idp) -> Result<String, String> {
         Some(_) => "the saved token expires soon and there is no refresh token".to_owned(),
     };
     let mut client = None;
-    if let Some(refresh_token) = cached.as_ref().and_then(|c| c.refresh_token.clone()) {
-        let idp_client = discover(issuer)?;
+    if let Some((saved, refresh_token)) = cached.as_ref().and_then(|c| Some((c, c.refresh_token.clone()?))) {
+        let idp_client = match Client::discover(issuer) {
+            Ok(c) => c,
+            Err(e) => return saved_during_outage(saved, &e, idp.margin_seconds).ok_or_else(|| discovery_failed(&e)),
+        };
         match idp_client.refresh(&idp.client_id, &refresh_token) {
             Ok(tokens) => {
-                let c = remember(&cache, issuer, &idp.client_id, tokens, Some(refresh_token))?;
+                let c = received(issuer, &idp.client_id, tokens, Some(refresh_token));
+                save_or_say(&cache, &c);
                 if !fresh(&c) {
                     eprintln!("claude-sso-signin: note: the identity provider issues tokens shorter-lived than the helper TTL");
                 }
                 return hand_out(c, idp.margin_seconds);
             }
-            Err(e) => why = format!("the saved sign-in could not be renewed: {e}"),
+            Err(e) => {
+                if let Some(token) = saved_during_outage(saved, &e, idp.margin_seconds) {
+                    return Ok(token);
+                }
+                why = format!("the saved sign-in could not be renewed: {e}");
+            }
         }
         client = Some(idp_client);
     }
@@ -218,6 +227,7 @@ fn token(idp: &Idp) -> Result<String, String> {
         None => discover(issuer)?,
     };
     let c = sign_in(idp, &client, situation)?;
+    save_or_say(&cache, &c);
     hand_out(c, idp.margin_seconds)
 }
 
@@ -235,6 +245,7 @@ fn login(idp: &Idp) -> Result<(), String> {
         device_offered: false,
     };
     let c = sign_in(idp, &client, situation)?;
+    save(&cache, &c)?;
     let who = claims::summary(&c.access_token);
     eprintln!(
         "Signed in to {issuer} as {}. Claude Code will use this sign-in (token valid {} min, renewed silently).",
@@ -245,13 +256,31 @@ fn login(idp: &Idp) -> Result<(), String> {
 }
 
 fn discover(issuer: &str) -> Result<Client, String> {
-    Client::discover(issuer).map_err(|e| format!("{e}; check CLAUDE_SSO_ISSUER and your network"))
+    Client::discover(issuer).map_err(|e| discovery_failed(&e))
 }
 
-/// Runs the sign-in [`flow::choose`] picks and stores the tokens.
+fn discovery_failed(e: &OidcError) -> String {
+    format!("{e}; check CLAUDE_SSO_ISSUER and your network")
+}
+
+/// The saved token, when the IdP is out of reach for a refresh (not when it refuses) and the
+/// gateway will still take the token: a short IdP outage should not stop Claude Code while the
+/// token it has is good. Claude Code reads the JWT's `exp` and runs the helper again before it.
+fn saved_during_outage(saved: &Cached, e: &OidcError, margin_s: u64) -> Option<String> {
+    let now = now();
+    if !e.is_outage() || !flow::usable(saved.expires_at, now, margin_s) {
+        return None;
+    }
+    eprintln!(
+        "claude-sso-signin: note: {e}; using the saved token, which expires in {} s",
+        saved.expires_at.saturating_sub(now)
+    );
+    Some(saved.access_token.clone())
+}
+
+/// Runs the sign-in [`flow::choose`] picks; the caller stores the tokens.
 fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, String> {
     let issuer = issuer(idp)?;
-    let cache = cache_file(idp)?;
     let situation = Situation { device_offered: client.endpoints.device_authorization_endpoint.is_some(), ..situation };
     let timeout = Duration::from_secs(idp.login_timeout_seconds);
     let tokens = match flow::choose(situation) {
@@ -269,7 +298,7 @@ fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, S
         .run(),
     }
     .map_err(|e| format!("sign-in failed: {e}"))?;
-    remember(&cache, issuer, &idp.client_id, tokens, None)
+    Ok(received(issuer, &idp.client_id, tokens, None))
 }
 
 /// Prints nothing itself: returns the token unless it is expired or about to be, which the
@@ -282,29 +311,44 @@ fn hand_out(c: Cached, margin_s: u64) -> Result<String, String> {
     Err(format!(
         "the identity provider issued a token that expires in {} s (exp {}), within the {margin_s} s margin; \
          check this computer's clock, or the IdP's access token lifetime",
-        c.expires_at as i64 - now as i64,
+        flow::seconds_left(c.expires_at, now),
         c.expires_at
     ))
 }
 
-fn remember(
-    cache: &CacheFile,
-    issuer: &str,
-    client_id: &str,
-    tokens: TokenResponse,
-    old_refresh: Option<String>,
-) -> Result<Cached, String> {
-    let expires_at =
-        claims::expiry(&tokens.access_token).or(tokens.expires_in.map(|s| now() + s)).unwrap_or_else(|| now() + 300);
-    let cached = Cached {
+/// What to remember of a token endpoint answer received just now.
+fn received(issuer: &str, client_id: &str, tokens: TokenResponse, old_refresh: Option<String>) -> Cached {
+    let token = &tokens.access_token;
+    let expiry = flow::expiry(now(), tokens.expires_in, claims::expiry(token), claims::issued_at(token));
+    if let Some(skew) = expiry.skew_s.filter(|_| expiry.clocks_disagree()) {
+        eprintln!(
+            "claude-sso-signin: note: this computer's clock is {} s {} the identity provider's; \
+             the token's lifetime is counted from this clock, but set it right",
+            skew.unsigned_abs(),
+            if skew > 0 { "behind" } else { "ahead of" }
+        );
+    }
+    let expires_at = expiry.expires_at;
+    Cached {
         issuer: issuer.to_owned(),
         client_id: client_id.to_owned(),
         access_token: tokens.access_token,
         expires_at,
         refresh_token: tokens.refresh_token.or(old_refresh),
-    };
-    cache.store(&cached).map_err(|e| format!("cannot write the token cache {}: {e}", cache.path.display()))?;
-    Ok(cached)
+    }
+}
+
+fn save(cache: &CacheFile, c: &Cached) -> Result<(), String> {
+    cache.store(c).map_err(|e| format!("cannot write the token cache {}: {e}", cache.path.display()))
+}
+
+/// Saves for the token run. Failing to save (a full disk) must not also lose the token just
+/// received: the IdP may have rotated the refresh token, so the old one is spent either way,
+/// and this run can still hand out the new access token.
+fn save_or_say(cache: &CacheFile, c: &Cached) {
+    if let Err(e) = save(cache, c) {
+        eprintln!("claude-sso-signin: note: the sign-in was not saved ({e}); the next run may have to sign in again");
+    }
 }
 
 fn status(idp: &Idp) -> Result<(), String> {
@@ -314,7 +358,7 @@ fn status(idp: &Idp) -> Result<(), String> {
         return Ok(());
     };
     let who = claims::summary(&c.access_token);
-    let left = c.expires_at as i64 - now() as i64;
+    let left = flow::seconds_left(c.expires_at, now());
     eprintln!("signed in to {} as {}", c.issuer, who.subject);
     if let Some(email) = who.email {
         eprintln!("  email:   {email}");
@@ -358,12 +402,12 @@ fn logout(idp: &Idp) -> Result<(), String> {
     if let Ok(done) = revoked {
         eprintln!("{done}");
     }
-    let left = c.expires_at as i64 - now() as i64;
+    let left = flow::seconds_left(c.expires_at, now());
     if left > 0 {
         eprintln!(
             "the access token already issued is not revoked: the gateway accepts it until it expires (in {} min), \
              or until the gateway's max token age if one is set",
-            (left + 59) / 60
+            left.saturating_add(59) / 60
         );
     }
     revoked.map(|_| ())

@@ -3,27 +3,55 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use ureq::Agent;
 
 /// Why a call to the IdP failed.
 #[derive(Debug)]
 pub enum OidcError {
-    /// The IdP could not be reached or answered garbage.
+    /// The IdP could not be reached, or did not answer in time.
     Transport(String),
+    /// The IdP answered with an HTTP error status and no OAuth error.
+    Status { url: String, status: u16 },
+    /// The IdP answered, but not what the protocol says (not JSON, a missing field, discovery
+    /// for another issuer).
+    Unexpected(String),
     /// The IdP answered with an OAuth error (`error`, `error_description`).
     Refused { error: String, description: String },
+    /// The token endpoint returned an access token that cannot go into an HTTP header (empty,
+    /// or with whitespace, control or non-ASCII characters); the reason, never the token.
+    UnusableAccessToken(&'static str),
+}
+
+impl OidcError {
+    /// Whether the IdP is out of reach for now (no connection, a timeout, a 5xx from it or its
+    /// load balancer), as opposed to an answer that says no or makes no sense. Only an outage
+    /// lets a run fall back on a saved token that is still valid.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            OidcError::Transport(_) => true,
+            OidcError::Status { status, .. } => *status >= 500,
+            OidcError::Unexpected(_) | OidcError::Refused { .. } | OidcError::UnusableAccessToken(_) => false,
+        }
+    }
 }
 
 impl std::fmt::Display for OidcError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OidcError::Transport(why) => write!(f, "cannot reach the identity provider: {why}"),
+            OidcError::Status { url, status } => write!(f, "the identity provider answered {url} with status {status}"),
+            OidcError::Unexpected(why) => write!(f, "the identity provider answered something unexpected: {why}"),
             OidcError::Refused { error, description } if description.is_empty() => {
                 write!(f, "the identity provider refused: {error}")
             }
             OidcError::Refused { error, description } => {
                 write!(f, "the identity provider refused: {error}: {description}")
+            }
+            OidcError::UnusableAccessToken(why) => {
+                write!(f, "the identity provider returned an unusable access token: {why}")
             }
         }
     }
@@ -51,12 +79,27 @@ pub struct Endpoints {
 pub struct TokenResponse {
     /// The access token Claude Code sends to the gateway.
     pub access_token: String,
-    /// Lifetime in seconds, when given.
-    #[serde(default)]
+    /// Lifetime in seconds, when given: a JSON number, or a numeric string as Azure AD v1 and
+    /// some ADFS versions send it.
+    #[serde(default, deserialize_with = "seconds")]
     pub expires_in: Option<u64>,
     /// For silent renewal.
     #[serde(default)]
     pub refresh_token: Option<String>,
+}
+
+/// Checks that an access token can be printed as one line and sent as `Authorization: Bearer`
+/// and `x-api-key`: non-empty and visible ASCII only (RFC 6750's b64token is a subset). An empty
+/// token would only earn 401s and Claude Code's retries; one with a line break would print as
+/// two lines and make an invalid header.
+pub fn check_access_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("it is empty");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("it contains whitespace, control or non-ASCII characters");
+    }
+    Ok(())
 }
 
 /// A device authorization answer.
@@ -77,6 +120,23 @@ pub struct DeviceAuthorization {
     /// Seconds until the code expires.
     #[serde(default = "default_device_ttl")]
     pub expires_in: u64,
+}
+
+/// `expires_in` as a number (a fraction is cut, a value past `u64` saturates) or a string of
+/// digits; `null` counts as absent. Anything else is an answer the helper cannot use.
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let unusable = |v: &Value| D::Error::custom(format!("expires_in {v} is not a number of seconds"));
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(s), _) => Ok(Some(s)),
+            // `as` saturates at u64::MAX; the lifetime is capped when it is used.
+            (None, Some(f)) if f >= 0.0 => Ok(Some(f as u64)),
+            _ => Err(unusable(&Value::Number(n))),
+        },
+        Some(Value::String(text)) => text.trim().parse().map(Some).map_err(|_| unusable(&Value::String(text))),
+        Some(other) => Err(unusable(&other)),
+    }
 }
 
 fn default_interval() -> u64 {
@@ -120,12 +180,16 @@ impl Client {
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let mut response = agent.get(&url).call().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
         if !response.status().is_success() {
-            return Err(OidcError::Transport(format!("{url}: status {}", response.status())));
+            return Err(OidcError::Status { url, status: response.status().as_u16() });
         }
+        let text = response.body_mut().read_to_string().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
         let endpoints: Endpoints =
-            response.body_mut().read_json().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
+            serde_json::from_str(&text).map_err(|e| OidcError::Unexpected(format!("{url}: {e}")))?;
         if endpoints.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
-            return Err(OidcError::Transport(format!("discovery names issuer {:?}, not {issuer:?}", endpoints.issuer)));
+            return Err(OidcError::Unexpected(format!(
+                "discovery names issuer {:?}, not {issuer:?}",
+                endpoints.issuer
+            )));
         }
         Ok(Client { agent, endpoints })
     }
@@ -136,12 +200,19 @@ impl Client {
         let status = response.status();
         let text = response.body_mut().read_to_string().map_err(|e| OidcError::Transport(e.to_string()))?;
         if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| OidcError::Transport(format!("{url}: {e}")));
+            return serde_json::from_str(&text).map_err(|e| OidcError::Unexpected(format!("{url}: {e}")));
         }
         match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => Err(OidcError::Refused { error: e.error, description: e.error_description.unwrap_or_default() }),
-            Err(_) => Err(OidcError::Transport(format!("{url}: status {status}"))),
+            Err(_) => Err(OidcError::Status { url: url.to_owned(), status: status.as_u16() }),
         }
+    }
+
+    /// A token endpoint request whose answer carries a usable access token.
+    fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, OidcError> {
+        let tokens: TokenResponse = self.post(&self.endpoints.token_endpoint, form)?;
+        check_access_token(&tokens.access_token).map_err(OidcError::UnusableAccessToken)?;
+        Ok(tokens)
     }
 
     /// Exchanges an authorization code (with its PKCE verifier).
@@ -159,13 +230,13 @@ impl Client {
             ("client_id", client_id),
             ("code_verifier", verifier),
         ];
-        self.post(&self.endpoints.token_endpoint, &form)
+        self.token_request(&form)
     }
 
     /// Uses a refresh token.
     pub fn refresh(&self, client_id: &str, refresh_token: &str) -> Result<TokenResponse, OidcError> {
         let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)];
-        self.post(&self.endpoints.token_endpoint, &form)
+        self.token_request(&form)
     }
 
     /// Starts the device authorization grant.
@@ -184,7 +255,7 @@ impl Client {
             ("device_code", device_code),
             ("client_id", client_id),
         ];
-        self.post(&self.endpoints.token_endpoint, &form)
+        self.token_request(&form)
     }
 
     /// Revokes a token (RFC 7009) if the IdP advertises a revocation endpoint.
@@ -202,7 +273,57 @@ impl Client {
         let text = response.body_mut().read_to_string().unwrap_or_default();
         match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => Err(OidcError::Refused { error: e.error, description: e.error_description.unwrap_or_default() }),
-            Err(_) => Err(OidcError::Transport(format!("{url}: status {status}"))),
+            Err(_) => Err(OidcError::Status { url: url.to_owned(), status: status.as_u16() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_token_must_fit_a_header_line() {
+        let cases = [
+            ("a JWT", "eyJhbGciOi.eyJzdWIi.c2ln", Ok(())),
+            ("b64token characters", "abc-._~+/==", Ok(())),
+            ("empty", "", Err("it is empty")),
+            ("a line break", "abc\nX-Evil: 1", Err("it contains whitespace, control or non-ASCII characters")),
+            ("a space", "abc def", Err("it contains whitespace, control or non-ASCII characters")),
+            ("a tab", "abc\tdef", Err("it contains whitespace, control or non-ASCII characters")),
+            ("a NUL", "abc\0", Err("it contains whitespace, control or non-ASCII characters")),
+            ("DEL", "abc\x7f", Err("it contains whitespace, control or non-ASCII characters")),
+            ("non-ASCII", "abcé", Err("it contains whitespace, control or non-ASCII characters")),
+        ];
+        for (name, token, want) in cases {
+            assert_eq!(check_access_token(token), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn expires_in_as_number_or_numeric_string() {
+        let cases: [(&str, &str, Option<u64>); 7] = [
+            ("a number", r#""expires_in": 3599"#, Some(3599)),
+            ("a string (Azure AD v1, ADFS)", r#""expires_in": "3599""#, Some(3599)),
+            ("a string with spaces", r#""expires_in": " 60 ""#, Some(60)),
+            ("a fraction", r#""expires_in": 59.9"#, Some(59)),
+            ("past u64", r#""expires_in": 1e30"#, Some(u64::MAX)),
+            ("null", r#""expires_in": null"#, None),
+            ("absent", r#""x": 1"#, None),
+        ];
+        for (name, field, want) in cases {
+            let json = format!(r#"{{"access_token": "t", {field}}}"#);
+            let got: TokenResponse = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(got.expires_in, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn expires_in_that_is_no_number_is_refused() {
+        for field in [r#""soon""#, "-5", "true", "[3600]", r#""3600s""#] {
+            let json = format!(r#"{{"access_token": "t", "expires_in": {field}}}"#);
+            let err = serde_json::from_str::<TokenResponse>(&json).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("is not a number of seconds"), "{field}: {err}");
         }
     }
 }

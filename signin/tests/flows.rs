@@ -375,3 +375,53 @@ fn setup_and_uninstall_keep_other_settings() {
     let restored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
     assert_eq!(restored, original);
 }
+
+/// Sends `GET <target>` to the helper's loopback listener; returns the HTTP status.
+fn get_status(url: &str) -> String {
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn forged_callbacks_are_refused_and_the_sign_in_goes_on() {
+    // Any local process, or a web page (<img src=http://127.0.0.1:8765/callback?...>), can send
+    // the listener a request; only the redirect with this sign-in's state may end the wait.
+    let idp = Idp::start(&[]);
+    let home = Home::new("alice");
+    let opened = home.dir.join("opened.txt");
+    let browser = home.dir.join("record.sh");
+    std::fs::write(&browser, format!("#!/bin/sh\necho \"$1\" > '{}'\n", opened.display())).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let helper = home
+        .command(&idp)
+        .env("CLAUDE_SSO_BROWSER", &browser)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = (0..200)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::read_to_string(&opened).ok().filter(|u| !u.trim().is_empty())
+        })
+        .expect("the helper opened no browser");
+    let url = url.trim();
+    let redirect =
+        url.split("redirect_uri=").nth(1).unwrap().split('&').next().unwrap().replace("%3A", ":").replace("%2F", "/");
+    for forged in ["?code=forged&state=forged", "?code=forged", "?error=access_denied&state=x", ""] {
+        assert_eq!(get_status(&format!("{redirect}{forged}")), "400", "{forged}");
+    }
+    let browse = Command::new("node")
+        .arg(repo().join("demo/idp/login.mjs"))
+        .args(["--browse", url, "--user", "alice"])
+        .output()
+        .unwrap();
+    assert!(browse.status.success(), "{}", String::from_utf8_lossy(&browse.stderr));
+    let out = helper.wait_with_output().unwrap();
+    assert_eq!(claims(&token_of(&out))["sub"], "alice");
+    assert_eq!(idp.logins(), 1);
+}

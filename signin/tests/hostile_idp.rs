@@ -1,0 +1,421 @@
+//! The sign-in helper against an identity provider that is down, or answers what a broken one
+//! would (a small fake IdP on a loopback port): the answers the real `oidc-provider` of
+//! `tests/flows.rs` never gives. Each test runs the real binary with pipes on stdin, stdout and
+//! stderr, as Claude Code does.
+
+// This whole file is test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_claude-sso-signin");
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An unsigned JWT with these claims (the helper does not verify; the gateway does).
+fn jwt(claims: serde_json::Value) -> String {
+    format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(claims.to_string()))
+}
+
+/// What the fake answers to a POST: path and form body in, status and JSON body out.
+type Answer = dyn Fn(&str, &str) -> (u16, String) + Send + Sync;
+
+/// A fake IdP: discovery names itself; every POST goes to `answer`. Lives until the test ends.
+struct FakeIdp {
+    issuer: String,
+    posts: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl FakeIdp {
+    fn start(answer: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static) -> FakeIdp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let answer: Arc<Answer> = Arc::new(answer);
+        let (base, seen) = (issuer.clone(), posts.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (base, seen, answer) = (base.clone(), seen.clone(), answer.clone());
+                std::thread::spawn(move || serve(stream, &base, &seen, &*answer));
+            }
+        });
+        FakeIdp { issuer, posts }
+    }
+
+    /// Answers every token request with this JSON.
+    fn token(body: serde_json::Value) -> FakeIdp {
+        FakeIdp::start(move |_, _| (200, body.to_string()))
+    }
+
+    fn posts(&self) -> usize {
+        self.posts.lock().unwrap().len()
+    }
+}
+
+fn serve(stream: TcpStream, base: &str, posts: &Mutex<Vec<(String, String)>>, answer: &Answer) {
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let body = String::from_utf8(body).unwrap();
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, reply) = match (method, path) {
+        ("GET", "/.well-known/openid-configuration") => (
+            200,
+            serde_json::json!({
+                "issuer": base,
+                "authorization_endpoint": format!("{base}/auth"),
+                "token_endpoint": format!("{base}/token"),
+                "device_authorization_endpoint": format!("{base}/device"),
+            })
+            .to_string(),
+        ),
+        ("POST", _) => {
+            posts.lock().unwrap().push((path.to_owned(), body.clone()));
+            answer(path, &body)
+        }
+        _ => (404, "{}".to_owned()),
+    };
+    let _ = write!(
+        &stream,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
+}
+
+/// An issuer nothing listens on: every connection is refused.
+fn dead_issuer() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// A private HOME and cache directory for one issuer, removed on drop.
+struct Home {
+    dir: PathBuf,
+    issuer: String,
+}
+
+impl Home {
+    fn new(issuer: &str) -> Home {
+        let n = DIRS.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("csg-hostile-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Home { dir, issuer: issuer.to_owned() }
+    }
+
+    /// As Claude Code over SSH runs it: no browser, pipes everywhere.
+    fn command(&self) -> Command {
+        let mut c = Command::new(HELPER);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
+            .env("CLAUDE_SSO_ISSUER", &self.issuer)
+            .env("CLAUDE_SSO_CACHE_DIR", self.dir.join("cache"))
+            .env("CLAUDE_SSO_BROWSER", "none")
+            .env("CLAUDE_SSO_REDIRECT_PORT", "0")
+            .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "30")
+            .stdin(Stdio::piped());
+        c
+    }
+
+    fn run(&self) -> Output {
+        self.command().output().unwrap()
+    }
+
+    fn cache_path(&self) -> PathBuf {
+        let digest = Sha256::digest(format!("{}\nclaude-code", self.issuer).as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join("cache").join(format!("{name}.json"))
+    }
+
+    /// A saved sign-in, as the helper writes it.
+    fn save(&self, access_token: &str, expires_at: u64, refresh_token: &str) {
+        let path = self.cache_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let entry = serde_json::json!({
+            "issuer": self.issuer, "client_id": "claude-code", "access_token": access_token,
+            "expires_at": expires_at, "refresh_token": refresh_token,
+        });
+        std::fs::write(path, entry.to_string()).unwrap();
+    }
+}
+
+impl Home {
+    /// A saved sign-in whose access token is about to expire, so the next run refreshes.
+    fn save_stale(&self) {
+        self.save("old-token", now() + 10, "rt");
+    }
+
+    fn cached(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.cache_path()).unwrap()).unwrap()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit 0 and exactly `token` and a newline on stdout.
+fn assert_hands_out(out: &Output, token: &str) {
+    assert!(out.status.success(), "helper failed: {}", stderr(out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{token}\n"), "{}", stderr(out));
+}
+
+/// Exit 1, nothing on stdout for Claude Code to take as a key.
+fn assert_fails(out: &Output) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    assert!(out.stdout.is_empty(), "stdout: {:?}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn idp_out_of_reach_hands_out_the_saved_token_while_it_is_still_good() {
+    // 240 s left: inside helper TTL + margin (360 s), so the run refreshes, but the gateway
+    // still takes it. The IdP refuses connections.
+    let home = Home::new(&dead_issuer());
+    let token = jwt(serde_json::json!({"sub": "alice", "exp": now() + 240}));
+    home.save(&token, now() + 240, "rt");
+    let out = home.run();
+    assert_hands_out(&out, &token);
+    let err = stderr(&out);
+    assert!(err.contains("cannot reach the identity provider") && err.contains("using the saved token"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line of note: {err}");
+}
+
+#[test]
+fn idp_out_of_reach_never_hands_out_a_token_within_the_margin() {
+    let home = Home::new(&dead_issuer());
+    home.save("nearly-expired", now() + 30, "rt");
+    let out = home.run();
+    assert_fails(&out);
+    assert!(stderr(&out).contains("cannot reach the identity provider"), "{}", stderr(&out));
+}
+
+#[test]
+fn idp_5xx_counts_as_out_of_reach() {
+    let idp = FakeIdp::start(|_, _| (503, "<html>maintenance</html>".to_owned()));
+    let home = Home::new(&idp.issuer);
+    home.save("still-good", now() + 240, "rt");
+    assert_hands_out(&home.run(), "still-good");
+}
+
+#[test]
+fn a_refused_refresh_does_not_fall_back_on_the_saved_token() {
+    // invalid_grant is an answer, not an outage: the grant is gone (revoked, a person left the
+    // company), so the saved token is not handed out again.
+    let idp = FakeIdp::start(|_, _| (400, r#"{"error":"invalid_grant"}"#.to_owned()));
+    let home = Home::new(&idp.issuer);
+    home.save("still-good", now() + 240, "rt");
+    let out = home.run();
+    assert_fails(&out);
+    assert!(stderr(&out).contains("could not be renewed: the identity provider refused: invalid_grant"));
+    assert_eq!(idp.posts(), 1);
+}
+
+#[test]
+fn expires_in_as_a_string_is_a_lifetime() {
+    // Azure AD v1 and some ADFS versions send `"expires_in": "3599"`.
+    let idp =
+        FakeIdp::token(serde_json::json!({"access_token": "opaque", "expires_in": "3599", "refresh_token": "rt2"}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let started = now();
+    assert_hands_out(&home.run(), "opaque");
+    let expires_at = home.cached()["expires_at"].as_u64().unwrap();
+    assert!((started + 3599..=now() + 3599).contains(&expires_at), "{expires_at}");
+}
+
+#[test]
+fn an_answer_that_does_not_parse_is_unexpected_not_unreachable() {
+    for (name, answer) in [
+        ("expires_in that is no number", r#"{"access_token": "t", "expires_in": "soon"}"#),
+        ("no access_token", r#"{"token": "t"}"#),
+        ("an HTML page", "<html>sign in</html>"),
+    ] {
+        let idp = FakeIdp::start(move |_, _| (200, answer.to_owned()));
+        let home = Home::new(&idp.issuer);
+        home.save_stale();
+        let out = home.run();
+        assert_fails(&out);
+        let err = stderr(&out);
+        assert!(err.contains("the identity provider answered something unexpected"), "{name}: {err}");
+        assert!(!err.contains("cannot reach"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn an_unusable_access_token_is_refused_and_never_printed() {
+    for (name, token) in [("empty", ""), ("a line break", "abc\nX-Evil: 1"), ("a space", "abc def")] {
+        let idp =
+            FakeIdp::token(serde_json::json!({"access_token": token, "expires_in": 3600, "refresh_token": "rt2"}));
+        let home = Home::new(&idp.issuer);
+        home.save_stale();
+        let out = home.run();
+        assert_fails(&out);
+        let err = stderr(&out);
+        assert!(err.contains("the identity provider returned an unusable access token"), "{name}: {err}");
+        assert!(!err.contains("X-Evil"), "{name}: the token is not shown: {err}");
+    }
+}
+
+#[test]
+fn a_huge_lifetime_is_capped_at_a_day_without_a_panic() {
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "opaque", "expires_in": u64::MAX}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    assert_hands_out(&home.run(), "opaque");
+    let left = home.cached()["expires_at"].as_u64().unwrap() - now();
+    assert!((86_300..=86_400).contains(&left), "{left}");
+}
+
+#[test]
+fn absurd_settings_do_not_panic() {
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "opaque", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let max = u64::MAX.to_string();
+    let out = home.command().env("CLAUDE_CODE_API_KEY_HELPER_TTL_MS", &max).output().unwrap();
+    assert_hands_out(&out, "opaque");
+    let out = home.command().env("CLAUDE_SSO_MARGIN_SECONDS", &max).output().unwrap();
+    assert_fails(&out);
+    let out = home.command().env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", &max).arg("status").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// An IdP (and gateway) whose clock is `skew` seconds ahead of this computer's; 1 h JWTs.
+fn skewed_idp(skew: i64) -> FakeIdp {
+    FakeIdp::start(move |_, _| {
+        let t = now().checked_add_signed(skew).unwrap();
+        let token = jwt(serde_json::json!({"sub": "a", "iat": t, "exp": t + 3600}));
+        (200, serde_json::json!({"access_token": token, "expires_in": 3600, "refresh_token": "rt2"}).to_string())
+    })
+}
+
+#[test]
+fn a_clock_behind_the_idp_does_not_stretch_the_token_life() {
+    // The laptop is 2 h behind: `exp` looks 3 h away, but the token lives 1 h at the gateway.
+    for (name, skew, said) in [("behind", 7200, "7200 s behind"), ("ahead", -7200, "7200 s ahead of")] {
+        let idp = skewed_idp(skew);
+        let home = Home::new(&idp.issuer);
+        home.save_stale();
+        let out = home.run();
+        assert!(out.status.success(), "clock {name}: {}", stderr(&out));
+        let left = home.cached()["expires_at"].as_u64().unwrap() - now();
+        assert!((3590..=3600).contains(&left), "clock {name}: believed {left} s left; really 3600 s");
+        let err = stderr(&out);
+        assert!(err.contains(&format!("this computer's clock is {said} the identity provider's")), "{err}");
+    }
+}
+
+#[test]
+fn clocks_that_agree_raise_no_warning_and_exp_still_caps() {
+    let idp = FakeIdp::start(move |_, _| {
+        let token = jwt(serde_json::json!({"sub": "a", "iat": now(), "exp": now() + 900}));
+        (200, serde_json::json!({"access_token": token, "expires_in": 3600}).to_string())
+    });
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let out = home.run();
+    assert!(out.status.success() && stderr(&out).is_empty(), "{}", stderr(&out));
+    let left = home.cached()["expires_at"].as_u64().unwrap() - now();
+    assert!((890..=900).contains(&left), "{left}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_refresh_that_cannot_be_saved_still_hands_out_the_new_token() {
+    // As on a full disk: no file may grow (the shell ignores SIGXFSZ, so writes fail with EFBIG
+    // and the helper inherits both). The IdP has rotated the refresh token by then, so the new
+    // access token is all this run can keep.
+    let idp =
+        FakeIdp::token(serde_json::json!({"access_token": "new-token", "expires_in": 3600, "refresh_token": "rt2"}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let mut full_disk = Command::new("sh");
+    full_disk.args(["-c", "trap '' XFSZ; ulimit -f 0; exec \"$0\"", HELPER]).env_clear();
+    for (key, value) in home.command().get_envs() {
+        if let Some(value) = value {
+            full_disk.env(key, value);
+        }
+    }
+    let out = full_disk.stdin(Stdio::piped()).output().unwrap();
+    assert_hands_out(&out, "new-token");
+    let err = stderr(&out);
+    assert!(err.contains("the sign-in was not saved") && err.contains("cannot write the token cache"), "{err}");
+    assert_eq!(home.cached()["access_token"], "old-token", "the cache was not written");
+}
+
+#[test]
+fn a_device_polling_interval_of_a_day_does_not_outlast_the_login_timeout() {
+    let idp = FakeIdp::start(|path, _| {
+        match path {
+        "/device" => (
+            200,
+            serde_json::json!({"device_code": "dc", "user_code": "AB-CD", "verification_uri": "http://x/device", "interval": 86_400})
+                .to_string(),
+        ),
+        _ => (400, r#"{"error":"authorization_pending"}"#.to_owned()),
+    }
+    });
+    let home = Home::new(&idp.issuer);
+    let started = std::time::Instant::now();
+    let mut login = home
+        .command()
+        .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "2")
+        .args(["login", "--device"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = loop {
+        if let Some(status) = login.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = login.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = login.wait_with_output().unwrap();
+    assert!(finished.is_some(), "login --device still asleep after 10 s: {}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_fails(&out);
+    assert!(stderr(&out).contains("sign-in was not completed in time"), "{}", stderr(&out));
+    assert_eq!(idp.posts(), 2, "one device authorization, one poll at the deadline");
+}
