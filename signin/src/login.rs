@@ -149,12 +149,8 @@ impl BrowserLogin<'_> {
         if !self.browser.open(&url) {
             eprintln!("(could not open a browser; open the address above yourself)");
         }
-        match wait_for_redirect(&listener, self.timeout, &state)? {
-            Redirect::Code(code) => Ok(self.client.exchange_code(self.client_id, &code, &redirect_uri, &verifier)?),
-            Redirect::Refused { error, description } => Err(OidcError::Refused { error, description }.into()),
-            // wait_for_redirect returns only this sign-in's redirect.
-            Redirect::Foreign | Redirect::NotFound => Err(LoginError::TimedOut { foreign: 0 }),
-        }
+        let code = wait_for_redirect(&listener, self.timeout, &state)??;
+        Ok(self.client.exchange_code(self.client_id, &code, &redirect_uri, &verifier)?)
     }
 }
 
@@ -199,17 +195,25 @@ fn judge(target: &str, state: &str) -> Redirect {
     }
 }
 
-/// Accepts connections until this sign-in's redirect comes or the deadline passes.
-fn wait_for_redirect(listener: &TcpListener, timeout: Duration, state: &str) -> Result<Redirect, LoginError> {
+/// Accepts connections until this sign-in's redirect comes or the deadline passes; returns its
+/// code, or the IdP's refusal.
+fn wait_for_redirect(
+    listener: &TcpListener,
+    timeout: Duration,
+    state: &str,
+) -> Result<Result<String, OidcError>, LoginError> {
     listener.set_nonblocking(true).map_err(|e| LoginError::Listener(e.to_string()))?;
     let deadline = deadline_after(timeout);
     let mut foreign = 0;
     while Instant::now() < deadline {
         match listener.accept() {
             Ok((stream, _)) => match answer_redirect(stream, state) {
+                Some(Redirect::Code(code)) => return Ok(Ok(code)),
+                Some(Redirect::Refused { error, description }) => {
+                    return Ok(Err(OidcError::Refused { error, description }))
+                }
                 Some(Redirect::Foreign) => foreign += 1,
                 Some(Redirect::NotFound) | None => {}
-                Some(redirect) => return Ok(redirect),
             },
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => return Err(LoginError::Listener(e.to_string())),
