@@ -84,6 +84,8 @@ INVALID = [
     ("a limit that is no limit", {"tiers[1].limits[0].limit": 1e30}, "config error: tiers[1].limits[0].limit: must be between 1 and 9007199254740992 tokens"),
     ("zero max body", {"max_body_bytes": 0}, "config error: max_body_bytes: must be greater than 0"),
     ("no targets", {"targets": {}}, "config error: targets: at least one target is required"),
+    ("a target name that is not a header value", {"targets": {"anthropic eu": {"provider": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}}, "models[0].target": "anthropic eu", "models[1].target": "anthropic eu"},
+     "config error: targets.anthropic eu: a target's name must be letters, digits, '-', '_' or '.'"),
     ("unknown provider", {"targets.anthropic.provider": "openai"}, "config error: targets.anthropic.provider: unknown variant `openai`"),
     ("both key forms", {"targets.anthropic.api_key": "k"}, "config error: targets.anthropic: give api_key or api_key_env, not both"),
     ("no key", {"targets.anthropic.api_key_env": DELETE}, "config error: targets.anthropic: api_key or api_key_env is required"),

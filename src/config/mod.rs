@@ -401,6 +401,10 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
             bedrock: Some(bedrock),
         });
     }
+    // The name goes upstream as `x-gateway-target`, which Envoy routes on.
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err(ConfigError::new(field, "a target's name must be letters, digits, '-', '_' or '.'"));
+    }
     bedrock::check_absent(&field, raw)?;
     let api_key = match (&raw.api_key, &raw.api_key_env) {
         (Some(_), Some(_)) => return Err(ConfigError::new(field, "give api_key or api_key_env, not both")),
@@ -631,6 +635,14 @@ pub(crate) mod tests {
                 |d| d["identity_headers"] = json!({"user": "x-who", "email": "X-Who"}),
                 "config error: identity_headers.email: must differ from identity_headers.user",
             ),
+            (
+                "a target name that is not a header value",
+                |d| {
+                    d["targets"] =
+                        json!({"anthropic\r\nx-a: b": {"provider": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}})
+                },
+                "config error: targets.anthropic\r\nx-a: b: a target's name must be letters, digits",
+            ),
             ("no tiers", |d| d["tiers"] = json!([]), "config error: tiers: at least one tier is required"),
             (
                 "wrong provider",
@@ -644,6 +656,15 @@ pub(crate) mod tests {
             let err = load(&doc).unwrap_err().to_string();
             assert!(err.contains(expected), "{name}: got {err:?}, want {expected:?}");
         }
+    }
+
+    #[test]
+    fn a_target_given_twice_is_refused_not_replaced() {
+        let doc = sample()
+            .to_string()
+            .replace(r#""targets":{"#, r#""targets":{"anthropic":{"provider":"anthropic","api_key":"sk-first"},"#);
+        let err = Plan::from_json(doc.as_bytes(), &env).unwrap_err().to_string();
+        assert!(err.contains("targets") && err.contains("\"anthropic\" is given twice"), "{err}");
     }
 
     #[test]

@@ -45,6 +45,38 @@ where
     deserializer.deserialize_any(ListVisitor(std::marker::PhantomData))
 }
 
+/// A JSON object as a map, refusing a name given twice (serde's own map keeps the last silently:
+/// a second `targets.anthropic` would replace the first without a word).
+fn unique_map<'de, D, V>(deserializer: D) -> Result<HashMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct MapVisitor<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> de::Visitor<'de> for MapVisitor<V> {
+        type Value = HashMap<String, V>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = HashMap::new();
+            while let Some(name) = access.next_key::<String>()? {
+                if map.contains_key(&name) {
+                    return Err(de::Error::custom(format!("{name:?} is given twice")));
+                }
+                let value = access.next_value()?;
+                map.insert(name, value);
+            }
+            Ok(map)
+        }
+    }
+
+    deserializer.deserialize_map(MapVisitor(std::marker::PhantomData))
+}
+
 /// The configuration document exactly as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +86,7 @@ pub(super) struct RawConfig {
     pub(super) identity_headers: RawIdentityHeaders,
     #[serde(default = "default_max_body_bytes")]
     pub(super) max_body_bytes: usize,
+    #[serde(deserialize_with = "unique_map")]
     pub(super) targets: HashMap<String, RawTarget>,
     #[serde(deserialize_with = "list")]
     pub(super) models: Vec<RawModel>,
