@@ -225,7 +225,9 @@ fn wait_for_redirect(
 /// Reads one request, answers it and says what it was (`None`: unreadable).
 fn answer_redirect(mut stream: TcpStream, state: &str) -> Option<Redirect> {
     stream.set_nonblocking(false).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // A browser sends its request at once: a connection that sends nothing must not hold the
+    // one-at-a-time listener for long.
+    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line).ok()?;
     let redirect = judge(line.split_whitespace().nth(1)?, state);

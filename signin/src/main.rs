@@ -68,6 +68,10 @@ struct Idp {
     /// How long to wait for the person to finish signing in.
     #[arg(long, env = "CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", default_value_t = 300, global = true)]
     login_timeout_seconds: u64,
+    /// Accept a plain http:// issuer that is not on this computer (sign-in codes and tokens then
+    /// cross the network unencrypted).
+    #[arg(long, env = "CLAUDE_SSO_ALLOW_INSECURE_HTTP", global = true)]
+    allow_insecure_http: bool,
 }
 
 #[derive(Subcommand)]
@@ -157,9 +161,16 @@ fn main() -> ExitCode {
 }
 
 fn issuer(idp: &Idp) -> Result<&str, String> {
-    idp.issuer.as_deref().filter(|i| !i.is_empty()).ok_or_else(|| {
+    let issuer = idp.issuer.as_deref().filter(|i| !i.is_empty()).ok_or_else(|| {
         "no issuer configured: set CLAUDE_SSO_ISSUER (or --issuer) to your identity provider's issuer URL".to_owned()
-    })
+    })?;
+    if oidc::plain_http_off_this_computer(issuer) && !idp.allow_insecure_http {
+        return Err(format!(
+            "the issuer {issuer} is plain http:// on the network: sign-in codes and tokens would cross it \
+             unencrypted. Use its https:// address (or set CLAUDE_SSO_ALLOW_INSECURE_HTTP=true for a lab)"
+        ));
+    }
+    Ok(issuer)
 }
 
 fn cache_file(idp: &Idp) -> Result<CacheFile, String> {

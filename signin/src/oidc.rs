@@ -278,6 +278,24 @@ impl Client {
     }
 }
 
+/// Whether `url` is plain `http://` to a host other than this computer (`localhost`, 127.0.0.0/8,
+/// `[::1]`): a sign-in there sends its code and tokens over the network unencrypted.
+pub fn plain_http_off_this_computer(url: &str) -> bool {
+    let Some(rest) = url.get(..7).filter(|s| s.eq_ignore_ascii_case("http://")).map(|_| &url[7..]) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host == "::1"
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +342,29 @@ mod tests {
             let json = format!(r#"{{"access_token": "t", "expires_in": {field}}}"#);
             let err = serde_json::from_str::<TokenResponse>(&json).map(|_| ()).unwrap_err().to_string();
             assert!(err.contains("is not a number of seconds"), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_only_off_this_computer() {
+        for url in [
+            "http://idp.example.com",
+            "HTTP://10.0.0.5:8080/realms/x",
+            "http://127.0.0.1.evil.com/",
+            "http://user@192.0.2.1/",
+            "http://[2001:db8::1]:80/",
+        ] {
+            assert!(plain_http_off_this_computer(url), "{url}");
+        }
+        for url in [
+            "https://idp.example.com",
+            "http://127.0.0.1:9100",
+            "http://localhost/x",
+            "http://[::1]:9100/",
+            "http://127.8.9.10",
+            "https://10.0.0.5",
+        ] {
+            assert!(!plain_http_off_this_computer(url), "{url}");
         }
     }
 }

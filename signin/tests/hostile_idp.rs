@@ -419,3 +419,18 @@ fn a_device_polling_interval_of_a_day_does_not_outlast_the_login_timeout() {
     assert!(stderr(&out).contains("sign-in was not completed in time"), "{}", stderr(&out));
     assert_eq!(idp.posts(), 2, "one device authorization, one poll at the deadline");
 }
+
+#[test]
+fn a_plain_http_issuer_on_the_network_is_refused_unless_allowed() {
+    // 192.0.2.0/24 is TEST-NET-1: nothing answers there, and the refusal comes before any attempt.
+    let home = Home::new("http://192.0.2.1:9");
+    let out = home.run();
+    assert_fails(&out);
+    assert!(stderr(&out).contains("plain http:// on the network"), "{}", stderr(&out));
+    // 0.0.0.0 is not loopback by name, and connecting to it is refused at once.
+    let unspecified = Home::new("http://0.0.0.0:1");
+    assert!(stderr(&unspecified.run()).contains("plain http:// on the network"));
+    let allowed = unspecified.command().env("CLAUDE_SSO_ALLOW_INSECURE_HTTP", "true").output().unwrap();
+    assert_fails(&allowed);
+    assert!(!stderr(&allowed).contains("plain http://"), "allowed: {}", stderr(&allowed));
+}
