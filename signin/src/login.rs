@@ -386,6 +386,29 @@ mod tests {
     }
 
     #[test]
+    fn connections_that_send_nothing_hold_the_listener_only_briefly() {
+        use std::io::Write as _;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        let started = Instant::now();
+        let client = std::thread::spawn(move || {
+            // Served one at a time: each silent connection costs the listener its read timeout.
+            let idle: Vec<_> = (0..3).map(|_| TcpStream::connect(at).unwrap()).collect();
+            let mut real = TcpStream::connect(at).unwrap();
+            write!(real, "GET /callback?code=c1&state=s1 HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            let _ = std::io::Read::read_to_string(&mut real, &mut answer);
+            drop(idle);
+            answer
+        });
+        let got = wait_for_redirect(&listener, Duration::from_secs(30), "s1").unwrap();
+        assert_eq!(got.unwrap(), "c1");
+        assert!(client.join().unwrap().starts_with("HTTP/1.1 200"));
+        // Three silent connections cost 1.5 s now; at the old 5 s each they cost 15.
+        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    }
+
+    #[test]
     fn device_polling_interval_is_bounded() {
         for (name, asked, want) in [("none", 0, 1), ("usual", 5, 5), ("a minute", 60, 60), ("a day", 86_400, 60)] {
             assert_eq!(poll_interval(asked), Duration::from_secs(want), "{name}");
