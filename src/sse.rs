@@ -31,8 +31,8 @@ pub struct Framer {
 }
 
 impl Framer {
-    /// A framer handing out the events for which `wanted(name)` holds (an event with no name
-    /// always is), each up to `max_event` bytes; the others are framed and dropped.
+    /// A framer handing out the events for which `wanted(name)` holds (an event with no `event:`
+    /// field has the name ""), each up to `max_event` bytes; the others are framed and dropped.
     pub fn new(wanted: fn(&[u8]) -> bool, max_event: usize) -> Framer {
         Framer {
             line: Vec::new(),
@@ -53,7 +53,7 @@ impl Framer {
 
     /// Whether the event being framed is handed out (so its data is kept).
     fn keeps_data(&self) -> bool {
-        self.name.is_empty() || (self.wanted)(&self.name)
+        (self.wanted)(&self.name)
     }
 
     /// Feeds a chunk; `on_event` is called for every event it completes.
@@ -79,6 +79,16 @@ impl Framer {
         if self.skip_line || chunk.is_empty() {
             return;
         }
+        // Of an unwanted event only an `event` field matters (it may rename the event): judged by
+        // the line's first bytes, before anything of it is kept.
+        let mut start = [0u8; 5];
+        let n = self.line.iter().chain(chunk).zip(&mut start).map(|(b, s)| *s = *b).count();
+        let may_name = b"event".starts_with(&start[..n]);
+        if !may_name && !self.keeps_data() {
+            self.line.clear();
+            self.skip_line = true;
+            return;
+        }
         if self.line.len() + chunk.len() > self.max_event {
             self.oversized = true;
             self.line.clear();
@@ -86,12 +96,6 @@ impl Framer {
             return;
         }
         self.line.extend_from_slice(chunk);
-        // Of an unwanted event only an `event` field matters (it may rename the event).
-        let may_name = |line: &[u8]| line.starts_with(b"event") || b"event".starts_with(line);
-        if !self.keeps_data() && !may_name(&self.line) {
-            self.line.clear();
-            self.skip_line = true;
-        }
     }
 
     /// Ends the stream: an event not closed by a blank line is still delivered.
@@ -119,7 +123,7 @@ impl Framer {
                 self.name.clear();
                 self.name.extend_from_slice(value);
             }
-            b"data" if self.name.is_empty() || (self.wanted)(&self.name) => {
+            b"data" if self.keeps_data() => {
                 if self.data.len() + value.len() + 1 > self.max_event {
                     self.oversized = true;
                     return;
@@ -205,12 +209,13 @@ mod tests {
     }
 
     #[test]
-    fn long_lines_of_unwanted_events_are_not_kept_whatever_the_split() {
+    fn long_lines_of_unwanted_or_unnamed_events_are_not_kept_whatever_the_split() {
         fn only_a(name: &[u8]) -> bool {
             name == b"a"
         }
         let long = "x".repeat(10_000);
-        let stream = format!("event: b\ndata: {long}\n\nevent: a\ndata: ok\n\nevent: b\ndata: {long}\n\n");
+        let stream =
+            format!("data: {long}\n\nevent: b\ndata: {long}\n\nevent: a\ndata: ok\n\nevent: b\ndata: {long}\n\n");
         for piece in [1, 7, 64, 4096] {
             let mut framer = Framer::new(only_a, 1024);
             let mut out = Vec::new();

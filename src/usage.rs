@@ -74,6 +74,8 @@ const MAX_EVENT: usize = 16 * 1024 * 1024;
 const MAX_JSON: usize = 4 * 1024 * 1024;
 const JSON_TAIL: usize = 64 * 1024;
 
+/// The events that carry usage. Only they are kept: an event without a name (which Anthropic
+/// never sends) is framed and dropped, so a faulty upstream cannot make the meter hold 16 MiB of it.
 fn usage_event(name: &[u8]) -> bool {
     matches!(name, b"message_start" | b"message_delta")
 }
