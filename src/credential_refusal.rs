@@ -3,7 +3,7 @@
 //! person can do nothing about it, yet Claude Code answers a 401 or 403 by re-running its
 //! sign-in helper and retrying for minutes. So the answer becomes a `502 api_error` with
 //! `x-should-retry: false`, shown at once and saying what the provider said, as the Bedrock path
-//! does for AWS credentials; the operator gets a warning.
+//! does for AWS credentials (with these headers); the operator gets a warning.
 
 use serde::Deserialize;
 

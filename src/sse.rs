@@ -164,6 +164,10 @@ mod tests {
         true
     }
 
+    fn only_a(name: &[u8]) -> bool {
+        name == b"a"
+    }
+
     fn frame(chunks: &[&[u8]]) -> Vec<(String, String)> {
         let mut framer = Framer::new(all, 1024);
         let mut out = Vec::new();
@@ -194,9 +198,6 @@ mod tests {
 
     #[test]
     fn unwanted_and_oversized_events_are_dropped_without_losing_framing() {
-        fn only_a(name: &[u8]) -> bool {
-            name == b"a"
-        }
         let mut framer = Framer::new(only_a, 16);
         let mut out = Vec::new();
         let mut sink = |e: Event<'_>| out.push(e.data.to_owned());
@@ -210,9 +211,6 @@ mod tests {
 
     #[test]
     fn long_lines_of_unwanted_or_unnamed_events_are_not_kept_whatever_the_split() {
-        fn only_a(name: &[u8]) -> bool {
-            name == b"a"
-        }
         let long = "x".repeat(10_000);
         let stream =
             format!("data: {long}\n\nevent: b\ndata: {long}\n\nevent: a\ndata: ok\n\nevent: b\ndata: {long}\n\n");
@@ -232,9 +230,6 @@ mod tests {
 
     #[test]
     fn a_wanted_line_over_the_limit_is_dropped_and_counted_and_its_rest_never_read_as_a_line() {
-        fn only_a(name: &[u8]) -> bool {
-            name == b"a"
-        }
         // The rest of the long line, read on its own, would be a data line of `a`.
         let stream = b"event: a\ndata: 0123456789abcdef0123456789\ndata: {}\n\nevent: a\ndata: ok\n\n";
         for piece in 1..stream.len() {

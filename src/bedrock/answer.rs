@@ -3,6 +3,7 @@
 //! passes as it is.
 
 use super::{translate_error, BedrockStreamTranslator, ResponseKind};
+use crate::credential_refusal::CredentialRefusal;
 use crate::usage::Usage;
 
 /// What to do with a chunk of the answer.
@@ -50,14 +51,10 @@ impl Answer {
             // Bedrock refusing the gateway's own AWS credentials is the gateway's fault, not the
             // person's: a 401/403 would make Claude Code re-run its sign-in helper and retry for
             // minutes, so it becomes a 502 that is shown at once.
-            ResponseKind::Error if matches!(status, 401 | 403) => {
-                self.status = 502;
-                let set = vec![
-                    (":status".to_owned(), "502".to_owned()),
-                    ("content-type".to_owned(), "application/json".to_owned()),
-                    ("x-should-retry".to_owned(), "false".to_owned()),
-                ];
-                (set, length, "application/json")
+            ResponseKind::Error if CredentialRefusal::of(Some(status), None).is_some() => {
+                self.status = CredentialRefusal::STATUS;
+                let (set, remove) = CredentialRefusal::headers();
+                (set, remove, "application/json")
             }
             ResponseKind::Error => {
                 (vec![("content-type".to_owned(), "application/json".to_owned())], length, "application/json")
@@ -84,7 +81,7 @@ impl Answer {
                     return Chunk::Replace(Vec::new());
                 }
                 let reply = translate_error(self.status, self.error_type.as_deref(), &self.error_body);
-                if self.status == 502 {
+                if self.status == CredentialRefusal::STATUS {
                     let message = format!(
                         "gateway: Bedrock refused the gateway's AWS credentials ({}); tell your administrator",
                         String::from_utf8_lossy(&self.error_body).chars().take(300).collect::<String>()

@@ -311,9 +311,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         ("oidc.keys_fail_fast_seconds", raw.keys_fail_fast_seconds, MAX_SECONDS),
         ("oidc.max_token_age_seconds", raw.max_token_age_seconds.unwrap_or(0), MAX_SECONDS),
     ];
-    if let Some((field, _, most)) = at_most.iter().find(|(_, v, most)| v > most) {
-        return Err(ConfigError::new(*field, format!("must be at most {most}")));
-    }
+    check_at_most(&at_most)?;
     if raw.max_token_age_seconds == Some(0) {
         return Err(ConfigError::new("oidc.max_token_age_seconds", "must be greater than 0"));
     }
@@ -338,6 +336,14 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         max_token_age_seconds: raw.max_token_age_seconds,
         keys_fail_fast_seconds: raw.keys_fail_fast_seconds,
     })
+}
+
+/// Refuses the first `(field, value, most)` whose value is above its most.
+fn check_at_most(checks: &[(&str, u64, u64)]) -> Result<(), ConfigError> {
+    match checks.iter().find(|(_, value, most)| value > most) {
+        Some((field, _, most)) => Err(ConfigError::new(*field, format!("must be at most {most}"))),
+        None => Ok(()),
+    }
 }
 
 fn check_upstream(field: &str, value: String) -> Result<String, ConfigError> {

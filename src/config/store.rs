@@ -108,14 +108,11 @@ pub(super) fn compile_store(raw: RawBudgetStore) -> Result<StorePlan, ConfigErro
     }
     // A host takes a callout timeout as 32-bit milliseconds; a sync period or staleness beyond an
     // hour would leave nodes apart for longer than most budget windows.
-    let at_most = [
+    super::check_at_most(&[
         ("budget_store.timeout_ms", raw.timeout_ms, super::MAX_TIMEOUT_MS),
         ("budget_store.sync_ms", raw.sync_ms, MAX_PERIOD_MS),
         ("budget_store.stale_after_ms", raw.stale_after_ms.unwrap_or(0), MAX_PERIOD_MS),
-    ];
-    if let Some((field, _, most)) = at_most.iter().find(|(_, v, most)| v > most) {
-        return Err(ConfigError::new(*field, format!("must be at most {most}")));
-    }
+    ])?;
     // Two syncs missed, at the pace ticks allow, before a node counts as cut off.
     let stale_after_ms = raw.stale_after_ms.unwrap_or(2 * raw.sync_ms.max(TICK_MS) + raw.timeout_ms);
     if stale_after_ms < raw.sync_ms + raw.timeout_ms {
