@@ -89,6 +89,7 @@ CONFIGS = [
     ("empty_wasm", "(4) empty Rust Wasm filter"),
     ("wasm_rewrite", "(5) Wasm floor: hold headers, buffer body, rewrite `model`, set body"),
     ("filter_cached", "(6) this filter, cached token"),
+    ("filter_cold", "(6a) this filter, cached token, `validation_cache_bytes: 0` (every body validated whole)"),
     ("filter_store", "(7) this filter, cached token, budget store (Redis via Webdis)"),
     ("filter_rotating", "(8) this filter, new RS256 token each request"),
 ]
@@ -277,9 +278,13 @@ end
 
 
 def bodies():
-    """Body files by (size, answer): the 130 KB fixture as captured, and a 1 KiB request."""
+    """Body files by (size, answer): the 130 KB fixture as captured, with turn marks (the load
+    script fills them anew for each request), and a 1 KiB request."""
     big = fixture("request_main_stream.json")
     assert big.count(b'"stream": true') == 1, "the fixture's stream flag moved"
+    for mark in (b"cc_version=2.1.330.440;", b'"say hi"'):
+        assert big.count(mark) == 1, f"the fixture's {mark!r} moved"
+    big = big.replace(b"cc_version=2.1.330.440;", b"cc_version=2.1.330.@@@;").replace(b'"say hi"', b'"say hi @@@@@@@@"')
     out = {("130k", "sse"): big, ("130k", "json"): big.replace(b'"stream": true', b'"stream": false')}
     for answer in ("json", "sse"):
         head = {"model": "claude-sonnet-4-6", "max_tokens": 1024, "stream": answer == "sse",
@@ -293,8 +298,15 @@ def bodies():
 LUA_SCRIPT = """
 wrk.method = "POST"
 local f = assert(io.open("{body}", "rb"))
-wrk.body = f:read("*a")
+local body = f:read("*a")
 f:close()
+-- A body with turn marks is the next turn of a session: each request gets its own billing
+-- suffix and prompt, as Claude Code's consecutive requests do; the rest repeats byte for byte.
+local a, a_end = body:find("@@@", 1, true)
+local b, b_end = body:find("@@@@@@@@", (a_end or 0) + 1, true)
+local turns = a ~= nil and b ~= nil
+local turn = 0
+wrk.body = body
 wrk.headers["content-type"] = "application/json"
 wrk.headers["anthropic-version"] = "2023-06-01"
 wrk.headers["x-bench-answer"] = "{answer}"
@@ -306,11 +318,19 @@ local function use(token)
   wrk.headers["x-api-key"] = (api_key ~= "") and api_key or token
 end
 use(tokens[1])
-if {rotate} then
+local rotate = {rotate}
+if rotate or turns then
   local i = math.random(#tokens)
   request = function()
-    i = i % #tokens + 1
-    use(tokens[i])
+    if rotate then
+      i = i % #tokens + 1
+      use(tokens[i])
+    end
+    if turns then
+      turn = turn + 1
+      return wrk.format(nil, nil, nil, body:sub(1, a - 1) .. string.format("%03x", turn % 4096)
+        .. body:sub(a_end + 1, b - 1) .. string.format("%08d", turn % 100000000) .. body:sub(b_end + 1))
+    end
     return wrk.format()
   end
 end
@@ -385,6 +405,7 @@ class Bench:
         clusters = [static_cluster("anthropic", upstream.port), static_cluster(self.signer.upstream, self.signer.port)]
         filter_config = gateway_config(self.signer)
         filter_config["tiers"][1]["limits"] = [{"limit": 10**15, "window_seconds": 60}]
+        cold_config = {**json.loads(json.dumps(filter_config)), "validation_cache_bytes": 0}
         rotating_config = json.loads(json.dumps(filter_config))
         rotating_config["oidc"]["token_cache_entries"] = ROTATING_CACHE_ENTRIES
         store_filter_config = {**json.loads(json.dumps(filter_config)), "budget_store": store_config}
@@ -397,6 +418,7 @@ class Bench:
             "empty_wasm": ([wasm_filter("", wasm_path=EMPTY_WASM)], {}),
             "wasm_rewrite": ([wasm_filter("rewrite", wasm_path=EMPTY_WASM)], {}),
             "filter_cached": ([wasm_filter(filter_config, env_keys=sorted(env))], gateway),
+            "filter_cold": ([wasm_filter(cold_config, env_keys=sorted(env))], gateway),
             "filter_store": ([wasm_filter(store_filter_config, env_keys=sorted(env))], gateway),
             "filter_rotating": ([wasm_filter(rotating_config, env_keys=sorted(env))], gateway),
         }
@@ -620,7 +642,11 @@ def targets(results, ttfb_p99, rss, memory, sync, verify):
             f"+{ours_added:.1f} µs vs native +{native_added:.1f} µs", ours_added <= native_added)
     if cpu("wasm_rewrite", "130k") and cpu("filter_cached", "130k"):
         floor, ours = cpu("wasm_rewrite", "130k"), cpu("filter_cached", "130k")
-        row("#13: 130 KB, cached token: CPU ≤ the Wasm body-rewrite floor + 30 µs",
+        row("#13: 130 KB, cached token: CPU ≤ the Wasm body-rewrite floor + 30 µs (a session's next turn: "
+            "`tools` and the system prompt repeat)", f"{ours:.0f} µs vs floor {floor:.0f} + 30 µs", ours <= floor + 30)
+    if cpu("wasm_rewrite", "130k") and cpu("filter_cold", "130k"):
+        floor, ours = cpu("wasm_rewrite", "130k"), cpu("filter_cold", "130k")
+        row("#13: the same, every body validated whole (`validation_cache_bytes: 0`)",
             f"{ours:.0f} µs vs floor {floor:.0f} + 30 µs", ours <= floor + 30)
     if cpu("filter_store", "1k") and cpu("filter_cached", "1k"):
         with_store = results[("filter_store", "1k", "json")]
@@ -702,7 +728,8 @@ def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started):
     lines += ["", "**Memory and size** (Envoy RSS after the load, one worker: the main thread and the worker "
                   "each hold a Wasm VM)", "", "| configuration | Envoy RSS MiB | ratio | `.wasm` bytes |", "|---|---|---|---|"]
     sizes = {"empty_wasm": EMPTY_WASM.stat().st_size, "wasm_rewrite": EMPTY_WASM.stat().st_size,
-             "filter_cached": WASM.stat().st_size, "filter_store": WASM.stat().st_size,
+             "filter_cached": WASM.stat().st_size, "filter_cold": WASM.stat().st_size,
+             "filter_store": WASM.stat().st_size,
              "filter_rotating": WASM.stat().st_size}
     for config, label in CONFIGS:
         lines.append(f"| {label} | {rss[config]:.1f} | {fmt_ratio(rss[config], rss['passthrough'])} / "

@@ -173,14 +173,24 @@ pub fn strict_json(data: &[u8]) {
 }
 
 /// The one-pass scanner and serde_json agree on every input: accept or refuse, and every
-/// member read (the `model` value and its span, `stream`, `max_tokens`).
+/// member read (the `model` value and its span, `stream`, `max_tokens`). With remembered
+/// elements the scan's result is the same: the input is split at its first NUL (a byte no valid
+/// body holds) into a body that primes the cache and the body checked; without a NUL, the input
+/// is both (every element then repeats).
 pub fn scan_vs_serde(data: &[u8]) {
-    let got = crate::scan::scan(data);
-    assert_eq!(got.as_ref().ok(), crate::scan::oracle::oracle(data).as_ref(), "scan: {got:?}");
+    let (prime, checked) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, data),
+    };
+    let got = crate::scan::scan(checked);
+    assert_eq!(got.as_ref().ok(), crate::scan::oracle::oracle(checked).as_ref(), "scan: {got:?}");
     if let Ok(crate::scan::Members { model: Some(m), .. }) = &got {
-        let raw = &data[m.span.clone()];
+        let raw = &checked[m.span.clone()];
         assert_eq!(serde_json::from_slice::<String>(raw).ok().as_deref(), Some(m.value.as_str()));
     }
+    let mut cache = crate::validated_elements::ValidatedElements::with_min_len(1 << 20, 1);
+    let _ = crate::scan::scan_with(prime, Some(&mut cache));
+    assert_eq!(crate::scan::scan_with(checked, Some(&mut cache)), got, "with remembered elements");
 }
 
 /// A fuzz target's entry point.

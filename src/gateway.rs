@@ -14,6 +14,7 @@ use crate::shared::SharedStore;
 use crate::store_sync::{self, Syncer, Tracked};
 use crate::tier::{self, NoTier};
 use crate::token_cache::TokenCache;
+use crate::validated_elements::ValidatedElements;
 
 /// Most key fetches that waiting requests of one worker may have under way at once; beyond
 /// it a request without keys is answered 503 instead of adding load on the IdP. High enough for a
@@ -104,6 +105,7 @@ pub struct Worker {
     /// The IdP's keys as this worker has them.
     pub keys: KeyStore,
     tokens: TokenCache,
+    validated: ValidatedElements,
     request_fetches: usize,
     /// The cluster-wide budget sync, when `budget_store` is configured, and the tier-wide
     /// counters it always syncs.
@@ -121,7 +123,8 @@ impl Worker {
             let _ = getrandom::getrandom(&mut id);
             (Syncer::new(u64::from_le_bytes(id)), store_sync::tier_counters(&plan.tiers))
         });
-        Worker { plan, keys, tokens, request_fetches: 0, sync }
+        let validated = ValidatedElements::new(plan.validation_cache_bytes);
+        Worker { plan, keys, tokens, validated, request_fetches: 0, sync }
     }
 
     /// Request headers removed before anything is forwarded: the client's credential and any
@@ -210,10 +213,11 @@ impl Worker {
         beta_headers: &[&str],
         now: u64,
     ) -> Result<(Forward, Option<Metering>), Refusal> {
-        let Worker { plan, sync, .. } = self;
+        let Worker { plan, sync, validated, .. } = self;
         let plan = &*plan;
         let tier = plan.tiers.get(admission.tier).ok_or_else(|| NoTier::new(plan).to_reply())?;
-        let parsed = RequestBody::parse(body).map_err(|e| e.to_reply())?;
+        let repeats = validated.enabled().then_some(validated as &mut dyn crate::scan::Repeats);
+        let parsed = RequestBody::parse_with(body, repeats).map_err(|e| e.to_reply())?;
         let model = parsed.resolve(plan, tier).map_err(|e| e.to_reply())?;
         let target = plan.targets.get(model.target).ok_or_else(|| KeysError::Unavailable.to_reply())?;
         if let (Some(_), Endpoint::CountTokens) = (&target.bedrock, endpoint) {

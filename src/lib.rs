@@ -43,6 +43,7 @@ pub(crate) mod tier;
 pub(crate) mod token_cache;
 pub(crate) mod url;
 pub(crate) mod usage;
+pub mod validated_elements;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -128,7 +128,12 @@ pub struct RequestBody {
 impl RequestBody {
     /// Validates the whole body as JSON in one pass (see [`crate::scan`]) and reads `model`.
     pub fn parse(body: &[u8]) -> Result<RequestBody, RequestError> {
-        let members = scan::scan(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+        Self::parse_with(body, None)
+    }
+
+    /// [`RequestBody::parse`], comparing instead of validating the elements `repeats` knows.
+    pub fn parse_with(body: &[u8], repeats: Option<&mut dyn scan::Repeats>) -> Result<RequestBody, RequestError> {
+        let members = scan::scan_with(body, repeats).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
         let model = members.model.ok_or(RequestError::MissingModel)?;
         Ok(RequestBody {
             model: model.value,

@@ -21,6 +21,9 @@ use raw::{RawConfig, RawIdentityHeaders, RawModel, RawOidc, RawTarget, RawTier};
 pub(crate) const MAX_TIMEOUT_MS: u64 = 300_000;
 /// Most clock skew forgiven on a token's time claims (Envoy's `jwt_authn` defaults to 60 s).
 const MAX_LEEWAY_SECONDS: u64 = 600;
+
+/// Most `validation_cache_bytes` (each worker holds its own).
+const MAX_VALIDATION_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Longest period or age in seconds: a year.
 pub(crate) const MAX_SECONDS: u64 = 366 * 86_400;
 
@@ -197,6 +200,9 @@ pub struct Plan {
     pub identity_headers: IdentityHeaders,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// Bytes of request-body elements each worker remembers as validated
+    /// ([`crate::validated_elements`]); 0 remembers none.
+    pub validation_cache_bytes: usize,
     /// Targets, sorted by name.
     pub targets: Vec<Target>,
     /// Models, in config order.
@@ -235,6 +241,7 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
     if raw.max_body_bytes == 0 {
         return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
     }
+    check_at_most(&[("validation_cache_bytes", raw.validation_cache_bytes, MAX_VALIDATION_CACHE_BYTES)])?;
     if raw.targets.is_empty() {
         return Err(ConfigError::new("targets", "at least one target is required"));
     }
@@ -259,6 +266,7 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
         oidc,
         identity_headers,
         max_body_bytes: raw.max_body_bytes,
+        validation_cache_bytes: usize::try_from(raw.validation_cache_bytes).unwrap_or(usize::MAX),
         targets,
         models,
         tiers,
@@ -525,6 +533,7 @@ pub(crate) mod tests {
         assert_eq!(plan.oidc.discovery_url.path, "/oauth2/default/.well-known/openid-configuration");
         assert_eq!(plan.oidc.groups_claim, vec!["groups"]);
         assert_eq!(plan.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(plan.validation_cache_bytes, 4 * 1024 * 1024);
         assert_eq!(plan.targets[0].api_key, "sk-ant-test");
         assert_eq!(plan.tiers[1].models, vec![0]);
         assert_eq!(plan.identity_headers.user, "x-authenticated-user");
@@ -615,6 +624,16 @@ pub(crate) mod tests {
                 "a callout timeout a host would take as 1 ms",
                 |d| d["oidc"]["callout_timeout_ms"] = json!(4_294_967_297_u64),
                 "config error: oidc.callout_timeout_ms: must be at most 300000",
+            ),
+            (
+                "a validation cache bigger than a worker should hold",
+                |d| d["validation_cache_bytes"] = json!(1_u64 << 40),
+                "config error: validation_cache_bytes: must be at most 268435456",
+            ),
+            (
+                "a negative validation cache",
+                |d| d["validation_cache_bytes"] = json!(-1),
+                "config error: validation_cache_bytes: invalid value: integer `-1`",
             ),
             (
                 "a leeway that accepts expired tokens for ever",

@@ -86,6 +86,8 @@ pub(super) struct RawConfig {
     pub(super) identity_headers: RawIdentityHeaders,
     #[serde(default = "default_max_body_bytes")]
     pub(super) max_body_bytes: usize,
+    #[serde(default = "default_validation_cache_bytes")]
+    pub(super) validation_cache_bytes: u64,
     #[serde(deserialize_with = "unique_map")]
     pub(super) targets: HashMap<String, RawTarget>,
     #[serde(deserialize_with = "list")]
@@ -235,6 +237,9 @@ pub(super) struct RawTier {
 
 fn default_max_body_bytes() -> usize {
     10 * 1024 * 1024
+}
+fn default_validation_cache_bytes() -> u64 {
+    4 * 1024 * 1024
 }
 fn default_groups_claim() -> String {
     "groups".to_owned()

@@ -64,7 +64,7 @@ fn padded(body: &[u8], at: usize) -> [u8; WINDOW] {
 mod block {
     use super::{WIDTH, WINDOW};
     use core::arch::wasm32::{
-        i8x16_lt, i8x16_splat, u8x16_bitmask, u8x16_eq, u8x16_splat, v128, v128_any_true, v128_load, v128_or,
+        i8x16_lt, i8x16_splat, u8x16_bitmask, u8x16_eq, u8x16_splat, v128, v128_any_true, v128_load, v128_or, v128_xor,
     };
 
     /// Stop bytes as 0xff, the others as 0.
@@ -114,6 +114,20 @@ mod block {
             run += WINDOW;
         }
         pos + run
+    }
+
+    /// Whether the 64-byte windows of `a` and `b` are equal (the bytes past the last whole
+    /// window are left to the caller).
+    #[inline(always)]
+    pub(super) fn same_windows(a: &[u8], b: &[u8]) -> bool {
+        a.chunks_exact(WINDOW).zip(b.chunks_exact(WINDOW)).all(|(x, y)| {
+            let (p, q) = (x.as_ptr(), y.as_ptr());
+            // SAFETY: `x` and `y` are 64 readable bytes each, and `v128.load` takes any alignment.
+            let [a, b, c, d] = [0, 1, 2, 3].map(|k| unsafe {
+                v128_xor(v128_load(p.add(k * WIDTH).cast::<v128>()), v128_load(q.add(k * WIDTH).cast::<v128>()))
+            });
+            !v128_any_true(v128_or(v128_or(a, b), v128_or(c, d)))
+        })
     }
 }
 
@@ -173,10 +187,32 @@ mod block {
         }
         pos
     }
+
+    /// Whether the 64-byte windows of `a` and `b` are equal (the bytes past the last whole
+    /// window are left to the caller).
+    pub(super) fn same_windows(a: &[u8], b: &[u8]) -> bool {
+        let word = |w: &[u8]| w.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
+        a.chunks_exact(8).zip(b.chunks_exact(8)).take(a.len() / WINDOW * (WINDOW / 8)).all(|(x, y)| word(x) == word(y))
+    }
 }
 
 pub(super) use block::plain;
-use block::{block_stops, block_text};
+use block::{block_stops, block_text, same_windows};
+
+/// Whether `a` and `b` are the same bytes, compared a window at a time, then a word at a time
+/// (wasi-libc's `memcmp`, which `==` on slices calls in Wasm, goes a byte at a time).
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let whole = a.len() / WINDOW * WINDOW;
+    let (tail_a, tail_b) = (a.get(whole..).unwrap_or_default(), b.get(whole..).unwrap_or_default());
+    let (words_a, words_b) = (tail_a.chunks_exact(8), tail_b.chunks_exact(8));
+    let word = |w: &[u8]| w.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
+    same_windows(a, b)
+        && words_a.remainder() == words_b.remainder()
+        && words_a.zip(words_b).all(|(x, y)| word(x) == word(y))
+}
 
 /// Checks the UTF-8 of the non-ASCII characters from `at` up to the next ASCII byte (or the
 /// end), with `str::from_utf8`'s rules (no overlong forms, no surrogates, nothing above
@@ -207,6 +243,20 @@ pub(super) fn utf8(body: &[u8], mut at: usize) -> Result<usize, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_agrees_with_slice_equality() {
+        for len in (0..40_usize).chain(60..70).chain(125..200) {
+            let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same_bytes(&a, &a.clone()), "{len}");
+            assert!(!same_bytes(&a, &a[..len.saturating_sub(1)]) || len == 0, "{len}");
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] ^= 0x80;
+                assert!(!same_bytes(&a, &b), "{len} {at}");
+            }
+        }
+    }
 
     fn is_stop(b: u8) -> bool {
         !(0x20..=0x7f).contains(&b) || b == b'"' || b == b'\\'

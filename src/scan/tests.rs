@@ -1,5 +1,6 @@
 use super::oracle::oracle;
 use super::*;
+use crate::validated_elements::ValidatedElements;
 
 fn model(value: &str, span: Range<usize>) -> Option<ModelValue> {
     Some(ModelValue { value: value.to_owned(), span })
@@ -127,19 +128,24 @@ fn nesting_is_limited_as_in_serde() {
         for (open, close, inner) in [("[", "]", "1"), ("{\"a\":", "}", "1"), ("[", "]", "[]"), ("[", "]", "{}")] {
             let body = format!("{{\"x\":{}{inner}{}}}", open.repeat(depth), close.repeat(depth));
             let want = oracle(body.as_bytes()).is_some();
-            assert_eq!(scan(body.as_bytes()).is_ok(), want, "{open} {depth} {inner}");
+            assert_eq!(agrees(body.as_bytes()), want, "{open} {depth} {inner}");
             assert_eq!(want, depth + usize::from(inner.len() == 2) < MAX_DEPTH, "{open} {depth} {inner}");
         }
     }
 }
 
 /// The scanner and serde_json agree on `body`: the same verdict, and the same members when both
-/// accept. Returns whether they accept.
+/// accept; and so does the scan that remembers elements, the first time and when every element
+/// repeats. Returns whether they accept.
 #[track_caller]
 fn agrees(body: &[u8]) -> bool {
-    let got = scan(body).ok();
-    assert_eq!(got, oracle(body), "{:?}", String::from_utf8_lossy(body));
-    got.is_some()
+    let got = scan(body);
+    assert_eq!(got.as_ref().ok(), oracle(body).as_ref(), "{:?}", String::from_utf8_lossy(body));
+    let mut cache = ValidatedElements::with_min_len(1 << 20, 1);
+    for turn in ["first", "repeated"] {
+        assert_eq!(scan_with(body, Some(&mut cache)), got, "{turn}: {:?}", String::from_utf8_lossy(body));
+    }
+    got.is_ok()
 }
 
 /// Counts of accepted and refused documents, to check that a test saw both.
@@ -541,10 +547,13 @@ impl Gen {
 fn agrees_with_serde_on_generated_documents() {
     let mut gen = Gen(0x9e37_79b9_7f4a_7c15);
     let (mut accepted, mut with_model, total) = (0, 0, 100_000);
+    // Remembers the elements of earlier documents, as a worker does.
+    let mut cache = ValidatedElements::with_min_len(1 << 16, 8);
     for _ in 0..total {
         let doc = gen.document();
         let got = scan(&doc).ok();
         assert_eq!(got, oracle(&doc), "{:?}", String::from_utf8_lossy(&doc));
+        assert_eq!(scan_with(&doc, Some(&mut cache)).ok(), got, "{:?}", String::from_utf8_lossy(&doc));
         if let Some(members) = got {
             accepted += 1;
             with_model += usize::from(members.model.is_some());
