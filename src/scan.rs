@@ -613,7 +613,7 @@ fn number_grammar(body: &[u8], mut pos: usize) -> Result<usize, ScanError> {
 mod decode;
 mod run;
 use decode::{decode, hex4};
-pub use run::same_bytes;
+pub(crate) use run::same_bytes;
 use run::{plain, utf8, window_stops, window_text, WINDOW};
 
 #[cfg(any(test, feature = "fuzzing"))]

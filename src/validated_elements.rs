@@ -14,6 +14,7 @@
 //! `capacity`.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::scan::{same_bytes, Repeats};
 
@@ -32,12 +33,30 @@ pub struct ValidatedElements {
     capacity: usize,
     min_len: usize,
     /// By digest of the first bytes, oldest first.
-    entries: HashMap<u64, Vec<Entry>>,
+    entries: HashMap<u64, Vec<Entry>, BuildHasherDefault<DigestHasher>>,
     /// Every insertion, oldest first (an entry already dropped for its digest's limit is skipped
     /// when it comes up).
     order: VecDeque<(u64, u64)>,
     bytes: usize,
     serial: u64,
+}
+
+/// The digest is a hash already: the map uses it as it is.
+#[derive(Debug, Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, digest: u64) {
+        self.0 = digest;
+    }
 }
 
 #[derive(Debug)]
@@ -58,7 +77,7 @@ impl ValidatedElements {
         ValidatedElements {
             capacity,
             min_len: min_len.max(1),
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: VecDeque::new(),
             bytes: 0,
             serial: 0,

@@ -62,7 +62,7 @@ fn padded(body: &[u8], at: usize) -> [u8; WINDOW] {
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod block {
-    use super::{WIDTH, WINDOW};
+    use super::{STRIDE, WIDTH, WINDOW};
     use core::arch::wasm32::{
         i8x16_lt, i8x16_splat, u8x16_bitmask, u8x16_eq, u8x16_splat, v128, v128_any_true, v128_load, v128_or, v128_xor,
     };
@@ -116,24 +116,37 @@ mod block {
         pos + run
     }
 
-    /// Whether the 64-byte windows of `a` and `b` are equal (the bytes past the last whole
-    /// window are left to the caller).
+    /// Whether the first [`super::STRIDE`]-byte blocks of `a` and `b`, as many as both hold
+    /// whole, are equal.
     #[inline(always)]
-    pub(super) fn same_windows(a: &[u8], b: &[u8]) -> bool {
-        a.chunks_exact(WINDOW).zip(b.chunks_exact(WINDOW)).all(|(x, y)| {
-            let (p, q) = (x.as_ptr(), y.as_ptr());
-            // SAFETY: `x` and `y` are 64 readable bytes each, and `v128.load` takes any alignment.
-            let [a, b, c, d] = [0, 1, 2, 3].map(|k| unsafe {
-                v128_xor(v128_load(p.add(k * WIDTH).cast::<v128>()), v128_load(q.add(k * WIDTH).cast::<v128>()))
-            });
-            !v128_any_true(v128_or(v128_or(a, b), v128_or(c, d)))
-        })
+    pub(super) fn same_strides(a: &[u8], b: &[u8]) -> bool {
+        let end = a.len().min(b.len()) / STRIDE * STRIDE;
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut i = 0;
+        while i < end {
+            // SAFETY: `i + STRIDE <= end` bytes are readable in both, and `v128.load` takes any
+            // alignment.
+            let differ = unsafe {
+                let (p, q) = (pa.add(i).cast::<v128>(), pb.add(i).cast::<v128>());
+                let d = |k: usize| v128_xor(v128_load(p.add(k)), v128_load(q.add(k)));
+                v128_or(
+                    v128_or(v128_or(d(0), d(1)), v128_or(d(2), d(3))),
+                    v128_or(v128_or(d(4), d(5)), v128_or(d(6), d(7))),
+                )
+            };
+            // One test per 128 bytes: a loop half as long runs a third faster in V8.
+            if v128_any_true(differ) {
+                return false;
+            }
+            i += STRIDE;
+        }
+        true
     }
 }
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 mod block {
-    use super::{window_stops, WIDTH, WINDOW};
+    use super::{window_stops, STRIDE, WIDTH, WINDOW};
 
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = ONES << 7;
@@ -188,28 +201,32 @@ mod block {
         pos
     }
 
-    /// Whether the 64-byte windows of `a` and `b` are equal (the bytes past the last whole
-    /// window are left to the caller).
-    pub(super) fn same_windows(a: &[u8], b: &[u8]) -> bool {
+    /// Whether the first [`super::STRIDE`]-byte blocks of `a` and `b`, as many as both hold
+    /// whole, are equal.
+    pub(super) fn same_strides(a: &[u8], b: &[u8]) -> bool {
+        let end = a.len().min(b.len()) / STRIDE * STRIDE;
         let word = |w: &[u8]| w.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
-        a.chunks_exact(8).zip(b.chunks_exact(8)).take(a.len() / WINDOW * (WINDOW / 8)).all(|(x, y)| word(x) == word(y))
+        a.chunks_exact(8).zip(b.chunks_exact(8)).take(end / 8).all(|(x, y)| word(x) == word(y))
     }
 }
 
 pub(super) use block::plain;
-use block::{block_stops, block_text, same_windows};
+use block::{block_stops, block_text, same_strides};
 
-/// Whether `a` and `b` are the same bytes, compared a window at a time, then a word at a time
+/// Bytes [`same_bytes`] compares at a time before the last ones.
+const STRIDE: usize = 128;
+
+/// Whether `a` and `b` are the same bytes, compared 128 at a time, then a word at a time
 /// (wasi-libc's `memcmp`, which `==` on slices calls in Wasm, goes a byte at a time).
-pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let whole = a.len() / WINDOW * WINDOW;
+    let whole = a.len() / STRIDE * STRIDE;
     let (tail_a, tail_b) = (a.get(whole..).unwrap_or_default(), b.get(whole..).unwrap_or_default());
     let (words_a, words_b) = (tail_a.chunks_exact(8), tail_b.chunks_exact(8));
     let word = |w: &[u8]| w.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
-    same_windows(a, b)
+    same_strides(a, b)
         && words_a.remainder() == words_b.remainder()
         && words_a.zip(words_b).all(|(x, y)| word(x) == word(y))
 }
@@ -246,7 +263,7 @@ mod tests {
 
     #[test]
     fn same_bytes_agrees_with_slice_equality() {
-        for len in (0..40_usize).chain(60..70).chain(125..200) {
+        for len in (0..40_usize).chain(120..136).chain(250..300) {
             let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
             assert!(same_bytes(&a, &a.clone()), "{len}");
             assert!(!same_bytes(&a, &a[..len.saturating_sub(1)]) || len == 0, "{len}");
