@@ -161,6 +161,9 @@ pub fn scan_with(body: &[u8], mut repeats: Option<&mut dyn Repeats>) -> Result<M
     pos = s.skip_ws(pos + 1);
     let mut members = Members::default();
     let mut seen = [false; FIELDS.len()];
+    // Lookups that can hit: each hit covers at least `min_len` bytes. Past twice that many, a
+    // body of countless small elements would cost more in lookups than it saves.
+    let mut lookups = repeats.as_deref().map_or(0, |r| 2 * (body.len() / r.min_len().max(1)) + 16);
     if body.get(pos) == Some(&b'}') {
         pos += 1;
     } else {
@@ -169,7 +172,7 @@ pub fn scan_with(body: &[u8], mut repeats: Option<&mut dyn Repeats>) -> Result<M
             pos = s.colon(after_key)?;
             let start = pos;
             pos = match repeats.as_deref_mut() {
-                Some(repeats) if body.get(pos) == Some(&b'[') => s.top_level_array(pos, repeats)?,
+                Some(repeats) if body.get(pos) == Some(&b'[') => s.top_level_array(pos, repeats, &mut lookups)?,
                 _ => s.value(pos, 0)?,
             };
             if let Some(i) = field {
@@ -363,8 +366,13 @@ impl<'a> Scanner<'a> {
     }
 
     /// A top-level member's array value at `pos` (its `[`), each element looked up in
-    /// `repeats` first; returns the offset just after it.
-    fn top_level_array(&mut self, pos: usize, repeats: &mut dyn Repeats) -> Result<usize, ScanError> {
+    /// `repeats` first while `lookups` last; returns the offset just after it.
+    fn top_level_array(
+        &mut self,
+        pos: usize,
+        repeats: &mut dyn Repeats,
+        lookups: &mut usize,
+    ) -> Result<usize, ScanError> {
         let body = self.body;
         let min = repeats.min_len().max(1);
         let mut pos = self.skip_ws(pos + 1);
@@ -375,7 +383,12 @@ impl<'a> Scanner<'a> {
             let start = pos;
             let rest = body.get(pos..).unwrap_or_default();
             // A length the scan can trust: within the body, past the element's first byte.
-            let known = (rest.len() >= min).then(|| repeats.known(rest)).flatten();
+            let known = (rest.len() >= min && *lookups > 0)
+                .then(|| {
+                    *lookups -= 1;
+                    repeats.known(rest)
+                })
+                .flatten();
             pos = match known.filter(|len| (1..=rest.len()).contains(len)) {
                 Some(len) => pos + len,
                 None => {

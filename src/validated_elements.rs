@@ -278,6 +278,26 @@ mod tests {
     }
 
     #[test]
+    fn countless_small_elements_cost_few_lookups() {
+        /// Always asked, never knowing.
+        struct Asked(usize);
+        impl Repeats for Asked {
+            fn min_len(&self) -> usize {
+                1024
+            }
+            fn known(&mut self, _: &[u8]) -> Option<usize> {
+                self.0 += 1;
+                None
+            }
+            fn validated(&mut self, _: &[u8]) {}
+        }
+        let body = format!("{{\"model\":\"m\",\"tools\":[{}{{}}]}}", "{},".repeat(100_000));
+        let mut asked = Asked(0);
+        assert!(scan_with(body.as_bytes(), Some(&mut asked)).is_ok());
+        assert!(asked.0 <= 2 * body.len() / 1024 + 16, "{} lookups", asked.0);
+    }
+
+    #[test]
     fn memory_stays_within_capacity() {
         let mut cache = ValidatedElements::new(64 * 1024);
         for tag in 0..200 {

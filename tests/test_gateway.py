@@ -266,6 +266,50 @@ def test_bad_bodies(gateway, signer, stub, body, status, error_type):
     assert stub.requests == []
 
 
+def test_bodies_that_repeat_validated_elements_are_still_judged_whole(gateway, signer, stub):
+    # Claude Code resends `tools`, the system prompt and earlier messages byte for byte every
+    # turn, and each worker compares elements it validated before instead of validating them
+    # again. Every turn must still be judged whole: after the repeated elements a fault is
+    # refused as before, and what passes arrives byte for byte. Each body goes three times, so
+    # that every worker has seen its elements before.
+    doc = json.loads(fixture("request_main_stream.json"))
+    doc["model"] = "claude-sonnet-4-6"
+    token = signer.token()
+    good = json.dumps(doc, ensure_ascii=False).encode()
+    end_of_tools = b'}], "metadata"'
+    assert good.count(end_of_tools) == 1
+
+    def after_the_tools(element: bytes) -> bytes:
+        """`good` with one more element at the end of `tools`, after the repeated ones."""
+        return good.replace(end_of_tools, b"}, " + element + b'], "metadata"')
+
+    def sent(body):
+        return [call(gateway.port, token, body) for _ in range(3)]
+
+    for answer in sent(good):
+        assert answer.status == 200, answer.body
+    assert [r["body"] for r in stub.requests] == [good] * 3
+    padding = b"y" * 2000  # an element big enough to be remembered itself
+    faults = {
+        "a trailing comma": good.replace(end_of_tools, b'},], "metadata"'),
+        "a lone surrogate escape": after_the_tools(b'{"name": "\\udce9", "d": "' + padding + b'"}'),
+        "a byte that is not UTF-8": after_the_tools(b'{"name": "\xff\xfe", "d": "' + padding + b'"}'),
+        "a control character": after_the_tools(b'{"name": "a\x01b", "d": "' + padding + b'"}'),
+        "nesting too deep": after_the_tools(b"[" * 200 + b"]" * 200),
+        "the model again": good[:-1] + b', "model": "claude-opus-4-7"}',
+    }
+    for name, bad in faults.items():
+        for answer in sent(bad):
+            assert answer.status == 400, (name, answer.body)
+            assert_anthropic_error(answer, 400, "invalid_request_error")
+    assert len(stub.requests) == 3, "nothing refused reached the upstream"
+    # The next turn: the same elements and a new one, whole and unchanged.
+    later = after_the_tools(b'{"name": "late", "d": "' + padding + b'"}')
+    for answer in sent(later):
+        assert answer.status == 200, answer.body
+    assert [r["body"] for r in stub.requests[3:]] == [later] * 3
+
+
 def test_body_over_the_maximum_is_413(make_gateway, signer, stub):
     g = make_gateway(gateway_config(signer, max_body_bytes=100_000), [signer.upstream])
     body = fixture("request_main_stream.json")
