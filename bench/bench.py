@@ -68,6 +68,10 @@ TOKENS = 300 if QUICK else 2000
 # Config (6) keeps fewer verified tokens than it is sent, so every token is verified afresh (the
 # cache empties when full, and a token comes back only after TOKENS others).
 ROTATING_CACHE_ENTRIES = 64
+# The 130 KB load's distinct turns (bodies() checks that their new parts outgrow the filter's
+# default validation cache, VALIDATION_CACHE_BYTES, so none is ever found there).
+TURNS = 512
+VALIDATION_CACHE_BYTES = 4 << 20  # src/config: the default `validation_cache_bytes`
 ONLY = [c for c in os.environ.get("BENCH_ONLY", "").split(",") if c]
 WRITE_README = os.environ.get("BENCH_README", "0" if QUICK or ONLY else "1") == "1"
 # The budget store's traffic: people, tiers, seconds of load.
@@ -287,6 +291,9 @@ def bodies():
     # The prompt (in `messages`) comes before the billing suffix (in `system`).
     big = big.replace(b'"say hi"', b'"say hi @@@@@@@@"').replace(b"cc_version=2.1.330.440;", b"cc_version=2.1.330.~~~;")
     assert 0 < big.find(b"@@@@@@@@") < big.find(b"~~~"), "the load script fills the prompt's mark first"
+    # Each turn's new message must push the oldest one out of the cache before it comes round again.
+    prompt = len(json.dumps(json.loads(big)["messages"][0]))
+    assert TURNS * prompt > 1.25 * VALIDATION_CACHE_BYTES, f"{TURNS} turns of a {prompt}-byte message fit in the cache"
     out = {("130k", "sse"): big, ("130k", "json"): big.replace(b'"stream": true', b'"stream": false')}
     for answer in ("json", "sse"):
         head = {"model": "claude-sonnet-4-6", "max_tokens": 1024, "stream": answer == "sse",
@@ -304,10 +311,18 @@ local body = f:read("*a")
 f:close()
 -- A body with turn marks is the next turn of a session: each request gets its own billing
 -- suffix and prompt, as Claude Code's consecutive requests do; the rest repeats byte for byte.
+-- The turns are built here, once: building 130 KB per request in Lua made wrk, not Envoy, the
+-- bottleneck, and an idle Envoy spends more CPU per request. There are more of them than the
+-- filter's validation cache holds (bench.py checks), so no turn's new part is ever found in it.
 local a, a_end = body:find("@@@@@@@@", 1, true)
 local b, b_end = body:find("~~~", 1, true)
-local turns = a ~= nil and b ~= nil and a < b
-local turn = 0
+local turns = {{}}
+if a ~= nil and b ~= nil and a < b then
+  local head, middle, tail = body:sub(1, a - 1), body:sub(a_end + 1, b - 1), body:sub(b_end + 1)
+  for t = 1, {turns} do
+    turns[t] = table.concat({{head, string.format("%08d", t), middle, string.format("%03x", t % 4096), tail}})
+  end
+end
 wrk.body = body
 wrk.headers["content-type"] = "application/json"
 wrk.headers["anthropic-version"] = "2023-06-01"
@@ -321,19 +336,24 @@ local function use(token)
 end
 use(tokens[1])
 local rotate = {rotate}
-if rotate or turns then
-  local i = math.random(#tokens)
+local requests = {{}}
+function init(args)
+  -- Whole requests, ready to send (here, once wrk has set the Host header).
+  if not rotate then
+    for t = 1, #turns do requests[t] = wrk.format(nil, nil, nil, turns[t]) end
+    turns = {{}}
+  end
+end
+if rotate or #turns > 0 then
+  local i, t = math.random(#tokens), 0
   request = function()
-    if rotate then
-      i = i % #tokens + 1
-      use(tokens[i])
+    t = t + 1
+    if not rotate then
+      return requests[(t - 1) % #requests + 1]
     end
-    if turns then
-      turn = turn + 1
-      return wrk.format(nil, nil, nil, body:sub(1, a - 1) .. string.format("%08d", turn % 100000000)
-        .. body:sub(a_end + 1, b - 1) .. string.format("%03x", turn % 4096) .. body:sub(b_end + 1))
-    end
-    return wrk.format()
+    i = i % #tokens + 1
+    use(tokens[i])
+    return wrk.format(nil, nil, nil, (#turns > 0) and turns[(t - 1) % #turns + 1] or nil)
   end
 end
 done = function(summary, latency, requests)
@@ -441,7 +461,8 @@ class Bench:
             path.write_text(LUA_SCRIPT.format(
                 body=self.workdir / f"body-{size}-{answer}.json", answer=answer,
                 tokens=self.workdir / ("rotating.txt" if config == "filter_rotating" else "same.txt"),
-                api_key=UPSTREAM_KEY if plain else "", rotate="true" if config == "filter_rotating" else "false"))
+                api_key=UPSTREAM_KEY if plain else "", rotate="true" if config == "filter_rotating" else "false",
+                turns=TURNS if size == "130k" else 0))
         return path
 
     def headers(self, config, token):
@@ -514,7 +535,7 @@ class Bench:
         (self.workdir / "sync-tokens.txt").write_text("\n".join(tokens) + "\n")
         script = self.workdir / "sync.lua"
         script.write_text(LUA_SCRIPT.format(body=self.workdir / "body-1k-json.json", answer="json",
-                                            tokens=self.workdir / "sync-tokens.txt", api_key="", rotate="true"))
+                                            tokens=self.workdir / "sync-tokens.txt", api_key="", rotate="true", turns=0))
         envoy.wait_ready()
         time.sleep(1.0)
 

@@ -27,6 +27,9 @@ pub const PER_DIGEST: usize = 4;
 /// Bytes of an element's start that its digest covers.
 const DIGEST_BYTES: usize = 64;
 
+/// Bytes of an element's end compared before the rest.
+const END_BYTES: usize = 128;
+
 /// One worker's remembered elements.
 #[derive(Debug)]
 pub struct ValidatedElements {
@@ -144,7 +147,14 @@ impl Repeats for ValidatedElements {
         // Newest first: the last turn's elements are the likeliest.
         bucket.iter().rev().find_map(|entry| {
             let len = entry.bytes.len();
-            rest.get(..len).is_some_and(|head| same_bytes(head, &entry.bytes)).then_some(len)
+            let head = rest.get(..len)?;
+            // The end first: entries of one digest share their start, and Claude Code changes
+            // a message at its end (its `cache_control` marker moves to the newest message).
+            let end = len.saturating_sub(END_BYTES);
+            let same = |range: std::ops::Range<usize>| {
+                head.get(range.clone()).zip(entry.bytes.get(range)).is_some_and(|(a, b)| same_bytes(a, b))
+            };
+            (same(end..len) && same(0..end)).then_some(len)
         })
     }
 
@@ -334,6 +344,22 @@ mod tests {
             cache.validated(&same_start(i % 26));
         }
         assert!(cache.order.len() <= (1 << 20) / 1024);
+    }
+
+    #[test]
+    fn an_element_that_differs_anywhere_is_not_known() {
+        let mut cache = ValidatedElements::with_min_len(1 << 20, 1024);
+        let kept = element(0, 3000);
+        cache.validated(&kept);
+        // In the end compared first, on either side of where it starts, and in the rest.
+        for at in [100, 1500, kept.len() - END_BYTES - 1, kept.len() - END_BYTES, kept.len() - 3] {
+            let mut other = kept.clone();
+            other[at] = b'y';
+            assert_eq!(cache.known(&other), None, "a difference at {at}");
+            assert_eq!(cache.known(&[&other[..], b",{}"].concat()), None, "a difference at {at}, more follows");
+        }
+        assert_eq!(cache.known(&[&kept[..], b",{}"].concat()), Some(kept.len()));
+        assert_eq!(cache.known(&kept[..kept.len() - 1]), None);
     }
 
     #[test]
