@@ -151,7 +151,7 @@ pub fn scan(body: &[u8]) -> Result<Members, ScanError> {
 }
 
 /// [`scan`], skipping the elements of top-level arrays that `repeats` knows and offering it
-/// the ones it validates. The verdict is [`scan`]'s.
+/// the ones it validates (all but the last element of `messages`). The verdict is [`scan`]'s.
 pub fn scan_with(body: &[u8], mut repeats: Option<&mut dyn Repeats>) -> Result<Members, ScanError> {
     let mut s = Scanner::new(body);
     let mut pos = s.skip_ws(0);
@@ -168,11 +168,15 @@ pub fn scan_with(body: &[u8], mut repeats: Option<&mut dyn Repeats>) -> Result<M
         pos += 1;
     } else {
         loop {
-            let (field, after_key) = s.top_level_key(pos)?;
+            let (field, after_key, messages) = s.top_level_key(pos)?;
             pos = s.colon(after_key)?;
             let start = pos;
             pos = match repeats.as_deref_mut() {
-                Some(repeats) if body.get(pos) == Some(&b'[') => s.top_level_array(pos, repeats, &mut lookups)?,
+                // The last message is never offered: Claude Code moves its `cache_control` marker
+                // off it on the next turn, so it is never sent again as it is.
+                Some(repeats) if body.get(pos) == Some(&b'[') => {
+                    s.top_level_array(pos, repeats, &mut lookups, !messages)?
+                }
                 _ => s.value(pos, 0)?,
             };
             if let Some(i) = field {
@@ -296,7 +300,9 @@ impl<'a> Scanner<'a> {
 
     /// A top-level key at `pos`, decoded and checked as serde checks the keys of a struct: which
     /// member of interest it names, if any, and the offset after it.
-    fn top_level_key(&mut self, pos: usize) -> Result<(Option<usize>, usize), ScanError> {
+    /// A top-level key at `pos`: which of [`FIELDS`] it names, the offset after it, and whether
+    /// it is `messages`.
+    fn top_level_key(&mut self, pos: usize) -> Result<(Option<usize>, usize, bool), ScanError> {
         let body = self.body;
         if body.get(pos) != Some(&b'"') {
             return Err(err(body, pos, ScanErrorKind::ExpectedKey));
@@ -311,7 +317,7 @@ impl<'a> Scanner<'a> {
         } else {
             std::borrow::Cow::Borrowed(raw)
         };
-        Ok((FIELDS.iter().position(|f| f.as_bytes() == &*name), end))
+        Ok((FIELDS.iter().position(|f| f.as_bytes() == &*name), end, &*name == b"messages"))
     }
 
     /// The rest of a string whose opening quote is just before `pos`: JSON's escape grammar, no
@@ -366,12 +372,14 @@ impl<'a> Scanner<'a> {
     }
 
     /// A top-level member's array value at `pos` (its `[`), each element looked up in
-    /// `repeats` first while `lookups` last; returns the offset just after it.
+    /// `repeats` first while `lookups` last, and offered to it once validated (the last one
+    /// only with `offer_last`); returns the offset just after it.
     fn top_level_array(
         &mut self,
         pos: usize,
         repeats: &mut dyn Repeats,
         lookups: &mut usize,
+        offer_last: bool,
     ) -> Result<usize, ScanError> {
         let body = self.body;
         let min = repeats.min_len().max(1);
@@ -389,23 +397,28 @@ impl<'a> Scanner<'a> {
                     repeats.known(rest)
                 })
                 .flatten();
-            pos = match known.filter(|len| (1..=rest.len()).contains(len)) {
-                Some(len) => pos + len,
-                None => {
-                    let end = self.value(pos, 1)?;
-                    let element = body.get(start..end).unwrap_or_default();
-                    if element.len() >= min && matches!(element.first(), Some(b'{' | b'[' | b'"')) {
-                        repeats.validated(element);
-                    }
-                    end
-                }
+            let (end, validated) = match known.filter(|len| (1..=rest.len()).contains(len)) {
+                Some(len) => (pos + len, false),
+                None => (self.value(pos, 1)?, true),
             };
-            pos = self.skip_ws(pos);
-            match body.get(pos) {
-                Some(b',') => pos = self.skip_ws(pos + 1),
-                Some(b']') => return Ok(pos + 1),
+            pos = self.skip_ws(end);
+            let last = match body.get(pos) {
+                Some(b',') => false,
+                Some(b']') => true,
                 _ => return Err(err(body, pos, ScanErrorKind::ExpectedArrayCommaOrEnd)),
+            };
+            let element = body.get(start..end).unwrap_or_default();
+            if validated
+                && (offer_last || !last)
+                && element.len() >= min
+                && matches!(element.first(), Some(b'{' | b'[' | b'"'))
+            {
+                repeats.validated(element);
             }
+            if last {
+                return Ok(pos + 1);
+            }
+            pos = self.skip_ws(pos + 1);
         }
     }
 

@@ -5,7 +5,9 @@
 //! (the same for everyone on one version and setup), the system prompt's blocks, and every
 //! earlier message. The body scanner ([`crate::scan::scan_with`]) asks at each element of a
 //! top-level array whether the body repeats one validated before; a hit costs a comparison at
-//! memory speed instead of a validation, and gives the same verdict.
+//! memory speed instead of a validation, and gives the same verdict. The newest message is not
+//! offered: Claude Code moves its `cache_control` marker off it on the next turn, so keeping it
+//! would only push out elements that do come again.
 //!
 //! An entry is found by a digest of its first bytes and confirmed by comparing every one of its
 //! bytes, so a hit is exact whatever the digest. Memory is bounded: at most `capacity` bytes of
@@ -199,7 +201,7 @@ mod tests {
 
     fn body(elements: &[Vec<u8>], tail: &str) -> Vec<u8> {
         let joined: Vec<u8> = elements.join(&b","[..]);
-        [&b"{\"model\":\"m\",\"messages\":["[..], &joined, b"]", tail.as_bytes(), b"}"].concat()
+        [&b"{\"model\":\"m\",\"system\":["[..], &joined, b"]", tail.as_bytes(), b"}"].concat()
     }
 
     /// Counts what the scan asked and offered.
@@ -244,6 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn the_last_message_is_looked_up_but_not_kept() {
+        let mut cache = ValidatedElements::new(1 << 20);
+        let (a, b, c) = (element(1, 2000), element(2, 3000), element(3, 4000));
+        let messages = |elements: &[&Vec<u8>]| {
+            let joined: Vec<u8> = elements.iter().map(|e| e.as_slice()).collect::<Vec<_>>().join(&b","[..]);
+            [&b"{\"model\":\"m\",\"messages\":["[..], &joined, &b"],\"tools\":["[..], &c, &b"]}"[..]].concat()
+        };
+        // The last element of `tools` is kept; the last message is not.
+        assert_eq!(scan_counting(&mut cache, &messages(&[&a, &b])), (true, 0, 2));
+        assert_eq!(cache.count(), 2);
+        // The next turn: `a` and `c` repeat, `b` comes again (no longer last) and is kept now.
+        assert_eq!(scan_counting(&mut cache, &messages(&[&a, &b, &a])), (true, 3, 1));
+        assert_eq!(scan_counting(&mut cache, &messages(&[&a, &b, &a])), (true, 4, 0));
+        // A last message the cache knows is still skipped.
+        assert_eq!(scan_counting(&mut cache, &messages(&[&b])), (true, 2, 0));
+    }
+
+    #[test]
     fn small_elements_are_neither_looked_up_nor_kept() {
         let mut cache = ValidatedElements::new(1 << 20);
         let small = body(&[element(1, 500), element(2, 1000)], "");
@@ -283,7 +303,7 @@ mod tests {
         let mut cache = ValidatedElements::new(1 << 20);
         let a = element(1, 2000);
         assert!(scan_with(&body(std::slice::from_ref(&a), ""), Some(&mut cache)).is_ok());
-        let nested = [&b"{\"messages\":[["[..], &a, b"]]}"].concat();
+        let nested = [&b"{\"system\":[["[..], &a, b"]]}"].concat();
         assert_eq!(scan_counting(&mut cache, &nested), (true, 0, 1));
     }
 
