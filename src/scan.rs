@@ -299,9 +299,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// A top-level key at `pos`, decoded and checked as serde checks the keys of a struct: which
-    /// member of interest it names, if any, and the offset after it.
-    /// A top-level key at `pos`: which of [`FIELDS`] it names, the offset after it, and whether
-    /// it is `messages`.
+    /// member of interest ([`FIELDS`]) it names, if any, the offset after it, and whether it is
+    /// `messages`.
     fn top_level_key(&mut self, pos: usize) -> Result<(Option<usize>, usize, bool), ScanError> {
         let body = self.body;
         if body.get(pos) != Some(&b'"') {

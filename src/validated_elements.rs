@@ -150,8 +150,8 @@ impl Repeats for ValidatedElements {
         bucket.iter().rev().find_map(|entry| {
             let len = entry.bytes.len();
             let head = rest.get(..len)?;
-            // The end first: entries of one digest share their start, and Claude Code changes
-            // a message at its end (its `cache_control` marker moves to the newest message).
+            // The end first: entries under one digest share their start, so two that differ
+            // are likelier to differ near the end (a message whose `cache_control` marker moved).
             let end = len.saturating_sub(END_BYTES);
             let same = |range: std::ops::Range<usize>| {
                 head.get(range.clone()).zip(entry.bytes.get(range)).is_some_and(|(a, b)| same_bytes(a, b))
