@@ -283,8 +283,8 @@ end
 
 
 def bodies():
-    """Body files by (size, answer): the 130 KB fixture as captured, with turn marks (the load
-    script fills them anew for each request), and a 1 KiB request."""
+    """Body files by (size, answer): the 130 KB fixture as captured, with turn marks (from which
+    the load script builds its turns), and a 1 KiB request."""
     big = fixture("request_main_stream.json")
     assert big.count(b'"stream": true') == 1, "the fixture's stream flag moved"
     for mark in (b"cc_version=2.1.330.440;", b'"say hi"'):

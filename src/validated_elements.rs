@@ -152,11 +152,9 @@ impl Repeats for ValidatedElements {
             let head = rest.get(..len)?;
             // The end first: entries under one digest share their start, so two that differ
             // are likelier to differ near the end (a message whose `cache_control` marker moved).
-            let end = len.saturating_sub(END_BYTES);
-            let same = |range: std::ops::Range<usize>| {
-                head.get(range.clone()).zip(entry.bytes.get(range)).is_some_and(|(a, b)| same_bytes(a, b))
-            };
-            (same(end..len) && same(0..end)).then_some(len)
+            let (start, end) = head.split_at_checked(len.saturating_sub(END_BYTES))?;
+            let (known_start, known_end) = entry.bytes.split_at_checked(start.len())?;
+            (same_bytes(end, known_end) && same_bytes(start, known_start)).then_some(len)
         })
     }
 
