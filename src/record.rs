@@ -41,67 +41,82 @@ pub struct UsageRecord {
     pub estimated: bool,
 }
 
-/// The record's JSON shape (`report/README.md`), borrowed from the record: serialized in one
-/// pass, with no tree built.
-#[derive(Serialize)]
-struct Line<'a> {
-    time: String,
-    sub: Option<&'a str>,
-    email: Option<&'a str>,
-    tier: Option<&'a str>,
-    model: Option<&'a str>,
-    provider_model: Option<&'a str>,
-    provider: Option<&'static str>,
-    status: Option<u32>,
-    input_tokens: u64,
-    output_tokens: u64,
-    cache_write_tokens: u64,
-    cache_read_tokens: u64,
-    cost_usd: Option<f64>,
-    latency_ms: Option<u64>,
-    ttft_ms: Option<u64>,
-    session: Option<&'a str>,
-    refusal: Option<&'static str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    estimated: bool,
-}
-
 impl UsageRecord {
-    /// The record as one line of JSON.
+    /// The record as one line of JSON (`report/README.md`): the field names are written as
+    /// they are, and each value by serde_json, so strings are escaped as everywhere else.
     pub fn to_json(&self) -> String {
         let u = &self.usage;
-        let line = Line {
-            time: rfc3339_ms(self.time_ms),
-            sub: self.sub.as_deref(),
-            email: self.email.as_deref(),
-            tier: self.tier.as_deref(),
-            model: self.model.as_deref(),
-            provider_model: self.provider_model.as_deref(),
-            provider: self.provider,
-            status: self.status,
-            input_tokens: u.input,
-            output_tokens: u.output,
-            cache_write_tokens: u.cache_write,
-            cache_read_tokens: u.cache_read,
-            // JSON has no NaN or infinity (serde_json would write null for them anyway).
-            cost_usd: self.cost_usd.filter(|c| c.is_finite()),
-            latency_ms: self.latency_ms,
-            ttft_ms: self.ttft_ms,
-            session: self.session.as_deref(),
-            refusal: self.refusal,
-            estimated: self.estimated,
-        };
-        // Serializing borrowed strings and numbers into a Vec cannot fail.
-        serde_json::to_string(&line).unwrap_or_default()
+        let strings = [&self.sub, &self.email, &self.tier, &self.model, &self.provider_model, &self.session];
+        // Room for everything but the strings' escapes, so the buffer does not grow (a record
+        // is made for every request).
+        let mut out =
+            Vec::with_capacity(LINE_BYTES + strings.iter().map(|s| s.as_ref().map_or(0, String::len)).sum::<usize>());
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(rfc3339_ms(self.time_ms).as_bytes());
+        out.push(b'"');
+        field(&mut out, "sub", &self.sub);
+        field(&mut out, "email", &self.email);
+        field(&mut out, "tier", &self.tier);
+        field(&mut out, "model", &self.model);
+        field(&mut out, "provider_model", &self.provider_model);
+        field(&mut out, "provider", &self.provider);
+        field(&mut out, "status", &self.status);
+        field(&mut out, "input_tokens", &u.input);
+        field(&mut out, "output_tokens", &u.output);
+        field(&mut out, "cache_write_tokens", &u.cache_write);
+        field(&mut out, "cache_read_tokens", &u.cache_read);
+        // JSON has no NaN or infinity (serde_json would write null for them anyway).
+        field(&mut out, "cost_usd", &self.cost_usd.filter(|c| c.is_finite()));
+        field(&mut out, "latency_ms", &self.latency_ms);
+        field(&mut out, "ttft_ms", &self.ttft_ms);
+        field(&mut out, "session", &self.session);
+        field(&mut out, "refusal", &self.refusal);
+        if self.estimated {
+            field(&mut out, "estimated", &true);
+        }
+        out.push(b'}');
+        // Only UTF-8 was written: the names, the time, and what serde_json wrote.
+        String::from_utf8(out).unwrap_or_default()
     }
 }
+
+/// Appends `,"name":value` (`name` needs no escape; `None` is `null`).
+fn field(out: &mut Vec<u8>, name: &str, value: &impl Serialize) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    // Writing a string or a number into a Vec cannot fail.
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// A record's JSON without its strings: the field names, the time and the numbers at their
+/// longest.
+const LINE_BYTES: usize = 448;
 
 /// `2026-11-29T14:52:03.123Z` for milliseconds since the epoch (proleptic Gregorian, UTC).
 pub fn rfc3339_ms(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+    // Written digit by digit: made for every request, where `format!` costs more than the rest.
+    let mut out = String::with_capacity(24);
+    let mut digits = |n: u64, width: u32, after: char| {
+        let n = n.min(10u64.pow(width) - 1);
+        for place in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10u64.pow(place) % 10) as u8));
+        }
+        out.push(after);
+    };
+    digits(y, 4, '-');
+    digits(m, 2, '-');
+    digits(d, 2, 'T');
+    digits(rem / 3600, 2, ':');
+    digits(rem % 3600 / 60, 2, ':');
+    digits(rem % 60, 2, '.');
+    digits(ms % 1000, 3, 'Z');
+    out
 }
 
 /// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -133,6 +148,97 @@ mod tests {
         ];
         for (ms, want) in cases {
             assert_eq!(rfc3339_ms(ms), want, "{ms}");
+        }
+    }
+
+    /// The record as serde derives it: the shape `to_json` must write byte for byte.
+    #[derive(Serialize)]
+    struct Line<'a> {
+        time: String,
+        sub: Option<&'a str>,
+        email: Option<&'a str>,
+        tier: Option<&'a str>,
+        model: Option<&'a str>,
+        provider_model: Option<&'a str>,
+        provider: Option<&'static str>,
+        status: Option<u32>,
+        input_tokens: u64,
+        output_tokens: u64,
+        cache_write_tokens: u64,
+        cache_read_tokens: u64,
+        cost_usd: Option<f64>,
+        latency_ms: Option<u64>,
+        ttft_ms: Option<u64>,
+        session: Option<&'a str>,
+        refusal: Option<&'static str>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        estimated: bool,
+    }
+
+    fn derived(r: &UsageRecord) -> String {
+        let u = &r.usage;
+        serde_json::to_string(&Line {
+            time: rfc3339_ms(r.time_ms),
+            sub: r.sub.as_deref(),
+            email: r.email.as_deref(),
+            tier: r.tier.as_deref(),
+            model: r.model.as_deref(),
+            provider_model: r.provider_model.as_deref(),
+            provider: r.provider,
+            status: r.status,
+            input_tokens: u.input,
+            output_tokens: u.output,
+            cache_write_tokens: u.cache_write,
+            cache_read_tokens: u.cache_read,
+            cost_usd: r.cost_usd.filter(|c| c.is_finite()),
+            latency_ms: r.latency_ms,
+            ttft_ms: r.ttft_ms,
+            session: r.session.as_deref(),
+            refusal: r.refusal,
+            estimated: r.estimated,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_line_is_what_serde_derives_byte_for_byte() {
+        // Every control character, quotes, backslashes, non-ASCII and an emoji in each string.
+        let nasty: String = (0u8..0x20).map(char::from).chain("\"\\/\u{7f}é漢😀 plain".chars()).collect();
+        let full = UsageRecord {
+            time_ms: 4_107_542_399_999,
+            sub: Some(nasty.clone()),
+            email: Some(format!("a{nasty}@example.com")),
+            tier: Some(nasty.clone()),
+            model: Some("claude-sonnet-4-6".into()),
+            provider_model: Some(nasty.clone()),
+            provider: Some("bedrock"),
+            status: Some(u32::MAX),
+            usage: Usage { input: u64::MAX, output: 0, cache_write: 1, cache_read: 123_456_789 },
+            cost_usd: Some(0.000_000_1),
+            latency_ms: Some(u64::MAX),
+            ttft_ms: Some(0),
+            session: Some(nasty),
+            refusal: Some("budget_exhausted"),
+            estimated: true,
+        };
+        let costs = [
+            None,
+            Some(0.0),
+            Some(1e-12),
+            Some(0.0123),
+            Some(12_345.678_9),
+            Some(1e300),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+        ];
+        for cost in costs {
+            for r in [
+                UsageRecord { cost_usd: cost, ..full.clone() },
+                UsageRecord { cost_usd: cost, ..UsageRecord::default() },
+            ] {
+                assert_eq!(r.to_json(), derived(&r), "{cost:?}");
+                assert!(serde_json::from_str::<Value>(&r.to_json()).is_ok());
+            }
         }
     }
 
