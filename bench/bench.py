@@ -93,6 +93,7 @@ CONFIGS = [
     ("native_lua", "(3) native + Lua `model` rewrite"),
     ("empty_wasm", "(4) empty Rust Wasm filter"),
     ("wasm_rewrite", "(5) Wasm floor: hold headers, buffer body, rewrite `model`, set body"),
+    ("wasm_calls", "(5a) the floor + every host call (6) makes, with fixed values and no decisions"),
     ("filter_cached", "(6) this filter, cached token"),
     ("filter_cold", "(6a) this filter, cached token, `validation_cache_bytes: 0` (every body validated whole)"),
     ("filter_store", "(7) this filter, cached token, budget store (Redis via Webdis)"),
@@ -104,7 +105,7 @@ if ONLY:
         sys.exit(f"BENCH_ONLY: no configuration named {', '.join(sorted(unknown))}")
     CONFIGS = [(c, label) for c, label in CONFIGS if c in ONLY or c == "passthrough"]
 # Configurations that do not swap the key: the client sends the provider's.
-PLAIN = ("passthrough", "empty_wasm", "wasm_rewrite")
+PLAIN = ("passthrough", "empty_wasm", "wasm_rewrite", "wasm_calls")
 KINDS = [("1k", "json"), ("1k", "sse"), ("130k", "json"), ("130k", "sse")]
 BODY_NAMES = {"1k": "1 KiB body", "130k": "Claude Code body (130 KB)"}
 
@@ -444,6 +445,7 @@ class Bench:
             "native_lua": (native_filters(self.signer, lua=True), {}),
             "empty_wasm": ([wasm_filter("", wasm_path=EMPTY_WASM)], {}),
             "wasm_rewrite": ([wasm_filter("rewrite", wasm_path=EMPTY_WASM)], {}),
+            "wasm_calls": ([wasm_filter("calls", wasm_path=EMPTY_WASM)], {}),
             "filter_cached": ([wasm_filter(filter_config, env_keys=sorted(env))], gateway),
             "filter_cold": ([wasm_filter(cold_config, env_keys=sorted(env))], gateway),
             "filter_store": ([wasm_filter(store_filter_config, env_keys=sorted(env))], gateway),
@@ -715,6 +717,22 @@ def targets(results, ttfb_p99, rss, memory, sync, verify):
     return rows
 
 
+def split_over_floor(results):
+    """What (6) adds to the floor (5), split by (5a): Envoy's side of the host calls (5a - 5) and the
+    filter's own code with what it does to Envoy's work around the calls (6 - 5a)."""
+    configs = ("wasm_rewrite", "wasm_calls", "filter_cached")
+    if any((c, size, answer) not in results for c in configs for size, answer in KINDS):
+        return []
+    lines = ["", "**Where (6)'s CPU over the floor goes** (medians of the rows above, µs per request)", "",
+             "| body, answer | (5) floor | host calls: (5a) − (5) | the filter's own code: (6) − (5a) | (6) − (5) |",
+             "|---|---|---|---|---|"]
+    for size, answer in KINDS:
+        floor, calls, cached = (statistics.median(r["cpu_us"] for r in results[(c, size, answer)]) for c in configs)
+        lines.append(f"| {BODY_NAMES[size]}, {'SSE' if answer == 'sse' else 'JSON'} | {floor:.0f} | "
+                     f"{calls - floor:+.0f} | {cached - calls:+.0f} | {cached - floor:+.0f} |")
+    return lines
+
+
 def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started):
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), "unknown")
@@ -749,6 +767,7 @@ def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started):
                 f"{fmt_ratio(m['rps'], base['rps'])} / {fmt_ratio(m['rps'], native['rps'])} | {m['p50_ms']:.2f} | "
                 f"{m['p99_ms']:.2f} | {fmt_ratio(m['p99_ms'], base['p99_ms'])} / "
                 f"{fmt_ratio(m['p99_ms'], native['p99_ms'])} |")
+    lines += split_over_floor(results)
     lines += ["", f"**Time to first byte of a streamed answer** ({TTFB_REQUESTS} sequential requests on one "
                   "connection, from the request's last byte sent to the answer's first body byte)", "",
               "| configuration | 1 KiB p50 ms | 1 KiB p99 ms | 130 KB p50 ms | 130 KB p99 ms | 130 KB p99 ratio |",
@@ -763,6 +782,7 @@ def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started):
     lines += ["", "**Memory and size** (Envoy RSS after the load, one worker: the main thread and the worker "
                   "each hold a Wasm VM)", "", "| configuration | Envoy RSS MiB | ratio | `.wasm` bytes |", "|---|---|---|---|"]
     sizes = {"empty_wasm": EMPTY_WASM.stat().st_size, "wasm_rewrite": EMPTY_WASM.stat().st_size,
+             "wasm_calls": EMPTY_WASM.stat().st_size,
              "filter_cached": WASM.stat().st_size, "filter_cold": WASM.stat().st_size,
              "filter_store": WASM.stat().st_size,
              "filter_rotating": WASM.stat().st_size}
