@@ -103,7 +103,8 @@ pub fn rfc3339_ms(ms: u64) -> String {
     // Written digit by digit: made for every request, where `format!` costs more than the rest.
     let mut out = String::with_capacity(24);
     let mut digits = |n: u64, width: u32, after: char| {
-        let n = n.min(10u64.pow(width) - 1);
+        // At least `width` digits, as `{:0width$}` writes them (a year past 9999 has more).
+        let width = width.max(n.checked_ilog10().map_or(1, |d| d + 1));
         for place in (0..width).rev() {
             out.push(char::from(b'0' + (n / 10u64.pow(place) % 10) as u8));
         }
@@ -145,6 +146,7 @@ mod tests {
             (951_782_400_000, "2000-02-29T00:00:00.000Z"),
             (1_764_427_923_123, "2025-11-29T14:52:03.123Z"),
             (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+            (253_402_300_800_000, "10000-01-01T00:00:00.000Z"),
         ];
         for (ms, want) in cases {
             assert_eq!(rfc3339_ms(ms), want, "{ms}");
