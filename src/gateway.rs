@@ -318,7 +318,11 @@ mod tests {
     use serde_json::json;
 
     fn worker_with_keys(keys: &TestKeys) -> Worker {
-        let mut w = Worker::new(plan());
+        worker_with_plan(plan(), keys)
+    }
+
+    fn worker_with_plan(plan: Plan, keys: &TestKeys) -> Worker {
+        let mut w = Worker::new(plan);
         let discovery =
             json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": "https://idp.example.com/keys"});
         assert!(matches!(
@@ -409,6 +413,31 @@ mod tests {
             401,
             "throttled: refused without a fetch"
         );
+    }
+
+    #[test]
+    fn a_remembered_token_is_refused_once_older_than_max_token_age() {
+        let keys = TestKeys::new();
+        let mut doc = crate::config::tests::sample();
+        doc["oidc"]["max_token_age_seconds"] = json!(300);
+        doc["oidc"]["leeway_seconds"] = json!(0);
+        let plan = Plan::from_json(doc.to_string().as_bytes(), &|_| Some("sk-test".to_owned())).unwrap();
+        let mut claims = good_claims();
+        claims["iat"] = json!(NOW);
+        claims["exp"] = json!(NOW + 3600);
+        let token = sign(&keys, claims);
+        let store = crate::shared::tests::FakeStore::default();
+        let mut seen = worker_with_plan(plan.clone(), &keys);
+        assert_eq!(status(&seen.authenticate(&store, &token, NOW, true)), 200, "young: admitted and remembered");
+        assert_eq!(status(&seen.authenticate(&store, &token, NOW + 300, true)), 200, "at the limit");
+        // Past the age limit, the worker that remembers the token answers as one that never saw it.
+        let mut fresh = worker_with_plan(plan, &keys);
+        for (name, worker) in [("remembered", &mut seen), ("new", &mut fresh)] {
+            let AuthOutcome::Refused(reply) = worker.authenticate(&store, &token, NOW + 301, true) else {
+                panic!("{name}: admitted past max_token_age_seconds");
+            };
+            assert_eq!((reply.status, reply.reason), (401, "token_too_old"), "{name}");
+        }
     }
 
     #[test]

@@ -196,7 +196,9 @@ pub struct Identity {
     pub email: Option<String>,
     /// The groups claim, as a list.
     pub groups: Vec<String>,
-    /// `exp`, seconds since the epoch.
+    /// When the token stops being accepted, seconds since the epoch (before the leeway): its
+    /// `exp`, or `iat` + `oidc.max_token_age_seconds` when that comes first, so a token a worker
+    /// remembers is refused at the same moment as one it sees for the first time.
     pub expires_at: u64,
     /// `kid` of the key that verified it, when the token named one.
     pub kid: Option<String>,
@@ -207,7 +209,8 @@ pub struct Identity {
 pub struct ParsedToken {
     alg: Algorithm,
     kid: Option<String>,
-    exp: u64,
+    /// [`Identity::expires_at`].
+    accepted_until: u64,
     claims: serde_json::Map<String, Value>,
 }
 
@@ -246,11 +249,13 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     if nbf.is_some_and(|nbf| now.saturating_add(oidc.leeway_seconds) < nbf) {
         return Err(AuthError::NotYetValid);
     }
+    let mut accepted_until = exp;
     if let Some(max_age) = oidc.max_token_age_seconds {
         let issued = iat.ok_or(AuthError::TokenTooOld)?;
         if now.saturating_sub(issued) > max_age.saturating_add(oidc.leeway_seconds) {
             return Err(AuthError::TokenTooOld);
         }
+        accepted_until = accepted_until.min(issued.saturating_add(max_age));
     }
     let audience_ok = match claims.get("aud") {
         Some(Value::String(a)) => oidc.audiences.contains(a),
@@ -272,7 +277,7 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     if unsafe_text("sub") || unsafe_text("email") {
         return Err(AuthError::UnsafeIdentity);
     }
-    Ok(ParsedToken { alg, kid, exp, claims })
+    Ok(ParsedToken { alg, kid, accepted_until, claims })
 }
 
 impl ParsedToken {
@@ -302,7 +307,7 @@ impl ParsedToken {
             subject,
             email: self.claims.get("email").and_then(Value::as_str).map(str::to_owned),
             groups: groups_at(&self.claims, &oidc.groups_claim),
-            expires_at: self.exp,
+            expires_at: self.accepted_until,
             kid: self.kid,
         })
     }
