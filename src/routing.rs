@@ -104,11 +104,24 @@ impl ToReply for RequestError {
                 "model_not_allowed",
                 "invalid_request_error",
                 &format!(
-                    "model not configured: {model} is not available to tier {tier}; allowed: {}",
+                    "model not configured: {} is not available to tier {tier}; allowed: {}",
+                    shortened(model, MODEL_SHOWN_CHARS),
                     allowed.join(", ")
                 ),
             ),
         }
+    }
+}
+
+/// Most characters of a refused `model` an answer (and with it the refusal's log line) repeats:
+/// the body may hold a `model` of any length.
+const MODEL_SHOWN_CHARS: usize = 100;
+
+/// `text` cut to `max` characters, with `…` when something was cut.
+fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or(text)).into(),
+        None => text.into(),
     }
 }
 
@@ -210,6 +223,7 @@ impl BodyEdit {
 mod tests {
     use super::*;
     use crate::jwt::tests::plan;
+    use serde_json::json;
 
     #[test]
     fn classifies_endpoints() {
@@ -287,6 +301,23 @@ mod tests {
             "{text}"
         );
         assert_eq!(body.resolve(&plan, &plan.tiers[0]).unwrap().model_id, "claude-opus-4-7");
+    }
+
+    #[test]
+    fn a_refused_model_is_quoted_at_most_100_characters_long() {
+        let plan = plan();
+        for (model, shown) in [
+            ("é".repeat(100), "é".repeat(100)),
+            ("é".repeat(101), format!("{}…", "é".repeat(100))),
+            ("m".repeat(1 << 20), format!("{}…", "m".repeat(100))),
+        ] {
+            let body = RequestBody::parse(json!({"model": model}).to_string().as_bytes()).unwrap();
+            let reply = body.resolve(&plan, &plan.tiers[1]).unwrap_err().to_reply();
+            let text: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            let want =
+                format!("model not configured: {shown} is not available to tier standard; allowed: claude-sonnet-4-6");
+            assert_eq!(text["error"]["message"], want);
+        }
     }
 
     #[test]
