@@ -72,7 +72,8 @@ impl CredentialRefusal {
         }
         match serde_json::from_slice::<Answer>(&self.body) {
             Ok(Answer { error }) => {
-                let message: String = error.message.chars().filter(|c| !c.is_control()).take(300).collect();
+                let message: String =
+                    without_secrets(&error.message).chars().filter(|c| !c.is_control()).take(300).collect();
                 let kind: String =
                     error.kind.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
                 format!("{} {kind}: {message}", self.status)
@@ -95,9 +96,57 @@ impl CredentialRefusal {
     }
 }
 
+/// Shortest run of key-like characters (letters, digits, `-_+/=`) that is taken for a secret
+/// when it holds a digit.
+const SECRET_RUN: usize = 16;
+
+/// `text` with every run that looks like a key, token or signature (at least [`SECRET_RUN`]
+/// letters, digits and `-_+/=`, among them a digit) replaced by `[redacted]`: a provider's
+/// error is quoted to the client and the log, and an upstream that echoes the credential it was
+/// sent (a key, an access key id, a session token) must not pass it on. Words stay readable.
+pub fn without_secrets(text: &str) -> String {
+    let key_like = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+' | '/' | '=');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(key_like) {
+        let (before, from) = rest.split_at(start);
+        out.push_str(before);
+        let end = from.find(|c: char| !key_like(c)).unwrap_or(from.len());
+        let (run, after) = from.split_at(end);
+        if run.len() >= SECRET_RUN && run.bytes().any(|b| b.is_ascii_digit()) {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_like_runs_are_redacted_and_words_kept() {
+        let cases = [
+            ("invalid x-api-key", "invalid x-api-key"),
+            ("invalid x-api-key: sk-ant-api03-AbCdEf0123456789_xyz-QQ", "invalid x-api-key: [redacted]"),
+            ("key AKIAIOSFODNN7EXAMPLE is not valid.", "key [redacted] is not valid."),
+            ("token: IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJH+abc=,", "token: [redacted],"),
+            (
+                "InvalidSignatureException: The request signature we calculated does not match",
+                "InvalidSignatureException: The request signature we calculated does not match",
+            ),
+            ("organization_disabled_2024", "[redacted]"),
+            ("short 0123456789abcde é done", "short 0123456789abcde é done"),
+            ("", ""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(without_secrets(text), want, "{text}");
+        }
+    }
 
     const REVOKED: &[u8] = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
 

@@ -84,7 +84,11 @@ impl Answer {
                 if self.status == CredentialRefusal::STATUS {
                     let message = format!(
                         "gateway: Bedrock refused the gateway's AWS credentials ({}); tell your administrator",
-                        String::from_utf8_lossy(&self.error_body).chars().take(300).collect::<String>()
+                        crate::credential_refusal::without_secrets(&String::from_utf8_lossy(&self.error_body))
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(300)
+                            .collect::<String>()
                     );
                     return Chunk::Replace(
                         crate::reply::Reply::error(502, "bedrock_credentials", "api_error", &message).body,
