@@ -6,6 +6,7 @@ import pytest
 from tests.conftest import UPSTREAM_KEY, gateway_config
 from tests.harness.client import call, fixture
 from tests.harness.hosts import HOSTS, gateway_class
+from tests.harness.raw import http1
 
 
 @pytest.fixture
@@ -74,3 +75,24 @@ def test_client_credentials_do_not_reach_the_upstream(stub, signer):
             assert not [v for _, v in headers if token in v]
     finally:
         g.stop()
+
+
+def test_an_empty_body_never_takes_the_clients_headers_upstream(nginx, stub, signer):
+    # nginx reads `Content-Length: 00` as no body and calls no body callback for an empty body;
+    # the filter must decide such requests at the headers, or have emptied the client's
+    # credentials and the gateway's own headers when nginx proxies one it never decided.
+    token = signer.token()
+    spoofed = (f"x-api-key: {token}\r\nAuthorization: Bearer {token}\r\nx-authenticated-user: mallory\r\n"
+               "x-user-email: ceo@example.com\r\nx-user-tier: power\r\nx-gateway-target: evil")
+    for path, status in [("/v1/models", 404), ("/v1/messages?beta=true", 400)]:
+        got, answer = http1(nginx.port, f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: 00\r\n"
+                                         f"Connection: close\r\n{spoofed}")
+        assert got == status, answer
+    assert not stub.requests, stub.requests
+    http1(nginx.port, f"POST /v1/models HTTP/1.1\r\nHost: gateway\r\nTransfer-Encoding: chunked\r\n"
+                      f"Connection: close\r\n{spoofed}", b"0\r\n\r\n")
+    for request in stub.requests:
+        headers = [(k.lower(), v) for k, v in request["headers"]]
+        assert not [v for _, v in headers if token in v], "the client's token went upstream"
+        for name in ("x-authenticated-user", "x-user-email", "x-user-tier", "x-gateway-target", "x-api-key"):
+            assert all(v == "" for k, v in headers if k == name), (name, headers)

@@ -271,7 +271,8 @@ impl Request {
         self.session =
             head.session.filter(|s| s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).map(str::to_owned);
         self.endpoint = Endpoint::classify(head.method, head.path);
-        let declared_empty = head.content_length.is_some_and(|l| l.trim() == "0");
+        // By its number, as the host reads it: nginx takes `Content-Length: 00` for no body.
+        let declared_empty = head.content_length.is_some_and(|l| l.trim().parse::<u64>() == Ok(0));
         let has_body = match self.profile {
             HostProfile::Envoy => !end_of_stream && !declared_empty,
             // ngx never says end of stream here and may never call the body callback for a
@@ -279,17 +280,25 @@ impl Request {
             // (An HTTP/2 request without content-length is therefore answered 400 on ngx.)
             HostProfile::Ngx => head.chunked || (head.content_length.is_some() && !declared_empty),
         };
-        match self.endpoint {
-            Endpoint::Hello => return self.answer(Reply::empty(200)),
-            Endpoint::NotFound => return self.refuse_early(RequestError::NotFound.to_reply(), has_body),
-            Endpoint::Messages | Endpoint::CountTokens => {}
+        if self.endpoint == Endpoint::Hello {
+            return self.answer(Reply::empty(200));
         }
-        self.phase = Phase::Deciding;
         // Everything the client may not choose is taken away before anything else happens, so no
         // later path can forward it.
         let count = |name: &str| headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count();
         let present: Vec<String> =
             worker.stripped_headers().iter().filter(|name| count(name) > 0).map(|n| (*n).to_owned()).collect();
+        if self.endpoint == Endpoint::NotFound {
+            let mut step = self.refuse_early(RequestError::NotFound.to_reply(), has_body);
+            // ngx answers at the body, and never calls the filter there for a chunked body that
+            // turns out empty: nginx then proxies the request, which must carry nothing of the
+            // client's (no provider key is ever set on this path).
+            if self.profile == HostProfile::Ngx {
+                step.set_headers = present.into_iter().map(|n| (n, String::new())).collect();
+            }
+            return step;
+        }
+        self.phase = Phase::Deciding;
         let mut step = match present.iter().find(|name| count(name) > 1) {
             // One value each: ngx cannot take every copy of a repeated header away (below).
             Some(name) if name == "authorization" || name == "x-api-key" => {

@@ -254,6 +254,20 @@ pub fn expected(setup: &Setup) -> Vec<End> {
     }
 }
 
+/// The step a request's headers get on `profile` from a worker with keys, for a good token
+/// sent as `Authorization` and `x-api-key` after `headers`.
+pub fn headers_step(profile: HostProfile, headers: &[(&str, &str)]) -> Step {
+    let mut worker = Worker::new(plan());
+    let host = FakeHost { idp_up: true, data: RefCell::default(), next_id: Cell::new(0), pending: RefCell::default() };
+    let discovery = serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string();
+    worker.on_fetched(&Fetch::Discovery, Some(200), discovery.as_bytes(), NOW);
+    worker.on_fetched(&Fetch::Jwks, Some(200), jwks().as_bytes(), NOW);
+    let (token, bearer) = (token(Token::Good), format!("Bearer {}", token(Token::Good)));
+    let mut all = headers.to_vec();
+    all.extend([("Authorization", bearer.as_str()), ("x-api-key", token.as_str())]);
+    Request::new(profile).on_request_headers(&mut worker, &host, &all, false)
+}
+
 /// Drives one request through `events` (then lets the host finish what is left) and checks the
 /// invariant at every step. Returns how it ended, or the violated rule.
 pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {

@@ -62,3 +62,46 @@ fn without_reset_every_request_gets_its_answer() {
         assert!(sim::expected(&setup).contains(&got), "{setup:?}: {got:?}");
     }
 }
+
+/// nginx reads `Content-Length: 00` as no body and then never calls the body callback: such a
+/// request is decided at its headers, as one declaring `0`.
+#[test]
+fn a_length_of_zero_written_any_way_is_no_body() {
+    for profile in [HostProfile::Envoy, HostProfile::Ngx] {
+        for length in ["0", "00", " 000 "] {
+            for (path, status) in [("/v1/messages", 400), ("/v1/models", 404)] {
+                let step =
+                    sim::headers_step(profile, &[(":method", "POST"), (":path", path), ("Content-Length", length)]);
+                let reply = step.reply.unwrap_or_else(|| panic!("{profile:?} {path} {length:?}: not answered at once"));
+                assert_eq!(reply.status, status, "{profile:?} {path} {length:?}");
+            }
+        }
+    }
+}
+
+/// On ngx a request refused at its headers is answered at the body, which nginx never hands over
+/// when a chunked body turns out empty; nginx then proxies it. It must carry nothing of the
+/// client's: credentials and the gateway's own headers are emptied on every path.
+#[test]
+fn on_ngx_a_request_refused_before_its_body_carries_nothing_of_the_clients() {
+    let spoofed =
+        [("X-Authenticated-User", "mallory"), ("x-user-email", "ceo@example.com"), ("x-gateway-target", "evil")];
+    for path in ["/v1/models", "/v1/messages"] {
+        let mut headers = vec![(":method", "POST"), (":path", path), ("Transfer-Encoding", "chunked")];
+        headers.extend(spoofed);
+        let step = sim::headers_step(HostProfile::Ngx, &headers);
+        assert!(step.reply.is_none() && !step.forwarded, "{path}: decided at the body");
+        let mut emptied: Vec<&str> =
+            step.set_headers.iter().filter(|(_, v)| v.is_empty()).map(|(n, _)| n.as_str()).collect();
+        emptied.sort_unstable();
+        assert_eq!(
+            emptied,
+            ["authorization", "x-api-key", "x-authenticated-user", "x-gateway-target", "x-user-email"],
+            "{path}"
+        );
+        assert!(
+            step.set_headers.iter().all(|(_, v)| v.is_empty()),
+            "{path}: nothing of the gateway's before the decision"
+        );
+    }
+}
