@@ -47,6 +47,9 @@ pub enum RequestError {
     MissingModel,
     /// `content-length` is not a number.
     InvalidLength,
+    /// The body is sent encoded (`content-encoding` other than `identity`): the gateway checks
+    /// bytes the provider would decode into something else.
+    Encoded(String),
     /// A header the gateway sets itself was sent more than once.
     RepeatedHeader(String),
     /// The host could not hand the body to the filter (nginx spilled it to a temp file).
@@ -89,6 +92,16 @@ impl ToReply for RequestError {
                 "repeated_header",
                 "invalid_request_error",
                 &format!("gateway: the {name} header is set by the gateway and may not be sent (let alone twice)"),
+            ),
+            RequestError::Encoded(coding) => Reply::error(
+                415,
+                "content_encoding",
+                "invalid_request_error",
+                &format!(
+                    "gateway: request bodies must not be compressed (content-encoding: {}); send it without \
+                     content-encoding",
+                    shortened(coding, 40)
+                ),
             ),
             RequestError::InvalidLength => {
                 Reply::error(400, "invalid_length", "invalid_request_error", "gateway: content-length is not a number")

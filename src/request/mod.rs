@@ -145,6 +145,8 @@ struct Head<'a> {
     authorization: Vec<&'a str>,
     api_key: Vec<&'a str>,
     content_length: Option<&'a str>,
+    /// `content-encoding` values other than `identity`.
+    encoded: Option<&'a str>,
     chunked: bool,
     session: Option<&'a str>,
     betas: Vec<&'a str>,
@@ -166,6 +168,9 @@ impl<'a> Head<'a> {
                 "authorization" => head.authorization.push(value),
                 "x-api-key" => head.api_key.push(value),
                 "content-length" => head.content_length = Some(value),
+                "content-encoding" if !value.trim().is_empty() && !value.trim().eq_ignore_ascii_case("identity") => {
+                    head.encoded = Some(value)
+                }
                 "transfer-encoding" => head.chunked = true,
                 "x-claude-code-session-id" => head.session = Some(value),
                 "anthropic-beta" => head.betas.push(value),
@@ -336,6 +341,11 @@ impl Request {
         }
         if !has_body {
             return self.answer(RequestError::MissingModel.to_reply());
+        }
+        // Claude Code never compresses a request; a provider that decodes one would read another
+        // body than the one checked here.
+        if let Some(coding) = head.encoded {
+            return self.refuse_early(RequestError::Encoded(coding.trim().to_owned()).to_reply(), has_body);
         }
         match jwt::take_token(head.authorization.first().copied(), head.api_key.first().copied()) {
             Ok(token) => self.authenticate(worker, host, token, true),

@@ -105,3 +105,20 @@ fn on_ngx_a_request_refused_before_its_body_carries_nothing_of_the_clients() {
         );
     }
 }
+
+#[test]
+fn an_encoded_body_is_refused_and_identity_is_not_an_encoding() {
+    let head = |coding: &'static str| {
+        let headers =
+            [(":method", "POST"), (":path", "/v1/messages"), ("Content-Length", "20"), ("Content-Encoding", coding)];
+        sim::headers_step(HostProfile::Envoy, &headers)
+    };
+    for coding in ["gzip", "deflate", "br", "zstd", "identity, gzip"] {
+        let reply = head(coding).reply.unwrap_or_else(|| panic!("{coding:?}: not refused"));
+        assert_eq!((reply.status, reply.reason), (415, "content_encoding"), "{coding:?}");
+    }
+    for coding in ["identity", " Identity ", ""] {
+        let step = head(coding);
+        assert!(step.reply.is_none(), "{coding:?}: refused");
+    }
+}
