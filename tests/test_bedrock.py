@@ -67,7 +67,11 @@ def sse(body: bytes):
 
 
 def test_a_streamed_answer_arrives_as_anthropic_sse(bedrock_gateway, aws, signer):
-    answer = call(bedrock_gateway.port, signer.token(), STREAM)
+    # Bedrock takes parameters as headers: a client choosing a pricier service tier or a guardrail
+    # is not passed on, nor a date or token of its own for the signature.
+    chosen = {"X-Amzn-Bedrock-Service-Tier": "priority", "x-amzn-bedrock-guardrailidentifier": "g-1",
+              "X-Amz-Date": "20000101T000000Z", "x-amz-security-token": "client-token"}
+    answer = call(bedrock_gateway.port, signer.token(), STREAM, headers=chosen)
     assert answer.status == 200, answer.body[:500]
     assert answer.headers["content-type"] == "text/event-stream"
     names = [name for name, _ in sse(answer.body)]
@@ -79,6 +83,8 @@ def test_a_streamed_answer_arrives_as_anthropic_sse(bedrock_gateway, aws, signer
     assert headers["host"] == "bedrock-runtime.us-east-1.amazonaws.com"
     assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDSTUBEXAMPLE/")
     assert "x-api-key" not in headers and "anthropic-beta" not in headers
+    assert "x-amzn-bedrock-service-tier" not in headers and "x-amzn-bedrock-guardrailidentifier" not in headers
+    assert headers["x-amz-date"] != "20000101T000000Z" and headers["x-amz-security-token"] == "stub-session-token"
     body = json.loads(sent["body"])
     assert "model" not in body and "stream" not in body
     assert body["anthropic_version"] == "bedrock-2023-05-31"

@@ -150,6 +150,8 @@ struct Head<'a> {
     chunked: bool,
     session: Option<&'a str>,
     betas: Vec<&'a str>,
+    /// Names of `x-amz…` headers (AWS's own, e.g. `x-amzn-bedrock-service-tier`), lower-case.
+    aws: Vec<String>,
 }
 
 impl<'a> Head<'a> {
@@ -174,6 +176,7 @@ impl<'a> Head<'a> {
                 "transfer-encoding" => head.chunked = true,
                 "x-claude-code-session-id" => head.session = Some(value),
                 "anthropic-beta" => head.betas.push(value),
+                aws if aws.starts_with("x-amz") => head.aws.push(aws.to_owned()),
                 _ => {}
             }
         }
@@ -212,6 +215,9 @@ pub struct Request {
     admitted_tier: Option<String>,
     /// The client's `anthropic-beta` header values (a Bedrock target moves them into the body).
     betas: Vec<String>,
+    /// The client's `x-amz…` header names: Bedrock takes parameters (service tier, guardrails,
+    /// latency) as headers, and only the gateway chooses what a Bedrock request costs.
+    aws_headers: Vec<String>,
     /// The answer comes from Bedrock and is translated back.
     answer_translation: Option<crate::bedrock::Answer>,
     /// Anthropic refused the gateway's own key: the answer is replaced by a 502.
@@ -241,6 +247,7 @@ impl Request {
             status: None,
             admitted_tier: None,
             betas: Vec::new(),
+            aws_headers: Vec::new(),
             answer_translation: None,
             credential_refusal: None,
         }
@@ -269,8 +276,9 @@ impl Request {
         }
         self.now_ms = host.now_ms();
         self.started_ms = self.now_ms;
-        let head = Head::read(headers);
+        let mut head = Head::read(headers);
         self.betas = head.betas.iter().map(|b| (*b).to_owned()).collect();
+        self.aws_headers = std::mem::take(&mut head.aws);
         // An id for grouping a person's requests, not trusted for anything else: kept short and
         // printable so it cannot break a log line.
         self.session =
@@ -537,7 +545,10 @@ impl Request {
                 step.warnings = refusal.warnings;
                 step
             }
-            Ok((Forward { body: edit, mut headers, remove_headers, bedrock, route, warnings }, metering)) => {
+            Ok((Forward { body: edit, mut headers, mut remove_headers, bedrock, route, warnings }, metering)) => {
+                if bedrock {
+                    remove_headers.append(&mut self.aws_headers);
+                }
                 self.route = Some(route);
                 self.answer_translation = bedrock.then(crate::bedrock::Answer::default);
                 let mut step = Step { flow: Flow::Continue, body: edit, forwarded: true, warnings, ..Step::default() };
