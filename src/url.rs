@@ -26,9 +26,11 @@ impl HttpUrl {
             "http" => 80,
             _ => return Err(NOT_URL),
         };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+        // The authority ends at the path, the query or the fragment, whichever comes first.
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
+            Some(i) => (&rest[..i], rest[i..].to_owned()),
+            None => (rest, "/".to_owned()),
         };
         if authority.is_empty() || authority.contains('@') || path.contains('#') {
             return Err(NOT_URL);
@@ -42,7 +44,7 @@ impl HttpUrl {
             authority: authority.to_owned(),
             host: host.to_owned(),
             port: port.unwrap_or(default_port),
-            path: path.to_owned(),
+            path,
         })
     }
 
@@ -77,11 +79,20 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
             None => (authority, None),
         }
     };
-    if host.is_empty() {
+    // A name (letters, digits, `.`, `-`, `_`) or a bracketed IPv6 literal: nothing that would
+    // end up in the upstream name or `:authority` as something else.
+    let name = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    let literal = |b: u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
+    let valid = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => !v6.is_empty() && v6.bytes().all(literal),
+        None => !host.is_empty() && host.bytes().all(name),
+    };
+    if !valid {
         return None;
     }
     match port {
         None => Some((host, None)),
+        Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => None,
         Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).map(|p| (host, Some(p))),
     }
 }
@@ -97,6 +108,8 @@ mod tests {
             ("https://idp.example.com/oauth2/default", "idp.example.com:443", "/oauth2/default"),
             ("http://127.0.0.1:9100", "127.0.0.1:9100", "/"),
             ("http://[::1]:9100/x?y=1", "[::1]:9100", "/x?y=1"),
+            ("https://keys.example.com?tenant=a", "keys.example.com:443", "/?tenant=a"),
+            ("http://keycloak_1:8080/realms/x", "keycloak_1:8080", "/realms/x"),
         ];
         for (url, upstream, path) in cases {
             let u = HttpUrl::parse(url).unwrap();
@@ -114,7 +127,14 @@ mod tests {
             "https://u:p@x/",
             "https://x:99999",
             "https://x/#f",
+            "https://x#f",
             "https://x/ y",
+            "https://x:+443/",
+            "https://x:/",
+            "https://x%2f/",
+            "https://x;y/",
+            "https://[zz]/",
+            "https://[]:1/",
         ] {
             assert!(HttpUrl::parse(bad).is_err(), "{bad}");
         }

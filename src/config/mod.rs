@@ -22,6 +22,9 @@ pub(crate) const MAX_TIMEOUT_MS: u64 = 300_000;
 /// Most clock skew forgiven on a token's time claims (Envoy's `jwt_authn` defaults to 60 s).
 const MAX_LEEWAY_SECONDS: u64 = 600;
 
+/// Most verified tokens a worker remembers (`oidc.token_cache_entries`).
+const MAX_TOKEN_CACHE_ENTRIES: usize = 1 << 20;
+
 /// Most `validation_cache_bytes` (each worker holds its own).
 const MAX_VALIDATION_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Longest period or age in seconds: a year.
@@ -276,6 +279,11 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
 
 fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     let issuer_url = HttpUrl::parse(&raw.issuer).map_err(|e| ConfigError::new("oidc.issuer", e))?;
+    // OpenID Connect Discovery: an issuer has no query or fragment (its discovery document is
+    // found by appending to the path).
+    if raw.issuer.contains(['?', '#']) {
+        return Err(ConfigError::new("oidc.issuer", "must not have a query or fragment"));
+    }
     if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
         return Err(ConfigError::new("oidc.audiences", "at least one non-empty audience is required"));
     }
@@ -289,6 +297,14 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     };
     let jwks_upstream = match raw.jwks_upstream {
         Some(u) => check_upstream("oidc.jwks_upstream", u)?,
+        // Callouts go to the issuer's upstream: a JWKS elsewhere would be asked of the wrong
+        // server and keys would never load (discovery refuses the same case at run time).
+        None if jwks_uri.as_ref().is_some_and(|j| !j.same_origin(&issuer_url)) => {
+            return Err(ConfigError::new(
+                "oidc.jwks_upstream",
+                "required when oidc.jwks_uri is on another host than the issuer",
+            ))
+        }
         None => upstream.clone(),
     };
     let groups_claim: Vec<String> = raw.groups_claim.split('.').map(str::to_owned).collect();
@@ -320,6 +336,10 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         ("oidc.max_token_age_seconds", raw.max_token_age_seconds.unwrap_or(0), MAX_SECONDS),
     ];
     check_at_most(&at_most)?;
+    // Each entry holds a person's identity and groups: a bound on what a worker may keep.
+    if raw.token_cache_entries > MAX_TOKEN_CACHE_ENTRIES {
+        return Err(ConfigError::new("oidc.token_cache_entries", format!("must be at most {MAX_TOKEN_CACHE_ENTRIES}")));
+    }
     if raw.max_token_age_seconds == Some(0) {
         return Err(ConfigError::new("oidc.max_token_age_seconds", "must be greater than 0"));
     }
@@ -366,9 +386,10 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
         let name = name.to_ascii_lowercase();
         let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         // Headers that frame or route the request, or that the gateway sets itself.
-        let reserved = matches!(
-            name.as_str(),
-            "authorization"
+        let reserved =
+            matches!(
+                name.as_str(),
+                "authorization"
                 | "x-api-key"
                 | "host"
                 | "content-length"
@@ -384,7 +405,16 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
                 | "expect"
                 | "cookie"
                 | "x-gateway-target"
-        ) || ["proxy-", "anthropic-", "x-envoy-", "x-amz-"].iter().any(|p| name.starts_with(p));
+                // Set by the proxy or the client for tracing and routing: overwriting them with an
+                // identity would merge a person's requests into one trace or hide where they came from.
+                | "x-request-id"
+                | "forwarded"
+                | "via"
+                | "x-real-ip"
+                | "user-agent"
+                | "accept"
+                | "x-claude-code-session-id"
+            ) || ["proxy-", "anthropic-", "x-envoy-", "x-amz", "x-forwarded-"].iter().any(|p| name.starts_with(p));
         if !valid || reserved {
             return Err(ConfigError::new(field, format!("{name:?} is not a usable header name")));
         }
@@ -406,6 +436,11 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
 
 fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<Target, ConfigError> {
     let field = format!("targets.{name}");
+    // The name goes upstream as `x-gateway-target`, which Envoy routes on: a name that cannot be
+    // a header value would send the request down the default route.
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err(ConfigError::new(field, "a target's name must be letters, digits, '-', '_' or '.'"));
+    }
     if raw.provider == Provider::Bedrock {
         let bedrock = bedrock::compile(&field, raw, env)?;
         return Ok(Target {
@@ -414,10 +449,6 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
             api_key: String::new(),
             bedrock: Some(bedrock),
         });
-    }
-    // The name goes upstream as `x-gateway-target`, which Envoy routes on.
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-        return Err(ConfigError::new(field, "a target's name must be letters, digits, '-', '_' or '.'"));
     }
     bedrock::check_absent(&field, raw)?;
     let api_key = match (&raw.api_key, &raw.api_key_env) {
@@ -428,11 +459,17 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
             ConfigError::new(format!("{field}.api_key_env"), format!("environment variable {var} is not set in the VM"))
         })?,
     };
+    let key_field = if raw.api_key.is_some() { format!("{field}.api_key") } else { format!("{field}.api_key_env") };
     if api_key.trim().is_empty() {
-        return Err(ConfigError::new(field, "the api key is empty"));
+        return Err(ConfigError::new(key_field, "the api key is empty"));
     }
     if api_key.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err(ConfigError::new(field, "the api key contains control characters"));
+        return Err(ConfigError::new(key_field, "the api key contains control characters"));
+    }
+    // A key pasted with a space or a stray character around it would be refused by the provider
+    // on every request: refused here instead, without quoting it.
+    if api_key.trim() != api_key || !api_key.is_ascii() {
+        return Err(ConfigError::new(key_field, "the api key has spaces around it or characters that are not ASCII"));
     }
     Ok(Target { name: name.to_owned(), provider: raw.provider, api_key, bedrock: None })
 }
@@ -667,6 +704,49 @@ pub(crate) mod tests {
                         json!({"anthropic\r\nx-a: b": {"provider": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}})
                 },
                 "config error: targets.anthropic\r\nx-a: b: a target's name must be letters, digits",
+            ),
+            (
+                "an issuer with a query",
+                |d| d["oidc"]["issuer"] = json!("https://idp.example.com?x=1"),
+                "config error: oidc.issuer: must not have a query or fragment",
+            ),
+            (
+                "an issuer port with a sign",
+                |d| d["oidc"]["issuer"] = json!("https://idp.example.com:+443/o"),
+                "config error: oidc.issuer: must be an http:// or https:// URL",
+            ),
+            (
+                "a JWKS on another host without its upstream",
+                |d| d["oidc"]["jwks_uri"] = json!("https://keys.other.example/jwks"),
+                "config error: oidc.jwks_upstream: required when oidc.jwks_uri is on another host than the issuer",
+            ),
+            (
+                "a token cache no worker should hold",
+                |d| d["oidc"]["token_cache_entries"] = json!(1_000_000_000_u64),
+                "config error: oidc.token_cache_entries: must be at most 1048576",
+            ),
+            (
+                "a tracing header as identity header",
+                |d| d["identity_headers"] = json!({"user": "X-Request-Id"}),
+                "config error: identity_headers.user: \"x-request-id\" is not a usable header name",
+            ),
+            (
+                "a forwarding header as identity header",
+                |d| d["identity_headers"] = json!({"email": "x-forwarded-for"}),
+                "config error: identity_headers.email: \"x-forwarded-for\" is not a usable header name",
+            ),
+            (
+                "a key pasted with a space after it",
+                |d| d["targets"]["anthropic"] = json!({"provider": "anthropic", "api_key": "sk-ant-x "}),
+                "config error: targets.anthropic.api_key: the api key has spaces around it",
+            ),
+            (
+                "a Bedrock target name that is not a header value",
+                |d| {
+                    d["targets"]["bed rock"] = json!({"provider": "bedrock", "region": "us-east-1",
+                        "access_key_id": "AKIDEXAMPLE", "secret_access_key": "secret"})
+                },
+                "config error: targets.bed rock: a target's name must be letters, digits",
             ),
             ("no tiers", |d| d["tiers"] = json!([]), "config error: tiers: at least one tier is required"),
             (
