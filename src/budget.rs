@@ -355,19 +355,19 @@ pub fn admit(
     let mut admitted = Vec::with_capacity(limits.len());
     for (i, limit) in limits.iter().enumerate() {
         let key = limit.key_for(person);
-        let hold = holds.get(i).copied().unwrap_or(0);
+        // What a counter can take; the request is recorded as holding what was added.
+        let hold = i64::try_from(holds.get(i).copied().unwrap_or(0)).unwrap_or(i64::MAX);
         let mut seen = None;
         let written = shared::update(store, &key, |current| {
             let counter = decode(current, &key);
             let s = standing(limit, &counter, now);
             let room = s.retry_after == 0;
             seen = Some(s);
-            let hold = i64::try_from(hold).unwrap_or(i64::MAX);
             (room && hold > 0).then(|| counter.add(limit.window, now, hold).encode())
         });
         // A store that fails (contention, a full zone) costs the reserve, never the request.
         let s = seen.unwrap_or_else(|| standing(limit, &decode(None, &key), now));
-        admitted.push((s, if written == Ok(true) { hold } else { 0 }));
+        admitted.push((s, if written == Ok(true) { hold.unsigned_abs() } else { 0 }));
     }
     let worst = admitted.iter().map(|(s, _)| s).filter(|s| s.retry_after > 0).max_by_key(|s| s.retry_after).cloned();
     match worst {

@@ -189,7 +189,9 @@ impl Metering {
         for ((s, reserved), estimate) in self.standings.iter().zip(&self.reserved).zip(&self.estimate) {
             let actual = units(s.limit.counts, &usage, self.subject.price.as_ref());
             let charge = if known { actual } else { actual.max(*estimate) };
-            let delta = i64::try_from(i128::from(charge) - i128::from(*reserved)).unwrap_or(i64::MAX);
+            // A refund as large as the hold is a refund, however large: clamped, never flipped.
+            let delta = (i128::from(charge) - i128::from(*reserved)).clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+            let delta = i64::try_from(delta).unwrap_or(0);
             let key = s.limit.key_for(&self.subject.person_key);
             if let Err(e) = budget::charge(store, &key, s.limit.window, now, delta) {
                 warnings.push(format!("could not charge {delta} to budget {key}: {e:?}"));

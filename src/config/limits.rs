@@ -100,6 +100,12 @@ pub(super) fn compile_budgets(raw: RawBudgets) -> Result<Budgets, ConfigError> {
     if !(raw.warning_share > 0.0 && raw.warning_share <= 1.0) {
         return Err(ConfigError::new("budgets.warning_share", "must be greater than 0 and at most 1"));
     }
+    if raw.reserve_output_tokens > crate::usage::MAX_PLAUSIBLE_TOKENS {
+        return Err(ConfigError::new(
+            "budgets.reserve_output_tokens",
+            format!("must be at most {}", crate::usage::MAX_PLAUSIBLE_TOKENS),
+        ));
+    }
     Ok(Budgets {
         reserve: raw.reserve,
         reserve_output_tokens: raw.reserve_output_tokens,
@@ -111,6 +117,11 @@ pub(super) fn check_price(field: &str, price: &Price) -> Result<(), ConfigError>
     let all = [price.input, price.output, price.cache_write, price.cache_read];
     if all.iter().any(|p| !p.is_finite() || *p < 0.0) {
         return Err(ConfigError::new(field, "prices must be non-negative numbers (dollars per million tokens)"));
+    }
+    // So that a request's cost (at most MAX_PLAUSIBLE_TOKENS of each kind) stays a count a budget
+    // counter holds exactly.
+    if all.iter().any(|p| *p > MAX_PRICE) {
+        return Err(ConfigError::new(field, format!("prices must be at most {MAX_PRICE} dollars per million tokens")));
     }
     Ok(())
 }
@@ -167,6 +178,9 @@ pub(super) fn compile_limits(
 
 /// The largest limit, in tokens or micro-dollars.
 pub const MAX_UNITS: u64 = 1 << 53;
+
+/// Highest price taken, dollars per million tokens (today's dearest model is below 100).
+const MAX_PRICE: f64 = 1_000_000.0;
 
 // Keys stay short and depend only on what the limit means, so counters survive a reload that
 // keeps the tier and its limits (and Kong's CRC32-keyed store sees few keys).

@@ -748,6 +748,19 @@ pub(crate) mod tests {
                 },
                 "config error: targets.bed rock: a target's name must be letters, digits",
             ),
+            (
+                "an output reserve no request can reach",
+                |d| d["budgets"] = json!({"reserve_output_tokens": u64::MAX}),
+                "config error: budgets.reserve_output_tokens: must be at most 100000000",
+            ),
+            (
+                "a price that overflows a cost",
+                |d| {
+                    d["models"][0]["price"] =
+                        json!({"input": 1e300, "output": 15, "cache_write": 3.75, "cache_read": 0.3})
+                },
+                "prices must be at most 1000000 dollars per million tokens",
+            ),
             ("no tiers", |d| d["tiers"] = json!([]), "config error: tiers: at least one tier is required"),
             (
                 "wrong provider",
