@@ -147,10 +147,13 @@ impl Counter {
 
     /// [`Self::rolled`]'s numbers, without a copy of the key (read on every admission).
     fn moved(&self, window: u64, now: u64) -> Counter {
+        // Windows come from the config (at least 1 s), but also from shared data another
+        // build may have written: never a division by zero.
+        let window = window.max(1);
         let start = now - now % window;
         let (c, p, oc, op) = if self.s == start {
             (self.c, self.p, self.oc, self.op)
-        } else if self.s + window == start {
+        } else if self.s.saturating_add(window) == start {
             (0, self.c, 0, self.oc)
         } else {
             (0, 0, 0, 0)
@@ -424,6 +427,13 @@ pub fn headers(standings: &[Standing], provider: &str, charged: &[u64], warn_sha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_of_zero_from_shared_data_is_read_as_one_second() {
+        let counter = decode(None, "k").add(1, 100, 5);
+        assert_eq!(counter.moved(0, 100).c, 5);
+        assert_eq!(counter.moved(0, 101).p, 5);
+    }
 
     #[test]
     fn waits_read_as_people_read_them() {

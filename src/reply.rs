@@ -43,6 +43,18 @@ impl Reply {
         }
     }
 
+    /// The answer of a worker whose configuration was refused: the operator must fix it, so
+    /// Claude Code is told not to retry.
+    pub fn unconfigured() -> Reply {
+        Reply::error(
+            503,
+            "unconfigured",
+            "api_error",
+            "gateway: the gateway's configuration was refused (see the proxy's log); tell your administrator",
+        )
+        .with_header("x-should-retry", "false")
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
         self.headers.push((name.to_owned(), value.into()));

@@ -89,7 +89,7 @@ def store_config(signer, upstream, limit, on_failure=None):
     config["tiers"][1]["limits"] = [{"limit": limit, "window_seconds": WINDOW, "window_type": "fixed"}]
     # Syncs start on the filter's 500 ms ticks; a short stale_after_ms makes outages show fast.
     config["budget_store"] = {"kind": "webdis", "upstream": upstream, "sync_ms": 200, "timeout_ms": 500,
-                              "stale_after_ms": 900, "on_failure": on_failure or {"divide_by_nodes": 3}}
+                              "stale_after_ms": 1000, "on_failure": on_failure or {"divide_by_nodes": 3}}
     return config
 
 

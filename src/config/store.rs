@@ -115,10 +115,14 @@ pub(super) fn compile_store(raw: RawBudgetStore) -> Result<StorePlan, ConfigErro
     ])?;
     // Two syncs missed, at the pace ticks allow, before a node counts as cut off.
     let stale_after_ms = raw.stale_after_ms.unwrap_or(2 * raw.sync_ms.max(TICK_MS) + raw.timeout_ms);
-    if stale_after_ms < raw.sync_ms + raw.timeout_ms {
+    // Syncs start on ticks: a node fresher than a tick's pace would count as cut off between
+    // every two of them.
+    if stale_after_ms < raw.sync_ms.max(TICK_MS) + raw.timeout_ms {
         return Err(ConfigError::new(
             "budget_store.stale_after_ms",
-            "must be at least budget_store.sync_ms + budget_store.timeout_ms",
+            format!(
+                "must be at least budget_store.sync_ms (or the {TICK_MS} ms tick, if longer) + budget_store.timeout_ms"
+            ),
         ));
     }
     let prefix_ok = !raw.key_prefix.is_empty()
@@ -261,8 +265,18 @@ mod tests {
             (
                 "stale before a sync can answer",
                 |s| s["stale_after_ms"] = json!(1000),
-                "config error: budget_store.stale_after_ms: must be at least budget_store.sync_ms + \
-                 budget_store.timeout_ms",
+                "config error: budget_store.stale_after_ms: must be at least budget_store.sync_ms (or the 500 ms \
+                 tick, if longer) + budget_store.timeout_ms",
+            ),
+            (
+                "stale between two ticks",
+                |s| {
+                    s["sync_ms"] = json!(100);
+                    s["timeout_ms"] = json!(100);
+                    s["stale_after_ms"] = json!(200);
+                },
+                "config error: budget_store.stale_after_ms: must be at least budget_store.sync_ms (or the 500 ms \
+                 tick, if longer) + budget_store.timeout_ms",
             ),
             (
                 "prefix with a colon",

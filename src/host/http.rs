@@ -197,3 +197,15 @@ impl HttpContext for GatewayHttp {
         self.apply_at(step, true);
     }
 }
+
+/// A request on a worker without a configuration: refused, never forwarded.
+pub struct Unconfigured;
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        calls::send_reply(&crate::reply::Reply::unconfigured());
+        Action::Pause
+    }
+}

@@ -210,8 +210,14 @@ impl RootContext for GatewayRoot {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        let worker = self.worker.clone()?;
-        Some(Box::new(http::GatewayHttp::new(worker, Rc::clone(&self.metrics), Rc::clone(&self.profile))))
+        // The SDK aborts the VM on `None`: a worker whose configuration was refused (hosts do
+        // not start one, but nothing here relies on it) refuses requests instead.
+        Some(match self.worker.clone() {
+            Some(worker) => {
+                Box::new(http::GatewayHttp::new(worker, Rc::clone(&self.metrics), Rc::clone(&self.profile)))
+            }
+            None => Box::new(http::Unconfigured),
+        })
     }
 
     fn get_type(&self) -> Option<ContextType> {

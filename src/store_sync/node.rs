@@ -138,7 +138,7 @@ impl Index {
     pub fn live(&self, now_s: u64) -> impl Iterator<Item = Tracked> + '_ {
         self.keys
             .iter()
-            .filter(move |(_, (w, seen))| seen.saturating_add(2 * w) > now_s)
+            .filter(move |(_, (w, seen))| *w > 0 && seen.saturating_add(w.saturating_mul(2)) > now_s)
             .map(|(k, (w, _))| Tracked { key: k.clone(), window: *w })
     }
 }
@@ -152,7 +152,7 @@ pub fn read_index(store: &dyn SharedStore) -> Index {
 pub fn note_in_index(store: &dyn SharedStore, tracked: &[Tracked], now_s: u64) -> Result<bool, StoreError> {
     shared::update(store, INDEX_KEY, |current| {
         let mut index: Index = current.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
-        index.keys.retain(|_, (w, seen)| seen.saturating_add(2 * *w) > now_s);
+        index.keys.retain(|_, (w, seen)| *w > 0 && seen.saturating_add(w.saturating_mul(2)) > now_s);
         for t in tracked {
             index.keys.insert(t.key.clone(), (t.window, now_s));
         }
@@ -197,5 +197,18 @@ mod tests {
         assert_eq!(read_index(&store).live(1120).collect::<Vec<_>>(), vec![t("b", 3600)]);
         note_in_index(&store, &[t("c", 60)], 1200).unwrap();
         assert_eq!(read_index(&store).keys.keys().cloned().collect::<Vec<_>>(), vec!["b", "c"], "a pruned");
+    }
+
+    #[test]
+    fn an_index_entry_with_no_window_or_an_endless_one_is_never_synced() {
+        // Shared data outlives a VM: what another build wrote must not divide by zero or wrap.
+        let store = FakeStore::default();
+        let written = r#"{"keys":{"zero":[0,1000],"huge":[18446744073709551615,1000],"ok":[60,1000]}}"#;
+        store.cas_set(INDEX_KEY, written.as_bytes(), None).unwrap();
+        let live: Vec<String> = read_index(&store).live(1100).map(|t| t.key).collect();
+        assert_eq!(live, ["huge", "ok"]);
+        let t = |k: &str, w| Tracked { key: k.into(), window: w };
+        note_in_index(&store, &[t("new", 60)], 1100).unwrap();
+        assert!(!read_index(&store).keys.contains_key("zero"), "dropped when the index is next written");
     }
 }
