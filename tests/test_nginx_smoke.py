@@ -96,3 +96,18 @@ def test_an_empty_body_never_takes_the_clients_headers_upstream(nginx, stub, sig
         assert not [v for _, v in headers if token in v], "the client's token went upstream"
         for name in ("x-authenticated-user", "x-user-email", "x-user-tier", "x-gateway-target", "x-api-key"):
             assert all(v == "" for k, v in headers if k == name), (name, headers)
+
+
+def test_a_request_is_classified_by_the_uri_nginx_forwards(nginx, stub, signer):
+    # nginx lists its normalised path as `:path` but proxies the client's raw URI: a path that
+    # only normalises to /v1/messages is not /v1/messages to the provider, so it is a 404.
+    token = signer.token()
+    body = fixture("request_title_small_fast_model.json")
+    for raw in ["/v1//messages?beta=true", "/v1/x/../messages?beta=true",
+                "/v1/messages/batches/..%2F..%2Fmessages?beta=true", "/v1/%6Dessages"]:
+        answer = call(nginx.port, token, body, path=raw, timeout=10)
+        assert answer.status == 404, (raw, answer)
+    assert not stub.requests, stub.requests
+    answer = call(nginx.port, token, body, path="/v1/messages?beta=true", timeout=10)
+    assert answer.status == 200, answer
+    assert [r["path"] for r in stub.requests] == ["/v1/messages?beta=true"]

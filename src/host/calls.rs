@@ -268,15 +268,26 @@ pub fn request_headers() -> Vec<u8> {
 /// Which host runs the filter: only nginx has `ngx.*` properties (read in a request, where
 /// ngx_wasm_module can resolve nginx variables; Envoy answers "not found").
 pub fn host_profile() -> HostProfile {
-    let path = serialize_path(&["ngx", "nginx_version"]);
+    match property(&["ngx", "nginx_version"]) {
+        Some(_) => HostProfile::Ngx,
+        None => HostProfile::Envoy,
+    }
+}
+
+/// nginx's request URI as the client sent it (`$request_uri`): what nginx's proxy module
+/// forwards, whereas the `:path` ngx_wasm_module lists is nginx's decoded, normalised `$uri`.
+pub fn ngx_request_uri() -> Option<Vec<u8>> {
+    property(&["ngx", "request_uri"])
+}
+
+/// A host property's value; `None` when the host has none (or answers with an error).
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    let path = serialize_path(path);
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: the path's pointer and length describe `path`; the host writes a pointer and a
     // size through pointers to live locals.
     let code = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-    match returned(code, data, size) {
-        Ok(Some(_)) => HostProfile::Ngx,
-        _ => HostProfile::Envoy,
-    }
+    returned(code, data, size).ok().flatten()
 }
 
 /// Sets (replaces) a request header.

@@ -128,7 +128,17 @@ impl HttpContext for GatewayHttp {
         };
         self.request = Request::new(profile);
         let raw = calls::request_headers();
-        let headers = header_map::pairs(&raw);
+        let mut headers = header_map::pairs(&raw);
+        // nginx proxies the client's URI, not the normalised one it lists as `:path`
+        // (`/v1/messages/batches/..%2F..%2Fmessages` is listed as `/v1/messages`): the request is
+        // classified by what will be forwarded, as on Envoy.
+        let uri = (profile == HostProfile::Ngx).then(calls::ngx_request_uri).flatten();
+        if let Some(uri) = &uri {
+            let uri = std::str::from_utf8(uri).unwrap_or(header_map::NOT_UTF8);
+            for pair in headers.iter_mut().filter(|(name, _)| *name == ":path") {
+                pair.1 = uri;
+            }
+        }
         let step = self.request.on_request_headers(
             &mut self.worker.borrow_mut(),
             &HostCalls::default(),
