@@ -150,7 +150,7 @@ impl Worker {
             }
         };
         let digest = self.tokens.digest(token);
-        let cached = self.tokens.get(&digest, now, oidc.leeway_seconds, |kid| kid.is_none_or(|k| keys.has_kid(k)));
+        let cached = self.tokens.get(&digest, now, oidc.leeway_seconds, |key| keys.has_key(key));
         let identity = match cached {
             Some(identity) => identity,
             None => {
@@ -437,6 +437,42 @@ mod tests {
                 panic!("{name}: admitted past max_token_age_seconds");
             };
             assert_eq!((reply.status, reply.reason), (401, "token_too_old"), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_remembered_token_goes_with_the_key_that_verified_it_named_or_not() {
+        use jwt_simple::prelude::*;
+        let without_kids = |keys: &TestKeys| {
+            let mut doc: serde_json::Value = serde_json::from_str(&keys.jwks()).unwrap();
+            for key in doc["keys"].as_array_mut().unwrap() {
+                key.as_object_mut().unwrap().remove("kid");
+            }
+            doc.to_string()
+        };
+        let store = crate::shared::tests::FakeStore::default();
+        let (old, new) = (TestKeys::new(), TestKeys::new());
+        let unnamed = RS256KeyPair::from_pem(&old.rsa.to_pem().unwrap()).unwrap();
+        let unnamed_token = unnamed.sign(crate::jwt::tests::bare(good_claims())).unwrap();
+        let named_token = sign(&old, good_claims());
+        for (name, token, rotated) in [
+            ("no kid", &unnamed_token, without_kids(&new)),
+            // An IdP that reuses a kid for a new key.
+            ("the same kid, another key", &named_token, new.jwks()),
+        ] {
+            let mut w = worker_with_keys(&old);
+            if name == "no kid" {
+                assert!(matches!(
+                    w.on_fetched(&Fetch::Jwks, Some(200), without_kids(&old).as_bytes(), NOW),
+                    FetchProgress::Installed(_)
+                ));
+            }
+            assert_eq!(status(&w.authenticate(&store, token, NOW, true)), 200, "{name}: admitted, remembered");
+            assert!(matches!(
+                w.on_fetched(&Fetch::Jwks, Some(200), rotated.as_bytes(), NOW + 1),
+                FetchProgress::Installed(_)
+            ));
+            assert_eq!(status(&w.authenticate(&store, token, NOW + 1, false)), 401, "{name}: its key is gone");
         }
     }
 

@@ -123,6 +123,8 @@ pub struct Jwk {
     /// `alg` pinned by the JWK; `None` allows any algorithm of the key's family.
     alg: Option<Algorithm>,
     material: Material,
+    /// Which key this is, whatever its `kid` ([`KeySet::has_key`]).
+    pub fingerprint: u64,
 }
 
 impl std::fmt::Debug for Jwk {
@@ -285,6 +287,12 @@ impl KeySet {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
+    /// Whether the key with this [`Jwk::fingerprint`] is still published (a token it verified
+    /// stays trusted only as long as it is, named by a `kid` or not).
+    pub fn has_key(&self, fingerprint: u64) -> bool {
+        self.keys.iter().any(|k| k.fingerprint == fingerprint)
+    }
+
     /// Number of usable keys.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -294,6 +302,21 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// The key's public parameters, hashed: the same key in every JWKS that publishes it, another
+/// key (a rotation, even under a `kid` used before) another value.
+fn fingerprint(raw: &RawKey) -> u64 {
+    use sha2::{Digest as _, Sha256};
+    let mut hash = Sha256::new();
+    for part in [Some(&raw.kty), raw.crv.as_ref(), raw.n.as_ref(), raw.e.as_ref(), raw.x.as_ref(), raw.y.as_ref()] {
+        hash.update(part.map_or("", |p| p.trim_end_matches('=')).as_bytes());
+        hash.update([0]);
+    }
+    let digest: [u8; 32] = hash.finalize().into();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 fn b64(field: &Option<String>) -> Option<Vec<u8>> {
@@ -337,7 +360,7 @@ fn parse_key(raw: &RawKey, ec_tables: &mut usize) -> Option<Jwk> {
         ("OKP", Some("Ed25519")) => Material::Ed25519(Ed25519Key::new(b64(&raw.x)?.try_into().ok()?)),
         _ => return None,
     };
-    let key = Jwk { kid: raw.kid.clone(), alg, material };
+    let key = Jwk { kid: raw.kid.clone(), alg, material, fingerprint: fingerprint(raw) };
     // A pinned alg from another family (e.g. RS256 on an EC key) makes the key unusable.
     if let Some(pinned) = alg {
         if !key.accepts(pinned) {

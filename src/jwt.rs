@@ -202,6 +202,8 @@ pub struct Identity {
     pub expires_at: u64,
     /// `kid` of the key that verified it, when the token named one.
     pub kid: Option<String>,
+    /// [`crate::jwks::Jwk::fingerprint`] of the key that verified it.
+    pub key: u64,
 }
 
 /// A token split and decoded, before its signature is checked.
@@ -291,16 +293,17 @@ impl ParsedToken {
         // No token makes the gateway try every key. With a `kid`, at most two keys are tried:
         // IdPs do list one key twice under its kid (once with `alg`, once without). Without a
         // `kid`, only a JWKS with exactly one key for the algorithm is accepted.
-        {
+        let key = {
             let most = if self.kid.is_some() { 2 } else { 1 };
             let candidates: Vec<_> = keys.candidates(self.kid.as_deref(), self.alg).take(most + 1).collect();
             if candidates.is_empty() || candidates.len() > most {
                 return Err(AuthError::UnknownKey);
             }
-            if !candidates.iter().any(|key| key.verify(token, self.alg, now)) {
+            let Some(verified_by) = candidates.iter().find(|key| key.verify(token, self.alg, now)) else {
                 return Err(AuthError::BadSignature);
-            }
-        }
+            };
+            verified_by.fingerprint
+        };
         let subject = self.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
         Ok(Identity {
             person_key: short_digest(&subject),
@@ -309,6 +312,7 @@ impl ParsedToken {
             groups: groups_at(&self.claims, &oidc.groups_claim),
             expires_at: self.accepted_until,
             kid: self.kid,
+            key,
         })
     }
 }

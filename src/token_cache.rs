@@ -56,10 +56,10 @@ impl TokenCache {
         digest: &Digest,
         now: u64,
         leeway: u64,
-        key_known: impl Fn(Option<&str>) -> bool,
+        key_known: impl Fn(u64) -> bool,
     ) -> Option<Rc<Identity>> {
         let entry = self.entries.get(digest)?;
-        if now > entry.expires_at.saturating_add(leeway) || !key_known(entry.kid.as_deref()) {
+        if now > entry.expires_at.saturating_add(leeway) || !key_known(entry.key) {
             self.entries.remove(digest);
             return None;
         }
@@ -102,6 +102,7 @@ mod tests {
             groups: vec![],
             expires_at: exp,
             kid: Some("k1".into()),
+            key: 1,
         })
     }
 
@@ -121,7 +122,8 @@ mod tests {
         let mut cache = TokenCache::new(10);
         let d = cache.digest("token");
         cache.insert(d, identity(1000), 900);
-        assert!(cache.get(&d, 950, 0, |kid| kid == Some("k2")).is_none());
+        assert!(cache.get(&d, 950, 0, |key| key == 1).is_some());
+        assert!(cache.get(&d, 950, 0, |key| key == 2).is_none());
     }
 
     #[test]
