@@ -308,7 +308,8 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         None => upstream.clone(),
     };
     let groups_claim: Vec<String> = raw.groups_claim.split('.').map(str::to_owned).collect();
-    if groups_claim.iter().any(String::is_empty) {
+    // A name with spaces around it matches no claim: everyone would be in no tier.
+    if groups_claim.iter().any(|part| part.is_empty() || part.trim() != part) {
         return Err(ConfigError::new("oidc.groups_claim", "must be a claim name or a dotted path"));
     }
     let positive = [
@@ -645,6 +646,11 @@ pub(crate) mod tests {
             (
                 "empty claim path",
                 |d| d["oidc"]["groups_claim"] = json!("realm_access."),
+                "config error: oidc.groups_claim: must be a claim name or a dotted path",
+            ),
+            (
+                "a claim name with a space",
+                |d| d["oidc"]["groups_claim"] = json!(" groups"),
                 "config error: oidc.groups_claim: must be a claim name or a dotted path",
             ),
             (

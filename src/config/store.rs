@@ -63,6 +63,9 @@ const MIN_SYNC_MS: u64 = 100;
 /// How often the filter's root context ticks, milliseconds: syncs start on ticks, so no two are
 /// closer than this whatever `sync_ms` says.
 pub const TICK_MS: u64 = 500;
+
+/// Most nodes `on_failure.divide_by_nodes` may name.
+const MAX_NODES: u32 = 10_000;
 /// Longest key prefix accepted, bytes.
 const MAX_PREFIX: usize = 32;
 
@@ -94,7 +97,7 @@ const MAX_PERIOD_MS: u64 = 3_600_000;
 pub(super) fn compile_store(raw: RawBudgetStore) -> Result<StorePlan, ConfigError> {
     let upstream = super::check_upstream("budget_store.upstream", raw.upstream)?;
     let authority = match raw.authority {
-        Some(a) if a.is_empty() || a.bytes().any(|b| b <= 0x20 || b == 0x7f || b == b'/') => {
+        Some(a) if a.is_empty() || a.bytes().any(|b| b <= 0x20 || b >= 0x7f || b == b'/') => {
             return Err(ConfigError::new("budget_store.authority", "must be a host name or host:port"));
         }
         Some(a) => a,
@@ -136,6 +139,13 @@ pub(super) fn compile_store(raw: RawBudgetStore) -> Result<StorePlan, ConfigErro
     }
     if raw.on_failure == OnStoreFailure::DivideByNodes(0) {
         return Err(ConfigError::new("budget_store.on_failure.divide_by_nodes", "must be at least 1"));
+    }
+    // More nodes than any deployment runs would leave one token per window while cut off.
+    if matches!(raw.on_failure, OnStoreFailure::DivideByNodes(n) if n > MAX_NODES) {
+        return Err(ConfigError::new(
+            "budget_store.on_failure.divide_by_nodes",
+            format!("must be at most {MAX_NODES}"),
+        ));
     }
     Ok(StorePlan {
         kind: raw.kind,
@@ -251,6 +261,16 @@ mod tests {
                 "negative nodes",
                 |s| s["on_failure"] = json!({"divide_by_nodes": -2}),
                 "config error: budget_store.on_failure.divide_by_nodes: invalid value: integer `-2`, expected u32",
+            ),
+            (
+                "more nodes than any deployment",
+                |s| s["on_failure"] = json!({"divide_by_nodes": 4_000_000_000_u64}),
+                "config error: budget_store.on_failure.divide_by_nodes: must be at most 10000",
+            ),
+            (
+                "an authority that is not ASCII",
+                |s| s["authority"] = json!("webdis\u{e9}"),
+                "config error: budget_store.authority: must be a host name or host:port",
             ),
             (
                 "sync too often",
