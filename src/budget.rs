@@ -207,6 +207,26 @@ impl Counter {
         r.oc = r.oc.saturating_add_signed(delta);
         r
     }
+
+    /// Settles a request at `now`: the `held` units admission added at `held_at` leave the
+    /// window that took them (the current one, the previous one, or none once it has passed),
+    /// and the `charge` counts in the current window. A refund never comes out of a window that
+    /// did not hold it (that would erase other people's spend, or be lost at zero).
+    pub fn settle(&self, window: u64, now: u64, held_at: u64, held: u64, charge: u64) -> Counter {
+        let mut r = self.rolled(window, now);
+        let window = window.max(1);
+        let held_start = held_at - held_at % window;
+        if held_start == r.s {
+            r.c = r.c.saturating_sub(held);
+            r.oc = r.oc.saturating_sub(held);
+        } else if held_start.saturating_add(window) == r.s {
+            r.p = r.p.saturating_sub(held);
+            r.op = r.op.saturating_sub(held);
+        }
+        r.c = r.c.saturating_add(charge);
+        r.oc = r.oc.saturating_add(charge);
+        r
+    }
 }
 
 /// The first bytes of a counter in the compact encoding ([`Counter::encode`]).
@@ -259,6 +279,27 @@ pub fn charge(store: &dyn SharedStore, key: &str, window: u64, now: u64, delta: 
         return Ok(());
     }
     shared::update(store, key, |current| Some(decode(current, key).add(window, now, delta).encode())).map(|_| ())
+}
+
+/// Settles one limit's counter for a request: [`Counter::settle`] in the shared store.
+pub fn settle(
+    store: &dyn SharedStore,
+    key: &str,
+    window: u64,
+    now: u64,
+    held_at: u64,
+    held: u64,
+    charge: u64,
+) -> Result<(), StoreError> {
+    let same_window = {
+        let w = window.max(1);
+        now - now % w == held_at - held_at % w
+    };
+    if held == charge && same_window {
+        return Ok(());
+    }
+    shared::update(store, key, |current| Some(decode(current, key).settle(window, now, held_at, held, charge).encode()))
+        .map(|_| ())
 }
 
 /// The state of one limit for one request, for headers and refusals.
@@ -427,6 +468,24 @@ pub fn headers(standings: &[Standing], provider: &str, charged: &[u64], warn_sha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hold_goes_back_to_the_window_that_took_it() {
+        let fresh = || decode(None, "k");
+        // Held 2000 at t=50; others spend 5000 in the next window; the answer (300) ends at t=70.
+        let c = fresh().add(60, 50, 2000).add(60, 65, 5000).settle(60, 70, 50, 2000, 300);
+        assert_eq!((c.s, c.c, c.p), (60, 5300, 0), "the next window keeps the others' spend");
+        assert_eq!((c.oc, c.op), (5300, 0));
+        // Settled in the window that took the hold.
+        let c = fresh().add(60, 50, 2000).add(60, 55, 700).settle(60, 59, 50, 2000, 300);
+        assert_eq!((c.s, c.c, c.p), (0, 1000, 0));
+        // The hold's window has passed altogether (a stream longer than the window).
+        let c = fresh().add(60, 10, 2000).add(60, 125, 40).settle(60, 130, 10, 2000, 300);
+        assert_eq!((c.s, c.c, c.p), (120, 340, 0));
+        // A charge above the hold counts in full where the answer ended.
+        let c = fresh().add(60, 59, 100).settle(60, 61, 59, 100, 900);
+        assert_eq!((c.c, c.p), (900, 0));
+    }
 
     #[test]
     fn a_window_of_zero_from_shared_data_is_read_as_one_second() {

@@ -50,6 +50,9 @@ pub struct Metering {
     standings: Vec<Standing>,
     /// What admission holds on each limit now.
     reserved: Vec<u64>,
+    /// When admission took the holds, seconds since the epoch (settlement gives them back to
+    /// the windows they went into).
+    admitted_at: u64,
     /// What the request is estimated to cost each limit; the least an unknown outcome costs.
     estimate: Vec<u64>,
     warning_share: f64,
@@ -129,6 +132,7 @@ impl Metering {
             subject,
             standings,
             reserved,
+            admitted_at: now,
             estimate,
             warning_share: budgets.warning_share,
             meter: None,
@@ -189,12 +193,9 @@ impl Metering {
         for ((s, reserved), estimate) in self.standings.iter().zip(&self.reserved).zip(&self.estimate) {
             let actual = units(s.limit.counts, &usage, self.subject.price.as_ref());
             let charge = if known { actual } else { actual.max(*estimate) };
-            // A refund as large as the hold is a refund, however large: clamped, never flipped.
-            let delta = (i128::from(charge) - i128::from(*reserved)).clamp(i128::from(i64::MIN), i128::from(i64::MAX));
-            let delta = i64::try_from(delta).unwrap_or(0);
             let key = s.limit.key_for(&self.subject.person_key);
-            if let Err(e) = budget::charge(store, &key, s.limit.window, now, delta) {
-                warnings.push(format!("could not charge {delta} to budget {key}: {e:?}"));
+            if let Err(e) = budget::settle(store, &key, s.limit.window, now, self.admitted_at, *reserved, charge) {
+                warnings.push(format!("could not charge {charge} (held {reserved}) to budget {key}: {e:?}"));
             }
         }
         let cost_usd = self.subject.price.map(|p| cost_micros(&usage, &p) as f64 / 1e6);
@@ -270,6 +271,21 @@ mod tests {
         assert!(!m.on_response_body(&body[..10], false));
         assert!(m.on_response_body(&body[10..], false), "Kong: last chunk without eos");
         assert_eq!(m.settle(&store, 0).unwrap().usage.total(), 10);
+    }
+
+    #[test]
+    fn an_answer_ending_in_the_next_window_gives_its_hold_back_where_it_was_taken() {
+        let store = FakeStore::default();
+        let key = "csg/b/x/t60sp/a1";
+        let mut m =
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 8000, Some(0), 59).unwrap();
+        budget::charge(&store, key, 60, 65, 5000).unwrap(); // others, in the next window
+        let body = br#"{"usage":{"input_tokens":200,"output_tokens":100}}"#;
+        m.on_response_headers(Some(200), "application/json", Some(body.len() as u64));
+        assert!(m.on_response_body(body, true));
+        m.settle(&store, 70).unwrap();
+        let counter = budget::decode(store.get(key).unwrap().0.as_deref(), key);
+        assert_eq!((counter.s, counter.c, counter.p), (60, 5300, 0), "the hold left the window it was in");
     }
 
     #[test]
