@@ -184,16 +184,19 @@ impl Counter {
         match limit.window_type {
             WindowType::Fixed => to_next,
             WindowType::Sliding => {
-                // Within this window the weighted previous share decays; if the current window
-                // alone is full, wait for the next one and then for its previous share to decay.
+                // `used` is c + ceil(p * left / w). Within this window the previous share decays;
+                // if the current window alone is full, room comes in the next one, once this
+                // window's count (then the previous share) has decayed below the limit.
                 let (c, p, w, lim) =
                     (u128::from(r.c), u128::from(r.p), u128::from(limit.window), u128::from(limit.limit));
-                let wait = if c < lim && p > 0 {
-                    // p * (left - d) / w + c < lim  =>  d > left - (lim - c) * w / p
-                    let left = u128::from(to_next);
-                    (left + 1).saturating_sub((lim - c) * w / p).max(1)
+                let left = u128::from(to_next);
+                let wait = if c < lim {
+                    // c + ceil(p * (left - d) / w) <= lim - 1  <=>  d >= left - floor((lim - c - 1) * w / p)
+                    // (p > 0 here: with p = 0 there would be room now).
+                    left.saturating_sub((lim - c - 1) * w / p.max(1)).max(1)
                 } else {
-                    u128::from(to_next) + (w + 1).saturating_sub(lim * w / c.max(1)).max(1)
+                    // ceil(c * (w - e) / w) <= lim - 1, e seconds into the next window.
+                    left + w - ((lim.saturating_sub(1)) * w / c).min(w)
                 };
                 u64::try_from(wait).unwrap_or(u64::MAX)
             }
@@ -586,6 +589,29 @@ mod tests {
             assert!(c.used(l, now + wait - 1) >= l.limit, "{name}: no room one second earlier");
         }
         assert_eq!(counter(600, 10, 0).retry_after(&sliding, 630), 0);
+    }
+
+    #[test]
+    fn retry_after_is_the_first_second_with_room_for_every_sliding_state() {
+        // Brute force: step a second at a time until `used` drops below the limit.
+        let mut checked = 0;
+        for window in [1, 2, 7, 60] {
+            for lim in [1, 2, 3, 10, 100] {
+                let l = limit(lim, window, WindowType::Sliding);
+                for c in (0..=3 * lim).step_by(((lim / 10) as usize).max(1)) {
+                    for p in (0..=3 * lim).step_by(((lim / 10) as usize).max(1)) {
+                        for into in 0..window {
+                            let (stored, now) = (counter(600 * window, c, p), 600 * window + into);
+                            let wait = stored.retry_after(&l, now);
+                            let first = (0..=3 * window).find(|d| stored.used(&l, now + d) < lim).unwrap();
+                            assert_eq!(wait, first, "limit {lim}/{window} s, c {c}, p {p}, {into} s in");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 
     #[test]
