@@ -377,6 +377,27 @@ mod tests {
             ("2^64 in message_delta", 200, "text/event-stream", stream("18446744073709551616"), 2000),
             ("SSE with no event read (CR line ends)", 200, "text/event-stream", stream("5").replace('\n', "\r"), 2000),
             ("the answer read whole", 200, "text/event-stream", stream("5000"), 5100),
+            (
+                "an overload inside a 200 stream, before anything was generated",
+                200,
+                "text/event-stream",
+                "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n".into(),
+                0,
+            ),
+            (
+                "a stream that started and ended in an error",
+                200,
+                "text/event-stream",
+                stream("5").replace("event: message_delta", "event: error"),
+                2000,
+            ),
+            (
+                "a stream that ended before its final usage",
+                200,
+                "text/event-stream",
+                stream("5").replace("event: message_delta", "event: ping"),
+                2000,
+            ),
             ("an error answer that is not JSON", 502, "text/html", "<html>bad gateway</html>".into(), 0),
             ("an error answer without usage", 400, "application/json", r#"{"type":"error"}"#.into(), 0),
         ];

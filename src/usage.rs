@@ -74,10 +74,17 @@ const MAX_EVENT: usize = 16 * 1024 * 1024;
 const MAX_JSON: usize = 4 * 1024 * 1024;
 const JSON_TAIL: usize = 64 * 1024;
 
-/// The events that carry usage. Only they are kept: an event without a name (which Anthropic
-/// never sends) is framed and dropped, so a faulty upstream cannot make the meter hold 16 MiB of it.
+/// The events that carry usage. Only they (and `error`) are kept: an event without a name
+/// (which Anthropic never sends) is framed and dropped, so a faulty upstream cannot make the meter
+/// hold 16 MiB of it.
 fn usage_event(name: &[u8]) -> bool {
     matches!(name, b"message_start" | b"message_delta")
+}
+
+/// The events the meter frames: those with usage, and `error` (an overload or a failure
+/// reported inside a `200` stream).
+fn metered_event(name: &[u8]) -> bool {
+    usage_event(name) || name == b"error"
 }
 
 /// How the answer is encoded.
@@ -91,9 +98,19 @@ enum Body {
 #[derive(Debug)]
 pub struct Meter {
     body: Body,
+    seen: Seen,
+}
+
+/// What the answer has said so far.
+#[derive(Debug, Default)]
+struct Seen {
     fields: [Option<u64>; 4],
     /// Whether any usage was reported at all.
-    pub reported: bool,
+    reported: bool,
+    /// Whether a stream's last usage (`message_delta`, cumulative) came.
+    final_usage: bool,
+    /// Whether a stream reported an error event.
+    error: bool,
     /// Why some of the usage could not be read (the first reason), when it could not.
     unreadable: Option<&'static str>,
 }
@@ -102,20 +119,18 @@ impl Meter {
     /// A meter for an answer with this `content-type`.
     pub fn new(content_type: &str) -> Meter {
         let body = if content_type.trim_start().to_ascii_lowercase().starts_with("text/event-stream") {
-            Body::Sse(Framer::new(usage_event, MAX_EVENT))
+            Body::Sse(Framer::new(metered_event, MAX_EVENT))
         } else {
             Body::Json { bytes: Vec::new(), truncated: false }
         };
-        Meter { body, fields: [None; 4], reported: false, unreadable: None }
+        Meter { body, seen: Seen::default() }
     }
 
     /// Observes one chunk of the answer.
     pub fn push(&mut self, chunk: &[u8]) {
-        let fields = &mut self.fields;
-        let reported = &mut self.reported;
-        let unreadable = &mut self.unreadable;
+        let seen = &mut self.seen;
         match &mut self.body {
-            Body::Sse(framer) => framer.push(chunk, &mut |e| take_event(e, fields, reported, unreadable)),
+            Body::Sse(framer) => framer.push(chunk, &mut |e| seen.take(e)),
             Body::Json { bytes, truncated } => {
                 bytes.extend_from_slice(chunk);
                 if bytes.len() > MAX_JSON {
@@ -128,68 +143,85 @@ impl Meter {
     }
 
     /// Why this answer's usage cannot be taken as what it cost, if it cannot: part of it could
-    /// not be read, or a successful answer reported none (the provider always reports usage with
+    /// not be read, a successful answer reported none (the provider always reports usage with
     /// a 2xx; an answer compressed despite `accept-encoding: identity`, or mislabelled, reads as
-    /// none). Other answers are not charged by their body. Read after [`Meter::finish`].
+    /// none), or a stream that had started ended in an error or without its last usage (the
+    /// client got text the provider generated and bills). A `200` stream whose only news is an
+    /// error (an overload before anything was generated) is an error answer: no problem, nothing
+    /// charged. Other answers are not charged by their body. Read after [`Meter::finish`].
     pub fn problem(&self, status: Option<u32>) -> Option<&'static str> {
         if !status.is_some_and(|s| (200..300).contains(&s)) {
             return None;
         }
-        self.unreadable.or_else(|| (!self.reported).then_some("a successful answer that reported no usage"))
+        let seen = &self.seen;
+        if let Some(why) = seen.unreadable {
+            return Some(why);
+        }
+        let stream = matches!(self.body, Body::Sse(_));
+        match (seen.reported, seen.error) {
+            (false, true) => None,
+            (false, false) => Some("a successful answer that reported no usage"),
+            (true, true) => Some("a stream that ended in an error after it had started"),
+            (true, false) if stream && !seen.final_usage => Some("a stream that ended before its final usage"),
+            (true, false) => None,
+        }
     }
 
     /// Ends the answer and returns its usage (what was reported; zeros where nothing was).
     pub fn finish(&mut self) -> Usage {
-        let fields = &mut self.fields;
-        let reported = &mut self.reported;
-        let unreadable = &mut self.unreadable;
+        let seen = &mut self.seen;
         match &mut self.body {
             Body::Sse(framer) => {
-                framer.finish(&mut |e| take_event(e, fields, reported, unreadable));
+                framer.finish(&mut |e| seen.take(e));
                 if framer.dropped() > 0 {
-                    unreadable.get_or_insert("a usage event over 16 MiB");
+                    seen.unreadable.get_or_insert("a usage event over 16 MiB");
                 }
             }
             Body::Json { bytes, truncated } => {
                 match json_usage(bytes, *truncated) {
                     Ok(Some(usage)) => {
-                        merge(fields, &usage);
-                        *reported = true;
+                        merge(&mut seen.fields, &usage);
+                        seen.reported = true;
                     }
                     Ok(None) => {}
                     Err(()) => {
-                        unreadable
+                        seen.unreadable
                             .get_or_insert("a JSON answer that does not parse, or counts that are not whole numbers");
                     }
                 }
                 bytes.clear();
             }
         }
-        let [input, output, cache_write, cache_read] = self.fields.map(|f| f.unwrap_or(0));
+        let [input, output, cache_write, cache_read] = self.seen.fields.map(|f| f.unwrap_or(0));
         Usage { input, output, cache_write, cache_read }
     }
 }
 
-fn take_event(
-    event: Event<'_>,
-    fields: &mut [Option<u64>; 4],
-    reported: &mut bool,
-    unreadable: &mut Option<&'static str>,
-) {
-    let parsed = match serde_json::from_str::<StreamEvent>(event.data) {
-        Ok(parsed) => parsed,
-        // Counts that are not whole numbers up to 2^64 - 1 (2^64, 1e30, -5, 1.0, "5000") fail the
-        // parse: such an event is not believed, and its tokens are not taken as zero either.
-        Err(_) if usage_event(event.name.as_bytes()) => {
-            unreadable.get_or_insert("a usage event that does not parse, or counts that are not whole numbers");
+impl Seen {
+    /// One framed SSE event.
+    fn take(&mut self, event: Event<'_>) {
+        let name = event.name.as_bytes();
+        if name == b"error" {
+            self.error = true;
             return;
         }
-        Err(_) => return,
-    };
-    let usage = parsed.usage.or(parsed.message.and_then(|m| m.usage));
-    if let Some(usage) = usage {
-        merge(fields, &usage);
-        *reported = true;
+        let parsed = match serde_json::from_str::<StreamEvent>(event.data) {
+            Ok(parsed) => parsed,
+            // Counts that are not whole numbers up to 2^64 - 1 (2^64, 1e30, -5, 1.0, "5000") fail
+            // the parse: such an event is not believed, and its tokens are not taken as zero either.
+            Err(_) if usage_event(name) => {
+                self.unreadable
+                    .get_or_insert("a usage event that does not parse, or counts that are not whole numbers");
+                return;
+            }
+            Err(_) => return,
+        };
+        let usage = parsed.usage.or(parsed.message.and_then(|m| m.usage));
+        if let Some(usage) = usage {
+            merge(&mut self.fields, &usage);
+            self.reported = true;
+            self.final_usage |= name == b"message_delta";
+        }
     }
 }
 
