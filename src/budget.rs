@@ -447,20 +447,37 @@ pub fn headers(standings: &[Standing], provider: &str, charged: &[u64], warn_sha
         }
         name
     };
+    let used = |i: usize, s: &Standing| s.used.saturating_add(charged.get(i).copied().unwrap_or(0));
+    let room = |i: usize, s: &Standing| (s.limit.limit.saturating_sub(used(i, s)), s.limit.limit);
+    // The header names carry the window only: of limits sharing a window (a person's and the
+    // tier's), the one with the least room left is the one the client must see.
+    let shown = |i: usize, s: &Standing| {
+        standings
+            .iter()
+            .enumerate()
+            .all(|(j, other)| other.limit.window != s.limit.window || j == i || (room(i, s), i) < (room(j, other), j))
+    };
+    let mut warning = None::<(f64, u64, &Standing)>;
     for (i, s) in standings.iter().enumerate() {
-        let used = s.used.saturating_add(charged.get(i).copied().unwrap_or(0));
-        let remaining = s.limit.limit.saturating_sub(used);
-        out.push((name("limit", s.limit.window), number(s.limit.limit)));
-        out.push((name("remaining", s.limit.window), number(remaining)));
+        let used = used(i, s);
+        if shown(i, s) {
+            out.push((name("limit", s.limit.window), number(s.limit.limit)));
+            out.push((name("remaining", s.limit.window), number(s.limit.limit.saturating_sub(used))));
+        }
         // On a refusal the reset is when room returns, the same moment as Retry-After.
         let this_reset = if s.retry_after > 0 { s.retry_after } else { s.reset };
         reset = Some(reset.map_or(this_reset, |r| r.min(this_reset)));
-        if (used as f64) >= warn_share * s.limit.limit as f64 {
-            out.push((
-                "x-ai-ratelimit-warning".to_owned(),
-                format!("{}% of {} spent", used.saturating_mul(100) / s.limit.limit.max(1), s.limit.describe()),
-            ));
+        let share = used as f64 / s.limit.limit.max(1) as f64;
+        if share >= warn_share && warning.is_none_or(|(most, _, _)| share > most) {
+            warning = Some((share, used, s));
         }
+    }
+    // One warning header: the limit most spent.
+    if let Some((_, used, s)) = warning {
+        out.push((
+            "x-ai-ratelimit-warning".to_owned(),
+            format!("{}% of {} spent", used.saturating_mul(100) / s.limit.limit.max(1), s.limit.describe()),
+        ));
     }
     if let Some(r) = reset {
         out.push(("ratelimit-reset".to_owned(), number(r)));
@@ -703,5 +720,26 @@ mod tests {
         assert_eq!(get("x-ai-ratelimit-remaining-60-anthropic").as_deref(), Some("150"));
         assert_eq!(get("ratelimit-reset").as_deref(), Some("42"));
         assert!(get("x-ai-ratelimit-warning").unwrap().starts_with("85%"));
+    }
+
+    #[test]
+    fn of_limits_sharing_a_window_the_headers_show_the_one_with_least_room() {
+        let tier =
+            Standing { limit: limit(1_000_000, 60, WindowType::Sliding), used: 100_900, reset: 42, retry_after: 0 };
+        let person =
+            Standing { limit: limit(20_000, 60, WindowType::Sliding), used: 19_900, reset: 40, retry_after: 0 };
+        let day =
+            Standing { limit: limit(5_000_000, 86_400, WindowType::Fixed), used: 4_000_000, reset: 9, retry_after: 0 };
+        for order in [[&tier, &person, &day], [&person, &day, &tier]] {
+            let standings: Vec<Standing> = order.iter().map(|s| (*s).clone()).collect();
+            let h = headers(&standings, "anthropic", &[], 0.8);
+            let all = |n: &str| h.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+            assert_eq!(all("x-ai-ratelimit-limit-60-anthropic"), ["20000"]);
+            assert_eq!(all("x-ai-ratelimit-remaining-60-anthropic"), ["100"]);
+            assert_eq!(all("x-ai-ratelimit-remaining-86400-anthropic"), ["1000000"]);
+            assert_eq!(all("ratelimit-reset"), ["9"]);
+            let warnings = all("x-ai-ratelimit-warning");
+            assert!(warnings.len() == 1 && warnings[0].starts_with("99%"), "{warnings:?}");
+        }
     }
 }
