@@ -10,7 +10,7 @@ use proxy_wasm::types::{Action, LogLevel};
 
 use crate::gateway::Worker;
 use crate::header_map;
-use crate::request::{Flow, HostProfile, Request, Step};
+use crate::request::{AnswerHead, Flow, HostProfile, Request, Step};
 
 use super::calls::{self, HostCalls};
 use super::metrics::Metrics;
@@ -168,7 +168,7 @@ impl HttpContext for GatewayHttp {
         self.apply(step)
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         if !self.request.is_forwarded() {
             // Our own local answers pass here too, on both hosts: leave them alone.
             return Action::Continue;
@@ -183,7 +183,8 @@ impl HttpContext for GatewayHttp {
         let content_type = find("content-type").unwrap_or_default();
         let length = find("content-length").and_then(|v| v.parse().ok());
         let error_type = self.request.translates_answer().then(|| find("x-amzn-errortype")).flatten();
-        let step = self.request.on_response_headers(status, content_type, length, error_type);
+        let answer = AnswerHead { status, content_type, length, error_type };
+        let step = self.request.on_response_headers(&HostCalls::default(), answer, end_of_stream);
         self.apply(step)
     }
 

@@ -184,6 +184,19 @@ impl<'a> Head<'a> {
     }
 }
 
+/// What the response headers say, as far as the request reads them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnswerHead<'a> {
+    /// `:status`.
+    pub status: Option<u32>,
+    /// `content-type` (empty when absent).
+    pub content_type: &'a str,
+    /// `content-length`.
+    pub length: Option<u64>,
+    /// Bedrock's `x-amzn-errortype`, read only when [`Request::translates_answer`].
+    pub error_type: Option<&'a str>,
+}
+
 /// One request's state.
 #[derive(Debug)]
 pub struct Request {
@@ -577,13 +590,21 @@ impl Request {
     /// The response headers arrived (for a forwarded request: the upstream's; otherwise our own
     /// local answer passing through the filter, which is left alone).
     /// `error_type` is Bedrock's `x-amzn-errortype`, read only when [`Request::translates_answer`].
-    pub fn on_response_headers(
-        &mut self,
-        status: Option<u32>,
-        content_type: &str,
-        length: Option<u64>,
-        error_type: Option<&str>,
-    ) -> Step {
+    /// `end_of_stream`: the answer has no body (an HTTP/2 answer that ends with its headers), so
+    /// no body callback will come: it is settled here.
+    pub fn on_response_headers(&mut self, host: &dyn Host, answer: AnswerHead<'_>, end_of_stream: bool) -> Step {
+        let mut step = self.answer_head(answer);
+        if end_of_stream {
+            let end = self.on_response_body(host, &[], true);
+            step.record = end.record;
+            step.settled = end.settled;
+            step.warnings.extend(end.warnings);
+        }
+        step
+    }
+
+    fn answer_head(&mut self, answer: AnswerHead<'_>) -> Step {
+        let AnswerHead { status, content_type, length, error_type } = answer;
         let mut step = Step::flow(Flow::Continue);
         self.status = status;
         let (mut content_type, mut length) = (content_type, length);

@@ -268,6 +268,33 @@ pub fn headers_step(profile: HostProfile, headers: &[(&str, &str)]) -> Step {
     Request::new(profile).on_request_headers(&mut worker, &host, &all, false)
 }
 
+/// A good request forwarded on `profile` (its body read whole), then the provider's answer
+/// headers: returns that step.
+pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, end_of_stream: bool) -> Step {
+    let mut worker = Worker::new(plan());
+    let host = FakeHost { idp_up: true, data: RefCell::default(), next_id: Cell::new(0), pending: RefCell::default() };
+    let discovery = serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string();
+    worker.on_fetched(&Fetch::Discovery, Some(200), discovery.as_bytes(), NOW);
+    worker.on_fetched(&Fetch::Jwks, Some(200), jwks().as_bytes(), NOW);
+    let mut sim = Sim::new(&Setup {
+        profile,
+        keys_loaded: true,
+        idp: Idp::Up,
+        token: Token::Good,
+        body: Body::Allowed,
+        chunks: 1,
+        trailers: false,
+        spilled: false,
+    });
+    let owned = sim.headers.clone();
+    let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let _ = sim.request.on_request_headers(&mut worker, &host, &headers, false);
+    let body = sim.body.clone();
+    let forwarded = sim.request.on_request_body(&mut worker, &host, body.len(), true, Some(&body));
+    assert!(forwarded.forwarded, "the request is forwarded");
+    sim.request.on_response_headers(&host, answer, end_of_stream)
+}
+
 /// Drives one request through `events` (then lets the host finish what is left) and checks the
 /// invariant at every step. Returns how it ended, or the violated rule.
 pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {

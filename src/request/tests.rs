@@ -122,3 +122,18 @@ fn an_encoded_body_is_refused_and_identity_is_not_an_encoding() {
         assert!(step.reply.is_none(), "{coding:?}: refused");
     }
 }
+
+/// An answer that ends with its headers (HTTP/2, no body) gets no body callback: it is settled
+/// at the headers, an error refunded, and its record handed out before the host's access log.
+#[test]
+fn an_answer_without_a_body_is_settled_at_its_headers() {
+    for profile in [HostProfile::Envoy, HostProfile::Ngx] {
+        let answer = super::AnswerHead { status: Some(503), content_type: "", length: None, error_type: None };
+        let step = sim::answer_headers_step(profile, answer, true);
+        let settled = step.settled.unwrap_or_else(|| panic!("{profile:?}: not settled"));
+        assert_eq!(settled.outcome, crate::metering::Outcome::Complete, "{profile:?}: an error answer is refunded");
+        assert_eq!(step.record.map(|r| r.status), Some(Some(503)), "{profile:?}");
+        let open = sim::answer_headers_step(profile, answer, false);
+        assert!(open.settled.is_none() && open.record.is_none(), "{profile:?}: a body is still to come");
+    }
+}
