@@ -33,6 +33,8 @@ const REFUSALS: &[&str] = &[
     "body_unreadable",
     "invalid_json",
     "invalid_length",
+    "content_encoding",
+    "bedrock_request",
     "missing_model",
     "repeated_header",
     "model_not_allowed",
