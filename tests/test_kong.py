@@ -90,7 +90,21 @@ INVALID = [
     ("unknown provider", {"targets.anthropic.provider": "openai"}, "config error: targets.anthropic.provider: unknown variant `openai`"),
     ("both key forms", {"targets.anthropic.api_key": "k"}, "config error: targets.anthropic: give api_key or api_key_env, not both"),
     ("no key", {"targets.anthropic.api_key_env": DELETE}, "config error: targets.anthropic: api_key or api_key_env is required"),
-    ("api key with a control character", {"targets.anthropic": {"provider": "anthropic", "api_key": "sk-ant\u0007x"}}, "config error: targets.anthropic: the api key contains control characters"),
+    ("api key with a control character", {"targets.anthropic": {"provider": "anthropic", "api_key": "sk-ant\u0007x"}}, "config error: targets.anthropic.api_key: the api key contains control characters"),
+    ("blank api key", {"targets.anthropic": {"provider": "anthropic", "api_key": "  "}}, "config error: targets.anthropic.api_key: the api key is empty"),
+    ("issuer with a query", {"oidc.issuer": "http://idp.example.com:65535/x?y=z"}, "config error: oidc.issuer: must not have a query or fragment"),
+    ("issuer with a fragment after the host", {"oidc.issuer": "https://idp.example.com#f"}, "config error: oidc.issuer: must be an http:// or https:// URL"),
+    ("issuer port with a plus sign", {"oidc.issuer": "https://idp.example.com:+443/o"}, "config error: oidc.issuer: must be an http:// or https:// URL"),
+    ("token cache beyond its bound", {"oidc.token_cache_entries": 2000000}, "config error: oidc.token_cache_entries: must be at most 1048576"),
+    ("groups claim with a space", {"oidc.groups_claim": " groups"}, "config error: oidc.groups_claim: must be a claim name or a dotted path"),
+    ("tracing header as identity header", {"identity_headers": {"user": "X-Request-Id"}}, "config error: identity_headers.user: \"x-request-id\" is not a usable header name"),
+    ("forwarding header as identity header", {"identity_headers": {"email": "X-Forwarded-For"}}, "config error: identity_headers.email: \"x-forwarded-for\" is not a usable header name"),
+    ("api key with a trailing space", {"targets.anthropic": {"provider": "anthropic", "api_key": "sk-ant-x "}}, "config error: targets.anthropic.api_key: the api key has spaces around it"),
+    ("api key that is not ASCII", {"targets.anthropic": {"provider": "anthropic", "api_key": "sk-ant-\u00e9"}}, "config error: targets.anthropic.api_key: the api key has spaces around it or characters that are not ASCII"),
+    ("a price beyond its bound", {"models[0].price": {"input": 2000000, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}, "config error: models[0].price: prices must be at most 1000000"),
+    ("an output reserve beyond its bound", {"budgets": {"reserve_output_tokens": 200000000}}, "config error: budgets.reserve_output_tokens: must be at most 100000000"),
+    ("more nodes than any deployment", {"budget_store": {"kind": "webdis", "upstream": "webdis:7379", "on_failure": {"divide_by_nodes": 20000}}}, "config error: budget_store.on_failure.divide_by_nodes: must be at most 10000"),
+    ("budget store authority not ASCII", {"budget_store": {"kind": "webdis", "upstream": "webdis:7379", "authority": "webd\u00efs", "on_failure": "keep_limits"}}, "config error: budget_store.authority: must be a host name or host:port"),
     ("model target empty", {"models[0].target": ""}, "config error: models[0].target: unknown target \"\""),
     ("no models", {"models": []}, "config error: models: at least one model is required"),
     ("model without id", {"models[0].model_id": DELETE}, "config error: models[0]: missing field `model_id`"),
@@ -128,7 +142,8 @@ PARSER_ONLY = [
     ("fractional token limit", {"tiers[1].limits[0].limit": 1.5}, "config error: tiers[1].limits[0].limit: a token limit must be a whole number"),
     ("cost limit on an unpriced model", {"tiers[0].limits": [{"limit": 5, "window_seconds": 60, "counts": "cost"}]}, "config error: tiers[0].limits[0]: counts cost, but a model of this tier has no price"),
     ("max age below refresh", {"oidc.jwks_max_age_seconds": 10}, "config error: oidc.jwks_max_age_seconds: must not be less than oidc.jwks_refresh_seconds"),
-    ("blank api key", {"targets.anthropic": {"provider": "anthropic", "api_key": "  "}}, "config error: targets.anthropic: the api key is empty"),
+    ("a JWKS on another host without its upstream", {"oidc.jwks_uri": "https://keys.example.com/jwks"}, "config error: oidc.jwks_upstream: required when oidc.jwks_uri is on another host than the issuer"),
+    ("budget store stale between two ticks", {"budget_store": {"kind": "webdis", "upstream": "webdis:7379", "sync_ms": 100, "timeout_ms": 100, "stale_after_ms": 200, "on_failure": "keep_limits"}}, "config error: budget_store.stale_after_ms: must be at least budget_store.sync_ms (or the 500 ms tick, if longer) + budget_store.timeout_ms"),
 ]
 
 VALID = [
@@ -149,7 +164,8 @@ VALID = [
     ("literal api key", {"targets.anthropic": {"provider": "anthropic", "api_key": "sk-ant-x"}}),
     ("a null api_key beside api_key_env", {"targets.anthropic.api_key": None}),
     ("IPv6 issuer with a port", {"oidc.issuer": "https://[::1]:8443/realms/x", "oidc.upstream": "[::1]:8443"}),
-    ("issuer with port 65535 and a query", {"oidc.issuer": "http://idp.example.com:65535/x?y=z"}),
+    ("issuer with port 65535", {"oidc.issuer": "http://idp.example.com:65535/x"}),
+    ("a JWKS address with a query", {"oidc.jwks_uri": "https://idp.example.com?keys=1"}),
 ]
 
 
