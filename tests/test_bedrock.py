@@ -4,6 +4,7 @@ wrong one, as AWS does), and turns Bedrock's event stream back into Anthropic SS
 filtered, usage counted and budgets enforced as for Anthropic. Tiers mix providers: the standard
 tier's sonnet goes to Bedrock, the power tier's opus to Anthropic."""
 import json
+import time
 
 import pytest
 
@@ -144,6 +145,11 @@ def test_a_wrong_signature_is_refused_as_aws_does(aws, signer):
         assert answer.headers["x-should-retry"] == "false"
         assert answer.json()["type"] == "error"
         assert "refused the gateway's AWS credentials" in answer.error_message
+        # The record says what the person got.
+        deadline = time.monotonic() + 5
+        while not g.usage_records() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [r["status"] for r in g.usage_records()] == [502]
         assert "signature" in answer.error_message
     finally:
         g.stop()

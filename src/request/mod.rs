@@ -610,6 +610,10 @@ impl Request {
         let (mut content_type, mut length) = (content_type, length);
         if let Some(answer) = &mut self.answer_translation {
             let (set, remove, meter_as) = answer.on_headers(status.unwrap_or(0), content_type, error_type);
+            // The status the client gets (Bedrock refusing the gateway's credentials becomes a 502).
+            if let Some(sent) = set.iter().find(|(name, _)| name == ":status").and_then(|(_, v)| v.parse().ok()) {
+                self.status = Some(sent);
+            }
             step.response_headers = set;
             step.remove_response_headers = remove;
             content_type = meter_as;
