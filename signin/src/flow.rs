@@ -64,6 +64,27 @@ pub fn choose(s: Situation) -> SignIn {
     }
 }
 
+/// What a browser sign-in does when the browser cannot be started (no such program, or the
+/// system opener is missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserDidNotStart {
+    /// Print the address for the person to open themselves, and wait for the redirect.
+    ShowAddress,
+    /// Fail at once with [`not_signed_in`].
+    GiveUp,
+}
+
+/// Decides [`BrowserDidNotStart`]: only a person at a terminal reads the address while the sign-in
+/// waits. Under Claude Code nobody does, and waiting the login timeout (5 minutes by default)
+/// would only delay the message that says what to run.
+pub fn when_the_browser_does_not_start(interactive: bool) -> BrowserDidNotStart {
+    if interactive {
+        BrowserDidNotStart::ShowAddress
+    } else {
+        BrowserDidNotStart::GiveUp
+    }
+}
+
 /// Whether a token expiring at `expires_at` may still be handed out at `now`: Claude Code keeps
 /// using a token for its helper TTL (and sends it once more while the helper re-runs), so it must
 /// outlive that plus a margin.
@@ -185,6 +206,12 @@ mod tests {
         for (name, interactive, device_flag, browser, device_offered, want) in cases {
             assert_eq!(choose(Situation { interactive, device_flag, browser, device_offered }), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_browser_that_does_not_start_ends_the_wait_unless_someone_reads_the_address() {
+        assert_eq!(when_the_browser_does_not_start(true), BrowserDidNotStart::ShowAddress, "a terminal");
+        assert_eq!(when_the_browser_does_not_start(false), BrowserDidNotStart::GiveUp, "Claude Code");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::flow::BrowserCan;
+use crate::flow::{self, BrowserCan, BrowserDidNotStart};
 use crate::oidc::{Client, OidcError, TokenResponse};
 use crate::pkce;
 
@@ -22,6 +22,8 @@ pub enum LoginError {
     TimedOut { foreign: usize },
     /// Randomness was unavailable.
     Random,
+    /// The browser could not be started, and nobody would see the address printed instead.
+    NoBrowser(String),
 }
 
 impl std::fmt::Display for LoginError {
@@ -41,6 +43,7 @@ impl std::fmt::Display for LoginError {
                  ({foreign} redirect(s) that were not this sign-in's were refused)"
             ),
             LoginError::Random => write!(f, "the system has no randomness source"),
+            LoginError::NoBrowser(why) => write!(f, "could not open a browser: {why}"),
         }
     }
 }
@@ -51,12 +54,35 @@ impl From<OidcError> for LoginError {
     }
 }
 
+/// The operating system, for what differs by it; data, so that a test on one system can check
+/// what another would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Os {
+    /// macOS.
+    Mac,
+    /// Windows.
+    Windows,
+    /// Linux and the other Unixes (X11 or Wayland, `xdg-open`).
+    Unix,
+}
+
+impl Os {
+    /// The system this program runs on.
+    pub const CURRENT: Os = if cfg!(target_os = "macos") {
+        Os::Mac
+    } else if cfg!(windows) {
+        Os::Windows
+    } else {
+        Os::Unix
+    };
+}
+
 /// How the browser is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Browser {
-    /// The platform's opener (`xdg-open`, `open`, `start`).
+    /// The platform's opener (`xdg-open`, `open`, `url.dll` on Windows).
     System,
-    /// A command that receives the URL as its only argument.
+    /// A program (one path, no arguments) that receives the URL as its only argument.
     Command(String),
     /// Print the URL only.
     PrintOnly,
@@ -75,34 +101,62 @@ impl Browser {
     /// What this setting can do on this machine.
     pub fn can(&self) -> BrowserCan {
         match self {
-            Browser::System if system_browser_available() => BrowserCan::Open,
+            Browser::System if system_browser_available(Os::CURRENT, env_set) => BrowserCan::Open,
             Browser::System => BrowserCan::Nothing,
             Browser::Command(_) => BrowserCan::Open,
             Browser::PrintOnly => BrowserCan::PrintOnly,
         }
     }
 
-    fn open(&self, url: &str) -> bool {
-        let mut command = match self {
-            Browser::PrintOnly => return true,
-            Browser::Command(cmd) => Command::new(cmd),
-            Browser::System if cfg!(target_os = "macos") => Command::new("open"),
-            Browser::System if cfg!(windows) => {
-                let mut c = Command::new("cmd");
-                c.args(["/C", "start", ""]);
-                c
-            }
-            Browser::System => Command::new("xdg-open"),
-        };
-        command.arg(url).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().is_ok()
+    /// Starts the browser on `url` (nothing to start for [`Browser::PrintOnly`]); why it could
+    /// not be started.
+    fn open(&self, url: &str) -> Result<(), String> {
+        let Some((program, args)) = opener(self, Os::CURRENT, url) else { return Ok(()) };
+        Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(drop)
+            .map_err(|e| format!("{program}: {e}"))
     }
 }
 
-fn system_browser_available() -> bool {
-    if cfg!(any(target_os = "macos", windows)) {
-        return std::env::var_os("SSH_CONNECTION").is_none();
+/// The program and arguments that open `url` on `os`; `None` for print-only. The URL is one
+/// argument of its own and never passes through a shell: on Windows, `cmd /C start` took each
+/// `&` of the URL as the end of a command, so the browser got the URL without `client_id`,
+/// `state` and the PKCE challenge, and cmd ran the rest as commands.
+fn opener(browser: &Browser, os: Os, url: &str) -> Option<(String, Vec<String>)> {
+    let (program, mut args) = match (browser, os) {
+        (Browser::PrintOnly, _) => return None,
+        (Browser::Command(program), _) => (program.clone(), Vec::new()),
+        (Browser::System, Os::Mac) => ("open".to_owned(), Vec::new()),
+        // ShellExecute on the URL, as a click on a link does; rundll32 passes it on unparsed.
+        (Browser::System, Os::Windows) => ("rundll32".to_owned(), vec!["url.dll,FileProtocolHandler".to_owned()]),
+        (Browser::System, Os::Unix) => ("xdg-open".to_owned(), Vec::new()),
+    };
+    args.push(url.to_owned());
+    Some((program, args))
+}
+
+/// Whether an environment variable is set to something.
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
+/// Whether the system opener shows a window the person sees, on `os` with these environment
+/// variables set (`set`). Not in an SSH session (`SSH_CONNECTION`, `SSH_TTY`) on any system:
+/// on Linux a `DISPLAY` kept from a desktop session (a tmux pane later attached over SSH)
+/// opens the window on a screen nobody at this terminal looks at, or none at all.
+fn system_browser_available(os: Os, set: impl Fn(&str) -> bool) -> bool {
+    if set("SSH_CONNECTION") || set("SSH_TTY") {
+        return false;
     }
-    std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+    match os {
+        Os::Mac | Os::Windows => true,
+        Os::Unix => set("DISPLAY") || set("WAYLAND_DISPLAY"),
+    }
 }
 
 /// What the browser flow needs.
@@ -119,6 +173,8 @@ pub struct BrowserLogin<'a> {
     pub audience: Option<&'a str>,
     /// How the browser is opened.
     pub browser: &'a Browser,
+    /// Whether a person reads stderr while the sign-in waits (see [`flow::interactive`]).
+    pub interactive: bool,
     /// How long to wait for the person.
     pub timeout: Duration,
 }
@@ -145,9 +201,15 @@ impl BrowserLogin<'_> {
         }
         let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
         let url = format!("{}?{}", self.client.endpoints.authorization_endpoint, query.join("&"));
+        let opened = self.browser.open(&url);
+        if let Err(why) = &opened {
+            if flow::when_the_browser_does_not_start(self.interactive) == BrowserDidNotStart::GiveUp {
+                return Err(LoginError::NoBrowser(why.clone()));
+            }
+        }
         eprintln!("Sign in to continue. If no browser opens, visit:\n  {url}");
-        if !self.browser.open(&url) {
-            eprintln!("(could not open a browser; open the address above yourself)");
+        if let Err(why) = opened {
+            eprintln!("(could not open a browser: {why}; open the address above yourself)");
         }
         let code = wait_for_redirect(&listener, self.timeout, &state)??;
         Ok(self.client.exchange_code(self.client_id, &code, &redirect_uri, &verifier)?)
@@ -231,17 +293,7 @@ fn answer_redirect(mut stream: TcpStream, state: &str) -> Option<Redirect> {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line).ok()?;
     let redirect = judge(line.split_whitespace().nth(1)?, state);
-    let (status, page) = match redirect {
-        Redirect::NotFound => ("404 Not Found", ""),
-        Redirect::Foreign => (
-            "400 Bad Request",
-            "<!doctype html><title>Not this sign-in</title><p>This is not the sign-in Claude Code is waiting for.</p>",
-        ),
-        Redirect::Code(_) | Redirect::Refused { .. } => (
-            "200 OK",
-            "<!doctype html><title>Signed in</title><p>Signed in. You can close this window and return to Claude Code.</p>",
-        ),
-    };
+    let (status, page) = page(&redirect);
     let _ = write!(
         stream,
         "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
@@ -250,14 +302,60 @@ fn answer_redirect(mut stream: TcpStream, state: &str) -> Option<Redirect> {
     Some(redirect)
 }
 
-/// Runs the device authorization grant: prints where to go and polls until done.
+/// The status and page the browser gets for a request to the listener. A refusal says so: the
+/// person was denied (`access_denied`, not assigned to the application), not signed in.
+fn page(redirect: &Redirect) -> (&'static str, String) {
+    match redirect {
+        Redirect::NotFound => ("404 Not Found", String::new()),
+        Redirect::Foreign => (
+            "400 Bad Request",
+            "<!doctype html><title>Not this sign-in</title><p>This is not the sign-in Claude Code is waiting for.</p>"
+                .to_owned(),
+        ),
+        Redirect::Code(_) => (
+            "200 OK",
+            "<!doctype html><title>Signed in</title><p>Signed in. You can close this window and return to Claude Code.</p>"
+                .to_owned(),
+        ),
+        Redirect::Refused { error, description } => {
+            let detail = if description.is_empty() { String::new() } else { format!(": {}", html(description)) };
+            (
+                "200 OK",
+                format!(
+                    "<!doctype html><title>Sign-in refused</title><p>The identity provider refused the sign-in \
+                     ({}{detail}). You are not signed in; close this window and see Claude Code or the terminal \
+                     for what to do.</p>",
+                    html(error)
+                ),
+            )
+        }
+    }
+}
+
+/// `text` for an HTML page: the IdP's error and its description come from the redirect's query.
+fn html(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_owned(),
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// Runs the device authorization grant: prints where to go and polls until done. `audience`
+/// is asked for as in the browser flow.
 pub fn device_login(
     client: &Client,
     client_id: &str,
     scopes: &str,
+    audience: Option<&str>,
     timeout: Duration,
 ) -> Result<TokenResponse, LoginError> {
-    let device = client.start_device(client_id, scopes)?;
+    let device = client.start_device(client_id, scopes, audience)?;
     eprintln!("To sign in, visit {} and enter the code {}", device.verification_uri, device.user_code);
     if let Some(complete) = &device.verification_uri_complete {
         eprintln!("  or open {complete}");
@@ -414,6 +512,95 @@ mod tests {
             assert_eq!(poll_interval(asked), Duration::from_secs(want), "{name}");
         }
         assert_eq!(poll_interval(u64::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_url_reaches_the_opener_whole_and_never_through_a_shell() {
+        let url = "https://idp.example.com/authorize?response_type=code&client_id=claude-code&state=S&x=%22a%20b%22";
+        let launch = |browser: &Browser, os| opener(browser, os, url);
+        let args = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            launch(&Browser::System, Os::Windows),
+            Some(("rundll32".to_owned(), args(&["url.dll,FileProtocolHandler", url]))),
+            "Windows: no `cmd /C start`, which ends the command at the first `&`"
+        );
+        assert_eq!(launch(&Browser::System, Os::Mac), Some(("open".to_owned(), args(&[url]))));
+        assert_eq!(launch(&Browser::System, Os::Unix), Some(("xdg-open".to_owned(), args(&[url]))));
+        for os in [Os::Windows, Os::Mac, Os::Unix] {
+            let own = Browser::Command("/opt/firefox/firefox".to_owned());
+            assert_eq!(launch(&own, os), Some(("/opt/firefox/firefox".to_owned(), args(&[url]))), "{os:?}");
+            assert_eq!(launch(&Browser::PrintOnly, os), None, "{os:?}");
+        }
+        // Windows quotes an argument only when it holds a space, a tab or a quote; the URL
+        // holds none (it is percent-encoded), so rundll32 gets it verbatim.
+        assert!(!url.contains([' ', '\t', '"']));
+    }
+
+    #[test]
+    fn a_browser_window_is_seen_only_on_a_desktop_and_never_over_ssh() {
+        use Os::{Mac, Unix, Windows};
+        let cases: [(&str, Os, &[&str], bool); 10] = [
+            ("Linux desktop (X11)", Unix, &["DISPLAY"], true),
+            ("Linux desktop (Wayland)", Unix, &["WAYLAND_DISPLAY"], true),
+            ("Linux without a display", Unix, &[], false),
+            (
+                "Linux over SSH, DISPLAY kept from the desktop (tmux)",
+                Unix,
+                &["DISPLAY", "SSH_CONNECTION", "SSH_TTY"],
+                false,
+            ),
+            ("Linux, ssh -X", Unix, &["DISPLAY", "SSH_CONNECTION"], false),
+            ("Linux, only SSH_TTY", Unix, &["WAYLAND_DISPLAY", "SSH_TTY"], false),
+            ("macOS", Mac, &[], true),
+            ("macOS over SSH", Mac, &["SSH_CONNECTION"], false),
+            ("Windows", Windows, &[], true),
+            ("Windows over SSH", Windows, &["SSH_TTY"], false),
+        ];
+        for (name, os, set, want) in cases {
+            assert_eq!(system_browser_available(os, |v| set.contains(&v)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_browser_page_says_what_happened() {
+        let refused = Redirect::Refused { error: "access_denied".into(), description: "not <assigned> & \"x\"".into() };
+        let (status, shown) = page(&refused);
+        assert_eq!(status, "200 OK");
+        assert!(
+            shown.contains("refused the sign-in (access_denied: not &lt;assigned&gt; &amp; &quot;x&quot;)"),
+            "{shown}"
+        );
+        assert!(!shown.contains("Signed in"), "{shown}");
+        let (_, shown) = page(&Redirect::Refused { error: "access_denied".into(), description: String::new() });
+        assert!(shown.contains("(access_denied)") && !shown.contains("Signed in"), "{shown}");
+        let (status, shown) = page(&Redirect::Code("c".into()));
+        assert_eq!(status, "200 OK");
+        assert!(shown.contains("Signed in."));
+        assert_eq!(page(&Redirect::Foreign).0, "400 Bad Request");
+        assert_eq!(page(&Redirect::NotFound), ("404 Not Found", String::new()));
+    }
+
+    #[test]
+    fn a_refused_sign_in_is_not_shown_as_signed_in() {
+        use std::io::Write as _;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        let browser = std::thread::spawn(move || {
+            let mut redirect = TcpStream::connect(at).unwrap();
+            write!(
+                redirect,
+                "GET /callback?error=access_denied&error_description=not+assigned&state=s1 HTTP/1.1\r\n\r\n"
+            )
+            .unwrap();
+            let mut shown = String::new();
+            let _ = std::io::Read::read_to_string(&mut redirect, &mut shown);
+            shown
+        });
+        let got = wait_for_redirect(&listener, Duration::from_secs(30), "s1").unwrap();
+        assert!(matches!(got, Err(OidcError::Refused { ref error, .. }) if error == "access_denied"), "{got:?}");
+        let shown = browser.join().unwrap();
+        assert!(shown.contains("Sign-in refused") && shown.contains("access_denied: not assigned"), "{shown}");
+        assert!(!shown.contains("Signed in"), "{shown}");
     }
 
     #[test]

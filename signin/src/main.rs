@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 
 use cache::{CacheFile, Cached};
 use flow::{SignIn, Situation};
-use login::{Browser, BrowserLogin};
+use login::{Browser, BrowserLogin, LoginError};
 use oidc::{Client, OidcError, Revocation, TokenResponse};
 
 #[derive(Parser)]
@@ -213,6 +213,12 @@ fn token(idp: &Idp) -> Result<String, String> {
                 if let Some(token) = saved_during_outage(saved, &e, idp.margin_seconds) {
                     return Ok(token);
                 }
+                // An IdP that is down is down for a sign-in too: the person would be sent to it
+                // and the run would wait out the login timeout. Only a refusal (the grant is
+                // gone) calls for a new sign-in; the saved one is kept for when the IdP is back.
+                if e.is_outage() {
+                    return Err(idp_unreachable(&e));
+                }
                 why = format!("the saved sign-in could not be renewed: {e}");
             }
         }
@@ -226,9 +232,7 @@ fn token(idp: &Idp) -> Result<String, String> {
     };
     // Decided before discovery: a run that may not sign in needs no network and fails at once.
     if flow::choose(situation) == SignIn::NotNow {
-        let exe = std::env::current_exe().ok();
-        let command = flow::command_name(exe.as_deref(), std::env::var_os("PATH").as_deref());
-        return Err(flow::not_signed_in(issuer, &command, &why));
+        return Err(not_signed_in(issuer, &why));
     }
     if cached.is_some() {
         eprintln!("claude-sso-signin: {why}; signing in again");
@@ -274,6 +278,18 @@ fn discovery_failed(e: &OidcError) -> String {
     format!("{e}; check CLAUDE_SSO_ISSUER and your network")
 }
 
+/// A refresh met an IdP outage and the saved token is no longer good enough to hand out.
+fn idp_unreachable(e: &OidcError) -> String {
+    format!("the identity provider is unreachable ({e}); try again when it is back")
+}
+
+/// [`flow::not_signed_in`], naming this program as a person would type it.
+fn not_signed_in(issuer: &str, why: &str) -> String {
+    let exe = std::env::current_exe().ok();
+    let command = flow::command_name(exe.as_deref(), std::env::var_os("PATH").as_deref());
+    flow::not_signed_in(issuer, &command, why)
+}
+
 /// The saved token, when the IdP is out of reach for a refresh (not when it refuses) and the
 /// gateway will still take the token: a short IdP outage should not stop Claude Code while the
 /// token it has is good. Claude Code reads the JWT's `exp` and runs the helper again before it.
@@ -296,7 +312,7 @@ fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, S
     let timeout = Duration::from_secs(idp.login_timeout_seconds);
     let tokens = match flow::choose(situation) {
         SignIn::NotNow => return Err("cannot sign in here: nobody can see the sign-in prompt".to_owned()),
-        SignIn::Device => login::device_login(client, &idp.client_id, &idp.scopes, timeout),
+        SignIn::Device => login::device_login(client, &idp.client_id, &idp.scopes, idp.audience.as_deref(), timeout),
         SignIn::Browser => BrowserLogin {
             client,
             client_id: &idp.client_id,
@@ -304,11 +320,16 @@ fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, S
             port: idp.redirect_port,
             audience: idp.audience.as_deref(),
             browser: &Browser::from_setting(idp.browser.as_deref()),
+            interactive: situation.interactive,
             timeout,
         }
         .run(),
     }
-    .map_err(|e| format!("sign-in failed: {e}"))?;
+    .map_err(|e| match e {
+        // Nobody saw an address to open: say what to run, as a run that may not sign in does.
+        LoginError::NoBrowser(_) => not_signed_in(issuer, &e.to_string()),
+        e => format!("sign-in failed: {e}"),
+    })?;
     Ok(received(issuer, &idp.client_id, tokens, None))
 }
 
@@ -434,7 +455,7 @@ fn setup(idp: &Idp, args: &SetupArgs) -> Result<(), String> {
         .and_then(std::fs::canonicalize)
         .map_err(|e| format!("cannot find this program's path: {e}"))?;
     // canonicalize gives `\\?\C:\...` on Windows, which the shell Claude Code uses does not take.
-    let helper = exe.to_string_lossy().trim_start_matches(r"\\?\").to_owned();
+    let helper = settings::helper_command(exe.to_string_lossy().trim_start_matches(r"\\?\"), cfg!(windows));
     let path = settings_path(args.settings.as_ref())?;
     let values = [
         args.model.clone(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::Agent;
 
 /// Why a call to the IdP failed.
@@ -27,13 +28,17 @@ pub enum OidcError {
 
 impl OidcError {
     /// Whether the IdP is out of reach for now (no connection, a timeout, a 5xx from it or its
-    /// load balancer), as opposed to an answer that says no or makes no sense. Only an outage
-    /// lets a run fall back on a saved token that is still valid.
+    /// load balancer, 408, a rate limit, or the OAuth errors that say so), as opposed to an
+    /// answer that says no or makes no sense. An outage lets a run fall back on a saved token
+    /// that is still valid, and never sends the person to sign in at an IdP that is down.
     pub fn is_outage(&self) -> bool {
         match self {
             OidcError::Transport(_) => true,
-            OidcError::Status { status, .. } => *status >= 500,
-            OidcError::Unexpected(_) | OidcError::Refused { .. } | OidcError::UnusableAccessToken(_) => false,
+            OidcError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            // RFC 6749 §4.1.2.1: the IdP's own trouble, not a verdict on the grant. IdPs send
+            // them from the token endpoint too (ORY Hydra: 500 server_error).
+            OidcError::Refused { error, .. } => error == "temporarily_unavailable" || error == "server_error",
+            OidcError::Unexpected(_) | OidcError::UnusableAccessToken(_) => false,
         }
     }
 }
@@ -170,7 +175,41 @@ pub struct Client {
 }
 
 fn agent() -> Agent {
-    Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into()
+    let tls = TlsConfig::builder().root_certs(roots()).build();
+    Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// The certificate authorities trusted for the IdP: the bundled Mozilla roots, and the operating
+/// system's store, where a company CA or a TLS-inspecting proxy's CA is installed. When
+/// `SSL_CERT_FILE` or `SSL_CERT_DIR` is set, the certificates there take the place of the
+/// system's store (as OpenSSL reads them); the bundled roots stay. Verification is never off.
+fn roots() -> RootCerts {
+    // Parts of the store that cannot be read are skipped: the rest still counts, and an IdP
+    // whose issuer is then missing fails with UnknownIssuer, which says what to do.
+    let system = rustls_native_certs::load_native_certs().certs;
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .chain(&system)
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// A transport failure, with what to do when the cause is an IdP certificate from an issuer
+/// nobody here trusts (a company CA, a TLS-inspecting proxy).
+fn transport(why: String) -> OidcError {
+    if why.contains("UnknownIssuer") {
+        return OidcError::Transport(format!(
+            "{why} (if the identity provider's certificate comes from a company CA, add that CA to the \
+             system's certificate store, or set SSL_CERT_FILE to a PEM file holding it)"
+        ));
+    }
+    OidcError::Transport(why)
 }
 
 impl Client {
@@ -178,11 +217,11 @@ impl Client {
     pub fn discover(issuer: &str) -> Result<Client, OidcError> {
         let agent = agent();
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let mut response = agent.get(&url).call().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
+        let mut response = agent.get(&url).call().map_err(|e| transport(format!("{url}: {e}")))?;
         if !response.status().is_success() {
             return Err(OidcError::Status { url, status: response.status().as_u16() });
         }
-        let text = response.body_mut().read_to_string().map_err(|e| OidcError::Transport(format!("{url}: {e}")))?;
+        let text = response.body_mut().read_to_string().map_err(|e| transport(format!("{url}: {e}")))?;
         let endpoints: Endpoints =
             serde_json::from_str(&text).map_err(|e| OidcError::Unexpected(format!("{url}: {e}")))?;
         if endpoints.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
@@ -196,9 +235,9 @@ impl Client {
 
     fn post<T: serde::de::DeserializeOwned>(&self, url: &str, form: &[(&str, &str)]) -> Result<T, OidcError> {
         let mut response =
-            self.agent.post(url).send_form(form.iter().copied()).map_err(|e| OidcError::Transport(e.to_string()))?;
+            self.agent.post(url).send_form(form.iter().copied()).map_err(|e| transport(e.to_string()))?;
         let status = response.status();
-        let text = response.body_mut().read_to_string().map_err(|e| OidcError::Transport(e.to_string()))?;
+        let text = response.body_mut().read_to_string().map_err(|e| transport(e.to_string()))?;
         if status.is_success() {
             return serde_json::from_str(&text).map_err(|e| OidcError::Unexpected(format!("{url}: {e}")));
         }
@@ -239,13 +278,19 @@ impl Client {
         self.token_request(&form)
     }
 
-    /// Starts the device authorization grant.
-    pub fn start_device(&self, client_id: &str, scopes: &str) -> Result<DeviceAuthorization, OidcError> {
+    /// Starts the device authorization grant, for `audience` when one is configured (Auth0 takes
+    /// it here as at its authorization endpoint).
+    pub fn start_device(
+        &self,
+        client_id: &str,
+        scopes: &str,
+        audience: Option<&str>,
+    ) -> Result<DeviceAuthorization, OidcError> {
         let url = self.endpoints.device_authorization_endpoint.as_deref().ok_or_else(|| OidcError::Refused {
             error: "unsupported".to_owned(),
             description: "the identity provider does not offer the device authorization grant".to_owned(),
         })?;
-        self.post(url, &[("client_id", client_id), ("scope", scopes)])
+        self.post(url, &device_form(client_id, scopes, audience))
     }
 
     /// Polls once for a device code's tokens.
@@ -265,7 +310,7 @@ impl Client {
             .agent
             .post(url)
             .send_form([("token", token), ("token_type_hint", hint), ("client_id", client_id)])
-            .map_err(|e| OidcError::Transport(e.to_string()))?;
+            .map_err(|e| transport(e.to_string()))?;
         let status = response.status();
         if status.is_success() {
             return Ok(Revocation::Revoked);
@@ -276,6 +321,15 @@ impl Client {
             Err(_) => Err(OidcError::Status { url: url.to_owned(), status: status.as_u16() }),
         }
     }
+}
+
+/// The device authorization request: the client, its scopes and the audience, if any.
+fn device_form<'a>(client_id: &'a str, scopes: &'a str, audience: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
+    let mut form = vec![("client_id", client_id), ("scope", scopes)];
+    if let Some(audience) = audience {
+        form.push(("audience", audience));
+    }
+    form
 }
 
 /// Whether `url` is plain `http://` to a host other than this computer (`localhost`, 127.0.0.0/8,
@@ -342,6 +396,57 @@ mod tests {
             let json = format!(r#"{{"access_token": "t", "expires_in": {field}}}"#);
             let err = serde_json::from_str::<TokenResponse>(&json).map(|_| ()).unwrap_err().to_string();
             assert!(err.contains("is not a number of seconds"), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn outage_or_refusal() {
+        let status = |status| OidcError::Status { url: "https://idp/token".into(), status };
+        let refused = |error: &str| OidcError::Refused { error: error.into(), description: String::new() };
+        let cases = [
+            ("no connection", OidcError::Transport("refused".into()), true),
+            ("503", status(503), true),
+            ("500", status(500), true),
+            ("408 request timeout", status(408), true),
+            ("429 rate limit", status(429), true),
+            ("404", status(404), false),
+            ("400 without an OAuth error", status(400), false),
+            ("temporarily_unavailable", refused("temporarily_unavailable"), true),
+            ("server_error", refused("server_error"), true),
+            ("invalid_grant: the grant is gone", refused("invalid_grant"), false),
+            ("invalid_client", refused("invalid_client"), false),
+            ("not JSON", OidcError::Unexpected("x".into()), false),
+            ("an unusable token", OidcError::UnusableAccessToken("it is empty"), false),
+        ];
+        for (name, e, want) in cases {
+            assert_eq!(e.is_outage(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_device_request_carries_the_audience_when_configured() {
+        assert_eq!(device_form("cc", "openid", None), vec![("client_id", "cc"), ("scope", "openid")]);
+        assert_eq!(
+            device_form("cc", "openid", Some("https://api")),
+            vec![("client_id", "cc"), ("scope", "openid"), ("audience", "https://api")]
+        );
+    }
+
+    #[test]
+    fn an_untrusted_certificate_says_how_to_trust_a_company_ca() {
+        let e = transport("https://idp/x: io: invalid peer certificate: UnknownIssuer".into()).to_string();
+        assert!(e.starts_with("cannot reach the identity provider: https://idp/x: io: invalid peer"), "{e}");
+        assert!(e.contains("set SSL_CERT_FILE"), "{e}");
+        let e = transport("io: Connection refused".into()).to_string();
+        assert_eq!(e, "cannot reach the identity provider: io: Connection refused");
+    }
+
+    #[test]
+    fn the_bundled_roots_are_trusted_whatever_the_system_has() {
+        // A bare container has no system store at all; the bundled Mozilla roots still count.
+        let RootCerts::Specific(certs) = roots() else { panic!("specific roots") };
+        for bundled in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+            assert!(certs.iter().any(|c| c.der() == bundled.as_ref()));
         }
     }
 

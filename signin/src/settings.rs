@@ -2,8 +2,9 @@
 //! removing exactly those keys again, leaving every other key as it was; and reading the
 //! helper's configuration back from that file for runs from a terminal.
 
-use std::fs;
-use std::path::Path;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -23,7 +24,8 @@ pub const ENV_KEYS: [&str; 9] = [
 /// What `setup` writes.
 #[derive(Debug, Clone)]
 pub struct Setup {
-    /// Absolute path of this binary (Claude Code on Windows needs it absolute).
+    /// `apiKeyHelper`: the absolute path of this binary (Claude Code on Windows needs it
+    /// absolute), quoted for the shell as [`helper_command`] does.
     pub helper: String,
     /// `ANTHROPIC_BASE_URL`: the gateway.
     pub gateway_url: String,
@@ -68,14 +70,89 @@ fn load(path: &Path) -> Result<Map<String, Value>, SettingsError> {
 }
 
 fn save(path: &Path, map: Map<String, Value>) -> Result<(), SettingsError> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(SettingsError::Io)?;
-    }
     let text =
         serde_json::to_string_pretty(&Value::Object(map)).map_err(|e| SettingsError::Io(std::io::Error::other(e)))?;
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    fs::write(&tmp, format!("{text}\n")).map_err(SettingsError::Io)?;
-    fs::rename(&tmp, path).map_err(SettingsError::Io)
+    let target = follow_links(path).map_err(SettingsError::Io)?;
+    if let Some(dir) = target.parent() {
+        fs::create_dir_all(dir).map_err(SettingsError::Io)?;
+    }
+    replace(&target, format!("{text}\n").as_bytes()).map_err(SettingsError::Io)
+}
+
+/// The file `path` names: a symbolic link (settings kept in a dotfiles repository) is followed
+/// to its target, even one that does not exist yet, so that the target is written and the link
+/// stays a link.
+fn follow_links(path: &Path) -> std::io::Result<PathBuf> {
+    let mut file = path.to_path_buf();
+    // As many links as Linux follows (ELOOP).
+    for _ in 0..40 {
+        match fs::symlink_metadata(&file) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&file)?;
+                // A relative target is relative to the link's directory; `join` keeps an absolute one.
+                file = file.parent().map_or_else(|| target.clone(), |dir| dir.join(&target));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Ok(_) | Err(_) => return Ok(file),
+        }
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
+}
+
+/// Replaces `target` with `bytes` atomically: a new temporary file next to it (a unique name,
+/// created only if absent, so nothing planted there is followed), with the permissions the old
+/// file had (owner-only for a new file: the `env` block often holds secrets), then renamed over it.
+fn replace(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let permissions = match fs::metadata(target) {
+        Ok(meta) => Some(meta.permissions()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let random = crate::pkce::random(8).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tmp = target.with_file_name(format!(".{name}.{}.{random}.tmp", std::process::id()));
+    let written = write_new(&tmp, bytes, permissions).and_then(|()| fs::rename(&tmp, target));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Creates `path` (owner-only while it is written), writes `bytes`, gives it `permissions` if
+/// any, and syncs it to disk.
+fn write_new(path: &Path, bytes: &[u8], permissions: Option<fs::Permissions>) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.create_new(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    if let Some(permissions) = permissions {
+        file.set_permissions(permissions)?;
+    }
+    file.sync_all()
+}
+
+/// `apiKeyHelper` for the helper at `path`. Claude Code runs it as a shell command (`/bin/sh`
+/// on macOS and Linux), so a path with anything but `A-Za-z0-9/._+-` is single-quoted (a `'`
+/// in it written `'\''`). On Windows (`windows`) a path with more than those, `\` and `:` is
+/// double-quoted instead, which cmd.exe, Windows argument parsing and sh all take around a
+/// path (a Windows path cannot hold `"`).
+pub fn helper_command(path: &str, windows: bool) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._+-".contains(c);
+    if windows {
+        if !path.is_empty() && path.chars().all(|c| plain(c) || c == '\\' || c == ':') {
+            return path.to_owned();
+        }
+        return format!("\"{path}\"");
+    }
+    if !path.is_empty() && path.chars().all(plain) {
+        return path.to_owned();
+    }
+    format!("'{}'", path.replace('\'', r"'\''"))
 }
 
 /// Whether an `env` key of Claude Code's settings configures this helper.
@@ -212,6 +289,137 @@ mod tests {
             assert_eq!(helper_env(&path), want, "{name}");
             let _ = fs::remove_file(path);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn setup_and_uninstall_keep_the_files_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("perms");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // The env block often holds secrets (proxy credentials, API keys): a private file must
+        // not become readable by others; any other mode stays as the person set it.
+        for kept in [0o600, 0o640] {
+            let path = dir.join(format!("settings-{kept:o}.json"));
+            fs::write(&path, r#"{"env": {"HTTPS_PROXY": "http://user:s3cret@proxy:3128"}}"#).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(kept)).unwrap();
+            setup(&path, &sample()).unwrap();
+            assert_eq!(mode(&path), kept, "setup changed the mode {kept:o}");
+            assert!(uninstall(&path).unwrap());
+            assert_eq!(mode(&path), kept, "uninstall changed the mode {kept:o}");
+        }
+        let fresh = dir.join("new").join("settings.json");
+        setup(&fresh, &sample()).unwrap();
+        assert_eq!(mode(&fresh), 0o600, "a new settings file is owner-only");
+        assert_no_temporary_files(&dir);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn setup_and_uninstall_write_through_a_symlink() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = temp_dir("link");
+        let target = dir.join("dotfiles").join("claude-settings.json");
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::write(&target, r#"{"theme": "dark"}"#).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.join("claude").join("settings.json");
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        // A relative link, as a dotfiles manager makes them, through a second link.
+        symlink("../dotfiles/claude-settings.json", dir.join("claude").join("real.json")).unwrap();
+        symlink("real.json", &link).unwrap();
+        let is_link = |p: &Path| fs::symlink_metadata(p).unwrap().file_type().is_symlink();
+
+        setup(&link, &sample()).unwrap();
+        assert!(is_link(&link), "the link was replaced by a file");
+        let merged: Value = serde_json::from_str(&fs::read_to_string(&target).unwrap()).unwrap();
+        assert_eq!(
+            (merged["theme"].as_str(), merged["apiKeyHelper"].as_str()),
+            (Some("dark"), Some("/opt/bin/claude-sso-signin"))
+        );
+        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(uninstall(&link).unwrap());
+        assert!(is_link(&link));
+        assert_eq!(
+            serde_json::from_str::<Value>(&fs::read_to_string(&target).unwrap()).unwrap(),
+            json!({"theme": "dark"})
+        );
+
+        // A link whose target does not exist yet: the target is created, the link kept.
+        let dangling = dir.join("claude").join("dangling.json");
+        symlink("../dotfiles/later.json", &dangling).unwrap();
+        setup(&dangling, &sample()).unwrap();
+        assert!(is_link(&dangling));
+        assert!(dir.join("dotfiles").join("later.json").is_file());
+        assert_no_temporary_files(&dir);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("csg-settings-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn assert_no_temporary_files(dir: &Path) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !fs::symlink_metadata(&path).unwrap().file_type().is_symlink() {
+                assert_no_temporary_files(&path);
+            }
+            assert!(!path.to_string_lossy().ends_with(".tmp"), "left behind: {}", path.display());
+        }
+    }
+
+    #[test]
+    fn the_helper_path_is_quoted_for_the_shell_when_it_needs_to_be() {
+        let cases = [
+            ("plain", "/opt/bin/claude-sso-signin", false, "/opt/bin/claude-sso-signin"),
+            ("a space", "/Users/Ann Lee/bin/claude-sso-signin", false, "'/Users/Ann Lee/bin/claude-sso-signin'"),
+            ("a single quote", "/home/o'brien/claude-sso-signin", false, r"'/home/o'\''brien/claude-sso-signin'"),
+            ("a dollar", "/opt/$HOME/claude-sso-signin", false, "'/opt/$HOME/claude-sso-signin'"),
+            ("version and plus", "/opt/c++/v1.2_3-x/claude-sso-signin", false, "/opt/c++/v1.2_3-x/claude-sso-signin"),
+            (
+                "Windows, plain",
+                r"C:\Users\ann\bin\claude-sso-signin.exe",
+                true,
+                r"C:\Users\ann\bin\claude-sso-signin.exe",
+            ),
+            (
+                "Windows, a space",
+                r"C:\Program Files (x86)\csg\claude-sso-signin.exe",
+                true,
+                r#""C:\Program Files (x86)\csg\claude-sso-signin.exe""#,
+            ),
+        ];
+        for (name, path, windows, want) in cases {
+            assert_eq!(helper_command(path, windows), want, "{name}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_quoted_helper_path_runs_in_sh() {
+        // What Claude Code does with apiKeyHelper: `/bin/sh -c <it>`.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("quoted");
+        for folder in ["My Tools", "it's here", "a $b & c"] {
+            let program = dir.join(folder).join("claude-sso-signin");
+            fs::create_dir_all(program.parent().unwrap()).unwrap();
+            fs::write(&program, "#!/bin/sh\necho token\n").unwrap();
+            fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+            let command = helper_command(&program.to_string_lossy(), false);
+            let out = std::process::Command::new("/bin/sh").args(["-c", &command]).output().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "token\n",
+                "{command}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,15 +40,32 @@ struct FakeIdp {
 
 impl FakeIdp {
     fn start(answer: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static) -> FakeIdp {
+        FakeIdp::listen(None, answer)
+    }
+
+    /// Over HTTPS (`https://127.0.0.1:<port>`) with this server configuration, else plain HTTP.
+    fn listen(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        answer: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static,
+    ) -> FakeIdp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let issuer = format!("{scheme}://{}", listener.local_addr().unwrap());
         let posts = Arc::new(Mutex::new(Vec::new()));
         let answer: Arc<Answer> = Arc::new(answer);
         let (base, seen) = (issuer.clone(), posts.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (base, seen, answer) = (base.clone(), seen.clone(), answer.clone());
-                std::thread::spawn(move || serve(stream, &base, &seen, &*answer));
+                let (base, seen, answer, tls) = (base.clone(), seen.clone(), answer.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => drop(serve(stream, &base, &seen, &*answer)),
+                    Some(config) => {
+                        let connection = rustls::ServerConnection::new(config).unwrap();
+                        let mut tls = serve(rustls::StreamOwned::new(connection, stream), &base, &seen, &*answer);
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                });
             }
         });
         FakeIdp { issuer, posts }
@@ -64,10 +81,14 @@ impl FakeIdp {
     }
 }
 
-fn serve(stream: TcpStream, base: &str, posts: &Mutex<Vec<(String, String)>>, answer: &Answer) {
-    let mut reader = BufReader::new(&stream);
+/// Answers one request on `stream` and hands the stream back (a TLS stream is then closed).
+fn serve<S: Read + Write>(stream: S, base: &str, posts: &Mutex<Vec<(String, String)>>, answer: &Answer) -> S {
+    let mut reader = BufReader::new(stream);
     let mut request_line = String::new();
-    reader.read_line(&mut request_line).unwrap();
+    if reader.read_line(&mut request_line).is_err() {
+        // A client that gave up on the handshake (it does not trust the certificate).
+        return reader.into_inner();
+    }
     let mut length = 0;
     loop {
         let mut header = String::new();
@@ -103,11 +124,13 @@ fn serve(stream: TcpStream, base: &str, posts: &Mutex<Vec<(String, String)>>, an
         }
         _ => (404, "{}".to_owned()),
     };
+    let mut stream = reader.into_inner();
     let _ = write!(
-        &stream,
+        stream,
         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
         reply.len()
     );
+    stream
 }
 
 /// An issuer nothing listens on: every connection is refused.
@@ -433,4 +456,170 @@ fn a_plain_http_issuer_on_the_network_is_refused_unless_allowed() {
     let allowed = unspecified.command().env("CLAUDE_SSO_ALLOW_INSECURE_HTTP", "true").output().unwrap();
     assert_fails(&allowed);
     assert!(!stderr(&allowed).contains("plain http://"), "allowed: {}", stderr(&allowed));
+}
+
+/// Answers of an IdP that is down or overloaded rather than refusing: a refresh that gets one
+/// is an outage, as a refused connection is.
+const OUTAGES: [(&str, u16, &str); 5] = [
+    ("503 maintenance page", 503, "<html>maintenance</html>"),
+    ("500 server_error", 500, r#"{"error":"server_error"}"#),
+    ("408 request timeout", 408, ""),
+    ("429 rate limit (Okta)", 429, r#"{"errorCode":"E0000047","errorSummary":"API call exceeded rate limit"}"#),
+    ("temporarily_unavailable", 400, r#"{"error":"temporarily_unavailable"}"#),
+];
+
+#[test]
+fn a_rate_limited_or_temporarily_unavailable_idp_is_out_of_reach_too() {
+    for (name, status, body) in OUTAGES {
+        let idp = FakeIdp::start(move |_, _| (status, body.to_owned()));
+        let home = Home::new(&idp.issuer);
+        home.save("still-good", now() + 240, "rt");
+        let out = home.run();
+        assert_hands_out(&out, "still-good");
+        assert!(stderr(&out).contains("using the saved token"), "{name}: {}", stderr(&out));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn an_idp_outage_at_refresh_never_starts_a_sign_in() {
+    // The saved token is inside the margin (Claude Code re-runs the helper 30 s before `exp`),
+    // and a browser "opens" (/bin/true): a run must not send the person to an IdP that is down
+    // and wait the login timeout, but say at once that the IdP is unreachable.
+    for (name, status, body) in OUTAGES {
+        let idp = FakeIdp::start(move |_, _| (status, body.to_owned()));
+        let home = Home::new(&idp.issuer);
+        home.save("nearly-expired", now() + 30, "rt");
+        let started = std::time::Instant::now();
+        let out = home
+            .command()
+            .env("CLAUDE_SSO_BROWSER", "/bin/true")
+            .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "12")
+            .output()
+            .unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(6), "{name}: took {:?}", started.elapsed());
+        assert_fails(&out);
+        let err = stderr(&out);
+        assert!(err.starts_with("claude-sso-signin: the identity provider is unreachable ("), "{name}: {err}");
+        assert!(err.contains("try again when it is back") && !err.contains("signing in"), "{name}: {err}");
+        assert_eq!(idp.posts(), 1, "{name}: only the refresh was sent");
+        assert_eq!(home.cached()["access_token"], "nearly-expired", "{name}: the saved sign-in is kept");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_refused_refresh_still_signs_in_again() {
+    // Only a refusal (the grant is gone) sends the person to sign in again.
+    let idp = FakeIdp::start(|_, _| (400, r#"{"error":"invalid_grant"}"#.to_owned()));
+    let home = Home::new(&idp.issuer);
+    home.save("nearly-expired", now() + 30, "rt");
+    let out = home
+        .command()
+        .env("CLAUDE_SSO_BROWSER", "/bin/true")
+        .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "1")
+        .output()
+        .unwrap();
+    assert_fails(&out);
+    let err = stderr(&out);
+    assert!(err.contains("invalid_grant; signing in again") && err.contains("not completed in time"), "{err}");
+}
+
+/// A device authorization the fake IdP approves at once: the first poll gets a token.
+fn device_idp() -> FakeIdp {
+    FakeIdp::start(|path, _| match path {
+        "/device" => (
+            200,
+            serde_json::json!({"device_code": "dc", "user_code": "AB-CD", "verification_uri": "http://x/device",
+                               "interval": 1})
+            .to_string(),
+        ),
+        _ => (200, serde_json::json!({"access_token": "device-token", "expires_in": 3600}).to_string()),
+    })
+}
+
+#[test]
+fn the_device_flow_asks_for_the_configured_audience() {
+    // Auth0's /oauth/device/code takes `audience` as /authorize does; without it the token is
+    // for another API and the gateway refuses it.
+    for (audience, want) in [(Some("https://claude-gw.example.com"), true), (None, false)] {
+        let idp = device_idp();
+        let home = Home::new(&idp.issuer);
+        let mut login = home.command();
+        login.args(["login", "--device"]);
+        if let Some(audience) = audience {
+            login.env("CLAUDE_SSO_AUDIENCE", audience);
+        }
+        let out = login.output().unwrap();
+        assert!(out.status.success(), "{audience:?}: {}", stderr(&out));
+        let posts = idp.posts.lock().unwrap().clone();
+        let (path, body) = &posts[0];
+        assert_eq!(path, "/device");
+        assert_eq!(body.contains("audience=https%3A%2F%2Fclaude-gw.example.com"), want, "{audience:?}: {body}");
+        assert_eq!(body.contains("audience"), want, "{audience:?}: {body}");
+    }
+}
+
+#[test]
+fn a_browser_that_does_not_start_fails_at_once_when_nobody_watches() {
+    // Run by Claude Code (pipes) with a browser command that cannot start: nobody sees the
+    // address or the note, so waiting the login timeout would only delay the message.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "t", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    let started = std::time::Instant::now();
+    let out = home
+        .command()
+        .env("CLAUDE_SSO_BROWSER", home.dir.join("no-such-browser"))
+        .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "12")
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(6), "took {:?}", started.elapsed());
+    assert_fails(&out);
+    let err = stderr(&out);
+    assert!(err.starts_with("claude-sso-signin: not signed in to "), "the message comes first: {err}");
+    assert!(err.contains("could not open a browser") && err.contains("no-such-browser"), "{err}");
+    assert!(err.len() < 500, "Claude Code shows the first 500 characters: {err}");
+    assert_eq!(idp.posts(), 0);
+}
+
+/// A throwaway CA and a certificate it issued for 127.0.0.1: the CA's PEM, and a TLS server
+/// configuration presenting that certificate.
+fn company_ca() -> (String, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Example Corp test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    (ca.pem(), Arc::new(config))
+}
+
+#[test]
+fn an_idp_behind_a_company_ca_is_trusted_through_ssl_cert_file() {
+    let (ca_pem, tls) = company_ca();
+    let idp = FakeIdp::listen(Some(tls), |_, _| {
+        (200, serde_json::json!({"access_token": "via-company-ca", "expires_in": 3600}).to_string())
+    });
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    // Without the CA: the certificate is not trusted (and nothing is sent to the IdP).
+    let out = home.run();
+    assert_fails(&out);
+    let err = stderr(&out);
+    assert!(err.contains("cannot reach the identity provider") && err.contains("UnknownIssuer"), "{err}");
+    assert_eq!(idp.posts(), 0);
+    // With SSL_CERT_FILE naming the CA (as OpenSSL and curl take it), the refresh goes through.
+    let ca_file = home.dir.join("company-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let out = home.command().env("SSL_CERT_FILE", &ca_file).output().unwrap();
+    assert_hands_out(&out, "via-company-ca");
+    assert_eq!(idp.posts(), 1);
 }
