@@ -200,7 +200,7 @@ impl BrowserLogin<'_> {
             params.push(("audience", audience.to_owned()));
         }
         let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
-        let url = format!("{}?{}", self.client.endpoints.authorization_endpoint, query.join("&"));
+        let url = with_query(&self.client.endpoints.authorization_endpoint, &query.join("&"));
         let opened = self.browser.open(&url);
         if let Err(why) = &opened {
             if flow::when_the_browser_does_not_start(self.interactive) == BrowserDidNotStart::GiveUp {
@@ -438,9 +438,25 @@ fn decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `endpoint` with `query` added: after `&` when the endpoint has a query of its own, which
+/// must be kept (RFC 6749 §3.1; Azure AD B2C names its policy there).
+fn with_query(endpoint: &str, query: &str) -> String {
+    let joint = if endpoint.contains('?') { '&' } else { '?' };
+    format!("{endpoint}{joint}{query}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_authorize_query_keeps_the_endpoints_own() {
+        assert_eq!(with_query("https://idp/authorize", "a=1&b=2"), "https://idp/authorize?a=1&b=2");
+        assert_eq!(
+            with_query("https://b2c/authorize?p=B2C_1_signin", "a=1"),
+            "https://b2c/authorize?p=B2C_1_signin&a=1"
+        );
+    }
 
     #[test]
     fn query_round_trip() {

@@ -79,6 +79,21 @@ pub struct Endpoints {
     pub revocation_endpoint: Option<String>,
 }
 
+impl Endpoints {
+    /// The first endpoint that is not `https://` when `issuer` is.
+    fn plain_http_under_https(&self, issuer: &str) -> Option<&str> {
+        if !issuer.starts_with("https://") {
+            return None;
+        }
+        [Some(&self.authorization_endpoint), Some(&self.token_endpoint)]
+            .into_iter()
+            .chain([self.device_authorization_endpoint.as_ref(), self.revocation_endpoint.as_ref()])
+            .flatten()
+            .map(String::as_str)
+            .find(|url| !url.starts_with("https://"))
+    }
+}
+
 /// A token endpoint answer.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokenResponse {
@@ -230,6 +245,12 @@ impl Client {
                 endpoints.issuer
             )));
         }
+        // Codes, verifiers and refresh tokens go to these: an https issuer's must be https too.
+        if let Some(plain) = endpoints.plain_http_under_https(issuer) {
+            return Err(OidcError::Unexpected(format!(
+                "discovery names {plain:?}, which is not https like the issuer; codes and tokens would travel unencrypted"
+            )));
+        }
         Ok(Client { agent, endpoints })
     }
 
@@ -353,6 +374,23 @@ pub fn plain_http_off_this_computer(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_https_issuers_endpoints_must_be_https() {
+        let endpoints = |token: &str, revocation: Option<&str>| Endpoints {
+            issuer: "https://idp".into(),
+            authorization_endpoint: "https://idp/authorize".into(),
+            token_endpoint: token.into(),
+            device_authorization_endpoint: None,
+            revocation_endpoint: revocation.map(str::to_owned),
+        };
+        assert_eq!(endpoints("https://idp/token", None).plain_http_under_https("https://idp"), None);
+        assert_eq!(endpoints("http://idp/token", None).plain_http_under_https("https://idp"), Some("http://idp/token"));
+        let revocation = endpoints("https://idp/token", Some("http://idp/revoke"));
+        assert_eq!(revocation.plain_http_under_https("https://idp"), Some("http://idp/revoke"));
+        // A plain-http issuer (a local test IdP) is held to nothing more.
+        assert_eq!(endpoints("http://idp/token", None).plain_http_under_https("http://idp"), None);
+    }
 
     #[test]
     fn access_token_must_fit_a_header_line() {
