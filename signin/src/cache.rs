@@ -82,7 +82,7 @@ impl CacheFile {
         getrandom::getrandom(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
         let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = self.dir.join(format!(".{}.{}.{random}.tmp", file_name(&self.path), std::process::id()));
-        let written = write_new(&tmp, json.as_bytes()).and_then(|()| fs::rename(&tmp, &self.path));
+        let written = write_new(&tmp, json.as_bytes(), None).and_then(|()| fs::rename(&tmp, &self.path));
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -99,8 +99,9 @@ impl CacheFile {
     }
 }
 
-/// Creates `path` (owner-only), writes `bytes` and syncs them to disk.
-fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` (owner-only while it is written; nothing already there is followed), writes
+/// `bytes`, gives it `permissions` if any, and syncs it to disk.
+pub(crate) fn write_new(path: &Path, bytes: &[u8], permissions: Option<fs::Permissions>) -> std::io::Result<()> {
     let mut options = OpenOptions::new();
     options.create_new(true).write(true);
     #[cfg(unix)]
@@ -110,6 +111,9 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
+    if let Some(permissions) = permissions {
+        file.set_permissions(permissions)?;
+    }
     file.sync_all()
 }
 

@@ -2,8 +2,7 @@
 //! removing exactly those keys again, leaving every other key as it was; and reading the
 //! helper's configuration back from that file for runs from a terminal.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -111,29 +110,11 @@ fn replace(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let random = crate::pkce::random(8).map_err(|e| std::io::Error::other(e.to_string()))?;
     let tmp = target.with_file_name(format!(".{name}.{}.{random}.tmp", std::process::id()));
-    let written = write_new(&tmp, bytes, permissions).and_then(|()| fs::rename(&tmp, target));
+    let written = crate::cache::write_new(&tmp, bytes, permissions).and_then(|()| fs::rename(&tmp, target));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     written
-}
-
-/// Creates `path` (owner-only while it is written), writes `bytes`, gives it `permissions` if
-/// any, and syncs it to disk.
-fn write_new(path: &Path, bytes: &[u8], permissions: Option<fs::Permissions>) -> std::io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.create_new(true).write(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    if let Some(permissions) = permissions {
-        file.set_permissions(permissions)?;
-    }
-    file.sync_all()
 }
 
 /// `apiKeyHelper` for the helper at `path`. Claude Code runs it as a shell command (`/bin/sh`
