@@ -140,26 +140,35 @@ class Envoy(HostProcess):
                  with_filter=True, wait=True, reloadable=False):
         if with_filter and not WASM.exists():
             raise FileNotFoundError(f"{WASM} is missing: run `make build` first")
-        self.port, self.admin_port = free_port(), free_port()
         self.dir = tempfile.TemporaryDirectory(prefix="csg-envoy-")
         self.config_path = Path(self.dir.name) / "envoy.json"
         self.log_path = Path(self.dir.name) / "envoy.log"
         env = dict(env or {})
         self.env_keys, self.with_filter = sorted(env), with_filter
         self.access_log_path = Path(self.dir.name) / "access.log"
-        gateway_listener = listener(filter_config, self.port, self.env_keys, with_filter, self.access_log_path)
-        lds_dir = Path(self.dir.name) if reloadable else None
-        if lds_dir:
-            self._write_lds(gateway_listener)
-        config = bootstrap(gateway_listener, self.admin_port, upstream_port, idp_upstreams, lds_dir)
-        self.config_path.write_text(json.dumps(config, indent=1))
-        self.process = subprocess.Popen(
-            [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-             "--log-level", "info", "--file-flush-interval-msec", "250", "--component-log-level", "wasm:debug", "--base-id", str(self.port)],
-            # stderr, not --log-path: the file sink is flushed only every few seconds.
-            stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"), env={**os.environ, **env})
-        if wait:
-            self.wait_ready()
+        # A port found free can be taken (by a client's outgoing connection) before Envoy binds
+        # it: then Envoy exits at once, and it is started again on other ports.
+        for attempt in range(3):
+            self.port, self.admin_port = free_port(), free_port()
+            gateway_listener = listener(filter_config, self.port, self.env_keys, with_filter, self.access_log_path)
+            lds_dir = Path(self.dir.name) if reloadable else None
+            if lds_dir:
+                self._write_lds(gateway_listener)
+            config = bootstrap(gateway_listener, self.admin_port, upstream_port, idp_upstreams, lds_dir)
+            self.config_path.write_text(json.dumps(config, indent=1))
+            self.process = subprocess.Popen(
+                [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
+                 "--log-level", "info", "--file-flush-interval-msec", "250", "--component-log-level", "wasm:debug", "--base-id", str(self.port)],
+                # stderr, not --log-path: the file sink is flushed only every few seconds.
+                stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"), env={**os.environ, **env})
+            if not wait:
+                return
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError as e:
+                if attempt == 2 or "Address already in use" not in str(e):
+                    raise
 
     def wait_ready(self, timeout=20.0):
         deadline = time.monotonic() + timeout
