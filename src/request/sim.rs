@@ -254,14 +254,28 @@ pub fn expected(setup: &Setup) -> Vec<End> {
     }
 }
 
+/// A worker on the sim's plan (with the IdP's keys when `keys_loaded`) and a host whose IdP is
+/// `idp`.
+fn worker_and_host(keys_loaded: bool, idp: Idp) -> (Worker, FakeHost) {
+    let mut worker = Worker::new(plan());
+    let host = FakeHost {
+        idp_up: idp == Idp::Up,
+        data: RefCell::default(),
+        next_id: Cell::new(0),
+        pending: RefCell::default(),
+    };
+    if keys_loaded {
+        let discovery = serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string();
+        worker.on_fetched(&Fetch::Discovery, Some(200), discovery.as_bytes(), NOW);
+        worker.on_fetched(&Fetch::Jwks, Some(200), jwks().as_bytes(), NOW);
+    }
+    (worker, host)
+}
+
 /// The step a request's headers get on `profile` from a worker with keys, for a good token
 /// sent as `Authorization` and `x-api-key` after `headers`.
 pub fn headers_step(profile: HostProfile, headers: &[(&str, &str)]) -> Step {
-    let mut worker = Worker::new(plan());
-    let host = FakeHost { idp_up: true, data: RefCell::default(), next_id: Cell::new(0), pending: RefCell::default() };
-    let discovery = serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string();
-    worker.on_fetched(&Fetch::Discovery, Some(200), discovery.as_bytes(), NOW);
-    worker.on_fetched(&Fetch::Jwks, Some(200), jwks().as_bytes(), NOW);
+    let (mut worker, host) = worker_and_host(true, Idp::Up);
     let (token, bearer) = (token(Token::Good), format!("Bearer {}", token(Token::Good)));
     let mut all = headers.to_vec();
     all.extend([("Authorization", bearer.as_str()), ("x-api-key", token.as_str())]);
@@ -271,11 +285,7 @@ pub fn headers_step(profile: HostProfile, headers: &[(&str, &str)]) -> Step {
 /// A good request forwarded on `profile` (its body read whole), then the provider's answer
 /// headers: returns that step.
 pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, end_of_stream: bool) -> Step {
-    let mut worker = Worker::new(plan());
-    let host = FakeHost { idp_up: true, data: RefCell::default(), next_id: Cell::new(0), pending: RefCell::default() };
-    let discovery = serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string();
-    worker.on_fetched(&Fetch::Discovery, Some(200), discovery.as_bytes(), NOW);
-    worker.on_fetched(&Fetch::Jwks, Some(200), jwks().as_bytes(), NOW);
+    let (mut worker, host) = worker_and_host(true, Idp::Up);
     let mut sim = Sim::new(&Setup {
         profile,
         keys_loaded: true,
@@ -298,18 +308,7 @@ pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, 
 /// Drives one request through `events` (then lets the host finish what is left) and checks the
 /// invariant at every step. Returns how it ended, or the violated rule.
 pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {
-    let mut worker = Worker::new(plan());
-    let host = FakeHost {
-        idp_up: setup.idp == Idp::Up,
-        data: RefCell::default(),
-        next_id: Cell::new(0),
-        pending: RefCell::default(),
-    };
-    if setup.keys_loaded {
-        let discovery = serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string();
-        worker.on_fetched(&Fetch::Discovery, Some(200), discovery.as_bytes(), NOW);
-        worker.on_fetched(&Fetch::Jwks, Some(200), jwks().as_bytes(), NOW);
-    }
+    let (mut worker, host) = worker_and_host(setup.keys_loaded, setup.idp);
     let mut sim = Sim::new(setup);
     let step = {
         let owned = sim.headers.clone();
