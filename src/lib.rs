@@ -19,6 +19,7 @@ compile_error!(
 );
 
 pub mod bedrock;
+pub(crate) mod body_watch;
 pub mod budget;
 pub mod config;
 pub(crate) mod credential_refusal;

@@ -350,3 +350,43 @@ def test_a_jwks_listing_a_key_twice_still_verifies_its_tokens(make_gateway, stub
         assert "signature" in answer.error_message, answer.error_message
     finally:
         idp.stop()
+
+
+@pytest.mark.envoy_only("allow_on_headers_stop_iteration is Envoy's setting; nginx reads the body before the filter")
+def test_envoy_that_does_not_hold_headers_gets_a_clear_refusal_not_a_hang(make_gateway, signer, stub):
+    # Without the setting (Istio's WasmPlugin cannot set it) Envoy never hands the body of a held
+    # request to the filter: the request went nowhere and hung until a timeout, with no log line.
+    g = make_gateway(gateway_config(signer), [signer.upstream], hold_headers=False)
+    started = time.monotonic()
+    r = call(g.port, signer.token(), BODY, timeout=30)
+    waited = time.monotonic() - started
+    assert r.status == 500, r.body
+    error = json.loads(r.body)["error"]
+    assert error["type"] == "api_error"
+    assert "allow_on_headers_stop_iteration: true" in error["message"]
+    assert r.headers.get("x-should-retry") == "false", "a retry would wait as long again"
+    assert 4.5 <= waited < 12, waited
+    assert stub.requests == [], "nothing went upstream"
+    assert g.wait_for_log("set `allow_on_headers_stop_iteration: true` in the Wasm filter's config")
+    assert g.wait_for_log('"refusal":"body_not_seen"'), "the request leaves a usage record"
+    assert UPSTREAM_KEY not in g.logs() and signer.token() not in g.logs()
+    time.sleep(1.5)
+    assert 'claude_sso_gateway_refusals_total{reason="body_not_seen"} 1' in g.prometheus()
+
+
+def test_a_held_request_whose_body_starts_late_still_goes_through(gateway, signer, stub):
+    # Once one request proved that Envoy holds headers (each worker learns it from the others at
+    # its next 500 ms tick), a client whose body starts late is never cut short.
+    assert call(gateway.port, signer.token(), BODY).status == 200
+    time.sleep(1.2)
+    import socket
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as s:
+        token = signer.token()
+        head = (f"POST /v1/messages?beta=true HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+                f"anthropic-version: 2023-06-01\r\nauthorization: Bearer {token}\r\nx-api-key: {token}\r\n"
+                f"content-length: {len(BODY)}\r\n\r\n").encode()
+        s.sendall(head)
+        time.sleep(6.5)
+        s.sendall(BODY)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

@@ -290,6 +290,12 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
     returned(code, data, size).ok().flatten()
 }
 
+/// Makes the request `context_id` the one the next host calls act on (from the root context's
+/// timer). False when the host no longer knows it.
+pub fn set_effective_context(context_id: u32) -> bool {
+    proxy_wasm::hostcalls::set_effective_context(context_id).is_ok()
+}
+
 /// Sets (replaces) a request header.
 pub fn set_request_header(name: &str, value: &str) {
     if set_header(MapType::HttpRequestHeaders, name, value).is_err() {
@@ -496,6 +502,16 @@ impl SharedStore for HostCalls {
             code => Err(StoreError::Host(format!("{:?}", HostStatus(code)))),
         }
     }
+}
+
+/// Sets a shared-data flag every worker can read (its value `1`).
+pub fn set_shared_flag(key: &str) {
+    let _ = HostCalls::default().cas_set(key, b"1", None);
+}
+
+/// Whether a shared-data flag is set.
+pub fn shared_flag(key: &str) -> bool {
+    matches!(HostCalls::default().get(key), Ok((Some(value), _)) if value == b"1")
 }
 
 /// Defines a metric; `None` if the host refuses the name.

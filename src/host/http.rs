@@ -8,6 +8,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
+use crate::body_watch::{self, BodyWatch};
 use crate::gateway::Worker;
 use crate::header_map;
 use crate::request::{AnswerHead, Flow, HostProfile, Request, Step};
@@ -17,7 +18,10 @@ use super::metrics::Metrics;
 
 /// One request's context.
 pub struct GatewayHttp {
+    /// The host's id for this request's context.
+    id: u32,
     worker: Rc<RefCell<Worker>>,
+    watch: Rc<RefCell<BodyWatch>>,
     metrics: Rc<Metrics>,
     profile: Rc<Cell<Option<HostProfile>>>,
     request: Request,
@@ -25,9 +29,39 @@ pub struct GatewayHttp {
 
 impl GatewayHttp {
     /// A request context sharing its worker's state.
-    pub fn new(worker: Rc<RefCell<Worker>>, metrics: Rc<Metrics>, profile: Rc<Cell<Option<HostProfile>>>) -> Self {
+    pub fn new(
+        id: u32,
+        worker: Rc<RefCell<Worker>>,
+        watch: Rc<RefCell<BodyWatch>>,
+        metrics: Rc<Metrics>,
+        profile: Rc<Cell<Option<HostProfile>>>,
+    ) -> Self {
         let request = Request::new(profile.get().unwrap_or(HostProfile::Envoy));
-        GatewayHttp { worker, metrics, profile, request }
+        GatewayHttp { id, worker, watch, metrics, profile, request }
+    }
+
+    /// A body callback came: holding works on this host; the first time, the other workers are
+    /// told.
+    fn body_seen(&mut self) {
+        if self.watch.borrow_mut().body_seen(self.id) {
+            calls::set_shared_flag(body_watch::PROVEN_KEY);
+        }
+    }
+
+    /// Whether the root's timer answered this request because its body never came
+    /// ([`body_watch`]); the first time, the request learns it and hands out its record.
+    /// `late` in the request's last callback.
+    fn answered_by_timer(&mut self, late: bool) -> bool {
+        if !self.watch.borrow().was_answered(self.id) {
+            return false;
+        }
+        let step = self.request.answered_elsewhere(
+            &mut self.worker.borrow_mut(),
+            &HostCalls::default(),
+            body_watch::body_not_seen(),
+        );
+        self.apply_at(step, late);
+        true
     }
 
     /// Carries out a step in the order [`Step`] documents and returns the callback's action.
@@ -98,12 +132,16 @@ impl GatewayHttp {
 
 impl Drop for GatewayHttp {
     fn drop(&mut self) {
+        self.watch.borrow_mut().ended(self.id);
         self.request.release_fetch(&mut self.worker.borrow_mut());
     }
 }
 
 impl Context for GatewayHttp {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        if self.answered_by_timer(false) {
+            return;
+        }
         let (status, body, reason) = calls::call_response(body_size);
         let (step, progress) = {
             let mut worker = self.worker.borrow_mut();
@@ -145,10 +183,24 @@ impl HttpContext for GatewayHttp {
             &headers,
             end_of_stream,
         );
-        self.apply(step)
+        let held = step.flow == Flow::Pause && step.reply.is_none() && !end_of_stream;
+        let action = self.apply(step);
+        // Envoy holds the headers only with `allow_on_headers_stop_iteration`; until a body shows
+        // that it does, a held request is watched (see body_watch).
+        if held && profile == HostProfile::Envoy {
+            let mut watch = self.watch.borrow_mut();
+            if watch.watching() {
+                watch.held(self.id, calls::now_ms());
+            }
+        }
+        action
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.answered_by_timer(false) {
+            return Action::Pause;
+        }
+        self.body_seen();
         // The body is read only once it is whole; Envoy hands the running total each time.
         let body = end_of_stream.then(|| calls::request_body(body_size)).flatten();
         let step = self.request.on_request_body(
@@ -162,6 +214,10 @@ impl HttpContext for GatewayHttp {
     }
 
     fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        if self.answered_by_timer(false) {
+            return Action::Pause;
+        }
+        self.body_seen();
         let body = calls::request_body(self.request.buffered());
         let step =
             self.request.on_request_trailers(&mut self.worker.borrow_mut(), &HostCalls::default(), body.as_deref());
@@ -202,6 +258,7 @@ impl HttpContext for GatewayHttp {
     }
 
     fn on_log(&mut self) {
+        self.answered_by_timer(true);
         // Streams cut short, cancelled requests and answers a host never marks as ended are
         // settled here.
         let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls::default());

@@ -43,6 +43,7 @@ const REFUSALS: &[&str] = &[
     "keys_unavailable",
     "keys_too_old",
     "rewrite_failed",
+    "body_not_seen",
 ];
 /// Outcomes of a key fetch.
 const FETCH_OUTCOMES: [&str; 2] = ["ok", "error"];

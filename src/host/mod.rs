@@ -13,6 +13,7 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
+use crate::body_watch::{self, BodyWatch};
 use crate::config::Plan;
 use crate::gateway::{FetchProgress, Worker};
 use crate::keystore::{self, Fetch};
@@ -46,9 +47,46 @@ struct GatewayRoot {
     shared_cas: Option<u32>,
     /// Learned at the first request (only a request can tell the hosts apart safely).
     profile: Rc<Cell<Option<HostProfile>>>,
+    /// Requests held at their headers while holding is unproven (kept across configurations:
+    /// it is a property of the host's filter config, which a new configuration does not change
+    /// without a new VM).
+    watch: Rc<RefCell<BodyWatch>>,
 }
 
 impl GatewayRoot {
+    /// Answers the held requests whose body never came (see [`body_watch`]).
+    fn answer_unseen_bodies(&mut self) {
+        let late = {
+            let mut watch = self.watch.borrow_mut();
+            if !watch.watching() {
+                return;
+            }
+            if calls::shared_flag(body_watch::PROVEN_KEY) {
+                watch.proven_elsewhere();
+                return;
+            }
+            watch.overdue(calls::now_ms())
+        };
+        for id in late {
+            // A request already gone cannot be made current; nothing to answer then.
+            if !calls::set_effective_context(id) {
+                continue;
+            }
+            let reply = body_watch::body_not_seen();
+            self.metrics.record_refusal(&reply, None);
+            calls::log(
+                LogLevel::Error,
+                &format!(
+                    "claude-sso-gateway: a request's body did not reach the filter within {} s of its headers, \
+                     so it was refused; if every request ends so, Envoy is not holding the headers: set \
+                     `allow_on_headers_stop_iteration: true` in the Wasm filter's config (Envoy 1.35+)",
+                    body_watch::BODY_WAIT_MS / 1000
+                ),
+            );
+            calls::send_reply(&reply);
+        }
+    }
+
     /// Starts a background key refresh when one is due and none is under way.
     fn refresh_keys(&mut self, worker: &RefCell<Worker>) {
         if self.pending.values().any(|p| matches!(p, Pending::Keys(_))) {
@@ -201,6 +239,7 @@ impl RootContext for GatewayRoot {
 
     fn on_tick(&mut self) {
         self.metrics.flush();
+        self.answer_unseen_bodies();
         let Some(worker) = self.worker.clone() else {
             return;
         };
@@ -209,13 +248,17 @@ impl RootContext for GatewayRoot {
         self.sync_budgets(&worker);
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
         // The SDK aborts the VM on `None`: a worker whose configuration was refused (hosts do
         // not start one, but nothing here relies on it) refuses requests instead.
         Some(match self.worker.clone() {
-            Some(worker) => {
-                Box::new(http::GatewayHttp::new(worker, Rc::clone(&self.metrics), Rc::clone(&self.profile)))
-            }
+            Some(worker) => Box::new(http::GatewayHttp::new(
+                id,
+                worker,
+                Rc::clone(&self.watch),
+                Rc::clone(&self.metrics),
+                Rc::clone(&self.profile),
+            )),
             None => Box::new(http::Unconfigured),
         })
     }

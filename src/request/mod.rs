@@ -698,6 +698,20 @@ impl Request {
         step
     }
 
+    /// The host layer answered this request itself with `reply` (a request whose body never
+    /// came, see [`crate::body_watch`]): the request ends as answered, and its record is handed
+    /// out once. Nothing happens to a request already answered or forwarded.
+    pub fn answered_elsewhere(&mut self, worker: &mut Worker, host: &dyn Host, reply: Reply) -> Step {
+        if !matches!(self.phase, Phase::New | Phase::Deciding) {
+            return Step::pause();
+        }
+        self.release_fetch(worker);
+        self.now_ms = host.now_ms();
+        let mut step = self.answer(reply);
+        step.reply = None;
+        step
+    }
+
     /// Settles a forwarded request once and hands out its record.
     fn finish(&mut self, host: &dyn Host, step: &mut Step) {
         if std::mem::replace(&mut self.recorded, true) {

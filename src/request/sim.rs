@@ -305,6 +305,32 @@ pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, 
     sim.request.on_response_headers(&host, answer, end_of_stream)
 }
 
+/// A good request held at its headers on Envoy, then answered by the host layer with `reply`,
+/// answered so again, then its body and its end arriving: the four steps.
+pub fn answered_elsewhere_steps(reply: crate::reply::Reply) -> [Step; 4] {
+    let (mut worker, host) = worker_and_host(true, Idp::Up);
+    let mut sim = Sim::new(&Setup {
+        profile: HostProfile::Envoy,
+        keys_loaded: true,
+        idp: Idp::Up,
+        token: Token::Good,
+        body: Body::Allowed,
+        chunks: 1,
+        trailers: false,
+        spilled: false,
+    });
+    let owned = sim.headers.clone();
+    let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let held = sim.request.on_request_headers(&mut worker, &host, &headers, false);
+    assert!(held.reply.is_none() && held.flow == Flow::Pause, "the request is held");
+    let answered = sim.request.answered_elsewhere(&mut worker, &host, reply.clone());
+    let again = sim.request.answered_elsewhere(&mut worker, &host, reply);
+    let body = sim.body.clone();
+    let late = sim.request.on_request_body(&mut worker, &host, body.len(), true, Some(&body));
+    let done = sim.request.on_done(&mut worker, &host);
+    [answered, again, late, done]
+}
+
 /// Drives one request through `events` (then lets the host finish what is left) and checks the
 /// invariant at every step. Returns how it ended, or the violated rule.
 pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {

@@ -137,3 +137,17 @@ fn an_answer_without_a_body_is_settled_at_its_headers() {
         assert!(open.settled.is_none() && open.record.is_none(), "{profile:?}: a body is still to come");
     }
 }
+
+/// A request the host layer answered itself (its body never came, see `body_watch`) ends as
+/// answered: one record with the refusal, nothing forwarded when the body comes after all.
+#[test]
+fn a_request_answered_by_the_host_layer_is_recorded_once_and_never_forwarded() {
+    let [answered, again, late, done] = sim::answered_elsewhere_steps(crate::body_watch::body_not_seen());
+    let record = answered.record.expect("a record");
+    assert_eq!((record.status, record.refusal), (Some(500), Some("body_not_seen")));
+    assert!(answered.reply.is_none(), "the host layer sent the answer already");
+    assert_eq!(again, super::Step::default(), "answered once");
+    assert!(!late.forwarded && late.reply.is_none() && late.set_headers.is_empty() && late.body.is_none());
+    assert_eq!(late.flow, super::Flow::Pause);
+    assert!(done.record.is_none(), "one record");
+}

@@ -34,7 +34,7 @@ def static_cluster(name: str, port: int, host="127.0.0.1") -> dict:
     }
 
 
-def wasm_filter(config, wasm_path=WASM, env_keys=()) -> dict:
+def wasm_filter(config, wasm_path=WASM, env_keys=(), hold_headers=True) -> dict:
     value = config if isinstance(config, str) else json.dumps(config)
     vm_config = {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm_path)}}}
     if env_keys:
@@ -42,7 +42,7 @@ def wasm_filter(config, wasm_path=WASM, env_keys=()) -> dict:
     return {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {"name": "claude_sso_gateway", "root_id": "claude_sso_gateway",
-                   "allow_on_headers_stop_iteration": True,
+                   "allow_on_headers_stop_iteration": hold_headers,
                    "failure_policy": "FAIL_RELOAD",
                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
                    "vm_config": vm_config}}}
@@ -68,9 +68,11 @@ LOCAL_REPLY = {"mappers": [{
 USAGE_LOG_FORMAT = "%FILTER_STATE(wasm.claude_sso_gateway_usage:PLAIN)%\n"
 
 
-def listener(filter_config, listen_port: int, env_keys=(), with_filter=True, access_log=None) -> dict:
-    """The gateway listener: HTTP connection manager, the filter, the router."""
-    filters = [wasm_filter(filter_config, env_keys=env_keys)] if with_filter else []
+def listener(filter_config, listen_port: int, env_keys=(), with_filter=True, access_log=None,
+             hold_headers=True) -> dict:
+    """The gateway listener: HTTP connection manager, the filter, the router. `hold_headers: False`
+    leaves out `allow_on_headers_stop_iteration`, as Istio's WasmPlugin does."""
+    filters = [wasm_filter(filter_config, env_keys=env_keys, hold_headers=hold_headers)] if with_filter else []
     filters.append({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
     hcm = {
@@ -137,7 +139,7 @@ class Envoy(HostProcess):
     """Runs Envoy until `stop()`. Fails with Envoy's log if it does not become ready."""
 
     def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
-                 with_filter=True, wait=True, reloadable=False):
+                 with_filter=True, wait=True, reloadable=False, hold_headers=True):
         if with_filter and not WASM.exists():
             raise FileNotFoundError(f"{WASM} is missing: run `make build` first")
         self.dir = tempfile.TemporaryDirectory(prefix="csg-envoy-")
@@ -150,7 +152,8 @@ class Envoy(HostProcess):
         # it: then Envoy exits at once, and it is started again on other ports.
         for attempt in range(3):
             self.port, self.admin_port = free_port(), free_port()
-            gateway_listener = listener(filter_config, self.port, self.env_keys, with_filter, self.access_log_path)
+            gateway_listener = listener(filter_config, self.port, self.env_keys, with_filter, self.access_log_path,
+                                        hold_headers)
             lds_dir = Path(self.dir.name) if reloadable else None
             if lds_dir:
                 self._write_lds(gateway_listener)
