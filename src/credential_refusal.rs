@@ -60,6 +60,13 @@ impl CredentialRefusal {
     /// What the provider said, as a sentence: its error type and message when its answer is
     /// Anthropic's error shape (nothing else is quoted, so no other text of it is shown).
     fn said(&self) -> String {
+        self.quoted(false)
+    }
+
+    /// [`Self::said`]; `for_client` with the header name `x-api-key` written `API key`: Claude
+    /// Code shows any error message naming `x-api-key` as "Invalid API key · Fix external API
+    /// key", which would send the person to fix a key they do not have.
+    fn quoted(&self, for_client: bool) -> String {
         #[derive(Deserialize)]
         struct Answer {
             error: Detail,
@@ -72,8 +79,11 @@ impl CredentialRefusal {
         }
         match serde_json::from_slice::<Answer>(&self.body) {
             Ok(Answer { error }) => {
-                let message: String =
+                let mut message: String =
                     without_secrets(&error.message).chars().filter(|c| !c.is_control()).take(300).collect();
+                if for_client {
+                    message = without_api_key_header(&message);
+                }
                 let kind: String =
                     error.kind.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
                 format!("{} {kind}: {message}", self.status)
@@ -86,7 +96,7 @@ impl CredentialRefusal {
         format!(
             "gateway: the AI provider refused the gateway's own credentials ({}). This is on the gateway's side; \
              signing in again will not change it: tell your administrator",
-            self.said()
+            self.quoted(true)
         )
     }
 
@@ -94,6 +104,21 @@ impl CredentialRefusal {
     pub fn warning(&self) -> String {
         format!("the provider refused the gateway's API key ({}); check the target's key", self.said())
     }
+}
+
+/// `text` with every `x-api-key` (in any case) written `API key`.
+fn without_api_key_header(text: &str) -> String {
+    const NAME: &str = "x-api-key";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // ASCII lowercasing keeps every byte where it is, so positions found in it hold in `rest`.
+    while let Some(at) = rest.to_ascii_lowercase().find(NAME) {
+        out.push_str(&rest[..at]);
+        out.push_str("API key");
+        rest = &rest[at + NAME.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Shortest run of key-like characters (letters, digits, `-_+/=`) that is taken for a secret
@@ -151,6 +176,19 @@ mod tests {
     const REVOKED: &[u8] = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
 
     #[test]
+    fn the_header_name_is_never_quoted_to_the_client() {
+        for (text, want) in [
+            ("invalid x-api-key", "invalid API key"),
+            ("X-Api-Key missing; x-API-key bad", "API key missing; API key bad"),
+            ("no key here", "no key here"),
+            ("x-api-ke", "x-api-ke"),
+            ("é x-api-key é", "é API key é"),
+        ] {
+            assert_eq!(without_api_key_header(text), want, "{text}");
+        }
+    }
+
+    #[test]
     fn only_401_and_403_are_the_gateways_credentials() {
         for status in [200, 400, 404, 429, 500, 529] {
             assert!(CredentialRefusal::of(Some(status), None).is_none(), "{status}");
@@ -170,7 +208,8 @@ mod tests {
             assert_eq!(v["type"], "error");
             assert_eq!(v["error"]["type"], "api_error");
             let message = v["error"]["message"].as_str().unwrap();
-            assert!(message.contains("401 authentication_error: invalid x-api-key"), "{message}");
+            assert!(message.contains("401 authentication_error: invalid API key"), "{message}");
+            assert!(!message.to_ascii_lowercase().contains("x-api-key"), "Claude Code would hide it: {message}");
             assert!(message.contains("tell your administrator"), "{message}");
             assert!(r.on_body(b"", true).is_empty(), "once");
             assert!(r.warning().contains("401 authentication_error: invalid x-api-key"));

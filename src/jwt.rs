@@ -25,6 +25,9 @@ pub enum AuthError {
     TooLarge,
     /// Not three base64url parts with JSON header and payload.
     Malformed,
+    /// No `.` at all: an opaque access token (an IdP issues those when no audience, API or
+    /// resource is asked for), which no sign-in of the same setup turns into a JWT.
+    Opaque,
     /// `alg` is `none`, HMAC or otherwise not accepted.
     UnsupportedAlgorithm,
     /// `iss` is not the configured issuer.
@@ -37,8 +40,10 @@ pub enum AuthError {
     Expired,
     /// `nbf` (minus leeway) is still ahead.
     NotYetValid,
-    /// Issued (`iat`) longer ago than `oidc.max_token_age_seconds`, or no `iat` while that is set.
+    /// Issued (`iat`) longer ago than `oidc.max_token_age_seconds`.
     TokenTooOld,
+    /// No `iat` while `oidc.max_token_age_seconds` is set: the IdP's tokens never carry one.
+    MissingIssuedAt,
     /// No `aud` value is accepted.
     WrongAudience,
     /// No `sub` claim.
@@ -53,13 +58,14 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, for defining one metric series each.
-    pub const ALL: [AuthError; 18] = [
+    pub const ALL: [AuthError; 20] = [
         AuthError::MissingToken,
         AuthError::NotBearer,
         AuthError::ConflictingTokens,
         AuthError::DuplicateCredential,
         AuthError::TooLarge,
         AuthError::Malformed,
+        AuthError::Opaque,
         AuthError::UnsupportedAlgorithm,
         AuthError::WrongIssuer,
         AuthError::MissingExpiry,
@@ -67,6 +73,7 @@ impl AuthError {
         AuthError::Expired,
         AuthError::NotYetValid,
         AuthError::TokenTooOld,
+        AuthError::MissingIssuedAt,
         AuthError::WrongAudience,
         AuthError::MissingSubject,
         AuthError::UnsafeIdentity,
@@ -83,6 +90,7 @@ impl AuthError {
             AuthError::DuplicateCredential => "duplicate_credential",
             AuthError::TooLarge => "token_too_large",
             AuthError::Malformed => "malformed",
+            AuthError::Opaque => "opaque_token",
             AuthError::UnsupportedAlgorithm => "unsupported_algorithm",
             AuthError::WrongIssuer => "wrong_issuer",
             AuthError::MissingExpiry => "missing_exp",
@@ -90,6 +98,7 @@ impl AuthError {
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::TokenTooOld => "token_too_old",
+            AuthError::MissingIssuedAt => "missing_iat",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingSubject => "missing_sub",
             AuthError::UnsafeIdentity => "unsafe_identity",
@@ -107,6 +116,10 @@ impl AuthError {
             AuthError::DuplicateCredential => "Authorization or x-api-key was sent more than once",
             AuthError::TooLarge => "access token too large",
             AuthError::Malformed => "access token is not a valid JWT",
+            AuthError::Opaque => {
+                "the access token is opaque, not a JWT: the IdP issues JWT access tokens only when the sign-in \
+                 asks for the gateway's audience (API or resource)"
+            }
             AuthError::UnsupportedAlgorithm => "access token signing algorithm not accepted",
             AuthError::WrongIssuer => "access token issuer not accepted",
             AuthError::MissingExpiry => "access token has no expiry",
@@ -114,6 +127,9 @@ impl AuthError {
             AuthError::Expired => "access token expired",
             AuthError::NotYetValid => "access token not yet valid",
             AuthError::TokenTooOld => "access token issued too long ago for this gateway; sign in again",
+            AuthError::MissingIssuedAt => {
+                "the access token has no iat, which this gateway needs to limit how old a token may be"
+            }
             AuthError::WrongAudience => "access token audience not accepted",
             AuthError::MissingSubject => "access token has no subject",
             AuthError::UnsafeIdentity => "access token's sub or email contains control characters",
@@ -167,6 +183,9 @@ impl ToReply for AuthError {
 pub fn take_token<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) -> Result<&'a str, AuthError> {
     let bearer = match authorization.map(str::trim).filter(|v| !v.is_empty()) {
         None => None,
+        // Claude Code sends `Bearer` alone when its apiKeyHelper printed nothing (not signed in,
+        // refresh expired): no token, a 401 that re-runs the helper, not a setup error.
+        Some(value) if value.eq_ignore_ascii_case("bearer") => None,
         Some(value) => {
             let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
             if !scheme.eq_ignore_ascii_case("bearer") {
@@ -221,6 +240,9 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     if token.len() > oidc.max_token_bytes {
         return Err(AuthError::TooLarge);
     }
+    if !token.contains('.') {
+        return Err(AuthError::Opaque);
+    }
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::Malformed);
@@ -253,9 +275,13 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     }
     let mut accepted_until = exp;
     if let Some(max_age) = oidc.max_token_age_seconds {
-        let issued = iat.ok_or(AuthError::TokenTooOld)?;
+        let issued = iat.ok_or(AuthError::MissingIssuedAt)?;
         if now.saturating_sub(issued) > max_age.saturating_add(oidc.leeway_seconds) {
             return Err(AuthError::TokenTooOld);
+        }
+        // An `iat` ahead of the clock would stretch the token's life past the limit.
+        if issued > now.saturating_add(oidc.leeway_seconds) {
+            return Err(AuthError::NotYetValid);
         }
         accepted_until = accepted_until.min(issued.saturating_add(max_age));
     }
@@ -417,6 +443,10 @@ pub(crate) mod tests {
             ("basic auth", Some("Basic dXNlcg=="), None, Err(AuthError::NotBearer)),
             ("none", None, None, Err(AuthError::MissingToken)),
             ("empty values", Some(""), Some(" "), Err(AuthError::MissingToken)),
+            // Claude Code with an apiKeyHelper that printed nothing: sign in, not a setup error.
+            ("failing helper", Some("Bearer "), Some(""), Err(AuthError::MissingToken)),
+            ("scheme alone, key set", Some("bearer"), Some("abc"), Ok("abc")),
+            ("another scheme alone", Some("Basic"), None, Err(AuthError::NotBearer)),
         ];
         for (name, auth, key, want) in cases {
             assert_eq!(take_token(*auth, *key).as_deref().map_err(Clone::clone), want.clone(), "{name}");
@@ -431,6 +461,40 @@ pub(crate) mod tests {
         assert_eq!(id.email.as_deref(), Some("alice@example.com"));
         assert_eq!(id.groups, vec!["claude-standard-users"]);
         assert_eq!(id.kid.as_deref(), Some("rsa-1"));
+    }
+
+    /// With `max_token_age_seconds`: a token without `iat` is a setup error (400, no sign-in
+    /// loop), one issued ahead of the clock cannot outlive the limit.
+    #[test]
+    fn max_token_age_needs_an_iat_that_is_not_ahead() {
+        let keys = TestKeys::new();
+        let mut oidc = plan().oidc;
+        oidc.max_token_age_seconds = Some(300);
+        let check = |claims: Value| check_claims(&sign(&keys, claims), &oidc, NOW).map(|_| ());
+        let with_iat = |iat: u64| {
+            let mut c = good_claims();
+            c["iat"] = json!(iat);
+            c
+        };
+        assert_eq!(check(good_claims()), Err(AuthError::MissingIssuedAt));
+        assert!(!AuthError::MissingIssuedAt.retryable());
+        assert_eq!(AuthError::MissingIssuedAt.to_reply().status, 400);
+        assert_eq!(check(with_iat(NOW - 10)), Ok(()));
+        assert_eq!(check(with_iat(NOW - 400)), Err(AuthError::TokenTooOld));
+        assert_eq!(check(with_iat(NOW + 30)), Ok(()), "within the leeway");
+        assert_eq!(check(with_iat(NOW + 30 * 86_400)), Err(AuthError::NotYetValid));
+    }
+
+    /// An opaque access token (no `.`) is told apart from a broken JWT: no sign-in of the same
+    /// setup yields a JWT, so a 400 naming the cause, not a 401 sign-in loop.
+    #[test]
+    fn an_opaque_token_is_a_setup_error() {
+        let oidc = plan().oidc;
+        assert_eq!(check_claims("2YotnFZFEjr1zCsicMWpAA", &oidc, NOW).err(), Some(AuthError::Opaque));
+        assert_eq!(check_claims("a.b", &oidc, NOW).err(), Some(AuthError::Malformed));
+        let reply = AuthError::Opaque.to_reply();
+        assert_eq!(reply.status, 400);
+        assert!(String::from_utf8_lossy(&reply.body).contains("audience"));
     }
 
     #[test]

@@ -324,7 +324,9 @@ def test_the_provider_refusing_the_gateways_key_is_a_502_shown_at_once(make_gate
         assert got.status == 502, (got.status, got.body)
         assert got.headers.get("x-should-retry") == "false"
         assert got.json()["error"]["type"] == "api_error"
-        said = "401 authentication_error: stub: invalid x-api-key" if answer.startswith("401") else \
+        # Claude Code shows any message naming x-api-key as "Invalid API key · Fix external API key".
+        assert "x-api-key" not in got.error_message.lower()
+        said = "401 authentication_error: stub: invalid API key" if answer.startswith("401") else \
             "403 permission_error: Your organization has been disabled."
         assert said in got.error_message, got.error_message
         assert "tell your administrator" in got.error_message

@@ -160,7 +160,9 @@ def auth_cases(signer: Signer):
     # (name, token, phrase, status): 401 where a new token from the sign-in helper can fix it
     # (Claude Code re-runs its helper and retries), 400 where it cannot (shown at once).
     return [
-        ("malformed", "not-a-jwt", "not a valid JWT", 401),
+        ("malformed", "not.a.jwt", "not a valid JWT", 401),
+        # An IdP asked for no audience hands out opaque tokens; no new sign-in changes that.
+        ("opaque", "2YotnFZFEjr1zCsicMWpAA", "opaque, not a JWT", 400),
         ("oversized", signer.token(pad="x" * 9000), "too large", 400),
         ("bad-signature", tampered, "signature is invalid", 401),
         ("unknown-kid", signer.forged({"alg": "RS256", "kid": "nobody"}), "unknown key", 401),
@@ -188,16 +190,20 @@ def test_each_auth_failure_names_itself_and_is_401_only_when_a_new_token_helps(g
     assert stub.requests == [], "a refused request reached the upstream"
 
 
-@pytest.mark.parametrize("case", ["no-token", "different-tokens", "basic-auth"])
+@pytest.mark.parametrize("case", ["no-token", "failing-helper", "different-tokens", "basic-auth"])
 def test_credential_header_problems(gateway, signer, stub, case):
     body = fixture("request_main_stream.json")
     if case == "no-token":
         answer = call(gateway.port, None, body)
+    elif case == "failing-helper":
+        # What Claude Code sends when its apiKeyHelper printed nothing: a 401 has it run the
+        # helper again (and say so), a 400 would tell the person signing in cannot help.
+        answer = call(gateway.port, None, body, api_key="", headers={"authorization": "Bearer"})
     elif case == "different-tokens":
         answer = call(gateway.port, signer.token(), body, api_key=signer.token(sub="bob"))
     else:
         answer = call(gateway.port, None, body, api_key=None, headers={"authorization": "Basic YWxpY2U6eA=="})
-    assert_anthropic_error(answer, 401 if case == "no-token" else 400, "authentication_error")
+    assert_anthropic_error(answer, 401 if case in ("no-token", "failing-helper") else 400, "authentication_error")
     assert "www-authenticate" in answer.headers
     assert stub.requests == []
 

@@ -60,7 +60,7 @@ def test_make_demo_stack_serves_claude_code_traffic():
         bedrock = call(10000, token, with_model(fixture("request_main_stream.json"), "claude-sonnet-4-5"))
         assert bedrock.status == 200, bedrock.body
         assert b"message_stop" in bedrock.body, "the Bedrock-backed model answers as Anthropic SSE"
-        refused = call(10000, "not-a-token", fixture("request_main_stream.json"))
+        refused = call(10000, "not.a.token", fixture("request_main_stream.json"))
         assert refused.status == 401
         assert call(10000, None, path="/api/hello", method="HEAD").status == 200
     finally:
