@@ -138,15 +138,24 @@ impl Worker {
     /// unknown `kid` ask for a fetch (throttled); without it they are final.
     pub fn authenticate(&mut self, store: &dyn SharedStore, token: &str, now: u64, may_fetch: bool) -> AuthOutcome {
         let oidc = &self.plan.oidc;
+        // A host that cannot tell the time reads 0 here, and every expiry would pass.
+        if now == 0 {
+            return AuthOutcome::Refused(Reply::clock_unavailable());
+        }
         let keys = match self.keys.keys(oidc, now) {
             Ok(keys) => keys,
-            Err(_) if may_fetch && self.request_fetches < MAX_REQUEST_FETCHES && !self.keys.cooling_down(now) => {
-                return AuthOutcome::FetchKeys(self.keys.fetch_now(oidc, now));
-            }
             Err(e) => {
+                // A token that fails the checks needing no key (not a JWT, another issuer,
+                // expired) is refused as it is: it neither waits for keys nor takes a fetch.
+                if let Err(refusal) = jwt::check_claims(token, oidc, now) {
+                    return AuthOutcome::Refused(refusal.to_reply());
+                }
+                if may_fetch && self.request_fetches < MAX_REQUEST_FETCHES && !self.keys.cooling_down(now) {
+                    return AuthOutcome::FetchKeys(self.keys.fetch_now(oidc, now));
+                }
                 return AuthOutcome::Refused(
                     e.to_reply_after(self.keys.missing_for(oidc, now), oidc.keys_fail_fast_seconds),
-                )
+                );
             }
         };
         let digest = self.tokens.digest(token);
@@ -392,6 +401,35 @@ mod tests {
             503,
             "fetch cap reached"
         );
+    }
+
+    #[test]
+    fn without_keys_a_token_failing_the_keyless_checks_is_refused_at_once() {
+        let keys = TestKeys::new();
+        let mut w = Worker::new(plan());
+        let store = crate::shared::tests::FakeStore::default();
+        let mut expired = good_claims();
+        expired["exp"] = (NOW - 3600).into();
+        let expired = sign(&keys, expired);
+        for (token, want) in [("x", 400), ("a.b.c", 401), (expired.as_str(), 401)] {
+            assert_eq!(status(&w.authenticate(&store, token, NOW, true)), want, "{token}: no fetch for it");
+        }
+        let mut other = good_claims();
+        other["iss"] = "https://elsewhere.example.com".into();
+        assert_eq!(status(&w.authenticate(&store, &sign(&keys, other), NOW, true)), 400);
+        assert!(matches!(w.authenticate(&store, &sign(&keys, good_claims()), NOW, true), AuthOutcome::FetchKeys(_)));
+    }
+
+    /// A host whose clock cannot be read gives 0: every expiry would pass, cached or not.
+    #[test]
+    fn a_clock_at_zero_admits_nobody() {
+        let keys = TestKeys::new();
+        let mut w = worker_with_keys(&keys);
+        let store = crate::shared::tests::FakeStore::default();
+        let token = sign(&keys, good_claims());
+        assert!(matches!(w.authenticate(&store, &token, NOW, true), AuthOutcome::Admitted(_)));
+        let AuthOutcome::Refused(reply) = w.authenticate(&store, &token, 0, true) else { panic!("admitted at time 0") };
+        assert_eq!((reply.status, reply.reason), (503, "clock_unavailable"));
     }
 
     #[test]

@@ -14,11 +14,6 @@ use crate::reply::{Reply, ToReply};
 use crate::shared::{self, SharedStore, StoreError};
 use crate::url::HttpUrl;
 
-/// Shared-data key of the JWKS record (short: Kong aliases keys by CRC32).
-pub const SHARED_KEY: &str = "csg/jwks";
-/// Shared-data key of the last unknown-`kid` refetch, seconds since the epoch.
-pub const KID_REFETCH_KEY: &str = "csg/kidfetch";
-
 /// How long to wait between fetch attempts while no keys are loaded, seconds.
 const RETRY_WITHOUT_KEYS: u64 = 2;
 /// How long to wait between refresh attempts that keep failing while keys are loaded, seconds.
@@ -119,6 +114,9 @@ impl std::fmt::Display for FetchError {
 /// The record every worker reads and the fetching worker writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedRecord {
+    /// The issuer whose keys these are: a record is only ever adopted by a worker configured
+    /// for it (its shared-data key, [`OidcPlan::shared_key`], already names the issuer).
+    pub issuer: String,
     /// When the JWKS was fetched, seconds since the epoch.
     pub fetched_at: u64,
     /// Where it came from.
@@ -130,7 +128,10 @@ pub struct SharedRecord {
 /// One worker's view of the keys.
 #[derive(Debug)]
 pub struct KeyStore {
+    issuer: String,
     jwks_uri: Option<HttpUrl>,
+    /// The JWKS URL is configured, not discovered: no record changes it.
+    pinned_uri: bool,
     keys: Option<Rc<KeySet>>,
     fetched_at: u64,
     /// The JWKS document the keys came from, to tell two fetches of the same second apart.
@@ -146,7 +147,9 @@ impl KeyStore {
     /// A store for `oidc`, with the configured JWKS URL if there is one.
     pub fn new(oidc: &OidcPlan) -> KeyStore {
         KeyStore {
+            issuer: oidc.issuer.clone(),
             jwks_uri: oidc.jwks_uri.clone(),
+            pinned_uri: oidc.jwks_uri.is_some(),
             keys: None,
             fetched_at: 0,
             last_attempt: None,
@@ -225,7 +228,7 @@ impl KeyStore {
             return None;
         }
         let cooldown = oidc.unknown_kid_refetch_seconds;
-        let taken = shared::update(store, KID_REFETCH_KEY, |current| {
+        let taken = shared::update(store, &oidc.kid_refetch_key, |current| {
             let last = current.and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok());
             // A time in the future (a clock stepped back) does not block refetches forever.
             let free = last.is_none_or(|t| t > now || now - t >= cooldown);
@@ -287,6 +290,7 @@ impl KeyStore {
         self.missing_since = None;
         self.fetched_at = now;
         Ok(SharedRecord {
+            issuer: self.issuer.clone(),
             fetched_at: now,
             jwks_uri: self
                 .jwks_uri
@@ -300,7 +304,7 @@ impl KeyStore {
     /// Installs keys another worker fetched, when they are newer than ours (or of the same
     /// second but different: time is in whole seconds, and a rotation can happen in one).
     pub fn adopt(&mut self, record: &SharedRecord) -> bool {
-        if !record.supersedes(self.fetched_at, &self.installed) {
+        if record.issuer != self.issuer || !record.supersedes(self.fetched_at, &self.installed) {
             return false;
         }
         // Another worker's refresh of the same document: only its time is new.
@@ -311,8 +315,10 @@ impl KeyStore {
             self.keys = Some(Rc::new(set));
             self.installed = record.jwks.clone();
         }
-        if let Ok(url) = HttpUrl::parse(&record.jwks_uri) {
-            self.jwks_uri = Some(url);
+        if !self.pinned_uri {
+            if let Ok(url) = HttpUrl::parse(&record.jwks_uri) {
+                self.jwks_uri = Some(url);
+            }
         }
         self.fetched_at = record.fetched_at;
         true
@@ -326,9 +332,10 @@ impl SharedRecord {
     }
 }
 
-/// Writes `record` for the other workers unless the shared one is newer or the same.
-pub fn publish(store: &dyn SharedStore, record: &SharedRecord) -> Result<bool, StoreError> {
-    shared::update(store, SHARED_KEY, |current| {
+/// Writes `record` under `key` ([`OidcPlan::shared_key`]) for the other workers unless the
+/// shared one is newer or the same.
+pub fn publish(store: &dyn SharedStore, key: &str, record: &SharedRecord) -> Result<bool, StoreError> {
+    shared::update(store, key, |current| {
         let newer = current
             .and_then(|b| serde_json::from_slice::<SharedRecord>(b).ok())
             .is_some_and(|c| !record.supersedes(c.fetched_at, &c.jwks));
@@ -342,8 +349,8 @@ pub fn publish(store: &dyn SharedStore, record: &SharedRecord) -> Result<bool, S
 
 /// The shared record and its CAS, when there is one that parses and its CAS is not `seen`
 /// (an unchanged record is not parsed again).
-pub fn read_shared(store: &dyn SharedStore, seen: Option<u32>) -> Option<(SharedRecord, u32)> {
-    let (Some(bytes), Some(cas)) = store.get(SHARED_KEY).ok()? else {
+pub fn read_shared(store: &dyn SharedStore, key: &str, seen: Option<u32>) -> Option<(SharedRecord, u32)> {
+    let (Some(bytes), Some(cas)) = store.get(key).ok()? else {
         return None;
     };
     if seen == Some(cas) {
@@ -375,6 +382,56 @@ mod tests {
     use super::*;
     use crate::jwks::tests::TestKeys;
     use crate::jwt::tests::plan;
+
+    const ISSUER: &str = "https://idp.example.com/oauth2/default";
+    const KEY: &str = "csg/jwks/test";
+
+    /// Two configurations in one VM or shared-data zone (Kong's filter chains, Envoy listeners
+    /// with one VM id, a reload to another IdP) never take each other's keys.
+    #[test]
+    fn another_issuers_keys_are_never_adopted() {
+        let oidc = plan().oidc;
+        let mut store = KeyStore::new(&oidc);
+        let other = SharedRecord {
+            issuer: "https://staging-idp.example.com".into(),
+            fetched_at: 500,
+            jwks_uri: "https://staging-idp.example.com/keys".into(),
+            jwks: TestKeys::new().jwks(),
+        };
+        assert!(!store.adopt(&other));
+        assert!(store.keys(&oidc, 500).is_err(), "no keys taken");
+        let reparsed = |issuer: &str, jwks_uri: Option<&str>| {
+            let mut doc = crate::config::tests::sample();
+            doc["oidc"]["issuer"] = issuer.into();
+            if let Some(uri) = jwks_uri {
+                doc["oidc"]["jwks_uri"] = uri.into();
+            }
+            crate::config::Plan::from_json(doc.to_string().as_bytes(), &|_| Some("k".to_owned())).unwrap().oidc
+        };
+        let a = reparsed("https://idp-a.example.com", None);
+        let b = reparsed("https://idp-b.example.com", None);
+        let a_pinned = reparsed("https://idp-a.example.com", Some("https://idp-a.example.com/keys"));
+        assert_ne!(a.shared_key, b.shared_key);
+        assert_ne!(a.kid_refetch_key, b.kid_refetch_key);
+        assert_ne!(a.shared_key, a_pinned.shared_key, "another key source");
+        assert_eq!(a.shared_key, reparsed("https://idp-a.example.com", None).shared_key, "a reload keeps its keys");
+        assert!(a.shared_key.len() < 32, "short: Kong aliases keys by CRC32");
+    }
+
+    #[test]
+    fn a_configured_jwks_url_is_never_replaced_by_a_record() {
+        let mut oidc = plan().oidc;
+        oidc.jwks_uri = Some(HttpUrl::parse("https://idp.example.com/pinned-keys").unwrap());
+        let mut store = KeyStore::new(&oidc);
+        let record = SharedRecord {
+            issuer: oidc.issuer.clone(),
+            fetched_at: 500,
+            jwks_uri: "https://idp.example.com/other-keys".into(),
+            jwks: TestKeys::new().jwks(),
+        };
+        assert!(store.adopt(&record));
+        assert_eq!(store.next_callout(&oidc).path, "/pinned-keys");
+    }
 
     fn discovery(jwks_uri: &str) -> Vec<u8> {
         serde_json::json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": jwks_uri})
@@ -457,16 +514,20 @@ mod tests {
     #[test]
     fn publish_keeps_the_newest_record() {
         let store = crate::shared::tests::FakeStore::default();
-        let record =
-            |t| SharedRecord { fetched_at: t, jwks_uri: "https://idp.example.com/keys".into(), jwks: "{}".into() };
-        assert_eq!(publish(&store, &record(10)), Ok(true));
-        assert_eq!(publish(&store, &record(5)), Ok(false), "older record does not overwrite");
+        let record = |t| SharedRecord {
+            issuer: ISSUER.into(),
+            fetched_at: t,
+            jwks_uri: "https://idp.example.com/keys".into(),
+            jwks: "{}".into(),
+        };
+        assert_eq!(publish(&store, KEY, &record(10)), Ok(true));
+        assert_eq!(publish(&store, KEY, &record(5)), Ok(false), "older record does not overwrite");
         store.lose_races.set(2);
-        assert_eq!(publish(&store, &record(20)), Ok(true));
-        assert_eq!(read_shared(&store, None).unwrap().0.fetched_at, 20);
-        assert_eq!(publish(&store, &record(20)), Ok(false), "the same record is not written again");
+        assert_eq!(publish(&store, KEY, &record(20)), Ok(true));
+        assert_eq!(read_shared(&store, KEY, None).unwrap().0.fetched_at, 20);
+        assert_eq!(publish(&store, KEY, &record(20)), Ok(false), "the same record is not written again");
         let rotated = SharedRecord { jwks: "{\"keys\":[]}".into(), ..record(20) };
-        assert_eq!(publish(&store, &rotated), Ok(true), "other keys fetched in the same second replace it");
+        assert_eq!(publish(&store, KEY, &rotated), Ok(true), "other keys fetched in the same second replace it");
     }
 
     #[test]
@@ -474,7 +535,12 @@ mod tests {
         let oidc = plan().oidc;
         let jwks = TestKeys::new().jwks();
         let mut store = KeyStore::new(&oidc);
-        let record = SharedRecord { fetched_at: 500, jwks_uri: "https://idp.example.com/keys".into(), jwks };
+        let record = SharedRecord {
+            issuer: ISSUER.into(),
+            fetched_at: 500,
+            jwks_uri: "https://idp.example.com/keys".into(),
+            jwks,
+        };
         assert!(store.adopt(&record));
         assert!(!store.adopt(&record), "same record twice");
         let rotated = SharedRecord { jwks: TestKeys::new().jwks(), ..record.clone() };
@@ -492,8 +558,12 @@ mod tests {
         let first = store.keys(&oidc, 1000).unwrap();
         store.on_jwks(Some(200), jwks.as_bytes(), 1300).unwrap();
         assert!(Rc::ptr_eq(&first, &store.keys(&oidc, 1300).unwrap()), "a refresh of the same keys parses nothing");
-        let later =
-            SharedRecord { fetched_at: 1600, jwks_uri: "https://idp.example.com/keys".into(), jwks: jwks.clone() };
+        let later = SharedRecord {
+            issuer: ISSUER.into(),
+            fetched_at: 1600,
+            jwks_uri: "https://idp.example.com/keys".into(),
+            jwks: jwks.clone(),
+        };
         assert!(store.adopt(&later));
         let adopted = store.keys(&oidc, 1600).unwrap();
         assert!(Rc::ptr_eq(&first, &adopted), "nor another worker's refresh of them");

@@ -55,6 +55,30 @@ impl Reply {
         .with_header("x-should-retry", "false")
     }
 
+    /// The host's clock could not be read: no token's expiry can be checked, so none is
+    /// accepted. Only the operator can fix the host.
+    pub fn clock_unavailable() -> Reply {
+        Reply::error(
+            503,
+            "clock_unavailable",
+            "api_error",
+            "gateway: the proxy could not tell the time, so no access token can be checked; tell your administrator",
+        )
+        .with_header("x-should-retry", "false")
+    }
+
+    /// The host refused to change the request (`what`: its headers or its body): it goes
+    /// nowhere. A retry would most likely meet the same refusal.
+    pub fn rewrite_failed(what: &str) -> Reply {
+        Reply::error(
+            500,
+            "rewrite_failed",
+            "api_error",
+            &format!("gateway: could not rewrite the request {what}; tell your administrator"),
+        )
+        .with_header("x-should-retry", "false")
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
         self.headers.push((name.to_owned(), value.into()));

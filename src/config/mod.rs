@@ -114,6 +114,13 @@ pub struct OidcPlan {
     pub max_token_age_seconds: Option<u64>,
     /// After keys have been missing this long, refusals tell clients not to retry.
     pub keys_fail_fast_seconds: u64,
+    /// The shared-data keys of this key source's record and unknown-`kid` cool-down: one per
+    /// issuer and configured JWKS URL, so that configurations for other IdPs (Kong's filter
+    /// chains, Envoy listeners sharing a VM id, a reload to another IdP) never take each
+    /// other's keys, and a reload for the same IdP keeps them.
+    pub shared_key: String,
+    /// See [`OidcPlan::shared_key`].
+    pub kid_refetch_key: String,
 }
 
 /// What a person without access is told.
@@ -347,7 +354,14 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     if raw.jwks_max_age_seconds < raw.jwks_refresh_seconds {
         return Err(ConfigError::new("oidc.jwks_max_age_seconds", "must not be less than oidc.jwks_refresh_seconds"));
     }
+    let source = limits::short_digest(&format!(
+        "{}\n{}",
+        raw.issuer,
+        jwks_uri.as_ref().map(|u: &HttpUrl| format!("{}://{}{}", u.scheme, u.authority, u.path)).unwrap_or_default()
+    ));
     Ok(OidcPlan {
+        shared_key: format!("csg/jwks/{source}"),
+        kid_refetch_key: format!("csg/kidfetch/{source}"),
         discovery_url: issuer_url.join_path("/.well-known/openid-configuration"),
         issuer: raw.issuer,
         audiences: raw.audiences,

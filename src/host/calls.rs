@@ -268,9 +268,13 @@ pub fn request_headers() -> Vec<u8> {
 /// Which host runs the filter: only nginx has `ngx.*` properties (read in a request, where
 /// ngx_wasm_module can resolve nginx variables; Envoy answers "not found").
 pub fn host_profile() -> HostProfile {
+    // A version such as `1.27.2`: a host answering with nothing, or with anything else, is
+    // not nginx (the Ngx profile lets request headers go on before the body is decided).
     match property(&["ngx", "nginx_version"]) {
-        Some(_) => HostProfile::Ngx,
-        None => HostProfile::Envoy,
+        Some(v) if v.first().is_some_and(u8::is_ascii_digit) && v.iter().all(|b| b.is_ascii_digit() || *b == b'.') => {
+            HostProfile::Ngx
+        }
+        _ => HostProfile::Envoy,
     }
 }
 
@@ -296,16 +300,22 @@ pub fn set_effective_context(context_id: u32) -> bool {
     proxy_wasm::hostcalls::set_effective_context(context_id).is_ok()
 }
 
-/// Sets (replaces) a request header.
-pub fn set_request_header(name: &str, value: &str) {
-    if set_header(MapType::HttpRequestHeaders, name, value).is_err() {
-        log(LogLevel::Warn, &format!("claude-sso-gateway: could not set request header {name}"));
+/// Sets (replaces) a request header; false (and an error logged) when the host refuses.
+pub fn set_request_header(name: &str, value: &str) -> bool {
+    let done = set_header(MapType::HttpRequestHeaders, name, value).is_ok();
+    if !done {
+        log(LogLevel::Error, &format!("claude-sso-gateway: could not set request header {name}"));
     }
+    done
 }
 
-/// Removes a request header.
-pub fn remove_request_header(name: &str) {
-    let _ = remove_header(MapType::HttpRequestHeaders, name);
+/// Removes a request header; false (and an error logged) when the host refuses.
+pub fn remove_request_header(name: &str) -> bool {
+    let done = remove_header(MapType::HttpRequestHeaders, name).is_ok();
+    if !done {
+        log(LogLevel::Error, &format!("claude-sso-gateway: could not remove request header {name}"));
+    }
+    done
 }
 
 /// All response headers, serialized, in the host's order (one host call).
@@ -437,12 +447,12 @@ pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>)
     (Some(status), body, None)
 }
 
-/// Sets a property for the host (Envoy: filter state for the access log). A host that has no
-/// place for it refuses; that is not an error here.
-pub fn set_property(name: &str, value: &str) {
+/// Sets a property for the host (Envoy: filter state for the access log); false when the host
+/// has no place for it.
+pub fn set_property(name: &str, value: &str) -> bool {
     // SAFETY: the pointers and lengths describe `name` (a one-part path) and `value`, alive for
     // the call.
-    let _ = unsafe { abi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+    status(unsafe { abi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) }).is_ok()
 }
 
 /// The host as the plain-Rust code sees it: time, key callouts and shared data. The clock is

@@ -11,6 +11,7 @@ use proxy_wasm::types::{Action, LogLevel};
 use crate::body_watch::{self, BodyWatch};
 use crate::gateway::Worker;
 use crate::header_map;
+use crate::reply::Reply;
 use crate::request::{AnswerHead, Flow, HostProfile, Request, Step};
 
 use super::calls::{self, HostCalls};
@@ -71,21 +72,23 @@ impl GatewayHttp {
 
     /// [`Self::apply`]; `late` in the request's last callback (after Envoy's access log).
     fn apply_at(&mut self, step: Step, late: bool) -> Action {
+        let mut written = true;
         for name in &step.remove_headers {
-            calls::remove_request_header(name);
+            written &= calls::remove_request_header(name);
         }
         for (name, value) in &step.set_headers {
-            calls::set_request_header(name, value);
+            written &= calls::set_request_header(name, value);
+        }
+        // A request whose credentials could not be taken away, or that would go without the
+        // provider key, the identity headers or the right length, goes nowhere.
+        if !written && step.reply.is_none() {
+            calls::send_reply(&Reply::rewrite_failed("headers"));
+            return Action::Pause;
         }
         if let Some(edit) = &step.body {
             if !calls::edit_request_body(edit) {
                 // Headers are already set for the new body; refuse rather than send a mismatch.
-                calls::send_reply(&crate::reply::Reply::error(
-                    500,
-                    "rewrite_failed",
-                    "api_error",
-                    "gateway: could not rewrite the request body",
-                ));
+                calls::send_reply(&Reply::rewrite_failed("body"));
                 return Action::Pause;
             }
         }
@@ -143,12 +146,14 @@ impl Context for GatewayHttp {
             return;
         }
         let (status, body, reason) = calls::call_response(body_size);
-        let (step, progress) = {
+        let (step, progress, key) = {
             let mut worker = self.worker.borrow_mut();
-            self.request.on_keys_fetched(&mut worker, &HostCalls::default(), token_id, status, &body)
+            let (step, progress) =
+                self.request.on_keys_fetched(&mut worker, &HostCalls::default(), token_id, status, &body);
+            (step, progress, worker.plan.oidc.shared_key.clone())
         };
         if let Some(progress) = progress {
-            super::publish_or_log(progress, reason.as_deref(), &self.metrics);
+            super::publish_or_log(progress, &key, reason.as_deref(), &self.metrics);
         }
         self.apply(step);
     }
@@ -273,7 +278,7 @@ impl Context for Unconfigured {}
 
 impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        calls::send_reply(&crate::reply::Reply::unconfigured());
+        calls::send_reply(&Reply::unconfigured());
         Action::Pause
     }
 }

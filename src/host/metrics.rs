@@ -44,6 +44,7 @@ const REFUSALS: &[&str] = &[
     "keys_too_old",
     "rewrite_failed",
     "body_not_seen",
+    "clock_unavailable",
 ];
 /// Outcomes of a key fetch.
 const FETCH_OUTCOMES: [&str; 2] = ["ok", "error"];

@@ -145,11 +145,13 @@ impl GatewayRoot {
 
     /// Installs keys another worker published, when the record changed since the last look.
     fn adopt_shared(&mut self, worker: &RefCell<Worker>) {
-        let Some((record, cas)) = keystore::read_shared(&HostCalls::default(), self.shared_cas) else {
+        let mut worker = worker.borrow_mut();
+        let key = &worker.plan.oidc.shared_key;
+        let Some((record, cas)) = keystore::read_shared(&HostCalls::default(), key, self.shared_cas) else {
             return;
         };
         self.shared_cas = Some(cas);
-        worker.borrow_mut().keys.adopt(&record);
+        worker.keys.adopt(&record);
     }
 }
 
@@ -161,9 +163,10 @@ impl Context for GatewayRoot {
         let (status, body, reason) = calls::call_response(body_size);
         match pending {
             Pending::Keys(fetch) => {
-                let progress = worker.borrow_mut().on_fetched(&fetch, status, &body, calls::now());
+                let mut worker = worker.borrow_mut();
+                let progress = worker.on_fetched(&fetch, status, &body, calls::now());
                 // A JWKS named by discovery is fetched on the next tick, not from this callback.
-                publish_or_log(progress, reason.as_deref(), &self.metrics);
+                publish_or_log(progress, &worker.plan.oidc.shared_key, reason.as_deref(), &self.metrics);
             }
             Pending::Sync(batch) => {
                 let mut w = worker.borrow_mut();
@@ -224,6 +227,9 @@ impl RootContext for GatewayRoot {
                 );
                 self.metrics = Rc::new(metrics::Metrics::define(&plan));
                 let worker = Rc::new(RefCell::new(Worker::new(plan)));
+                // A key fetch under way is the old configuration's (perhaps another IdP's): its
+                // answer must not land in the new one.
+                self.pending.retain(|_, p| !matches!(p, Pending::Keys(_)));
                 self.shared_cas = None;
                 self.adopt_shared(&worker);
                 self.worker = Some(worker);
@@ -269,12 +275,12 @@ impl RootContext for GatewayRoot {
 }
 
 /// Shares newly installed keys with the other workers, or logs why a fetch failed.
-fn publish_or_log(progress: FetchProgress, reason: Option<&str>, metrics: &metrics::Metrics) {
+fn publish_or_log(progress: FetchProgress, key: &str, reason: Option<&str>, metrics: &metrics::Metrics) {
     metrics.record_fetch(!matches!(progress, FetchProgress::Failed(_)));
     match progress {
         FetchProgress::Next(_) => {}
         FetchProgress::Installed(record) => {
-            if let Err(e) = keystore::publish(&HostCalls::default(), &record) {
+            if let Err(e) = keystore::publish(&HostCalls::default(), key, &record) {
                 calls::log(
                     LogLevel::Warn,
                     &format!("claude-sso-gateway: could not share keys with other workers: {e:?}"),
@@ -296,11 +302,9 @@ fn publish_or_log(progress: FetchProgress, reason: Option<&str>, metrics: &metri
 /// status the SDK does not map, which traps), so there every record is a log line.
 fn publish_record(record: &UsageRecord, profile: Option<HostProfile>, late: bool) {
     let json = record.to_json();
-    if profile == Some(HostProfile::Envoy) {
-        calls::set_property("claude_sso_gateway_usage", &json);
-        if !late {
-            return;
-        }
+    // A host that refuses the property gets the record as a log line instead: never lost.
+    if profile == Some(HostProfile::Envoy) && calls::set_property("claude_sso_gateway_usage", &json) && !late {
+        return;
     }
     calls::log(LogLevel::Info, &format!("claude-sso-gateway: usage {json}"));
 }

@@ -129,6 +129,19 @@ enum Auth {
     Refused(Reply),
 }
 
+/// `auth`, except that a token refused for an unknown key after the IdP could not be asked (the
+/// fetch failed or could not be made) is refused `503` as for missing keys: the key may be one
+/// the IdP just rotated in, and a new token, signed with it too, cannot help; a 401 would have
+/// Claude Code re-run its sign-in for minutes.
+fn unknown_key_is_unavailable(auth: Auth) -> Auth {
+    match auth {
+        Auth::Refused(reply) if reply.reason == AuthError::UnknownKey.code() => {
+            Auth::Refused(crate::keystore::KeysError::Unavailable.to_reply())
+        }
+        other => other,
+    }
+}
+
 /// Which host callback returned `Pause` last and has not been resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
@@ -401,11 +414,11 @@ impl Request {
                     self.fetching = true;
                     Auth::Waiting(id, callout.fetch)
                 }
-                Err(_) => match worker.authenticate(host, token, host.now(), false) {
+                Err(_) => unknown_key_is_unavailable(match worker.authenticate(host, token, host.now(), false) {
                     AuthOutcome::Admitted(admission) => Auth::Admitted(admission),
                     AuthOutcome::Refused(reply) => Auth::Refused(reply),
                     AuthOutcome::FetchKeys(_) => Auth::Refused(crate::keystore::KeysError::Unavailable.to_reply()),
-                },
+                }),
             },
         };
         if let Auth::Admitted(a) = &self.auth {
@@ -514,6 +527,9 @@ impl Request {
         let token = self.pending_token.take().unwrap_or_default();
         if matches!(self.phase, Phase::Deciding) {
             self.authenticate(worker, host, &token, false);
+            if !matches!(progress, FetchProgress::Installed(_)) {
+                self.auth = unknown_key_is_unavailable(std::mem::replace(&mut self.auth, Auth::Pending));
+            }
             let warnings = std::mem::take(&mut step.warnings);
             step = self.resume_after_keys(worker, host);
             step.warnings.splice(0..0, warnings);

@@ -331,6 +331,39 @@ pub fn answered_elsewhere_steps(reply: crate::reply::Reply) -> [Step; 4] {
     [answered, again, late, done]
 }
 
+/// A request on Envoy whose token names a key the worker's JWKS lacks: its refetch answered by
+/// an IdP that is `idp` (up: still without that key). Returns the answer it gets.
+pub fn unknown_kid_answer(idp: Idp) -> Option<crate::reply::Reply> {
+    let (mut worker, mut host) = worker_and_host(true, Idp::Up);
+    host.idp_up = idp == Idp::Up;
+    let claims =
+        serde_json::json!({"iss": ISSUER, "aud": "gw", "sub": "alice", "groups": ["standard"], "exp": NOW + 600});
+    let mut claims = Claims::with_custom_claims(claims, Duration::from_secs(0));
+    (claims.issued_at, claims.expires_at, claims.invalid_before) = (None, None, None);
+    let rotated = Ed25519KeyPair::generate().with_key_id("k2");
+    let token = rotated.sign(claims).ok()?;
+    let bearer = format!("Bearer {token}");
+    let body = br#"{"model":"claude-haiku-4-5","max_tokens":10,"messages":[]}"#;
+    let length = body.len().to_string();
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/messages"),
+        ("content-length", length.as_str()),
+        ("authorization", bearer.as_str()),
+    ];
+    let mut request = Request::new(HostProfile::Envoy);
+    let mut steps = vec![request.on_request_headers(&mut worker, &host, &headers, false)];
+    steps.push(request.on_request_body(&mut worker, &host, body.len(), true, Some(body)));
+    while let Some((id, fetch)) = host.pending.borrow_mut().pop_front() {
+        let (status, doc) = match (host.idp_up, fetch) {
+            (false, _) => (Some(503), String::new()),
+            (true, _) => (Some(200), jwks()),
+        };
+        steps.push(request.on_keys_fetched(&mut worker, &host, id, status, doc.as_bytes()).0);
+    }
+    steps.into_iter().find_map(|step| step.reply)
+}
+
 /// Drives one request through `events` (then lets the host finish what is left) and checks the
 /// invariant at every step. Returns how it ended, or the violated rule.
 pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {

@@ -151,3 +151,14 @@ fn a_request_answered_by_the_host_layer_is_recorded_once_and_never_forwarded() {
     assert_eq!(late.flow, super::Flow::Pause);
     assert!(done.record.is_none(), "one record");
 }
+
+/// A token signed by a key the worker lacks, when the refetch cannot reach the IdP: `503`
+/// (a new token, from the same new key, cannot help), not a 401 that has Claude Code re-run
+/// its sign-in for minutes. With the IdP up and still no such key: 401.
+#[test]
+fn an_unknown_key_while_the_idp_is_down_is_unavailable_not_unauthorized() {
+    let down = sim::unknown_kid_answer(Idp::Down).expect("an answer");
+    assert_eq!((down.status, down.reason), (503, "keys_unavailable"));
+    let up = sim::unknown_kid_answer(Idp::Up).expect("an answer");
+    assert_eq!((up.status, up.reason), (401, "unknown_kid"));
+}
