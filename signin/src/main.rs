@@ -114,6 +114,9 @@ struct SetupArgs {
     /// ANTHROPIC_DEFAULT_HAIKU_MODEL and ANTHROPIC_SMALL_FAST_MODEL.
     #[arg(long, default_value = "claude-haiku-4-5")]
     haiku_model: String,
+    /// ANTHROPIC_DEFAULT_FABLE_MODEL (default: the `--model`), for subagents asking for `fable`.
+    #[arg(long)]
+    fable_model: Option<String>,
 }
 
 fn now() -> u64 {
@@ -462,6 +465,7 @@ fn setup(idp: &Idp, args: &SetupArgs) -> Result<(), String> {
         args.model.clone(),
         args.opus_model.clone(),
         args.haiku_model.clone(),
+        args.fable_model.clone().unwrap_or_else(|| args.model.clone()),
         args.haiku_model.clone(),
         idp.helper_ttl_ms.to_string(),
         issuer.to_owned(),

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 /// The `env` keys `setup` writes and `uninstall` removes.
-pub const ENV_KEYS: [&str; 9] = [
+pub const ENV_KEYS: [&str; 10] = [
     "ANTHROPIC_BASE_URL",
     "ANTHROPIC_MODEL",
     "ANTHROPIC_DEFAULT_SONNET_MODEL",
     "ANTHROPIC_DEFAULT_OPUS_MODEL",
     "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+    // Subagents asking for `fable` otherwise send Claude Code's built-in id, which no tier has.
+    "ANTHROPIC_DEFAULT_FABLE_MODEL",
     "ANTHROPIC_SMALL_FAST_MODEL",
     "CLAUDE_CODE_API_KEY_HELPER_TTL_MS",
     "CLAUDE_SSO_ISSUER",
@@ -29,7 +31,7 @@ pub struct Setup {
     /// `ANTHROPIC_BASE_URL`: the gateway.
     pub gateway_url: String,
     /// Values for `ENV_KEYS[1..]`, in order.
-    pub values: [String; 8],
+    pub values: [String; 9],
 }
 
 /// Why the settings file could not be changed.
@@ -199,7 +201,7 @@ mod tests {
         Setup {
             helper: "/opt/bin/claude-sso-signin".into(),
             gateway_url: "https://claude-gw.example.com".into(),
-            values: ["m", "s", "o", "h", "f", "300000", "https://idp", "claude-code"].map(String::from),
+            values: ["m", "s", "o", "h", "fa", "f", "300000", "https://idp", "claude-code"].map(String::from),
         }
     }
 
@@ -226,6 +228,8 @@ mod tests {
         assert_eq!(merged["env"]["ANTHROPIC_BASE_URL"], "https://claude-gw.example.com");
         assert_eq!(merged["env"]["ANTHROPIC_MODEL"], "m");
         assert_eq!(merged["env"]["CLAUDE_CODE_API_KEY_HELPER_TTL_MS"], "300000");
+        assert_eq!(merged["env"]["ANTHROPIC_DEFAULT_FABLE_MODEL"], "fa");
+        assert_eq!(merged["env"]["ANTHROPIC_SMALL_FAST_MODEL"], "f");
         assert!(uninstall(&path).unwrap());
         let restored: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(
