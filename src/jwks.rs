@@ -201,7 +201,9 @@ fn typ_allowed(header_b64: &str) -> bool {
         Ok(Header { typ: None }) => true,
         Ok(Header { typ: Some(typ) }) => {
             let typ = typ.to_ascii_uppercase();
-            typ == "JWT" || typ.ends_with("+JWT")
+            // Other tokens an IdP signs for the same audience are not access tokens.
+            let not_access = ["LOGOUT+JWT", "SECEVENT+JWT"].iter().any(|other| typ.ends_with(other));
+            (typ == "JWT" || typ.ends_with("+JWT")) && !not_access
         }
         Err(_) => false,
     }
@@ -247,6 +249,9 @@ struct RawKey {
     use_: Option<String>,
     #[serde(default)]
     alg: Option<String>,
+    /// RFC 7517 4.3: when present, the key may only do what it lists.
+    #[serde(default)]
+    key_ops: Option<Vec<serde_json::Value>>,
     #[serde(default)]
     crv: Option<String>,
     #[serde(default)]
@@ -304,12 +309,14 @@ impl KeySet {
     }
 }
 
-/// The key's public parameters, hashed: the same key in every JWKS that publishes it, another
-/// key (a rotation, even under a `kid` used before) another value.
+/// The key's public parameters and its pinned `alg`, hashed: the same key in every JWKS that
+/// publishes it, another key (a rotation, even under a `kid` used before, or the same key
+/// pinned to another algorithm) another value.
 fn fingerprint(raw: &RawKey) -> u64 {
     use sha2::{Digest as _, Sha256};
     let mut hash = Sha256::new();
-    for part in [Some(&raw.kty), raw.crv.as_ref(), raw.n.as_ref(), raw.e.as_ref(), raw.x.as_ref(), raw.y.as_ref()] {
+    let parts = [Some(&raw.kty), raw.crv.as_ref(), raw.n.as_ref(), raw.e.as_ref(), raw.x.as_ref(), raw.y.as_ref()];
+    for part in parts.into_iter().chain([raw.alg.as_ref()]) {
         hash.update(part.map_or("", |p| p.trim_end_matches('=')).as_bytes());
         hash.update([0]);
     }
@@ -329,6 +336,9 @@ const MAX_EC_TABLES: usize = 4;
 
 fn parse_key(raw: &RawKey, ec_tables: &mut usize) -> Option<Jwk> {
     if raw.use_.as_deref().is_some_and(|u| u != "sig") {
+        return None;
+    }
+    if raw.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op.as_str() == Some("verify"))) {
         return None;
     }
     let alg = match raw.alg.as_deref() {
@@ -415,6 +425,39 @@ pub(crate) mod tests {
         assert_eq!(set.skipped, 2);
         assert!(set.has_kid("ec-1"));
         assert!(!set.has_kid("hmac-1"));
+    }
+
+    /// RFC 7517 4.3: a key whose `key_ops` leave out `verify` verifies nothing; the same key
+    /// pinned to another `alg` is another key for the tokens it verified before.
+    #[test]
+    fn key_ops_are_honoured_and_a_new_alg_pin_is_a_new_key() {
+        let keys = TestKeys::new();
+        let doc: serde_json::Value = serde_json::from_str(&keys.jwks()).unwrap();
+        let rsa = doc["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "rsa-1").unwrap().clone();
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut key = rsa.clone();
+            edit(&mut key);
+            KeySet::parse(serde_json::json!({"keys": [key]}).to_string().as_bytes())
+        };
+        assert!(with(&|k| k["key_ops"] = serde_json::json!(["encrypt", "wrapKey"])).is_err());
+        assert!(with(&|k| k["key_ops"] = serde_json::json!([])).is_err());
+        assert!(with(&|k| k["key_ops"] = serde_json::json!(["verify"])).is_ok());
+        let rs256 = with(&|_| {}).unwrap();
+        let ps256 = with(&|k| k["alg"] = "PS256".into()).unwrap();
+        let fingerprint = rs256.candidates(Some("rsa-1"), Algorithm::RS256).next().unwrap().fingerprint;
+        assert!(rs256.has_key(fingerprint));
+        assert!(!ps256.has_key(fingerprint), "a token verified under the RS256 pin does not outlive it");
+    }
+
+    #[test]
+    fn logout_and_event_tokens_are_not_access_tokens() {
+        let header = |typ: &str| URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "RS256", "typ": typ}).to_string());
+        for typ in ["JWT", "jwt", "at+jwt", "application/at+jwt"] {
+            assert!(typ_allowed(&header(typ)), "{typ}");
+        }
+        for typ in ["logout+jwt", "secevent+jwt", "JOSE", "application/jwt-bearer"] {
+            assert!(!typ_allowed(&header(typ)), "{typ}");
+        }
     }
 
     #[test]
