@@ -65,15 +65,30 @@ pub enum RequestError {
     },
 }
 
+/// `bytes` as a person reads a size: `10 MiB (10485760 bytes)`, `100000 bytes`.
+fn size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB ({b} bytes)", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB ({b} bytes)", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
 impl ToReply for RequestError {
     fn to_reply(&self) -> Reply {
         match self {
             RequestError::NotFound => Reply::error(404, "not_found", "not_found_error", "gateway: not found"),
+            // Not 413: Claude Code shows every 413 as its own "Request too large (max 32MB)",
+            // which names the wrong limit; a 400's message is shown as it is.
             RequestError::TooLarge { max } => Reply::error(
-                413,
+                400,
                 "body_too_large",
-                "request_too_large",
-                &format!("gateway: request body larger than {max} bytes"),
+                "invalid_request_error",
+                &format!(
+                    "gateway: the request is larger than this gateway's limit of {}; compact the conversation \
+                     (/compact) or leave out large attachments",
+                    size(*max)
+                ),
             ),
             RequestError::InvalidJson(why) => Reply::error(
                 400,
@@ -106,12 +121,16 @@ impl ToReply for RequestError {
             RequestError::InvalidLength => {
                 Reply::error(400, "invalid_length", "invalid_request_error", "gateway: content-length is not a number")
             }
+            // The proxy's body buffer is smaller than `max_body_bytes`: the operator's to fix.
             RequestError::BodyUnreadable => Reply::error(
-                413,
+                500,
                 "body_unreadable",
-                "request_too_large",
-                "gateway: the request body could not be inspected (larger than the gateway's body buffer)",
-            ),
+                "api_error",
+                "gateway: the request body could not be inspected (larger than the proxy's body buffer, which is \
+                 smaller than the gateway's body limit); tell your administrator. A smaller request (/compact) may \
+                 go through",
+            )
+            .with_header("x-should-retry", "false"),
             RequestError::ModelNotAllowed { model, tier, allowed } => Reply::error(
                 400,
                 "model_not_allowed",
@@ -235,6 +254,21 @@ impl BodyEdit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Claude Code shows a 413 as its own "Request too large (max 32MB)"; the gateway's limit is
+    /// said in a 400 it shows as it is, and a proxy buffer too small for that limit is a 500.
+    #[test]
+    fn a_body_over_the_limit_names_the_gateways_limit_in_a_400() {
+        let reply = RequestError::TooLarge { max: 10 << 20 }.to_reply();
+        assert_eq!(reply.status, 400);
+        let body = String::from_utf8_lossy(&reply.body);
+        assert!(body.contains("limit of 10 MiB (10485760 bytes)") && body.contains("invalid_request_error"), "{body}");
+        assert!(String::from_utf8_lossy(&RequestError::TooLarge { max: 100_000 }.to_reply().body)
+            .contains("limit of 100000 bytes;"));
+        let unreadable = RequestError::BodyUnreadable.to_reply();
+        assert_eq!(unreadable.status, 500);
+        assert!(unreadable.headers.contains(&("x-should-retry".into(), "false".into())));
+    }
     use crate::jwt::tests::plan;
     use serde_json::json;
 

@@ -221,7 +221,7 @@ def test_the_connection_stays_usable_after_every_kind_of_refusal(make_gateway, s
         ("forged token", signer.forged({"alg": "RS256", "kid": signer.keys["RS256"].kid}), BODY, "/v1/messages", 401),
         ("no tier", signer.token(groups=["sales"]), BODY, "/v1/messages", 400),
         ("model not in tier", good, opus, "/v1/messages", 400),
-        ("body too large", good, BODY + b" " * 4096, "/v1/messages", 413),
+        ("body too large", good, BODY + b" " * 4096, "/v1/messages", 400),
         ("unknown path", good, BODY, "/v1/other", 404),
         ("invalid JSON", good, b"{" + BODY, "/v1/messages", 400),
         ("budget spent", power, BODY, "/v1/messages", 429),

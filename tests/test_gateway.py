@@ -316,13 +316,17 @@ def test_bodies_that_repeat_validated_elements_are_still_judged_whole(gateway, s
     assert [r["body"] for r in stub.requests[3:]] == [later] * 3
 
 
-def test_body_over_the_maximum_is_413(make_gateway, signer, stub):
+def test_body_over_the_maximum_is_refused_naming_the_gateways_limit(make_gateway, signer, stub):
+    # A 400, not a 413: Claude Code replaces the text of any 413 with "Request too large (max
+    # 32MB)", the API's limit, not this gateway's.
     g = make_gateway(gateway_config(signer, max_body_bytes=100_000), [signer.upstream])
     body = fixture("request_main_stream.json")
     assert len(body) > 100_000
-    assert_anthropic_error(call(g.port, signer.token(), body), 413, "request_too_large")
+    answer = call(g.port, signer.token(), body)
+    assert_anthropic_error(answer, 400, "invalid_request_error")
+    assert "limit of 100000 bytes" in answer.error_message and "/compact" in answer.error_message
     chunked = call(g.port, signer.token(), body, chunked=True)
-    assert chunked.status == 413
+    assert chunked.status == 400
     assert stub.requests == []
 
 

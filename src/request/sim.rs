@@ -244,11 +244,11 @@ pub fn expected(setup: &Setup) -> Vec<End> {
     match (setup.body, credential) {
         // Repeated credential headers are refused before the declared length is looked at.
         (Body::TooLarge, Some(status)) if !declared || setup.token == Token::DuplicateApiKey => {
-            vec![End::Answered(413), End::Answered(status)]
+            vec![End::Answered(400), End::Answered(status)]
         }
-        (Body::TooLarge, _) => vec![End::Answered(413)],
+        (Body::TooLarge, _) => vec![End::Answered(400)],
         (_, Some(status)) => vec![End::Answered(status)],
-        _ if setup.spilled && setup.profile == HostProfile::Ngx => vec![End::Answered(413)],
+        _ if setup.spilled && setup.profile == HostProfile::Ngx => vec![End::Answered(500)],
         (Body::NotAllowed | Body::Invalid, None) => vec![End::Answered(400)],
         (Body::Allowed, None) => vec![End::Forwarded],
     }
