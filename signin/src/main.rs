@@ -65,6 +65,11 @@ struct Idp {
     /// Extra life a handed-out token must have beyond the helper TTL.
     #[arg(long, env = "CLAUDE_SSO_MARGIN_SECONDS", default_value_t = 60, global = true)]
     margin_seconds: u64,
+    /// The gateway's `oidc.max_token_age_seconds`: a token is taken to expire that long after it
+    /// was received (if sooner than its `exp`), so it is renewed before the gateway refuses it as
+    /// too old (Claude Code would re-run the helper, get the same token, and retry for minutes).
+    #[arg(long, env = "CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS", global = true)]
+    max_token_age_seconds: Option<u64>,
     /// How long to wait for the person to finish signing in.
     #[arg(long, env = "CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", default_value_t = 300, global = true)]
     login_timeout_seconds: u64,
@@ -188,7 +193,12 @@ fn token(idp: &Idp) -> Result<String, String> {
     let issuer = issuer(idp)?;
     let cache = cache_file(idp)?;
     let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
-    let fresh = |c: &Cached| flow::fresh_enough(c.expires_at, now(), idp.helper_ttl_ms, idp.margin_seconds);
+    // A token saved before the gateway's age limit was given counts from its `iat`.
+    let limit = |c: &Cached| match (idp.max_token_age_seconds, claims::issued_at(&c.access_token)) {
+        (Some(age), Some(iat)) => c.expires_at.min(iat.saturating_add(age)),
+        _ => c.expires_at,
+    };
+    let fresh = |c: &Cached| flow::fresh_enough(limit(c), now(), idp.helper_ttl_ms, idp.margin_seconds);
     let cached = cache.load().filter(|c| c.issuer == issuer && c.client_id == idp.client_id);
     if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
         return Ok(c.access_token.clone());
@@ -205,7 +215,7 @@ fn token(idp: &Idp) -> Result<String, String> {
         };
         match idp_client.refresh(&idp.client_id, &refresh_token) {
             Ok(tokens) => {
-                let c = received(issuer, &idp.client_id, tokens, Some(refresh_token));
+                let c = received(idp, issuer, tokens, Some(refresh_token));
                 save_or_say(&cache, &c);
                 if !fresh(&c) {
                     eprintln!("claude-sso-signin: note: the identity provider issues tokens shorter-lived than the helper TTL");
@@ -333,7 +343,7 @@ fn sign_in(idp: &Idp, client: &Client, situation: Situation) -> Result<Cached, S
         LoginError::NoBrowser(_) => not_signed_in(issuer, &e.to_string()),
         e => format!("sign-in failed: {e}"),
     })?;
-    Ok(received(issuer, &idp.client_id, tokens, None))
+    Ok(received(idp, issuer, tokens, None))
 }
 
 /// Prints nothing itself: returns the token unless it is expired or about to be, which the
@@ -352,7 +362,7 @@ fn hand_out(c: Cached, margin_s: u64) -> Result<String, String> {
 }
 
 /// What to remember of a token endpoint answer received just now.
-fn received(issuer: &str, client_id: &str, tokens: TokenResponse, old_refresh: Option<String>) -> Cached {
+fn received(idp: &Idp, issuer: &str, tokens: TokenResponse, old_refresh: Option<String>) -> Cached {
     let token = &tokens.access_token;
     let expiry = flow::expiry(now(), tokens.expires_in, claims::expiry(token), claims::issued_at(token));
     if let Some(skew) = expiry.skew_s.filter(|_| expiry.clocks_disagree()) {
@@ -363,10 +373,12 @@ fn received(issuer: &str, client_id: &str, tokens: TokenResponse, old_refresh: O
             if skew > 0 { "behind" } else { "ahead of" }
         );
     }
-    let expires_at = expiry.expires_at;
+    // The token was issued just now: its age limit runs from this clock.
+    let too_old_at = idp.max_token_age_seconds.map_or(u64::MAX, |age| now().saturating_add(age));
+    let expires_at = expiry.expires_at.min(too_old_at);
     Cached {
         issuer: issuer.to_owned(),
-        client_id: client_id.to_owned(),
+        client_id: idp.client_id.clone(),
         access_token: tokens.access_token,
         expires_at,
         refresh_token: tokens.refresh_token.or(old_refresh),

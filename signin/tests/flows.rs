@@ -273,6 +273,30 @@ fn silent_refresh_before_the_helper_ttl_runs_out() {
 }
 
 #[test]
+fn a_token_is_renewed_before_the_gateways_max_token_age() {
+    // Tokens live an hour, but the gateway refuses them 400 s after they were issued: with the
+    // gateway's limit given, the helper renews before it (else it would hand out the refused
+    // token again on each of Claude Code's retries).
+    let idp = Idp::start(&[]);
+    let home = Home::new("alice");
+    let run = |age: Option<&str>| {
+        let mut c = home.command(&idp);
+        c.env("CLAUDE_CODE_API_KEY_HELPER_TTL_MS", "350000");
+        if let Some(age) = age {
+            c.env("CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS", age);
+        }
+        c.output().unwrap()
+    };
+    let first = token_of(&run(None));
+    assert_eq!(token_of(&run(None)), first, "without the limit the hour-long token is reused");
+    let renewed = token_of(&run(Some("400")));
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = token_of(&run(Some("400")));
+    assert_ne!(renewed, again, "a token within the helper TTL of the gateway's age limit was handed out again");
+    assert_eq!(idp.logins(), 1, "renewed silently, no second sign-in");
+}
+
+#[test]
 fn expired_refresh_token_falls_back_to_login() {
     let idp = Idp::start(&[("IDP_ACCESS_TOKEN_TTL", "400"), ("IDP_REFRESH_TOKEN_TTL", "1")]);
     let home = Home::new("alice");
