@@ -52,10 +52,13 @@ impl BodyWatch {
     /// A body callback came for request `id`: the host holds headers as asked, for every
     /// request of this worker from now on. True the first time (tell the other workers).
     pub fn body_seen(&mut self, id: u32) -> bool {
+        // Once proven nothing is held: every request after the first costs only this test.
+        if self.proven {
+            return false;
+        }
         self.held.remove(&id);
-        let first = !self.proven;
         self.proven_elsewhere();
-        first
+        true
     }
 
     /// Another worker proved that the host holds headers (the setting is the same for all).
