@@ -282,11 +282,15 @@ pub fn headers_step(profile: HostProfile, headers: &[(&str, &str)]) -> Step {
     Request::new(profile).on_request_headers(&mut worker, &host, &all, false)
 }
 
-/// A good request forwarded on `profile` (its body read whole), then the provider's answer
-/// headers: returns that step.
-pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, end_of_stream: bool) -> Step {
-    let (mut worker, host) = worker_and_host(true, Idp::Up);
-    let mut sim = Sim::new(&Setup {
+/// Owned header pairs as the machine takes them.
+fn pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+}
+
+/// A worker with keys, its host, and a good request's simulation (one chunk) on `profile`.
+fn good_request(profile: HostProfile) -> (Worker, FakeHost, Sim) {
+    let (worker, host) = worker_and_host(true, Idp::Up);
+    let sim = Sim::new(&Setup {
         profile,
         keys_loaded: true,
         idp: Idp::Up,
@@ -296,9 +300,14 @@ pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, 
         trailers: false,
         spilled: false,
     });
-    let owned = sim.headers.clone();
-    let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let _ = sim.request.on_request_headers(&mut worker, &host, &headers, false);
+    (worker, host, sim)
+}
+
+/// A good request forwarded on `profile` (its body read whole), then the provider's answer
+/// headers: returns that step.
+pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, end_of_stream: bool) -> Step {
+    let (mut worker, host, mut sim) = good_request(profile);
+    let _ = sim.request.on_request_headers(&mut worker, &host, &pairs(&sim.headers), false);
     let body = sim.body.clone();
     let forwarded = sim.request.on_request_body(&mut worker, &host, body.len(), true, Some(&body));
     assert!(forwarded.forwarded, "the request is forwarded");
@@ -308,20 +317,8 @@ pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, 
 /// A good request held at its headers on Envoy, then answered by the host layer with `reply`,
 /// answered so again, then its body and its end arriving: the four steps.
 pub fn answered_elsewhere_steps(reply: crate::reply::Reply) -> [Step; 4] {
-    let (mut worker, host) = worker_and_host(true, Idp::Up);
-    let mut sim = Sim::new(&Setup {
-        profile: HostProfile::Envoy,
-        keys_loaded: true,
-        idp: Idp::Up,
-        token: Token::Good,
-        body: Body::Allowed,
-        chunks: 1,
-        trailers: false,
-        spilled: false,
-    });
-    let owned = sim.headers.clone();
-    let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let held = sim.request.on_request_headers(&mut worker, &host, &headers, false);
+    let (mut worker, host, mut sim) = good_request(HostProfile::Envoy);
+    let held = sim.request.on_request_headers(&mut worker, &host, &pairs(&sim.headers), false);
     assert!(held.reply.is_none() && held.flow == Flow::Pause, "the request is held");
     let answered = sim.request.answered_elsewhere(&mut worker, &host, reply.clone());
     let again = sim.request.answered_elsewhere(&mut worker, &host, reply);
@@ -370,10 +367,8 @@ pub fn run(setup: &Setup, events: &[Event]) -> Result<End, String> {
     let (mut worker, host) = worker_and_host(setup.keys_loaded, setup.idp);
     let mut sim = Sim::new(setup);
     let step = {
-        let owned = sim.headers.clone();
-        let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let eos = sim.body.is_empty() && !sim.trailers;
-        sim.request.on_request_headers(&mut worker, &host, &headers, eos)
+        sim.request.on_request_headers(&mut worker, &host, &pairs(&sim.headers), eos)
     };
     sim.apply(step, Stage::Headers)?;
     for event in events.iter().chain(std::iter::repeat_n(&Event::Answer, 4)) {
