@@ -234,9 +234,10 @@ fn body(kind: Body) -> Vec<u8> {
 pub fn expected(setup: &Setup) -> Vec<End> {
     let keys = setup.keys_loaded || setup.idp == Idp::Up;
     let credential = match setup.token {
-        Token::Missing | Token::DuplicateApiKey => Some(401),
+        // An expired token fails a check that needs no key: refused even while keys are missing.
+        Token::Missing | Token::DuplicateApiKey | Token::Expired => Some(401),
         _ if !keys => Some(503),
-        Token::Forged | Token::Expired => Some(401),
+        Token::Forged => Some(401),
         Token::NoTier => Some(400),
         Token::Good => None,
     };

@@ -8,7 +8,9 @@ fn setups() -> Vec<Setup> {
     let mut out = Vec::new();
     for profile in [HostProfile::Envoy, HostProfile::Ngx] {
         for (keys_loaded, idp) in [(true, Idp::Up), (false, Idp::Up), (false, Idp::Down)] {
-            for token in [Token::Good, Token::Forged, Token::NoTier, Token::Missing, Token::DuplicateApiKey] {
+            for token in
+                [Token::Good, Token::Forged, Token::NoTier, Token::Expired, Token::Missing, Token::DuplicateApiKey]
+            {
                 for body in [Body::Allowed, Body::NotAllowed, Body::TooLarge] {
                     let shapes: &[(usize, bool, bool)] = match profile {
                         HostProfile::Envoy => &[(1, false, false), (3, false, false), (2, true, false)],
