@@ -30,6 +30,9 @@ pub struct Admission {
     pub tier: usize,
 }
 
+/// Largest discovery or JWKS document taken (Entra ID's, certificates included, is ~20 KB).
+pub const MAX_KEY_DOCUMENT_BYTES: usize = 512 * 1024;
+
 /// The outcome of authenticating a token.
 #[derive(Debug)]
 pub enum AuthOutcome {
@@ -201,9 +204,18 @@ impl Worker {
 
     /// Takes the answer of a key callout (`status` is `None` when the host reported no response).
     pub fn on_fetched(&mut self, fetch: &Fetch, status: Option<u32>, body: &[u8], now: u64) -> FetchProgress {
-        let result = match fetch {
-            Fetch::Discovery => self.keys.on_discovery(&self.plan.oidc, status, body).map(FetchProgress::Next),
-            Fetch::Jwks => self.keys.on_jwks(status, body, now).map(FetchProgress::Installed),
+        // Every worker parses the keys again, and they are copied into shared data: a document
+        // far beyond any IdP's (thousands of keys) is refused, not parsed.
+        let result = if body.len() > MAX_KEY_DOCUMENT_BYTES {
+            Err(FetchError::Unreachable(format!(
+                "an answer of {} bytes, over the {MAX_KEY_DOCUMENT_BYTES} a key document may have",
+                body.len()
+            )))
+        } else {
+            match fetch {
+                Fetch::Discovery => self.keys.on_discovery(&self.plan.oidc, status, body).map(FetchProgress::Next),
+                Fetch::Jwks => self.keys.on_jwks(status, body, now).map(FetchProgress::Installed),
+            }
         };
         result.unwrap_or_else(|e| {
             self.keys.note_failure(now);
@@ -430,6 +442,17 @@ mod tests {
         assert!(matches!(w.authenticate(&store, &token, NOW, true), AuthOutcome::Admitted(_)));
         let AuthOutcome::Refused(reply) = w.authenticate(&store, &token, 0, true) else { panic!("admitted at time 0") };
         assert_eq!((reply.status, reply.reason), (503, "clock_unavailable"));
+    }
+
+    #[test]
+    fn a_key_document_beyond_any_idps_is_refused_unparsed() {
+        let keys = TestKeys::new();
+        let mut w = worker_with_keys(&keys);
+        let mut huge = keys.jwks().into_bytes();
+        huge.truncate(huge.len() - 2);
+        huge.extend(format!(r#"],"pad":"{}"}}"#, "x".repeat(MAX_KEY_DOCUMENT_BYTES)).bytes());
+        assert!(matches!(w.on_fetched(&Fetch::Jwks, Some(200), &huge, NOW + 1), FetchProgress::Failed(_)));
+        assert!(w.keys.keys(&w.plan.oidc, NOW + 1).is_ok(), "the keys it had are kept");
     }
 
     #[test]

@@ -206,7 +206,9 @@ impl HttpContext for GatewayHttp {
             return Action::Pause;
         }
         self.body_seen();
-        // The body is read only once it is whole; Envoy hands the running total each time.
+        // The body is read only once it is whole; Envoy hands the running total each time. A
+        // host that ends with an empty callback of size 0 still holds what came before.
+        let body_size = body_size.max(self.request.buffered());
         let body = end_of_stream.then(|| calls::request_body(body_size)).flatten();
         let step = self.request.on_request_body(
             &mut self.worker.borrow_mut(),

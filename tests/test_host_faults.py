@@ -1,0 +1,77 @@
+"""The built filter under a host that is neither Envoy nor nginx and misbehaves (tests/hosts/faults.mjs,
+a minimal Proxy-Wasm host in Node's V8, the engine Envoy embeds): every fault fails closed, nothing is
+forwarded unchecked, no configuration takes another's keys, and the provider key never reaches a log."""
+import json
+import subprocess
+from pathlib import Path
+
+from tests.harness.envoy import WASM
+
+HOST = Path(__file__).parent / "hosts" / "faults.mjs"
+
+
+def run(scenario: str) -> dict:
+    out = subprocess.run(["node", "--no-warnings", str(HOST), str(WASM), scenario],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "trap" not in result, result["trap"]
+    assert result["unimplemented"] == [], "the filter called a host function the host lacks"
+    assert not result["secrets_logged"], "the provider key reached a log line"
+    return result
+
+
+def forwarded(request: dict) -> bool:
+    return request.get("reply") is None and request.get("upstream_x_api_key") == "sk-provider"
+
+
+def test_a_clock_that_cannot_be_read_admits_nobody():
+    # The clock read as 0 once: every expiry passed, and an expired token was forwarded.
+    r = run("clock")["request"]
+    assert r["reply"].startswith("503 ") and "could not tell the time" in r["reply"]
+    assert not forwarded(r)
+
+
+def test_request_header_writes_refused_by_the_host_refuse_the_request():
+    # They were only logged: the request went on without the provider key, identity or length.
+    r = run("headersgone")
+    assert r["request"]["reply"].startswith("500 ") and "could not rewrite the request headers" in r["request"]["reply"]
+    assert not forwarded(r["request"])
+    assert not r["client_authorization_left"]
+
+
+def test_a_host_without_the_usage_property_gets_the_record_as_a_log_line():
+    r = run("noprop")
+    assert r["property_attempts"] == 4
+    assert r["usage_lines"] == 4, "a usage record was lost"
+
+
+def test_a_body_ended_by_an_empty_callback_is_read_whole():
+    # A host that ends the body with an empty callback of size 0 (the size of that callback, not
+    # the running total as Envoy gives) got a 400 "not valid JSON".
+    assert forwarded(run("emptyeos")["request"])
+
+
+def test_a_host_answering_empty_for_unknown_properties_is_not_taken_for_nginx():
+    # The nginx semantics let request headers go on before the body is decided.
+    r = run("emptyprop")["request"]
+    assert r["headers_action"] == 1, "request headers held until the body is decided"
+    assert forwarded(r)
+
+
+def test_two_configurations_in_one_vm_never_take_each_others_keys():
+    # Kong's filter chains, Envoy listeners sharing a VM id: the shared key record had no issuer, so
+    # one IdP's keys verified tokens claiming the other's issuer.
+    r = run("tworoots")
+    assert r["b_forged"]["reply"].startswith("401 ") and not forwarded(r["b_forged"])
+    assert r["a_forged"]["reply"].startswith("401 ") and not forwarded(r["a_forged"])
+    assert forwarded(r["b_own"]) and r["b_own"]["upstream_user"] == "bob"
+    assert forwarded(r["a_own"]) and r["a_own"]["upstream_user"] == "alice"
+    assert r["fetched_by_a"] and all(c.startswith("idp-a.example") for c in r["fetched_by_a"])
+
+
+def test_a_key_fetch_of_the_old_configuration_does_not_land_in_the_new_one():
+    r = run("reconfigure")
+    assert r["pending"] == ["idp-a.example/keys"] and r["reconfigured"] == 1
+    assert not forwarded(r["b_forged"])
+    assert r["b_next_callouts"] and all(c.startswith("idp-b.example") for c in r["b_next_callouts"])
