@@ -358,3 +358,16 @@ def test_an_unreachable_provider_is_shown_in_claude_code(host, signer, tmp_path)
         assert re.search(provider, shown(run)), run.stdout
     finally:
         g.stop()
+
+
+def test_the_provider_refusing_the_gateways_key_is_shown_as_the_gateways_problem(make_gateway, signer, stub, tmp_path):
+    # Anthropic says "invalid x-api-key"; Claude Code replaces any error naming x-api-key with
+    # "Invalid API key · Fix external API key", sending the person to fix a key they do not have.
+    g = make_gateway(gateway_config(signer), [signer.upstream], env={"ANTHROPIC_API_KEY": "sk-revoked"})
+    run, helper_runs = claude(tmp_path, g, signer.token())
+    assert run.code == 1, run.stdout + run.stderr
+    assert run.seconds < SETTLED, f"took {run.seconds:.1f} s (x-should-retry: false)"
+    assert "Fix external API key" not in run.stdout
+    assert "the AI provider refused the gateway's own credentials" in shown(run), run.stdout
+    assert "tell your administrator" in shown(run)
+    assert helper_runs == 1, "a 502, not a 401: the helper is not re-run"
