@@ -371,3 +371,16 @@ def test_the_provider_refusing_the_gateways_key_is_shown_as_the_gateways_problem
     assert "the AI provider refused the gateway's own credentials" in shown(run), run.stdout
     assert "tell your administrator" in shown(run)
     assert helper_runs == 1, "a 502, not a 401: the helper is not re-run"
+
+
+def test_a_body_over_the_gateways_limit_names_that_limit(make_gateway, signer, stub, tmp_path):
+    # Claude Code shows every 413 as its own "Request too large (max 32MB)", the API's limit; the
+    # gateway's (here 60000 bytes, below one Claude Code request) comes in a 400 it shows as sent.
+    g = make_gateway(gateway_config(signer, max_body_bytes=60000), [signer.upstream])
+    run, helper_runs = claude(tmp_path, g, signer.token())
+    assert run.code == 1, run.stdout + run.stderr
+    assert run.seconds < SETTLED, f"took {run.seconds:.1f} s"
+    assert "max 32MB" not in run.stdout
+    assert "larger than this gateway's limit of 60000 bytes" in shown(run), run.stdout
+    assert helper_runs == 1
+    assert stub.requests == []
