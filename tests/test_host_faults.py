@@ -75,3 +75,11 @@ def test_a_key_fetch_of_the_old_configuration_does_not_land_in_the_new_one():
     assert r["pending"] == ["idp-a.example/keys"] and r["reconfigured"] == 1
     assert not forwarded(r["b_forged"])
     assert r["b_next_callouts"] and all(c.startswith("idp-b.example") for c in r["b_next_callouts"])
+
+
+def test_a_host_without_a_timer_still_gets_the_metrics():
+    # The per-tier counters are handed over at each tick: a host with no timer never saw them.
+    r = run("notick")
+    assert r["configured"] == 1
+    assert r["forwarded"] == 20
+    assert r["requests_counted"] == 21, "every forwarded request is counted"

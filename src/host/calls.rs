@@ -198,13 +198,11 @@ pub fn now_ms() -> u64 {
     now_ns() / 1_000_000
 }
 
-/// Sets the root context's tick period.
-pub fn set_tick_period(period: Duration) {
+/// Sets the root context's tick period; false when the host has no timer.
+pub fn set_tick_period(period: Duration) -> bool {
     let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
     // SAFETY: no pointers.
-    if status(unsafe { abi::proxy_set_tick_period_milliseconds(ms) }).is_err() {
-        log(LogLevel::Error, "claude-sso-gateway: could not set the tick period");
-    }
+    status(unsafe { abi::proxy_set_tick_period_milliseconds(ms) }).is_ok()
 }
 
 /// Bytes of a host buffer from `start`, at most `max`.

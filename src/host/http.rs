@@ -270,6 +270,7 @@ impl HttpContext for GatewayHttp {
         // settled here.
         let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls::default());
         self.apply_at(step, true);
+        self.metrics.request_ended();
     }
 }
 

@@ -60,6 +60,8 @@ const STORE_HEALTH: [&str; 3] = ["starting", "synced", "cut_off"];
 pub struct Metrics {
     ids: HashMap<String, u32>,
     scopes: HashMap<String, HashMap<String, ScopeIds>>,
+    /// The host has no timer: the gathered counters are handed over after each request.
+    every_request: std::cell::Cell<bool>,
 }
 
 /// The series of one tier and model. Its counters are added to in the VM and handed to the host
@@ -167,7 +169,7 @@ impl Metrics {
                 scopes.entry(tier.name.clone()).or_default().insert(model.alias.clone(), ids);
             }
         }
-        Metrics { ids, scopes }
+        Metrics { ids, scopes, every_request: std::cell::Cell::new(false) }
     }
 
     fn add(&self, name: &str, value: u64) {
@@ -198,6 +200,18 @@ impl Metrics {
         }
         if let (Some(id), Some(ms)) = (ids.ttft, record.ttft_ms) {
             calls::record_metric(id, ms);
+        }
+    }
+
+    /// The host has no timer ([`Self::flush`] would never run): flush after every request.
+    pub fn flush_after_each_request(&self) {
+        self.every_request.set(true);
+    }
+
+    /// A request ended: flushes when the host has no timer.
+    pub fn request_ended(&self) {
+        if self.every_request.get() {
+            self.flush();
         }
     }
 

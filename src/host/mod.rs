@@ -233,7 +233,16 @@ impl RootContext for GatewayRoot {
                 self.shared_cas = None;
                 self.adopt_shared(&worker);
                 self.worker = Some(worker);
-                calls::set_tick_period(TICK);
+                if !calls::set_tick_period(TICK) {
+                    // No background work then: keys are fetched when a request needs them, and
+                    // the budget store is never synced.
+                    self.metrics.flush_after_each_request();
+                    calls::log(
+                        LogLevel::Error,
+                        "claude-sso-gateway: the host has no timer: metrics are handed over after each request, \
+                         keys are fetched only when a request needs them, and a budget store is never synced",
+                    );
+                }
                 true
             }
             Err(e) => {

@@ -1,7 +1,7 @@
 // The built filter under a minimal Proxy-Wasm host (Node's V8) that misbehaves the way a host
 // other than Envoy or nginx may: a clock that fails, header writes refused, no property store, an
 // empty final body callback, empty answers for unknown properties, two configurations (other
-// IdPs) in one VM, a reconfiguration while a key fetch is out. Prints one JSON object of what the
+// IdPs) in one VM, a reconfiguration while a key fetch is out, no timer. Prints one JSON object of what the
 // filter did; tests/test_host_faults.py asserts it fails closed.
 //   node tests/hosts/faults.mjs WASM SCENARIO
 import { readFileSync } from "node:fs";
@@ -38,7 +38,7 @@ function deser(b) {
 const faults = new Set(scenario.split("+"));
 const unimplemented = [];
 const st = { now: BigInt(Date.now()) * 1000000n, maps: { 0: [], 2: [], 6: [] }, bufs: {}, shared: new Map(), cas: 1,
-  calls: [], tok: 1, reply: null, logs: [], incr: 0, ticks: null, props: {} };
+  calls: [], tok: 1, reply: null, logs: [], metrics: [], counted: {}, ticks: null, props: {} };
 const host = {
   proxy_log(l, p, n) { st.logs.push([l, str(p, n)]); return S.Ok; },
   proxy_get_current_time_nanoseconds(r) { if (faults.has("clock")) return S.Unimplemented; view().setBigUint64(r, st.now, true); return S.Ok; },
@@ -53,8 +53,8 @@ const host = {
   proxy_set_property(pp, pl, vp, vl) { st.setprops = (st.setprops || 0) + 1; return faults.has("noprop") ? S.NotFound : S.Ok; },
   proxy_get_shared_data(kp, kl, rp, rs, rc) { const e = st.shared.get(str(kp, kl)); if (!e) return S.NotFound; give(e.v, rp, rs); view().setUint32(rc, e.cas, true); return S.Ok; },
   proxy_set_shared_data(kp, kl, vp, vl, cas) { const k = str(kp, kl), e = st.shared.get(k); if (cas !== 0 && e && e.cas !== cas) return S.CasMismatch; st.shared.set(k, { v: bytes(vp, vl), cas: st.cas++ }); return S.Ok; },
-  proxy_define_metric(t, np, nl, r) { view().setUint32(r, 1, true); return S.Ok; },
-  proxy_increment_metric() { st.incr++; return S.Ok; },
+  proxy_define_metric(t, np, nl, r) { st.metrics.push(str(np, nl)); view().setUint32(r, st.metrics.length, true); return S.Ok; },
+  proxy_increment_metric(id, by) { const name = st.metrics[id - 1]; st.counted[name] = (st.counted[name] || 0) + Number(by); return S.Ok; },
   proxy_record_metric() { return S.Ok; },
   proxy_send_local_response(status, dp, dl, bp, bl) { st.reply = { status, body: str(bp, bl) }; return S.Ok; },
   proxy_continue_stream() { st.resumed = true; return S.Ok; },
@@ -102,7 +102,8 @@ function answer(root, idps) { // answer callouts by authority
     call("proxy_on_http_call_response", root, c.t, 1, body.length, 0); }
 }
 let ctx = 100;
-function request(root, token) {
+// `idps`: answer the key callouts the request makes itself, while it waits for them.
+function request(root, token, idps = null) {
   const id = ctx++; st.reply = null;
   const body = enc.encode(JSON.stringify({ model: "claude-sonnet-4-6", max_tokens: 5, messages: [] }));
   st.maps[M.Req] = [[":method", "POST"], [":path", "/v1/messages"], [":authority", "gw"], ["content-type", "application/json"],
@@ -110,6 +111,7 @@ function request(root, token) {
   st.bufs[B.ReqBody] = body;
   call("proxy_on_context_create", id, root);
   const h = call("proxy_on_request_headers", id, st.maps[M.Req].length, 0);
+  if (idps) while (st.calls.length) answer(id, idps);
   if (faults.has("headersgone")) st.headersGone = true;
   let b;
   if (faults.has("emptyeos") && !st.reply) { b = [call("proxy_on_request_body", id, body.length, 0)];
@@ -160,6 +162,17 @@ try {
     const A = idp("idp-a");
     out.configured = ready(A);
     out.request = request(1, sign(A, { iss: A.iss, aud: "gw", sub: "mallory", groups: ["standard"], exp: 1000000000 }));
+  } else if (faults.has("notick")) {
+    // A host without a timer: the first request fetches the keys itself.
+    const A = idp("idp-a");
+    call("proxy_on_context_create", 1, 0);
+    out.configured = configure(1, A);
+    out.first = request(1, good(A), [A]);
+    const later = Array.from({ length: 20 }, () => request(1, good(A)));
+    out.forwarded = later.filter((r) => r.reply === null && r.upstream_x_api_key === "sk-provider").length;
+    // Forwarded requests are counted per tier and model, and handed to the host in batches.
+    out.requests_counted = Object.entries(st.counted).filter(([n]) => n.startsWith("claude_sso_gateway_requests_total"))
+      .reduce((sum, [, v]) => sum + v, 0);
   } else if (faults.has("tworoots") || faults.has("reconfigure")) {
     const A = idp("idp-a"), Bp = idp("idp-b");
     if (faults.has("tworoots")) {
