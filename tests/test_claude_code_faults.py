@@ -62,9 +62,10 @@ def gw(host, stub, signer, per_request):
     g.stop()
 
 
-def helper(home: Path, *tokens: str) -> tuple[str, Path]:
-    """An apiKeyHelper that prints `tokens` in turn (the last one from then on); the counter file
-    it returns holds how often Claude Code ran it."""
+def helper(home: Path, *tokens: str, failures: int = 0) -> tuple[str, Path]:
+    """An apiKeyHelper that fails `failures` times (exit 1, as claude-sso-signin does when nobody
+    is signed in), then prints `tokens` in turn (the last one from then on); the counter file it
+    returns holds how often Claude Code ran it."""
     home.mkdir(parents=True, exist_ok=True)
     for i, token in enumerate(tokens):
         (home / f"token{i}").write_text(token)
@@ -75,15 +76,17 @@ def helper(home: Path, *tokens: str) -> tuple[str, Path]:
         "#!/bin/sh\n"
         f"n=$(cat {shlex.quote(str(count))})\n"
         f"echo $((n + 1)) > {shlex.quote(str(count))}\n"
-        f"i=$n; [ \"$i\" -ge {len(tokens)} ] && i={len(tokens) - 1}\n"
+        f"if [ \"$n\" -lt {failures} ]; then echo 'claude-sso-signin: not signed in' >&2; exit 1; fi\n"
+        f"i=$((n - {failures})); [ \"$i\" -ge {len(tokens)} ] && i={len(tokens) - 1}\n"
         f"cat {shlex.quote(str(home))}/token$i\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script), count
 
 
-def claude(home: Path, gateway, *tokens: str, **kwargs):
-    """`claude -p` with a helper printing `tokens`; returns the run and how often the helper ran."""
-    script, count = helper(home, *tokens)
+def claude(home: Path, gateway, *tokens: str, failures: int = 0, **kwargs):
+    """`claude -p` with a helper failing `failures` times, then printing `tokens`; returns the run
+    and how often the helper ran."""
+    script, count = helper(home, *tokens, failures=failures)
     run = run_claude(home, gateway.port, helper=script, **kwargs)
     runs = int(count.read_text())
     print(f"claude -p: exit {run.code} after {run.seconds:.1f} s, helper ran {runs}x: {run.stdout.strip()}")
@@ -148,42 +151,20 @@ def test_an_expired_token_gets_401_and_the_helpers_next_token_goes_through(gw, s
     assert len(stub.requests) == 1
 
 
-def failing_helper(home: Path, failures: int, token: str) -> tuple[str, Path]:
-    """An apiKeyHelper that fails (exit 1, as claude-sso-signin does when nobody is signed in)
-    `failures` times, then prints `token`; and its run counter."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "token").write_text(token)
-    count = home / "helper-runs"
-    count.write_text("0")
-    script = home / "helper.sh"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"n=$(cat {shlex.quote(str(count))})\n"
-        f"echo $((n + 1)) > {shlex.quote(str(count))}\n"
-        f"if [ \"$n\" -lt {failures} ]; then echo 'claude-sso-signin: not signed in' >&2; exit 1; fi\n"
-        f"cat {shlex.quote(str(home))}/token\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return str(script), count
-
-
 def test_a_failing_helper_gets_a_401_and_its_next_token_goes_through(gw, signer, stub, tmp_path):
     # Claude Code still sends the request, with `Authorization: Bearer` alone. That was a 400
     # saying signing in again would not help, and Claude Code gave up; a 401 has it run the helper
     # again (a sign-in that just finished, an IdP that is back).
-    script, count = failing_helper(tmp_path, 1, signer.token())
-    run = run_claude(tmp_path, gw.port, helper=script)
-    print(f"claude -p: exit {run.code} after {run.seconds:.1f} s: {run.stdout.strip()}")
+    run, helper_runs = claude(tmp_path, gw, signer.token(), failures=1)
     assert run.code == 0, run.stdout + run.stderr
     assert HELLO in run.stdout
-    assert int(count.read_text()) >= 2, "the 401 should make Claude Code run its helper again"
+    assert helper_runs >= 2, "the 401 should make Claude Code run its helper again"
     assert "Signing in again will not change this" not in run.stdout
     assert len(stub.requests) == 1
 
 
 def test_a_helper_that_keeps_failing_is_named_as_the_cause(gw, signer, stub, tmp_path):
-    script, _ = failing_helper(tmp_path, 1000, signer.token())
-    run = run_claude(tmp_path, gw.port, helper=script)
-    print(f"claude -p: exit {run.code} after {run.seconds:.1f} s: {run.stdout.strip()}")
+    run, _ = claude(tmp_path, gw, signer.token(), failures=1000)
     assert run.code == 1, run.stdout + run.stderr
     assert run.seconds < SETTLED, f"took {run.seconds:.1f} s"
     assert "apiKeyHelper" in shown(run), run.stdout
