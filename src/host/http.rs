@@ -146,15 +146,15 @@ impl Context for GatewayHttp {
             return;
         }
         let (status, body, reason) = calls::call_response(body_size);
-        let (step, progress, key) = {
+        let step = {
             let mut worker = self.worker.borrow_mut();
             let (step, progress) =
                 self.request.on_keys_fetched(&mut worker, &HostCalls::default(), token_id, status, &body);
-            (step, progress, worker.plan.oidc.shared_key.clone())
+            if let Some(progress) = progress {
+                super::publish_or_log(progress, &worker.plan.oidc.shared_key, reason.as_deref(), &self.metrics);
+            }
+            step
         };
-        if let Some(progress) = progress {
-            super::publish_or_log(progress, &key, reason.as_deref(), &self.metrics);
-        }
         self.apply(step);
     }
 }
