@@ -103,9 +103,7 @@ fn secret(
         }
         (None, None) => return Ok(None),
         (Some(v), None) => v.clone(),
-        (None, Some(var)) => env(var).ok_or_else(|| {
-            ConfigError::new(format!("{field}.{name}_env"), format!("environment variable {var} is not set in the VM"))
-        })?,
+        (None, Some(var)) => super::from_env(&format!("{field}.{name}_env"), var, env)?,
     };
     if value.trim().is_empty() {
         return Err(ConfigError::new(field, format!("{name} is empty")));

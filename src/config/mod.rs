@@ -25,6 +25,10 @@ const MAX_LEEWAY_SECONDS: u64 = 600;
 /// Most verified tokens a worker remembers (`oidc.token_cache_entries`).
 const MAX_TOKEN_CACHE_ENTRIES: usize = 1 << 20;
 
+/// Most `max_body_bytes`: twice the Anthropic API's own request limit (32 MB). Every byte is held
+/// by the proxy and copied into the VM before the request goes on.
+const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Most `validation_cache_bytes` (each worker holds its own).
 const MAX_VALIDATION_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Longest period or age in seconds: a year.
@@ -251,7 +255,10 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
     if raw.max_body_bytes == 0 {
         return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
     }
-    check_at_most(&[("validation_cache_bytes", raw.validation_cache_bytes, MAX_VALIDATION_CACHE_BYTES)])?;
+    check_at_most(&[
+        ("max_body_bytes", u64::try_from(raw.max_body_bytes).unwrap_or(u64::MAX), MAX_BODY_BYTES),
+        ("validation_cache_bytes", raw.validation_cache_bytes, MAX_VALIDATION_CACHE_BYTES),
+    ])?;
     if raw.targets.is_empty() {
         return Err(ConfigError::new("targets", "at least one target is required"));
     }
@@ -449,6 +456,25 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
     Ok(headers)
 }
 
+/// The value of the VM environment variable `var`, named in the config field `field` (an
+/// `*_env` field). What is not a variable's name is refused without being quoted: it is most
+/// likely the secret itself, pasted into the wrong field, and config errors reach the log.
+pub(crate) fn from_env(field: &str, var: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let is_name = !var.is_empty()
+        && var.len() <= 128
+        && !var.starts_with(|c: char| c.is_ascii_digit())
+        && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !is_name {
+        return Err(ConfigError::new(
+            field,
+            "must be the name of an environment variable of the VM (letters, digits and '_'), not a value; \
+             it is not repeated here in case it is a secret: give a secret in the field without `_env`, or \
+             better, put it in a variable and name that",
+        ));
+    }
+    env(var).ok_or_else(|| ConfigError::new(field, format!("environment variable {var} is not set in the VM")))
+}
+
 fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<Target, ConfigError> {
     let field = format!("targets.{name}");
     // The name goes upstream as `x-gateway-target`, which Envoy routes on: a name that cannot be
@@ -470,9 +496,7 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
         (Some(_), Some(_)) => return Err(ConfigError::new(field, "give api_key or api_key_env, not both")),
         (None, None) => return Err(ConfigError::new(field, "api_key or api_key_env is required")),
         (Some(key), None) => key.clone(),
-        (None, Some(var)) => env(var).ok_or_else(|| {
-            ConfigError::new(format!("{field}.api_key_env"), format!("environment variable {var} is not set in the VM"))
-        })?,
+        (None, Some(var)) => from_env(&format!("{field}.api_key_env"), var, env)?,
     };
     let key_field = if raw.api_key.is_some() { format!("{field}.api_key") } else { format!("{field}.api_key_env") };
     if api_key.trim().is_empty() {
@@ -530,6 +554,20 @@ fn compile_tiers(raw: Vec<RawTier>, models: &[Model]) -> Result<Vec<Tier>, Confi
         if t.groups.is_empty() {
             return Err(ConfigError::new(format!("{field}.groups"), "at least one group is required"));
         }
+        if let Some(j) = t.groups.iter().position(|g| g.trim().is_empty()) {
+            return Err(ConfigError::new(format!("{field}.groups[{j}]"), "a group name must not be empty"));
+        }
+        // First match wins: a tier whose every group an earlier tier lists is never chosen.
+        if let Some(earlier) = tiers.iter().find(|e| t.groups.iter().all(|g| e.groups.contains(g))) {
+            return Err(ConfigError::new(
+                format!("{field}.groups"),
+                format!(
+                    "every group of tier {:?} is also in tier {:?}, which comes first: no one would ever be \
+                     in this tier (the first tier listing one of a person's groups is theirs)",
+                    t.name, earlier.name
+                ),
+            ));
+        }
         if t.models.is_empty() {
             return Err(ConfigError::new(format!("{field}.models"), "at least one model is required"));
         }
@@ -538,6 +576,9 @@ fn compile_tiers(raw: Vec<RawTier>, models: &[Model]) -> Result<Vec<Tier>, Confi
             let index = models.iter().position(|m| &m.alias == alias).ok_or_else(|| {
                 ConfigError::new(format!("{field}.models[{j}]"), format!("unknown model alias {alias:?}"))
             })?;
+            if indexes.contains(&index) {
+                return Err(ConfigError::new(format!("{field}.models[{j}]"), format!("{alias:?} is listed twice")));
+            }
             indexes.push(index);
         }
         let priced = indexes.iter().all(|&m| models.get(m).is_some_and(|m| m.price.is_some()));
@@ -597,6 +638,29 @@ pub(crate) mod tests {
         assert!(!format!("{plan:?}").contains("sk-ant-test"));
     }
 
+    /// A key pasted into `api_key_env` (or an AWS `*_env` field) is refused without being quoted:
+    /// config errors are logged.
+    #[test]
+    fn a_secret_pasted_into_an_env_field_is_not_repeated() {
+        let secret = "sk-ant-api03-SECRETSECRET-x_y";
+        let mut doc = sample();
+        doc["targets"]["anthropic"]["api_key_env"] = json!(secret);
+        let error = Plan::from_json(doc.to_string().as_bytes(), &|_| None).unwrap_err().to_string();
+        assert!(error.starts_with("config error: targets.anthropic.api_key_env: must be the name of"), "{error}");
+        assert!(!error.contains("SECRET"), "{error}");
+        for var in ["", "1ABC", "A B", "AKIA/x+y=", &"A".repeat(129)] {
+            let error = from_env("f", var, &|_| Some("v".into())).unwrap_err().to_string();
+            assert!(error.contains("must be the name of"), "{var:?}: {error}");
+        }
+        assert_eq!(from_env("f", "AWS_SECRET_ACCESS_KEY_2", &|_| Some("v".into())).unwrap(), "v");
+        let mut doc = sample();
+        doc["targets"]["bedrock"] = json!({"provider": "bedrock", "region": "us-east-1",
+            "access_key_id_env": "AWS_ACCESS_KEY_ID", "secret_access_key_env": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYSECRET"});
+        let error = Plan::from_json(doc.to_string().as_bytes(), &|_| Some("v".into())).unwrap_err().to_string();
+        assert!(error.contains("targets.bedrock.secret_access_key_env: must be the name of"), "{error}");
+        assert!(!error.contains("SECRET"), "{error}");
+    }
+
     #[test]
     fn kong_empty_object_is_an_empty_list() {
         let mut doc = sample();
@@ -616,6 +680,28 @@ pub(crate) mod tests {
                 "unknown alias in tier",
                 |d| d["tiers"][1]["models"] = json!(["claude-opus-9"]),
                 "config error: tiers[1].models[0]: unknown model alias \"claude-opus-9\"",
+            ),
+            (
+                "empty group name",
+                |d| d["tiers"][1]["groups"] = json!(["claude-standard-users", " "]),
+                "config error: tiers[1].groups[1]: a group name must not be empty",
+            ),
+            (
+                "a tier no one can reach",
+                |d| d["tiers"][1]["groups"] = json!(["claude-power-users"]),
+                "config error: tiers[1].groups: every group of tier \"standard\" is also in tier \"power\", which \
+                 comes first: no one would ever be in this tier (the first tier listing one of a person's groups is \
+                 theirs)",
+            ),
+            (
+                "an alias twice in a tier",
+                |d| d["tiers"][0]["models"] = json!(["claude-opus-4-7", "claude-sonnet-4-6", "claude-opus-4-7"]),
+                "config error: tiers[0].models[2]: \"claude-opus-4-7\" is listed twice",
+            ),
+            (
+                "a body limit above 64 MiB",
+                |d| d["max_body_bytes"] = json!(100_000_000_000_u64),
+                "config error: max_body_bytes: must be at most 67108864",
             ),
             (
                 "missing env var",
