@@ -140,6 +140,39 @@ impl AuthError {
 }
 
 impl AuthError {
+    /// Who can fix a refusal that a new sign-in cannot, and how: the end of a 400's message.
+    fn remedy(&self) -> &'static str {
+        match self {
+            AuthError::TooLarge => {
+                "the token is larger than the gateway's oidc.max_token_bytes allows, most often for the \
+                 groups in it; ask your administrator to raise that limit or to have the identity provider \
+                 put only the groups the gateway needs in the token"
+            }
+            AuthError::NotBearer => {
+                "the Authorization header did not come from Claude Code's apiKeyHelper; check the \
+                 client's settings and any proxy on the way"
+            }
+            AuthError::ConflictingTokens => {
+                "a second credential is set beside the apiKeyHelper (ANTHROPIC_API_KEY or \
+                 ANTHROPIC_AUTH_TOKEN, in the environment or in Claude Code's settings); remove it"
+            }
+            AuthError::Opaque => "ask your administrator to have the sign-in ask for the gateway's audience",
+            AuthError::UnsupportedAlgorithm
+            | AuthError::MissingExpiry
+            | AuthError::InvalidTimeClaim
+            | AuthError::MissingIssuedAt
+            | AuthError::MissingSubject
+            | AuthError::UnsafeIdentity => {
+                "the identity provider issues access tokens this gateway does not take; ask your administrator"
+            }
+            // The issuer, the audience, and (never refused with a 400) what a new token fixes.
+            _ => {
+                "the sign-in helper or the gateway is set up for another identity provider or audience; \
+                 ask your administrator"
+            }
+        }
+    }
+
     /// Whether this is a 401. Claude Code answers every 401 by re-running its helper and
     /// retrying, for about four minutes, whatever the headers say; so 401 is kept for what a new
     /// token can fix (and for repeated credential headers, an attack rather than a setup). The
@@ -168,11 +201,7 @@ impl ToReply for AuthError {
             return Reply::error(401, self.code(), "authentication_error", &message)
                 .with_header("www-authenticate", challenge);
         }
-        let message = format!(
-            "gateway: {}. Signing in again will not change this: the sign-in helper or the gateway is \
-             set up for another identity provider or audience; ask your administrator",
-            self.message()
-        );
+        let message = format!("gateway: {}. Signing in again will not change this: {}", self.message(), self.remedy());
         Reply::error(400, self.code(), "authentication_error", &message)
             .with_header("www-authenticate", challenge)
             .with_header("x-should-retry", "false")
@@ -429,6 +458,28 @@ pub(crate) mod tests {
     fn every_error_has_its_own_code() {
         let codes: std::collections::HashSet<_> = AuthError::ALL.iter().map(AuthError::code).collect();
         assert_eq!(codes.len(), AuthError::ALL.len());
+    }
+
+    /// A 400 says who can fix it: a token too large names the limit, a second credential names
+    /// the variables, an issuer or audience mismatch names the setup.
+    #[test]
+    fn a_refusal_no_sign_in_fixes_says_who_fixes_it() {
+        let text = |e: &AuthError| String::from_utf8_lossy(&e.to_reply().body).into_owned();
+        assert!(text(&AuthError::TooLarge).contains("oidc.max_token_bytes"), "{}", text(&AuthError::TooLarge));
+        assert!(text(&AuthError::ConflictingTokens).contains("ANTHROPIC_API_KEY"));
+        for setup in [AuthError::WrongIssuer, AuthError::WrongAudience] {
+            assert!(text(&setup).contains("another identity provider or audience"), "{}", text(&setup));
+        }
+        for e in &AuthError::ALL {
+            let reply = e.to_reply();
+            if reply.status == 400 {
+                assert!(text(e).contains(". Signing in again will not change this: "), "{}", text(e));
+                let setup = matches!(e, AuthError::WrongIssuer | AuthError::WrongAudience);
+                assert_eq!(text(e).contains("another identity provider or audience"), setup, "{}", text(e));
+            } else {
+                assert!(!text(e).contains("Signing in again"), "{}", text(e));
+            }
+        }
     }
 
     #[test]

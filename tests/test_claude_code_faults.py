@@ -120,19 +120,21 @@ def utc_clock(epoch: float, seconds=True) -> str:
 
 SETUP = ("Signing in again will not change this: the sign-in helper or the gateway is set up for another "
          "identity provider or audience; ask your administrator")
+IDP = ("Signing in again will not change this: the identity provider issues access tokens this gateway does "
+       "not take; ask your administrator")
 
 
-@pytest.mark.parametrize("claims, reason", [
-    ({"aud": "some-other-app"}, "access token audience not accepted"),
-    ({"iss": "https://login.elsewhere.example"}, "access token issuer not accepted"),
-    ({"sub": None}, "access token has no subject"),
+@pytest.mark.parametrize("claims, reason, remedy", [
+    ({"aud": "some-other-app"}, "access token audience not accepted", SETUP),
+    ({"iss": "https://login.elsewhere.example"}, "access token issuer not accepted", SETUP),
+    ({"sub": None}, "access token has no subject", IDP),
 ], ids=["audience", "issuer", "no-sub"])
-def test_a_token_for_another_setup_fails_fast_with_the_reason(gw, signer, stub, tmp_path, claims, reason):
+def test_a_token_for_another_setup_fails_fast_with_the_reason(gw, signer, stub, tmp_path, claims, reason, remedy):
     before = refused(gw, 400)
     run, helper_runs = claude(tmp_path, gw, signer.token(**claims))
     assert run.code == 1, run.stdout + run.stderr
     assert run.seconds < SETTLED, f"took {run.seconds:.1f} s"
-    assert f"API Error: 400 gateway: {reason}. {SETUP}" in shown(run), run.stdout
+    assert f"API Error: 400 gateway: {reason}. {remedy}" in shown(run), run.stdout
     assert helper_runs == 1, "Claude Code re-ran its helper: it took the answer for an expired sign-in"
     assert refused(gw, 400) == before + 1, "Claude Code retried a settled refusal"
     assert stub.requests == []
