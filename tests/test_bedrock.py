@@ -151,6 +151,9 @@ def test_a_wrong_signature_is_refused_as_aws_does(aws, signer):
             time.sleep(0.05)
         assert [r["status"] for r in g.usage_records()] == [502]
         assert "signature" in answer.error_message
+        # The operator hears of it too, with AWS's error type, and never the secret.
+        assert "Bedrock refused the gateway's AWS credentials (InvalidSignatureException" in g.logs(), g.logs()[-2000:]
+        assert "not-the-secret" not in g.logs()
     finally:
         g.stop()
 

@@ -24,6 +24,8 @@ pub struct Answer {
     error_type: Option<String>,
     stream: BedrockStreamTranslator,
     error_body: Vec<u8>,
+    /// For the operator, once Bedrock has refused the gateway's own AWS credentials.
+    warning: Option<String>,
 }
 
 /// Largest Bedrock error body kept (they are a short JSON message).
@@ -82,13 +84,21 @@ impl Answer {
                 }
                 let reply = translate_error(self.status, self.error_type.as_deref(), &self.error_body);
                 if self.status == CredentialRefusal::STATUS {
+                    let said = crate::credential_refusal::without_secrets(&String::from_utf8_lossy(&self.error_body))
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(300)
+                        .collect::<String>();
+                    let kind = self.error_type.as_deref().map(super::translate::short_type).unwrap_or("no error type");
+                    let kind: String = kind.chars().filter(|c| c.is_ascii_alphanumeric()).take(64).collect();
+                    // Temporary credentials (a session token) expire and are read only when the
+                    // configuration loads: the operator must hear of it at once.
+                    self.warning = Some(format!(
+                        "Bedrock refused the gateway's AWS credentials ({kind}: {said}); check the target's \
+                         credentials (temporary ones must be replaced, and the proxy restarted, before they expire)"
+                    ));
                     let message = format!(
-                        "gateway: Bedrock refused the gateway's AWS credentials ({}); tell your administrator",
-                        crate::credential_refusal::without_secrets(&String::from_utf8_lossy(&self.error_body))
-                            .chars()
-                            .filter(|c| !c.is_control())
-                            .take(300)
-                            .collect::<String>()
+                        "gateway: Bedrock refused the gateway's AWS credentials ({kind}: {said}); tell your administrator"
                     );
                     return Chunk::Replace(
                         crate::reply::Reply::error(502, "bedrock_credentials", "api_error", &message).body,
@@ -98,6 +108,12 @@ impl Answer {
             }
             Some(ResponseKind::Json) | None => Chunk::Pass,
         }
+    }
+
+    /// What the operator must hear, once the answer has shown it: Bedrock refused the gateway's
+    /// own credentials. Taken once.
+    pub fn take_warning(&mut self) -> Option<String> {
+        self.warning.take()
     }
 
     /// Token counts Bedrock reported in `amazon-bedrock-invocationMetrics` (what AWS bills).
@@ -123,6 +139,31 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["type"], "error");
         assert!(v["error"]["message"].as_str().unwrap().contains("Too many requests"), "{v}");
+    }
+
+    /// Bedrock refusing the gateway's own credentials (an expired session token) is a 502 for the
+    /// person and a warning, naming the error type, for the operator, once.
+    #[test]
+    fn refused_credentials_warn_the_operator_once() {
+        let mut a = Answer::default();
+        a.on_headers(403, "application/json", Some("ExpiredTokenException:http://internal.amazon.com/"));
+        assert_eq!(a.take_warning(), None, "nothing before the body");
+        let Chunk::Replace(body) =
+            a.on_body(br#"{"message":"The security token included in the request is expired"}"#, true)
+        else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("ExpiredTokenException: "), "{message}");
+        let warning = a.take_warning().expect("a warning");
+        assert!(warning.contains("ExpiredTokenException") && warning.contains("expire"), "{warning}");
+        assert_eq!(a.take_warning(), None, "once");
+        // An error that is not about the credentials warns no one.
+        let mut a = Answer::default();
+        a.on_headers(429, "application/json", Some("ThrottlingException"));
+        a.on_body(br#"{"message":"slow down"}"#, true);
+        assert_eq!(a.take_warning(), None);
     }
 
     #[test]

@@ -159,6 +159,12 @@ impl ResponseKind {
 /// Bedrock's error answer (`x-amzn-errortype` header, `{"message": ...}` body) as an
 /// Anthropic error with the same status.
 pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Reply {
+    // An answer already in Anthropic's error shape without an AWS error type is the proxy's own
+    // (no healthy upstream, a timeout, rewritten by the samples' `local_reply_config`): it says
+    // what happened, and Bedrock never answered it.
+    if let Some(own) = error_type.is_none().then(|| anthropic_error(body)).flatten() {
+        return Reply::json(status, "proxy_error", &own);
+    }
     #[derive(Deserialize)]
     struct AwsError {
         #[serde(alias = "Message")]
@@ -169,18 +175,36 @@ pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Re
     let parsed = serde_json::from_slice::<AwsError>(body).ok();
     let from_body = parsed.as_ref().and_then(|p| p.kind.as_deref());
     let aws_type = error_type.or(from_body).map(short_type).filter(|t| !t.is_empty());
-    let message =
-        parsed.as_ref().and_then(|p| p.message.clone()).unwrap_or_else(|| format!("Bedrock answered HTTP {status}"));
-    let message = match aws_type {
-        Some(t) => format!("bedrock {t}: {message}"),
-        None => format!("bedrock: {message}"),
+    let message = parsed.as_ref().and_then(|p| p.message.clone());
+    let message = match (aws_type, message) {
+        (Some(t), message) => format!("bedrock {t}: {}", message.unwrap_or_else(|| format!("HTTP {status}"))),
+        (None, Some(message)) => format!("bedrock: {message}"),
+        // Neither an AWS error type nor an AWS message: the proxy on the way answered.
+        (None, None) => {
+            let text: String = String::from_utf8_lossy(body).chars().filter(|c| !c.is_control()).take(200).collect();
+            format!("gateway: no answer from Bedrock; the proxy on the way answered HTTP {status} ({})", text.trim())
+        }
     };
-    Reply::error(status, "bedrock_error", anthropic_error_type(aws_type, Some(status)), &message)
+    let kind = anthropic_error_type(aws_type, Some(status));
+    // Bedrock answers a spent account quota with a 400 that AWS says to resubmit later; Claude
+    // Code retries by status, so a rate-limit error goes as the 429 it is.
+    let status = if kind == "rate_limit_error" { 429 } else { status };
+    Reply::error(status, "bedrock_error", kind, &message)
+}
+
+/// `body` if it is an Anthropic error: `{"type":"error","error":{"type":..,"message":..}}`.
+fn anthropic_error(body: &[u8]) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    let shaped = value.get("type").and_then(|t| t.as_str()) == Some("error")
+        && error.get("type").is_some_and(serde_json::Value::is_string)
+        && error.get("message").is_some_and(serde_json::Value::is_string);
+    shaped.then_some(value)
 }
 
 /// `ValidationException` from `ValidationException:http://internal.amazon.com/...` or from
 /// `com.amazon.coral.service#ValidationException`.
-fn short_type(raw: &str) -> &str {
+pub(super) fn short_type(raw: &str) -> &str {
     let raw = raw.split(':').next().unwrap_or(raw);
     raw.rsplit('#').next().unwrap_or(raw).trim()
 }
@@ -378,7 +402,7 @@ mod tests {
             ("throttled", 429, Some("ThrottlingException"), r#"{"message":"Too many requests"}"#, "rate_limit_error", "bedrock ThrottlingException: Too many requests"),
             ("capitalised Message, type in body", 404, None, r#"{"__type":"com.amazon.coral.service#ResourceNotFoundException","Message":"no model"}"#, "not_found_error", "bedrock ResourceNotFoundException: no model"),
             ("unknown type, by status", 503, Some("SomethingNewException"), r#"{"message":"busy"}"#, "overloaded_error", "bedrock SomethingNewException: busy"),
-            ("not JSON", 502, None, "<html>bad gateway</html>", "api_error", "bedrock: Bedrock answered HTTP 502"),
+            ("not JSON", 502, None, "<html>bad gateway</html>", "api_error", "gateway: no answer from Bedrock; the proxy on the way answered HTTP 502 (<html>bad gateway</html>)"),
             ("model error", 424, Some("ModelErrorException"), r#"{"message":"The model returned an error"}"#, "api_error", "bedrock ModelErrorException: The model returned an error"),
         ];
         for (name, status, header, body, kind, message) in cases {
@@ -387,5 +411,39 @@ mod tests {
             let v: Value = serde_json::from_slice(&reply.body).unwrap();
             assert_eq!(v, json!({"type": "error", "error": {"type": kind, "message": message}}), "{name}");
         }
+    }
+    /// The proxy's own error reply on a Bedrock route (no healthy upstream, a timeout), already in
+    /// Anthropic's shape, passes as it is: Bedrock never answered it.
+    #[test]
+    fn the_proxys_own_error_reply_is_not_blamed_on_bedrock() {
+        let own = r#"{"type":"error","error":{"type":"api_error","message":"gateway: the AI provider could not be reached (504)"}}"#;
+        let reply = translate_error(504, None, own.as_bytes());
+        assert_eq!(reply.status, 504);
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(v, serde_json::from_str::<Value>(own).unwrap());
+        // With an AWS error type it is Bedrock's, whatever its shape.
+        let reply = translate_error(503, Some("ServiceUnavailableException"), own.as_bytes());
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().starts_with("bedrock ServiceUnavailableException"), "{v}");
+        // Envoy's plain-text reply is named for what it is.
+        let v: Value = serde_json::from_slice(&translate_error(503, None, b"no healthy upstream").body).unwrap();
+        assert_eq!(
+            v["error"]["message"],
+            "gateway: no answer from Bedrock; the proxy on the way answered HTTP 503 (no healthy upstream)"
+        );
+    }
+
+    /// A spent account quota is a 400 from Bedrock that AWS says to resubmit later: a 429.
+    #[test]
+    fn a_spent_service_quota_is_a_429() {
+        let reply = translate_error(
+            400,
+            Some("ServiceQuotaExceededException:http://internal.amazon.com/"),
+            br#"{"message":"quota"}"#,
+        );
+        assert_eq!(reply.status, 429);
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(translate_error(400, Some("ValidationException"), br#"{"message":"bad"}"#).status, 400);
     }
 }

@@ -668,6 +668,7 @@ impl Request {
             if let crate::bedrock::Chunk::Replace(bytes) = answer.on_body(chunk, end_of_stream) {
                 step.response_body = Some(bytes);
             }
+            step.warnings.extend(answer.take_warning());
         }
         let mut end_of_stream = end_of_stream;
         if let Some(refusal) = &mut self.credential_refusal {
