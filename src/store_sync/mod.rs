@@ -245,6 +245,37 @@ impl Syncer {
                 return tick;
             }
         };
+        // The wall clock stepped back (an NTP step, a restored VM): times recorded ahead of it
+        // would hold every sync off and hide, as "synced", that none succeeds. They start over
+        // from now, and the node counts as never synced until its next sync succeeds.
+        let ahead = |r: &NodeRecord| {
+            let slack = plan.timeout_ms.saturating_add(plan.sync_ms);
+            r.next_ms > now_ms.saturating_add(plan.sync_ms)
+                || r.lease.as_ref().is_some_and(|l| l.until_ms > now_ms.saturating_add(slack))
+                || r.last_ok_ms.is_some_and(|t| t > now_ms.saturating_add(plan.sync_ms))
+        };
+        let record = if ahead(&record) {
+            let restarted = node::modify(store, |r| {
+                let step = ahead(r);
+                if step {
+                    (r.next_ms, r.lease, r.last_ok_ms) = (now_ms, None, None);
+                }
+                step
+            });
+            match restarted {
+                Ok(Some(r)) => {
+                    tick.problems.push("budget sync: the clock went back; the sync schedule starts over".to_owned());
+                    r
+                }
+                Ok(None) => record,
+                Err(e) => {
+                    tick.problems.push(format!("budget sync: the clock went back, and the node record: {e:?}"));
+                    return tick;
+                }
+            }
+        } else {
+            record
+        };
         self.health = record.health;
         let now_s = now_ms / 1000;
         let tracked: BTreeSet<Tracked> = tier.iter().cloned().chain(node::read_index(store).live(now_s)).collect();

@@ -14,10 +14,11 @@ pub const NODE_KEY: &str = "csg/sync";
 pub const INDEX_KEY: &str = "csg/sync/keys";
 
 /// Whether admission may trust the cluster totals in the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// No sync has succeeded since the node started: the counters hold only this node's spend.
+    #[default]
     Starting,
     /// The last sync succeeded recently enough: counters hold cluster totals plus this node's
     /// unsynced spend.
@@ -48,23 +49,32 @@ pub struct Lease {
     pub until_ms: u64,
 }
 
-/// The node record, shared by the workers of one node.
+/// The node record, shared by the workers of one node. Every field but the node id has a
+/// default, so a record written by a build with fewer fields (shared data outlives a code
+/// update) is read, not replaced: a replaced record makes a new node id, under which the store
+/// would get this node's spend a second time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     /// This node's field name in the store's bucket hashes (the id of the worker that created
     /// the record; every worker of the node uses it).
     pub node: u64,
     /// The sync in flight, if any.
+    #[serde(default)]
     pub lease: Option<Lease>,
     /// Last batch number handed out.
+    #[serde(default)]
     pub seq: u64,
     /// Earliest start of the next sync, milliseconds.
+    #[serde(default)]
     pub next_ms: u64,
     /// Last successful sync, milliseconds.
+    #[serde(default)]
     pub last_ok_ms: Option<u64>,
     /// What admission may trust.
+    #[serde(default)]
     pub health: Health,
     /// Syncs failed in a row.
+    #[serde(default)]
     pub failures: u32,
 }
 
@@ -172,6 +182,19 @@ mod tests {
         assert_eq!(load_or_create(&store, 9).unwrap().node, 7);
         store.data.borrow_mut().insert(NODE_KEY.into(), (b"garbage".to_vec(), 40));
         assert_eq!(load_or_create(&store, 9).unwrap().node, 9, "an unreadable record starts a new node");
+    }
+
+    /// A record another build wrote, with fewer fields or more, keeps the node's id: a new id
+    /// would have the store count this node's spend twice.
+    #[test]
+    fn a_record_from_another_build_keeps_the_node() {
+        let store = FakeStore::default();
+        for old in [&br#"{"node":5,"seq":3,"next_ms":1,"health":"synced"}"#[..], br#"{"node":5,"later":true}"#] {
+            store.data.borrow_mut().insert(NODE_KEY.into(), (old.to_vec(), 40));
+            let record = load_or_create(&store, 9).unwrap();
+            assert_eq!(record.node, 5, "{}", String::from_utf8_lossy(old));
+        }
+        assert_eq!(load_or_create(&store, 9).unwrap().health, Health::Starting);
     }
 
     #[test]

@@ -326,3 +326,33 @@ fn tier_counters_are_the_tier_wide_limits_of_the_plan() {
         .collect();
     assert_eq!(tier_counters(&plan.tiers), expected);
 }
+
+/// The wall clock stepping back an hour after a sync neither stops the syncs nor leaves the node
+/// "synced" on totals it can no longer refresh.
+#[test]
+fn a_clock_stepped_back_starts_the_schedule_over() {
+    let plan = plan(OnStoreFailure::DivideByNodes(2));
+    let mut redis = FakeRedis::default();
+    let mut node = Node::new(1);
+    node.spend(T, 10);
+    node.sync(&plan, &mut redis, T0 + 3_600_000).unwrap();
+    assert_eq!(node.worker.health(), Health::Synced);
+    // The clock goes back one hour: the first tick starts over and syncs at once.
+    let tick = node.tick(&plan, T0);
+    assert!(tick.problems.iter().any(|p| p.contains("clock went back")), "{:?}", tick.problems);
+    let request = tick.request.expect("a sync is dispatched at once");
+    // It fails: the node is cut off, not "synced" on frozen totals.
+    node.worker.on_dispatch_failed(&node.store, &request.batch);
+    let mut dispatched = 1;
+    for now in (T0 + 500..T0 + 600_000).step_by(500) {
+        if let Some(request) = node.tick(&plan, now).request {
+            dispatched += 1;
+            node.worker.on_dispatch_failed(&node.store, &request.batch);
+        }
+    }
+    assert_ne!(node.worker.health(), Health::Synced);
+    assert!(dispatched > 100, "{dispatched} syncs in ten minutes");
+    // And a sync that succeeds brings it back.
+    node.sync(&plan, &mut redis, T0 + 600_000).unwrap();
+    assert_eq!(node.worker.health(), Health::Synced);
+}
