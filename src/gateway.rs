@@ -92,11 +92,17 @@ pub struct Refusal {
     pub reply: Reply,
     /// E.g. a budget hold that could not be given back.
     pub warnings: Vec<String>,
+    /// The `model` the body asked for, when that is what was refused (its first
+    /// [`REFUSED_MODEL_CHARS`] characters), for the usage record.
+    pub model: Option<String>,
 }
+
+/// Most characters of a refused `model` kept in the usage record (the client chooses it).
+pub const REFUSED_MODEL_CHARS: usize = 100;
 
 impl From<Reply> for Refusal {
     fn from(reply: Reply) -> Refusal {
-        Refusal { reply, warnings: Vec::new() }
+        Refusal { reply, warnings: Vec::new(), model: None }
     }
 }
 
@@ -239,7 +245,10 @@ impl Worker {
         let tier = plan.tiers.get(admission.tier).ok_or_else(|| NoTier::new(plan).to_reply())?;
         let repeats = validated.enabled().then_some(validated as &mut dyn crate::scan::Repeats);
         let parsed = RequestBody::parse_with(body, repeats).map_err(|e| e.to_reply())?;
-        let model = parsed.resolve(plan, tier).map_err(|e| e.to_reply())?;
+        let model = parsed.resolve(plan, tier).map_err(|e| Refusal {
+            model: Some(parsed.model.chars().take(REFUSED_MODEL_CHARS).collect()),
+            ..e.to_reply().into()
+        })?;
         let target = plan.targets.get(model.target).ok_or_else(|| KeysError::Unavailable.to_reply())?;
         if let (Some(_), Endpoint::CountTokens) = (&target.bedrock, endpoint) {
             // Bedrock's CountTokens takes another body: answered here with the estimate the
@@ -277,7 +286,7 @@ impl Worker {
                 let person_key = subject.person_key.clone();
                 let admitted =
                     Metering::admit(store, &limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now);
-                let metering = admitted.map_err(|(reply, warnings)| Refusal { reply, warnings })?;
+                let metering = admitted.map_err(|(reply, warnings)| Refusal { reply, warnings, model: None })?;
                 if let Some((syncer, _)) = sync.as_mut() {
                     // A person's counters are synced from their first admission on; a failed
                     // note only delays that to the next admission.
@@ -569,7 +578,12 @@ mod tests {
         assert_eq!(get("x-user-email"), Some("alice@example.com"));
         assert_eq!(get("x-user-tier"), Some("standard"));
         assert_eq!(get("content-length"), None, "the client's length stands for a body that goes as it came");
-        assert_eq!(forward(br#"{"model":"claude-opus-4-7"}"#).unwrap_err().reply.status, 400);
+        let refused = forward(br#"{"model":"claude-opus-4-7"}"#).unwrap_err();
+        assert_eq!((refused.reply.status, refused.model.as_deref()), (400, Some("claude-opus-4-7")));
+        // The client chooses it: the record keeps its start only.
+        let long = format!(r#"{{"model":"{}"}}"#, "é".repeat(5000));
+        assert_eq!(forward(long.as_bytes()).unwrap_err().model.map(|m| m.chars().count()), Some(REFUSED_MODEL_CHARS));
+        assert_eq!(forward(br#"{"model":"claude-sonnet-4-6","model":"x"}"#).unwrap_err().model, None);
         // A rewritten body's length: the simulator checks it on every forward (request::sim).
         assert_eq!(forward(b"{").unwrap_err().reply.status, 400);
     }

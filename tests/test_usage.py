@@ -125,6 +125,9 @@ def test_one_usage_record_per_request_with_the_right_fields(traffic, stub):
     for r in records:
         if r["refusal"]:
             assert r["input_tokens"] == r["output_tokens"] == 0
+    # A refused model is recorded as asked for, so a report by refusal and model shows it.
+    refused = next(r for r in records if r["refusal"] == "model_not_allowed")
+    assert (refused["model"], refused["provider_model"], refused["provider"]) == ("claude-opus-4-7", None, None)
 
 
 def test_no_record_or_log_line_carries_a_token_or_the_key(traffic):

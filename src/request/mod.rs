@@ -225,6 +225,8 @@ pub struct Request {
     metering: Option<Metering>,
     /// Whether this request holds one of the worker's key-fetch slots.
     fetching: bool,
+    /// The `model` the body asked for, when it was refused (for the usage record).
+    refused_model: Option<String>,
     /// The bearer token, kept only while a key callout is pending.
     pending_token: Option<String>,
     /// Host time at the latest event, milliseconds.
@@ -263,6 +265,7 @@ impl Request {
             body: None,
             metering: None,
             fetching: false,
+            refused_model: None,
             pending_token: None,
             now_ms: 0,
             started_ms: 0,
@@ -570,6 +573,7 @@ impl Request {
         let betas: Vec<&str> = self.betas.iter().map(String::as_str).collect();
         match worker.forward(host, admission, self.endpoint, body, &betas, host.now()) {
             Err(refusal) => {
+                self.refused_model = refusal.model;
                 let mut step = self.answer(refusal.reply);
                 step.warnings = refusal.warnings;
                 step
@@ -760,7 +764,7 @@ impl Request {
             sub: identity.map(|i| i.subject.clone()),
             email: identity.and_then(|i| i.email.clone()),
             tier: route.map(|r| r.tier.clone()).or_else(|| self.admitted_tier.clone()),
-            model: route.map(|r| r.model.clone()),
+            model: route.map(|r| r.model.clone()).or_else(|| self.refused_model.clone()),
             provider_model: route.map(|r| r.provider_model.clone()),
             provider: route.map(|r| r.provider),
             status,
