@@ -177,14 +177,15 @@ VALID = [
 def sample_configs():
     """Every filter config shipped in the repository: Kong's (both forms) and Envoy's."""
     found = []
-    kong = yaml.safe_load((ROOT / "kong" / "kong.yml").read_text())
-    for service in kong["services"]:
-        for route in service["routes"]:
-            for plugin in route.get("plugins", []):
-                found.append((f"kong.yml {route['name']} plugin", plugin["config"]))
-            for chain in route.get("filter_chains", []):
-                for f in chain["filters"]:
-                    found.append((f"kong.yml {route['name']} filter chain", f["config"]))
+    for name in ("kong.yml", "kong-3.8.yml"):
+        kong = yaml.safe_load((ROOT / "kong" / name).read_text())
+        for service in kong["services"]:
+            for route in service["routes"]:
+                for plugin in route.get("plugins", []):
+                    found.append((f"{name} {route['name']} plugin", plugin["config"]))
+                for chain in route.get("filter_chains", []):
+                    for f in chain["filters"]:
+                        found.append((f"{name} {route['name']} filter chain", f["config"]))
     for path in sorted((ROOT / "envoy").glob("*.yaml")):
         text = path.read_text()
         for block in re.findall(r'value: \|\n((?:[ ]{28}.*\n)+)', text):
@@ -463,6 +464,22 @@ def test_kong_exports_the_filter_metrics_under_valid_prometheus_names(gateway):
     # A Prometheus server refuses the whole scrape (Kong's own metrics too) at the first invalid name.
     assert not bad, "Kong would export invalid Prometheus metric names (rename the filter's metrics so the " \
                     "part before the first label uses only [a-zA-Z0-9_]):\n" + "\n".join(bad)
+
+
+def test_kong_38_sample_uses_only_filter_chains_with_the_same_config():
+    """Kong 3.8 knows no plugin form of a Wasm filter, and DB-less Kong refuses a whole file that
+    names an unknown plugin: its sample attaches the filter as a filter chain only."""
+    def filter_configs(name):
+        kong = yaml.safe_load((ROOT / "kong" / name).read_text())
+        plugins = [p["name"] for p in kong.get("plugins", [])]
+        plugins += [p["name"] for svc in kong["services"] for r in svc["routes"] for p in r.get("plugins", [])]
+        chains = [f["config"] for svc in kong["services"] for r in svc["routes"]
+                  for c in r.get("filter_chains", []) for f in c["filters"] if f["name"] == "claude_sso_gateway"]
+        return plugins, chains
+    plugins, chains = filter_configs("kong-3.8.yml")
+    assert plugins == ["prometheus"], plugins
+    _, chains_39 = filter_configs("kong.yml")
+    assert chains and chains == chains_39[:1]
 
 
 def test_kong_conf_has_what_the_filter_needs():
