@@ -213,9 +213,9 @@ impl Worker {
         // Every worker parses the keys again, and they are copied into shared data: a document
         // far beyond any IdP's (thousands of keys) is refused, not parsed.
         let result = if body.len() > MAX_KEY_DOCUMENT_BYTES {
+            // (The host reads at most one byte more than that: the answer's length is not known here.)
             Err(FetchError::Unreachable(format!(
-                "an answer of {} bytes, over the {MAX_KEY_DOCUMENT_BYTES} a key document may have",
-                body.len()
+                "an answer over the {MAX_KEY_DOCUMENT_BYTES} bytes a key document may have"
             )))
         } else {
             match fetch {

@@ -68,11 +68,15 @@ impl Framer {
             }
             if self.line.is_empty() {
                 self.take_line(head, on_event);
+            } else if self.line.len() + head.len() > self.max_event {
+                // The line's start was kept; with its end it is over the limit.
+                self.oversized = true;
+                release(&mut self.line);
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(head);
                 self.take_line(&line, on_event);
-                line.clear();
+                release(&mut line);
                 self.line = line;
             }
         }
@@ -91,7 +95,7 @@ impl Framer {
         }
         if self.line.len() + chunk.len() > self.max_event {
             self.oversized = true;
-            self.line.clear();
+            release(&mut self.line);
             self.skip_line = true;
             return;
         }
@@ -151,8 +155,21 @@ impl Framer {
             }
         }
         self.name.clear();
-        self.data.clear();
+        release(&mut self.data);
         self.oversized = false;
+    }
+}
+
+/// Most bytes of capacity a buffer keeps between events: a stream lasts minutes, and one large
+/// event must not hold its memory for the rest of it.
+const RETAINED: usize = 64 * 1024;
+
+/// Empties `buffer`, giving its memory back when it grew beyond [`RETAINED`].
+fn release(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > RETAINED {
+        *buffer = Vec::new();
+    } else {
+        buffer.clear();
     }
 }
 
@@ -162,6 +179,38 @@ mod tests {
 
     fn all(_: &[u8]) -> bool {
         true
+    }
+
+    /// A line over the limit, arriving in pieces, is dropped without being kept whole; what the
+    /// framer holds between events stays small, whatever came before.
+    #[test]
+    fn memory_held_is_bounded_by_the_limit_and_given_back() {
+        let max = 1 << 20;
+        let mut framer = Framer::new(all, max);
+        let mut events = Vec::new();
+        let mut sink = |e: Event<'_>| events.push((e.name.to_owned(), e.data.len()));
+        // An event just under the limit, then one line over it in 64 KiB pieces.
+        let big = vec![b'x'; max - 16];
+        framer.push(b"event: a\ndata: ", &mut sink);
+        for piece in big.chunks(64 * 1024) {
+            framer.push(piece, &mut sink);
+        }
+        framer.push(b"\n\nevent: b\ndata: ", &mut sink);
+        for _ in 0..(2 * max / (64 * 1024)) {
+            framer.push(&[b'y'; 64 * 1024], &mut sink);
+            assert!(framer.line.capacity() <= max + 64 * 1024, "{}", framer.line.capacity());
+        }
+        framer.push(b"\n\n", &mut sink);
+        assert!(framer.line.capacity() <= RETAINED && framer.data.capacity() <= RETAINED);
+        assert_eq!(framer.dropped(), 1);
+        // A line whose start was kept and whose end takes it over the limit.
+        framer.push(b"event: c\ndata: ", &mut sink);
+        framer.push(&big, &mut sink);
+        framer.push(b"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\n\n", &mut sink);
+        assert!(framer.line.capacity() <= RETAINED && framer.data.capacity() <= RETAINED);
+        assert_eq!(framer.dropped(), 2);
+        framer.push(b"event: d\ndata: {}\n\n", &mut sink);
+        assert_eq!(events, vec![("a".to_owned(), max - 16), ("d".to_owned(), 2)]);
     }
 
     fn only_a(name: &[u8]) -> bool {

@@ -15,8 +15,8 @@
 //! (which also bounds the comparisons a lookup can make), and one element at most a quarter of
 //! `capacity`.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::scan::{same_bytes, Repeats};
 
@@ -37,31 +37,15 @@ const END_BYTES: usize = 128;
 pub struct ValidatedElements {
     capacity: usize,
     min_len: usize,
-    /// By digest of the first bytes, oldest first.
-    entries: HashMap<u64, Vec<Entry>, BuildHasherDefault<DigestHasher>>,
+    /// By digest of the first bytes, oldest first. The map hashes the digest again with a key of
+    /// its own (std's SipHash, randomly keyed per map): the digest is no secret, and a client who
+    /// chose elements whose digests share the map's probe bits would make every lookup walk them all.
+    entries: HashMap<u64, Vec<Entry>, RandomState>,
     /// Every insertion, oldest first (an entry already dropped for its digest's limit is skipped
     /// when it comes up).
     order: VecDeque<(u64, u64)>,
     bytes: usize,
     serial: u64,
-}
-
-/// The digest is a hash already: the map uses it as it is.
-#[derive(Debug, Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, digest: u64) {
-        self.0 = digest;
-    }
 }
 
 #[derive(Debug)]
@@ -82,7 +66,7 @@ impl ValidatedElements {
         ValidatedElements {
             capacity,
             min_len: min_len.max(1),
-            entries: HashMap::default(),
+            entries: HashMap::with_hasher(RandomState::new()),
             order: VecDeque::new(),
             bytes: 0,
             serial: 0,
@@ -110,7 +94,9 @@ impl ValidatedElements {
     fn digest(&self, bytes: &[u8]) -> u64 {
         let head = bytes.get(..self.min_len.min(DIGEST_BYTES)).unwrap_or(bytes);
         // FNV-1a over 8-byte words: which bucket to look in, nothing more (every hit is checked
-        // byte for byte), so it needs to spread, not to resist anyone.
+        // byte for byte). A client can choose elements with one digest (at most PER_DIGEST of
+        // them are kept) or with digests alike in any bits; the map's own keyed hash of the
+        // digest keeps the latter from sharing a probe chain.
         let mut hash = 0xcbf2_9ce4_8422_2325_u64 ^ head.len() as u64;
         let mut words = head.chunks_exact(8);
         for word in &mut words {
@@ -378,6 +364,19 @@ mod tests {
         }
         assert_eq!(cache.known(&[&kept[..], b",{}"].concat()), Some(kept.len()));
         assert_eq!(cache.known(&kept[..kept.len() - 1]), None);
+    }
+
+    /// The map hashes each digest with a key of its own: digests a client made alike in the bits
+    /// an unkeyed map probes by (the digest is no secret and inverts word by word) do not pile up
+    /// on one chain that every lookup walks.
+    #[test]
+    fn the_map_hashes_digests_with_a_key_of_its_own() {
+        use std::hash::BuildHasher;
+        let (a, b) = (ValidatedElements::new(1 << 20), ValidatedElements::new(1 << 20));
+        let digests = [0_u64, 1, 1 << 57, 0xdead_beef, u64::MAX];
+        let hashes = |c: &ValidatedElements| digests.map(|d| c.entries.hasher().hash_one(d));
+        assert_ne!(hashes(&a), digests, "the digest itself is the map's hash");
+        assert_ne!(hashes(&a), hashes(&b), "two workers' maps hash alike");
     }
 
     #[test]

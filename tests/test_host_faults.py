@@ -83,3 +83,12 @@ def test_a_host_without_a_timer_still_gets_the_metrics():
     assert r["configured"] == 1
     assert r["forwarded"] == 20
     assert r["requests_counted"] == 21, "every forwarded request is counted"
+
+
+def test_a_huge_callout_answer_is_refused_without_being_copied_into_the_vm():
+    # The whole answer was copied into the VM before its size was checked: 64 MiB of discovery grew
+    # the VM by 64 MiB for good (Wasm memory never shrinks), and a large enough one trapped it.
+    r = run("hugekeys")
+    assert r["grown_mib"] < 4, f"the VM grew by {r['grown_mib']} MiB"
+    assert any("over the 524288 bytes a key document may have" in w for w in r["warnings"]), r["warnings"]
+    assert forwarded(r["request"]), "the keys load once the IdP answers sanely"

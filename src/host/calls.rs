@@ -428,7 +428,10 @@ pub fn dispatch_request(
 /// timeout): Envoy then has no headers to give (`BadArgument`); ngx_wasm_module keeps the status
 /// line it read, says why in `:dispatch_status` (otherwise "ok"), and aborts the worker if the
 /// body is asked for. So a failure is told apart first, and the body is read only without one.
-pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>) {
+///
+/// At most `max + 1` bytes of the body are read: a longer answer is refused by its reader as too
+/// long, without the whole of it ever being copied into the VM (whose memory never shrinks).
+pub fn call_response(body_size: usize, max: usize) -> (Option<u32>, Vec<u8>, Option<String>) {
     let failed = |reason: String| (None, Vec::new(), Some(reason));
     if let Some(reason) = header(MapType::HttpCallResponseHeaders, ":dispatch_status").filter(|s| s != "ok") {
         return failed(reason);
@@ -440,7 +443,8 @@ pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>, Option<String>)
     let body = if body_size == 0 {
         Vec::new()
     } else {
-        buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+        let size = body_size.min(max.saturating_add(1));
+        buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten().unwrap_or_default()
     };
     (Some(status), body, None)
 }

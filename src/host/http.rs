@@ -145,7 +145,7 @@ impl Context for GatewayHttp {
         if self.answered_by_timer(false) {
             return;
         }
-        let (status, body, reason) = calls::call_response(body_size);
+        let (status, body, reason) = calls::call_response(body_size, crate::gateway::MAX_KEY_DOCUMENT_BYTES);
         let step = {
             let mut worker = self.worker.borrow_mut();
             let (step, progress) =

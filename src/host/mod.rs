@@ -160,7 +160,11 @@ impl Context for GatewayRoot {
         let (Some(pending), Some(worker)) = (self.pending.remove(&token_id), self.worker.clone()) else {
             return;
         };
-        let (status, body, reason) = calls::call_response(body_size);
+        let max = match &pending {
+            Pending::Keys(_) => crate::gateway::MAX_KEY_DOCUMENT_BYTES,
+            Pending::Sync(batch) => crate::store_sync::max_answer_bytes(batch.entries.len()),
+        };
+        let (status, body, reason) = calls::call_response(body_size, max);
         match pending {
             Pending::Keys(fetch) => {
                 let mut worker = worker.borrow_mut();

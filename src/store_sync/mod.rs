@@ -27,7 +27,7 @@ use crate::config::{OnStoreFailure, StorePlan, Tier};
 use crate::shared::{self, SharedStore, StoreError};
 
 pub use node::{Health, Index, Lease, NodeRecord, Tracked, INDEX_KEY, NODE_KEY};
-pub use wire::{bucket_key, SyncRequest, SCRIPT};
+pub use wire::{bucket_key, max_answer_bytes, SyncRequest, SCRIPT};
 
 /// Most per-person keys a worker remembers having put in the index (then it forgets them
 /// all; noting a key again is harmless).

@@ -96,12 +96,25 @@ pub fn request(plan: &StorePlan, batch: Batch) -> SyncRequest {
     SyncRequest { upstream: plan.upstream.clone(), headers, body, timeout_ms: plan.timeout_ms, batch }
 }
 
+/// The longest answer to a batch of `entries` buckets: each total is at most 16 digits (2^53) and
+/// a comma, around a short envelope (or a refusal's message). A longer answer is refused unread:
+/// parsing it would cost the worker far more memory than its bytes.
+pub fn max_answer_bytes(entries: usize) -> usize {
+    entries.saturating_mul(24).saturating_add(4096)
+}
+
 /// The totals in an answer, one per entry of the batch, in order.
 pub fn totals(kind: StoreKind, status: Option<u32>, body: &[u8], entries: usize) -> Result<Vec<u64>, SyncError> {
     match status {
         None => return Err(SyncError::Unreachable("no answer (timeout or reset)".to_owned())),
         Some(200) => {}
         Some(other) => return Err(SyncError::Status(other)),
+    }
+    if body.len() > max_answer_bytes(entries) {
+        return Err(SyncError::Garbage(format!(
+            "an answer over the {} bytes {entries} totals take",
+            max_answer_bytes(entries)
+        )));
     }
     let doc: Value = serde_json::from_slice(body).map_err(|e| SyncError::Garbage(format!("not JSON: {e}")))?;
     let reply = match kind {
@@ -207,5 +220,20 @@ mod tests {
         for (name, status, body, want) in cases {
             assert_eq!(&totals(StoreKind::Webdis, *status, body.as_bytes(), 2), want, "{name}");
         }
+    }
+
+    /// The longest answer real totals make passes; one longer is refused before it is parsed
+    /// (a JSON tree costs many times its bytes).
+    #[test]
+    fn an_answer_longer_than_its_totals_is_refused_unparsed() {
+        let entries = 1000;
+        let most = format!("{{\"EVAL\":[{}]}}", vec!["9007199254740992"; entries].join(","));
+        assert!(most.len() <= max_answer_bytes(entries));
+        assert_eq!(totals(StoreKind::Webdis, Some(200), most.as_bytes(), entries).map(|t| t.len()), Ok(entries));
+        let padded = format!("{{\"EVAL\":[1,2],\"pad\":\"{}\"}}", " ".repeat(max_answer_bytes(2)));
+        let Err(SyncError::Garbage(message)) = totals(StoreKind::Webdis, Some(200), padded.as_bytes(), 2) else {
+            panic!("accepted")
+        };
+        assert!(message.starts_with("an answer over the 4144 bytes 2 totals take"), "{message}");
     }
 }

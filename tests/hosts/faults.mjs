@@ -1,7 +1,7 @@
 // The built filter under a minimal Proxy-Wasm host (Node's V8) that misbehaves the way a host
 // other than Envoy or nginx may: a clock that fails, header writes refused, no property store, an
 // empty final body callback, empty answers for unknown properties, two configurations (other
-// IdPs) in one VM, a reconfiguration while a key fetch is out, no timer. Prints one JSON object of what the
+// IdPs) in one VM, a reconfiguration while a key fetch is out, no timer, a huge callout answer. Prints one JSON object of what the
 // filter did; tests/test_host_faults.py asserts it fails closed.
 //   node tests/hosts/faults.mjs WASM SCENARIO
 import { readFileSync } from "node:fs";
@@ -198,6 +198,22 @@ try {
     }
     tick(1);
     out.b_next_callouts = st.calls.map((c) => c.auth + c.path);
+  } else if (faults.has("hugekeys")) {
+    // The IdP (or anything on the callout path) answers discovery with 64 MiB: refused without
+    // the VM copying it all, since a VM's memory never shrinks.
+    const A = idp("idp-a");
+    call("proxy_on_context_create", 1, 0); configure(1, A);
+    const before = memory.buffer.byteLength;
+    tick(1);
+    const c = st.calls.shift();
+    const huge = new Uint8Array(64 << 20).fill(32);
+    st.maps[M.Call] = [[":status", "200"]]; st.bufs[B.CallBody] = huge;
+    call("proxy_on_http_call_response", 1, c.t, 1, huge.length, 0);
+    out.grown_mib = (memory.buffer.byteLength - before) / 1048576;
+    out.warnings = warn();
+    // The IdP recovers: the keys load and a request passes.
+    for (let i = 0; i < 6; i++) { st.now += 30000000000n; tick(1); answer(1, [A]); }
+    out.request = request(1, good(A));
   } else {
     throw new Error(`unknown scenario ${scenario}`);
   }
