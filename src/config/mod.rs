@@ -249,6 +249,32 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// What the configuration allows but an operator should hear of when it loads.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let oidc = &self.oidc;
+        let plaintext = [("oidc.issuer", Some(&oidc.discovery_url)), ("oidc.jwks_uri", oidc.jwks_uri.as_ref())];
+        for (field, url) in plaintext {
+            if let Some(url) = url.filter(|u| u.scheme == "http" && !is_loopback(&u.host)) {
+                warnings.push(format!(
+                    "{field} is http:// on {}: the signing keys are fetched in plaintext, and anyone on \
+                     the way could serve their own, unless the proxy's cluster or upstream for it uses TLS",
+                    url.host
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+/// Whether `host` is this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, ConfigError> {
     let oidc = compile_oidc(raw.oidc)?;
     let identity_headers = compile_identity_headers(raw.identity_headers)?;
@@ -659,6 +685,30 @@ pub(crate) mod tests {
         let error = Plan::from_json(doc.to_string().as_bytes(), &|_| Some("v".into())).unwrap_err().to_string();
         assert!(error.contains("targets.bedrock.secret_access_key_env: must be the name of"), "{error}");
         assert!(!error.contains("SECRET"), "{error}");
+    }
+
+    /// An IdP reached over plain HTTP, beyond this machine, is allowed (the proxy's cluster may
+    /// add TLS) but said when the configuration loads.
+    #[test]
+    fn a_plaintext_idp_beyond_this_machine_is_warned_of() {
+        let warnings = |issuer: &str, jwks: Option<&str>| {
+            let mut doc = sample();
+            doc["oidc"]["issuer"] = json!(issuer);
+            if let Some(jwks) = jwks {
+                doc["oidc"]["jwks_uri"] = json!(jwks);
+                doc["oidc"]["jwks_upstream"] = json!("keys:80");
+            }
+            load(&doc).unwrap().warnings()
+        };
+        assert_eq!(warnings("https://idp.example.com", None), Vec::<String>::new());
+        for local in ["http://127.0.0.1:9100", "http://localhost:8080/realms/x", "http://[::1]:9100"] {
+            assert_eq!(warnings(local, None), Vec::<String>::new(), "{local}");
+        }
+        let w = warnings("http://keycloak.internal:8080/realms/x", None);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("oidc.issuer is http:// on keycloak.internal: the signing keys are fetched in plaintext"));
+        let w = warnings("https://idp.example.com", Some("http://keys.example.com/jwks"));
+        assert!(w.len() == 1 && w[0].starts_with("oidc.jwks_uri is http:// on keys.example.com"), "{w:?}");
     }
 
     #[test]

@@ -229,6 +229,9 @@ impl RootContext for GatewayRoot {
                         plan.models.len()
                     ),
                 );
+                for warning in plan.warnings() {
+                    calls::log(LogLevel::Warn, &format!("claude-sso-gateway: {warning}"));
+                }
                 self.metrics = Rc::new(metrics::Metrics::define(&plan));
                 let worker = Rc::new(RefCell::new(Worker::new(plan)));
                 // A key fetch under way is the old configuration's (perhaps another IdP's): its
