@@ -282,7 +282,7 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
         return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
     }
     check_at_most(&[
-        ("max_body_bytes", u64::try_from(raw.max_body_bytes).unwrap_or(u64::MAX), MAX_BODY_BYTES),
+        ("max_body_bytes", raw.max_body_bytes, MAX_BODY_BYTES),
         ("validation_cache_bytes", raw.validation_cache_bytes, MAX_VALIDATION_CACHE_BYTES),
     ])?;
     if raw.targets.is_empty() {
@@ -308,7 +308,7 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
         budget_store,
         oidc,
         identity_headers,
-        max_body_bytes: raw.max_body_bytes,
+        max_body_bytes: usize::try_from(raw.max_body_bytes).unwrap_or(usize::MAX),
         validation_cache_bytes: usize::try_from(raw.validation_cache_bytes).unwrap_or(usize::MAX),
         targets,
         models,

@@ -84,8 +84,9 @@ pub(super) struct RawConfig {
     pub(super) oidc: RawOidc,
     #[serde(default)]
     pub(super) identity_headers: RawIdentityHeaders,
+    // u64, as on the wasm32 target a usize could not even hold what the limit refuses.
     #[serde(default = "default_max_body_bytes")]
-    pub(super) max_body_bytes: usize,
+    pub(super) max_body_bytes: u64,
     #[serde(default = "default_validation_cache_bytes")]
     pub(super) validation_cache_bytes: u64,
     #[serde(deserialize_with = "unique_map")]
@@ -235,7 +236,7 @@ pub(super) struct RawTier {
     pub(super) per: Option<Per>,
 }
 
-fn default_max_body_bytes() -> usize {
+fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024
 }
 fn default_validation_cache_bytes() -> u64 {
