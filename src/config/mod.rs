@@ -271,8 +271,7 @@ impl Plan {
 /// Whether `host` is this machine (`localhost`, 127.0.0.0/8, `::1`).
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, ConfigError> {
@@ -706,7 +705,9 @@ pub(crate) mod tests {
         }
         let w = warnings("http://keycloak.internal:8080/realms/x", None);
         assert_eq!(w.len(), 1);
-        assert!(w[0].starts_with("oidc.issuer is http:// on keycloak.internal: the signing keys are fetched in plaintext"));
+        assert!(
+            w[0].starts_with("oidc.issuer is http:// on keycloak.internal: the signing keys are fetched in plaintext")
+        );
         let w = warnings("https://idp.example.com", Some("http://keys.example.com/jwks"));
         assert!(w.len() == 1 && w[0].starts_with("oidc.jwks_uri is http:// on keys.example.com"), "{w:?}");
     }
