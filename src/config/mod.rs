@@ -253,16 +253,17 @@ impl Plan {
     /// What the configuration allows but an operator should hear of when it loads.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        let oidc = &self.oidc;
-        let plaintext = [("oidc.issuer", Some(&oidc.discovery_url)), ("oidc.jwks_uri", oidc.jwks_uri.as_ref())];
-        for (field, url) in plaintext {
-            if let Some(url) = url.filter(|u| u.scheme == "http" && !is_loopback(&u.host)) {
-                warnings.push(format!(
-                    "{field} is http:// on {}: the signing keys are fetched in plaintext, and anyone on \
-                     the way could serve their own, unless the proxy's cluster or upstream for it uses TLS",
-                    url.host
-                ));
-            }
+        // The keys come from the configured JWKS URL, or else by way of the issuer's discovery.
+        let (field, keys_from) = match &self.oidc.jwks_uri {
+            Some(jwks) => ("oidc.jwks_uri", jwks),
+            None => ("oidc.issuer", &self.oidc.discovery_url),
+        };
+        if keys_from.scheme == "http" && !is_loopback(&keys_from.host) {
+            warnings.push(format!(
+                "{field} is http:// on {}: the signing keys are fetched in plaintext, and anyone on the way \
+                 could serve their own, unless the proxy's cluster or upstream for it uses TLS",
+                keys_from.host
+            ));
         }
         warnings
     }
@@ -710,6 +711,8 @@ pub(crate) mod tests {
         );
         let w = warnings("https://idp.example.com", Some("http://keys.example.com/jwks"));
         assert!(w.len() == 1 && w[0].starts_with("oidc.jwks_uri is http:// on keys.example.com"), "{w:?}");
+        // With a JWKS URL, discovery (the issuer's URL) is not used.
+        assert_eq!(warnings("http://idp.internal", Some("https://keys.example.com/jwks")), Vec::<String>::new());
     }
 
     #[test]
