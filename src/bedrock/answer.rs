@@ -59,7 +59,16 @@ impl Answer {
                 (set, remove, "application/json")
             }
             ResponseKind::Error => {
-                (vec![("content-type".to_owned(), "application/json".to_owned())], length, "application/json")
+                let mut set = vec![("content-type".to_owned(), "application/json".to_owned())];
+                // Bedrock answers a spent account quota with a 400 that AWS says to resubmit later;
+                // Claude Code retries by status, so a rate-limit error goes as the 429 it is.
+                let aws_type = error_type.map(super::translate::short_type);
+                if status != 429 && super::translate::anthropic_error_type(aws_type, Some(status)) == "rate_limit_error"
+                {
+                    set.push((":status".to_owned(), "429".to_owned()));
+                    self.status = 429;
+                }
+                (set, length, "application/json")
             }
         }
     }
@@ -164,6 +173,23 @@ mod tests {
         a.on_headers(429, "application/json", Some("ThrottlingException"));
         a.on_body(br#"{"message":"slow down"}"#, true);
         assert_eq!(a.take_warning(), None);
+    }
+
+    /// A spent service quota, a 400 from Bedrock, reaches the client as a 429 (status and body).
+    #[test]
+    fn a_spent_quota_is_sent_as_a_429() {
+        let mut a = Answer::default();
+        let (set, _, _) = a.on_headers(400, "application/json", Some("ServiceQuotaExceededException:http://x"));
+        assert!(set.contains(&(":status".to_owned(), "429".to_owned())), "{set:?}");
+        let Chunk::Replace(body) = a.on_body(br#"{"message":"quota"}"#, true) else { panic!() };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        // Other errors keep Bedrock's status.
+        let mut a = Answer::default();
+        let (set, _, _) = a.on_headers(400, "application/json", Some("ValidationException"));
+        assert!(!set.iter().any(|(name, _)| name == ":status"), "{set:?}");
+        let (set, _, _) = Answer::default().on_headers(429, "application/json", Some("ThrottlingException"));
+        assert!(!set.iter().any(|(name, _)| name == ":status"), "{set:?}");
     }
 
     #[test]
