@@ -701,7 +701,7 @@ def targets(results, ttfb_p99, rss, memory, sync, verify):
     if ("filter_cached", "130k") in ttfb_p99:
         gap = ttfb_p99[("filter_cached", "130k")] - ttfb_p99[("passthrough", "130k")]
         row("#13: streamed answers: time to first byte within 1 ms of passthrough at p99 (130 KB)",
-            f"+{gap:.2f} ms", gap <= 1.0)
+            f"{gap:+.2f} ms", gap <= 1.0)
     if "filter_cached" in memory and "passthrough" in memory:
         (f1, f2), (p1, p2) = memory["filter_cached"], memory["passthrough"]
         per_worker = (f2 - f1) - (p2 - p1)
