@@ -36,6 +36,7 @@ pub(crate) const MAX_SECONDS: u64 = 366 * 86_400;
 
 pub use bedrock::BedrockTarget;
 pub use limits::{short_digest, Budgets, Price, Reserve, MAX_UNITS};
+pub(crate) use store::MAX_PERIOD_MS;
 pub use store::{OnStoreFailure, StoreKind, StorePlan, TICK_MS};
 
 /// A configuration problem, naming the field it is about.
@@ -229,6 +230,9 @@ pub struct Plan {
     pub access: Access,
     /// The cluster-wide budget store, when the counters are shared between nodes.
     pub budget_store: Option<StorePlan>,
+    /// What the configuration allows but an operator should hear of when it loads (a
+    /// configuration that loaded before must keep loading after an update: these were accepted).
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -252,7 +256,7 @@ impl Plan {
 impl Plan {
     /// What the configuration allows but an operator should hear of when it loads.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings = self.notes.clone();
         // The keys come from the configured JWKS URL, or else by way of the issuer's discovery.
         let (field, keys_from) = match &self.oidc.jwks_uri {
             Some(jwks) => ("oidc.jwks_uri", jwks),
@@ -281,10 +285,15 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
     if raw.max_body_bytes == 0 {
         return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
     }
-    check_at_most(&[
-        ("max_body_bytes", raw.max_body_bytes, MAX_BODY_BYTES),
-        ("validation_cache_bytes", raw.validation_cache_bytes, MAX_VALIDATION_CACHE_BYTES),
-    ])?;
+    check_at_most(&[("validation_cache_bytes", raw.validation_cache_bytes, MAX_VALIDATION_CACHE_BYTES)])?;
+    let mut notes = Vec::new();
+    if raw.max_body_bytes > MAX_BODY_BYTES {
+        notes.push(format!(
+            "max_body_bytes: {} is more than the gateway holds; {MAX_BODY_BYTES} (64 MiB, twice the Anthropic \
+             API's own limit) is used",
+            raw.max_body_bytes
+        ));
+    }
     if raw.targets.is_empty() {
         return Err(ConfigError::new("targets", "at least one target is required"));
     }
@@ -298,7 +307,7 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
         targets.push(compile_target(&name, target, env)?);
     }
     let models = compile_models(raw.models, &targets)?;
-    let tiers = compile_tiers(raw.tiers, &models)?;
+    let tiers = compile_tiers(raw.tiers, &models, &mut notes)?;
     let budgets = limits::compile_budgets(raw.budgets)?;
     let access =
         Access { contact: raw.access.contact.filter(|c| !c.trim().is_empty()), show_groups: raw.access.show_groups };
@@ -308,12 +317,13 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
         budget_store,
         oidc,
         identity_headers,
-        max_body_bytes: usize::try_from(raw.max_body_bytes).unwrap_or(usize::MAX),
+        max_body_bytes: usize::try_from(raw.max_body_bytes.min(MAX_BODY_BYTES)).unwrap_or(usize::MAX),
         validation_cache_bytes: usize::try_from(raw.validation_cache_bytes).unwrap_or(usize::MAX),
         targets,
         models,
         tiers,
         access,
+        notes,
     })
 }
 
@@ -483,22 +493,32 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
 }
 
 /// The value of the VM environment variable `var`, named in the config field `field` (an
-/// `*_env` field). What is not a variable's name is refused without being quoted: it is most
-/// likely the secret itself, pasted into the wrong field, and config errors reach the log.
+/// `*_env` field). A name is printable ASCII without `=` or spaces, as hosts take them
+/// (`anthropic-api-key` included). What cannot be a name, and a name that is not a plain
+/// identifier, is not repeated in the error: it may be the secret itself, pasted into the wrong
+/// field, and config errors reach the log.
 pub(crate) fn from_env(field: &str, var: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
-    let is_name = !var.is_empty()
-        && var.len() <= 128
-        && !var.starts_with(|c: char| c.is_ascii_digit())
-        && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let is_name = !var.is_empty() && var.len() <= 256 && var.bytes().all(|b| b.is_ascii_graphic() && b != b'=');
     if !is_name {
         return Err(ConfigError::new(
             field,
-            "must be the name of an environment variable of the VM (letters, digits and '_'), not a value; \
-             it is not repeated here in case it is a secret: give a secret in the field without `_env`, or \
-             better, put it in a variable and name that",
+            "must be the name of an environment variable of the VM (printable, without '=' or spaces), not a \
+             value; it is not repeated here in case it is a secret: give a secret in the field without `_env`, \
+             or better, put it in a variable and name that",
         ));
     }
-    env(var).ok_or_else(|| ConfigError::new(field, format!("environment variable {var} is not set in the VM")))
+    let identifier =
+        !var.starts_with(|c: char| c.is_ascii_digit()) && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    env(var).ok_or_else(|| {
+        let message = if identifier {
+            format!("environment variable {var} is not set in the VM")
+        } else {
+            "the environment variable it names is not set in the VM (the name is not repeated here: it is not a \
+             plain identifier, and may be a secret pasted into the wrong field)"
+                .to_owned()
+        };
+        ConfigError::new(field, message)
+    })
 }
 
 fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<Target, ConfigError> {
@@ -564,7 +584,7 @@ fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, 
     Ok(models)
 }
 
-fn compile_tiers(raw: Vec<RawTier>, models: &[Model]) -> Result<Vec<Tier>, ConfigError> {
+fn compile_tiers(raw: Vec<RawTier>, models: &[Model], notes: &mut Vec<String>) -> Result<Vec<Tier>, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::new("tiers", "at least one tier is required"));
     }
@@ -581,17 +601,17 @@ fn compile_tiers(raw: Vec<RawTier>, models: &[Model]) -> Result<Vec<Tier>, Confi
             return Err(ConfigError::new(format!("{field}.groups"), "at least one group is required"));
         }
         if let Some(j) = t.groups.iter().position(|g| g.trim().is_empty()) {
-            return Err(ConfigError::new(format!("{field}.groups[{j}]"), "a group name must not be empty"));
+            notes.push(format!("{field}.groups[{j}]: a blank group name, which no IdP group should match"));
         }
-        // First match wins: a tier whose every group an earlier tier lists is never chosen.
-        if let Some(earlier) = tiers.iter().find(|e| t.groups.iter().all(|g| e.groups.contains(g))) {
-            return Err(ConfigError::new(
-                format!("{field}.groups"),
-                format!(
-                    "every group of tier {:?} is also in tier {:?}, which comes first: no one would ever be \
-                     in this tier (the first tier listing one of a person's groups is theirs)",
-                    t.name, earlier.name
-                ),
+        // First match wins: a tier whose every group earlier tiers list is never chosen.
+        let earlier: Vec<&str> =
+            tiers.iter().filter(|e| e.groups.iter().any(|g| t.groups.contains(g))).map(|e| e.name.as_str()).collect();
+        if t.groups.iter().all(|g| tiers.iter().any(|e| e.groups.contains(g))) {
+            notes.push(format!(
+                "{field}.groups: every group of tier {:?} is in an earlier tier ({}), and the first tier \
+                 listing one of a person's groups is theirs: no one is ever in this tier",
+                t.name,
+                earlier.join(", ")
             ));
         }
         if t.models.is_empty() {
@@ -603,7 +623,8 @@ fn compile_tiers(raw: Vec<RawTier>, models: &[Model]) -> Result<Vec<Tier>, Confi
                 ConfigError::new(format!("{field}.models[{j}]"), format!("unknown model alias {alias:?}"))
             })?;
             if indexes.contains(&index) {
-                return Err(ConfigError::new(format!("{field}.models[{j}]"), format!("{alias:?} is listed twice")));
+                notes.push(format!("{field}.models[{j}]: {alias:?} is listed twice (once is enough)"));
+                continue;
             }
             indexes.push(index);
         }
@@ -672,18 +693,33 @@ pub(crate) mod tests {
         let mut doc = sample();
         doc["targets"]["anthropic"]["api_key_env"] = json!(secret);
         let error = Plan::from_json(doc.to_string().as_bytes(), &|_| None).unwrap_err().to_string();
-        assert!(error.starts_with("config error: targets.anthropic.api_key_env: must be the name of"), "{error}");
+        assert!(
+            error.starts_with("config error: targets.anthropic.api_key_env: the environment variable it names"),
+            "{error}"
+        );
         assert!(!error.contains("SECRET"), "{error}");
-        for var in ["", "1ABC", "A B", "AKIA/x+y=", &"A".repeat(129)] {
+        for var in ["", "A B", "AKIA/x+y=", "tab\there", &"A".repeat(257)] {
             let error = from_env("f", var, &|_| Some("v".into())).unwrap_err().to_string();
             assert!(error.contains("must be the name of"), "{var:?}: {error}");
         }
-        assert_eq!(from_env("f", "AWS_SECRET_ACCESS_KEY_2", &|_| Some("v".into())).unwrap(), "v");
+        // Names hosts take, identifiers or not.
+        for var in ["AWS_SECRET_ACCESS_KEY_2", "anthropic-api-key", "svc.key", "1ABC"] {
+            assert_eq!(from_env("f", var, &|_| Some("v".into())).unwrap(), "v", "{var}");
+        }
+        // Not set: an identifier is named, anything else (a pasted key is one) is not.
+        assert!(from_env("f", "NOPE", &|_| None).unwrap_err().to_string().contains("variable NOPE is not set"));
+        let error = from_env("f", "sk-ant-api03-SECRET", &|_| None).unwrap_err().to_string();
+        assert!(error.contains("is not set") && !error.contains("SECRET"), "{error}");
         let mut doc = sample();
         doc["targets"]["bedrock"] = json!({"provider": "bedrock", "region": "us-east-1",
             "access_key_id_env": "AWS_ACCESS_KEY_ID", "secret_access_key_env": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYSECRET"});
-        let error = Plan::from_json(doc.to_string().as_bytes(), &|_| Some("v".into())).unwrap_err().to_string();
-        assert!(error.contains("targets.bedrock.secret_access_key_env: must be the name of"), "{error}");
+        let only_the_id = |n: &str| ["AWS_ACCESS_KEY_ID", "ANTHROPIC_API_KEY"].contains(&n).then(|| "v".to_owned());
+        let error = Plan::from_json(doc.to_string().as_bytes(), &only_the_id).unwrap_err().to_string();
+        assert!(error.contains("targets.bedrock.secret_access_key_env: the environment variable it names"), "{error}");
+        assert!(!error.contains("SECRET"), "{error}");
+        doc["targets"]["bedrock"]["secret_access_key_env"] = json!("wJalrXUtnFEMI=K7MDENG SECRET");
+        let error = Plan::from_json(doc.to_string().as_bytes(), &only_the_id).unwrap_err().to_string();
+        assert!(error.contains("secret_access_key_env: must be the name of") && !error.contains("SECRET"), "{error}");
         assert!(!error.contains("SECRET"), "{error}");
     }
 
@@ -715,6 +751,37 @@ pub(crate) mod tests {
         assert_eq!(warnings("http://idp.internal", Some("https://keys.example.com/jwks")), Vec::<String>::new());
     }
 
+    /// Mistakes a configuration could make before this gateway checked for them still load (an
+    /// update must not take a gateway down), and are said when it loads.
+    #[test]
+    fn harmless_mistakes_load_and_are_said() {
+        let mut doc = sample();
+        doc["tiers"][0]["models"] = json!(["claude-opus-4-7", "claude-sonnet-4-6", "claude-opus-4-7"]);
+        doc["tiers"][1]["groups"] = json!(["claude-standard-users", " "]);
+        doc["tiers"].as_array_mut().unwrap().push(
+            json!({"name": "everyone", "groups": ["claude-power-users", "claude-standard-users"], "models": ["claude-sonnet-4-6"]}),
+        );
+        doc["max_body_bytes"] = json!(100_000_000_000_u64);
+        let plan = load(&doc).unwrap();
+        assert_eq!(plan.tiers[0].models, vec![1, 0], "the alias is kept once");
+        assert_eq!(plan.max_body_bytes, 64 << 20, "the body limit is the most the gateway holds");
+        assert_eq!(
+            plan.warnings(),
+            vec![
+                "max_body_bytes: 100000000000 is more than the gateway holds; 67108864 (64 MiB, twice the Anthropic \
+                 API's own limit) is used",
+                "tiers[0].models[2]: \"claude-opus-4-7\" is listed twice (once is enough)",
+                "tiers[1].groups[1]: a blank group name, which no IdP group should match",
+                "tiers[2].groups: every group of tier \"everyone\" is in an earlier tier (power, standard), and the \
+                 first tier listing one of a person's groups is theirs: no one is ever in this tier",
+            ]
+        );
+        // A tier that only some of its groups share with earlier ones is reachable.
+        let mut doc = sample();
+        doc["tiers"][1]["groups"] = json!(["claude-power-users", "claude-standard-users"]);
+        assert_eq!(load(&doc).unwrap().warnings(), Vec::<String>::new());
+    }
+
     #[test]
     fn kong_empty_object_is_an_empty_list() {
         let mut doc = sample();
@@ -734,28 +801,6 @@ pub(crate) mod tests {
                 "unknown alias in tier",
                 |d| d["tiers"][1]["models"] = json!(["claude-opus-9"]),
                 "config error: tiers[1].models[0]: unknown model alias \"claude-opus-9\"",
-            ),
-            (
-                "empty group name",
-                |d| d["tiers"][1]["groups"] = json!(["claude-standard-users", " "]),
-                "config error: tiers[1].groups[1]: a group name must not be empty",
-            ),
-            (
-                "a tier no one can reach",
-                |d| d["tiers"][1]["groups"] = json!(["claude-power-users"]),
-                "config error: tiers[1].groups: every group of tier \"standard\" is also in tier \"power\", which \
-                 comes first: no one would ever be in this tier (the first tier listing one of a person's groups is \
-                 theirs)",
-            ),
-            (
-                "an alias twice in a tier",
-                |d| d["tiers"][0]["models"] = json!(["claude-opus-4-7", "claude-sonnet-4-6", "claude-opus-4-7"]),
-                "config error: tiers[0].models[2]: \"claude-opus-4-7\" is listed twice",
-            ),
-            (
-                "a body limit above 64 MiB",
-                |d| d["max_body_bytes"] = json!(100_000_000_000_u64),
-                "config error: max_body_bytes: must be at most 67108864",
             ),
             (
                 "missing env var",

@@ -92,7 +92,7 @@ pub struct StorePlan {
 }
 
 /// Longest sync period or staleness: an hour.
-const MAX_PERIOD_MS: u64 = 3_600_000;
+pub(crate) const MAX_PERIOD_MS: u64 = 3_600_000;
 
 pub(super) fn compile_store(raw: RawBudgetStore) -> Result<StorePlan, ConfigError> {
     let upstream = super::check_upstream("budget_store.upstream", raw.upstream)?;

@@ -29,6 +29,10 @@ use crate::shared::{self, SharedStore, StoreError};
 pub use node::{Health, Index, Lease, NodeRecord, Tracked, INDEX_KEY, NODE_KEY};
 pub use wire::{bucket_key, max_answer_bytes, SyncRequest, SCRIPT};
 
+/// How far ahead of the clock a recorded time must be to be taken for the clock stepping back:
+/// far above the skew between the workers' clocks and a host's coarse clock.
+const CLOCK_STEP_MARGIN_MS: u64 = 10_000;
+
 /// Most per-person keys a worker remembers having put in the index (then it forgets them
 /// all; noting a key again is harmless).
 const MAX_NOTED: usize = 10_000;
@@ -245,24 +249,31 @@ impl Syncer {
                 return tick;
             }
         };
-        // The wall clock stepped back (an NTP step, a restored VM): times recorded ahead of it
-        // would hold every sync off and hide, as "synced", that none succeeds. They start over
-        // from now, and the node counts as never synced until its next sync succeeds.
+        // The wall clock stepped back (an NTP step, a restored VM): a sync that succeeded "later
+        // than now", or a schedule set for beyond anything the plan allows, would hold every
+        // sync off while the node still says "synced". The schedule is rebased on now (a sync
+        // goes at once; the node stays as it is until that sync says otherwise). Judged with a
+        // margin far above the skew between workers' clocks, and by the longest sync interval
+        // any plan allows, so that a reload that shortens `sync_ms` is not taken for a step.
         let ahead = |r: &NodeRecord| {
-            let slack = plan.timeout_ms.saturating_add(plan.sync_ms);
-            r.next_ms > now_ms.saturating_add(plan.sync_ms)
-                || r.lease.as_ref().is_some_and(|l| l.until_ms > now_ms.saturating_add(slack))
-                || r.last_ok_ms.is_some_and(|t| t > now_ms.saturating_add(plan.sync_ms))
+            let by = |t: u64| t > now_ms.saturating_add(CLOCK_STEP_MARGIN_MS);
+            r.last_ok_ms.is_some_and(by)
+                || by(r.next_ms.saturating_sub(crate::config::MAX_PERIOD_MS))
+                || r.lease.as_ref().is_some_and(|l| {
+                    by(l.until_ms.saturating_sub(crate::config::MAX_PERIOD_MS + crate::config::MAX_TIMEOUT_MS))
+                })
         };
         let record = if ahead(&record) {
-            let restarted = node::modify(store, |r| {
+            let rebased = node::modify(store, |r| {
                 let step = ahead(r);
                 if step {
-                    (r.next_ms, r.lease, r.last_ok_ms) = (now_ms, None, None);
+                    r.next_ms = now_ms;
+                    r.lease = None;
+                    r.last_ok_ms = r.last_ok_ms.map(|_| now_ms);
                 }
                 step
             });
-            match restarted {
+            match rebased {
                 Ok(Some(r)) => {
                     tick.problems.push("budget sync: the clock went back; the sync schedule starts over".to_owned());
                     r

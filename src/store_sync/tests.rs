@@ -356,3 +356,27 @@ fn a_clock_stepped_back_starts_the_schedule_over() {
     node.sync(&plan, &mut redis, T0 + 600_000).unwrap();
     assert_eq!(node.worker.health(), Health::Synced);
 }
+
+/// Neither the skew between two workers' clocks nor a reload that shortens `sync_ms` is taken for
+/// the clock stepping back: no sync is superseded and the node stays synced.
+#[test]
+fn worker_skew_and_a_shorter_sync_interval_are_not_a_clock_step() {
+    let plan = plan(OnStoreFailure::DivideByNodes(2));
+    let mut redis = FakeRedis::default();
+    let mut node = Node::new(1);
+    node.sync(&plan, &mut redis, T0).unwrap();
+    // A second worker of the node, its clock 1 ms behind the one that takes the next lease.
+    let mut other = Syncer::new(2);
+    let taken = node.tick(&plan, T0 + 500).request.expect("a sync is due");
+    let tick = other.on_tick(&node.store, &plan, &tier(), T0 + 499);
+    assert!(tick.problems.is_empty() && tick.request.is_none() && tick.change.is_none(), "{:?}", tick.problems);
+    let body = redis.run(&taken);
+    assert!(node.worker.on_answer(&node.store, &plan, &taken.batch, Some(200), &body, T0 + 510).is_ok());
+    assert_eq!(other.health(), Health::Synced);
+    // A reload from a 10-minute interval to the plan's 500 ms.
+    let slow = StorePlan { sync_ms: 600_000, timeout_ms: 30_000, stale_after_ms: 1_800_000, ..plan.clone() };
+    node.sync(&slow, &mut redis, T0 + 1_000).unwrap();
+    let tick = node.tick(&plan, T0 + 2_000);
+    assert!(tick.problems.is_empty() && tick.change.is_none(), "{:?}", tick.problems);
+    assert_eq!(node.worker.health(), Health::Synced);
+}
