@@ -24,6 +24,9 @@ pub struct Answer {
     error_type: Option<String>,
     stream: BedrockStreamTranslator,
     error_body: Vec<u8>,
+    /// Whether the answer is Bedrock refusing the gateway's own AWS credentials (a 401 or 403,
+    /// sent on as a 502: a 502 of its own is not that).
+    credentials_refused: bool,
     /// For the operator, once Bedrock has refused the gateway's own AWS credentials.
     warning: Option<String>,
 }
@@ -55,6 +58,7 @@ impl Answer {
             // minutes, so it becomes a 502 that is shown at once.
             ResponseKind::Error if CredentialRefusal::of(Some(status), None).is_some() => {
                 self.status = CredentialRefusal::STATUS;
+                self.credentials_refused = true;
                 let (set, remove) = CredentialRefusal::headers();
                 (set, remove, "application/json")
             }
@@ -92,14 +96,16 @@ impl Answer {
                     return Chunk::Replace(Vec::new());
                 }
                 let reply = translate_error(self.status, self.error_type.as_deref(), &self.error_body);
-                if self.status == CredentialRefusal::STATUS {
+                if self.credentials_refused {
                     let said = crate::credential_refusal::without_secrets(&String::from_utf8_lossy(&self.error_body))
                         .chars()
                         .filter(|c| !c.is_control())
                         .take(300)
                         .collect::<String>();
-                    let kind = self.error_type.as_deref().map(super::translate::short_type).unwrap_or("no error type");
-                    let kind: String = kind.chars().filter(|c| c.is_ascii_alphanumeric()).take(64).collect();
+                    let kind = self.error_type.as_deref().map(super::translate::short_type).map_or_else(
+                        || "no error type".to_owned(),
+                        |t| t.chars().filter(char::is_ascii_alphanumeric).take(64).collect(),
+                    );
                     // Temporary credentials (a session token) expire and are read only when the
                     // configuration loads: the operator must hear of it at once.
                     self.warning = Some(format!(
@@ -173,6 +179,26 @@ mod tests {
         a.on_headers(429, "application/json", Some("ThrottlingException"));
         a.on_body(br#"{"message":"slow down"}"#, true);
         assert_eq!(a.take_warning(), None);
+    }
+
+    /// A 502 of its own (the proxy's reply to a protocol error, an egress proxy's) is not taken
+    /// for Bedrock refusing the gateway's credentials: no warning, and the proxy's words pass.
+    #[test]
+    fn a_502_of_its_own_is_not_refused_credentials() {
+        let own = r#"{"type":"error","error":{"type":"api_error","message":"gateway: the AI provider could not be reached (502)"}}"#;
+        let mut a = Answer::default();
+        a.on_headers(502, "application/json", None);
+        let Chunk::Replace(body) = a.on_body(own.as_bytes(), true) else { panic!() };
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["error"]["message"],
+            "gateway: the AI provider could not be reached (502)"
+        );
+        assert_eq!(a.take_warning(), None);
+        // A refusal without an error type says so in words.
+        let mut a = Answer::default();
+        a.on_headers(403, "application/json", None);
+        let Chunk::Replace(body) = a.on_body(br#"{"message":"denied"}"#, true) else { panic!() };
+        assert!(String::from_utf8_lossy(&body).contains("(no error type: "), "{}", String::from_utf8_lossy(&body));
     }
 
     /// A spent service quota, a 400 from Bedrock, reaches the client as a 429 (status and body).

@@ -181,7 +181,9 @@ pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Re
         (None, Some(message)) => format!("bedrock: {message}"),
         // Neither an AWS error type nor an AWS message: the proxy on the way answered.
         (None, None) => {
-            let text: String = String::from_utf8_lossy(body).chars().filter(|c| !c.is_control()).take(200).collect();
+            // A page a proxy wrote may echo the request's headers (a session token among them).
+            let text = crate::credential_refusal::without_secrets(&String::from_utf8_lossy(body));
+            let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
             format!("gateway: no answer from Bedrock; the proxy on the way answered HTTP {status} ({})", text.trim())
         }
     };
@@ -431,6 +433,10 @@ mod tests {
             v["error"]["message"],
             "gateway: no answer from Bedrock; the proxy on the way answered HTTP 503 (no healthy upstream)"
         );
+        // A page that echoes the request's headers does not carry its secrets on.
+        let echo = b"bad gateway; x-amz-security-token: IQoJb3JpZ2luX2VjEXAMPLETOKENabcdefghijklmnop0123456789";
+        let v: Value = serde_json::from_slice(&translate_error(502, None, echo).body).unwrap();
+        assert!(!v["error"]["message"].as_str().unwrap().contains("IQoJb3JpZ2luX2Vj"), "{v}");
     }
 
     /// A spent account quota is a 400 from Bedrock that AWS says to resubmit later: a 429.
