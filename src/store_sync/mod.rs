@@ -287,6 +287,25 @@ impl Syncer {
         } else {
             record
         };
+        // A reload that shortened `sync_ms` left the next sync where the old interval put it: it
+        // is brought forward to the new one (only the date moves; nothing is reset).
+        let late =
+            |r: &NodeRecord| r.next_ms > now_ms.saturating_add(plan.sync_ms).saturating_add(CLOCK_STEP_MARGIN_MS);
+        let record = if late(&record) {
+            let forward = node::modify(store, |r| {
+                let move_it = late(r);
+                if move_it {
+                    r.next_ms = now_ms.saturating_add(plan.sync_ms);
+                }
+                move_it
+            });
+            match forward {
+                Ok(Some(r)) => r,
+                _ => record,
+            }
+        } else {
+            record
+        };
         self.health = record.health;
         let now_s = now_ms / 1000;
         let tracked: BTreeSet<Tracked> = tier.iter().cloned().chain(node::read_index(store).live(now_s)).collect();

@@ -379,4 +379,6 @@ fn worker_skew_and_a_shorter_sync_interval_are_not_a_clock_step() {
     let tick = node.tick(&plan, T0 + 2_000);
     assert!(tick.problems.is_empty() && tick.change.is_none(), "{:?}", tick.problems);
     assert_eq!(node.worker.health(), Health::Synced);
+    // The new interval applies from the next one on, not after the old ten minutes.
+    assert!(node.tick(&plan, T0 + 2_500).request.is_some(), "a sync within the new interval");
 }
