@@ -26,12 +26,8 @@ use crate::budget::{self, Counter, Limit, Per};
 use crate::config::{OnStoreFailure, StorePlan, Tier};
 use crate::shared::{self, SharedStore, StoreError};
 
-pub use node::{Health, Index, Lease, NodeRecord, Tracked, INDEX_KEY, NODE_KEY};
+pub use node::{Health, Index, Lease, NodeRecord, ScheduleFault, Tracked, INDEX_KEY, NODE_KEY};
 pub use wire::{bucket_key, max_answer_bytes, SyncRequest, SCRIPT};
-
-/// How far ahead of the clock a recorded time must be to be taken for the clock stepping back:
-/// far above the skew between the workers' clocks and a host's coarse clock.
-const CLOCK_STEP_MARGIN_MS: u64 = 10_000;
 
 /// Most per-person keys a worker remembers having put in the index (then it forgets them
 /// all; noting a key again is harmless).
@@ -249,62 +245,33 @@ impl Syncer {
                 return tick;
             }
         };
-        // The wall clock stepped back (an NTP step, a restored VM): a sync that succeeded "later
-        // than now", or a schedule set for beyond anything the plan allows, would hold every
-        // sync off while the node still says "synced". The schedule is rebased on now (a sync
-        // goes at once; the node stays as it is until that sync says otherwise). Judged with a
-        // margin far above the skew between workers' clocks, and by the longest sync interval
-        // any plan allows, so that a reload that shortens `sync_ms` is not taken for a step.
-        let ahead = |r: &NodeRecord| {
-            let by = |t: u64| t > now_ms.saturating_add(CLOCK_STEP_MARGIN_MS);
-            r.last_ok_ms.is_some_and(by)
-                || by(r.next_ms.saturating_sub(crate::config::MAX_PERIOD_MS))
-                || r.lease.as_ref().is_some_and(|l| {
-                    by(l.until_ms.saturating_sub(crate::config::MAX_PERIOD_MS + crate::config::MAX_TIMEOUT_MS))
-                })
-        };
-        let record = if ahead(&record) {
-            let rebased = node::modify(store, |r| {
-                let step = ahead(r);
-                if step {
-                    r.next_ms = now_ms;
-                    r.lease = None;
-                    r.last_ok_ms = r.last_ok_ms.map(|_| now_ms);
-                }
-                step
-            });
-            match rebased {
-                Ok(Some(r)) => {
-                    tick.problems.push("budget sync: the clock went back; the sync schedule starts over".to_owned());
-                    r
-                }
-                Ok(None) => record,
-                Err(e) => {
-                    tick.problems.push(format!("budget sync: the clock went back, and the node record: {e:?}"));
-                    return tick;
+        // The wall clock stepped back (an NTP step, a restored VM), or a reload shortened
+        // `sync_ms`: a schedule left ahead of the clock would hold syncs off while the node
+        // still says "synced".
+        let record = match record.schedule_fault(now_ms, plan.sync_ms) {
+            None => record,
+            Some(seen) => {
+                let mut fault = None;
+                let put_right = node::modify(store, |r| {
+                    fault = r.schedule_fault(now_ms, plan.sync_ms);
+                    fault.inspect(|f| r.put_right(*f, now_ms, plan.sync_ms)).is_some()
+                });
+                let step = |f: Option<ScheduleFault>| f == Some(ScheduleFault::ClockStep);
+                match put_right {
+                    Ok(Some(r)) => {
+                        if step(fault) {
+                            tick.problems
+                                .push("budget sync: the clock went back; the sync schedule starts over".to_owned());
+                        }
+                        r
+                    }
+                    Err(e) if step(Some(seen)) => {
+                        tick.problems.push(format!("budget sync: the clock went back, and the node record: {e:?}"));
+                        return tick;
+                    }
+                    Ok(None) | Err(_) => record,
                 }
             }
-        } else {
-            record
-        };
-        // A reload that shortened `sync_ms` left the next sync where the old interval put it: it
-        // is brought forward to the new one (only the date moves; nothing is reset).
-        let late =
-            |r: &NodeRecord| r.next_ms > now_ms.saturating_add(plan.sync_ms).saturating_add(CLOCK_STEP_MARGIN_MS);
-        let record = if late(&record) {
-            let forward = node::modify(store, |r| {
-                let move_it = late(r);
-                if move_it {
-                    r.next_ms = now_ms.saturating_add(plan.sync_ms);
-                }
-                move_it
-            });
-            match forward {
-                Ok(Some(r)) => r,
-                _ => record,
-            }
-        } else {
-            record
         };
         self.health = record.health;
         let now_s = now_ms / 1000;

@@ -84,6 +84,53 @@ impl NodeRecord {
     }
 }
 
+/// How far ahead of the clock a recorded time must be to be taken for the clock stepping back:
+/// far above the skew between the workers' clocks and a host's coarse clock.
+pub const CLOCK_STEP_MARGIN_MS: u64 = 10_000;
+
+/// What a tick found wrong with the node's sync schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleFault {
+    /// A time recorded ahead of the clock by more than any plan allows: the clock went back.
+    ClockStep,
+    /// The next sync set beyond the current interval (a reload shortened `sync_ms`).
+    Late,
+}
+
+impl NodeRecord {
+    /// Whether the schedule needs putting right at `now_ms` under an interval of `sync_ms`.
+    /// A step is judged with a margin far above the skew between workers' clocks, and by the
+    /// longest interval and timeout any plan allows, so a reload is not taken for one.
+    pub fn schedule_fault(&self, now_ms: u64, sync_ms: u64) -> Option<ScheduleFault> {
+        use crate::config::{MAX_PERIOD_MS, MAX_TIMEOUT_MS};
+        let ahead = |t: u64| t > now_ms.saturating_add(CLOCK_STEP_MARGIN_MS);
+        let step = self.last_ok_ms.is_some_and(ahead)
+            || ahead(self.next_ms.saturating_sub(MAX_PERIOD_MS))
+            || self.lease.as_ref().is_some_and(|l| ahead(l.until_ms.saturating_sub(MAX_PERIOD_MS + MAX_TIMEOUT_MS)));
+        if step {
+            Some(ScheduleFault::ClockStep)
+        } else if self.next_ms > now_ms.saturating_add(sync_ms).saturating_add(CLOCK_STEP_MARGIN_MS) {
+            Some(ScheduleFault::Late)
+        } else {
+            None
+        }
+    }
+
+    /// Puts `fault` right: after a clock step the schedule is rebased on now (a sync goes at
+    /// once, the node's health stays until that sync says otherwise); a late next sync is
+    /// brought forward to the current interval.
+    pub fn put_right(&mut self, fault: ScheduleFault, now_ms: u64, sync_ms: u64) {
+        match fault {
+            ScheduleFault::ClockStep => {
+                self.next_ms = now_ms;
+                self.lease = None;
+                self.last_ok_ms = self.last_ok_ms.map(|_| now_ms);
+            }
+            ScheduleFault::Late => self.next_ms = now_ms.saturating_add(sync_ms),
+        }
+    }
+}
+
 /// The node record, created by this worker (`worker` becomes the node id) when there is none.
 pub fn load_or_create(store: &dyn SharedStore, worker: u64) -> Result<NodeRecord, StoreError> {
     let mut seen = None;
