@@ -64,13 +64,11 @@ impl Answer {
             }
             ResponseKind::Error => {
                 let mut set = vec![("content-type".to_owned(), "application/json".to_owned())];
-                // Bedrock answers a spent account quota with a 400 that AWS says to resubmit later;
-                // Claude Code retries by status, so a rate-limit error goes as the 429 it is.
-                let aws_type = error_type.map(super::translate::short_type);
-                if status != 429 && super::translate::anthropic_error_type(aws_type, Some(status)) == "rate_limit_error"
-                {
-                    set.push((":status".to_owned(), "429".to_owned()));
-                    self.status = 429;
+                // A rate-limit error goes as a 429 whatever Bedrock said (its spent quota is a 400).
+                let sent = super::translate::client_status(error_type.map(super::translate::short_type), status);
+                if sent != status {
+                    set.push((":status".to_owned(), sent.to_string()));
+                    self.status = sent;
                 }
                 (set, length, "application/json")
             }

@@ -188,10 +188,18 @@ pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Re
         }
     };
     let kind = anthropic_error_type(aws_type, Some(status));
-    // Bedrock answers a spent account quota with a 400 that AWS says to resubmit later; Claude
-    // Code retries by status, so a rate-limit error goes as the 429 it is.
-    let status = if kind == "rate_limit_error" { 429 } else { status };
-    Reply::error(status, "bedrock_error", kind, &message)
+    Reply::error(client_status(aws_type, status), "bedrock_error", kind, &message)
+}
+
+/// The status a Bedrock error goes to the client with: Bedrock's, but a rate-limit error is a
+/// 429 (a spent account quota is a 400 that AWS says to resubmit later, and Claude Code retries
+/// by status). `aws_type` is the short type ([`short_type`]).
+pub(super) fn client_status(aws_type: Option<&str>, status: u32) -> u32 {
+    if anthropic_error_type(aws_type, Some(status)) == "rate_limit_error" {
+        429
+    } else {
+        status
+    }
 }
 
 /// `body` if it is an Anthropic error: `{"type":"error","error":{"type":..,"message":..}}`.

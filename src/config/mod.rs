@@ -251,9 +251,7 @@ impl Plan {
     pub fn model_for(&self, tier: &Tier, alias: &str) -> Option<&Model> {
         tier.models.iter().filter_map(|&m| self.models.get(m)).find(|m| m.alias == alias)
     }
-}
 
-impl Plan {
     /// What the configuration allows but an operator should hear of when it loads.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = self.notes.clone();
@@ -604,9 +602,12 @@ fn compile_tiers(raw: Vec<RawTier>, models: &[Model], notes: &mut Vec<String>) -
             notes.push(format!("{field}.groups[{j}]: a blank group name, which no IdP group should match"));
         }
         // First match wins: a tier whose every group earlier tiers list is never chosen.
-        let earlier: Vec<&str> =
-            tiers.iter().filter(|e| e.groups.iter().any(|g| t.groups.contains(g))).map(|e| e.name.as_str()).collect();
         if t.groups.iter().all(|g| tiers.iter().any(|e| e.groups.contains(g))) {
+            let earlier: Vec<&str> = tiers
+                .iter()
+                .filter(|e| e.groups.iter().any(|g| t.groups.contains(g)))
+                .map(|e| e.name.as_str())
+                .collect();
             notes.push(format!(
                 "{field}.groups: every group of tier {:?} is in an earlier tier ({}), and the first tier \
                  listing one of a person's groups is theirs: no one is ever in this tier",
