@@ -106,7 +106,7 @@ impl ToReply for RequestError {
                 400,
                 "repeated_header",
                 "invalid_request_error",
-                &format!("gateway: the {name} header is set by the gateway and may not be sent (let alone twice)"),
+                &format!("gateway: the {name} header may be sent at most once (the gateway sets it or takes it away)"),
             ),
             RequestError::Encoded(coding) => Reply::error(
                 415,

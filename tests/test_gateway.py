@@ -96,7 +96,9 @@ def test_non_streaming_and_count_tokens(gateway, signer, stub):
 def test_upstream_sees_our_key_no_jwt_and_unspoofable_identity(gateway, signer, stub):
     token = signer.token(sub="alice", email="alice@example.com", groups=["claude-standard-users"])
     spoofed = {"x-authenticated-user": "mallory", "x-user-email": "mallory@evil.test",
-               "x-user-tier": "power", "x-gateway-target": "elsewhere", "accept-encoding": "gzip, br"}
+               "x-user-tier": "power", "x-gateway-target": "elsewhere", "accept-encoding": "gzip, br",
+               # The same names to a CGI-style reader behind the provider side (HTTP_X_USER_TIER).
+               "x_authenticated_user": "mallory", "X_User_Tier": "power", "x_api_key": "sk-ant-mine"}
     answer = call(gateway.port, token, fixture("request_main_stream.json"), headers=spoofed)
     assert answer.status == 200
     [seen] = stub.requests
@@ -113,6 +115,7 @@ def test_upstream_sees_our_key_no_jwt_and_unspoofable_identity(gateway, signer, 
     assert header(seen, "anthropic-beta") == "claude-code-20250219,interleaved-thinking-2025-05-14"
     names = [k.lower() for k, _ in seen["headers"]]
     assert names.count("x-authenticated-user") == 1 and names.count("x-api-key") == 1
+    assert not [(k, v) for k, v in seen["headers"] if "_" in k and v], "an underscore spelling went upstream"
 
 
 @pytest.mark.parametrize("where", ["authorization-only", "x-api-key-only", "both"])
@@ -163,7 +166,7 @@ def auth_cases(signer: Signer):
         ("malformed", "not.a.jwt", "not a valid JWT", 401),
         # An IdP asked for no audience hands out opaque tokens; no new sign-in changes that.
         ("opaque", "2YotnFZFEjr1zCsicMWpAA", "opaque, not a JWT", 400),
-        ("oversized", signer.token(pad="x" * 9000), "too large", 400),
+        ("oversized", signer.token(pad="x" * 17000), "too large", 400),
         ("bad-signature", tampered, "signature is invalid", 401),
         ("unknown-kid", signer.forged({"alg": "RS256", "kid": "nobody"}), "unknown key", 401),
         ("expired", signer.token(exp=now - 120), "expired", 401),

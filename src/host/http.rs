@@ -233,6 +233,13 @@ impl HttpContext for GatewayHttp {
 
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         if !self.request.is_forwarded() {
+            if self.request.proxied_undecided() {
+                let (step, reply) = self.request.on_undecided_answer();
+                if reply.status >= 400 {
+                    self.metrics.record_refusal(&reply, None);
+                }
+                return self.apply(step);
+            }
             // Our own local answers pass here too, on both hosts: leave them alone.
             return Action::Continue;
         }
@@ -253,6 +260,9 @@ impl HttpContext for GatewayHttp {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.request.is_forwarded() {
+            if let Some(bytes) = self.request.replaced_chunk() {
+                calls::replace_response_chunk(body_size, &bytes);
+            }
             return Action::Continue;
         }
         // Each chunk passes at once; nothing is held back.

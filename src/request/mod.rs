@@ -197,6 +197,61 @@ impl<'a> Head<'a> {
     }
 }
 
+/// Request headers the forward sets or clears besides the stripped ones (Bedrock signs
+/// `content-type` and `accept`; `accept-encoding: identity` keeps the answer readable for the
+/// meter). ngx sets or clears only a header's first copy and nginx forwards the others, so each
+/// may come once.
+const SET_BY_FORWARD: [&str; 3] = ["accept-encoding", "content-type", "accept"];
+
+/// Whether the client's header `name` is `wanted` (lower-case, with dashes) under any spelling:
+/// any case, and `_` for `-`, since CGI-style readers behind the gateway (`HTTP_X_USER_TIER`)
+/// take `x_user_tier` for `x-user-tier`, and Envoy forwards such names by default.
+fn same_header(name: &str, wanted: &str) -> bool {
+    name.len() == wanted.len()
+        && name.bytes().zip(wanted.bytes()).all(|(a, b)| {
+            let a = if a == b'_' { b'-' } else { a.to_ascii_lowercase() };
+            let b = if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+            a == b
+        })
+}
+
+/// The client's headers that the gateway takes away or sets itself.
+#[derive(Debug, Default, PartialEq)]
+struct Guarded {
+    /// The client's names (lower-case, as spelt) of the stripped headers it sent.
+    present: Vec<String>,
+    /// The first guarded header sent more than once under one spelling (any case).
+    repeated: Option<String>,
+}
+
+impl Guarded {
+    fn find(stripped: &[&str], headers: &[(&str, &str)], aws: &[String]) -> Guarded {
+        let mut guarded = Guarded::default();
+        // Each spelling is its own header to the host, taken away or set on its own; a repeated
+        // one is refused, since ngx clears or sets its first copy only.
+        let mut seen: Vec<String> = Vec::new();
+        for &(name, _) in headers {
+            let Some(i) = stripped.iter().chain(&SET_BY_FORWARD).position(|g| same_header(name, g)) else {
+                continue;
+            };
+            let lower = name.to_ascii_lowercase();
+            if seen.contains(&lower) {
+                guarded.repeated.get_or_insert(lower);
+                continue;
+            }
+            if i < stripped.len() {
+                guarded.present.push(lower.clone());
+            }
+            seen.push(lower);
+        }
+        // A Bedrock target clears every `x-amz…` header of the client.
+        if guarded.repeated.is_none() {
+            guarded.repeated = aws.iter().enumerate().find(|(i, n)| aws[..*i].contains(n)).map(|(_, n)| n.clone());
+        }
+        guarded
+    }
+}
+
 /// What the response headers say, as far as the request reads them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AnswerHead<'a> {
@@ -250,6 +305,9 @@ pub struct Request {
     answer_translation: Option<crate::bedrock::Answer>,
     /// Anthropic refused the gateway's own key: the answer is replaced by a 502.
     credential_refusal: Option<CredentialRefusal>,
+    /// The body replacing the upstream's answer to a request ngx proxied undecided (empty once
+    /// handed out: later chunks are dropped).
+    replacement: Option<Vec<u8>>,
 }
 
 impl Request {
@@ -279,6 +337,7 @@ impl Request {
             aws_headers: Vec::new(),
             answer_translation: None,
             credential_refusal: None,
+            replacement: None,
         }
     }
 
@@ -290,6 +349,40 @@ impl Request {
     /// Whether the request went upstream.
     pub fn is_forwarded(&self) -> bool {
         matches!(self.phase, Phase::Forwarded)
+    }
+
+    /// Whether the host sent the request upstream before the filter decided it: ngx calls no
+    /// body callback for a chunked body that turns out empty, and nginx then proxies the request
+    /// (which carries nothing of the client's: the stripped headers were emptied at the headers).
+    pub fn proxied_undecided(&self) -> bool {
+        self.profile == HostProfile::Ngx && matches!(self.phase, Phase::Deciding) && matches!(self.held, Held::None)
+    }
+
+    /// The upstream answered a request the host proxied undecided ([`Self::proxied_undecided`]):
+    /// the client gets what the request would have got with its empty body (the refusal already
+    /// decided, or "no model"), never the upstream's answer. The answer is rewritten in place
+    /// (status and headers here, the body by [`Self::replaced_chunk`]): a local answer sent at
+    /// this point hangs the request on ngx. Returns the step and the reply it stands for.
+    pub fn on_undecided_answer(&mut self) -> (Step, Reply) {
+        let reply = match &self.auth {
+            Auth::Refused(reply) => reply.clone(),
+            _ => RequestError::MissingModel.to_reply(),
+        };
+        let mut step = self.answer(reply.clone());
+        step.reply = None;
+        step.flow = Flow::Continue;
+        step.response_headers = vec![(":status".to_owned(), reply.status.to_string())];
+        step.response_headers.extend(reply.headers.iter().cloned());
+        step.remove_response_headers = vec!["content-length".to_owned(), "content-encoding".to_owned()];
+        self.status = Some(reply.status);
+        self.replacement = Some(reply.body.clone());
+        (step, reply)
+    }
+
+    /// What replaces a chunk of the upstream's answer to a request ngx proxied undecided: the
+    /// reply's body for the first, nothing for the rest; `None` for any other request.
+    pub fn replaced_chunk(&mut self) -> Option<Vec<u8>> {
+        self.replacement.as_mut().map(std::mem::take)
     }
 
     /// Request headers arrived (all of them, as the host lists them; names in any case).
@@ -322,16 +415,17 @@ impl Request {
             // (An HTTP/2 request without content-length is therefore answered 400 on ngx.)
             HostProfile::Ngx => head.chunked || (head.content_length.is_some() && !declared_empty),
         };
-        if self.endpoint == Endpoint::Hello {
-            return self.answer(Reply::empty(200));
-        }
         // Everything the client may not choose is taken away before anything else happens, so no
         // later path can forward it.
-        let count = |name: &str| headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count();
-        let present: Vec<String> =
-            worker.stripped_headers().iter().filter(|name| count(name) > 0).map(|n| (*n).to_owned()).collect();
-        if self.endpoint == Endpoint::NotFound {
-            let mut step = self.refuse_early(RequestError::NotFound.to_reply(), has_body);
+        let Guarded { present, repeated } = Guarded::find(&worker.stripped_headers(), headers, &self.aws_headers);
+        let early = match self.endpoint {
+            // A body sent with the check is read first on ngx, like any other (below).
+            Endpoint::Hello => Some(Reply::empty(200)),
+            Endpoint::NotFound => Some(RequestError::NotFound.to_reply()),
+            _ => None,
+        };
+        if let Some(reply) = early {
+            let mut step = self.refuse_early(reply, has_body);
             // ngx answers at the body, and never calls the filter there for a chunked body that
             // turns out empty: nginx then proxies the request, which must carry nothing of the
             // client's (no provider key is ever set on this path).
@@ -341,12 +435,12 @@ impl Request {
             return step;
         }
         self.phase = Phase::Deciding;
-        let mut step = match present.iter().find(|name| count(name) > 1) {
+        let mut step = match repeated {
             // One value each: ngx cannot take every copy of a repeated header away (below).
             Some(name) if name == "authorization" || name == "x-api-key" => {
                 self.refuse_early(AuthError::DuplicateCredential.to_reply(), has_body)
             }
-            Some(name) => self.refuse_early(RequestError::RepeatedHeader(name.clone()).to_reply(), has_body),
+            Some(name) => self.refuse_early(RequestError::RepeatedHeader(name).to_reply(), has_body),
             None => self.decide_head(worker, host, &head, has_body),
         };
         match self.profile {

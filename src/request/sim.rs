@@ -646,3 +646,36 @@ impl Sim {
         Ok(())
     }
 }
+
+/// A good request on `profile` with `extra` headers after its own, its body read whole: the
+/// headers' step and the body's.
+pub fn steps_with(profile: HostProfile, extra: &[(&str, &str)]) -> (Step, Step) {
+    let (mut worker, host, mut sim) = good_request(profile);
+    let mut headers = pairs(&sim.headers);
+    headers.extend_from_slice(extra);
+    let head = sim.request.on_request_headers(&mut worker, &host, &headers, false);
+    let body = sim.body.clone();
+    let step = sim.request.on_request_body(&mut worker, &host, body.len(), true, Some(&body));
+    (head, step)
+}
+
+/// A request on ngx to `method` `path` with `token`, its headers saying `Transfer-Encoding:
+/// chunked`; the body turns out empty, so ngx_wasm_module calls no body callback and nginx
+/// proxies the request. Returns the headers' step, whether the machine took it as proxied
+/// undecided, and the step the upstream's answer gets.
+pub fn ngx_empty_chunked(method: &str, path: &str, kind: Token) -> (Step, bool, Step) {
+    let (mut worker, host) = worker_and_host(true, Idp::Up);
+    let t = token(kind);
+    let bearer = format!("Bearer {t}");
+    let mut headers = vec![(":method", method), (":path", path), ("transfer-encoding", "chunked")];
+    if kind != Token::Missing {
+        headers.extend([("authorization", bearer.as_str()), ("x-api-key", t.as_str())]);
+    }
+    let mut request = Request::new(HostProfile::Ngx);
+    let head = request.on_request_headers(&mut worker, &host, &headers, false);
+    let undecided = request.proxied_undecided();
+    let answer = if undecided { request.on_undecided_answer().0 } else { Step::flow(Flow::Continue) };
+    let first = request.replaced_chunk();
+    assert_eq!(request.replaced_chunk().as_deref(), undecided.then_some(&[][..]), "later chunks are dropped");
+    (head, undecided, Step { response_body: first, ..answer })
+}

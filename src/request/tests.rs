@@ -164,3 +164,108 @@ fn an_unknown_key_while_the_idp_is_down_is_unavailable_not_unauthorized() {
     let up = sim::unknown_kid_answer(Idp::Up).expect("an answer");
     assert_eq!((up.status, up.reason), (401, "unknown_kid"));
 }
+
+/// ngx sets or clears only the first copy of a request header and nginx forwards the others, so
+/// every header the forward sets or clears may come once, on both hosts alike: a second
+/// `accept-encoding: gzip` would reach the provider beside the gateway's `identity` and make the
+/// answer unreadable to the meter.
+#[test]
+fn a_header_the_forward_sets_may_come_only_once() {
+    let twice: [&[(&str, &str)]; 5] = [
+        &[("Accept-Encoding", "gzip"), ("accept-encoding", "gzip, br")],
+        &[("content-type", "application/json"), ("Content-Type", "text/plain")],
+        &[("accept", "application/json"), ("accept", "*/*")],
+        &[("x-amzn-bedrock-service-tier", "priority"), ("X-Amzn-Bedrock-Service-Tier", "priority")],
+        &[("x_user_tier", "power"), ("X_USER_TIER", "power")],
+    ];
+    for profile in [HostProfile::Envoy, HostProfile::Ngx] {
+        for headers in twice {
+            let (head, body) = sim::steps_with(profile, headers);
+            let reply = head.reply.as_ref().or(body.reply.as_ref());
+            assert!(
+                reply.is_some_and(|r| (r.status, r.reason) == (400, "repeated_header")),
+                "{profile:?} {headers:?}: {head:?} then {body:?}"
+            );
+            assert!(!body.forwarded, "{profile:?} {headers:?}");
+        }
+        // Once each, they pass.
+        let (_, body) = sim::steps_with(profile, &[("Accept-Encoding", "gzip"), ("x-amzn-trace-id", "1")]);
+        assert!(body.forwarded && body.reply.is_none(), "{profile:?}: {body:?}");
+    }
+}
+
+/// CGI-style readers behind the gateway (`HTTP_X_USER_TIER`) take `x_user_tier` for
+/// `x-user-tier`, and Envoy forwards such names by default: the identity headers and the
+/// client's credentials are taken away under any spelling.
+#[test]
+fn identity_headers_spelt_with_underscores_are_taken_away() {
+    let spoofed = [
+        ("x_authenticated_user", "mallory"),
+        ("X_User_Tier", "power"),
+        ("x_user_email", "ceo@example.com"),
+        ("x_gateway_target", "evil"),
+    ];
+    let (head, body) = sim::steps_with(HostProfile::Envoy, &spoofed);
+    assert!(body.forwarded, "{head:?} {body:?}");
+    for (name, _) in spoofed {
+        assert!(head.remove_headers.contains(&name.to_ascii_lowercase()), "{name}: {:?}", head.remove_headers);
+    }
+    let (head, body) = sim::steps_with(HostProfile::Ngx, &spoofed);
+    assert!(body.forwarded, "{body:?}");
+    for (name, _) in spoofed {
+        let lower = name.to_ascii_lowercase();
+        assert!(head.set_headers.iter().any(|(n, v)| *n == lower && v.is_empty()), "{name}: {:?}", head.set_headers);
+    }
+    // A credential under another spelling is taken away too, and is no credential.
+    let (head, body) = sim::steps_with(HostProfile::Envoy, &[("x_api_key", "sk-ant-mine")]);
+    assert!(body.forwarded && head.remove_headers.contains(&"x_api_key".to_owned()), "{head:?} {body:?}");
+}
+
+/// On ngx an answer sent at the headers leaves the body unread on a keep-alive connection,
+/// where nginx reads it as the next request: the connectivity check with a body waits for it,
+/// like every other early answer there. Envoy answers it at once.
+#[test]
+fn the_connectivity_check_with_a_body_is_answered_after_it_on_ngx() {
+    for (method, path) in [("GET", "/"), ("HEAD", "/api/hello"), ("GET", "/api/hello")] {
+        for framing in [("Content-Length", "40"), ("Transfer-Encoding", "chunked")] {
+            let step = sim::headers_step(HostProfile::Ngx, &[(":method", method), (":path", path), framing]);
+            assert!(
+                step.reply.is_none() && step.flow == super::Flow::Continue,
+                "{method} {path} {framing:?}: {step:?}"
+            );
+            let step = sim::headers_step(HostProfile::Envoy, &[(":method", method), (":path", path), framing]);
+            assert_eq!(step.reply.map(|r| r.status), Some(200), "{method} {path} {framing:?}");
+        }
+        let step = sim::headers_step(HostProfile::Ngx, &[(":method", method), (":path", path)]);
+        assert_eq!(step.reply.map(|r| r.status), Some(200), "{method} {path} without a body");
+    }
+}
+
+/// ngx_wasm_module calls no body callback for a chunked body that turns out empty, and nginx
+/// then proxies a request the filter never decided: the upstream's answer is replaced by what
+/// the request gets with an empty body.
+#[test]
+fn an_answer_to_a_request_ngx_proxied_undecided_is_replaced() {
+    for (method, path, token, want) in [
+        ("POST", "/v1/messages", Token::Good, (400, "missing_model")),
+        ("POST", "/v1/messages?beta=true", Token::Missing, (401, "missing_token")),
+        ("POST", "/v1/models", Token::Good, (404, "not_found")),
+        ("GET", "/api/hello", Token::Missing, (200, "ok")),
+    ] {
+        let (head, undecided, answer) = sim::ngx_empty_chunked(method, path, token);
+        assert!(head.reply.is_none() && head.flow == super::Flow::Continue && undecided, "{path}: {head:?}");
+        let status = answer.response_headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_str());
+        assert_eq!(status, Some(want.0.to_string().as_str()), "{method} {path} {token:?}");
+        assert!(answer.remove_response_headers.contains(&"content-length".to_owned()));
+        let body = answer.response_body.expect("the body is replaced");
+        if want.0 != 200 {
+            let record = answer.record.as_ref().expect("a record");
+            assert_eq!((record.status, record.refusal), (Some(want.0), Some(want.1)));
+            let error: serde_json::Value = serde_json::from_slice(&body).expect("Anthropic's error shape");
+            assert_eq!(error["type"], "error", "{error}");
+        } else {
+            assert!(body.is_empty() && answer.record.is_none(), "the connectivity check leaves no record");
+        }
+        assert!(!answer.forwarded && answer.reply.is_none() && answer.flow == super::Flow::Continue);
+    }
+}
