@@ -187,7 +187,8 @@ fn hash_of(alg: Algorithm) -> Hash {
 }
 
 /// jwt-simple's header rule: the header is a JSON object whose `typ`, if present, is a string
-/// equal to `JWT` or ending in `+JWT`, ignoring case (RFC 8725 3.11 explicit typing).
+/// equal to `JWT` or ending in `+JWT`, ignoring case and an `application/` prefix (RFC 8725 3.11
+/// explicit typing).
 fn typ_allowed(header_b64: &str) -> bool {
     #[derive(Deserialize)]
     struct Header {
@@ -201,6 +202,8 @@ fn typ_allowed(header_b64: &str) -> bool {
         Ok(Header { typ: None }) => true,
         Ok(Header { typ: Some(typ) }) => {
             let typ = typ.to_ascii_uppercase();
+            // RFC 7515 4.1.9: the `application/` prefix may be left out, so it says nothing.
+            let typ = typ.strip_prefix("APPLICATION/").unwrap_or(&typ);
             // Other tokens an IdP signs for the same audience are not access tokens.
             let not_access = ["LOGOUT+JWT", "SECEVENT+JWT"].iter().any(|other| typ.ends_with(other));
             (typ == "JWT" || typ.ends_with("+JWT")) && !not_access
@@ -348,11 +351,20 @@ fn parse_key(raw: &RawKey, ec_tables: &mut usize) -> Option<Jwk> {
     let material = match (raw.kty.as_str(), raw.crv.as_deref()) {
         ("RSA", _) => Material::Rsa(RsaPublicKey::new(&b64(&raw.n)?, &b64(&raw.e)?)),
         ("EC", Some(curve @ ("P-256" | "P-384"))) => {
+            let size = if curve == "P-256" { 32 } else { 48 };
+            // RFC 7518 wants each coordinate at the field's full size; some IdPs (Keycloak
+            // before 21) dropped a leading zero byte. A shorter one is padded back (the point
+            // is still checked to be on the curve), a longer one refused.
             let (x, y) = (b64(&raw.x)?, b64(&raw.y)?);
-            let mut sec1 = Vec::with_capacity(1 + x.len() + y.len());
+            if x.len() > size || y.len() > size || x.is_empty() || y.is_empty() {
+                return None;
+            }
+            let mut sec1 = Vec::with_capacity(1 + 2 * size);
             sec1.push(0x04);
-            sec1.extend_from_slice(&x);
-            sec1.extend_from_slice(&y);
+            for coordinate in [&x, &y] {
+                sec1.resize(sec1.len() + size - coordinate.len(), 0);
+                sec1.extend_from_slice(coordinate);
+            }
             // No table for a key whose pinned alg leaves it unusable (dropped below).
             let table = |own: Algorithm| *ec_tables > 0 && alg.is_none_or(|a| a == own);
             let (material, has_table) = if curve == "P-256" {
@@ -452,10 +464,12 @@ pub(crate) mod tests {
     #[test]
     fn logout_and_event_tokens_are_not_access_tokens() {
         let header = |typ: &str| URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "RS256", "typ": typ}).to_string());
-        for typ in ["JWT", "jwt", "at+jwt", "application/at+jwt"] {
+        for typ in ["JWT", "jwt", "at+jwt", "application/at+jwt", "application/jwt", "Application/JWT"] {
             assert!(typ_allowed(&header(typ)), "{typ}");
         }
-        for typ in ["logout+jwt", "secevent+jwt", "JOSE", "application/jwt-bearer"] {
+        for typ in
+            ["logout+jwt", "secevent+jwt", "application/logout+jwt", "JOSE", "application/jwt-bearer", "application/"]
+        {
             assert!(!typ_allowed(&header(typ)), "{typ}");
         }
     }
@@ -526,6 +540,32 @@ pub(crate) mod tests {
             let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
             assert!(!set.candidates(None, Algorithm::EdDSA).next().unwrap().verify(&token, Algorithm::EdDSA, 0));
         }
+    }
+
+    /// Keycloak before 21 dropped a coordinate's leading zero byte (about one key in 128): the
+    /// key is still the key. A coordinate longer than the field is not.
+    #[test]
+    fn ec_coordinates_short_of_a_leading_zero_are_padded() {
+        let enc = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let pair = (0..5000)
+            .map(|_| ES256KeyPair::generate())
+            .find(|k| k.public_key().public_key().to_bytes_uncompressed()[1] == 0)
+            .expect("one in 256 keys has an x that starts with a zero byte");
+        let point = pair.public_key().public_key().to_bytes_uncompressed();
+        let token = pair.sign(Claims::create(Duration::from_mins(5))).unwrap();
+        let doc = |x: &[u8], y: &[u8]| {
+            serde_json::json!({"keys": [{"kty": "EC", "kid": "k", "crv": "P-256", "x": enc(x), "y": enc(y)}]})
+                .to_string()
+        };
+        let full = KeySet::parse(doc(&point[1..33], &point[33..]).as_bytes()).unwrap();
+        let short = KeySet::parse(doc(&point[2..33], &point[33..]).as_bytes()).unwrap();
+        for set in [&full, &short] {
+            let key = set.candidates(None, Algorithm::ES256).next().expect("the key is kept");
+            assert!(key.verify(&token, Algorithm::ES256, 0), "the padded key verifies the token");
+        }
+        let mut long = vec![0];
+        long.extend_from_slice(&point[1..33]);
+        assert_eq!(KeySet::parse(doc(&long, &point[33..]).as_bytes()).unwrap_err(), JwksError::NoUsableKeys);
     }
 
     #[test]

@@ -314,7 +314,7 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
         }
         accepted_until = accepted_until.min(issued.saturating_add(max_age));
     }
-    let audience_ok = match claims.get("aud") {
+    let audience_ok = match claims.get(oidc.audience_claim.as_str()) {
         Some(Value::String(a)) => oidc.audiences.contains(a),
         Some(Value::Array(list)) => {
             list.iter().filter_map(Value::as_str).any(|a| oidc.audiences.iter().any(|x| x == a))
@@ -397,19 +397,28 @@ fn time_claim(claims: &serde_json::Map<String, Value>, name: &str) -> Result<Opt
 }
 
 /// The groups at a dotted claim path; a string counts as one group, anything else as none.
+/// A claim name may itself hold dots (Auth0's `https://example.com/groups`, Keycloak's
+/// `resource_access.<client.id>.roles`): at each level the longest name present wins.
 pub fn groups_at(claims: &serde_json::Map<String, Value>, path: &[String]) -> Vec<String> {
-    let Some((first, rest)) = path.split_first() else {
-        return Vec::new();
-    };
-    let mut value = claims.get(first);
-    for segment in rest {
-        value = value.and_then(|v| v.get(segment));
-    }
-    match value {
+    match claim_at(claims, path) {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
     }
+}
+
+/// The value at `path` (segments of a dotted name) under `map`, the longest name first.
+fn claim_at<'a>(map: &'a serde_json::Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    (1..=path.len()).rev().find_map(|take| {
+        let value = match take {
+            1 => map.get(path.first()?)?,
+            _ => map.get(&path.get(..take)?.join("."))?,
+        };
+        match path.get(take..) {
+            Some([]) | None => Some(value),
+            Some(rest) => claim_at(value.as_object()?, rest),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -452,6 +461,34 @@ pub(crate) mod tests {
         let plan = plan();
         let set = KeySet::parse(keys.jwks().as_bytes()).unwrap();
         check_claims(token, &plan.oidc, NOW)?.verify(token, &set, &plan.oidc, NOW)
+    }
+
+    /// Amazon Cognito's access tokens carry no `aud`, only `client_id` (its ID tokens have `aud`
+    /// and no `client_id`): `oidc.audience_claim` names the claim to check.
+    #[test]
+    fn the_audience_claim_is_configurable() {
+        let keys = TestKeys::new();
+        let set = KeySet::parse(keys.jwks().as_bytes()).unwrap();
+        let mut access = good_claims();
+        let aud = access.as_object_mut().unwrap().remove("aud").unwrap();
+        access["client_id"] = aud.clone();
+        let mut id_token = good_claims();
+        id_token["aud"] = aud;
+        let (access, id_token) = (sign(&keys, access), sign(&keys, id_token));
+        let check = |plan: &Plan, token: &str| {
+            check_claims(token, &plan.oidc, NOW).and_then(|p| p.verify(token, &set, &plan.oidc, NOW)).map(|_| ())
+        };
+        let default = plan();
+        assert_eq!(check(&default, &access), Err(AuthError::WrongAudience));
+        assert_eq!(check(&default, &id_token), Ok(()));
+        let mut doc = crate::config::tests::sample();
+        doc["oidc"]["audience_claim"] = json!("client_id");
+        let cognito = Plan::from_json(doc.to_string().as_bytes(), &|_| Some("sk".to_owned())).unwrap();
+        assert_eq!(check(&cognito, &access), Ok(()));
+        assert_eq!(check(&cognito, &id_token), Err(AuthError::WrongAudience));
+        doc["oidc"]["audience_claim"] = json!(" aud");
+        let refused = Plan::from_json(doc.to_string().as_bytes(), &|_| Some("sk".to_owned())).unwrap_err();
+        assert!(refused.to_string().contains("oidc.audience_claim"), "{refused}");
     }
 
     #[test]
@@ -622,7 +659,7 @@ pub(crate) mod tests {
             ("two parts", "a.b".to_owned(), AuthError::Malformed),
             ("not base64", "!!.!!.!!".to_owned(), AuthError::Malformed),
             ("crit header", raw(json!({"alg": "RS256", "crit": ["x"]}), good_claims()), AuthError::Malformed),
-            ("too large", "a".repeat(9000), AuthError::TooLarge),
+            ("too large", "a".repeat(17000), AuthError::TooLarge),
             ("kid not a string", raw(json!({"alg": "RS256", "kid": 1}), good_claims()), AuthError::Malformed),
             ("alg missing", raw(json!({"kid": "rsa-1"}), good_claims()), AuthError::Malformed),
             ("payload not an object", raw(json!({"alg": "RS256", "kid": "rsa-1"}), json!([1])), AuthError::Malformed),
@@ -706,6 +743,17 @@ pub(crate) mod tests {
         assert_eq!(groups_at(map, &path("realm_access.roles")), vec!["a", "b"]);
         assert!(groups_at(map, &path("n")).is_empty());
         assert!(groups_at(map, &path("missing.x")).is_empty());
+        // Names with dots in them: Auth0's namespaced claims, Keycloak's client ids.
+        let claims = json!({
+            "https://claude.example.com/groups": ["ns"],
+            "resource_access": {"claude.gateway": {"roles": ["r"]}, "claude": {"gateway": {"roles": ["shadowed"]}}},
+            "a": {"b": ["nested"]}, "a.b": ["flat"]
+        });
+        let map = claims.as_object().unwrap();
+        assert_eq!(groups_at(map, &path("https://claude.example.com/groups")), vec!["ns"]);
+        assert_eq!(groups_at(map, &path("resource_access.claude.gateway.roles")), vec!["r"]);
+        assert_eq!(groups_at(map, &path("a.b")), vec!["flat"], "the longest name present wins");
+        assert!(groups_at(map, &path("resource_access.claude.other")).is_empty());
     }
 
     #[test]

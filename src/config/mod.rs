@@ -91,6 +91,9 @@ pub struct OidcPlan {
     pub issuer: String,
     /// Accepted `aud` values; a token must carry at least one.
     pub audiences: Vec<String>,
+    /// The claim that carries the audience: `aud`, or `client_id` for an IdP whose access tokens
+    /// have none (Amazon Cognito).
+    pub audience_claim: String,
     /// `<issuer>/.well-known/openid-configuration`, used when no JWKS URL is configured.
     pub discovery_url: HttpUrl,
     /// Callout upstream for discovery (`host:port`, also the Envoy cluster name).
@@ -335,6 +338,12 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
         return Err(ConfigError::new("oidc.audiences", "at least one non-empty audience is required"));
     }
+    if raw.audience_claim.is_empty() || raw.audience_claim.trim() != raw.audience_claim {
+        return Err(ConfigError::new(
+            "oidc.audience_claim",
+            "must be a claim name (`aud`, or `client_id` for Cognito)",
+        ));
+    }
     let upstream = match raw.upstream {
         Some(u) => check_upstream("oidc.upstream", u)?,
         None => issuer_url.host_port(),
@@ -406,6 +415,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         discovery_url: issuer_url.join_path("/.well-known/openid-configuration"),
         issuer: raw.issuer,
         audiences: raw.audiences,
+        audience_claim: raw.audience_claim,
         upstream,
         jwks_uri,
         jwks_upstream,

@@ -127,6 +127,8 @@ pub(super) struct RawOidc {
     pub(super) jwks_upstream: Option<String>,
     #[serde(default = "default_groups_claim")]
     pub(super) groups_claim: String,
+    #[serde(default = "default_audience_claim")]
+    pub(super) audience_claim: String,
     #[serde(default = "default_leeway")]
     pub(super) leeway_seconds: u64,
     #[serde(default)]
@@ -242,6 +244,9 @@ fn default_max_body_bytes() -> u64 {
 fn default_validation_cache_bytes() -> u64 {
     4 * 1024 * 1024
 }
+fn default_audience_claim() -> String {
+    "aud".to_owned()
+}
 fn default_groups_claim() -> String {
     "groups".to_owned()
 }
@@ -249,7 +254,7 @@ fn default_leeway() -> u64 {
     60
 }
 fn default_max_token_bytes() -> usize {
-    8192
+    16384
 }
 fn default_refresh() -> u64 {
     300

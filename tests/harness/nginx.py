@@ -89,7 +89,7 @@ http {{
 
     # Bodies spilled to a temp file are invisible to Wasm filters: keep them in memory.
     client_body_buffer_size {BODY_BUFFER};
-    # Room for a bearer token up to the filter's oidc.max_token_bytes (8 KiB) in a header line.
+    # Room for a bearer token up to the filter's oidc.max_token_bytes (16 KiB) in a header line.
     large_client_header_buffers 4 32k;
     client_max_body_size {BODY_BUFFER};
     keepalive_timeout 75s;
