@@ -240,7 +240,7 @@ pub struct Identity {
     /// The key of the person's budget counters ([`short_digest`] of `sub`), computed once with
     /// the verification and cached with it.
     pub person_key: String,
-    /// `email`, when present.
+    /// `email`, when present and not marked unverified (`email_verified: false`).
     pub email: Option<String>,
     /// The groups claim, as a list.
     pub groups: Vec<String>,
@@ -363,7 +363,15 @@ impl ParsedToken {
         Ok(Identity {
             person_key: short_digest(&subject),
             subject,
-            email: self.claims.get("email").and_then(Value::as_str).map(str::to_owned),
+            // An address the IdP says it has not verified may be anyone's (a person can type
+            // it in some IdPs): it goes neither upstream nor into the usage record. Tokens
+            // without `email_verified` (most access tokens) keep theirs.
+            email: match self.claims.get("email_verified") {
+                // Some IdPs (older Cognito pools) write it as a string.
+                Some(Value::Bool(false)) => None,
+                Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => None,
+                _ => self.claims.get("email").and_then(Value::as_str).map(str::to_owned),
+            },
             groups: groups_at(&self.claims, &oidc.groups_claim),
             expires_at: self.accepted_until,
             kid: self.kid,
@@ -549,6 +557,15 @@ pub(crate) mod tests {
         assert_eq!(id.email.as_deref(), Some("alice@example.com"));
         assert_eq!(id.groups, vec!["claude-standard-users"]);
         assert_eq!(id.kid.as_deref(), Some("rsa-1"));
+        // An address the IdP has not verified names nobody.
+        for (verified, kept) in
+            [(json!(true), true), (json!(false), false), (json!("false"), false), (json!("true"), true)]
+        {
+            let mut claims = good_claims();
+            claims["email_verified"] = verified.clone();
+            let id = verify(&sign(&keys, claims), &keys).unwrap();
+            assert_eq!(id.email.is_some(), kept, "email_verified {verified}");
+        }
     }
 
     /// With `max_token_age_seconds`: a token without `iat` is a setup error (400, no sign-in
