@@ -194,7 +194,7 @@ impl Worker {
         };
         match tier::select(&self.plan, &identity.groups) {
             Some((tier, _)) => AuthOutcome::Admitted(Admission { identity, tier }),
-            None => AuthOutcome::Refused(NoTier::new(&self.plan).to_reply()),
+            None => AuthOutcome::Refused(NoTier::new(&self.plan).overage(identity.groups_overage).to_reply()),
         }
     }
 

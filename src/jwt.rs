@@ -244,6 +244,9 @@ pub struct Identity {
     pub email: Option<String>,
     /// The groups claim, as a list.
     pub groups: Vec<String>,
+    /// The IdP left the groups out for their number and points elsewhere for them (Entra ID's
+    /// "group overage": `_claim_names` names the claim, past 200 groups in a JWT).
+    pub groups_overage: bool,
     /// When the token stops being accepted, seconds since the epoch (before the leeway): its
     /// `exp`, or `iat` + `oidc.max_token_age_seconds` when that comes first, so a token a worker
     /// remembers is refused at the same moment as one it sees for the first time.
@@ -373,6 +376,12 @@ impl ParsedToken {
                 _ => self.claims.get("email").and_then(Value::as_str).map(str::to_owned),
             },
             groups: groups_at(&self.claims, &oidc.groups_claim),
+            groups_overage: oidc.groups_claim.first().is_some_and(|claim| {
+                self.claims
+                    .get("_claim_names")
+                    .and_then(Value::as_object)
+                    .is_some_and(|names| names.contains_key(claim))
+            }),
             expires_at: self.accepted_until,
             kid: self.kid,
             key,
@@ -557,6 +566,15 @@ pub(crate) mod tests {
         assert_eq!(id.email.as_deref(), Some("alice@example.com"));
         assert_eq!(id.groups, vec!["claude-standard-users"]);
         assert_eq!(id.kid.as_deref(), Some("rsa-1"));
+        assert!(!id.groups_overage);
+        // Entra ID past 200 groups: no `groups`, and `_claim_names` points elsewhere for them.
+        let mut claims = good_claims();
+        claims.as_object_mut().unwrap().remove("groups");
+        claims["_claim_names"] = json!({"groups": "src1"});
+        claims["_claim_sources"] =
+            json!({"src1": {"endpoint": "https://graph.microsoft.com/v1.0/users/x/getMemberObjects"}});
+        let id = verify(&sign(&keys, claims), &keys).unwrap();
+        assert!(id.groups.is_empty() && id.groups_overage);
         // An address the IdP has not verified names nobody.
         for (verified, kept) in
             [(json!(true), true), (json!(false), false), (json!("false"), false), (json!("true"), true)]

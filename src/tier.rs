@@ -15,6 +15,8 @@ pub struct NoTier {
     pub required: Option<Vec<String>>,
     /// Whom to ask, from the config.
     pub contact: Option<String>,
+    /// The token carried no groups for their number ([`crate::jwt::Identity::groups_overage`]).
+    pub overage: bool,
 }
 
 impl NoTier {
@@ -25,7 +27,12 @@ impl NoTier {
             groups.dedup();
             groups
         });
-        NoTier { required, contact: plan.access.contact.clone() }
+        NoTier { required, contact: plan.access.contact.clone(), overage: false }
+    }
+
+    /// The refusal for a person whose token left the groups out for their number.
+    pub fn overage(self, overage: bool) -> NoTier {
+        NoTier { overage, ..self }
     }
 }
 
@@ -35,10 +42,19 @@ impl ToReply for NoTier {
     fn to_reply(&self) -> Reply {
         let groups = self.required.as_ref().map(|g| format!(" (one of: {})", g.join(", "))).unwrap_or_default();
         let whom = self.contact.as_deref().unwrap_or("your administrator");
-        let message = format!(
-            "gateway: access denied: you are signed in, but your account is in no group that may use Claude{groups}. \
-             To get access, ask {whom}"
-        );
+        let message = if self.overage {
+            format!(
+                "gateway: access denied: you are signed in, but your token lists no groups: you are in more groups \
+                 than the identity provider puts in a token (Entra ID leaves them out past 200). Signing in again \
+                 will not change this: ask {whom} to have the token carry only the groups assigned to the \
+                 application{groups}"
+            )
+        } else {
+            format!(
+                "gateway: access denied: you are signed in, but your account is in no group that may use \
+                 Claude{groups}. To get access, ask {whom}"
+            )
+        };
         Reply::error(400, "no_tier", "permission_error", &message).with_header("x-should-retry", "false")
     }
 }
@@ -62,6 +78,15 @@ mod tests {
         for (name, groups, want) in cases {
             assert_eq!(select(&plan, &groups).map(|(_, t)| t.name.as_str()), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_token_that_left_the_groups_out_says_so() {
+        let r = NoTier::new(&plan()).overage(true).to_reply();
+        assert_eq!((r.status, r.reason), (400, "no_tier"));
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(body.contains("your token lists no groups") && body.contains("Entra ID"), "{body}");
+        assert!(body.contains("Signing in again will not change this"), "{body}");
     }
 
     #[test]

@@ -100,6 +100,7 @@ mod tests {
             person_key: "k".into(),
             email: None,
             groups: vec![],
+            groups_overage: false,
             expires_at: exp,
             kid: Some("k1".into()),
             key: 1,
