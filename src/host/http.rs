@@ -234,11 +234,13 @@ impl HttpContext for GatewayHttp {
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         if !self.request.is_forwarded() {
             if self.request.proxied_undecided() {
-                let (step, reply) = self.request.on_undecided_answer();
-                if reply.status >= 400 {
-                    self.metrics.record_refusal(&reply, None);
+                let status = calls::response_header(":status").and_then(|s| s.parse().ok());
+                if let Some((step, reply)) = self.request.on_undecided_answer(status) {
+                    if reply.status >= 400 {
+                        self.metrics.record_refusal(&reply, None);
+                    }
+                    return self.apply(step);
                 }
-                return self.apply(step);
             }
             // Our own local answers pass here too, on both hosts: leave them alone.
             return Action::Continue;

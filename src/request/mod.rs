@@ -362,8 +362,13 @@ impl Request {
     /// the client gets what the request would have got with its empty body (the refusal already
     /// decided, or "no model"), never the upstream's answer. The answer is rewritten in place
     /// (status and headers here, the body by [`Self::replaced_chunk`]): a local answer sent at
-    /// this point hangs the request on ngx. Returns the step and the reply it stands for.
-    pub fn on_undecided_answer(&mut self) -> (Step, Reply) {
+    /// this point hangs the request on ngx. Returns the step and the reply it stands for, or
+    /// `None` for nginx's own answer about reading the body (408, 413: nginx answers those
+    /// itself, without proxying), which stands.
+    pub fn on_undecided_answer(&mut self, status: Option<u32>) -> Option<(Step, Reply)> {
+        if matches!(status, Some(408 | 413)) {
+            return None;
+        }
         let reply = match &self.auth {
             Auth::Refused(reply) => reply.clone(),
             _ => RequestError::MissingModel.to_reply(),
@@ -376,7 +381,7 @@ impl Request {
         step.remove_response_headers = vec!["content-length".to_owned(), "content-encoding".to_owned()];
         self.status = Some(reply.status);
         self.replacement = Some(reply.body.clone());
-        (step, reply)
+        Some((step, reply))
     }
 
     /// What replaces a chunk of the upstream's answer to a request ngx proxied undecided: the

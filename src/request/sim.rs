@@ -663,7 +663,7 @@ pub fn steps_with(profile: HostProfile, extra: &[(&str, &str)]) -> (Step, Step) 
 /// chunked`; the body turns out empty, so ngx_wasm_module calls no body callback and nginx
 /// proxies the request. Returns the headers' step, whether the machine took it as proxied
 /// undecided, and the step the upstream's answer gets.
-pub fn ngx_empty_chunked(method: &str, path: &str, kind: Token) -> (Step, bool, Step) {
+pub fn ngx_empty_chunked(method: &str, path: &str, kind: Token, status: u32) -> (Step, bool, Option<Step>) {
     let (mut worker, host) = worker_and_host(true, Idp::Up);
     let t = token(kind);
     let bearer = format!("Bearer {t}");
@@ -674,8 +674,11 @@ pub fn ngx_empty_chunked(method: &str, path: &str, kind: Token) -> (Step, bool, 
     let mut request = Request::new(HostProfile::Ngx);
     let head = request.on_request_headers(&mut worker, &host, &headers, false);
     let undecided = request.proxied_undecided();
-    let answer = if undecided { request.on_undecided_answer().0 } else { Step::flow(Flow::Continue) };
+    let Some((answer, _)) = request.on_undecided_answer(Some(status)) else {
+        assert_eq!(request.replaced_chunk(), None, "an answer that stands is not replaced");
+        return (head, undecided, None);
+    };
     let first = request.replaced_chunk();
-    assert_eq!(request.replaced_chunk().as_deref(), undecided.then_some(&[][..]), "later chunks are dropped");
-    (head, undecided, Step { response_body: first, ..answer })
+    assert_eq!(request.replaced_chunk().as_deref(), Some(&[][..]), "later chunks are dropped");
+    (head, undecided, Some(Step { response_body: first, ..answer }))
 }

@@ -252,8 +252,9 @@ fn an_answer_to_a_request_ngx_proxied_undecided_is_replaced() {
         ("POST", "/v1/models", Token::Good, (404, "not_found")),
         ("GET", "/api/hello", Token::Missing, (200, "ok")),
     ] {
-        let (head, undecided, answer) = sim::ngx_empty_chunked(method, path, token);
+        let (head, undecided, answer) = sim::ngx_empty_chunked(method, path, token, 401);
         assert!(head.reply.is_none() && head.flow == super::Flow::Continue && undecided, "{path}: {head:?}");
+        let answer = answer.expect("the upstream's answer is replaced");
         let status = answer.response_headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_str());
         assert_eq!(status, Some(want.0.to_string().as_str()), "{method} {path} {token:?}");
         assert!(answer.remove_response_headers.contains(&"content-length".to_owned()));
@@ -267,5 +268,10 @@ fn an_answer_to_a_request_ngx_proxied_undecided_is_replaced() {
             assert!(body.is_empty() && answer.record.is_none(), "the connectivity check leaves no record");
         }
         assert!(!answer.forwarded && answer.reply.is_none() && answer.flow == super::Flow::Continue);
+    }
+    // nginx's own answers about reading the body (it proxies nothing then) stand.
+    for status in [408, 413] {
+        let (_, undecided, answer) = sim::ngx_empty_chunked("POST", "/v1/messages", Token::Good, status);
+        assert!(undecided && answer.is_none(), "{status}");
     }
 }
