@@ -135,8 +135,10 @@ def whole_answer(port: int, request: bytes, quiet=1.5) -> bytes:
 
 
 def test_a_connectivity_check_with_a_body_leaves_nothing_on_the_connection(nginx, stub):
-    # An answer sent before nginx read the body would leave the body on the keep-alive
-    # connection, where nginx reads it as the next request (a smuggled one).
+    # A body left unread on a keep-alive connection is read by nginx as the next request (seen
+    # with refusals sent from the header stage, ../shared/notes/kong-wasm.md). The check waits for
+    # its body like every early answer on ngx; a build that answered it at the headers passed this
+    # too (nginx discarded that body), so this guards the one-answer property rather than a seen leak.
     smuggled = b"GET /api/hello HTTP/1.1\r\nHost: gateway\r\n\r\n"
     for framing, body in [(f"Content-Length: {len(smuggled)}", smuggled),
                           ("Transfer-Encoding: chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled))]:
