@@ -229,20 +229,21 @@ impl Guarded {
         let mut guarded = Guarded::default();
         // Each spelling is its own header to the host, taken away or set on its own; a repeated
         // one is refused, since ngx clears or sets its first copy only.
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
         for &(name, _) in headers {
             let Some(i) = stripped.iter().chain(&SET_BY_FORWARD).position(|g| same_header(name, g)) else {
                 continue;
             };
-            let lower = name.to_ascii_lowercase();
-            if seen.contains(&lower) {
-                guarded.repeated.get_or_insert(lower);
+            if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+                if guarded.repeated.is_none() {
+                    guarded.repeated = Some(name.to_ascii_lowercase());
+                }
                 continue;
             }
             if i < stripped.len() {
-                guarded.present.push(lower.clone());
+                guarded.present.push(name.to_ascii_lowercase());
             }
-            seen.push(lower);
+            seen.push(name);
         }
         // A Bedrock target clears every `x-amz…` header of the client.
         if guarded.repeated.is_none() {
