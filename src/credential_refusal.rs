@@ -79,8 +79,7 @@ impl CredentialRefusal {
         }
         match serde_json::from_slice::<Answer>(&self.body) {
             Ok(Answer { error }) => {
-                let mut message: String =
-                    without_secrets(&error.message).chars().filter(|c| !c.is_control()).take(300).collect();
+                let mut message = shown(&error.message, 300);
                 if for_client {
                     message = without_api_key_header(&message);
                 }
@@ -119,6 +118,12 @@ fn without_api_key_header(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `text` as it may be shown to the client and the log: [`without_secrets`], no control
+/// characters, at most `max` characters.
+pub fn shown(text: &str, max: usize) -> String {
+    without_secrets(text).chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 /// Shortest run of key-like characters (letters, digits, `-_+/=`) that is taken for a secret

@@ -95,11 +95,7 @@ impl Answer {
                 }
                 let reply = translate_error(self.status, self.error_type.as_deref(), &self.error_body);
                 if self.credentials_refused {
-                    let said = crate::credential_refusal::without_secrets(&String::from_utf8_lossy(&self.error_body))
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(300)
-                        .collect::<String>();
+                    let said = crate::credential_refusal::shown(&String::from_utf8_lossy(&self.error_body), 300);
                     let kind = self.error_type.as_deref().map(super::translate::short_type).map_or_else(
                         || "no error type".to_owned(),
                         |t| t.chars().filter(char::is_ascii_alphanumeric).take(64).collect(),

@@ -182,8 +182,7 @@ pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Re
         // Neither an AWS error type nor an AWS message: the proxy on the way answered.
         (None, None) => {
             // A page a proxy wrote may echo the request's headers (a session token among them).
-            let text = crate::credential_refusal::without_secrets(&String::from_utf8_lossy(body));
-            let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+            let text = crate::credential_refusal::shown(&String::from_utf8_lossy(body), 200);
             format!("gateway: no answer from Bedrock; the proxy on the way answered HTTP {status} ({})", text.trim())
         }
     };
