@@ -211,6 +211,16 @@ def test_credential_header_problems(gateway, signer, stub, case):
     assert stub.requests == []
 
 
+def test_a_token_as_large_as_entra_ids_with_200_groups_is_taken(gateway, signer, stub):
+    # ~12 KB in each of Authorization and x-api-key: within oidc.max_token_bytes (16 KiB) and the
+    # host's header-line limit (nginx: large_client_header_buffers 32k, as in the samples).
+    token = signer.token(pad="x" * 11500)
+    assert 11500 < len(token) < 16384
+    answer = call(gateway.port, token, fixture("request_title_small_fast_model.json"))
+    assert answer.status == 200, answer.body
+    assert len(stub.requests) == 1
+
+
 def test_leeway_is_honoured(gateway, signer):
     body = fixture("request_title_small_fast_model.json")
     assert call(gateway.port, signer.token(exp=int(time.time()) - 30), body).status == 200
