@@ -73,7 +73,8 @@ pub(super) fn compile(
     };
     // The key id goes verbatim into the Authorization header's Credential= part.
     if !access_key_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ConfigError::new(field, "access_key_id must be letters and digits"));
+        let key_field = if raw.access_key_id.is_some() { "access_key_id" } else { "access_key_id_env" };
+        return Err(ConfigError::new(format!("{field}.{key_field}"), "access_key_id must be letters and digits"));
     }
     let betas = match &raw.betas {
         None => DEFAULT_BETAS.iter().map(|b| (*b).to_owned()).collect(),
@@ -105,12 +106,8 @@ fn secret(
         (Some(v), None) => v.clone(),
         (None, Some(var)) => super::from_env(&format!("{field}.{name}_env"), var, env)?,
     };
-    if value.trim().is_empty() {
-        return Err(ConfigError::new(field, format!("{name} is empty")));
-    }
-    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err(ConfigError::new(field, format!("{name} contains control characters")));
-    }
+    let value_field = if env_name.is_some() { format!("{field}.{name}_env") } else { format!("{field}.{name}") };
+    super::check_credential(&value_field, name, &value, env_name.as_deref())?;
     Ok(Some(value))
 }
 
@@ -125,6 +122,7 @@ mod tests {
             "AWS_ACCESS_KEY_ID" => Some("AKIDENVEXAMPLE".to_owned()),
             "AWS_SECRET_ACCESS_KEY" => Some("env-secret".to_owned()),
             "AWS_SESSION_TOKEN" => Some("env-token".to_owned()),
+            "EMPTY" => Some(String::new()),
             _ => None,
         }
     }
@@ -225,12 +223,32 @@ mod tests {
                     t.as_object_mut().unwrap().remove("secret_access_key_env");
                     t["secret_access_key"] = json!(" ");
                 },
-                "config error: targets.bedrock: secret_access_key is empty",
+                "config error: targets.bedrock.secret_access_key: secret_access_key is empty",
+            ),
+            (
+                "secret with a space after it",
+                |t| {
+                    t.as_object_mut().unwrap().remove("secret_access_key_env");
+                    t["secret_access_key"] = json!("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY ");
+                },
+                "config error: targets.bedrock.secret_access_key: secret_access_key has spaces around it or \
+                 characters that are not ASCII",
+            ),
+            (
+                "session token with a character that is not ASCII",
+                |t| t["session_token"] = json!("IQoJb3JpZ2luX2VjE\u{a0}"),
+                "config error: targets.bedrock.session_token: session_token has spaces around it or characters \
+                 that are not ASCII",
+            ),
+            (
+                "secret from a variable that is set but empty",
+                |t| t["secret_access_key_env"] = json!("EMPTY"),
+                "config error: targets.bedrock.secret_access_key_env: environment variable EMPTY is set but empty",
             ),
             (
                 "control character in token",
                 |t| t["session_token"] = json!("a\nb"),
-                "config error: targets.bedrock: session_token contains control characters",
+                "config error: targets.bedrock.session_token: session_token contains control characters",
             ),
             (
                 "key id with a comma",
@@ -238,7 +256,7 @@ mod tests {
                     t.as_object_mut().unwrap().remove("access_key_id_env");
                     t["access_key_id"] = json!("AKID,x");
                 },
-                "config error: targets.bedrock: access_key_id must be letters and digits",
+                "config error: targets.bedrock.access_key_id: access_key_id must be letters and digits",
             ),
             (
                 "api key on bedrock",

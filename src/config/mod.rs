@@ -247,6 +247,9 @@ impl Plan {
             let field = if field == "." { String::new() } else { field };
             ConfigError::new(field, e.into_inner().to_string())
         })?;
+        // Anything after the document (a second object from a merge, a stray brace) would
+        // otherwise be dropped without a word, and with it settings the operator meant to apply.
+        json.end().map_err(|e| ConfigError::new("", format!("text after the configuration document: {e}")))?;
         compile(raw, env)
     }
 
@@ -515,10 +518,8 @@ pub(crate) fn from_env(field: &str, var: &str, env: &dyn Fn(&str) -> Option<Stri
              or better, put it in a variable and name that",
         ));
     }
-    let identifier =
-        !var.starts_with(|c: char| c.is_ascii_digit()) && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     env(var).ok_or_else(|| {
-        let message = if identifier {
+        let message = if plain_identifier(var) {
             format!("environment variable {var} is not set in the VM")
         } else {
             "the environment variable it names is not set in the VM (the name is not repeated here: it is not a \
@@ -527,6 +528,35 @@ pub(crate) fn from_env(field: &str, var: &str, env: &dyn Fn(&str) -> Option<Stri
         };
         ConfigError::new(field, message)
     })
+}
+
+/// Whether a variable's name may be repeated in an error: a plain identifier, not a secret pasted
+/// into the `_env` field.
+fn plain_identifier(var: &str) -> bool {
+    !var.starts_with(|c: char| c.is_ascii_digit()) && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Checks a provider credential (`what`, e.g. "the api key") read from `field`, or from the
+/// environment variable `var` when the field is an `_env` one. The value is never quoted.
+pub(crate) fn check_credential(field: &str, what: &str, value: &str, var: Option<&str>) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        let message = match var {
+            Some(var) if plain_identifier(var) => format!("environment variable {var} is set but empty"),
+            Some(_) => format!("the environment variable it names is set but empty ({what} is empty)"),
+            None => format!("{what} is empty"),
+        };
+        return Err(ConfigError::new(field, message));
+    }
+    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(ConfigError::new(field, format!("{what} contains control characters")));
+    }
+    // A credential pasted with a space or a stray character around it would be refused by the
+    // provider on every request (and a SigV4 secret would sign every request wrongly): refused
+    // here instead, without quoting it.
+    if value.trim() != value || !value.is_ascii() {
+        return Err(ConfigError::new(field, format!("{what} has spaces around it or characters that are not ASCII")));
+    }
+    Ok(())
 }
 
 fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<Target, ConfigError> {
@@ -553,17 +583,7 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
         (None, Some(var)) => from_env(&format!("{field}.api_key_env"), var, env)?,
     };
     let key_field = if raw.api_key.is_some() { format!("{field}.api_key") } else { format!("{field}.api_key_env") };
-    if api_key.trim().is_empty() {
-        return Err(ConfigError::new(key_field, "the api key is empty"));
-    }
-    if api_key.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err(ConfigError::new(key_field, "the api key contains control characters"));
-    }
-    // A key pasted with a space or a stray character around it would be refused by the provider
-    // on every request: refused here instead, without quoting it.
-    if api_key.trim() != api_key || !api_key.is_ascii() {
-        return Err(ConfigError::new(key_field, "the api key has spaces around it or characters that are not ASCII"));
-    }
+    check_credential(&key_field, "the api key", &api_key, raw.api_key_env.as_deref())?;
     Ok(Target { name: name.to_owned(), provider: raw.provider, api_key, bedrock: None })
 }
 
@@ -669,11 +689,30 @@ pub(crate) mod tests {
     }
 
     fn env(name: &str) -> Option<String> {
-        (name == "ANTHROPIC_API_KEY").then(|| "sk-ant-test".to_owned())
+        match name {
+            "ANTHROPIC_API_KEY" => Some("sk-ant-test".to_owned()),
+            "EMPTY_KEY" => Some(String::new()),
+            _ => None,
+        }
     }
 
     fn load(doc: &Value) -> Result<Plan, ConfigError> {
         Plan::from_json(doc.to_string().as_bytes(), &env)
+    }
+
+    #[test]
+    fn text_after_the_document_refuses_it() {
+        let good = sample().to_string();
+        let second = r#" {"oidc": {"issuer": "https://other.example.com", "audiences": ["x"]}}"#;
+        for tail in [second, "}", " garbage", "\n[]"] {
+            let err = Plan::from_json(format!("{good}{tail}").as_bytes(), &env).unwrap_err().to_string();
+            assert!(
+                err.starts_with("config error: text after the configuration document: trailing"),
+                "{tail:?}: {err}"
+            );
+        }
+        // Whitespace after it is no text.
+        assert!(Plan::from_json(format!("{good} \n\t").as_bytes(), &env).is_ok());
     }
 
     #[test]
@@ -817,6 +856,11 @@ pub(crate) mod tests {
                 "missing env var",
                 |d| d["targets"]["anthropic"]["api_key_env"] = json!("NOPE"),
                 "config error: targets.anthropic.api_key_env: environment variable NOPE is not set in the VM",
+            ),
+            (
+                "key from a variable that is set but empty",
+                |d| d["targets"]["anthropic"]["api_key_env"] = json!("EMPTY_KEY"),
+                "config error: targets.anthropic.api_key_env: environment variable EMPTY_KEY is set but empty",
             ),
             (
                 "both key forms",
