@@ -178,7 +178,9 @@ pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Re
     let message = parsed.as_ref().and_then(|p| p.message.clone());
     let message = match (aws_type, message) {
         (Some(t), message) => format!("bedrock {t}: {}", message.unwrap_or_else(|| format!("HTTP {status}"))),
-        (None, Some(message)) => format!("bedrock: {message}"),
+        // No AWS error type: Bedrock did not write it (a proxy's `{"message": ...}` page), and
+        // such a page may echo the request's headers, the session token among them.
+        (None, Some(message)) => format!("bedrock: {}", crate::credential_refusal::shown(&message, 300).trim()),
         // Neither an AWS error type nor an AWS message: the proxy on the way answered.
         (None, None) => {
             // A page a proxy wrote may echo the request's headers (a session token among them).
@@ -444,6 +446,11 @@ mod tests {
         let echo = b"bad gateway; x-amz-security-token: IQoJb3JpZ2luX2VjEXAMPLETOKENabcdefghijklmnop0123456789";
         let v: Value = serde_json::from_slice(&translate_error(502, None, echo).body).unwrap();
         assert!(!v["error"]["message"].as_str().unwrap().contains("IQoJb3JpZ2luX2Vj"), "{v}");
+        // Nor does one in JSON with a `message` (no AWS error type: not Bedrock's words).
+        let json = serde_json::to_vec(&serde_json::json!({"message": String::from_utf8_lossy(echo)})).unwrap();
+        let v: Value = serde_json::from_slice(&translate_error(502, None, &json).body).unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("bedrock: bad gateway") && !message.contains("IQoJb3JpZ2luX2Vj"), "{v}");
     }
 
     /// A spent account quota is a 400 from Bedrock that AWS says to resubmit later: a 429.
