@@ -145,8 +145,17 @@ impl Counter {
         Counter { k: self.k.clone(), s, c, p, oc, op }
     }
 
+    /// The time a counter is read or written at: `now`, or the start of the window it is already
+    /// in when that is later. Another worker (or node) whose clock read a second later may have
+    /// moved it into the next window already; counting from the earlier `now` would take it for
+    /// a stale counter and wipe that window, and with it what the limit had counted.
+    fn at(&self, now: u64) -> u64 {
+        now.max(self.s)
+    }
+
     /// [`Self::rolled`]'s numbers, without a copy of the key (read on every admission).
     fn moved(&self, window: u64, now: u64) -> Counter {
+        let now = self.at(now);
         // Windows come from the config (at least 1 s), but also from shared data another
         // build may have written: never a division by zero.
         let window = window.max(1);
@@ -163,6 +172,7 @@ impl Counter {
 
     /// Units counted against the limit at `now`.
     pub fn used(&self, limit: &Limit, now: u64) -> u64 {
+        let now = self.at(now);
         let r = self.moved(limit.window, now);
         match limit.window_type {
             WindowType::Fixed => r.c,
@@ -176,6 +186,7 @@ impl Counter {
 
     /// Seconds until the counter has room again (0 when it has room now).
     pub fn retry_after(&self, limit: &Limit, now: u64) -> u64 {
+        let now = self.at(now);
         if self.used(limit, now) < limit.limit {
             return 0;
         }
@@ -380,6 +391,7 @@ pub fn time_of_day(now: u64, wait: u64) -> String {
 }
 
 fn standing(limit: &Limit, counter: &Counter, now: u64) -> Standing {
+    let now = counter.at(now);
     let rolled = counter.moved(limit.window, now);
     Standing {
         limit: limit.clone(),
@@ -505,6 +517,40 @@ mod tests {
         // A charge above the hold counts in full where the answer ended.
         let c = fresh().add(60, 59, 100).settle(60, 61, 59, 100, 900);
         assert_eq!((c.c, c.p), (900, 0));
+    }
+
+    /// At a window's boundary another worker may already have moved a counter into the next
+    /// window when this one, whose clock read a second earlier, gets to it: it counts in the
+    /// window the counter is in, and wipes nothing.
+    #[test]
+    fn a_counter_already_in_the_next_window_is_read_there_by_a_clock_a_second_behind() {
+        let limit = |window_type| Limit {
+            limit: 1000,
+            window: 60,
+            window_type,
+            counts: Counts::TotalTokens,
+            per: Per::Person,
+            key: "csg/b/x/t60sp".into(),
+        };
+        let (sliding, fixed) = (limit(WindowType::Sliding), limit(WindowType::Fixed));
+        // The limit spent in [0, 60); a worker at t=60 moved the counter on.
+        let c = decode(None, "k").add(60, 59, 1000).add(60, 60, 5);
+        assert!(c.used(&sliding, 59) >= 1000 && c.retry_after(&sliding, 59) > 0);
+        assert_eq!(standing(&sliding, &c, 59).reset, 60);
+        let held = c.add(60, 59, 500);
+        assert_eq!((held.s, held.c, held.p), (60, 505, 1000));
+        // Settled by a clock a second behind: the window ahead keeps what it held.
+        let c = decode(None, "k").add(60, 60, 900).settle(60, 59, 10, 0, 100);
+        assert_eq!((c.s, c.c), (60, 1000));
+        assert_eq!(c.used(&fixed, 61), 1000);
+
+        // Through the shared store, as admission does it.
+        let store = crate::shared::tests::FakeStore::default();
+        let key = "csg/b/x/t60sp/a1";
+        charge(&store, key, 60, 59, 1000).unwrap();
+        charge(&store, key, 60, 60, 5).unwrap();
+        assert!(admit(&store, std::slice::from_ref(&sliding), "a1", &[500], 59).is_err());
+        assert!(read(&store, key).used(&sliding, 60) >= 1000);
     }
 
     #[test]
