@@ -286,7 +286,12 @@ impl Worker {
                 let person_key = subject.person_key.clone();
                 let admitted =
                     Metering::admit(store, &limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now);
-                let metering = admitted.map_err(|(reply, warnings)| Refusal { reply, warnings, model: None })?;
+                // The record of a budget refusal names the model it was for, as any other does.
+                let metering = admitted.map_err(|(reply, warnings)| Refusal {
+                    reply,
+                    warnings,
+                    model: Some(model.alias.clone()),
+                })?;
                 if let Some((syncer, _)) = sync.as_mut() {
                     // A person's counters are synced from their first admission on; a failed
                     // note only delays that to the next admission.
@@ -586,5 +591,21 @@ mod tests {
         assert_eq!(forward(br#"{"model":"claude-sonnet-4-6","model":"x"}"#).unwrap_err().model, None);
         // A rewritten body's length: the simulator checks it on every forward (request::sim).
         assert_eq!(forward(b"{").unwrap_err().reply.status, 400);
+    }
+
+    #[test]
+    fn a_budget_refusal_names_the_model_it_was_for() {
+        let keys = TestKeys::new();
+        let mut doc = crate::config::tests::sample();
+        doc["tiers"][1]["limits"] = json!([{"limit": 10, "window_seconds": 60}]);
+        let plan = Plan::from_json(doc.to_string().as_bytes(), &|_| Some("sk-test".to_owned())).unwrap();
+        let mut w = worker_with_plan(plan, &keys);
+        let store = crate::shared::tests::FakeStore::default();
+        let AuthOutcome::Admitted(a) = w.authenticate(&store, &sign(&keys, good_claims()), NOW, true) else { panic!() };
+        let body = br#"{"model":"claude-sonnet-4-6","max_tokens":100}"#;
+        assert!(w.forward(&store, &a, Endpoint::Messages, body, &[], NOW).is_ok(), "the first holds the budget");
+        let refused = w.forward(&store, &a, Endpoint::Messages, body, &[], NOW).unwrap_err();
+        assert_eq!((refused.reply.status, refused.reply.reason), (429, "budget_exhausted"));
+        assert_eq!(refused.model.as_deref(), Some("claude-sonnet-4-6"));
     }
 }
