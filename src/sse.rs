@@ -28,6 +28,8 @@ pub struct Framer {
     skip_line: bool,
     /// Wanted events dropped for going over `max_event`.
     dropped: u32,
+    /// Wanted events dropped for a name or data that is not UTF-8.
+    undecodable: u32,
 }
 
 impl Framer {
@@ -43,12 +45,18 @@ impl Framer {
             oversized: false,
             skip_line: false,
             dropped: 0,
+            undecodable: 0,
         }
     }
 
     /// How many wanted events were dropped for going over `max_event` (their data is lost).
     pub fn dropped(&self) -> u32 {
         self.dropped
+    }
+
+    /// How many wanted events were dropped for a name or data that is not UTF-8.
+    pub fn undecodable(&self) -> u32 {
+        self.undecodable
     }
 
     /// Whether the event being framed is handed out (so its data is kept).
@@ -150,8 +158,9 @@ impl Framer {
         }
         let complete = wanted && !self.oversized && (!self.data.is_empty() || !self.name.is_empty());
         if complete {
-            if let (Ok(name), Ok(data)) = (std::str::from_utf8(&self.name), std::str::from_utf8(&self.data)) {
-                on_event(Event { name, data });
+            match (std::str::from_utf8(&self.name), std::str::from_utf8(&self.data)) {
+                (Ok(name), Ok(data)) => on_event(Event { name, data }),
+                _ => self.undecodable = self.undecodable.saturating_add(1),
             }
         }
         self.name.clear();

@@ -176,6 +176,10 @@ impl Meter {
                 if framer.dropped() > 0 {
                     seen.unreadable.get_or_insert("a usage event over 16 MiB");
                 }
+                // Its tokens are lost: the answer is charged as one whose usage cannot be read.
+                if framer.undecodable() > 0 {
+                    seen.unreadable.get_or_insert("a usage event that is not UTF-8");
+                }
             }
             Body::Json { bytes, truncated } => {
                 match json_usage(bytes, *truncated) {
@@ -314,6 +318,26 @@ mod tests {
         for (name, stream, want) in cases {
             assert_eq!(count("text/event-stream", &[stream.as_bytes()]), *want, "{name}");
         }
+    }
+
+    /// A usage event with a byte that is not UTF-8 cannot be read: the answer is one whose usage
+    /// is unknown (charged at least the estimate), not one that reported its input as zero.
+    #[test]
+    fn a_usage_event_that_is_not_utf8_makes_the_usage_unreadable() {
+        let mut stream = b"event: message_start\ndata: {\"message\":{\"model\":\"".to_vec();
+        stream.push(0xff);
+        stream.extend_from_slice(b"\",\"usage\":{\"input_tokens\":30000,\"output_tokens\":1}}}\n\n");
+        stream.extend_from_slice(b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":10}}\n\n");
+        let mut meter = Meter::new("text/event-stream");
+        meter.push(&stream);
+        meter.finish();
+        assert_eq!(meter.problem(Some(200)), Some("a usage event that is not UTF-8"));
+        // An unwanted event that is not UTF-8 (a text delta) changes nothing.
+        let mut meter = Meter::new("text/event-stream");
+        meter.push(b"event: content_block_delta\ndata: {\"text\":\"\xff\"}\n\n");
+        meter.push(&fixture());
+        assert_eq!(meter.finish(), Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0 });
+        assert_eq!(meter.problem(Some(200)), None);
     }
 
     #[test]
