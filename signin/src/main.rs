@@ -211,7 +211,10 @@ fn token(idp: &Idp) -> Result<String, String> {
     if let Some((saved, refresh_token)) = cached.as_ref().and_then(|c| Some((c, c.refresh_token.clone()?))) {
         let idp_client = match Client::discover(issuer) {
             Ok(c) => c,
-            Err(e) => return saved_during_outage(saved, &e, idp.margin_seconds).ok_or_else(|| discovery_failed(&e)),
+            Err(e) => {
+                return saved_during_outage(saved, limit(saved), &e, idp.margin_seconds)
+                    .ok_or_else(|| discovery_failed(&e))
+            }
         };
         match idp_client.refresh(&idp.client_id, &refresh_token) {
             Ok(tokens) => {
@@ -223,7 +226,7 @@ fn token(idp: &Idp) -> Result<String, String> {
                 return hand_out(c, idp.margin_seconds);
             }
             Err(e) => {
-                if let Some(token) = saved_during_outage(saved, &e, idp.margin_seconds) {
+                if let Some(token) = saved_during_outage(saved, limit(saved), &e, idp.margin_seconds) {
                     return Ok(token);
                 }
                 // An IdP that is down is down for a sign-in too: the person would be sent to it
@@ -306,14 +309,16 @@ fn not_signed_in(issuer: &str, why: &str) -> String {
 /// The saved token, when the IdP is out of reach for a refresh (not when it refuses) and the
 /// gateway will still take the token: a short IdP outage should not stop Claude Code while the
 /// token it has is good. Claude Code reads the JWT's `exp` and runs the helper again before it.
-fn saved_during_outage(saved: &Cached, e: &OidcError, margin_s: u64) -> Option<String> {
+/// `expires_at` is the saved expiry within the gateway's age limit, as the freshness check
+/// counts it: past that limit the gateway refuses the token however long its `exp` runs.
+fn saved_during_outage(saved: &Cached, expires_at: u64, e: &OidcError, margin_s: u64) -> Option<String> {
     let now = now();
-    if !e.is_outage() || !flow::usable(saved.expires_at, now, margin_s) {
+    if !e.is_outage() || !flow::usable(expires_at, now, margin_s) {
         return None;
     }
     eprintln!(
         "claude-sso-signin: note: {e}; using the saved token, which expires in {} s",
-        saved.expires_at.saturating_sub(now)
+        expires_at.saturating_sub(now)
     );
     Some(saved.access_token.clone())
 }

@@ -250,6 +250,26 @@ fn idp_out_of_reach_never_hands_out_a_token_within_the_margin() {
 }
 
 #[test]
+fn idp_out_of_reach_never_hands_out_a_token_past_the_gateways_max_token_age() {
+    // The gateway refuses tokens older than 600 s (CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS, the
+    // gateway's oidc.max_token_age_seconds). This token was issued 1000 s ago, saved before the
+    // limit was configured, and by `exp` still has close to an hour. The IdP is out of reach:
+    // the helper must not fall back on a token the gateway refuses as too old (Claude Code would
+    // retry 13 times with it), but say at once that the IdP cannot be reached.
+    let home = Home::new(&dead_issuer());
+    let token = jwt(serde_json::json!({"sub": "alice", "iat": now() - 1000, "exp": now() + 3000}));
+    home.save(&token, now() + 3000, "rt");
+    let out = home.command().env("CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS", "600").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&token),
+        "a token older than the gateway's max token age was handed out during an outage: {}",
+        stderr(&out)
+    );
+    assert_fails(&out);
+    assert!(stderr(&out).contains("cannot reach the identity provider"), "{}", stderr(&out));
+}
+
+#[test]
 fn idp_5xx_counts_as_out_of_reach() {
     let idp = FakeIdp::start(|_, _| (503, "<html>maintenance</html>".to_owned()));
     let home = Home::new(&idp.issuer);
