@@ -187,8 +187,9 @@ fn cache_file(idp: &Idp) -> Result<CacheFile, String> {
     Ok(CacheFile::new(&dir, issuer(idp)?, &idp.client_id))
 }
 
-/// The token flow: cached if fresh enough, else refreshed, else a new sign-in if someone can
-/// see it (see [`flow::choose`]); all under the cache lock so that parallel runs make one sign-in.
+/// The token flow: cached if fresh enough (without a refresh token: while usable), else
+/// refreshed, else a new sign-in if someone can see it (see [`flow::choose`]); all under the
+/// cache lock so that parallel runs make one sign-in.
 fn token(idp: &Idp) -> Result<String, String> {
     let issuer = issuer(idp)?;
     let cache = cache_file(idp)?;
@@ -203,9 +204,17 @@ fn token(idp: &Idp) -> Result<String, String> {
     if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
         return Ok(c.access_token.clone());
     }
+    // Nothing can renew a sign-in without a refresh token, and a new sign-in before the token
+    // runs out would only come sooner (under Claude Code over SSH it cannot start at all, so
+    // every run right after `login` failed): the token goes out while the gateway takes it.
+    let no_refresh = |c: &&Cached| c.refresh_token.is_none() && flow::usable(limit(c), now(), idp.margin_seconds);
+    if let Some(c) = cached.as_ref().filter(no_refresh) {
+        note_sooner_than_the_ttl(limit(c), "there is no refresh token to renew it");
+        return Ok(c.access_token.clone());
+    }
     let mut why = match &cached {
         None => "no saved sign-in".to_owned(),
-        Some(_) => "the saved token expires soon and there is no refresh token".to_owned(),
+        Some(_) => "the saved token expires within the margin and there is no refresh token".to_owned(),
     };
     let mut client = None;
     if let Some((saved, refresh_token)) = cached.as_ref().and_then(|c| Some((c, c.refresh_token.clone()?))) {
@@ -221,7 +230,7 @@ fn token(idp: &Idp) -> Result<String, String> {
                 let c = received(idp, issuer, tokens, Some(refresh_token));
                 save_or_say(&cache, &c);
                 if !fresh(&c) {
-                    eprintln!("claude-sso-signin: note: the identity provider issues tokens shorter-lived than the helper TTL");
+                    note_sooner_than_the_ttl(limit(&c), "the identity provider issues tokens shorter-lived than that");
                 }
                 return hand_out(c, idp.margin_seconds);
             }
@@ -321,6 +330,15 @@ fn saved_during_outage(saved: &Cached, expires_at: u64, e: &OidcError, margin_s:
         expires_at.saturating_sub(now)
     );
     Some(saved.access_token.clone())
+}
+
+/// Says on stderr that the token handed out does not last the helper TTL, and `why`. Claude Code
+/// reads the JWT's `exp` and runs the helper again before it.
+fn note_sooner_than_the_ttl(expires_at: u64, why: &str) {
+    eprintln!(
+        "claude-sso-signin: note: the token handed out expires in {} s, sooner than the helper TTL: {why}",
+        expires_at.saturating_sub(now())
+    );
 }
 
 /// Runs the sign-in [`flow::choose`] picks; the caller stores the tokens.

@@ -183,12 +183,16 @@ impl Home {
 
     /// A saved sign-in, as the helper writes it.
     fn save(&self, access_token: &str, expires_at: u64, refresh_token: &str) {
-        let path = self.cache_path();
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let entry = serde_json::json!({
+        self.write(serde_json::json!({
             "issuer": self.issuer, "client_id": "claude-code", "access_token": access_token,
             "expires_at": expires_at, "refresh_token": refresh_token,
-        });
+        }));
+    }
+
+    /// This cache entry, in the cache file.
+    fn write(&self, entry: serde_json::Value) {
+        let path = self.cache_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, entry.to_string()).unwrap();
     }
 }
@@ -267,6 +271,36 @@ fn idp_out_of_reach_never_hands_out_a_token_past_the_gateways_max_token_age() {
     );
     assert_fails(&out);
     assert!(stderr(&out).contains("cannot reach the identity provider"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_token_without_a_refresh_token_is_handed_out_until_it_is_within_the_margin() {
+    // An IdP that issues 5-minute access tokens (Keycloak's default lifespan; Okta allows it)
+    // and no refresh token (offline_access not granted: Auth0's "Allow Offline Access" is off by
+    // default; a Keycloak client with refresh tokens off). This is the cache `login` has just
+    // written (it said "Claude Code will use this sign-in (token valid 5 min ...)"). The next run
+    // by Claude Code over SSH hands that token out: it has 295 s left, more than the 60 s margin
+    // (less than the helper TTL, so with a note, as a refreshed short-lived token is). Asking for
+    // a sign-in instead would send the person back to `login` after every `login`.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "unused", "expires_in": 300}));
+    let home = Home::new(&idp.issuer);
+    let token = jwt(serde_json::json!({"sub": "alice", "iat": now() - 5, "exp": now() + 295}));
+    let saved = |token: &str, expires_at: u64| {
+        serde_json::json!({
+            "issuer": home.issuer, "client_id": "claude-code", "access_token": token,
+            "expires_at": expires_at, "refresh_token": null,
+        })
+    };
+    home.write(saved(&token, now() + 295));
+    let out = home.run();
+    assert_hands_out(&out, &token);
+    assert!(stderr(&out).contains("sooner than the helper TTL: there is no refresh token"), "{}", stderr(&out));
+    // Within the margin, the run asks for a sign-in (here: says what to run).
+    home.write(saved("nearly-expired", now() + 30));
+    let out = home.run();
+    assert_fails(&out);
+    assert!(stderr(&out).contains("not signed in to"), "{}", stderr(&out));
+    assert_eq!(idp.posts(), 0);
 }
 
 #[test]
