@@ -20,6 +20,10 @@ pub struct Cached {
     pub access_token: String,
     /// When it expires, seconds since the epoch.
     pub expires_at: u64,
+    /// When it arrived, by this computer's clock (seconds since the epoch); 0 in a file written
+    /// before it was recorded.
+    #[serde(default)]
+    pub received_at: u64,
     /// For silent renewal.
     #[serde(default)]
     pub refresh_token: Option<String>,
@@ -144,6 +148,7 @@ mod tests {
             client_id: "c".into(),
             access_token: "a".into(),
             expires_at: 5,
+            received_at: 1,
             refresh_token: Some("r".into()),
         }
     }
@@ -163,6 +168,17 @@ mod tests {
         assert_eq!(cache.load(), Some(sample()));
         assert!(cache.delete().unwrap());
         assert!(!cache.delete().unwrap());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_file_written_before_received_at_was_recorded_still_loads() {
+        let root = temp_dir("older");
+        let cache = CacheFile::new(&root.join("claude-sso"), "https://idp", "c");
+        fs::create_dir_all(&cache.dir).unwrap();
+        let older = r#"{"issuer":"https://idp","client_id":"c","access_token":"a","expires_at":5,"refresh_token":"r"}"#;
+        fs::write(&cache.path, older).unwrap();
+        assert_eq!(cache.load(), Some(Cached { received_at: 0, ..sample() }));
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -109,6 +109,15 @@ pub const DEFAULT_LIFETIME_S: u64 = 300;
 /// How far apart this computer's clock and the IdP's may be and still count as agreeing.
 pub const CLOCK_TOLERANCE_S: u64 = 60;
 
+/// Whether this computer's clock reads earlier than when a token arrived (`received_at`, by
+/// the same clock; 0 when unknown) by more than [`CLOCK_TOLERANCE_S`]: it has been set back since
+/// (it was ahead at receipt: a dual boot, a VM resumed before NTP), so the token's expiry,
+/// counted from the clock at receipt, is late by as much, and nothing tells how much time has
+/// really passed.
+pub fn clock_set_back(received_at: u64, now: u64) -> bool {
+    received_at > now.saturating_add(CLOCK_TOLERANCE_S)
+}
+
 /// When a token just received expires, by this computer's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
@@ -253,6 +262,22 @@ mod tests {
         assert!(expiry(NOW, Some(H), None, Some(NOW + 61)).clocks_disagree());
         assert!(!expiry(NOW, Some(H), None, Some(NOW - 60)).clocks_disagree());
         assert!(!expiry(NOW, Some(H), None, None).clocks_disagree());
+    }
+
+    #[test]
+    fn a_clock_set_back_since_receipt_is_seen_beyond_the_tolerance() {
+        let cases = [
+            ("same clock", 1000, 1000, false),
+            ("later", 1000, 5000, false),
+            ("set back within the tolerance", 1060, 1000, false),
+            ("set back beyond it", 1061, 1000, true),
+            ("set back two hours", 1000 + 7200, 1000, true),
+            ("not recorded", 0, 1000, false),
+            ("absurd", u64::MAX, u64::MAX, false),
+        ];
+        for (name, received_at, now, want) in cases {
+            assert_eq!(clock_set_back(received_at, now), want, "{name}");
+        }
     }
 
     #[test]

@@ -194,8 +194,11 @@ fn token(idp: &Idp) -> Result<String, String> {
     let issuer = issuer(idp)?;
     let cache = cache_file(idp)?;
     let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
-    // A token saved before the gateway's age limit was given counts from its `iat`.
+    // A token saved before the gateway's age limit was given counts from its `iat`. One that
+    // arrived by a clock since set back may be past its real expiry already: it counts as expired
+    // (refreshed, else signed in again), never as still good for hours.
     let limit = |c: &Cached| match (idp.max_token_age_seconds, claims::issued_at(&c.access_token)) {
+        _ if flow::clock_set_back(c.received_at, now()) => 0,
         (Some(age), Some(iat)) => c.expires_at.min(iat.saturating_add(age)),
         _ => c.expires_at,
     };
@@ -214,6 +217,9 @@ fn token(idp: &Idp) -> Result<String, String> {
     }
     let mut why = match &cached {
         None => "no saved sign-in".to_owned(),
+        Some(c) if flow::clock_set_back(c.received_at, now()) => {
+            "this computer's clock was set back since the saved token arrived, and there is no refresh token".to_owned()
+        }
         Some(_) => "the saved token expires within the margin and there is no refresh token".to_owned(),
     };
     let mut client = None;
@@ -387,7 +393,8 @@ fn hand_out(c: Cached, margin_s: u64) -> Result<String, String> {
 /// What to remember of a token endpoint answer received just now.
 fn received(idp: &Idp, issuer: &str, tokens: TokenResponse, old_refresh: Option<String>) -> Cached {
     let token = &tokens.access_token;
-    let expiry = flow::expiry(now(), tokens.expires_in, claims::expiry(token), claims::issued_at(token));
+    let received_at = now();
+    let expiry = flow::expiry(received_at, tokens.expires_in, claims::expiry(token), claims::issued_at(token));
     if let Some(skew) = expiry.skew_s.filter(|_| expiry.clocks_disagree()) {
         eprintln!(
             "claude-sso-signin: note: this computer's clock is {} s {} the identity provider's; \
@@ -397,13 +404,14 @@ fn received(idp: &Idp, issuer: &str, tokens: TokenResponse, old_refresh: Option<
         );
     }
     // The token was issued just now: its age limit runs from this clock.
-    let too_old_at = idp.max_token_age_seconds.map_or(u64::MAX, |age| now().saturating_add(age));
+    let too_old_at = idp.max_token_age_seconds.map_or(u64::MAX, |age| received_at.saturating_add(age));
     let expires_at = expiry.expires_at.min(too_old_at);
     Cached {
         issuer: issuer.to_owned(),
         client_id: idp.client_id.clone(),
         access_token: tokens.access_token,
         expires_at,
+        received_at,
         refresh_token: tokens.refresh_token.or(old_refresh),
     }
 }

@@ -433,6 +433,33 @@ fn clocks_that_agree_raise_no_warning_and_exp_still_caps() {
     assert!((890..=900).contains(&left), "{left}");
 }
 
+#[test]
+fn a_clock_set_back_since_the_token_arrived_does_not_keep_it_fresh() {
+    // The laptop clock was 2 h ahead when the token arrived (dual boot, a VM resumed before
+    // NTP), so the helper saved expires_at = (its clock at receipt) + 1 h. The clock has since
+    // been set right (it now agrees with the IdP and the gateway). The token's `exp` is already
+    // past, by the IdP's clock and now by this one: handed out, the gateway would refuse it with
+    // 401 and Claude Code would re-run the helper and get the same token, for two hours. The
+    // clock reads earlier than at receipt, so the saved expiry is not believed: the run refreshes.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "new-token", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    let iat = now() - 3610;
+    let token = jwt(serde_json::json!({"sub": "alice", "iat": iat, "exp": iat + 3600}));
+    // What `received` wrote: this clock at receipt (iat + 7200), plus the 3600 s lifetime.
+    home.write(serde_json::json!({
+        "issuer": home.issuer, "client_id": "claude-code", "access_token": token,
+        "expires_at": iat + 7200 + 3600, "received_at": iat + 7200, "refresh_token": "rt",
+    }));
+    let out = home.run();
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        token,
+        "a token whose exp passed 10 s ago (by a clock that agrees with the IdP) was handed out"
+    );
+    assert_hands_out(&out, "new-token");
+    assert_eq!(idp.posts(), 1);
+}
+
 #[cfg(unix)]
 #[test]
 fn a_refresh_that_cannot_be_saved_still_hands_out_the_new_token() {
