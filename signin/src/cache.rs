@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::claims;
+
 /// What is remembered between runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cached {
@@ -27,6 +29,44 @@ pub struct Cached {
     /// For silent renewal.
     #[serde(default)]
     pub refresh_token: Option<String>,
+    /// What the sign-in asked for; `None` in a file written before it was recorded.
+    #[serde(default)]
+    pub requested: Option<Requested>,
+}
+
+/// What a sign-in asks the IdP for besides the client: a saved sign-in serves only runs that ask
+/// for the same. A refresh keeps the grant's audience and scopes (Auth0), so one made before the
+/// settings changed would go on yielding tokens the gateway refuses until its refresh token dies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requested {
+    /// The `audience` parameter, if any.
+    pub audience: Option<String>,
+    /// The scopes, sorted and without repeats (their order and spacing mean nothing).
+    pub scopes: Vec<String>,
+}
+
+impl Requested {
+    /// From the settings: the audience and the space-separated scopes.
+    pub fn new(audience: Option<&str>, scopes: &str) -> Requested {
+        let mut scopes: Vec<String> = scopes.split_whitespace().map(str::to_owned).collect();
+        scopes.sort();
+        scopes.dedup();
+        Requested { audience: audience.map(str::to_owned), scopes }
+    }
+}
+
+impl Cached {
+    /// Whether this sign-in serves a run that asks for `asked`. One saved before the request was
+    /// recorded is taken as made with today's settings (which it almost always was; setting it
+    /// aside would send every person to sign in again on upgrading) unless its token names
+    /// audiences without the one asked for: the case of an audience added to the settings.
+    pub fn made_for(&self, asked: &Requested) -> bool {
+        match (&self.requested, &asked.audience) {
+            (Some(requested), _) => requested == asked,
+            (None, Some(audience)) => claims::audiences(&self.access_token).is_none_or(|a| a.contains(audience)),
+            (None, None) => true,
+        }
+    }
 }
 
 /// The cache location for one issuer and client.
@@ -150,6 +190,7 @@ mod tests {
             expires_at: 5,
             received_at: 1,
             refresh_token: Some("r".into()),
+            requested: Some(Requested::new(None, "openid email")),
         }
     }
 
@@ -178,7 +219,7 @@ mod tests {
         fs::create_dir_all(&cache.dir).unwrap();
         let older = r#"{"issuer":"https://idp","client_id":"c","access_token":"a","expires_at":5,"refresh_token":"r"}"#;
         fs::write(&cache.path, older).unwrap();
-        assert_eq!(cache.load(), Some(Cached { received_at: 0, ..sample() }));
+        assert_eq!(cache.load(), Some(Cached { received_at: 0, requested: None, ..sample() }));
         fs::remove_dir_all(root).unwrap();
     }
 
@@ -198,6 +239,32 @@ mod tests {
         let left: Vec<_> = fs::read_dir(&cache.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 3, "no temporary file of this store is left behind: {left:?}");
         fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_sign_in_serves_only_runs_that_ask_for_the_same() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let jwt = |claims: serde_json::Value| format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let api = Some("https://api");
+        let made = |requested, token: &str| Cached { requested, access_token: token.to_owned(), ..sample() };
+        let recorded = |audience| made(Some(Requested::new(audience, "openid email")), "opaque");
+        let older = |token: &str| made(None, token);
+        let for_old_api = jwt(serde_json::json!({"aud": ["https://old-api", "https://idp/userinfo"]}));
+        let for_api = jwt(serde_json::json!({"aud": "https://api"}));
+        let cases = [
+            ("the same", recorded(None), None, " email  openid openid", true),
+            ("an audience added", recorded(None), api, "openid email", false),
+            ("the audience removed", recorded(api), None, "openid email", false),
+            ("a scope added", recorded(None), None, "openid email groups", false),
+            ("older file, no audience asked", older(&for_old_api), None, "openid email groups", true),
+            ("older file, token for another audience", older(&for_old_api), api, "openid email", false),
+            ("older file, token for this audience", older(&for_api), api, "openid email", true),
+            ("older file, opaque token", older("opaque"), api, "openid email", true),
+        ];
+        for (name, saved, audience, scopes, want) in cases {
+            assert_eq!(saved.made_for(&Requested::new(audience, scopes)), want, "{name}");
+        }
     }
 
     #[cfg(unix)]

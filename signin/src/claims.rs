@@ -20,6 +20,15 @@ pub fn issued_at(token: &str) -> Option<u64> {
     payload(token)?.get("iat")?.as_u64()
 }
 
+/// `aud` (one string or a list), when the token is a JWT that has one.
+pub fn audiences(token: &str) -> Option<Vec<String>> {
+    match payload(token)?.get("aud")? {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(items) => Some(items.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
+        _ => None,
+    }
+}
+
 /// Who a token names, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -63,6 +72,10 @@ mod tests {
             summary(&token),
             Summary { subject: "alice".into(), email: Some("a@x".into()), groups: vec!["g1".into(), "g2".into()] }
         );
+        assert_eq!(audiences(&token), None);
+        assert_eq!(audiences(&jwt(serde_json::json!({"aud": "https://api"}))), Some(vec!["https://api".into()]));
+        assert_eq!(audiences(&jwt(serde_json::json!({"aud": ["a", "b"]}))), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(audiences("opaque-token"), None);
         assert_eq!(expiry("opaque-token"), None);
         assert_eq!(issued_at("opaque-token"), None);
         assert_eq!(summary("opaque-token").subject, "(opaque token)");

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 
-use cache::{CacheFile, Cached};
+use cache::{CacheFile, Cached, Requested};
 use flow::{SignIn, Situation};
 use login::{Browser, BrowserLogin, LoginError};
 use oidc::{Client, OidcError, Revocation, TokenResponse};
@@ -203,7 +203,12 @@ fn token(idp: &Idp) -> Result<String, String> {
         _ => c.expires_at,
     };
     let fresh = |c: &Cached| flow::fresh_enough(limit(c), now(), idp.helper_ttl_ms, idp.margin_seconds);
-    let cached = cache.load().filter(|c| c.issuer == issuer && c.client_id == idp.client_id);
+    let saved = cache.load().filter(|c| c.issuer == issuer && c.client_id == idp.client_id);
+    // One made for another audience or other scopes is set aside, not renewed: a refresh would
+    // keep its grant's. The sign-in that replaces it overwrites it.
+    let asked = Requested::new(idp.audience.as_deref(), &idp.scopes);
+    let asked_otherwise = saved.as_ref().is_some_and(|c| !c.made_for(&asked));
+    let cached = saved.filter(|_| !asked_otherwise);
     if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
         return Ok(c.access_token.clone());
     }
@@ -216,6 +221,9 @@ fn token(idp: &Idp) -> Result<String, String> {
         return Ok(c.access_token.clone());
     }
     let mut why = match &cached {
+        None if asked_otherwise => {
+            "the saved sign-in was made for another CLAUDE_SSO_AUDIENCE or CLAUDE_SSO_SCOPES".to_owned()
+        }
         None => "no saved sign-in".to_owned(),
         Some(c) if flow::clock_set_back(c.received_at, now()) => {
             "this computer's clock was set back since the saved token arrived, and there is no refresh token".to_owned()
@@ -265,7 +273,7 @@ fn token(idp: &Idp) -> Result<String, String> {
     if flow::choose(situation) == SignIn::NotNow {
         return Err(not_signed_in(issuer, &why));
     }
-    if cached.is_some() {
+    if cached.is_some() || asked_otherwise {
         eprintln!("claude-sso-signin: {why}; signing in again");
     }
     let client = match client {
@@ -413,6 +421,7 @@ fn received(idp: &Idp, issuer: &str, tokens: TokenResponse, old_refresh: Option<
         expires_at,
         received_at,
         refresh_token: tokens.refresh_token.or(old_refresh),
+        requested: Some(Requested::new(idp.audience.as_deref(), &idp.scopes)),
     }
 }
 

@@ -606,6 +606,35 @@ fn a_refused_refresh_still_signs_in_again() {
     assert!(err.contains("invalid_grant; signing in again") && err.contains("not completed in time"), "{err}");
 }
 
+#[test]
+fn a_sign_in_made_for_another_audience_is_not_handed_out_or_renewed() {
+    // The sign-in was saved before CLAUDE_SSO_AUDIENCE was set (Auth0 rollout: the first
+    // settings lacked it, the gateway refused the tokens, the admin added it). Handing out its
+    // token, or refreshing it (which at Auth0 keeps the grant's original audience), would go on
+    // until the refresh token dies, and every developer would have to find `logout` + `login`.
+    // The run asks for a sign-in instead, for a cache written by an earlier version (its token
+    // names the old audience) as for one that recorded what it was made for.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "should-not-be-needed", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    let old = jwt(serde_json::json!({"sub": "alice", "aud": "https://old-api", "iat": now(), "exp": now() + 3600}));
+    let recorded = serde_json::json!({"audience": null, "scopes": ["email", "offline_access", "openid", "profile"]});
+    for (name, requested) in [("earlier version", serde_json::Value::Null), ("recorded", recorded)] {
+        home.write(serde_json::json!({
+            "issuer": home.issuer, "client_id": "claude-code", "access_token": old,
+            "expires_at": now() + 3600, "refresh_token": "rt", "requested": requested,
+        }));
+        assert_hands_out(&home.run(), &old);
+        let out = home.command().env("CLAUDE_SSO_AUDIENCE", "https://claude-gw.example.com").output().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(&old),
+            "{name}: a token issued for audience https://old-api was handed out for https://claude-gw.example.com"
+        );
+        assert_fails(&out);
+        assert!(stderr(&out).contains("made for another CLAUDE_SSO_AUDIENCE"), "{name}: {}", stderr(&out));
+        assert_eq!(idp.posts(), 0, "{name}: the old grant is not refreshed");
+    }
+}
+
 /// A device authorization the fake IdP approves at once: the first poll gets a token.
 fn device_idp() -> FakeIdp {
     FakeIdp::start(|path, _| match path {
