@@ -109,19 +109,34 @@ impl Browser {
     }
 
     /// Starts the browser on `url` (nothing to start for [`Browser::PrintOnly`]); why it could
-    /// not be started.
+    /// not be started, or why the opener failed within [`OPENER_GRACE`].
     fn open(&self, url: &str) -> Result<(), String> {
         let Some((program, args)) = opener(self, Os::CURRENT, url) else { return Ok(()) };
-        Command::new(&program)
+        let mut child = Command::new(&program)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map(drop)
-            .map_err(|e| format!("{program}: {e}"))
+            .map_err(|e| format!("{program}: {e}"))?;
+        let deadline = Instant::now() + OPENER_GRACE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(format!("{program} failed ({status})")),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                // Still running: some openers run the browser in the foreground. Taken as opened.
+                Ok(None) | Err(_) => return Ok(()),
+            }
+        }
     }
 }
+
+/// How long an opener is watched for failing at once: `xdg-open` without a browser for URLs
+/// (WSL with WSLg sets a `DISPLAY`), `open` without a handler, a `CLAUDE_SSO_BROWSER` used
+/// over SSH. They exit non-zero within milliseconds; counted as started, they left the run
+/// waiting out the login timeout for a sign-in nobody could see.
+const OPENER_GRACE: Duration = Duration::from_millis(1500);
 
 /// The program and arguments that open `url` on `os`; `None` for print-only. The URL is one
 /// argument of its own and never passes through a shell: on Windows, `cmd /C start` took each
@@ -520,6 +535,27 @@ mod tests {
         assert!(client.join().unwrap().starts_with("HTTP/1.1 200"));
         // Three silent connections cost 1.5 s now; at the old 5 s each they cost 15.
         assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_opener_that_fails_at_once_did_not_open_the_browser() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("csg-opener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = |name: &str, body: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Browser::Command(path.to_string_lossy().into_owned())
+        };
+        assert_eq!(script("opens", "exit 0").open("http://x"), Ok(()));
+        let failed = script("fails", "exit 3").open("http://x").unwrap_err();
+        assert!(failed.contains("fails failed (exit status: 3)"), "{failed}");
+        let started = Instant::now();
+        assert_eq!(script("stays", "sleep 3; exit 1").open("http://x"), Ok(()), "one still running is not waited for");
+        assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -692,6 +692,41 @@ fn a_browser_that_does_not_start_fails_at_once_when_nobody_watches() {
     assert_eq!(idp.posts(), 0);
 }
 
+#[cfg(unix)]
+#[test]
+fn a_browser_command_that_exits_with_an_error_fails_at_once_when_nobody_watches() {
+    // Run by Claude Code (pipes) with a browser opener that starts but fails at once: xdg-open
+    // with no browser configured (WSL with WSLg sets DISPLAY and WAYLAND_DISPLAY), `open` with no
+    // handler. Nobody sees the address; the helper does not wait out the login timeout in
+    // silence, as it does not for an opener that cannot be started.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "t", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    let opener = home.dir.join("failing-opener.sh");
+    std::fs::write(&opener, "#!/bin/sh\necho 'xdg-open: no method available for opening' >&2\nexit 3\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let out = home
+        .command()
+        .env("CLAUDE_SSO_BROWSER", &opener)
+        .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "15")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_fails(&out);
+    assert!(
+        took < std::time::Duration::from_secs(6),
+        "waited {took:?} for a sign-in nobody could see (the opener had exited 3): {}",
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.starts_with("claude-sso-signin: not signed in to "), "the message comes first: {err}");
+    assert!(err.contains("could not open a browser") && err.contains("exit status: 3"), "{err}");
+    assert_eq!(idp.posts(), 0);
+}
+
 /// A throwaway CA and a certificate it issued for 127.0.0.1: the CA's PEM, and a TLS server
 /// configuration presenting that certificate.
 fn company_ca() -> (String, Arc<rustls::ServerConfig>) {
