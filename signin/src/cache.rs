@@ -97,14 +97,31 @@ impl CacheFile {
     }
 
     fn ensure_dir(&self) -> std::io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
+        // Created owner-only (and so are the parents it creates): created with the umask's mode
+        // and restricted after, it was open to others meanwhile under a permissive umask.
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(&self.dir)?;
+        // One that was already there keeps its mode unless restricted.
         restrict(&self.dir, 0o700)
     }
 
     /// Takes the exclusive lock; it is released when the returned file is dropped.
     pub fn lock(&self) -> std::io::Result<File> {
         self.ensure_dir()?;
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&self.lock_path)?;
+        let mut options = OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(&self.lock_path)?;
         restrict(&self.lock_path, 0o600)?;
         file.lock()?;
         Ok(file)
@@ -277,6 +294,13 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&cache.dir), 0o700);
         assert_eq!(mode(&cache.path), 0o600);
+        drop(cache.lock().unwrap());
+        assert_eq!(mode(&cache.lock_path), 0o600);
+        // A new directory is owner-only from the start, not restricted after: the mode given at
+        // creation is what a parent it creates along the way gets too.
+        let nested = CacheFile::new(&root.join("new").join("claude-sso"), "https://idp", "c");
+        nested.store(&sample()).unwrap();
+        assert_eq!(mode(&root.join("new")), 0o700);
         fs::remove_dir_all(root).unwrap();
     }
 
