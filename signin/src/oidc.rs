@@ -189,9 +189,13 @@ pub struct Client {
     pub endpoints: Endpoints,
 }
 
-fn agent() -> Agent {
+/// The HTTP client for one IdP. `https_only` for an https issuer: then no request, and no
+/// redirect of one, goes over plain http (a discovery redirected to http could have its
+/// endpoints swapped on the way, and codes and verifiers sent where the swap says).
+fn agent(https_only: bool) -> Agent {
     let tls = TlsConfig::builder().root_certs(roots()).build();
     Agent::config_builder()
+        .https_only(https_only)
         .tls_config(tls)
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -230,7 +234,7 @@ fn transport(why: String) -> OidcError {
 impl Client {
     /// Discovers the IdP's endpoints from `issuer`.
     pub fn discover(issuer: &str) -> Result<Client, OidcError> {
-        let agent = agent();
+        let agent = agent(issuer.starts_with("https://"));
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let mut response = agent.get(&url).call().map_err(|e| transport(format!("{url}: {e}")))?;
         if !response.status().is_success() {
@@ -390,6 +394,25 @@ mod tests {
         assert_eq!(revocation.plain_http_under_https("https://idp"), Some("http://idp/revoke"));
         // A plain-http issuer (a local test IdP) is held to nothing more.
         assert_eq!(endpoints("http://idp/token", None).plain_http_under_https("http://idp"), None);
+    }
+
+    /// An https issuer's client sends nothing over plain http, not even after a redirect (ureq
+    /// checks every hop); a plain-http issuer's (a local test IdP) may.
+    #[test]
+    fn an_https_issuers_client_never_speaks_plain_http() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/.well-known/openid-configuration", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).unwrap();
+            stream.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+        });
+        let refused = agent(true).get(&url).call().unwrap_err();
+        assert!(matches!(refused, ureq::Error::RequireHttpsOnly(_)), "{refused}");
+        assert_eq!(agent(false).get(&url).call().unwrap().status().as_u16(), 204);
+        server.join().unwrap();
     }
 
     #[test]
