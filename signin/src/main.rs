@@ -60,7 +60,8 @@ struct Idp {
     #[arg(long, env = "CLAUDE_SSO_CACHE_DIR", global = true)]
     cache_dir: Option<PathBuf>,
     /// How long Claude Code reuses a token before re-running the helper.
-    #[arg(long, env = "CLAUDE_CODE_API_KEY_HELPER_TTL_MS", default_value_t = 300_000, global = true)]
+    #[arg(long, env = "CLAUDE_CODE_API_KEY_HELPER_TTL_MS", default_value_t = DEFAULT_HELPER_TTL_MS,
+          value_parser = helper_ttl_ms, global = true)]
     helper_ttl_ms: u64,
     /// Extra life a handed-out token must have beyond the helper TTL.
     #[arg(long, env = "CLAUDE_SSO_MARGIN_SECONDS", default_value_t = 60, global = true)]
@@ -179,6 +180,21 @@ fn issuer(idp: &Idp) -> Result<&str, String> {
         ));
     }
     Ok(issuer)
+}
+
+/// Claude Code's default helper TTL (5 minutes).
+const DEFAULT_HELPER_TTL_MS: u64 = 300_000;
+
+/// `CLAUDE_CODE_API_KEY_HELPER_TTL_MS` as Claude Code's own environment carries it: this helper
+/// only reads it to renew early enough, so a value it cannot read (empty, `300000.0`, a typo)
+/// means the default rather than a usage error that fails every run, and with it every request.
+fn helper_ttl_ms(text: &str) -> Result<u64, std::convert::Infallible> {
+    let text = text.trim();
+    Ok(text
+        .parse::<u64>()
+        .ok()
+        .or_else(|| text.parse::<f64>().ok().filter(|ms| ms.is_finite() && *ms >= 0.0).map(|ms| ms as u64))
+        .unwrap_or(DEFAULT_HELPER_TTL_MS))
 }
 
 fn cache_file(idp: &Idp) -> Result<CacheFile, String> {

@@ -304,6 +304,24 @@ fn a_token_without_a_refresh_token_is_handed_out_until_it_is_within_the_margin()
 }
 
 #[test]
+fn a_helper_ttl_it_cannot_read_means_the_default_not_a_failed_run() {
+    // Claude Code's environment reaches the helper as it is: an empty or fractional value must
+    // not make every run (and so every request) fail with a usage error.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "renewed", "expires_in": 7200}));
+    let home = Home::new(&idp.issuer);
+    for ttl in ["", " ", "300000.0", "five minutes", "-1"] {
+        home.save("good-for-50-minutes", now() + 3000, "rt");
+        let out = home.command().env("CLAUDE_CODE_API_KEY_HELPER_TTL_MS", ttl).output().unwrap();
+        assert_hands_out(&out, "good-for-50-minutes");
+    }
+    assert_eq!(idp.posts(), 0);
+    // One it can read is used: an hour's TTL outlasts the saved token, which is renewed.
+    home.save("good-for-50-minutes", now() + 3000, "rt");
+    let out = home.command().env("CLAUDE_CODE_API_KEY_HELPER_TTL_MS", "3600000").output().unwrap();
+    assert_hands_out(&out, "renewed");
+}
+
+#[test]
 fn idp_5xx_counts_as_out_of_reach() {
     let idp = FakeIdp::start(|_, _| (503, "<html>maintenance</html>".to_owned()));
     let home = Home::new(&idp.issuer);
