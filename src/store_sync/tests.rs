@@ -284,7 +284,11 @@ fn pure_parts() {
     let counter = Counter { k: "k".into(), s: 600, c: 90, p: 20, oc: 30, op: 5 };
     let entries = entries_for(&tracked, &counter, 610);
     assert_eq!(entries.iter().map(|e| (e.bucket, e.own)).collect::<Vec<_>>(), vec![(600, 30), (540, 5)]);
-    assert_eq!(entries_for(&tracked, &counter, 30).len(), 1, "no window before the epoch's first");
+    let first = Counter { s: 0, ..counter.clone() };
+    assert_eq!(entries_for(&tracked, &first, 30).len(), 1, "no window before the epoch's first");
+    // A counter another worker already moved on is synced in the window it is in.
+    let ahead: Vec<_> = entries_for(&tracked, &counter, 599).iter().map(|e| (e.bucket, e.own)).collect();
+    assert_eq!(ahead, vec![(600, 30), (540, 5)]);
     let batch = Batch { id: 1, node: 1, entries };
     let ups = updates(&batch, &[100, 2]);
     assert_eq!(ups.iter().map(|u| u.others).collect::<Vec<_>>(), vec![70, 0], "a total below own counts as 0");
