@@ -275,7 +275,10 @@ impl Syncer {
         };
         self.health = record.health;
         let now_s = now_ms / 1000;
-        let tracked: BTreeSet<Tracked> = tier.iter().cloned().chain(node::read_index(store).live(now_s)).collect();
+        // Read only when this worker will use it: every worker ticks twice a second, and the index
+        // grows with the number of people.
+        let tracked =
+            || -> BTreeSet<Tracked> { tier.iter().cloned().chain(node::read_index(store).live(now_s)).collect() };
         let stale = |r: &NodeRecord| {
             r.health == Health::Synced && r.last_ok_ms.is_none_or(|t| now_ms.saturating_sub(t) > plan.stale_after_ms)
         };
@@ -291,7 +294,7 @@ impl Syncer {
                     self.health = Health::CutOff;
                     tick.change = Some(HealthChange { from: Health::Synced, to: Health::CutOff });
                     if matches!(plan.on_failure, OnStoreFailure::DivideByNodes(_)) {
-                        tick.problems.extend(forget_others(store, &tracked));
+                        tick.problems.extend(forget_others(store, &tracked()));
                     }
                 }
                 Ok(None) => self.health = Health::CutOff,
@@ -299,7 +302,11 @@ impl Syncer {
             }
         }
         let due = |r: &NodeRecord| r.lease.as_ref().is_none_or(|l| l.until_ms <= now_ms) && now_ms >= r.next_ms;
-        if tracked.is_empty() || !due(&record) {
+        if !due(&record) {
+            return tick;
+        }
+        let tracked = tracked();
+        if tracked.is_empty() {
             return tick;
         }
         let worker = self.worker;

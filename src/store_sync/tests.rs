@@ -386,3 +386,42 @@ fn worker_skew_and_a_shorter_sync_interval_are_not_a_clock_step() {
     // The new interval applies from the next one on, not after the old ten minutes.
     assert!(node.tick(&plan, T0 + 2_500).request.is_some(), "a sync within the new interval");
 }
+
+/// Counts the reads of the person-counter index.
+struct CountingStore {
+    inner: FakeStore,
+    index_reads: std::cell::Cell<usize>,
+}
+
+impl SharedStore for CountingStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), crate::shared::StoreError> {
+        if key == node::INDEX_KEY {
+            self.index_reads.set(self.index_reads.get() + 1);
+        }
+        self.inner.get(key)
+    }
+    fn cas_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), crate::shared::StoreError> {
+        self.inner.cas_set(key, value, cas)
+    }
+}
+
+/// Every worker ticks twice a second and the index of per-person counters grows with the number
+/// of people: a tick that cannot sync (another worker holds the lease, or this one's sync is in
+/// flight) does not read it.
+#[test]
+fn a_tick_that_cannot_sync_does_not_read_the_person_index() {
+    let plan = plan(OnStoreFailure::KeepLimits);
+    let store = CountingStore { inner: FakeStore::default(), index_reads: 0.into() };
+    let people: Vec<Tracked> = (0..200)
+        .flat_map(|p| [60, 2_592_000].map(|w| Tracked { key: format!("csg/b/person-{p:08x}/t{w}st"), window: w }))
+        .collect();
+    node::note_in_index(&store.inner, &people, T0 / 1000).unwrap();
+    let (mut w1, mut w2) = (Syncer::new(1), Syncer::new(2));
+    assert!(w1.on_tick(&store, &plan, &tier(), T0).request.is_some(), "w1 takes the lease");
+    assert_eq!(store.index_reads.get(), 1, "the sync that was due read it");
+    for i in 0..10 {
+        assert!(w2.on_tick(&store, &plan, &tier(), T0 + 1 + i).request.is_none());
+        assert!(w1.on_tick(&store, &plan, &tier(), T0 + 1 + i).request.is_none());
+    }
+    assert_eq!(store.index_reads.get(), 1, "20 ticks that could not sync read the index");
+}
