@@ -151,7 +151,14 @@ impl Worker {
         if now == 0 {
             return AuthOutcome::Refused(Reply::clock_unavailable());
         }
-        let keys = match self.keys.keys(oidc, now) {
+        let keys = match self.keys.keys(oidc, now).or_else(|_| {
+            // Another worker of this node may have fetched them since this one last looked (its
+            // tick does every 500 ms): taken from shared data before any request fetches its own.
+            if let Some((record, _)) = crate::keystore::read_shared(store, &oidc.shared_key, None) {
+                self.keys.adopt(&record);
+            }
+            self.keys.keys(oidc, now)
+        }) {
             Ok(keys) => keys,
             Err(e) => {
                 // A token that fails the checks needing no key (not a JWT, another issuer,
@@ -427,6 +434,29 @@ mod tests {
             503,
             "fetch cap reached"
         );
+    }
+
+    /// A worker that finds no keys takes those another worker of the node fetched and shared
+    /// before fetching its own (its tick would adopt them only within 500 ms).
+    #[test]
+    fn without_keys_a_worker_takes_the_keys_another_one_shared_before_fetching() {
+        let keys = TestKeys::new();
+        let store = crate::shared::tests::FakeStore::default();
+        let token = sign(&keys, good_claims());
+        let mut first = Worker::new(plan());
+        let discovery =
+            json!({"issuer": "https://idp.example.com/oauth2/default", "jwks_uri": "https://idp.example.com/keys"});
+        first.on_fetched(&Fetch::Discovery, Some(200), discovery.to_string().as_bytes(), NOW);
+        let FetchProgress::Installed(record) = first.on_fetched(&Fetch::Jwks, Some(200), keys.jwks().as_bytes(), NOW)
+        else {
+            panic!("installed")
+        };
+        let mut other = Worker::new(plan());
+        assert!(matches!(other.authenticate(&store, &token, NOW, true), AuthOutcome::FetchKeys(_)), "nothing shared");
+        crate::keystore::publish(&store, &other.plan.oidc.shared_key, &record).unwrap();
+        let mut other = Worker::new(plan());
+        assert!(matches!(other.authenticate(&store, &token, NOW + 1, true), AuthOutcome::Admitted(_)));
+        assert_eq!(other.request_fetches, 0);
     }
 
     #[test]

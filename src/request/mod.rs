@@ -616,7 +616,11 @@ impl Request {
         self.release_fetch(worker);
         let progress = worker.on_fetched(&fetch, status, body, host.now());
         let mut step = Step::pause();
-        if let FetchProgress::Next(callout) = &progress {
+        // Another request's fetch may have installed the keys while this one's discovery was
+        // under way (a burst of sessions after a restart): then it fetches nothing more.
+        let installed_meanwhile =
+            matches!(progress, FetchProgress::Next(_)) && worker.keys.keys(&worker.plan.oidc, host.now()).is_ok();
+        if let (FetchProgress::Next(callout), false) = (&progress, installed_meanwhile) {
             // Discovery just named the JWKS. The request cannot wait for a tick, so it makes the
             // one follow-up fetch itself; the chain ends there (a JWKS answer never yields Next).
             if let Ok(id) = host.dispatch(callout, worker.plan.oidc.callout_timeout_ms) {
@@ -630,7 +634,7 @@ impl Request {
         let token = self.pending_token.take().unwrap_or_default();
         if matches!(self.phase, Phase::Deciding) {
             self.authenticate(worker, host, &token, false);
-            if !matches!(progress, FetchProgress::Installed(_)) {
+            if !matches!(progress, FetchProgress::Installed(_)) && !installed_meanwhile {
                 self.auth = unknown_key_is_unavailable(std::mem::replace(&mut self.auth, Auth::Pending));
             }
             let warnings = std::mem::take(&mut step.warnings);

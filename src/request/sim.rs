@@ -682,3 +682,38 @@ pub fn ngx_empty_chunked(method: &str, path: &str, kind: Token, status: u32) -> 
     assert_eq!(request.replaced_chunk().as_deref(), Some(&[][..]), "later chunks are dropped");
     (head, undecided, Some(Step { response_body: first, ..answer }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a restart, requests without keys each fetch them; one whose discovery answers after
+    /// another request installed the keys fetches nothing more, and goes on at once.
+    #[test]
+    fn a_discovery_answered_after_another_request_installed_the_keys_fetches_nothing_more() {
+        let (mut worker, host) = worker_and_host(false, Idp::Up);
+        let token = token(Token::Good);
+        let bearer = format!("Bearer {token}");
+        let headers = [
+            (":method", "POST"),
+            (":path", "/v1/messages"),
+            ("content-type", "application/json"),
+            ("content-length", "40"),
+            ("authorization", bearer.as_str()),
+        ];
+        let (mut a, mut b) = (Request::new(HostProfile::Envoy), Request::new(HostProfile::Envoy));
+        a.on_request_headers(&mut worker, &host, &headers, false);
+        b.on_request_headers(&mut worker, &host, &headers, false);
+        let discoveries: Vec<(u32, Fetch)> = host.pending.borrow_mut().drain(..).collect();
+        assert!(discoveries.iter().all(|(_, f)| *f == Fetch::Discovery) && discoveries.len() == 2, "{discoveries:?}");
+        let discovery = serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/keys"}).to_string();
+        a.on_keys_fetched(&mut worker, &host, discoveries[0].0, Some(200), discovery.as_bytes());
+        let (jwks_id, fetch) = host.pending.borrow_mut().pop_front().unwrap();
+        assert_eq!(fetch, Fetch::Jwks);
+        a.on_keys_fetched(&mut worker, &host, jwks_id, Some(200), jwks().as_bytes());
+        assert!(matches!(a.auth, super::super::Auth::Admitted(_)));
+        b.on_keys_fetched(&mut worker, &host, discoveries[1].0, Some(200), discovery.as_bytes());
+        assert!(host.pending.borrow().is_empty(), "a JWKS fetch for keys already installed");
+        assert!(matches!(b.auth, super::super::Auth::Admitted(_)));
+    }
+}
