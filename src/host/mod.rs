@@ -261,13 +261,14 @@ impl RootContext for GatewayRoot {
 
     fn on_tick(&mut self) {
         self.metrics.flush();
+        if let Some(worker) = self.worker.clone() {
+            self.adopt_shared(&worker);
+            self.refresh_keys(&worker);
+            self.sync_budgets(&worker);
+        }
+        // Last: it makes each late request the effective context, and a callout dispatched after
+        // it in this tick would belong to that request (and end with it) instead of the root.
         self.answer_unseen_bodies();
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        self.adopt_shared(&worker);
-        self.refresh_keys(&worker);
-        self.sync_budgets(&worker);
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
