@@ -312,6 +312,8 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
     }
     let models = compile_models(raw.models, &targets)?;
     let tiers = compile_tiers(raw.tiers, &models, &mut notes)?;
+    note_shared_labels("models", "alias", models.iter().map(|m| m.alias.as_str()), &mut notes);
+    note_shared_labels("tiers", "name", tiers.iter().map(|t| t.name.as_str()), &mut notes);
     let budgets = limits::compile_budgets(raw.budgets)?;
     let access =
         Access { contact: raw.access.contact.filter(|c| !c.trim().is_empty()), show_groups: raw.access.show_groups };
@@ -587,6 +589,27 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
     Ok(Target { name: name.to_owned(), provider: raw.provider, api_key, bedrock: None })
 }
 
+/// A tier's or model's name as it appears in metric names and labels: every character but
+/// letters, digits, `-` and `_` becomes `_` (metric names are dot-separated paths).
+pub fn metric_label(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// Notes names that differ but share a metric label (`claude-3.5` and `claude-3_5`): their
+/// metrics would add up in one series. A note, not an error: such a configuration loaded before.
+fn note_shared_labels<'a>(list: &str, field: &str, names: impl Iterator<Item = &'a str>, notes: &mut Vec<String>) {
+    let names: Vec<&str> = names.collect();
+    for (i, name) in names.iter().enumerate() {
+        let label = metric_label(name);
+        if let Some(first) = names[..i].iter().find(|other| metric_label(other) == label) {
+            notes.push(format!(
+                "{list}[{i}].{field}: {name:?} and {first:?} are both {label:?} in metric labels, so their \
+                 metrics add up in one series (usage records keep them apart); rename one to tell them apart"
+            ));
+        }
+    }
+}
+
 fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::new("models", "at least one model is required"));
@@ -830,6 +853,23 @@ pub(crate) mod tests {
         let mut doc = sample();
         doc["tiers"][1]["groups"] = json!(["claude-power-users", "claude-standard-users"]);
         assert_eq!(load(&doc).unwrap().warnings(), Vec::<String>::new());
+        // Names that differ but share a metric label: their metrics would add up in one series.
+        let mut doc = sample();
+        doc["tiers"][1]["name"] = json!("power.users");
+        doc["tiers"][0]["name"] = json!("power_users");
+        doc["models"][1]["alias"] = json!("claude-3.5");
+        doc["models"][0]["alias"] = json!("claude-3_5");
+        doc["tiers"][0]["models"] = json!(["claude-3_5", "claude-3.5"]);
+        doc["tiers"][1]["models"] = json!(["claude-3.5"]);
+        assert_eq!(
+            load(&doc).unwrap().warnings(),
+            vec![
+                "models[1].alias: \"claude-3.5\" and \"claude-3_5\" are both \"claude-3_5\" in metric labels, so their \
+                 metrics add up in one series (usage records keep them apart); rename one to tell them apart",
+                "tiers[1].name: \"power.users\" and \"power_users\" are both \"power_users\" in metric labels, so their \
+                 metrics add up in one series (usage records keep them apart); rename one to tell them apart",
+            ]
+        );
     }
 
     #[test]

@@ -269,7 +269,6 @@ fn add(id: Option<u32>, value: u64) {
     }
 }
 
-// Metric names are dot-separated paths; keep tier and model names to a safe alphabet.
 fn clean(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    crate::config::metric_label(name)
 }
