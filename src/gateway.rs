@@ -154,9 +154,7 @@ impl Worker {
         let keys = match self.keys.keys(oidc, now).or_else(|_| {
             // Another worker of this node may have fetched them since this one last looked (its
             // tick does every 500 ms): taken from shared data before any request fetches its own.
-            if let Some((record, _)) = crate::keystore::read_shared(store, &oidc.shared_key, None) {
-                self.keys.adopt(&record);
-            }
+            self.keys.adopt_shared(store, &oidc.shared_key);
             self.keys.keys(oidc, now)
         }) {
             Ok(keys) => keys,

@@ -141,6 +141,8 @@ pub struct KeyStore {
     last_failure: Option<u64>,
     /// Since when no usable keys have been available (the first failure without them).
     missing_since: Option<u64>,
+    /// The CAS of the shared record last read ([`KeyStore::adopt_shared`]): not parsed again.
+    shared_seen: Option<u32>,
 }
 
 impl KeyStore {
@@ -157,6 +159,7 @@ impl KeyStore {
             last_failure: None,
             missing_since: None,
             installed: String::new(),
+            shared_seen: None,
         }
     }
 
@@ -299,6 +302,16 @@ impl KeyStore {
                 .unwrap_or_default(),
             jwks: self.installed.clone(),
         })
+    }
+
+    /// Installs the keys another worker shared under `key` ([`OidcPlan::shared_key`]) when they
+    /// are newer than ours ([`KeyStore::adopt`]); a record already read is not parsed again.
+    pub fn adopt_shared(&mut self, store: &dyn SharedStore, key: &str) -> bool {
+        let Some((record, cas)) = read_shared(store, key, self.shared_seen) else {
+            return false;
+        };
+        self.shared_seen = Some(cas);
+        self.adopt(&record)
     }
 
     /// Installs keys another worker fetched, when they are newer than ours (or of the same

@@ -44,7 +44,6 @@ struct GatewayRoot {
     worker: Option<Rc<RefCell<Worker>>>,
     metrics: Rc<metrics::Metrics>,
     pending: HashMap<u32, Pending>,
-    shared_cas: Option<u32>,
     /// Learned at the first request (only a request can tell the hosts apart safely).
     profile: Rc<Cell<Option<HostProfile>>>,
     /// Requests held at their headers while holding is unproven (kept across configurations:
@@ -144,14 +143,10 @@ impl GatewayRoot {
     }
 
     /// Installs keys another worker published, when the record changed since the last look.
-    fn adopt_shared(&mut self, worker: &RefCell<Worker>) {
+    fn adopt_shared(worker: &RefCell<Worker>) {
         let mut worker = worker.borrow_mut();
-        let key = &worker.plan.oidc.shared_key;
-        let Some((record, cas)) = keystore::read_shared(&HostCalls::default(), key, self.shared_cas) else {
-            return;
-        };
-        self.shared_cas = Some(cas);
-        worker.keys.adopt(&record);
+        let Worker { plan, keys, .. } = &mut *worker;
+        keys.adopt_shared(&HostCalls::default(), &plan.oidc.shared_key);
     }
 }
 
@@ -237,8 +232,7 @@ impl RootContext for GatewayRoot {
                 // A key fetch under way is the old configuration's (perhaps another IdP's): its
                 // answer must not land in the new one.
                 self.pending.retain(|_, p| !matches!(p, Pending::Keys(_)));
-                self.shared_cas = None;
-                self.adopt_shared(&worker);
+                Self::adopt_shared(&worker);
                 self.worker = Some(worker);
                 if !calls::set_tick_period(TICK) {
                     // No background work then: keys are fetched when a request needs them, and
@@ -262,7 +256,7 @@ impl RootContext for GatewayRoot {
     fn on_tick(&mut self) {
         self.metrics.flush();
         if let Some(worker) = self.worker.clone() {
-            self.adopt_shared(&worker);
+            Self::adopt_shared(&worker);
             self.refresh_keys(&worker);
             self.sync_budgets(&worker);
         }
