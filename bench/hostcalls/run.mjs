@@ -271,8 +271,10 @@ function oneRequest(timed) {
     const host = timed ? new Array(STEPS.length).fill(0) : null;
     let t0, h0 = 0;
     timingHost = timed;
+    // A step's clock and its share of the host's time start together.
+    const start = () => { h0 = hostMs; t0 = process.hrtime.bigint(); };
     const mark = (i) => {
-        if (timed) { const t = process.hrtime.bigint(); times[i] += Number(t - t0); host[i] += (hostMs - h0) * 1e6; h0 = hostMs; }
+        if (timed) { const t = process.hrtime.bigint(); times[i] += Number(t - t0); host[i] += (hostMs - h0) * 1e6; }
     };
     state.reply = null;
     state.maps[Map.RequestHeaders] = requestHeaders;
@@ -280,33 +282,28 @@ function oneRequest(timed) {
     exp("proxy_on_context_create", ctx, ROOT);
 
     callback = at("request_headers");
-    h0 = hostMs;
-    t0 = process.hrtime.bigint();
+    start();
     exp("proxy_on_request_headers", ctx, state.maps[Map.RequestHeaders].length, 0);
     mark(0);
     callback = at("request_body");
-    h0 = hostMs;
-    t0 = process.hrtime.bigint();
+    start();
     exp("proxy_on_request_body", ctx, requestBody.length, 1);
     mark(1);
     if (state.reply) throw new Error(`refused: ${JSON.stringify(state.reply)} ${JSON.stringify(state.logs.slice(-3))}`);
     callback = at("response_headers");
     state.maps[Map.ResponseHeaders] = responseHeaders;
-    h0 = hostMs;
-    t0 = process.hrtime.bigint();
+    start();
     exp("proxy_on_response_headers", ctx, state.maps[Map.ResponseHeaders].length, 0);
     mark(2);
     callback = at("response_body");
     chunks.forEach((chunk, i) => {
         state.buffers[Buffer.ResponseBody] = chunk;
-        h0 = hostMs;
-    t0 = process.hrtime.bigint();
+        start();
         exp("proxy_on_response_body", ctx, chunk.length, i === chunks.length - 1 ? 1 : 0);
         mark(3);
     });
     callback = at("log_done");
-    h0 = hostMs;
-    t0 = process.hrtime.bigint();
+    start();
     exp("proxy_on_log", ctx);
     exp("proxy_on_done", ctx);
     exp("proxy_on_delete", ctx);
