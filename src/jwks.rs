@@ -42,7 +42,8 @@ pub enum Algorithm {
     ES256,
     /// ECDSA P-384 with SHA-384.
     ES384,
-    /// Ed25519.
+    /// Ed25519: `EdDSA` (RFC 8037) or its fully specified name `Ed25519` (RFC 9864); the only
+    /// EdDSA curve accepted is Ed25519, so the two name one algorithm.
     EdDSA,
 }
 
@@ -58,7 +59,7 @@ impl Algorithm {
             "PS512" => Self::PS512,
             "ES256" => Self::ES256,
             "ES384" => Self::ES384,
-            "EdDSA" => Self::EdDSA,
+            "EdDSA" | "Ed25519" => Self::EdDSA,
             _ => return None,
         })
     }

@@ -280,8 +280,9 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
         return Err(AuthError::Malformed);
     };
     let header = decode_object(h)?;
-    // A critical extension we do not implement must fail verification (RFC 7515 4.1.11).
-    if header.get("crit").is_some_and(|c| c.as_array().is_none_or(|c| !c.is_empty())) {
+    // A critical extension we do not implement must fail verification, and an empty list is one
+    // a producer must not send (RFC 7515 4.1.11): we implement none, so any `crit` is refused.
+    if header.contains_key("crit") {
         return Err(AuthError::Malformed);
     }
     let alg = header.get("alg").and_then(Value::as_str).ok_or(AuthError::Malformed)?;
@@ -478,6 +479,35 @@ pub(crate) mod tests {
         let plan = plan();
         let set = KeySet::parse(keys.jwks().as_bytes()).unwrap();
         check_claims(token, &plan.oidc, NOW)?.verify(token, &set, &plan.oidc, NOW)
+    }
+
+    /// A token signed by `keys.ed` under the header given.
+    fn signed_by_ed(keys: &TestKeys, header: Value, claims: Value) -> String {
+        let enc = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let input = format!("{}.{}", enc(header), enc(claims));
+        let signature = keys.ed.key_pair().as_ref().sk.sign(input.as_bytes(), None);
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
+
+    /// RFC 9864 names Ed25519 signatures `Ed25519` (and deprecates `EdDSA`, which RFC 8037 let
+    /// mean Ed448 as well): an IdP that moved to the new name keeps working, and a key pinned
+    /// to either name verifies a token signed under the other, since both mean Ed25519 here.
+    #[test]
+    fn ed25519_is_the_fully_specified_name_of_eddsa() {
+        let keys = TestKeys::new();
+        for alg in ["EdDSA", "Ed25519"] {
+            let token = signed_by_ed(&keys, json!({"alg": alg, "kid": "ed-1"}), good_claims());
+            assert_eq!(verify(&token, &keys).map(|i| i.subject), Ok("alice".to_owned()), "{alg}");
+        }
+        let bad = signed_by_ed(&keys, json!({"alg": "Ed448", "kid": "ed-1"}), good_claims());
+        assert_eq!(verify(&bad, &keys).unwrap_err(), AuthError::UnsupportedAlgorithm);
+        let pinned = keys.jwks().replace(r#""crv":"Ed25519","#, r#""alg":"Ed25519","crv":"Ed25519","#);
+        assert!(pinned.contains(r#""alg":"Ed25519""#));
+        let set = KeySet::parse(pinned.as_bytes()).unwrap();
+        let plan = plan();
+        let token = signed_by_ed(&keys, json!({"alg": "EdDSA", "kid": "ed-1"}), good_claims());
+        let parsed = check_claims(&token, &plan.oidc, NOW).unwrap();
+        assert!(parsed.verify(&token, &set, &plan.oidc, NOW).is_ok(), "a key pinned to Ed25519 verifies EdDSA");
     }
 
     /// Amazon Cognito's access tokens carry no `aud`, only `client_id` (its ID tokens have `aud`
@@ -694,6 +724,17 @@ pub(crate) mod tests {
             ("two parts", "a.b".to_owned(), AuthError::Malformed),
             ("not base64", "!!.!!.!!".to_owned(), AuthError::Malformed),
             ("crit header", raw(json!({"alg": "RS256", "crit": ["x"]}), good_claims()), AuthError::Malformed),
+            // RFC 7515 4.1.11: producers must not send an empty list; the token is not well formed.
+            (
+                "crit empty",
+                raw(json!({"alg": "RS256", "kid": "rsa-1", "crit": []}), good_claims()),
+                AuthError::Malformed,
+            ),
+            (
+                "crit null",
+                raw(json!({"alg": "RS256", "kid": "rsa-1", "crit": null}), good_claims()),
+                AuthError::Malformed,
+            ),
             ("too large", "a".repeat(17000), AuthError::TooLarge),
             ("kid not a string", raw(json!({"alg": "RS256", "kid": 1}), good_claims()), AuthError::Malformed),
             ("alg missing", raw(json!({"kid": "rsa-1"}), good_claims()), AuthError::Malformed),
