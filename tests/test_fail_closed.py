@@ -98,15 +98,6 @@ def test_a_cancelled_request_costs_at_least_its_estimate(make_gateway, signer, s
     assert g.wait_for_log('"estimated":true'), "the abandoned request's record is in the log"
 
 
-def usage_records(g) -> list:
-    """The usage records: Envoy's access log, or the lines nginx logs."""
-    if hasattr(g, "usage_records"):
-        return g.usage_records()
-    marker = "claude-sso-gateway: usage "
-    return [json.JSONDecoder().raw_decode(line.split(marker, 1)[1])[0]
-            for line in g.logs().splitlines() if marker in line]
-
-
 @pytest.mark.parametrize("case", ["absurd", "2^64", "1e30", "float", "string", "no usage", "stream with 2^64"])
 def test_usage_that_cannot_be_believed_costs_the_estimate_never_less(make_gateway, signer, stub, case):
     """Absurd usage (2^63, 2^64 - 1) never wraps or lowers a counter. A 200 whose usage does not
@@ -138,7 +129,7 @@ def test_usage_that_cannot_be_believed_costs_the_estimate_never_less(make_gatewa
     assert before - after == spent + len(body) // 4 + 1000, "charged the estimate, no wrap, not 0"
     assert g.wait_for_log("implausible usage" if case == "absurd" else "could not read the answer's usage")
     deadline = time.monotonic() + 5
-    while not any(r.get("estimated") for r in usage_records(g)):
+    while not any(r.get("estimated") for r in g.usage_records()):
         assert time.monotonic() < deadline, "the record says the usage was estimated"
         time.sleep(0.1)
 

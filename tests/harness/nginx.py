@@ -243,6 +243,12 @@ class Nginx(HostProcess):
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def usage_records(self) -> list:
+        """The usage records: nginx has no access log of filter state, so the filter logs each."""
+        marker = "claude-sso-gateway: usage "
+        return [json.JSONDecoder().raw_decode(line.split(marker, 1)[1])[0]
+                for line in self.logs().splitlines() if marker in line]
+
     def stats(self, prefix="wasmcustom."):
         raise NotImplementedError("plain nginx has no reader for proxy-wasm metrics (Kong reads them from Lua)")
 
