@@ -18,10 +18,13 @@ pub fn units(counts: Counts, usage: &Usage, price: Option<&Price>) -> u64 {
 }
 
 /// Cost in micro-dollars (prices are dollars per million tokens, so one token costs `price` µ$).
+/// One-hour cache writes are priced apart from the five-minute ones.
 pub fn cost_micros(usage: &Usage, price: &Price) -> u64 {
+    let hour = usage.cache_write_1h();
     let micros = usage.input as f64 * price.input
         + usage.output as f64 * price.output
-        + usage.cache_write as f64 * price.cache_write
+        + (usage.cache_write - hour) as f64 * price.cache_write
+        + hour as f64 * price.cache_write_1h
         + usage.cache_read as f64 * price.cache_read;
     micros.round() as u64
 }
@@ -111,6 +114,7 @@ impl Metering {
             output: max_tokens.unwrap_or(budgets.reserve_output_tokens).min(budgets.reserve_output_tokens),
             cache_write: 0,
             cache_read: 0,
+            cache_write_1h: 0,
         };
         let estimate: Vec<u64> = limits.iter().map(|l| units(l.counts, &guess, subject.price.as_ref())).collect();
         let holds: Vec<u64> = match budgets.reserve {
@@ -178,7 +182,7 @@ impl Metering {
         }
         let mut warnings = Vec::new();
         let metered = self.meter.as_mut().map(Meter::finish).unwrap_or_default();
-        let mut usage = self.reported.unwrap_or(metered);
+        let mut usage = self.reported.map_or(metered, |reported| reported.with_1h_share_of(&metered));
         if !usage.is_plausible() {
             warnings.push(format!("upstream reported implausible usage {usage:?}; charging the estimate"));
             usage = Usage::default();
@@ -227,7 +231,7 @@ mod tests {
     }
 
     fn subject() -> Subject {
-        let price = Price { input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3 };
+        let price = Price { input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3, cache_write_1h: 6.0 };
         Subject {
             person: "alice".into(),
             person_key: "a1".into(),
@@ -286,6 +290,40 @@ mod tests {
         m.settle(&store, 70).unwrap();
         let counter = budget::decode(store.get(key).unwrap().0.as_deref(), key);
         assert_eq!((counter.s, counter.c, counter.p), (60, 5300, 0), "the hold left the window it was in");
+    }
+
+    /// Claude Code can ask for one-hour cache writes (`cache_control.ttl: "1h"`), which cost
+    /// twice the input price where five-minute ones cost 1.25 times: the answer says how many of
+    /// its writes were for an hour, and those are priced as such.
+    #[test]
+    fn one_hour_cache_writes_are_priced_apart() {
+        const HOURLY: &str = "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":100,\"output_tokens\":1,\"cache_creation_input_tokens\":1000,\"cache_read_input_tokens\":2000,\"cache_creation\":{\"ephemeral_5m_input_tokens\":400,\"ephemeral_1h_input_tokens\":600}}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":500,\"cache_creation_input_tokens\":1000}}\n\n";
+        let settle = |reported: Option<Usage>| {
+            let store = FakeStore::default();
+            let mut m =
+                Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 400, Some(0), 0).unwrap();
+            m.on_response_headers(Some(200), "text/event-stream", None);
+            m.on_response_body(HOURLY.as_bytes(), true);
+            if let Some(usage) = reported {
+                m.use_reported_usage(usage);
+            }
+            m.settle(&store, 1).unwrap()
+        };
+        let s = settle(None);
+        assert_eq!((s.usage.cache_write, s.usage.cache_write_1h), (1000, 600));
+        let want = 100.0 * 3.0 + 500.0 * 15.0 + 400.0 * 3.75 + 600.0 * 6.0 + 2000.0 * 0.3;
+        assert_eq!(s.cost_usd, Some(want / 1e6));
+        // Bedrock's invocation metrics give only the total of the writes: the stream's own events
+        // still say which of them were for an hour.
+        let metrics = Usage { input: 100, output: 500, cache_write: 1000, cache_read: 2000, cache_write_1h: 0 };
+        assert_eq!(settle(Some(metrics)).cost_usd, Some(want / 1e6));
+        // Never more one-hour writes than writes.
+        let fewer = Usage { cache_write: 300, ..metrics };
+        let s = settle(Some(fewer));
+        assert_eq!(s.usage.cache_write_1h, 300);
+        assert_eq!(s.cost_usd, Some((100.0 * 3.0 + 500.0 * 15.0 + 300.0 * 6.0 + 2000.0 * 0.3) / 1e6));
+        let odd = Usage { cache_write: 10, cache_write_1h: 50, ..metrics };
+        assert_eq!(cost_micros(&odd, &subject().price.unwrap()), (100.0 * 3.0 + 7500.0 + 10.0 * 6.0 + 600.0) as u64);
     }
 
     #[test]

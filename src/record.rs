@@ -65,6 +65,7 @@ impl UsageRecord {
         field(&mut out, "output_tokens", &u.output);
         field(&mut out, "cache_write_tokens", &u.cache_write);
         field(&mut out, "cache_read_tokens", &u.cache_read);
+        field(&mut out, "cache_write_1h_tokens", &u.cache_write_1h());
         // JSON has no NaN or infinity (serde_json would write null for them anyway).
         field(&mut out, "cost_usd", &self.cost_usd.filter(|c| c.is_finite()));
         field(&mut out, "latency_ms", &self.latency_ms);
@@ -93,7 +94,7 @@ fn field(out: &mut Vec<u8>, name: &str, value: &impl Serialize) {
 
 /// A record's JSON without its strings: the field names, the time and the numbers at their
 /// longest.
-const LINE_BYTES: usize = 448;
+const LINE_BYTES: usize = 496;
 
 /// `2026-11-29T14:52:03.123Z` for milliseconds since the epoch (proleptic Gregorian, UTC).
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -168,6 +169,7 @@ mod tests {
         output_tokens: u64,
         cache_write_tokens: u64,
         cache_read_tokens: u64,
+        cache_write_1h_tokens: u64,
         cost_usd: Option<f64>,
         latency_ms: Option<u64>,
         ttft_ms: Option<u64>,
@@ -192,6 +194,7 @@ mod tests {
             output_tokens: u.output,
             cache_write_tokens: u.cache_write,
             cache_read_tokens: u.cache_read,
+            cache_write_1h_tokens: u.cache_write_1h(),
             cost_usd: r.cost_usd.filter(|c| c.is_finite()),
             latency_ms: r.latency_ms,
             ttft_ms: r.ttft_ms,
@@ -215,7 +218,7 @@ mod tests {
             provider_model: Some(nasty.clone()),
             provider: Some("bedrock"),
             status: Some(u32::MAX),
-            usage: Usage { input: u64::MAX, output: 0, cache_write: 1, cache_read: 123_456_789 },
+            usage: Usage { input: u64::MAX, output: 0, cache_write: 1, cache_read: 123_456_789, cache_write_1h: 1 },
             cost_usd: Some(0.000_000_1),
             latency_ms: Some(u64::MAX),
             ttft_ms: Some(0),

@@ -1,7 +1,7 @@
 //! Token usage of one answer, counted while the answer passes through: from SSE
 //! (`message_start` then cumulative `message_delta`) or from a JSON body's `usage`.
 //!
-//! Each of the four fields takes the last value the provider reported for it, once. Summing
+//! Each field takes the last value the provider reported for it, once. Summing
 //! `message_start` and `message_delta` (double counting output) and dropping the cache fields
 //! are the bugs other gateways shipped; the tests below pin both down.
 
@@ -20,16 +20,34 @@ pub struct Usage {
     pub input: u64,
     /// `output_tokens`.
     pub output: u64,
-    /// `cache_creation_input_tokens`.
+    /// `cache_creation_input_tokens`: every cache write, whatever its lifetime.
     pub cache_write: u64,
     /// `cache_read_input_tokens`.
     pub cache_read: u64,
+    /// `cache_creation.ephemeral_1h_input_tokens`: the part of `cache_write` cached for an hour,
+    /// which is priced higher than the five-minute writes (zero when not reported).
+    pub cache_write_1h: u64,
 }
 
 impl Usage {
     /// Prompt tokens including cache writes and reads.
     pub fn prompt(&self) -> u64 {
         self.input.saturating_add(self.cache_write).saturating_add(self.cache_read)
+    }
+
+    /// The one-hour cache writes, at most all the writes (a provider that reports more is not
+    /// believed past that).
+    pub fn cache_write_1h(&self) -> u64 {
+        self.cache_write_1h.min(self.cache_write)
+    }
+
+    /// This usage with the one-hour share of `cache_write` that `read` saw, where this usage
+    /// does not break its writes down (Bedrock's invocation metrics give only the total).
+    pub fn with_1h_share_of(self, read: &Usage) -> Usage {
+        if self.cache_write_1h > 0 {
+            return self;
+        }
+        Usage { cache_write_1h: read.cache_write_1h().min(self.cache_write), ..self }
     }
 
     /// Prompt and completion tokens.
@@ -40,7 +58,9 @@ impl Usage {
     /// Whether every field is a count a real answer can have. A larger one is an upstream
     /// fault (or a hostile upstream) and is not believed.
     pub fn is_plausible(&self) -> bool {
-        [self.input, self.output, self.cache_write, self.cache_read].iter().all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
+        [self.input, self.output, self.cache_write, self.cache_read, self.cache_write_1h]
+            .iter()
+            .all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
     }
 }
 
@@ -50,6 +70,14 @@ struct RawUsage {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation: Option<CacheCreation>,
+}
+
+/// `usage.cache_creation`: the cache writes by lifetime.
+#[derive(Debug, Default, Deserialize)]
+struct CacheCreation {
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,7 +132,8 @@ pub struct Meter {
 /// What the answer has said so far.
 #[derive(Debug, Default)]
 struct Seen {
-    fields: [Option<u64>; 4],
+    /// Input, output, cache writes, cache reads, one-hour cache writes.
+    fields: [Option<u64>; 5],
     /// Whether any usage was reported at all.
     reported: bool,
     /// Whether a stream's last usage (`message_delta`, cumulative) came.
@@ -196,8 +225,8 @@ impl Meter {
                 bytes.clear();
             }
         }
-        let [input, output, cache_write, cache_read] = self.seen.fields.map(|f| f.unwrap_or(0));
-        Usage { input, output, cache_write, cache_read }
+        let [input, output, cache_write, cache_read, cache_write_1h] = self.seen.fields.map(|f| f.unwrap_or(0));
+        Usage { input, output, cache_write, cache_read, cache_write_1h }
     }
 }
 
@@ -229,9 +258,14 @@ impl Seen {
     }
 }
 
-fn merge(fields: &mut [Option<u64>; 4], usage: &RawUsage) {
-    let new =
-        [usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens];
+fn merge(fields: &mut [Option<u64>; 5], usage: &RawUsage) {
+    let new = [
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+        usage.cache_creation.as_ref().and_then(|c| c.ephemeral_1h_input_tokens),
+    ];
     for (field, value) in fields.iter_mut().zip(new) {
         if value.is_some() {
             *field = value;
@@ -283,7 +317,7 @@ mod tests {
     fn captured_stream_counts_the_same_at_every_split() {
         let stream = fixture();
         let whole = count("text/event-stream", &[&stream]);
-        assert_eq!(whole, Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0 });
+        assert_eq!(whole, Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0, cache_write_1h: 0 });
         for i in 0..=stream.len() {
             assert_eq!(count("text/event-stream", &[&stream[..i], &stream[i..]]), whole, "split at {i}");
         }
@@ -297,22 +331,22 @@ mod tests {
             (
                 "delta output replaces start output",
                 "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40}}\n\n",
-                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7 },
+                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0 },
             ),
             (
                 "delta repeats cumulative cache fields: taken once",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}}\n\nevent: message_delta\ndata: {\"usage\":{\"input_tokens\":10,\"output_tokens\":40,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}\n\n",
-                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7 },
+                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0 },
             ),
             (
                 "stream cut after message_start",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"delta\":{\"text\":\"hal",
-                Usage { input: 10, output: 1, cache_write: 0, cache_read: 0 },
+                Usage { input: 10, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0 },
             ),
             (
                 "error event after start keeps start usage",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n",
-                Usage { input: 3, output: 1, cache_write: 0, cache_read: 0 },
+                Usage { input: 3, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0 },
             ),
         ];
         for (name, stream, want) in cases {
@@ -336,15 +370,21 @@ mod tests {
         let mut meter = Meter::new("text/event-stream");
         meter.push(b"event: content_block_delta\ndata: {\"text\":\"\xff\"}\n\n");
         meter.push(&fixture());
-        assert_eq!(meter.finish(), Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0 });
+        assert_eq!(
+            meter.finish(),
+            Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0, cache_write_1h: 0 }
+        );
         assert_eq!(meter.problem(Some(200)), None);
     }
 
     #[test]
     fn json_answers() {
         let message = br#"{"id":"m","type":"message","content":[{"type":"text","text":"<block>no"}],"usage":{"input_tokens":900,"output_tokens":4,"cache_creation_input_tokens":0,"cache_read_input_tokens":120}}"#;
-        let want = Usage { input: 900, output: 4, cache_write: 0, cache_read: 120 };
+        let want = Usage { input: 900, output: 4, cache_write: 0, cache_read: 120, cache_write_1h: 0 };
         assert_eq!(count("application/json", &[&message[..50], &message[50..]]), want);
+        let hourly = br#"{"usage":{"input_tokens":9,"output_tokens":4,"cache_creation_input_tokens":70,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":20,"ephemeral_1h_input_tokens":50}}}"#;
+        let want = Usage { input: 9, output: 4, cache_write: 70, cache_read: 0, cache_write_1h: 50 };
+        assert_eq!(count("application/json", &[hourly]), want, "one-hour writes are told apart");
         let error = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert_eq!(count("application/json", &[error]), Usage::default());
         let mut big = br#"{"content":[{"type":"text","text":""#.to_vec();

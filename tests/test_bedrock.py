@@ -131,6 +131,37 @@ def test_usage_is_counted_and_budgets_hold_as_for_anthropic(aws, signer):
         g.stop()
 
 
+def test_one_hour_cache_writes_are_priced_apart_from_the_metrics_total(aws, signer):
+    """Bedrock's invocation metrics (what AWS bills, and what the gateway charges) give only the
+    total of the cache writes; the stream's `message_start` says how many were for an hour, and
+    those are priced at `cache_write_1h`."""
+    account = aws.bedrock
+    aws.reset()
+    saved = aws.usage
+    aws.usage = {"input_tokens": 120, "output_tokens": 30, "cache_creation_input_tokens": 1000,
+                 "cache_read_input_tokens": 2000,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600}}
+    config = bedrock_config(signer, account)
+    price = {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3, "cache_write_1h": 6}
+    for m in config["models"]:
+        if m["alias"] == "claude-sonnet-4-6":
+            m["price"] = price
+    g = Envoy(config, aws.port, [signer.upstream],
+              env={"ANTHROPIC_API_KEY": UPSTREAM_KEY, "AWS_SECRET_ACCESS_KEY": account.secret_access_key,
+                   "AWS_SESSION_TOKEN": account.session_token})
+    try:
+        assert account.invocation_metrics
+        assert call(g.port, signer.token(), STREAM).status == 200
+        time.sleep(0.3)
+        record = g.usage_records()[0]
+        assert (record["provider"], record["cache_write_tokens"], record["cache_write_1h_tokens"]) == (
+            "bedrock", 1000, 600)
+        assert record["cost_usd"] == pytest.approx((120 * 3 + 30 * 15 + 400 * 3.75 + 600 * 6 + 2000 * 0.3) / 1e6)
+    finally:
+        aws.usage = saved
+        g.stop()
+
+
 def test_a_wrong_signature_is_refused_as_aws_does(aws, signer):
     account = aws.bedrock
     aws.reset()

@@ -210,3 +210,50 @@ def test_dashboard_queries_answer_from_a_real_prometheus(traffic):
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+HOURLY = {"input_tokens": 120, "output_tokens": 30, "cache_creation_input_tokens": 1000,
+          "cache_read_input_tokens": 2000,
+          "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600}}
+
+
+def hourly_cost(price, one_hour_price):
+    u = HOURLY
+    return (u["input_tokens"] * price["input"] + u["output_tokens"] * price["output"]
+            + 400 * price["cache_write"] + 600 * one_hour_price + u["cache_read_input_tokens"] * price["cache_read"]) / 1e6
+
+
+def test_one_hour_cache_writes_are_priced_apart(make_gateway, host, stub, signer):
+    """Claude Code may write the prompt cache for an hour (`cache_control.ttl: "1h"`), which costs
+    twice the input price where a five-minute write costs 1.25 times. The answer says how many of
+    its writes were for an hour (`usage.cache_creation`); the record (and, in Envoy, the cost
+    metric) prices them as such: at the configured `cache_write_1h`, or twice `input` when none
+    is set. On both hosts."""
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    sonnet, opus = PRICES["claude-sonnet-4-6"], dict(PRICES["claude-opus-4-7"], cache_write_1h=11)
+    for m in config["models"]:
+        if m["alias"] == "claude-sonnet-4-6":
+            m["price"] = sonnet
+        if m["alias"] == "claude-opus-4-7":
+            m["price"] = opus
+    stub.usage = dict(HOURLY)
+    g = make_gateway(config, [signer.upstream])
+    alice = signer.token(sub="alice")
+    bob = signer.token(sub="bob", groups=["claude-power-users"])
+    assert call(g.port, alice, with_model(STREAM, "claude-sonnet-4-6")).status == 200
+    assert call(g.port, alice, JSON_BODY).status == 200
+    assert call(g.port, bob, with_model(STREAM, "claude-opus-4-7")).status == 200
+    deadline = time.monotonic() + 5
+    while len(records := g.usage_records()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    records.sort(key=lambda r: (r["model"], r["time"]))
+    assert [(r["model"], r["cache_write_tokens"], r["cache_write_1h_tokens"]) for r in records] == [
+        ("claude-opus-4-7", 1000, 600), ("claude-sonnet-4-6", 1000, 600), ("claude-sonnet-4-6", 1000, 600)]
+    want = [hourly_cost(opus, 11)] + [hourly_cost(sonnet, 2 * sonnet["input"])] * 2
+    assert [r["cost_usd"] for r in records] == pytest.approx(want)
+    if host == "envoy":
+        time.sleep(1.5)  # a stats flush
+        s = series(g.prometheus())
+        metric = 'claude_sso_gateway_cost_usd_micros_total{{tier="{}",model="{}"}}'
+        assert s[metric.format("standard", "claude-sonnet-4-6")] == round(2 * want[1] * 1e6)
+        assert s[metric.format("power", "claude-opus-4-7")] == round(want[0] * 1e6)

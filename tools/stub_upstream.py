@@ -35,6 +35,8 @@ def sse_events(model, usage, text="Hello from the stand-in upstream.", pause=0.0
         "cache_read_input_tokens": usage["cache_read_input_tokens"],
         "output_tokens": 1,
     }
+    if "cache_creation" in usage:  # the writes by lifetime, as the API reports them
+        start_usage["cache_creation"] = usage["cache_creation"]
     words = text.split(" ")
     yield "message_start", {"type": "message_start", "message": {
         "id": "msg_stub", "type": "message", "role": "assistant", "model": model, "content": [],

@@ -39,6 +39,7 @@ impl Metrics {
             output: self.output_token_count.unwrap_or(0),
             cache_write: self.cache_write_input_token_count.unwrap_or(0),
             cache_read: self.cache_read_input_token_count.unwrap_or(0),
+            cache_write_1h: 0,
         }
     }
 }
@@ -185,6 +186,7 @@ pub fn usage_from_headers(headers: &[(&str, &str)]) -> Option<Usage> {
         output: output.unwrap_or(0),
         cache_write: cache_write.unwrap_or(0),
         cache_read: cache_read.unwrap_or(0),
+        cache_write_1h: 0,
     })
 }
 
@@ -206,7 +208,13 @@ mod tests {
 
     impl From<&Counts> for Usage {
         fn from(c: &Counts) -> Usage {
-            Usage { input: c.input, output: c.output, cache_write: c.cache_write, cache_read: c.cache_read }
+            Usage {
+                input: c.input,
+                output: c.output,
+                cache_write: c.cache_write,
+                cache_read: c.cache_read,
+                cache_write_1h: 0,
+            }
         }
     }
 
@@ -392,7 +400,7 @@ mod tests {
         ];
         assert_eq!(
             usage_from_headers(&headers),
-            Some(Usage { input: 120, output: 30, cache_write: 0, cache_read: 2000 })
+            Some(Usage { input: 120, output: 30, cache_write: 0, cache_read: 2000, cache_write_1h: 0 })
         );
         assert_eq!(usage_from_headers(&[("content-type", "application/json")]), None);
     }

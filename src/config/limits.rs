@@ -29,18 +29,32 @@ pub(super) struct RawTierBudget {
     pub per: Option<Per>,
 }
 
-/// Dollars per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
+/// A model's `price`, as written: dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawPrice {
+    input: f64,
+    output: f64,
+    cache_write: f64,
+    cache_read: f64,
+    #[serde(default)]
+    cache_write_1h: Option<f64>,
+}
+
+/// Dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Price {
     /// Uncached input tokens.
     pub input: f64,
     /// Output tokens.
     pub output: f64,
-    /// Cache writes.
+    /// Cache writes for five minutes (the default lifetime).
     pub cache_write: f64,
     /// Cache reads.
     pub cache_read: f64,
+    /// Cache writes for one hour (`cache_control.ttl: "1h"`): as configured, or twice `input`,
+    /// as Anthropic and Bedrock price them.
+    pub cache_write_1h: f64,
 }
 
 /// How admission holds budget for a request that has not answered yet.
@@ -113,8 +127,9 @@ pub(super) fn compile_budgets(raw: RawBudgets) -> Result<Budgets, ConfigError> {
     })
 }
 
-pub(super) fn check_price(field: &str, price: &Price) -> Result<(), ConfigError> {
-    let all = [price.input, price.output, price.cache_write, price.cache_read];
+/// Checks a model's price and fills in the one-hour cache writes' price when it is not given.
+pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigError> {
+    let all = [raw.input, raw.output, raw.cache_write, raw.cache_read, raw.cache_write_1h.unwrap_or(0.0)];
     if all.iter().any(|p| !p.is_finite() || *p < 0.0) {
         return Err(ConfigError::new(field, "prices must be non-negative numbers (dollars per million tokens)"));
     }
@@ -123,7 +138,14 @@ pub(super) fn check_price(field: &str, price: &Price) -> Result<(), ConfigError>
     if all.iter().any(|p| *p > MAX_PRICE) {
         return Err(ConfigError::new(field, format!("prices must be at most {MAX_PRICE} dollars per million tokens")));
     }
-    Ok(())
+    Ok(Price {
+        input: raw.input,
+        output: raw.output,
+        cache_write: raw.cache_write,
+        cache_read: raw.cache_read,
+        // At most twice MAX_PRICE: a request's cost still stays a count a counter holds exactly.
+        cache_write_1h: raw.cache_write_1h.unwrap_or(raw.input * 2.0),
+    })
 }
 
 /// Compiles a tier's limits. `priced` tells whether every model of the tier has a price.
@@ -248,6 +270,19 @@ mod tests {
         assert_eq!(load(&doc).unwrap().tiers[1].limits[0].limit, 2_500_000);
     }
 
+    /// One-hour cache writes cost what the price says, or twice the input price (Anthropic's and
+    /// Bedrock's multiplier) when it says nothing of them.
+    #[test]
+    fn one_hour_cache_writes_have_their_own_price() {
+        let mut doc = crate::config::tests::sample();
+        doc["models"][0]["price"] = json!({"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3});
+        doc["models"][1]["price"] =
+            json!({"input": 5, "output": 25, "cache_write": 6.25, "cache_read": 0.5, "cache_write_1h": 9});
+        let plan = load(&doc).unwrap();
+        let hourly = |m: usize| plan.models[m].price.map(|p| p.cache_write_1h);
+        assert_eq!((hourly(0), hourly(1)), (Some(6.0), Some(9.0)));
+    }
+
     #[test]
     fn invalid_budget_fields_name_the_field() {
         type Edit = fn(&mut Value);
@@ -289,6 +324,22 @@ mod tests {
                 "negative price",
                 |d| d["models"][0]["price"] = json!({"input": -1, "output": 0, "cache_write": 0, "cache_read": 0}),
                 "config error: models[0].price: prices must be non-negative numbers (dollars per million tokens)",
+            ),
+            (
+                "negative one-hour cache write price",
+                |d| {
+                    d["models"][0]["price"] =
+                        json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "cache_write_1h": -2})
+                },
+                "config error: models[0].price: prices must be non-negative numbers (dollars per million tokens)",
+            ),
+            (
+                "a price of an unknown kind",
+                |d| {
+                    d["models"][0]["price"] =
+                        json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "cache_write_2h": 2})
+                },
+                "config error: models[0].price.cache_write_2h: unknown field `cache_write_2h`",
             ),
             (
                 "bad window type",

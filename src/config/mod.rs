@@ -627,10 +627,8 @@ fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, 
             .iter()
             .position(|t| t.name == m.target)
             .ok_or_else(|| ConfigError::new(format!("{field}.target"), format!("unknown target {:?}", m.target)))?;
-        if let Some(price) = &m.price {
-            limits::check_price(&format!("{field}.price"), price)?;
-        }
-        models.push(Model { alias: m.alias, target, model_id: m.model_id, price: m.price });
+        let price = m.price.map(|raw| limits::compile_price(&format!("{field}.price"), raw)).transpose()?;
+        models.push(Model { alias: m.alias, target, model_id: m.model_id, price });
     }
     Ok(models)
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use super::limits::{self, Price};
+use super::limits::{self, RawPrice};
 use super::Provider;
 use crate::budget::{Counts, Per, WindowType};
 
@@ -217,7 +217,7 @@ pub(super) struct RawModel {
     pub(super) target: String,
     pub(super) model_id: String,
     #[serde(default)]
-    pub(super) price: Option<Price>,
+    pub(super) price: Option<RawPrice>,
 }
 
 #[derive(Debug, Deserialize)]
