@@ -460,19 +460,11 @@ pub fn headers(standings: &[Standing], provider: &str, charged: &[u64], warn_sha
         name
     };
     let used = |i: usize, s: &Standing| s.used.saturating_add(charged.get(i).copied().unwrap_or(0));
-    let room = |i: usize, s: &Standing| (s.limit.limit.saturating_sub(used(i, s)), s.limit.limit);
-    // The header names carry the window only: of limits sharing a window (a person's and the
-    // tier's), the one with the least room left is the one the client must see.
-    let shown = |i: usize, s: &Standing| {
-        standings
-            .iter()
-            .enumerate()
-            .all(|(j, other)| other.limit.window != s.limit.window || j == i || (room(i, s), i) < (room(j, other), j))
-    };
+    let shown = shown_limits(standings, charged);
     let mut warning = None::<(f64, u64, &Standing)>;
     for (i, s) in standings.iter().enumerate() {
         let used = used(i, s);
-        if shown(i, s) {
+        if shown[i] {
             out.push((name("limit", s.limit.window), number(s.limit.limit)));
             out.push((name("remaining", s.limit.window), number(s.limit.limit.saturating_sub(used))));
         }
@@ -495,6 +487,41 @@ pub fn headers(standings: &[Standing], provider: &str, charged: &[u64], warn_sha
         out.push(("ratelimit-reset".to_owned(), number(r)));
     }
     out
+}
+
+/// Which standings the rate-limit headers show: the header names carry the window only, so of
+/// limits sharing a window (a person's and the tier's, or a token and a cost limit) one is shown,
+/// the one nearest refusal. Rooms in one unit compare as they are (the least room refuses
+/// first); a token limit and a cost limit (micro-dollars) have no common unit, and the one of the
+/// two with the smaller share left is shown. Ties go to the one listed first.
+fn shown_limits(standings: &[Standing], charged: &[u64]) -> Vec<bool> {
+    let room = |i: usize| {
+        let s = &standings[i];
+        s.limit.limit.saturating_sub(s.used.saturating_add(charged.get(i).copied().unwrap_or(0)))
+    };
+    let is_cost = |i: usize| standings[i].limit.counts == Counts::Cost;
+    let window = |i: usize| standings[i].limit.window;
+    let all = 0..standings.len();
+    // The least room of its unit in its window.
+    let least_of_unit: Vec<bool> = all
+        .clone()
+        .map(|i| {
+            all.clone()
+                .all(|j| j == i || window(j) != window(i) || is_cost(j) != is_cost(i) || (room(i), i) < (room(j), j))
+        })
+        .collect();
+    // room_i / limit_i < room_j / limit_j, exactly.
+    let share_below = |i: usize, j: usize| {
+        let (ri, li) = (u128::from(room(i)), u128::from(standings[i].limit.limit));
+        let (rj, lj) = (u128::from(room(j)), u128::from(standings[j].limit.limit));
+        (ri * lj, i) < (rj * li, j)
+    };
+    all.clone()
+        .map(|i| {
+            least_of_unit[i]
+                && all.clone().all(|j| j == i || !least_of_unit[j] || window(j) != window(i) || share_below(i, j))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -786,6 +813,32 @@ mod tests {
             assert_eq!(all("ratelimit-reset"), ["9"]);
             let warnings = all("x-ai-ratelimit-warning");
             assert!(warnings.len() == 1 && warnings[0].starts_with("99%"), "{warnings:?}");
+        }
+    }
+
+    /// A token limit and a cost limit (micro-dollars) of one window have no common unit: 500
+    /// tokens left of 1,000 is further from refusal than $1 left of $10, though 500 < 1,000,000.
+    #[test]
+    fn of_a_token_and_a_cost_limit_sharing_a_window_the_headers_show_the_smaller_share_left() {
+        let tokens = Standing { limit: limit(1_000, 60, WindowType::Sliding), used: 500, reset: 42, retry_after: 0 };
+        let mut dollars = limit(10_000_000, 60, WindowType::Sliding);
+        dollars.counts = Counts::Cost;
+        let cost = Standing { limit: dollars, used: 9_000_000, reset: 42, retry_after: 0 };
+        let person = Standing { limit: limit(600, 60, WindowType::Sliding), used: 200, ..tokens.clone() };
+        for order in [vec![&tokens, &cost], vec![&cost, &tokens], vec![&person, &cost, &tokens]] {
+            let standings: Vec<Standing> = order.iter().map(|s| (*s).clone()).collect();
+            let h = headers(&standings, "anthropic", &[], 0.99);
+            let all = |n: &str| h.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+            assert_eq!(all("x-ai-ratelimit-limit-60-anthropic"), ["10000000"], "{order:?}");
+            assert_eq!(all("x-ai-ratelimit-remaining-60-anthropic"), ["1000000"]);
+        }
+        // With room to spare on the cost limit, the least room among the token limits shows.
+        let roomy = Standing { used: 1_000_000, ..cost.clone() };
+        for order in [vec![&person, &roomy, &tokens], vec![&tokens, &roomy, &person]] {
+            let standings: Vec<Standing> = order.iter().map(|s| (*s).clone()).collect();
+            let h = headers(&standings, "anthropic", &[], 0.99);
+            let all = |n: &str| h.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+            assert_eq!(all("x-ai-ratelimit-remaining-60-anthropic"), ["400"], "{order:?}");
         }
     }
 }
