@@ -322,6 +322,11 @@ mod tests {
         let s = settle(Some(fewer));
         assert_eq!(s.usage.cache_write_1h, 300);
         assert_eq!(s.cost_usd, Some((100.0 * 3.0 + 500.0 * 15.0 + 300.0 * 6.0 + 2000.0 * 0.3) / 1e6));
+        // A one-hour share above all the writes counts as all of them, on either path: not a
+        // reason to disbelieve the answer on one and not on the other.
+        let over = Usage { cache_write_1h: 200_000_000, ..metrics };
+        assert!(over.is_plausible());
+        assert_eq!(settle(Some(Usage { cache_write_1h: 0, ..over })).usage.cache_write_1h, 600);
         let odd = Usage { cache_write: 10, cache_write_1h: 50, ..metrics };
         assert_eq!(cost_micros(&odd, &subject().price.unwrap()), (100.0 * 3.0 + 7500.0 + 10.0 * 6.0 + 600.0) as u64);
     }

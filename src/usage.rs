@@ -58,7 +58,9 @@ impl Usage {
     /// Whether every field is a count a real answer can have. A larger one is an upstream
     /// fault (or a hostile upstream) and is not believed.
     pub fn is_plausible(&self) -> bool {
-        [self.input, self.output, self.cache_write, self.cache_read, self.cache_write_1h]
+        // The one-hour share counts only up to all the writes, as it is priced (and as Bedrock's
+        // total clamps it): a share above them alone does not make the usage unbelievable.
+        [self.input, self.output, self.cache_write, self.cache_read, self.cache_write_1h()]
             .iter()
             .all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
     }
@@ -70,8 +72,15 @@ struct RawUsage {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_creation: Option<CacheCreation>,
+    /// `Some(None)` for `"cache_creation": null`: present, so it says there were no one-hour
+    /// writes; `None` when absent, which leaves what an earlier event said.
+    #[serde(default, deserialize_with = "present")]
+    cache_creation: Option<Option<CacheCreation>>,
+}
+
+/// A field that is present, `null` included.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// `usage.cache_creation`: the cache writes by lifetime.
@@ -264,7 +273,8 @@ fn merge(fields: &mut [Option<u64>; 5], usage: &RawUsage) {
         usage.output_tokens,
         usage.cache_creation_input_tokens,
         usage.cache_read_input_tokens,
-        usage.cache_creation.as_ref().and_then(|c| c.ephemeral_1h_input_tokens),
+        // The breakdown is one report: a `cache_creation` without a one-hour count says none.
+        usage.cache_creation.as_ref().map(|c| c.as_ref().and_then(|c| c.ephemeral_1h_input_tokens).unwrap_or(0)),
     ];
     for (field, value) in fields.iter_mut().zip(new) {
         if value.is_some() {
@@ -382,6 +392,28 @@ mod tests {
         let message = br#"{"id":"m","type":"message","content":[{"type":"text","text":"<block>no"}],"usage":{"input_tokens":900,"output_tokens":4,"cache_creation_input_tokens":0,"cache_read_input_tokens":120}}"#;
         let want = Usage { input: 900, output: 4, cache_write: 0, cache_read: 120, cache_write_1h: 0 };
         assert_eq!(count("application/json", &[&message[..50], &message[50..]]), want);
+        // The same last usage, as a JSON answer and as a stream's last event, reads the same:
+        // a breakdown without a one-hour count (or `null`) replaces the start's, absence keeps it.
+        let last = r#"{"input_tokens":1,"output_tokens":5,"cache_creation_input_tokens":1000,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":1000}}"#;
+        let start = r#"event: message_start
+data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_input_tokens":1000,"cache_creation":{"ephemeral_5m_input_tokens":400,"ephemeral_1h_input_tokens":600}}}}
+
+"#;
+        for (last, want) in [
+            (last.to_owned(), 0),
+            (last.replace(r#"{"ephemeral_5m_input_tokens":1000}"#, "null"), 0),
+            (last.replace(r#","cache_creation":{"ephemeral_5m_input_tokens":1000}"#, ""), 600),
+        ] {
+            let json = count("application/json", &[format!(r#"{{"usage":{last}}}"#).as_bytes()]);
+            let sse = count(
+                "text/event-stream",
+                &[format!("{start}event: message_delta\ndata: {{\"usage\":{last}}}\n\n").as_bytes()],
+            );
+            assert_eq!(sse.cache_write_1h, want, "{last}");
+            if want == 0 {
+                assert_eq!(json.cache_write_1h, sse.cache_write_1h, "{last}");
+            }
+        }
         let hourly = br#"{"usage":{"input_tokens":9,"output_tokens":4,"cache_creation_input_tokens":70,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":20,"ephemeral_1h_input_tokens":50}}}"#;
         let want = Usage { input: 9, output: 4, cache_write: 70, cache_read: 0, cache_write_1h: 50 };
         assert_eq!(count("application/json", &[hourly]), want, "one-hour writes are told apart");

@@ -52,8 +52,8 @@ pub struct Price {
     pub cache_write: f64,
     /// Cache reads.
     pub cache_read: f64,
-    /// Cache writes for one hour (`cache_control.ttl: "1h"`): as configured, or twice `input`,
-    /// as Anthropic and Bedrock price them.
+    /// Cache writes for one hour (`cache_control.ttl: "1h"`): as configured, or twice `input`
+    /// (as Anthropic and Bedrock price them) but never below `cache_write`.
     pub cache_write_1h: f64,
 }
 
@@ -143,8 +143,9 @@ pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigE
         output: raw.output,
         cache_write: raw.cache_write,
         cache_read: raw.cache_read,
-        // At most twice MAX_PRICE: a request's cost still stays a count a counter holds exactly.
-        cache_write_1h: raw.cache_write_1h.unwrap_or(raw.input * 2.0),
+        // Never below a five-minute write. At most twice MAX_PRICE: a request's cost still stays a
+        // count a counter holds exactly.
+        cache_write_1h: raw.cache_write_1h.unwrap_or((raw.input * 2.0).max(raw.cache_write)),
     })
 }
 
@@ -281,6 +282,9 @@ mod tests {
         let plan = load(&doc).unwrap();
         let hourly = |m: usize| plan.models[m].price.map(|p| p.cache_write_1h);
         assert_eq!((hourly(0), hourly(1)), (Some(6.0), Some(9.0)));
+        doc["models"][0]["price"] = json!({"input": 0, "output": 1, "cache_write": 3.75, "cache_read": 0});
+        let plan = load(&doc).unwrap();
+        assert_eq!(plan.models[0].price.map(|p| p.cache_write_1h), Some(3.75), "never below a five-minute write");
     }
 
     #[test]
