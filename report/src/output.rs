@@ -116,10 +116,12 @@ pub fn text(s: &Summary, period: &str) -> String {
 }
 
 /// One CSV field. A key that a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, a tab
-/// or a carriage return first) gets a leading `'`, so it is shown as text and never run: the
-/// model is what a client asked for, and a refused request's record keeps it.
+/// or a carriage return, then more) gets a leading `'`, so it is shown as text and never run:
+/// the model is what a client asked for, and a refused request's record keeps it. A lone `-`
+/// (the report's "none", as for requests not refused) is no formula and stays as it is.
 fn csv_cell(c: &str, key: bool) -> String {
-    let c = if key && c.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{c}") } else { c.to_owned() };
+    let formula = c.starts_with(['=', '+', '-', '@', '\t', '\r']) && c.len() > 1;
+    let c = if key && formula { format!("'{c}") } else { c.to_owned() };
     if c.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", c.replace('"', "\"\""))
     } else {
@@ -128,13 +130,19 @@ fn csv_cell(c: &str, key: bool) -> String {
 }
 
 /// A key as the text table shows it: control characters (a terminal's escape sequences, line
-/// breaks) written as `\u{..}` escapes, so a key sent by a client cannot move the cursor, clear
-/// the screen or break the table's lines.
+/// breaks) and the invisible ones that reorder or hide text (bidirectional overrides and
+/// isolates, zero-width characters, the byte order mark) written as `\u{..}` escapes, so a key
+/// sent by a client cannot move the cursor, clear the screen, break the table's lines or show
+/// another name than it has.
 fn printable(key: &str) -> String {
-    if !key.chars().any(char::is_control) {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+    };
+    if !key.chars().any(hidden) {
         return key.to_owned();
     }
-    key.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+    key.chars().map(|c| if hidden(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
 }
 
 /// CSV with a header; the last line is the totals (`TOTAL` in the first column).
@@ -245,10 +253,18 @@ mod tests {
         assert!(out.contains("\n'@SUM(1+1),"), "{out}");
         assert!(out.contains("\n'-2+3,"), "{out}");
         assert!(out.contains("\nclaude-sonnet-4-6,"), "{out}");
+        // Requests not refused are keyed `-`: the report's own "none", not a formula.
+        let by_refusal = csv(&summarize(&records, &[Dim::Refusal]));
+        assert!(by_refusal.contains("\n-,5,"), "{by_refusal}");
         let table = text(&summary, "all time");
         assert!(!table.contains('\u{1b}'), "{table}");
         assert!(table.contains("\\u{1b}[2J\\u{1b}[31mred\\u{a}line"), "{table}");
         assert_eq!(table.lines().count(), 4 + 5 + 2, "one line per row: {table}");
+        // A right-to-left override would show `claude-6-4-BEFA`'s letters reversed.
+        let spoof =
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"a","model":"claude-\u202eAFEB-4-6\u200b","input_tokens":1}"#;
+        let table = text(&summarize(&[parse_line(spoof).unwrap()], &[Dim::Model]), "all time");
+        assert!(table.contains("claude-\\u{202e}AFEB-4-6\\u{200b}"), "{table}");
     }
 
     #[test]

@@ -244,10 +244,18 @@ class Nginx(HostProcess):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def usage_records(self) -> list:
-        """The usage records: nginx has no access log of filter state, so the filter logs each."""
+        """The usage records: nginx has no access log of filter state, so the filter logs each.
+        nginx cuts a log message at 2,048 bytes (NGX_MAX_ERROR_STR): a record with long strings
+        that was cut is left out, and a test counting records sees it missing."""
         marker = "claude-sso-gateway: usage "
-        return [json.JSONDecoder().raw_decode(line.split(marker, 1)[1])[0]
-                for line in self.logs().splitlines() if marker in line]
+        records = []
+        for line in self.logs().splitlines():
+            if marker in line:
+                try:
+                    records.append(json.JSONDecoder().raw_decode(line.split(marker, 1)[1])[0])
+                except json.JSONDecodeError:
+                    continue
+        return records
 
     def stats(self, prefix="wasmcustom."):
         raise NotImplementedError("plain nginx has no reader for proxy-wasm metrics (Kong reads them from Lua)")
