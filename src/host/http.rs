@@ -82,14 +82,14 @@ impl GatewayHttp {
         // A request whose credentials could not be taken away, or that would go without the
         // provider key, the identity headers or the right length, goes nowhere.
         if !written && step.reply.is_none() {
-            calls::send_reply(&Reply::rewrite_failed("headers"));
-            return Action::Pause;
+            let failed = self.request.not_carried_out(&HostCalls::default(), Reply::rewrite_failed("headers"));
+            return self.apply_at(failed, late);
         }
         if let Some(edit) = &step.body {
             if !calls::edit_request_body(edit) {
                 // Headers are already set for the new body; refuse rather than send a mismatch.
-                calls::send_reply(&Reply::rewrite_failed("body"));
-                return Action::Pause;
+                let failed = self.request.not_carried_out(&HostCalls::default(), Reply::rewrite_failed("body"));
+                return self.apply_at(failed, late);
             }
         }
         // Before a local answer: Envoy may finish the stream, and write its access log, inside

@@ -837,6 +837,27 @@ impl Request {
         step
     }
 
+    /// The host could not carry out this request's step (a header or the body could not be
+    /// written) and answers it with `reply` instead: nothing went upstream. A forwarded request
+    /// gives back what admission held (its answer is charged nothing) and, like any request
+    /// answered here, leaves a record that says why. A request already answered or settled
+    /// stays as it is.
+    pub fn not_carried_out(&mut self, host: &dyn Host, reply: Reply) -> Step {
+        if matches!(self.phase, Phase::Answered) || self.recorded {
+            return Step { reply: Some(reply), ..Step::pause() };
+        }
+        self.now_ms = host.now_ms();
+        let mut warnings = Vec::new();
+        if let Some(metering) = self.metering.as_mut() {
+            // An answer of ours, whole and without a body: it costs no tokens.
+            metering.on_response_headers(Some(reply.status), "application/json", Some(0));
+            warnings = metering.settle(host, host.now()).map(|s| s.warnings).unwrap_or_default();
+        }
+        let mut step = self.answer(reply);
+        step.warnings = warnings;
+        step
+    }
+
     /// Settles a forwarded request once and hands out its record.
     fn finish(&mut self, host: &dyn Host, step: &mut Step) {
         if std::mem::replace(&mut self.recorded, true) {

@@ -315,6 +315,31 @@ pub fn answer_headers_step(profile: HostProfile, answer: super::AnswerHead<'_>, 
     sim.request.on_response_headers(&host, answer, end_of_stream)
 }
 
+/// A good request forwarded on `profile` that the host could not carry out (a header write
+/// failed): the step that answers it, the step its own answer gets passing through, the step of
+/// its end, and the units its tier's budget holds afterwards.
+pub fn not_carried_out_steps(profile: HostProfile) -> ([Step; 3], u64) {
+    let (mut worker, host, mut sim) = good_request(profile);
+    let _ = sim.request.on_request_headers(&mut worker, &host, &pairs(&sim.headers), false);
+    let body = sim.body.clone();
+    let forwarded = sim.request.on_request_body(&mut worker, &host, body.len(), true, Some(&body));
+    assert!(forwarded.forwarded, "the request is forwarded");
+    let held: u64 = held_units(&host);
+    assert!(held > 0, "admission held an estimate");
+    let failed = sim.request.not_carried_out(&host, crate::reply::Reply::rewrite_failed("headers"));
+    let answer =
+        super::AnswerHead { status: Some(500), content_type: "application/json", length: None, error_type: None };
+    let passing = sim.request.on_response_headers(&host, answer, false);
+    let done = sim.request.on_done(&mut worker, &host);
+    ([failed, passing, done], held_units(&host))
+}
+
+/// Units the budget counters in `host`'s shared data hold.
+fn held_units(host: &FakeHost) -> u64 {
+    let keys: Vec<String> = host.data.borrow().keys().filter(|k| k.starts_with("csg/b/")).cloned().collect();
+    keys.iter().map(|k| crate::budget::read(host, k).c).sum()
+}
+
 /// A good request held at its headers on Envoy, then answered by the host layer with `reply`,
 /// answered so again, then its body and its end arriving: the four steps.
 pub fn answered_elsewhere_steps(reply: crate::reply::Reply) -> [Step; 4] {

@@ -275,3 +275,19 @@ fn an_answer_to_a_request_ngx_proxied_undecided_is_replaced() {
         assert!(undecided && answer.is_none(), "{status}");
     }
 }
+
+/// A forward the host could not carry out (a header or the body could not be written) is
+/// answered 500 `rewrite_failed`: its record says so (it was recorded as a forwarded 500), and
+/// what admission held is given back, on both hosts.
+#[test]
+fn a_forward_the_host_could_not_carry_out_is_recorded_as_refused_and_charges_nothing() {
+    for profile in [HostProfile::Envoy, HostProfile::Ngx] {
+        let ([failed, passing, done], held) = sim::not_carried_out_steps(profile);
+        let reply = failed.reply.as_ref().unwrap_or_else(|| panic!("{profile:?}: no answer"));
+        assert_eq!((reply.status, reply.reason), (500, "rewrite_failed"), "{profile:?}");
+        let record = failed.record.as_ref().unwrap_or_else(|| panic!("{profile:?}: no record"));
+        assert_eq!((record.status, record.refusal), (Some(500), Some("rewrite_failed")), "{profile:?}");
+        assert!(passing.record.is_none() && done.record.is_none(), "{profile:?}: one record only");
+        assert_eq!(held, 0, "{profile:?}: the hold was given back");
+    }
+}
