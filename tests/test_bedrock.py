@@ -137,19 +137,20 @@ def test_one_hour_cache_writes_are_priced_apart_from_the_metrics_total(aws, sign
     those are priced at `cache_write_1h`."""
     account = aws.bedrock
     aws.reset()
-    saved = aws.usage
-    aws.usage = {"input_tokens": 120, "output_tokens": 30, "cache_creation_input_tokens": 1000,
-                 "cache_read_input_tokens": 2000,
-                 "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600}}
     config = bedrock_config(signer, account)
     price = {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3, "cache_write_1h": 6}
     for m in config["models"]:
         if m["alias"] == "claude-sonnet-4-6":
             m["price"] = price
-    g = Envoy(config, aws.port, [signer.upstream],
-              env={"ANTHROPIC_API_KEY": UPSTREAM_KEY, "AWS_SECRET_ACCESS_KEY": account.secret_access_key,
-                   "AWS_SESSION_TOKEN": account.session_token})
+    saved, g = aws.usage, None
     try:
+        # The stand-in is shared by this module's tests: its usage is put back whatever happens.
+        aws.usage = {"input_tokens": 120, "output_tokens": 30, "cache_creation_input_tokens": 1000,
+                     "cache_read_input_tokens": 2000,
+                     "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600}}
+        g = Envoy(config, aws.port, [signer.upstream],
+                  env={"ANTHROPIC_API_KEY": UPSTREAM_KEY, "AWS_SECRET_ACCESS_KEY": account.secret_access_key,
+                       "AWS_SESSION_TOKEN": account.session_token})
         assert account.invocation_metrics
         assert call(g.port, signer.token(), STREAM).status == 200
         time.sleep(0.3)
@@ -159,7 +160,8 @@ def test_one_hour_cache_writes_are_priced_apart_from_the_metrics_total(aws, sign
         assert record["cost_usd"] == pytest.approx((120 * 3 + 30 * 15 + 400 * 3.75 + 600 * 6 + 2000 * 0.3) / 1e6)
     finally:
         aws.usage = saved
-        g.stop()
+        if g is not None:
+            g.stop()
 
 
 def test_a_wrong_signature_is_refused_as_aws_does(aws, signer):
