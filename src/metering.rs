@@ -154,6 +154,13 @@ impl Metering {
         budget::headers(&self.standings, self.subject.provider, &self.reserved, self.warning_share)
     }
 
+    /// Nothing went upstream (the host could not send the request): no answer will come, and
+    /// settlement charges nothing, giving back what admission held.
+    pub fn never_sent(&mut self) {
+        self.meter = None;
+        self.complete = true;
+    }
+
     /// Starts metering the answer.
     pub fn on_response_headers(&mut self, status: Option<u32>, content_type: &str, content_length: Option<u64>) {
         self.meter = Some(Meter::new(content_type));

@@ -849,8 +849,7 @@ impl Request {
         self.now_ms = host.now_ms();
         let mut warnings = Vec::new();
         if let Some(metering) = self.metering.as_mut() {
-            // An answer of ours, whole and without a body: it costs no tokens.
-            metering.on_response_headers(Some(reply.status), "application/json", Some(0));
+            metering.never_sent();
             warnings = metering.settle(host, host.now()).map(|s| s.warnings).unwrap_or_default();
         }
         let mut step = self.answer(reply);
