@@ -236,8 +236,15 @@ def test_one_hour_cache_writes_are_priced_apart(make_gateway, host, stub, signer
             m["price"] = sonnet
         if m["alias"] == "claude-opus-4-7":
             m["price"] = opus
-    stub.usage = dict(HOURLY)
-    g = make_gateway(config, [signer.upstream])
+    saved, stub.usage = stub.usage, dict(HOURLY)
+    try:
+        check_one_hour_pricing(make_gateway(config, [signer.upstream]), host, signer, sonnet, opus)
+    finally:
+        # The module's `traffic` fixture may be set up next, before the per-test reset.
+        stub.usage = saved
+
+
+def check_one_hour_pricing(g, host, signer, sonnet, opus):
     alice = signer.token(sub="alice")
     bob = signer.token(sub="bob", groups=["claude-power-users"])
     assert call(g.port, alice, with_model(STREAM, "claude-sonnet-4-6")).status == 200
