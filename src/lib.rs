@@ -18,6 +18,7 @@ compile_error!(
      a RUSTFLAGS in the environment replaces it, so add the flag there)"
 );
 
+pub(crate) mod allocator;
 pub mod bedrock;
 pub(crate) mod body_watch;
 pub mod budget;
