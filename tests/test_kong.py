@@ -358,8 +358,8 @@ SDK_TO_ABI = {
 }
 
 
-def wasm_imports(path: Path):
-    """(module, name) of every function a .wasm imports (the binary format's import section)."""
+def wasm_functions(path: Path, section_id: int):
+    """Names of the functions a .wasm imports (section 2: (module, name)) or exports (section 7: name)."""
     data = path.read_bytes()
     assert data[:4] == b"\0asm", "not a wasm module"
 
@@ -377,11 +377,11 @@ def wasm_imports(path: Path):
         n, pos = leb(pos)
         return data[pos:pos + n].decode(), pos + n
 
-    pos, imports = 8, []
+    pos, found = 8, []
     while pos < len(data):
         section, size = data[pos], None
         size, pos = leb(pos + 1)
-        if section == 2:
+        if section == section_id == 2:
             count, p = leb(pos)
             for _ in range(count):
                 module, p = name(p)
@@ -390,11 +390,35 @@ def wasm_imports(path: Path):
                 p += 1
                 if kind == 0:
                     _, p = leb(p)
-                    imports.append((module, field))
+                    found.append((module, field))
                 else:
                     raise AssertionError(f"unexpected import kind {kind} for {module}.{field}")
+        elif section == section_id == 7:
+            count, p = leb(pos)
+            for _ in range(count):
+                field, p = name(p)
+                kind = data[p]
+                _, p = leb(p + 1)
+                if kind == 0:
+                    found.append(field)
         pos += size
-    return imports
+    return found
+
+
+def wasm_imports(path: Path):
+    """(module, name) of every function a .wasm imports (the binary format's import section)."""
+    return wasm_functions(path, 2)
+
+
+def test_hosts_allocate_through_the_filters_allocator():
+    # Envoy and ngx_wasm_module call an exported `malloc` rather than `proxy_on_memory_allocate`.
+    # The filter frees what a host allocated through its own allocator (src/allocator.rs), whose
+    # free lists take a block for as large as its size class: a block from libc's `malloc` could
+    # be smaller than that.
+    assert WASM.exists(), f"{WASM} is missing: run `make build` first"
+    exports = wasm_functions(WASM, 7)
+    assert "proxy_on_memory_allocate" in exports and "proxy_on_request_headers" in exports, exports
+    assert "malloc" not in exports, "the .wasm exports malloc: hosts would allocate past the filter's allocator"
 
 
 def test_wasm_imports_only_what_ngx_wasm_module_provides():
