@@ -411,7 +411,8 @@ def wasm_imports(path: Path):
 
 
 def test_hosts_allocate_through_the_filters_allocator():
-    # Envoy and ngx_wasm_module call an exported `malloc` rather than `proxy_on_memory_allocate`.
+    # Envoy and ngx_wasm_module call the module's `malloc`, when it exports one, rather than
+    # `proxy_on_memory_allocate`.
     # The filter frees what a host allocated through its own allocator (src/allocator.rs), whose
     # free lists take a block for as large as its size class: a block from libc's `malloc` could
     # be smaller than that.
