@@ -4,8 +4,9 @@
 Envoy 1.40 runs pinned to one core with one worker; `wrk` (closed loop, keep-alive) runs pinned to
 the other core with the upstream. For each Envoy configuration and each body/answer kind, several
 rounds (interleaved, so that noise from other work on the machine spreads over every
-configuration) give Envoy CPU µs per request (/proc utime+stime over the requests completed),
-requests/s and wrk's p50/p99 latency, as medians with their spread. A raw-socket probe measures
+configuration; each round on new Envoy processes, with the configurations in a shuffled order, so
+that neither a process's place in memory nor a configuration's place in the round biases it) give
+Envoy CPU µs per request (/proc utime+stime over the requests completed), requests/s and wrk's p50/p99 latency, as medians with their spread. A raw-socket probe measures
 the time to the first byte of a streamed answer over sequential requests. Envoy's RSS and the
 `.wasm` sizes complete the table, which goes to stdout and into README.md (between the
 `bench:begin` and `bench:end` markers).
@@ -30,11 +31,12 @@ stub would be the bottleneck and make requests/s and latency measure itself.
 Environment: BENCH_QUICK=1 (about two minutes: 1 round of 1 s after 1 s of warm-up, few probes; README not written
 unless BENCH_README=1), BENCH_DURATION (s per run), BENCH_ROUNDS, BENCH_CONNECTIONS, BENCH_TTFB_REQUESTS,
 BENCH_ENVOY_CPU / BENCH_LOAD_CPU (core numbers), BENCH_README=0/1, BENCH_ONLY (comma-separated
-configuration names: a partial run, never written to the README).
+configuration names: a partial run, never written to the README), BENCH_SEED (the rounds' order).
 """
 import datetime
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -420,6 +422,7 @@ class Bench:
         for (size, answer), body in self.bodies.items():
             (self.workdir / f"body-{size}-{answer}.json").write_bytes(body)
         self.envoys = {}
+        self.seed = None
 
     def start(self):
         upstream = EnvoyProcess(self.procs, self.workdir, "upstream",
@@ -452,14 +455,21 @@ class Bench:
             "filter_store": ([wasm_filter(store_filter_config, env_keys=sorted(env))], gateway),
             "filter_rotating": ([wasm_filter(rotating_config, env_keys=sorted(env))], gateway),
         }
-        self.filters, self.clusters_of = filters, {}
+        self.filters = filters
+        self.clusters_of = {name: clusters + ([store_cluster] if name == "filter_store" else [])
+                            for name, _ in CONFIGS}
+        self.start_envoys()
+
+    def start_envoys(self):
+        """A new Envoy for every configuration (the ones running, if any, are stopped first)."""
         for name, _ in CONFIGS:
-            http_filters, extra = filters[name]
-            self.clusters_of[name] = clusters + ([store_cluster] if name == "filter_store" else [])
+            if name in self.envoys:
+                self.procs.stop(self.envoys[name].process)
+            http_filters, extra = self.filters[name]
             self.envoys[name] = EnvoyProcess(self.procs, self.workdir, name, http_filters, self.clusters_of[name],
                                              ENVOY_CPU, **extra)
-        for envoy in self.envoys.values():
-            envoy.wait_ready()
+        for name, _ in CONFIGS:
+            self.envoys[name].wait_ready()
         time.sleep(1.0)  # the filter fetches the JWKS on its first ticks
 
     def script(self, config, size, answer):
@@ -773,8 +783,9 @@ def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started):
         f"Measured {started:%Y-%m-%d %H:%M} UTC on `nproc` = {os.cpu_count()}, {cpu_model}; Envoy "
         f"{envoy_version.group(1) if envoy_version else '?'} (`--concurrency 1`, `taskset -c {ENVOY_CPU}`), "
         f"wrk {''.join(wrk_version)} (`-t1 -c{CONNECTIONS}`, `taskset -c {LOAD_CPU}`, closed loop) with the "
-        f"upstream on the same core as wrk; {ROUNDS} round(s) of {DURATION} s per cell (after a {WARMUP} s warm-up), median ± half "
-        f"the range over rounds." + (" **BENCH_QUICK smoke run: not for comparison.**" if QUICK else ""),
+        f"upstream on the same core as wrk; {ROUNDS} round(s) of {DURATION} s per cell (after a {WARMUP} s warm-up), each "
+        f"round on new Envoy processes with the configurations in an order of its own (seed {bench.seed}), median ± "
+        f"half the range over rounds." + (" **BENCH_QUICK smoke run: not for comparison.**" if QUICK else ""),
         "",
         "Ratios are to (1) passthrough / to (2) native. CPU is Envoy's (all threads) per completed request.",
     ]
@@ -955,9 +966,21 @@ def main():
                 for size, answer in KINDS:
                     bench.check(config, size, answer)
             results = {(c, s, a): [] for c, _ in CONFIGS for s, a in KINDS}
+            # Each round runs new Envoy processes, in an order of its own. With one process per
+            # configuration for the whole run and a fixed order, two Envoys loading the same .wasm
+            # with the same configuration differed by 12 to 29 µs per request (medians of five
+            # rounds, 2026-12-01): a process (or its place in the round) kept its bias in every
+            # round, and the paired differences with it. Over rounds, it becomes spread instead.
+            bench.seed = int(os.environ.get("BENCH_SEED", str(time.time_ns() % 1_000_000)))
+            order = random.Random(bench.seed)
+            print(f"order seed {bench.seed} (BENCH_SEED)", file=sys.stderr, flush=True)
             for round_no in range(ROUNDS):
-                for size, answer in KINDS:
+                if round_no > 0:
+                    bench.start_envoys()
                     for config, _ in CONFIGS:
+                        bench.check(config, "1k", "json")
+                for size, answer in KINDS:
+                    for config in order.sample([c for c, _ in CONFIGS], len(CONFIGS)):
                         if WARMUP > 0:
                             bench.wrk(config, size, answer, WARMUP)
                         r = bench.wrk(config, size, answer, DURATION)
