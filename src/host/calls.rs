@@ -19,7 +19,7 @@ use crate::keystore::Callout;
 use crate::reply::Reply;
 use crate::request::{Host, HostProfile};
 use crate::routing::BodyEdit;
-use crate::shared::{SharedStore, StoreError};
+use crate::shared::{self, CreateRule, RawShared, SharedStore, StoreError};
 
 /// The host functions, as the ABI declares them (the SDK's declarations with plain integers
 /// for its enums: a status the SDK's `Status` does not list is then a number, not undefined
@@ -490,8 +490,23 @@ impl Host for HostCalls {
     }
 }
 
+thread_local! {
+    /// How this VM's host creates a shared-data key, learnt once for every context.
+    static CREATE_RULE: CreateRule = const { CreateRule::new() };
+}
+
 impl SharedStore for HostCalls {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        self.raw_get(key)
+    }
+
+    fn cas_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        CREATE_RULE.with(|rule| shared::cas_set_raw(self, rule, key, value, cas))
+    }
+}
+
+impl RawShared for HostCalls {
+    fn raw_get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
         let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
         // SAFETY: the key's pointer and length describe `key`; the host writes a pointer, a size
         // and a CAS through pointers to live locals.
@@ -503,11 +518,9 @@ impl SharedStore for HostCalls {
         }
     }
 
-    fn cas_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+    fn raw_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         // SAFETY: the pointers and lengths describe `key` and `value`, alive for the call.
-        let code = unsafe {
-            abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0))
-        };
+        let code = unsafe { abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
         match code {
             OK => Ok(()),
             CAS_MISMATCH => Err(StoreError::CasMismatch),
