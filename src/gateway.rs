@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use crate::config::Plan;
-use crate::jwt::{self, Identity};
+use crate::jwt::{self, AuthError, Identity};
 use crate::keystore::{Callout, Fetch, FetchError, KeyStore, KeysError, SharedRecord};
 use crate::metering::{Metering, Subject};
 use crate::reply::{Reply, ToReply};
@@ -184,7 +184,16 @@ impl Worker {
                             return Ok(Err(callout));
                         }
                     }
-                    parsed.verify(token, &keys, oidc, now).map(Ok)
+                    match parsed.verify(token, &keys, oidc, now) {
+                        // An IdP that published a new key under a kid already known (or under
+                        // none) signs tokens the keys held here cannot verify: one refetch,
+                        // under the same cool-down as an unknown kid (a flood of forged
+                        // tokens gets no more fetches than one of unknown kids).
+                        Err(AuthError::BadSignature) if may_fetch => {
+                            self.keys.allow_kid_refetch(oidc, store, now).map(Err).ok_or(AuthError::BadSignature)
+                        }
+                        verified => verified.map(Ok),
+                    }
                 });
                 match verified {
                     Ok(Ok(identity)) => {
@@ -532,15 +541,40 @@ mod tests {
         let store = crate::shared::tests::FakeStore::default();
         let mut seen = worker_with_plan(plan.clone(), &keys);
         assert_eq!(status(&seen.authenticate(&store, &token, NOW, true)), 200, "young: admitted and remembered");
-        assert_eq!(status(&seen.authenticate(&store, &token, NOW + 300, true)), 200, "at the limit");
-        // Past the age limit, the worker that remembers the token answers as one that never saw it.
+        assert_eq!(status(&seen.authenticate(&store, &token, NOW + 299, true)), 200, "just before the limit");
+        // At the age limit, the worker that remembers the token answers as one that never saw it.
         let mut fresh = worker_with_plan(plan, &keys);
         for (name, worker) in [("remembered", &mut seen), ("new", &mut fresh)] {
-            let AuthOutcome::Refused(reply) = worker.authenticate(&store, &token, NOW + 301, true) else {
+            let AuthOutcome::Refused(reply) = worker.authenticate(&store, &token, NOW + 300, true) else {
                 panic!("{name}: admitted past max_token_age_seconds");
             };
             assert_eq!((reply.status, reply.reason), (401, "token_too_old"), "{name}");
         }
+    }
+
+    /// An IdP that rotates to a new key under a kid already known: the first token the keys
+    /// held cannot verify gets one refetch (the same cool-down as an unknown kid), and is
+    /// admitted with the new keys; within the cool-down a bad signature is refused at once.
+    #[test]
+    fn a_bad_signature_under_a_known_kid_refetches_once_per_interval() {
+        let store = crate::shared::tests::FakeStore::default();
+        let (old, new) = (TestKeys::new(), TestKeys::new());
+        let mut w = worker_with_keys(&old);
+        let token = sign(&new, good_claims());
+        assert!(matches!(
+            w.authenticate(&store, &token, NOW, true),
+            AuthOutcome::FetchKeys(Callout { fetch: Fetch::Jwks, .. })
+        ));
+        // Without a fetch allowed (the request's own after its refetch), a bad signature is final.
+        assert_eq!(status(&w.authenticate(&store, &token, NOW, false)), 401);
+        assert!(matches!(
+            w.on_fetched(&Fetch::Jwks, Some(200), new.jwks().as_bytes(), NOW),
+            FetchProgress::Installed(_)
+        ));
+        assert_eq!(status(&w.authenticate(&store, &token, NOW, false)), 200, "verified by the new key");
+        // A forged token within the cool-down: refused without a fetch.
+        let forged = sign(&TestKeys::new(), good_claims());
+        assert_eq!(status(&w.authenticate(&store, &forged, NOW, true)), 401, "throttled");
     }
 
     #[test]

@@ -200,17 +200,21 @@ fn typ_allowed(header_b64: &str) -> bool {
         return false;
     };
     match serde_json::from_slice::<Header>(&json) {
-        Ok(Header { typ: None }) => true,
-        Ok(Header { typ: Some(typ) }) => {
-            let typ = typ.to_ascii_uppercase();
-            // RFC 7515 4.1.9: the `application/` prefix may be left out, so it says nothing.
-            let typ = typ.strip_prefix("APPLICATION/").unwrap_or(&typ);
-            // Other tokens an IdP signs for the same audience are not access tokens.
-            let not_access = ["LOGOUT+JWT", "SECEVENT+JWT"].iter().any(|other| typ.ends_with(other));
-            (typ == "JWT" || typ.ends_with("+JWT")) && !not_access
-        }
+        Ok(Header { typ }) => typ_accepted(typ.as_deref()),
         Err(_) => false,
     }
+}
+
+/// Whether a token's `typ` (absent: `None`) is an access token's: `JWT` or ending in `+JWT`,
+/// ignoring case and an `application/` prefix, and not a logout or security event token.
+pub fn typ_accepted(typ: Option<&str>) -> bool {
+    let Some(typ) = typ else { return true };
+    let typ = typ.to_ascii_uppercase();
+    // RFC 7515 4.1.9: the `application/` prefix may be left out, so it says nothing.
+    let typ = typ.strip_prefix("APPLICATION/").unwrap_or(&typ);
+    // Other tokens an IdP signs for the same audience are not access tokens.
+    let not_access = ["LOGOUT+JWT", "SECEVENT+JWT"].iter().any(|other| typ.ends_with(other));
+    (typ == "JWT" || typ.ends_with("+JWT")) && !not_access
 }
 
 /// Why a JWKS document could not be used.
@@ -286,14 +290,19 @@ impl KeySet {
         Ok(set)
     }
 
-    /// Keys that may verify a token with this `kid` (all keys when the token names none) and `alg`.
+    /// Keys that may verify a token with this `kid` (all keys when the token names none) and
+    /// `alg`: those naming the token's kid first, then those naming none (RFC 7517 4.5 makes a
+    /// JWK's kid optional, and Envoy's jwt_authn tries such a key for any token too).
     pub fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Algorithm) -> impl Iterator<Item = &'a Jwk> {
-        self.keys.iter().filter(move |k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid))
+        let named = self.keys.iter().filter(move |k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid));
+        let unnamed = self.keys.iter().filter(move |k| k.accepts(alg) && kid.is_some() && k.kid.is_none());
+        named.chain(unnamed)
     }
 
-    /// Whether a key with this `kid` exists (any algorithm).
+    /// Whether a key may verify a token naming this `kid` (any algorithm): one with that kid,
+    /// or one naming none.
     pub fn has_kid(&self, kid: &str) -> bool {
-        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+        self.keys.iter().any(|k| k.kid.is_none() || k.kid.as_deref() == Some(kid))
     }
 
     /// Whether the key with this [`Jwk::fingerprint`] is still published (a token it verified

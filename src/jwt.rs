@@ -30,6 +30,9 @@ pub enum AuthError {
     Opaque,
     /// `alg` is `none`, HMAC or otherwise not accepted.
     UnsupportedAlgorithm,
+    /// `typ` says the token is not an access token (a logout or security event token, or a
+    /// type that is not a JWT).
+    WrongType,
     /// `iss` is not the configured issuer.
     WrongIssuer,
     /// No `exp` claim.
@@ -58,7 +61,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, for defining one metric series each.
-    pub const ALL: [AuthError; 20] = [
+    pub const ALL: [AuthError; 21] = [
         AuthError::MissingToken,
         AuthError::NotBearer,
         AuthError::ConflictingTokens,
@@ -67,6 +70,7 @@ impl AuthError {
         AuthError::Malformed,
         AuthError::Opaque,
         AuthError::UnsupportedAlgorithm,
+        AuthError::WrongType,
         AuthError::WrongIssuer,
         AuthError::MissingExpiry,
         AuthError::InvalidTimeClaim,
@@ -92,6 +96,7 @@ impl AuthError {
             AuthError::Malformed => "malformed",
             AuthError::Opaque => "opaque_token",
             AuthError::UnsupportedAlgorithm => "unsupported_algorithm",
+            AuthError::WrongType => "wrong_token_type",
             AuthError::WrongIssuer => "wrong_issuer",
             AuthError::MissingExpiry => "missing_exp",
             AuthError::InvalidTimeClaim => "invalid_time_claim",
@@ -121,6 +126,7 @@ impl AuthError {
                  asks for the gateway's audience (API or resource)"
             }
             AuthError::UnsupportedAlgorithm => "access token signing algorithm not accepted",
+            AuthError::WrongType => "the token's type (typ) says it is not an access token",
             AuthError::WrongIssuer => "access token issuer not accepted",
             AuthError::MissingExpiry => "access token has no expiry",
             AuthError::InvalidTimeClaim => "access token has an exp, nbf or iat that is not a whole number of seconds",
@@ -158,6 +164,7 @@ impl AuthError {
             }
             AuthError::Opaque => "ask your administrator to have the sign-in ask for the gateway's audience",
             AuthError::UnsupportedAlgorithm
+            | AuthError::WrongType
             | AuthError::MissingExpiry
             | AuthError::InvalidTimeClaim
             | AuthError::MissingIssuedAt
@@ -224,6 +231,10 @@ pub fn take_token<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) 
         }
     };
     let api_key = api_key.map(str::trim).filter(|v| !v.is_empty());
+    // Envoy joins a repeated header's values with `,`, which no token has.
+    if bearer.into_iter().chain(api_key).any(|t| t.contains(',')) {
+        return Err(AuthError::DuplicateCredential);
+    }
     match (bearer, api_key) {
         // Claude Code sends its token of hundreds of bytes twice.
         (Some(a), Some(b)) if !crate::scan::same_bytes(a.as_bytes(), b.as_bytes()) => Err(AuthError::ConflictingTokens),
@@ -285,6 +296,16 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     if header.contains_key("crit") {
         return Err(AuthError::Malformed);
     }
+    // RFC 8725 3.11: a `typ` that is not a JWT's says the token is meant for something else.
+    // Known without a key, and no new sign-in of the same setup changes it: not a bad signature.
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(typ)) => Some(typ.as_str()),
+        Some(_) => return Err(AuthError::WrongType),
+    };
+    if !crate::jwks::typ_accepted(typ) {
+        return Err(AuthError::WrongType);
+    }
     let alg = header.get("alg").and_then(Value::as_str).ok_or(AuthError::Malformed)?;
     let alg = Algorithm::from_name(alg).ok_or(AuthError::UnsupportedAlgorithm)?;
     let kid = match header.get("kid") {
@@ -300,7 +321,8 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     let exp = time_claim(&claims, "exp")?.ok_or(AuthError::MissingExpiry)?;
     let nbf = time_claim(&claims, "nbf")?;
     let iat = time_claim(&claims, "iat")?;
-    if now > exp.saturating_add(oidc.leeway_seconds) {
+    // RFC 7519 4.1.4: the time must be before `exp` (here, with the leeway added).
+    if now >= exp.saturating_add(oidc.leeway_seconds) {
         return Err(AuthError::Expired);
     }
     if nbf.is_some_and(|nbf| now.saturating_add(oidc.leeway_seconds) < nbf) {
@@ -309,7 +331,7 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     let mut accepted_until = exp;
     if let Some(max_age) = oidc.max_token_age_seconds {
         let issued = iat.ok_or(AuthError::MissingIssuedAt)?;
-        if now.saturating_sub(issued) > max_age.saturating_add(oidc.leeway_seconds) {
+        if now.saturating_sub(issued) >= max_age.saturating_add(oidc.leeway_seconds) {
             return Err(AuthError::TokenTooOld);
         }
         // An `iat` ahead of the clock would stretch the token's life past the limit.
@@ -489,6 +511,46 @@ pub(crate) mod tests {
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
     }
 
+    /// A JWK without a kid may verify a token that names one (RFC 7517 4.5; Envoy's jwt_authn
+    /// tries it too), after the keys that name the token's kid; it also means the kid is not
+    /// unknown (no refetch for it).
+    #[test]
+    fn a_key_without_kid_verifies_a_token_naming_one() {
+        let keys = TestKeys::new();
+        let token = sign(&keys, good_claims());
+        let mut doc: Value = serde_json::from_str(&keys.jwks()).unwrap();
+        for key in doc["keys"].as_array_mut().unwrap() {
+            key.as_object_mut().unwrap().remove("kid");
+        }
+        let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        assert!(set.has_kid("rsa-1") && set.has_kid("any"));
+        let plan = plan();
+        let got = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &set, &plan.oidc, NOW);
+        assert_eq!(got.map(|i| i.subject), Ok("alice".to_owned()));
+        // Still signed by the right key only.
+        let forged = sign(&TestKeys::new(), good_claims());
+        let got = check_claims(&forged, &plan.oidc, NOW).unwrap().verify(&forged, &set, &plan.oidc, NOW);
+        assert_eq!(got.unwrap_err(), AuthError::BadSignature);
+    }
+
+    /// A well-signed token whose `typ` says it is not an access token is refused as such, with
+    /// a 400 (no new sign-in of the same setup changes it), before any key is looked for: not
+    /// as a bad signature, a 401 Claude Code would retry for minutes.
+    #[test]
+    fn a_token_of_another_type_is_refused_before_any_key_is_looked_for() {
+        let keys = TestKeys::new();
+        for typ in [json!("JOSE"), json!("logout+jwt"), json!("application/secevent+jwt"), json!(1), json!(null)] {
+            let token = signed_by_ed(&keys, json!({"alg": "EdDSA", "kid": "ed-1", "typ": typ}), good_claims());
+            assert_eq!(check_claims(&token, &plan().oidc, NOW).err(), Some(AuthError::WrongType), "{typ}");
+            assert_eq!(verify(&token, &keys).unwrap_err(), AuthError::WrongType, "{typ}");
+        }
+        assert_eq!(AuthError::WrongType.to_reply().status, 400);
+        for typ in ["JWT", "at+jwt", "application/at+JWT"] {
+            let token = signed_by_ed(&keys, json!({"alg": "EdDSA", "kid": "ed-1", "typ": typ}), good_claims());
+            assert!(verify(&token, &keys).is_ok(), "{typ}");
+        }
+    }
+
     /// RFC 9864 names Ed25519 signatures `Ed25519` (and deprecates `EdDSA`, which RFC 8037 let
     /// mean Ed448 as well): an IdP that moved to the new name keeps working, and a key pinned
     /// to either name verifies a token signed under the other, since both mean Ed25519 here.
@@ -582,6 +644,10 @@ pub(crate) mod tests {
             ("failing helper", Some("Bearer "), Some(""), Err(AuthError::MissingToken)),
             ("scheme alone, key set", Some("bearer"), Some("abc"), Ok("abc")),
             ("another scheme alone", Some("Basic"), None, Err(AuthError::NotBearer)),
+            // A repeated header, as Envoy hands it on.
+            ("bearer twice", Some("Bearer abc,Bearer abc"), Some("abc"), Err(AuthError::DuplicateCredential)),
+            ("bearer twice, alone", Some("Bearer abc, Bearer abc"), None, Err(AuthError::DuplicateCredential)),
+            ("x-api-key twice", Some("Bearer abc"), Some("abc,abc"), Err(AuthError::DuplicateCredential)),
         ];
         for (name, auth, key, want) in cases {
             assert_eq!(take_token(*auth, *key).as_deref().map_err(Clone::clone), want.clone(), "{name}");
@@ -657,6 +723,7 @@ pub(crate) mod tests {
         let cases: &[(&str, Edit, AuthError)] = &[
             ("wrong issuer", |c| c["iss"] = json!("https://evil.example.com"), AuthError::WrongIssuer),
             ("expired", |c| c["exp"] = json!(NOW - 61), AuthError::Expired),
+            ("expired at the leeway's end", |c| c["exp"] = json!(NOW - 60), AuthError::Expired),
             ("expired within leeway", |c| c["exp"] = json!(NOW - 59), AuthError::BadSignature),
             (
                 "no exp",

@@ -59,7 +59,7 @@ impl TokenCache {
         key_known: impl Fn(u64) -> bool,
     ) -> Option<Rc<Identity>> {
         let entry = self.entries.get(digest)?;
-        if now > entry.expires_at.saturating_add(leeway) || !key_known(entry.key) {
+        if now >= entry.expires_at.saturating_add(leeway) || !key_known(entry.key) {
             self.entries.remove(digest);
             return None;
         }
@@ -113,8 +113,9 @@ mod tests {
         let d = cache.digest("token");
         cache.insert(d, identity(1000), 900);
         assert!(cache.get(&d, 1000, 60, |_| true).is_some());
-        assert!(cache.get(&d, 1060, 60, |_| true).is_some());
-        assert!(cache.get(&d, 1061, 60, |_| true).is_none());
+        assert!(cache.get(&d, 1059, 60, |_| true).is_some());
+        // RFC 7519 4.1.4: the time must be before `exp` (plus the leeway), as a verification says.
+        assert!(cache.get(&d, 1060, 60, |_| true).is_none());
         assert!(cache.is_empty(), "expired entry dropped");
     }
 
