@@ -105,6 +105,28 @@ def test_an_empty_body_never_takes_the_clients_headers_upstream(nginx, stub, sig
             assert all(v == "" for k, v in headers if k == name), (name, headers)
 
 
+def test_a_guarded_header_sent_twice_is_answered_at_once_and_never_proxied(nginx, stub, signer):
+    # ngx_wasm_module sets or clears a header's first copy only, and nginx proxies the others as
+    # the client sent them: such a request is answered at its headers (a chunked body that turns
+    # out empty calls no body callback, and nginx would proxy it with the second copy), and the
+    # connection is closed after the answer, since its body was never read.
+    token = signer.token()
+    smuggled = b"GET /api/hello HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    for name, value, status in [("x-api-key", token, 401), ("x-authenticated-user", "mallory", 400),
+                                ("x-gateway-target", "evil", 400)]:
+        twice = f"Authorization: Bearer {token}\r\n{name}: {value}\r\n{name}: {value}\r\n"
+        for path in ["/v1/models", "/v1/messages?beta=true"]:
+            for framing, body in [("Transfer-Encoding: chunked", b"0\r\n\r\n"),
+                                  (f"Content-Length: {len(smuggled)}", smuggled)]:
+                # Keep-alive asked for: the answer closes the connection all the same.
+                answer = whole_answer(nginx.port, f"POST {path} HTTP/1.1\r\nHost: gateway\r\n{framing}\r\n"
+                                                  f"{twice}\r\n".encode() + body)
+                assert answer.startswith(f"HTTP/1.1 {status} ".encode()), (name, path, framing, answer)
+                assert b"connection: close" in answer.lower(), answer
+                assert answer.count(b"HTTP/1.1 ") == 1, "the unread body was read as another request"
+    assert not stub.requests, [(r["path"], r["headers"]) for r in stub.requests]
+
+
 def test_a_request_is_classified_by_the_uri_nginx_forwards(nginx, stub, signer):
     # nginx lists its normalised path as `:path` but proxies the client's raw URI: a path that
     # only normalises to /v1/messages is not /v1/messages to the provider, so it is a 404.

@@ -425,6 +425,8 @@ impl Request {
         // later path can forward it.
         let Guarded { present, repeated } = Guarded::find(&worker.stripped_headers(), headers, &self.aws_headers);
         let early = match self.endpoint {
+            // Whatever the path, below: on ngx such a request must be answered at once.
+            _ if repeated.is_some() => None,
             // A body sent with the check is read first on ngx, like any other (below).
             Endpoint::Hello => Some(Reply::empty(200)),
             Endpoint::NotFound => Some(RequestError::NotFound.to_reply()),
@@ -444,9 +446,9 @@ impl Request {
         let mut step = match repeated {
             // One value each: ngx cannot take every copy of a repeated header away (below).
             Some(name) if name == "authorization" || name == "x-api-key" => {
-                self.refuse_early(AuthError::DuplicateCredential.to_reply(), has_body)
+                self.refuse_repeated(AuthError::DuplicateCredential.to_reply(), has_body)
             }
-            Some(name) => self.refuse_early(RequestError::RepeatedHeader(name).to_reply(), has_body),
+            Some(name) => self.refuse_repeated(RequestError::RepeatedHeader(name).to_reply(), has_body),
             None => self.decide_head(worker, host, &head, has_body),
         };
         match self.profile {
@@ -468,10 +470,15 @@ impl Request {
 
     fn decide_head(&mut self, worker: &mut Worker, host: &dyn Host, head: &Head<'_>, has_body: bool) -> Step {
         let max = worker.plan.max_body_bytes;
-        let declared = head.content_length.map(|l| l.trim().parse::<usize>());
+        // A length past what usize holds (32 bits in the VM) or past u64 is too large, not "not
+        // a number".
+        let declared = head.content_length.map(|l| match l.trim().parse::<u64>() {
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(u64::MAX),
+            parsed => parsed,
+        });
         match declared {
             Some(Err(_)) => return self.answer(RequestError::InvalidLength.to_reply()),
-            Some(Ok(len)) if len > max => {
+            Some(Ok(len)) if len > u64::try_from(max).unwrap_or(u64::MAX) => {
                 return self.refuse_early(RequestError::TooLarge { max }.to_reply(), has_body)
             }
             _ => {}
@@ -914,6 +921,19 @@ impl Request {
             return Step::flow(Flow::Continue);
         }
         self.answer(reply)
+    }
+
+    /// A refusal for a guarded header sent twice. ngx sets or clears only a header's first copy
+    /// and proxies the rest as the client sent them, so on ngx such a request is never left to go
+    /// on undecided (as [`Self::refuse_early`] would, and nginx proxies it when no body callback
+    /// ever comes, as for an empty chunked body): it is answered at once, and the connection
+    /// closed after the answer since its body stays unread (nginx would take that body for the
+    /// next request).
+    fn refuse_repeated(&mut self, reply: Reply, has_body: bool) -> Step {
+        if self.profile == HostProfile::Ngx && has_body {
+            return self.answer(reply.with_header("connection", "close"));
+        }
+        self.refuse_early(reply, has_body)
     }
 
     fn answer(&mut self, reply: Reply) -> Step {

@@ -283,6 +283,17 @@ pub fn headers_step(profile: HostProfile, headers: &[(&str, &str)]) -> Step {
     Request::new(profile).on_request_headers(&mut worker, &host, &all, false)
 }
 
+/// The credential a simulated client sends as `kind`.
+pub fn token_of(kind: Token) -> String {
+    token(kind)
+}
+
+/// The step for request headers `headers` alone (no credential added), on a worker with keys.
+pub fn bare_headers_step(profile: HostProfile, headers: &[(&str, &str)]) -> Step {
+    let (mut worker, host) = worker_and_host(true, Idp::Up);
+    Request::new(profile).on_request_headers(&mut worker, &host, headers, false)
+}
+
 /// Owned header pairs as the machine takes them.
 fn pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
     headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
@@ -569,8 +580,15 @@ impl Sim {
             self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         }
         for (name, value) in &step.set_headers {
-            self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            self.headers.push((name.clone(), value.clone()));
+            let first = self.headers.iter().position(|(n, _)| n.eq_ignore_ascii_case(name));
+            match (self.profile, first) {
+                // ngx_wasm_module sets a header's first copy; nginx proxies the others as sent.
+                (HostProfile::Ngx, Some(i)) => self.headers[i].1 = value.clone(),
+                _ => {
+                    self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                    self.headers.push((name.clone(), value.clone()));
+                }
+            }
         }
         if step.resume && self.paused.is_none() {
             return Err(format!("{stage:?}: resume without a paused callback"));
@@ -591,7 +609,13 @@ impl Sim {
             if step.forwarded || reaches_upstream {
                 return Err(format!("{stage:?}: answered and forwarded at once"));
             }
-            if self.profile == HostProfile::Ngx && !self.body_done() && self.sent == 0 && !self.body.is_empty() {
+            let closes = reply.headers.iter().any(|(n, v)| n == "connection" && v == "close");
+            if self.profile == HostProfile::Ngx
+                && !self.body_done()
+                && self.sent == 0
+                && !self.body.is_empty()
+                && !closes
+            {
                 return Err(format!("{stage:?}: ngx answer {} with the body unread (breaks keep-alive)", reply.status));
             }
             self.end = Some(End::Answered(reply.status));

@@ -108,6 +108,81 @@ fn on_ngx_a_request_refused_before_its_body_carries_nothing_of_the_clients() {
     }
 }
 
+/// ngx sets or clears only a header's first copy, and nginx proxies the others as sent: a
+/// request with a guarded header twice is answered at its headers on ngx, whatever its path and
+/// body (an empty chunked one calls no body callback, and nginx would proxy it with the second
+/// copy), and the connection is closed after the answer since the body stays unread.
+#[test]
+fn on_ngx_a_guarded_header_sent_twice_is_answered_at_the_headers() {
+    let token = sim::token_of(Token::Good);
+    for path in ["/v1/messages", "/v1/models", "/api/hello"] {
+        for (name, value, want) in [
+            ("x-api-key", token.as_str(), (401, "duplicate_credential")),
+            ("x-authenticated-user", "ceo", (400, "repeated_header")),
+            ("X-Gateway-Target", "evil", (400, "repeated_header")),
+        ] {
+            for framing in [("Transfer-Encoding", "chunked"), ("Content-Length", "40")] {
+                let headers = [(":method", "POST"), (":path", path), framing, (name, value), (name, value)];
+                let step = sim::headers_step(HostProfile::Ngx, &headers);
+                let reply = step.reply.unwrap_or_else(|| panic!("{path} {name} {framing:?}: not answered at once"));
+                assert_eq!((reply.status, reply.reason), want, "{path} {name} {framing:?}");
+                assert!(reply.headers.contains(&("connection".into(), "close".into())), "{path} {name}");
+                assert!(!step.forwarded && step.flow == super::Flow::Pause, "{path} {name}");
+            }
+        }
+    }
+    // Envoy takes every copy away, reads the body, and keeps the connection.
+    let headers = [(":method", "POST"), (":path", "/v1/messages"), ("Content-Length", "40"), ("x-api-key", "a")];
+    let step = sim::headers_step(HostProfile::Envoy, &[headers.as_slice(), &[("x-api-key", "a")]].concat());
+    let reply = step.reply.expect("refused");
+    assert_eq!((reply.status, reply.reason), (401, "duplicate_credential"));
+    assert!(!reply.headers.iter().any(|(n, _)| n == "connection"));
+}
+
+/// Envoy hands a repeated header on as one value joined with `,`: a repeated `Authorization`
+/// is a credential sent twice, not a token that does not parse or one that differs from
+/// `x-api-key` (whose answer tells the person to unset ANTHROPIC_API_KEY).
+#[test]
+fn on_envoy_a_joined_authorization_is_a_credential_sent_twice() {
+    let token = sim::token_of(Token::Good);
+    let joined = format!("Bearer {token},Bearer {token}");
+    for with_key in [true, false] {
+        let mut headers = vec![(":method", "POST"), (":path", "/v1/messages"), ("Content-Length", "40")];
+        headers.push(("authorization", joined.as_str()));
+        if with_key {
+            headers.push(("x-api-key", token.as_str()));
+        }
+        let step = sim::bare_headers_step(HostProfile::Envoy, &headers);
+        let reply = step.reply.unwrap_or_else(|| panic!("x-api-key {with_key}: not refused"));
+        assert_eq!((reply.status, reply.reason), (401, "duplicate_credential"), "x-api-key {with_key}");
+    }
+}
+
+/// A declared length past what the VM's usize holds (4 GiB on wasm32) or past u64 is a body too
+/// large, with the limit named, not a length that is "not a number".
+#[test]
+fn a_huge_declared_length_is_too_large() {
+    for profile in [HostProfile::Envoy, HostProfile::Ngx] {
+        for length in ["4294967296", "18446744073709551615", "18446744073709551616", "99999999999999999999999"] {
+            let step = sim::headers_step(
+                profile,
+                &[(":method", "POST"), (":path", "/v1/messages"), ("Content-Length", length)],
+            );
+            match profile {
+                HostProfile::Envoy => {
+                    let reply = step.reply.unwrap_or_else(|| panic!("{length}: not answered at once"));
+                    assert_eq!((reply.status, reply.reason), (400, "body_too_large"), "{length}");
+                }
+                // ngx answers a body too large once it is read (a length that is not a number, at once).
+                HostProfile::Ngx => assert!(step.reply.is_none() && !step.forwarded, "{length}: {step:?}"),
+            }
+        }
+        let step =
+            sim::headers_step(profile, &[(":method", "POST"), (":path", "/v1/messages"), ("Content-Length", "12a")]);
+        assert_eq!(step.reply.map(|r| r.status), Some(400), "{profile:?}");
+    }
+}
+
 #[test]
 fn an_encoded_body_is_refused_and_identity_is_not_an_encoding() {
     let head = |coding: &'static str| {
