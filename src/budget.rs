@@ -70,20 +70,36 @@ impl Limit {
         }
     }
 
-    /// How the limit is described to people.
     /// The limit in a sentence for the person refused: whose limit it is and what it counts.
     pub fn explain(&self) -> String {
         let amount = match self.counts {
             Counts::TotalTokens => format!("{} tokens", self.limit),
             Counts::PromptTokens => format!("{} prompt tokens", self.limit),
             Counts::CompletionTokens => format!("{} completion tokens", self.limit),
-            Counts::Cost => format!("${:.2}", self.limit as f64 / 1e6),
+            Counts::Cost => self.amount(self.limit),
         };
         let whom = match self.per {
             Per::Tier => "your tier's shared limit",
             Per::Person => "your personal limit",
         };
         format!("{whom} of {amount} per {}", human_duration(self.window))
+    }
+
+    /// `units` of what this limit counts, as people read them: tokens as a number, a cost (in
+    /// micro-dollars) in dollars.
+    pub fn amount(&self, units: u64) -> String {
+        match self.counts {
+            Counts::Cost => format!("${:.2}", units as f64 / 1e6),
+            _ => units.to_string(),
+        }
+    }
+
+    /// What kind of budget it is, for the refusal's first words.
+    fn kind(&self) -> &'static str {
+        match self.counts {
+            Counts::Cost => "spending budget",
+            _ => "token budget",
+        }
     }
 
     /// How room comes back, which differs by window type.
@@ -184,15 +200,18 @@ impl Counter {
         }
     }
 
-    /// Seconds until the counter has room again (0 when it has room now).
+    /// Seconds until the counter has room again (0 when it has room now), by this clock: a
+    /// counter already in a later window (another worker's clock ahead, or this one stepped
+    /// back) has room only once this clock gets there too.
     pub fn retry_after(&self, limit: &Limit, now: u64) -> u64 {
+        let skew = self.at(now) - now;
         let now = self.at(now);
         if self.used(limit, now) < limit.limit {
             return 0;
         }
         let r = self.moved(limit.window, now);
         let to_next = r.s + limit.window - now;
-        match limit.window_type {
+        let wait = match limit.window_type {
             WindowType::Fixed => to_next,
             WindowType::Sliding => {
                 // `used` is c + ceil(p * left / w). Within this window the previous share decays;
@@ -211,7 +230,8 @@ impl Counter {
                 };
                 u64::try_from(wait).unwrap_or(u64::MAX)
             }
-        }
+        };
+        wait.saturating_add(skew)
     }
 
     /// Adds `delta` units (negative for a reserve given back) at `now`.
@@ -344,9 +364,10 @@ impl ToReply for Exhausted {
     fn to_reply(&self) -> Reply {
         let s = &self.standing;
         let message = format!(
-            "gateway: token budget spent: {} (used {}). {} Try again in {} (at {}).",
+            "gateway: {} spent: {} (used {}). {} Try again in {} (at {}).",
+            s.limit.kind(),
             s.limit.explain(),
-            s.used,
+            s.limit.amount(s.used),
             s.limit.how_room_returns(),
             human_duration(s.retry_after),
             time_of_day(self.now, s.retry_after),
@@ -401,6 +422,19 @@ fn standing(limit: &Limit, counter: &Counter, now: u64) -> Standing {
     }
 }
 
+/// What admission added to one counter.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hold {
+    /// Units added (0 when none could be).
+    pub units: u64,
+    /// The time they were counted at: the admission's, or the start of the window the counter
+    /// was already in when that is later (another worker's clock ran ahead); settlement takes
+    /// them out of the window this falls in.
+    pub at: u64,
+    /// Why a hold wanted could not be written (the request is admitted without it).
+    pub error: Option<StoreError>,
+}
+
 /// Checks every limit at admission and, where there is room, holds `holds[i]` units on it in
 /// the same compare-and-swap, so workers cannot both pass on one stale count. On a refusal the
 /// holds already made are given back. Returns each limit's standing and what was held.
@@ -410,30 +444,36 @@ pub fn admit(
     person: &str,
     holds: &[u64],
     now: u64,
-) -> Result<Vec<(Standing, u64)>, Exhausted> {
+) -> Result<Vec<(Standing, Hold)>, Exhausted> {
     let mut admitted = Vec::with_capacity(limits.len());
     for (i, limit) in limits.iter().enumerate() {
         let key = limit.key_for(person);
         // What a counter can take; the request is recorded as holding what was added.
         let hold = i64::try_from(holds.get(i).copied().unwrap_or(0)).unwrap_or(i64::MAX);
         let mut seen = None;
+        let mut at = now;
         let written = shared::update(store, &key, |current| {
             let counter = decode(current, &key);
             let s = standing(limit, &counter, now);
             let room = s.retry_after == 0;
             seen = Some(s);
+            at = counter.at(now);
             (room && hold > 0).then(|| counter.add(limit.window, now, hold).encode())
         });
-        // A store that fails (contention, a full zone) costs the reserve, never the request.
+        // A store that fails (contention, a full zone) costs the reserve, never the request;
+        // the caller is told.
+        let full = seen.as_ref().is_some_and(|s| s.retry_after > 0);
         let s = seen.unwrap_or_else(|| standing(limit, &decode(None, &key), now));
-        admitted.push((s, if written == Ok(true) { hold.unsigned_abs() } else { 0 }));
+        let units = if written == Ok(true) { hold.unsigned_abs() } else { 0 };
+        let error = if hold > 0 && !full { written.err() } else { None };
+        admitted.push((s, Hold { units, at, error }));
     }
     let worst = admitted.iter().map(|(s, _)| s).filter(|s| s.retry_after > 0).max_by_key(|s| s.retry_after).cloned();
     match worst {
         None => Ok(admitted),
         Some(standing) => {
             let mut refund_errors = Vec::new();
-            for (s, held) in &admitted {
+            for (s, Hold { units: held, .. }) in &admitted {
                 let key = s.limit.key_for(person);
                 let refund = -i64::try_from(*held).unwrap_or(i64::MAX);
                 if let Err(e) = charge(store, &key, s.limit.window, now, refund) {
@@ -630,6 +670,19 @@ mod tests {
         assert!(body.contains("your personal limit of 3000 tokens per 30 d"), "{body}");
         assert!(body.contains("Try again in 1 h 26 min (at 16:18 UTC)"), "{body}");
         assert!(long.to_reply().headers.contains(&("x-should-retry".to_owned(), "false".to_owned())));
+        // A cost limit says its spend in dollars too, not in the micro-dollars it counts.
+        let mut dollars = limit(5_000_000, 86_400, WindowType::Fixed);
+        dollars.counts = Counts::Cost;
+        let spent = Exhausted {
+            standing: Standing { limit: dollars, used: 5_123_456, ..s },
+            now: 1_764_427_923,
+            refund_errors: vec![],
+        };
+        let body = text(&spent);
+        assert!(
+            body.contains("spending budget spent: your tier's shared limit of $5.00 per 1 d (used $5.12)"),
+            "{body}"
+        );
     }
     use crate::shared::tests::FakeStore;
 
@@ -679,6 +732,15 @@ mod tests {
             assert!(c.used(l, now + wait - 1) >= l.limit, "{name}: no room one second earlier");
         }
         assert_eq!(counter(600, 10, 0).retry_after(&sliding, 630), 0);
+        // A counter in a window this clock has not reached (it stepped back ten minutes, or
+        // another worker's ran ahead): the wait is counted on this clock, and there is room then.
+        for (name, l, c) in [("fixed", &fixed, counter(960, 100, 0)), ("sliding", &sliding, counter(960, 150, 0))] {
+            let now = 400;
+            let wait = c.retry_after(l, now);
+            assert!(wait > 560, "{name}: {wait}");
+            assert!(c.used(l, now + wait) < l.limit, "{name}: room after {wait} s");
+            assert!(c.used(l, now + wait - 1) >= l.limit, "{name}: no room one second earlier");
+        }
     }
 
     #[test]
@@ -725,7 +787,7 @@ mod tests {
         let store = FakeStore::default();
         let limits = vec![limit(1000, 3600, WindowType::Fixed), limit(100, 60, WindowType::Fixed)];
         let admitted = admit(&store, &limits, "p", &[60, 60], 600).unwrap();
-        assert_eq!(admitted.iter().map(|(_, h)| *h).collect::<Vec<_>>(), vec![60, 60]);
+        assert_eq!(admitted.iter().map(|(_, h)| h.units).collect::<Vec<_>>(), vec![60, 60]);
         store.lose_races.set(2);
         let admitted = admit(&store, &limits, "p", &[60, 60], 601).unwrap();
         assert_eq!(admitted[0].0.used, 60, "a lost race re-reads before deciding");

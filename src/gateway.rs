@@ -301,11 +301,12 @@ impl Worker {
                 let admitted =
                     Metering::admit(store, &limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now);
                 // The record of a budget refusal names the model it was for, as any other does.
-                let metering = admitted.map_err(|(reply, warnings)| Refusal {
+                let mut metering = admitted.map_err(|(reply, warnings)| Refusal {
                     reply,
                     warnings,
                     model: Some(model.alias.clone()),
                 })?;
+                warnings.append(&mut metering.take_warnings());
                 if let Some((syncer, _)) = sync.as_mut() {
                     // A person's counters are synced from their first admission on; a failed
                     // note only delays that to the next admission.

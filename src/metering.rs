@@ -53,9 +53,9 @@ pub struct Metering {
     standings: Vec<Standing>,
     /// What admission holds on each limit now.
     reserved: Vec<u64>,
-    /// When admission took the holds, seconds since the epoch (settlement gives them back to
-    /// the windows they went into).
-    admitted_at: u64,
+    /// When each hold was counted, seconds since the epoch ([`budget::Hold::at`]): settlement
+    /// gives it back to the window it went into.
+    held_at: Vec<u64>,
     /// What the request is estimated to cost each limit; the least an unknown outcome costs.
     estimate: Vec<u64>,
     warning_share: f64,
@@ -67,6 +67,8 @@ pub struct Metering {
     settled: bool,
     /// Usage the provider reported apart from the answer body (Bedrock's invocation metrics).
     reported: Option<Usage>,
+    /// What went wrong at admission without refusing the request (a hold not written).
+    warnings: Vec<String>,
 }
 
 /// How sure the gateway is of what the answer cost.
@@ -131,12 +133,21 @@ impl Metering {
             ));
             (reply, e.refund_errors)
         })?;
-        let (standings, reserved) = admitted.into_iter().unzip();
+        let (standings, holds): (Vec<Standing>, Vec<budget::Hold>) = admitted.into_iter().unzip();
+        let warnings = standings
+            .iter()
+            .zip(&holds)
+            .filter_map(|(s, h)| {
+                let e = h.error.as_ref()?;
+                let key = s.limit.key_for(&subject.person_key);
+                Some(format!("could not hold the estimate on budget {key} ({e:?}): admitted without a hold"))
+            })
+            .collect();
         Ok(Metering {
             subject,
             standings,
-            reserved,
-            admitted_at: now,
+            reserved: holds.iter().map(|h| h.units).collect(),
+            held_at: holds.iter().map(|h| h.at).collect(),
             estimate,
             warning_share: budgets.warning_share,
             meter: None,
@@ -146,6 +157,7 @@ impl Metering {
             complete: false,
             settled: false,
             reported: None,
+            warnings,
         })
     }
 
@@ -201,16 +213,22 @@ impl Metering {
         // A gateway timeout (504) or request timeout (408) says nothing about what was generated.
         let known = self.complete && warnings.is_empty() && !matches!(self.status, Some(408 | 504));
         let outcome = if known { Outcome::Complete } else { Outcome::Unknown };
-        for ((s, reserved), estimate) in self.standings.iter().zip(&self.reserved).zip(&self.estimate) {
+        let held = self.reserved.iter().zip(&self.held_at);
+        for ((s, (reserved, held_at)), estimate) in self.standings.iter().zip(held).zip(&self.estimate) {
             let actual = units(s.limit.counts, &usage, self.subject.price.as_ref());
             let charge = if known { actual } else { actual.max(*estimate) };
             let key = s.limit.key_for(&self.subject.person_key);
-            if let Err(e) = budget::settle(store, &key, s.limit.window, now, self.admitted_at, *reserved, charge) {
+            if let Err(e) = budget::settle(store, &key, s.limit.window, now, *held_at, *reserved, charge) {
                 warnings.push(format!("could not charge {charge} (held {reserved}) to budget {key}: {e:?}"));
             }
         }
         let cost_usd = self.subject.price.map(|p| cost_micros(&usage, &p) as f64 / 1e6);
         Some(Settlement { subject: self.subject.clone(), usage, cost_usd, outcome, status: self.status, warnings })
+    }
+
+    /// What went wrong at admission without refusing the request, once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// Uses `usage` (what the provider bills, e.g. Bedrock's invocation metrics) instead of
@@ -282,6 +300,85 @@ mod tests {
         assert!(!m.on_response_body(&body[..10], false));
         assert!(m.on_response_body(&body[10..], false), "Kong: last chunk without eos");
         assert_eq!(m.settle(&store, 0).unwrap().usage.total(), 10);
+    }
+
+    /// A hold that could not be written (the store stayed contended, or refused) lets the
+    /// request through without one, and says so; a hold written says nothing.
+    #[test]
+    fn a_hold_not_written_is_a_warning() {
+        let store = FakeStore::default();
+        store.lose_races.set(usize::MAX);
+        let mut m =
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
+        let warnings = m.take_warnings();
+        assert!(warnings.len() == 1 && warnings[0].contains("Contended"), "{warnings:?}");
+        assert!(m.take_warnings().is_empty(), "said once");
+        store.lose_races.set(0);
+        let mut m =
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
+        assert!(m.take_warnings().is_empty());
+    }
+
+    /// Another worker whose clock ran a second ahead moved the counter into the next window
+    /// before this admission: the hold went there, and settlement takes it out of that window
+    /// (not out of the one before, where it would erase other people's spend and stay counted).
+    #[test]
+    fn a_hold_taken_in_a_window_another_worker_opened_is_given_back_there() {
+        let store = FakeStore::default();
+        let key = "csg/b/x/t60sp/a1";
+        budget::charge(&store, key, 60, 30, 3000).unwrap();
+        budget::charge(&store, key, 60, 60, 5).unwrap(); // the next window, opened at 60
+        let mut m =
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 59).unwrap();
+        let body = br#"{"usage":{"input_tokens":200,"output_tokens":100}}"#;
+        m.on_response_headers(Some(200), "application/json", Some(body.len() as u64));
+        assert!(m.on_response_body(body, true));
+        m.settle(&store, 61).unwrap();
+        let counter = budget::decode(store.get(key).unwrap().0.as_deref(), key);
+        assert_eq!((counter.s, counter.c, counter.p), (60, 305, 3000));
+    }
+
+    /// A stream that ends before its final usage (the client pressed Esc or hung up, the
+    /// provider failed in its middle) is charged at least the output that passed the gateway,
+    /// not only what `message_start` said or the estimate; a stream that ends whole is charged
+    /// what it reports.
+    #[test]
+    fn a_stream_cut_before_its_final_usage_is_charged_the_output_that_passed() {
+        let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":100,\"output_tokens\":1}}}\n\n";
+        let delta = format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}\n\n",
+            "word ".repeat(20)
+        );
+        let end = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":25000}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        for whole in [false, true] {
+            let store = FakeStore::default();
+            let mut m =
+                Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0)
+                    .unwrap();
+            m.on_response_headers(Some(200), "text/event-stream", None);
+            m.on_response_body(start, false);
+            // 1,000 deltas of 100 characters, in chunks that cut lines anywhere.
+            let stream = delta.repeat(1000);
+            for piece in stream.as_bytes().chunks(777) {
+                m.on_response_body(piece, false);
+            }
+            if whole {
+                m.on_response_body(end, true);
+            }
+            let settled = m.settle(&store, 1).unwrap();
+            let charged = budget::read(&store, "csg/b/x/t60sp/a1").c;
+            if whole {
+                assert_eq!((settled.usage.output, charged), (25_000, 25_100), "what the stream reports");
+                assert_eq!(settled.outcome, Outcome::Complete);
+            } else {
+                // 100,000 characters of text: about 25,000 tokens at 4 bytes each (a line cut
+                // between chunks counts its field name too).
+                let output = settled.usage.output;
+                assert!((24_500..=25_500).contains(&output), "{output}");
+                assert_eq!(charged, 100 + output);
+                assert_eq!(settled.outcome, Outcome::Unknown);
+            }
+        }
     }
 
     #[test]

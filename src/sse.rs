@@ -30,7 +30,16 @@ pub struct Framer {
     dropped: u32,
     /// Wanted events dropped for a name or data that is not UTF-8.
     undecodable: u32,
+    /// Bytes of the data lines of the event being framed, when it is not handed out.
+    unkept_bytes: u64,
+    /// Of every event not handed out, its data's bytes beyond [`ENVELOPE_BYTES`], summed.
+    unkept_excess: u64,
 }
+
+/// The JSON around the text of a text delta (`{"type":"content_block_delta","index":0,
+/// "delta":{"type":"text_delta","text":""}}`, 79 bytes; a thinking or tool-input delta's is
+/// longer): what an event's data holds beyond it is about what it carries.
+pub const ENVELOPE_BYTES: u64 = 80;
 
 impl Framer {
     /// A framer handing out the events for which `wanted(name)` holds (an event with no `event:`
@@ -46,7 +55,16 @@ impl Framer {
             skip_line: false,
             dropped: 0,
             undecodable: 0,
+            unkept_bytes: 0,
+            unkept_excess: 0,
         }
+    }
+
+    /// Of every event framed and not handed out, the bytes of its data beyond
+    /// [`ENVELOPE_BYTES`], summed: about the text a stream's deltas carried (a line of such an
+    /// event that came in pieces counts with its field name).
+    pub fn unkept_excess(&self) -> u64 {
+        self.unkept_excess
     }
 
     /// How many wanted events were dropped for going over `max_event` (their data is lost).
@@ -72,6 +90,7 @@ impl Framer {
             let (head, rest) = chunk.split_at(newline);
             chunk = &rest[1..];
             if std::mem::take(&mut self.skip_line) {
+                self.unkept_bytes = self.unkept_bytes.saturating_add(head.len() as u64);
                 continue;
             }
             if self.line.is_empty() {
@@ -88,7 +107,11 @@ impl Framer {
                 self.line = line;
             }
         }
-        if self.skip_line || chunk.is_empty() {
+        if self.skip_line {
+            self.unkept_bytes = self.unkept_bytes.saturating_add(chunk.len() as u64);
+            return;
+        }
+        if chunk.is_empty() {
             return;
         }
         // Of an unwanted event only an `event` field matters (it may rename the event): judged by
@@ -97,6 +120,7 @@ impl Framer {
         let n = self.line.iter().chain(chunk).zip(&mut start).map(|(b, s)| *s = *b).count();
         let may_name = b"event".starts_with(&start[..n]);
         if !may_name && !self.keeps_data() {
+            self.unkept_bytes = self.unkept_bytes.saturating_add((self.line.len() + chunk.len()) as u64);
             self.line.clear();
             self.skip_line = true;
             return;
@@ -145,6 +169,7 @@ impl Framer {
                 }
                 self.data.extend_from_slice(value);
             }
+            b"data" => self.unkept_bytes = self.unkept_bytes.saturating_add(value.len() as u64),
             _ => {}
         }
     }
@@ -153,6 +178,10 @@ impl Framer {
         // Unwanted events end here: most of a stream is text deltas, and handing each one out
         // with no data would only have the caller fail to parse it.
         let wanted = self.keeps_data();
+        let unkept = std::mem::take(&mut self.unkept_bytes);
+        if !wanted {
+            self.unkept_excess = self.unkept_excess.saturating_add(unkept.saturating_sub(ENVELOPE_BYTES));
+        }
         if wanted && self.oversized {
             self.dropped = self.dropped.saturating_add(1);
         }

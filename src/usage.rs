@@ -103,6 +103,10 @@ struct Message {
     usage: Option<RawUsage>,
 }
 
+/// Bytes of streamed text counted as one output token when a stream's own count never came
+/// (about what English text and code average; JSON escapes make it a little more).
+pub const BYTES_PER_TOKEN: u64 = 4;
+
 /// Largest SSE event kept for parsing. Usage events are a few hundred bytes, but `message_delta`
 /// echoes the stop sequence that matched, which the client chose: it can be as large as a
 /// request body (`max_body_bytes`, 10 MiB by default). Only usage events are kept at all.
@@ -205,12 +209,18 @@ impl Meter {
         }
     }
 
-    /// Ends the answer and returns its usage (what was reported; zeros where nothing was).
+    /// Ends the answer and returns its usage (what was reported; zeros where nothing was). A
+    /// stream that ended before its final usage (cut by the client, an error in its middle)
+    /// counts at least the output that passed: its deltas' text, at [`BYTES_PER_TOKEN`].
     pub fn finish(&mut self) -> Usage {
         let seen = &mut self.seen;
+        let mut output_seen = 0;
         match &mut self.body {
             Body::Sse(framer) => {
                 framer.finish(&mut |e| seen.take(e));
+                if !seen.final_usage {
+                    output_seen = framer.unkept_excess() / BYTES_PER_TOKEN;
+                }
                 if framer.dropped() > 0 {
                     seen.unreadable.get_or_insert("a usage event over 16 MiB");
                 }
@@ -235,7 +245,7 @@ impl Meter {
             }
         }
         let [input, output, cache_write, cache_read, cache_write_1h] = self.seen.fields.map(|f| f.unwrap_or(0));
-        Usage { input, output, cache_write, cache_read, cache_write_1h }
+        Usage { input, output: output.max(output_seen), cache_write, cache_read, cache_write_1h }
     }
 }
 
