@@ -411,8 +411,9 @@ pub fn time_of_day(now: u64, wait: u64) -> String {
     }
 }
 
+/// Where a counter stands at `now`, by this clock: a counter already in a later window (another
+/// worker's clock ahead) resets, and has room again, only once this clock gets there too.
 fn standing(limit: &Limit, counter: &Counter, now: u64) -> Standing {
-    let now = counter.at(now);
     let rolled = counter.moved(limit.window, now);
     Standing {
         limit: limit.clone(),
@@ -603,7 +604,10 @@ mod tests {
         // The limit spent in [0, 60); a worker at t=60 moved the counter on.
         let c = decode(None, "k").add(60, 59, 1000).add(60, 60, 5);
         assert!(c.used(&sliding, 59) >= 1000 && c.retry_after(&sliding, 59) > 0);
-        assert_eq!(standing(&sliding, &c, 59).reset, 60);
+        // Counted on this worker's clock, a second behind: the window ends 61 s from now.
+        assert_eq!(standing(&sliding, &c, 59).reset, 61);
+        let spent = standing(&limit(WindowType::Fixed), &decode(None, "k").add(60, 60, 1000), 59);
+        assert_eq!((spent.reset, spent.retry_after), (61, 61));
         let held = c.add(60, 59, 500);
         assert_eq!((held.s, held.c, held.p), (60, 505, 1000));
         // Settled by a clock a second behind: the window ahead keeps what it held.

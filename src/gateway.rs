@@ -143,8 +143,9 @@ impl Worker {
         ["authorization", "x-api-key", &h.user, &h.email, &h.tier, "x-gateway-target"]
     }
 
-    /// Verifies `token` and places the person in a tier. With `may_fetch`, missing keys or an
-    /// unknown `kid` ask for a fetch (throttled); without it they are final.
+    /// Verifies `token` and places the person in a tier. With `may_fetch`, missing keys, an
+    /// unknown `kid` or a signature the keys held cannot verify ask for a fetch (throttled);
+    /// without it they are final.
     pub fn authenticate(&mut self, store: &dyn SharedStore, token: &str, now: u64, may_fetch: bool) -> AuthOutcome {
         let oidc = &self.plan.oidc;
         // A host that cannot tell the time reads 0 here, and every expiry would pass.
@@ -178,7 +179,7 @@ impl Worker {
             Some(identity) => identity,
             None => {
                 let verified = jwt::check_claims(token, oidc, now).and_then(|parsed| {
-                    let kid_unknown = parsed.kid().is_some_and(|k| !keys.has_kid(k));
+                    let kid_unknown = parsed.kid().is_some_and(|k| !keys.has_kid(k, parsed.alg()));
                     if kid_unknown && may_fetch {
                         if let Some(callout) = self.keys.allow_kid_refetch(oidc, store, now) {
                             return Ok(Err(callout));

@@ -291,18 +291,18 @@ impl KeySet {
     }
 
     /// Keys that may verify a token with this `kid` (all keys when the token names none) and
-    /// `alg`: those naming the token's kid first, then those naming none (RFC 7517 4.5 makes a
-    /// JWK's kid optional, and Envoy's jwt_authn tries such a key for any token too).
+    /// `alg`: those naming the token's kid or, when none does, those naming no kid (RFC 7517
+    /// 4.5 makes a JWK's kid optional, and Envoy's jwt_authn tries such a key too).
     pub fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Algorithm) -> impl Iterator<Item = &'a Jwk> {
-        let named = self.keys.iter().filter(move |k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid));
-        let unnamed = self.keys.iter().filter(move |k| k.accepts(alg) && kid.is_some() && k.kid.is_none());
-        named.chain(unnamed)
+        let named = move |k: &Jwk| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid);
+        let unnamed_too = kid.is_some() && !self.keys.iter().any(&named);
+        self.keys.iter().filter(move |k| named(k) || (unnamed_too && k.accepts(alg) && k.kid.is_none()))
     }
 
-    /// Whether a key may verify a token naming this `kid` (any algorithm): one with that kid,
-    /// or one naming none.
-    pub fn has_kid(&self, kid: &str) -> bool {
-        self.keys.iter().any(|k| k.kid.is_none() || k.kid.as_deref() == Some(kid))
+    /// Whether a key may verify a token naming this `kid` with this `alg` (one naming that kid,
+    /// or one naming none); when none may, the IdP may have published a new one.
+    pub fn has_kid(&self, kid: &str, alg: Algorithm) -> bool {
+        self.candidates(Some(kid), alg).next().is_some()
     }
 
     /// Whether the key with this [`Jwk::fingerprint`] is still published (a token it verified
@@ -445,8 +445,8 @@ pub(crate) mod tests {
         let set = KeySet::parse(keys.jwks().as_bytes()).unwrap();
         assert_eq!(set.len(), 3);
         assert_eq!(set.skipped, 2);
-        assert!(set.has_kid("ec-1"));
-        assert!(!set.has_kid("hmac-1"));
+        assert!(set.has_kid("ec-1", Algorithm::ES256));
+        assert!(!set.has_kid("hmac-1", Algorithm::RS256));
     }
 
     /// RFC 7517 4.3: a key whose `key_ops` leave out `verify` verifies nothing; the same key

@@ -369,6 +369,11 @@ impl ParsedToken {
         self.kid.as_deref()
     }
 
+    /// The algorithm the token's header names.
+    pub fn alg(&self) -> Algorithm {
+        self.alg
+    }
+
     /// Checks the signature against `keys` and returns the identity.
     pub fn verify(self, token: &str, keys: &KeySet, oidc: &OidcPlan, now: u64) -> Result<Identity, AuthError> {
         // No token makes the gateway try every key. With a `kid`, at most two keys are tried:
@@ -523,7 +528,7 @@ pub(crate) mod tests {
             key.as_object_mut().unwrap().remove("kid");
         }
         let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
-        assert!(set.has_kid("rsa-1") && set.has_kid("any"));
+        assert!(set.has_kid("rsa-1", Algorithm::RS256) && set.has_kid("any", Algorithm::RS256));
         let plan = plan();
         let got = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &set, &plan.oidc, NOW);
         assert_eq!(got.map(|i| i.subject), Ok("alice".to_owned()));
@@ -531,6 +536,49 @@ pub(crate) mod tests {
         let forged = sign(&TestKeys::new(), good_claims());
         let got = check_claims(&forged, &plan.oidc, NOW).unwrap().verify(&forged, &set, &plan.oidc, NOW);
         assert_eq!(got.unwrap_err(), AuthError::BadSignature);
+    }
+
+    /// Keys naming the token's kid come alone: a key without kid is no third candidate beside
+    /// a kid listed twice (as IdPs do, with and without `alg`); and a kid-less key of another
+    /// algorithm does not make an unknown kid known (the refetch a rotation needs stays).
+    #[test]
+    fn a_key_without_kid_is_tried_only_when_none_names_the_tokens() {
+        let keys = TestKeys::new();
+        let token = sign(&keys, good_claims()); // kid rsa-1
+        let mut doc: Value = serde_json::from_str(&keys.jwks()).unwrap();
+        let list = doc["keys"].as_array_mut().unwrap();
+        let rsa = list.iter().find(|k| k["kid"] == "rsa-1").unwrap().clone();
+        let mut pinned = rsa.clone();
+        pinned["alg"] = json!("RS256");
+        let mut unnamed = serde_json::from_str::<Value>(&TestKeys::new().jwks()).unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kty"] == "RSA")
+            .unwrap()
+            .clone();
+        unnamed.as_object_mut().unwrap().remove("kid");
+        list.push(pinned);
+        list.push(unnamed);
+        let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.candidates(Some("rsa-1"), Algorithm::RS256).count(), 2, "the kid's two listings only");
+        assert_eq!(verify_with(&token, &set).map(|i| i.subject), Ok("alice".to_owned()));
+        // A kid no key names: the kid-less RSA key is the candidate; for ES256 there is none.
+        assert_eq!(set.candidates(Some("rsa-9"), Algorithm::RS256).count(), 1);
+        assert!(set.has_kid("rsa-9", Algorithm::RS256));
+        let mut only_ec: Value = serde_json::from_str(&keys.jwks()).unwrap();
+        for key in only_ec["keys"].as_array_mut().unwrap() {
+            if key["kty"] == "EC" {
+                key.as_object_mut().unwrap().remove("kid");
+            }
+        }
+        let set = KeySet::parse(only_ec.to_string().as_bytes()).unwrap();
+        assert!(!set.has_kid("rsa-9", Algorithm::RS256), "an EC key without kid says nothing of RS256 tokens");
+    }
+
+    fn verify_with(token: &str, set: &KeySet) -> Result<Identity, AuthError> {
+        let plan = plan();
+        check_claims(token, &plan.oidc, NOW)?.verify(token, set, &plan.oidc, NOW)
     }
 
     /// A well-signed token whose `typ` says it is not an access token is refused as such, with

@@ -60,7 +60,8 @@ impl CreateRule {
             // missing after the refusal says the latter: Envoy never deletes one, and on ngx
             // the refusal alone would have come for an existing key too.
             Err(StoreError::CasMismatch) => match raw.raw_get(key)? {
-                (None, _) => {
+                // (A key with an empty value reads as no value with a CAS: it exists.)
+                (None, None) => {
                     self.cas.set(Some(0));
                     raw.raw_set(key, value, 0)
                 }
@@ -274,15 +275,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// On ngx the first create costs a read to learn the rule; later ones are one host call.
+    /// (On Envoy every create is one call: its first answer teaches the rule.)
     #[test]
     fn once_learnt_a_create_is_one_host_call() {
-        for envoy in [true, false] {
-            let store = Hosted::new(envoy);
-            store.cas_set("a", b"1", None).unwrap();
-            let reads = store.raw.reads.get();
-            store.cas_set("b", b"1", None).unwrap();
-            assert_eq!(store.raw.reads.get(), reads, "envoy: {envoy}");
-        }
+        let store = Hosted::new(false);
+        store.cas_set("a", b"1", None).unwrap();
+        assert_eq!(store.raw.reads.get(), 1, "the refusal of the first create is read once");
+        store.cas_set("b", b"1", None).unwrap();
+        assert_eq!(store.raw.reads.get(), 1);
     }
 
     #[test]

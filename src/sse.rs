@@ -30,14 +30,17 @@ pub struct Framer {
     dropped: u32,
     /// Wanted events dropped for a name or data that is not UTF-8.
     undecodable: u32,
-    /// Bytes of the data lines of the event being framed, when it is not handed out.
+    /// Events not handed out whose data is measured ([`Framer::measuring`]).
+    measured: fn(&[u8]) -> bool,
+    /// Bytes of the event being framed that were not kept: its data, and any line of it that
+    /// came in pieces (with its field name).
     unkept_bytes: u64,
-    /// Of every event not handed out, its data's bytes beyond [`ENVELOPE_BYTES`], summed.
+    /// Of every measured event, its unkept bytes beyond [`ENVELOPE_BYTES`], summed.
     unkept_excess: u64,
 }
 
 /// The JSON around the text of a text delta (`{"type":"content_block_delta","index":0,
-/// "delta":{"type":"text_delta","text":""}}`, 79 bytes; a thinking or tool-input delta's is
+/// "delta":{"type":"text_delta","text":""}}`, 80 bytes; a thinking or tool-input delta's is
 /// longer): what an event's data holds beyond it is about what it carries.
 pub const ENVELOPE_BYTES: u64 = 80;
 
@@ -55,12 +58,19 @@ impl Framer {
             skip_line: false,
             dropped: 0,
             undecodable: 0,
+            measured: |_| false,
             unkept_bytes: 0,
             unkept_excess: 0,
         }
     }
 
-    /// Of every event framed and not handed out, the bytes of its data beyond
+    /// Also measures the events not handed out for which `measured(name)` holds
+    /// ([`Framer::unkept_excess`]).
+    pub fn measuring(self, measured: fn(&[u8]) -> bool) -> Framer {
+        Framer { measured, ..self }
+    }
+
+    /// Of every measured event (not handed out), the bytes of its data beyond
     /// [`ENVELOPE_BYTES`], summed: about the text a stream's deltas carried (a line of such an
     /// event that came in pieces counts with its field name).
     pub fn unkept_excess(&self) -> u64 {
@@ -179,7 +189,7 @@ impl Framer {
         // with no data would only have the caller fail to parse it.
         let wanted = self.keeps_data();
         let unkept = std::mem::take(&mut self.unkept_bytes);
-        if !wanted {
+        if !wanted && (self.measured)(&self.name) {
             self.unkept_excess = self.unkept_excess.saturating_add(unkept.saturating_sub(ENVELOPE_BYTES));
         }
         if wanted && self.oversized {

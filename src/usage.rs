@@ -161,7 +161,7 @@ impl Meter {
     /// A meter for an answer with this `content-type`.
     pub fn new(content_type: &str) -> Meter {
         let body = if content_type.trim_start().to_ascii_lowercase().starts_with("text/event-stream") {
-            Body::Sse(Framer::new(metered_event, MAX_EVENT))
+            Body::Sse(Framer::new(metered_event, MAX_EVENT).measuring(|name| name == b"content_block_delta"))
         } else {
             Body::Json { bytes: Vec::new(), truncated: false }
         };
