@@ -981,11 +981,6 @@ def main():
                     bench.start_envoys()
                     for config, _ in CONFIGS:
                         bench.check(config, "1k", "json")
-                # The time to the first byte, on this round's processes: a probe of one moment on
-                # one set of processes gave a p99 that one stall of the machine could set.
-                for config in order.sample([c for c, _ in CONFIGS], len(CONFIGS)):
-                    for size in ("1k", "130k"):
-                        ttfb[(config, size)] += bench.ttfb(config, size, TTFB_REQUESTS)
                 for size, answer in KINDS:
                     for config in order.sample([c for c, _ in CONFIGS], len(CONFIGS)):
                         if WARMUP > 0:
@@ -995,6 +990,12 @@ def main():
                         print(f"round {round_no + 1}/{ROUNDS} {size:>4} {answer:<4} {config:<16} "
                               f"{r['cpu_us']:7.0f} µs/req {r['rps']:7.0f} req/s p50 {r['p50_ms']:6.2f} ms "
                               f"p99 {r['p99_ms']:6.2f} ms", file=sys.stderr, flush=True)
+                # The time to the first byte, on this round's processes once they took the load: a
+                # probe of one moment on one set of processes gave a p99 one stall of the machine
+                # could set.
+                for config in order.sample([c for c, _ in CONFIGS], len(CONFIGS)):
+                    for size in ("1k", "130k"):
+                        ttfb[(config, size)] += bench.ttfb(config, size, TTFB_REQUESTS)
             rss = {c: bench.envoys[c].rss_mib() for c, _ in CONFIGS}
             memory = bench.memory_per_worker(rss)
             sync = bench.sync_traffic() if not ONLY or "filter_store" in ONLY else None
