@@ -32,17 +32,17 @@ pub struct Framer {
     undecodable: u32,
     /// Events not handed out whose data is measured ([`Framer::measuring`]).
     measured: fn(&[u8]) -> bool,
-    /// Bytes of the event being framed that were not kept: its data, and any line of it that
-    /// came in pieces (with its field name).
+    /// Bytes of the lines of the event being framed but its `event` lines, as they came (field
+    /// names and a CR included), whether kept or skipped.
     unkept_bytes: u64,
     /// Of every measured event, its unkept bytes beyond [`ENVELOPE_BYTES`], summed.
     unkept_excess: u64,
 }
 
-/// The JSON around the text of a text delta (`{"type":"content_block_delta","index":0,
-/// "delta":{"type":"text_delta","text":""}}`, 80 bytes; a thinking or tool-input delta's is
-/// longer): what an event's data holds beyond it is about what it carries.
-pub const ENVELOPE_BYTES: u64 = 80;
+/// The line around the text of a text delta (`data: ` and `{"type":"content_block_delta",
+/// "index":0,"delta":{"type":"text_delta","text":""}}`, 86 bytes; a thinking or tool-input
+/// delta's is longer): what an event's lines hold beyond it is about what it carries.
+pub const ENVELOPE_BYTES: u64 = 86;
 
 impl Framer {
     /// A framer handing out the events for which `wanted(name)` holds (an event with no `event:`
@@ -70,9 +70,9 @@ impl Framer {
         Framer { measured, ..self }
     }
 
-    /// Of every measured event (not handed out), the bytes of its data beyond
-    /// [`ENVELOPE_BYTES`], summed: about the text a stream's deltas carried (a line of such an
-    /// event that came in pieces counts with its field name).
+    /// Of every measured event (not handed out), the bytes of its lines but its name beyond
+    /// [`ENVELOPE_BYTES`], summed: about the text a stream's deltas carried, however the
+    /// stream was cut into chunks.
     pub fn unkept_excess(&self) -> u64 {
         self.unkept_excess
     }
@@ -129,7 +129,9 @@ impl Framer {
         let mut start = [0u8; 5];
         let n = self.line.iter().chain(chunk).zip(&mut start).map(|(b, s)| *s = *b).count();
         let may_name = b"event".starts_with(&start[..n]);
-        if !may_name && !self.keeps_data() {
+        // A lone CR may be the first half of a blank line (CRLF): it ends an event, so it is kept.
+        let lone_cr = self.line.is_empty() && chunk == b"\r";
+        if !may_name && !self.keeps_data() && !lone_cr {
             self.unkept_bytes = self.unkept_bytes.saturating_add((self.line.len() + chunk.len()) as u64);
             self.line.clear();
             self.skip_line = true;
@@ -154,6 +156,7 @@ impl Framer {
     }
 
     fn take_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(Event<'_>)) {
+        let raw_len = line.len() as u64;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             self.dispatch(on_event);
@@ -163,6 +166,10 @@ impl Framer {
             Some(i) => (&line[..i], &line[i + 1..]),
             None => (line, &[][..]),
         };
+        // Every line but the name, as it came (a skipped line is counted the same way).
+        if field != b"event" {
+            self.unkept_bytes = self.unkept_bytes.saturating_add(raw_len);
+        }
         let value = value.strip_prefix(b" ").unwrap_or(value);
         match field {
             b"event" => {
@@ -179,7 +186,6 @@ impl Framer {
                 }
                 self.data.extend_from_slice(value);
             }
-            b"data" => self.unkept_bytes = self.unkept_bytes.saturating_add(value.len() as u64),
             _ => {}
         }
     }
@@ -227,6 +233,52 @@ mod tests {
 
     fn all(_: &[u8]) -> bool {
         true
+    }
+
+    /// What a measured event carried is counted the same however the stream is cut into chunks
+    /// (a line skipped in pieces, a CRLF blank line split between its CR and its LF), and events
+    /// split anywhere are handed out the same.
+    #[test]
+    fn measuring_does_not_depend_on_where_chunks_end() {
+        fn run(stream: &[u8], cuts: &[usize]) -> (u64, Vec<(String, String)>) {
+            let mut framer = Framer::new(|n| n == b"message_delta", 1 << 20).measuring(|n| n == b"content_block_delta");
+            let mut events = Vec::new();
+            let mut sink = |e: Event<'_>| events.push((e.name.to_owned(), e.data.to_owned()));
+            let mut at = 0;
+            for &cut in cuts.iter().chain([&stream.len()]) {
+                framer.push(&stream[at..cut], &mut sink);
+                at = cut;
+            }
+            framer.finish(&mut sink);
+            (framer.unkept_excess(), events)
+        }
+        let delta = |text: &str, eol: &str| {
+            format!(
+                "event: content_block_delta{eol}data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}{eol}{eol}"
+            )
+        };
+        for eol in ["\n", "\r\n"] {
+            let stream = [
+                delta(&"x".repeat(40), eol),
+                format!("event: ping{eol}data: {{\"type\":\"ping\"}}{eol}{eol}"),
+                delta("", eol),
+                delta(&"y".repeat(100), eol),
+                format!("event: message_delta{eol}data: {{\"usage\":{{\"output_tokens\":9}}}}{eol}{eol}"),
+            ]
+            .concat()
+            .into_bytes();
+            let whole = run(&stream, &[]);
+            // The deltas' text, 40 + 0 + 100 bytes (and each data line's CR, as it came).
+            let crs = if eol == "\r\n" { 3 } else { 0 };
+            assert_eq!(whole.0, 140 + crs, "{eol:?}");
+            assert_eq!(whole.1.len(), 1);
+            for cut in 0..stream.len() {
+                assert_eq!(run(&stream, &[cut]), whole, "{eol:?}, cut at {cut}");
+                for second in (cut..stream.len()).step_by(7) {
+                    assert_eq!(run(&stream, &[cut, second]), whole, "{eol:?}, cut at {cut} and {second}");
+                }
+            }
+        }
     }
 
     /// A line over the limit, arriving in pieces, is dropped without being kept whole; what the
