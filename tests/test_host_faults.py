@@ -65,6 +65,9 @@ def test_two_configurations_in_one_vm_never_take_each_others_keys():
     r = run("tworoots")
     assert r["b_forged"]["reply"].startswith("401 ") and not forwarded(r["b_forged"])
     assert r["a_forged"]["reply"].startswith("401 ") and not forwarded(r["a_forged"])
+    # The refetch a signature the keys cannot verify may take goes to the configuration's own IdP.
+    assert all(c.startswith("idp-b.example") for c in r["b_forged_callouts"]), r["b_forged_callouts"]
+    assert all(c.startswith("idp-a.example") for c in r["a_forged_callouts"]), r["a_forged_callouts"]
     assert forwarded(r["b_own"]) and r["b_own"]["upstream_user"] == "bob"
     assert forwarded(r["a_own"]) and r["a_own"]["upstream_user"] == "alice"
     assert r["fetched_by_a"] and all(c.startswith("idp-a.example") for c in r["fetched_by_a"])

@@ -95,8 +95,9 @@ const config = (who) => enc.encode(JSON.stringify({
 }));
 const call = (n, ...a) => ex[n](...a);
 function configure(root, who) { st.bufs[B.Plugin] = config(who); return call("proxy_on_configure", root, st.bufs[B.Plugin].length); }
+const answered = [];
 function answer(root, idps) { // answer callouts by authority
-  while (st.calls.length) { const c = st.calls.shift(); const who = idps.find((w) => c.auth === `${w.name}.example`);
+  while (st.calls.length) { const c = st.calls.shift(); answered.push(c.auth + c.path); const who = idps.find((w) => c.auth === `${w.name}.example`);
     const body = c.path.includes("openid-configuration") ? JSON.stringify({ issuer: who.iss, jwks_uri: `${who.iss}/keys` }) : who.jwks;
     st.maps[M.Call] = [[":status", "200"]]; st.bufs[B.CallBody] = enc.encode(body);
     call("proxy_on_http_call_response", root, c.t, 1, body.length, 0); }
@@ -189,10 +190,17 @@ try {
       out.reconfigured = configure(1, Bp);
       answer(1, [A, Bp]);                                                     // the old JWKS(A) answer arrives
     }
-    out.b_forged = request(1, sign(A, { iss: Bp.iss, aud: "gw", sub: "mallory", groups: ["standard"], exp: nowS() + 600 }));
+    // A forged token may take a key refetch (a signature the keys cannot verify): it goes to the
+    // configuration's own IdP, answered here, and the token is refused after it.
+    const two = faults.has("tworoots") ? [A, Bp] : null;
+    let from = answered.length;
+    out.b_forged = request(1, sign(A, { iss: Bp.iss, aud: "gw", sub: "mallory", groups: ["standard"], exp: nowS() + 600 }), two);
+    out.b_forged_callouts = answered.slice(from);
     if (faults.has("tworoots")) {
       out.b_own = request(1, good(Bp, "bob"));
-      out.a_forged = request(2, sign(Bp, { iss: A.iss, aud: "gw", sub: "mallory", groups: ["standard"], exp: nowS() + 600 }));
+      from = answered.length;
+      out.a_forged = request(2, sign(Bp, { iss: A.iss, aud: "gw", sub: "mallory", groups: ["standard"], exp: nowS() + 600 }), two);
+      out.a_forged_callouts = answered.slice(from);
       out.a_own = request(2, good(A));
       out.fetched_by_a = fetchedBy2;
     }
