@@ -371,8 +371,8 @@ mod tests {
                 assert_eq!((settled.usage.output, charged), (25_000, 25_100), "what the stream reports");
                 assert_eq!(settled.outcome, Outcome::Complete);
             } else {
-                // 100,000 characters of text: about 25,000 tokens at 4 bytes each (a line cut
-                // between chunks counts its field name too).
+                // 100,000 characters of text: about 25,000 tokens at 4 bytes each (each delta's
+                // line beyond the envelope, 99 bytes, whichever chunks cut it).
                 let output = settled.usage.output;
                 assert!((24_500..=25_500).contains(&output), "{output}");
                 assert_eq!(charged, 100 + output);
