@@ -148,6 +148,13 @@ pub struct Counter {
     /// This node's own units in the previous window (part of `p`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub op: u64,
+    /// Units of `c` that this node holds for requests still running (part of `oc`): replaced by
+    /// their charge, or given back, when they end. Absent in old records.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub h: u64,
+    /// Units of `p` held for requests still running (part of `op`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ph: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -157,8 +164,7 @@ fn is_zero(n: &u64) -> bool {
 impl Counter {
     /// This counter moved to the window that holds `now`.
     pub fn rolled(&self, window: u64, now: u64) -> Counter {
-        let Counter { s, c, p, oc, op, .. } = self.moved(window, now);
-        Counter { k: self.k.clone(), s, c, p, oc, op }
+        Counter { k: self.k.clone(), ..self.moved(window, now) }
     }
 
     /// The time a counter is read or written at: `now`, or the start of the window it is already
@@ -176,28 +182,28 @@ impl Counter {
         // build may have written: never a division by zero.
         let window = window.max(1);
         let start = now - now % window;
-        let (c, p, oc, op) = if self.s == start {
-            (self.c, self.p, self.oc, self.op)
+        let (c, p, oc, op, h, ph) = if self.s == start {
+            (self.c, self.p, self.oc, self.op, self.h, self.ph)
         } else if self.s.saturating_add(window) == start {
-            (0, self.c, 0, self.oc)
+            (0, self.c, 0, self.oc, 0, self.h)
         } else {
-            (0, 0, 0, 0)
+            (0, 0, 0, 0, 0, 0)
         };
-        Counter { k: String::new(), s: start, c, p, oc, op }
+        Counter { k: String::new(), s: start, c, p, oc, op, h, ph }
     }
 
     /// Units counted against the limit at `now`.
     pub fn used(&self, limit: &Limit, now: u64) -> u64 {
         let now = self.at(now);
         let r = self.moved(limit.window, now);
-        match limit.window_type {
-            WindowType::Fixed => r.c,
-            WindowType::Sliding => {
-                let left = limit.window - (now - r.s);
-                let weighted = (u128::from(r.p) * u128::from(left)).div_ceil(u128::from(limit.window));
-                r.c.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
-            }
-        }
+        weighted(limit, now, &r, r.c, r.p)
+    }
+
+    /// [`Self::used`] without what requests still running hold: what was spent.
+    pub fn spent(&self, limit: &Limit, now: u64) -> u64 {
+        let now = self.at(now);
+        let r = self.moved(limit.window, now);
+        weighted(limit, now, &r, r.c.saturating_sub(r.h), r.p.saturating_sub(r.ph))
     }
 
     /// Seconds until the counter has room again (0 when it has room now), by this clock: a
@@ -234,11 +240,19 @@ impl Counter {
         wait.saturating_add(skew)
     }
 
-    /// Adds `delta` units (negative for a reserve given back) at `now`.
+    /// Adds `delta` units spent at `now`.
     pub fn add(&self, window: u64, now: u64, delta: i64) -> Counter {
         let mut r = self.rolled(window, now);
         r.c = r.c.saturating_add_signed(delta);
         r.oc = r.oc.saturating_add_signed(delta);
+        r
+    }
+
+    /// Holds `delta` units at `now` for a request still running (negative: a hold given back
+    /// before the request went anywhere).
+    pub fn hold(&self, window: u64, now: u64, delta: i64) -> Counter {
+        let mut r = self.add(window, now, delta);
+        r.h = r.h.saturating_add_signed(delta);
         r
     }
 
@@ -253,9 +267,11 @@ impl Counter {
         if held_start == r.s {
             r.c = r.c.saturating_sub(held);
             r.oc = r.oc.saturating_sub(held);
+            r.h = r.h.saturating_sub(held);
         } else if held_start.saturating_add(window) == r.s {
             r.p = r.p.saturating_sub(held);
             r.op = r.op.saturating_sub(held);
+            r.ph = r.ph.saturating_sub(held);
         }
         r.c = r.c.saturating_add(charge);
         r.oc = r.oc.saturating_add(charge);
@@ -263,17 +279,38 @@ impl Counter {
     }
 }
 
+/// `c` units in the current window of `r` (moved to `now`) and `p` in the previous one, as
+/// the limit counts them at `now`: a sliding window weighs the previous one by what is left of it.
+fn weighted(limit: &Limit, now: u64, r: &Counter, c: u64, p: u64) -> u64 {
+    match limit.window_type {
+        WindowType::Fixed => c,
+        WindowType::Sliding => {
+            let left = limit.window - (now - r.s);
+            let weighted = (u128::from(p) * u128::from(left)).div_ceil(u128::from(limit.window));
+            c.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
+        }
+    }
+}
+
 /// The first bytes of a counter in the compact encoding ([`Counter::encode`]).
-const COMPACT: &[u8; 2] = b"C1";
+const COMPACT: &[u8; 2] = b"C2";
+
+/// The first bytes of the compact encoding before holds were kept apart: five numbers, no `h`
+/// and `ph` (still read).
+const COMPACT_V1: &[u8; 2] = b"C1";
+
+/// Numbers in a [`COMPACT`] counter, and in a [`COMPACT_V1`] one.
+const NUMBERS: usize = 7;
+const NUMBERS_V1: usize = 5;
 
 impl Counter {
-    /// The stored bytes: `C1`, then `s`, `c`, `p`, `oc`, `op` as little-endian `u64`s, then the
-    /// key. Read and written on every request, so no JSON (a record in the older JSON form is
-    /// still read, see [`decode`]).
+    /// The stored bytes: `C2`, then `s`, `c`, `p`, `oc`, `op`, `h`, `ph` as little-endian
+    /// `u64`s, then the key. Read and written on every request, so no JSON (records in the
+    /// older JSON and `C1` forms are still read, see [`decode`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(COMPACT.len() + 40 + self.k.len());
+        let mut out = Vec::with_capacity(COMPACT.len() + 8 * NUMBERS + self.k.len());
         out.extend_from_slice(COMPACT);
-        for n in [self.s, self.c, self.p, self.oc, self.op] {
+        for n in [self.s, self.c, self.p, self.oc, self.op, self.h, self.ph] {
             out.extend_from_slice(&n.to_le_bytes());
         }
         out.extend_from_slice(self.k.as_bytes());
@@ -281,12 +318,16 @@ impl Counter {
     }
 
     fn from_compact(bytes: &[u8]) -> Option<Counter> {
-        let rest = bytes.strip_prefix(COMPACT)?;
-        let (numbers, key) = (rest.get(..40)?, rest.get(40..)?);
+        let (rest, count) = match bytes.get(..2)? {
+            prefix if prefix == COMPACT => (&bytes[2..], NUMBERS),
+            prefix if prefix == COMPACT_V1 => (&bytes[2..], NUMBERS_V1),
+            _ => return None,
+        };
+        let (numbers, key) = (rest.get(..8 * count)?, rest.get(8 * count..)?);
         let mut n = numbers.chunks_exact(8).map(|b| b.try_into().map(u64::from_le_bytes).unwrap_or_default());
         let mut next = || n.next().unwrap_or_default();
-        let (s, c, p, oc, op) = (next(), next(), next(), next(), next());
-        Some(Counter { k: std::str::from_utf8(key).ok()?.to_owned(), s, c, p, oc, op })
+        let (s, c, p, oc, op, h, ph) = (next(), next(), next(), next(), next(), next(), next());
+        Some(Counter { k: std::str::from_utf8(key).ok()?.to_owned(), s, c, p, oc, op, h, ph })
     }
 }
 
@@ -325,11 +366,8 @@ pub fn settle(
     held: u64,
     charge: u64,
 ) -> Result<(), StoreError> {
-    let same_window = {
-        let w = window.max(1);
-        now - now % w == held_at - held_at % w
-    };
-    if held == charge && same_window {
+    // A hold is settled even when it equals the charge: the counter keeps holds apart.
+    if held == 0 && charge == 0 {
         return Ok(());
     }
     shared::update(store, key, |current| Some(decode(current, key).settle(window, now, held_at, held, charge).encode()))
@@ -349,20 +387,44 @@ pub struct Standing {
     pub retry_after: u64,
 }
 
-/// A request refused because a budget is spent.
+/// A request refused because a budget is spent, or full with what requests still running hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exhausted {
-    /// The spent limit with the longest wait.
+    /// The spent limit with the longest wait; when no limit is spent, a limit full only with
+    /// holds.
     pub standing: Standing,
+    /// When no limit is spent: the units of `standing`'s limit held by requests still running.
+    /// Their holds are estimates replaced by what they used when they end, so room may come back
+    /// within seconds, not at the window's turn.
+    pub in_flight: Option<u64>,
     /// When it was refused, seconds since the epoch (for the time of day in the message).
     pub now: u64,
     /// Holds that could not be given back (the shared-data write failed).
     pub refund_errors: Vec<String>,
 }
 
+/// The Retry-After of a refusal made only by holds of requests still running: how long those
+/// take is not known, and Claude Code waits out a Retry-After of up to 60 s and then backs off
+/// on its own (about three minutes over ten retries), so a short one lets it try again soon.
+pub const IN_FLIGHT_RETRY_AFTER: u64 = 10;
+
 impl ToReply for Exhausted {
     fn to_reply(&self) -> Reply {
         let s = &self.standing;
+        if let Some(held) = self.in_flight {
+            let retry_after = s.retry_after.clamp(1, IN_FLIGHT_RETRY_AFTER);
+            let message = format!(
+                "gateway: {} nearly spent: {} (used {}, of which {} is held for requests still running; what \
+                 they do not use comes back when they end). Try again in {}.",
+                s.limit.kind(),
+                s.limit.explain(),
+                s.limit.amount(s.used),
+                s.limit.amount(held),
+                human_duration(retry_after),
+            );
+            return Reply::error(429, "budget_in_flight", "rate_limit_error", &message)
+                .with_header("retry-after", retry_after.to_string());
+        }
         let message = format!(
             "gateway: {} spent: {} (used {}). {} Try again in {} (at {}).",
             s.limit.kind(),
@@ -453,13 +515,17 @@ pub fn admit(
         let hold = i64::try_from(holds.get(i).copied().unwrap_or(0)).unwrap_or(i64::MAX);
         let mut seen = None;
         let mut at = now;
+        let mut held = 0;
         let written = shared::update(store, &key, |current| {
             let counter = decode(current, &key);
             let s = standing(limit, &counter, now);
             let room = s.retry_after == 0;
+            // Full, but not spent: what requests still running hold fills it.
+            held =
+                if !room && counter.spent(limit, now) < limit.limit { s.used - counter.spent(limit, now) } else { 0 };
             seen = Some(s);
             at = counter.at(now);
-            (room && hold > 0).then(|| counter.add(limit.window, now, hold).encode())
+            (room && hold > 0).then(|| counter.hold(limit.window, now, hold).encode())
         });
         // A store that fails (contention, a full zone) costs the reserve, never the request;
         // the caller is told.
@@ -467,23 +533,30 @@ pub fn admit(
         let s = seen.unwrap_or_else(|| standing(limit, &decode(None, &key), now));
         let units = if written == Ok(true) { hold.unsigned_abs() } else { 0 };
         let error = if hold > 0 && !full { written.err() } else { None };
-        admitted.push((s, Hold { units, at, error }));
+        admitted.push((s, Hold { units, at, error }, held));
     }
-    let worst = admitted.iter().map(|(s, _)| s).filter(|s| s.retry_after > 0).max_by_key(|s| s.retry_after).cloned();
-    match worst {
-        None => Ok(admitted),
-        Some(standing) => {
-            let mut refund_errors = Vec::new();
-            for (s, Hold { units: held, .. }) in &admitted {
-                let key = s.limit.key_for(person);
-                let refund = -i64::try_from(*held).unwrap_or(i64::MAX);
-                if let Err(e) = charge(store, &key, s.limit.window, now, refund) {
-                    refund_errors.push(format!("could not give back {held} held on budget {key}: {e:?}"));
-                }
-            }
-            Err(Exhausted { standing, now, refund_errors })
+    // A spent limit answers for the refusal; only when none is spent, one full with holds does.
+    let full = admitted.iter().filter(|(s, ..)| s.retry_after > 0);
+    let spent = full.clone().filter(|(.., held)| *held == 0).max_by_key(|(s, ..)| s.retry_after);
+    let refusal = match spent {
+        Some((standing, ..)) => Some((standing.clone(), None)),
+        None => full.max_by_key(|(.., held)| *held).map(|(standing, _, held)| (standing.clone(), Some(*held))),
+    };
+    let Some((standing, in_flight)) = refusal else {
+        return Ok(admitted.into_iter().map(|(s, hold, _)| (s, hold)).collect());
+    };
+    let mut refund_errors = Vec::new();
+    for (s, Hold { units: held, .. }, _) in &admitted {
+        let key = s.limit.key_for(person);
+        let refund = -i64::try_from(*held).unwrap_or(i64::MAX);
+        let given_back = shared::update(store, &key, |current| {
+            (refund != 0).then(|| decode(current, &key).hold(s.limit.window, now, refund).encode())
+        });
+        if let Err(e) = given_back {
+            refund_errors.push(format!("could not give back {held} held on budget {key}: {e:?}"));
         }
     }
+    Err(Exhausted { standing, in_flight, now, refund_errors })
 }
 
 /// The rate-limit headers for an answer (the seed's names), plus a warning past `warn_share`.
@@ -624,6 +697,95 @@ mod tests {
         assert!(read(&store, key).used(&sliding, 60) >= 1000);
     }
 
+    /// A budget full only with what requests still running hold is not spent: the answer asks
+    /// to try again in seconds (Claude Code gives up at once on a Retry-After past 60 s), and
+    /// once the running request settles for less than it held, the next one passes.
+    #[test]
+    fn a_budget_full_only_with_holds_of_running_requests_asks_to_retry_soon() {
+        let l = limit(100, 3600, WindowType::Fixed);
+        let store = FakeStore::default();
+        charge(&store, &l.key, l.window, 0, 50).unwrap();
+        let first = admit(&store, std::slice::from_ref(&l), "p", &[60], 10).unwrap();
+        assert_eq!(first[0].1.units, 60);
+        assert_eq!((read(&store, &l.key).c, read(&store, &l.key).h), (110, 60));
+        let refused = admit(&store, std::slice::from_ref(&l), "p", &[60], 11).unwrap_err();
+        assert_eq!(refused.in_flight, Some(60));
+        let reply = refused.to_reply();
+        assert_eq!((reply.status, reply.reason), (429, "budget_in_flight"));
+        assert!(reply.headers.contains(&("retry-after".into(), IN_FLIGHT_RETRY_AFTER.to_string())));
+        assert!(!reply.headers.iter().any(|(name, _)| name == "x-should-retry"), "Claude Code retries it");
+        let body = String::from_utf8(reply.body).unwrap();
+        assert!(body.contains("token budget nearly spent") && body.contains("used 110, of which 60 is held"), "{body}");
+        // A request that used exactly what it held is settled too: its hold is spend now.
+        let exact = FakeStore::default();
+        let held = admit(&exact, std::slice::from_ref(&l), "p", &[60], 10).unwrap();
+        settle(&exact, &l.key, l.window, 20, held[0].1.at, 60, 60).unwrap();
+        assert_eq!((read(&exact, &l.key).c, read(&exact, &l.key).h), (60, 0));
+        // The first ends having used 5 of the 60 it held: room again.
+        settle(&store, &l.key, l.window, 20, first[0].1.at, 60, 5).unwrap();
+        assert_eq!((read(&store, &l.key).c, read(&store, &l.key).h), (55, 0));
+        assert!(admit(&store, std::slice::from_ref(&l), "p", &[60], 21).is_ok());
+
+        // Spent without any hold: the window's wait, as before.
+        let spent = FakeStore::default();
+        charge(&spent, &l.key, l.window, 0, 100).unwrap();
+        let refused = admit(&spent, std::slice::from_ref(&l), "p", &[60], 10).unwrap_err();
+        assert_eq!((refused.in_flight, refused.to_reply().reason), (None, "budget_exhausted"));
+        // Spent, and holds on top: still spent.
+        let both = FakeStore::default();
+        charge(&both, &l.key, l.window, 0, 90).unwrap();
+        admit(&both, std::slice::from_ref(&l), "p", &[60], 10).unwrap();
+        charge(&both, &l.key, l.window, 11, 10).unwrap();
+        assert_eq!(admit(&both, std::slice::from_ref(&l), "p", &[60], 12).unwrap_err().in_flight, None);
+    }
+
+    /// With several limits, a spent one answers for the refusal even when another is full only
+    /// with holds; holds made before the refusal are given back, held part and all.
+    #[test]
+    fn a_spent_limit_answers_before_one_full_with_holds_and_holds_are_given_back() {
+        let (hourly, daily, weekly) = (
+            limit(100, 3600, WindowType::Fixed),
+            limit(1000, 86_400, WindowType::Fixed),
+            limit(1, 604_800, WindowType::Fixed),
+        );
+        let store = FakeStore::default();
+        let limits = [hourly.clone(), daily.clone()];
+        admit(&store, &limits, "p", &[100, 100], 10).unwrap();
+        // Hourly: full with the hold only. Daily: room. Weekly: spent.
+        charge(&store, &weekly.key, weekly.window, 10, 1).unwrap();
+        let all = [hourly.clone(), daily.clone(), weekly.clone()];
+        let refused = admit(&store, &all, "p", &[100, 100, 100], 11).unwrap_err();
+        assert_eq!((refused.in_flight, refused.standing.limit.window), (None, 604_800));
+        assert_eq!(refused.to_reply().reason, "budget_exhausted");
+        let daily_now = read(&store, &daily.key);
+        assert_eq!((daily_now.c, daily_now.h), (100, 100), "this request's hold given back, the first's kept");
+        // Without the spent limit: the hourly one, full with holds, answers.
+        let refused = admit(&store, &limits, "p", &[100, 100], 12).unwrap_err();
+        assert_eq!((refused.in_flight, refused.standing.limit.window), (Some(100), 3600));
+    }
+
+    /// A hold from the previous window is kept apart from what was spent there, in a sliding
+    /// window's weighted share too; records written before holds were kept apart still read.
+    #[test]
+    fn holds_move_with_the_window_and_old_records_read_without_them() {
+        let l = limit(100, 60, WindowType::Sliding);
+        let c = decode(None, "k").add(60, 0, 20).hold(60, 1, 80);
+        assert_eq!((c.used(&l, 59), c.spent(&l, 59)), (100, 20));
+        let next = c.rolled(60, 90);
+        assert_eq!((next.p, next.ph, next.h), (100, 80, 0));
+        assert_eq!((next.used(&l, 90), next.spent(&l, 90)), (50, 10), "half of the previous window");
+        // The request held in the previous window ends: its hold leaves that window.
+        let settled = next.settle(60, 91, 1, 80, 30);
+        assert_eq!((settled.c, settled.h, settled.p, settled.ph), (30, 0, 20, 0));
+        let mut v1 = b"C1".to_vec();
+        for n in [600u64, 90, 20, 30, 5] {
+            v1.extend_from_slice(&n.to_le_bytes());
+        }
+        v1.extend_from_slice(b"k");
+        let old = Counter { k: "k".into(), s: 600, c: 90, p: 20, oc: 30, op: 5, h: 0, ph: 0 };
+        assert_eq!(decode(Some(&v1), "k"), old);
+    }
+
     #[test]
     fn a_window_of_zero_from_shared_data_is_read_as_one_second() {
         let counter = decode(None, "k").add(1, 100, 5);
@@ -657,7 +819,7 @@ mod tests {
         let mut l = limit(3000, 20, WindowType::Sliding);
         let s = Standing { limit: l.clone(), used: 3150, reset: 5, retry_after: 39 };
         let text = |e: &Exhausted| String::from_utf8(e.to_reply().body).unwrap();
-        let refusal = Exhausted { standing: s.clone(), now: 1_764_427_923, refund_errors: vec![] };
+        let refusal = Exhausted { standing: s.clone(), in_flight: None, now: 1_764_427_923, refund_errors: vec![] };
         let body = text(&refusal);
         assert!(body.contains("your tier's shared limit of 3000 tokens per 20 s (used 3150)"), "{body}");
         assert!(body.contains("sliding window: use older than 20 s stops counting"), "{body}");
@@ -667,6 +829,7 @@ mod tests {
         l.window = 2_592_000;
         let long = Exhausted {
             standing: Standing { limit: l, retry_after: 5212, ..s },
+            in_flight: None,
             now: 1_764_427_923,
             refund_errors: vec![],
         };
@@ -679,6 +842,7 @@ mod tests {
         dollars.counts = Counts::Cost;
         let spent = Exhausted {
             standing: Standing { limit: dollars, used: 5_123_456, ..s },
+            in_flight: None,
             now: 1_764_427_923,
             refund_errors: vec![],
         };
@@ -813,9 +977,9 @@ mod tests {
 
     #[test]
     fn counters_are_stored_compactly_and_json_records_still_read() {
-        let c = Counter { k: "csg/b/x/t60fp/y".into(), s: 600, c: u64::MAX, p: 5, oc: 7, op: 1 };
+        let c = Counter { k: "csg/b/x/t60fp/y".into(), s: 600, c: u64::MAX, p: 5, oc: 7, op: 1, h: 3, ph: 2 };
         let bytes = c.encode();
-        assert_eq!(bytes.len(), 2 + 40 + c.k.len());
+        assert_eq!(bytes.len(), 2 + 56 + c.k.len());
         assert_eq!(decode(Some(&bytes), &c.k), c);
         assert_eq!(decode(Some(&bytes), "other").c, 0, "another key's counter counts as empty");
         for cut in 0..bytes.len() - c.k.len() {

@@ -669,7 +669,8 @@ mod tests {
         let body = br#"{"model":"claude-sonnet-4-6","max_tokens":100}"#;
         assert!(w.forward(&store, &a, Endpoint::Messages, body, &[], NOW).is_ok(), "the first holds the budget");
         let refused = w.forward(&store, &a, Endpoint::Messages, body, &[], NOW).unwrap_err();
-        assert_eq!((refused.reply.status, refused.reply.reason), (429, "budget_exhausted"));
+        // The first is still running: its hold, not spend, fills the budget.
+        assert_eq!((refused.reply.status, refused.reply.reason), (429, "budget_in_flight"));
         assert_eq!(refused.model.as_deref(), Some("claude-sonnet-4-6"));
     }
 }

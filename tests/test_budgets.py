@@ -188,6 +188,40 @@ def test_concurrent_burst_stays_within_the_stated_overshoot(make_gateway, signer
     assert admitted >= 1
 
 
+def test_a_budget_full_only_with_a_running_requests_hold_says_try_again_in_seconds(make_gateway, signer, stub):
+    """Claude Code sends requests side by side (subagents, the title request): one admitted
+    request's hold fills the budget while it runs. That is not spend: the next is told to retry in
+    seconds (Claude Code gives up at once on a Retry-After past 60 s), and passes once the first
+    settles for what it used."""
+    estimate = len(STREAM) // 4 + 4096
+    assert per_request(stub) < estimate
+    g = budget_gateway(make_gateway, signer, [{"limit": estimate, "window_seconds": 3600, "window_type": "fixed"}],
+                       reserve="estimate")
+    token = signer.token()
+    windows.inside_one_window(3600, 60)
+    stub.event_pause = 0.15  # the first answer takes about two seconds
+    first = []
+    running = threading.Thread(target=lambda: first.append(call(g.port, token, STREAM)))
+    running.start()
+    deadline = time.monotonic() + 10
+    while not stub.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stub.requests, "the first request never reached the upstream"
+    second = call(g.port, token, STREAM)
+    running.join()
+    assert first[0].status == 200
+    assert second.status == 429, second.body
+    error = json.loads(second.body)["error"]
+    assert error["type"] == "rate_limit_error"
+    assert "nearly spent" in error["message"] and f"of which {estimate} is held" in error["message"], error
+    assert second.headers["retry-after"] == "10"
+    assert "x-should-retry" not in second.headers
+    assert len(stub.requests) == 1, "the refused request went nowhere"
+    stub.event_pause = 0
+    third = call(g.port, token, STREAM)
+    assert third.status == 200, third.body
+
+
 def test_claude_code_sees_the_429_promptly(make_gateway, signer, stub, tmp_path):
     g = budget_gateway(make_gateway, signer,
                        [{"limit": per_request(stub), "window_seconds": 3600, "window_type": "fixed"}])

@@ -40,6 +40,7 @@ const REFUSALS: &[&str] = &[
     "model_not_allowed",
     "no_tier",
     "budget_exhausted",
+    "budget_in_flight",
     "keys_unavailable",
     "keys_too_old",
     "rewrite_failed",
