@@ -135,6 +135,12 @@ impl std::fmt::Debug for Jwk {
 }
 
 impl Jwk {
+    /// Whether this key can verify anything: false for a key outside the key policy (an RSA
+    /// modulus outside 2048 to 4096 bits, an Ed25519 key that is no usable point).
+    fn can_verify(&self) -> bool {
+        !matches!(self.material, Material::Rsa(None) | Material::Ed25519(None))
+    }
+
     /// Whether this key may verify a token signed with `alg`.
     pub fn accepts(&self, alg: Algorithm) -> bool {
         use Algorithm::*;
@@ -259,7 +265,10 @@ impl KeySet {
                 None => set.skipped += 1,
             }
         }
-        if set.keys.is_empty() {
+        // Keys outside the key policy stay so that a token naming one is refused without a
+        // refetch; a set of only such keys verifies nothing, which is the IdP's problem, not the
+        // person's (a 401 would send Claude Code to sign in again, over and over).
+        if !set.keys.iter().any(Jwk::can_verify) {
             return Err(JwksError::NoUsableKeys);
         }
         Ok(set)
@@ -414,6 +423,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// A set whose every key is outside the key policy is no set of keys: the fetch fails, so
+    /// requests get a 503 (the gateway's side) instead of a 401 (sign in again) for each token.
+    #[test]
+    fn a_set_of_only_keys_outside_the_policy_is_not_installed() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("jwks/vectors.json")).unwrap();
+        let outside: Vec<_> = doc["jwks"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| KeySet::parse(serde_json::json!({"keys": [k]}).to_string().as_bytes()).is_err())
+            .cloned()
+            .collect();
+        assert!(!outside.is_empty(), "the vectors hold keys outside the RSA policy");
+        let only_outside = serde_json::json!({"keys": outside}).to_string();
+        assert_eq!(KeySet::parse(only_outside.as_bytes()).unwrap_err(), JwksError::NoUsableKeys);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let point =
+            serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(identity)}]});
+        assert_eq!(KeySet::parse(point.to_string().as_bytes()).unwrap_err(), JwksError::NoUsableKeys);
+        // Beside a usable key they stay, verifying nothing.
+        let mut mixed = doc["jwks"].clone();
+        assert_eq!(KeySet::parse(mixed.to_string().as_bytes()).unwrap().len(), 8);
+        mixed["keys"].as_array_mut().unwrap().retain(|k| outside.contains(k) || k["kid"] == "rsa2048");
+        assert_eq!(KeySet::parse(mixed.to_string().as_bytes()).unwrap().len(), outside.len() + 1);
+    }
+
     #[test]
     fn parses_signature_keys_and_skips_the_rest() {
         let keys = TestKeys::new();
@@ -530,7 +566,10 @@ pub(crate) mod tests {
             },
             [0xffu8; 32],
         ] {
-            let doc = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(x)}]});
+            // Beside a usable key, so that the set is installed (alone, it is not).
+            let usable: serde_json::Value = serde_json::from_str(&keys.jwks()).unwrap();
+            let bad = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(x)});
+            let doc = serde_json::json!({"keys": [bad, usable["keys"][1]]});
             let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
             assert!(!set.candidates(None, Algorithm::EdDSA).next().unwrap().verify(&token, Algorithm::EdDSA, 0));
         }

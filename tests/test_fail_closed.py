@@ -352,6 +352,31 @@ def test_a_jwks_listing_a_key_twice_still_verifies_its_tokens(make_gateway, stub
         idp.stop()
 
 
+def test_an_idp_that_publishes_only_keys_outside_the_policy_is_the_gateways_503_not_a_sign_in_loop(make_gateway,
+                                                                                                   stub):
+    """A JWKS whose every key is outside the key policy (here RSA-1024) verifies nothing. Each token
+    was refused with a 401, and Claude Code answers a 401 by running its sign-in helper again, for a
+    fault no sign-in can mend: it is a 503 that names the key fetch, and nothing goes upstream."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    idp = Signer()
+    key = idp.keys["RS256"]
+    key.private = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    n = key.private.public_key().public_numbers().n
+    key.jwk["n"] = b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+    idp.published = [key]
+    try:
+        g = make_gateway(gateway_config(idp), [idp.upstream])
+        answer = call(g.port, idp.token(), BODY)
+        assert answer.status == 503, answer.body
+        assert json.loads(answer.body)["error"]["type"] == "api_error"
+        assert idp.fetches["jwks"] >= 1
+        assert stub.requests == []
+        assert g.wait_for_log("no usable signing key")
+    finally:
+        idp.stop()
+
+
 @pytest.mark.envoy_only("allow_on_headers_stop_iteration is Envoy's setting; nginx reads the body before the filter")
 def test_envoy_that_does_not_hold_headers_gets_a_clear_refusal_not_a_hang(make_gateway, signer, stub):
     # Without the setting (Istio's WasmPlugin cannot set it) Envoy never hands the body of a held
