@@ -956,6 +956,9 @@ def main():
     # The harness itself (signer, probes) stays off Envoy's core.
     os.sched_setaffinity(0, {int(LOAD_CPU)})
     started = datetime.datetime.now(datetime.timezone.utc)
+    # First: a harness that fails (its known answers, a panic) fails the run in a minute, not
+    # after the rounds.
+    verify = verify_times()
     procs = Processes()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = None
@@ -1000,7 +1003,6 @@ def main():
             memory = bench.memory_per_worker(rss)
             sync = bench.sync_traffic() if not ONLY or "filter_store" in ONLY else None
             hostcalls = host_calls(bench)
-            verify = verify_times()
             table = report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started)
     finally:
         procs.stop_all()
