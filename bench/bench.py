@@ -61,7 +61,7 @@ from tests.harness.signer import AUDIENCE, Signer  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 # wrk takes whole seconds.
-DURATION = max(1, int(os.environ.get("BENCH_DURATION", "1" if QUICK else "5")))
+DURATION = max(1, int(os.environ.get("BENCH_DURATION", "1" if QUICK else "4")))
 WARMUP = 1  # seconds of load before each measured run (V8 tiers up, pools fill)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "4"))

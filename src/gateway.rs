@@ -579,6 +579,53 @@ mod tests {
         assert_eq!(status(&w.authenticate(&store, &forged, NOW, true)), 401, "throttled");
     }
 
+    /// A key of the vectors outside the key policy (RSA-1024).
+    fn weak_key() -> serde_json::Value {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("jwks/vectors.json")).unwrap();
+        doc["jwks"]["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "rsa1024").unwrap().clone()
+    }
+
+    /// An IdP that publishes only keys outside the key policy has withdrawn the keys it no longer
+    /// lists: tokens signed by them, new or remembered, stop verifying at once. Its own tokens are
+    /// the administrator's problem: a 400 that says so, not a 401 that sends Claude Code to sign
+    /// in again, and no refetch.
+    #[test]
+    fn keys_outside_the_policy_replace_withdrawn_ones_and_their_tokens_are_refused_as_the_idps() {
+        use base64::Engine;
+        let keys = TestKeys::new();
+        let store = crate::shared::tests::FakeStore::default();
+        let mut w = worker_with_keys(&keys);
+        let cached = sign(&keys, good_claims());
+        assert_eq!(status(&w.authenticate(&store, &cached, NOW, true)), 200);
+        let only_weak = json!({"keys": [weak_key()]}).to_string();
+        assert!(matches!(
+            w.on_fetched(&Fetch::Jwks, Some(200), only_weak.as_bytes(), NOW + 1),
+            FetchProgress::Installed(_)
+        ));
+        let mut claims = good_claims();
+        claims["jti"] = json!("new");
+        let fresh = sign(&keys, claims);
+        assert_ne!(status(&w.authenticate(&store, &fresh, NOW + 2, false)), 200, "rsa-1 is withdrawn");
+        assert_ne!(status(&w.authenticate(&store, &cached, NOW + 2, false)), 200, "remembered, rsa-1 is withdrawn");
+
+        // A token naming a key outside the policy, beside usable keys (an IdP rotating to one).
+        let mut mixed: serde_json::Value = serde_json::from_str(&keys.jwks()).unwrap();
+        mixed["keys"].as_array_mut().unwrap().push(weak_key());
+        assert!(matches!(
+            w.on_fetched(&Fetch::Jwks, Some(200), mixed.to_string().as_bytes(), NOW + 3),
+            FetchProgress::Installed(_)
+        ));
+        let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let token =
+            format!("{}.{}.c2ln", enc(json!({"alg": "RS256", "kid": "rsa1024", "typ": "JWT"})), enc(good_claims()));
+        let AuthOutcome::Refused(reply) = w.authenticate(&store, &token, NOW + 400, true) else {
+            panic!("refused at once, without a refetch")
+        };
+        assert_eq!((reply.status, reply.reason), (400, "key_not_accepted"));
+        assert!(reply.headers.contains(&("x-should-retry".into(), "false".into())));
+        assert_eq!(status(&w.authenticate(&store, &sign(&keys, good_claims()), NOW + 400, true)), 200);
+    }
+
     #[test]
     fn a_remembered_token_goes_with_the_key_that_verified_it_named_or_not() {
         use jwt_simple::prelude::*;

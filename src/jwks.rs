@@ -136,8 +136,9 @@ impl std::fmt::Debug for Jwk {
 
 impl Jwk {
     /// Whether this key can verify anything: false for a key outside the key policy (an RSA
-    /// modulus outside 2048 to 4096 bits, an Ed25519 key that is no usable point).
-    fn can_verify(&self) -> bool {
+    /// modulus outside 2048 to 4096 bits or an exponent other than 65537, an Ed25519 key that is
+    /// no usable point).
+    pub fn can_verify(&self) -> bool {
         !matches!(self.material, Material::Rsa(None) | Material::Ed25519(None))
     }
 
@@ -265,10 +266,10 @@ impl KeySet {
                 None => set.skipped += 1,
             }
         }
-        // Keys outside the key policy stay so that a token naming one is refused without a
-        // refetch; a set of only such keys verifies nothing, which is the IdP's problem, not the
-        // person's (a 401 would send Claude Code to sign in again, over and over).
-        if !set.keys.iter().any(Jwk::can_verify) {
+        // Keys outside the key policy stay, even when no other key does: installed, the set
+        // withdraws the keys it no longer lists, and a token naming one is refused as signed
+        // with a key the gateway does not take (`jwt::ParsedToken::verify`), without a refetch.
+        if set.keys.is_empty() {
             return Err(JwksError::NoUsableKeys);
         }
         Ok(set)
@@ -423,31 +424,27 @@ pub(crate) mod tests {
         }
     }
 
-    /// A set whose every key is outside the key policy is no set of keys: the fetch fails, so
-    /// requests get a 503 (the gateway's side) instead of a 401 (sign in again) for each token.
+    /// A set whose every key is outside the key policy is installed (it withdraws the keys it
+    /// no longer lists), and its keys verify nothing.
     #[test]
-    fn a_set_of_only_keys_outside_the_policy_is_not_installed() {
+    fn a_set_of_only_keys_outside_the_policy_is_installed_and_can_verify_nothing() {
         let doc: serde_json::Value = serde_json::from_str(include_str!("jwks/vectors.json")).unwrap();
+        let all = KeySet::parse(doc["jwks"].to_string().as_bytes()).unwrap();
         let outside: Vec<_> = doc["jwks"]["keys"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|k| KeySet::parse(serde_json::json!({"keys": [k]}).to_string().as_bytes()).is_err())
+            .filter(|k| {
+                let one = KeySet::parse(serde_json::json!({"keys": [k]}).to_string().as_bytes()).unwrap();
+                !one.keys[0].can_verify()
+            })
             .cloned()
             .collect();
-        assert!(!outside.is_empty(), "the vectors hold keys outside the RSA policy");
-        let only_outside = serde_json::json!({"keys": outside}).to_string();
-        assert_eq!(KeySet::parse(only_outside.as_bytes()).unwrap_err(), JwksError::NoUsableKeys);
-        let mut identity = [0u8; 32];
-        identity[0] = 1;
-        let point =
-            serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(identity)}]});
-        assert_eq!(KeySet::parse(point.to_string().as_bytes()).unwrap_err(), JwksError::NoUsableKeys);
-        // Beside a usable key they stay, verifying nothing.
-        let mut mixed = doc["jwks"].clone();
-        assert_eq!(KeySet::parse(mixed.to_string().as_bytes()).unwrap().len(), 8);
-        mixed["keys"].as_array_mut().unwrap().retain(|k| outside.contains(k) || k["kid"] == "rsa2048");
-        assert_eq!(KeySet::parse(mixed.to_string().as_bytes()).unwrap().len(), outside.len() + 1);
+        assert!(!outside.is_empty() && outside.len() < all.len(), "the vectors hold keys on both sides of the policy");
+        let only_outside = KeySet::parse(serde_json::json!({"keys": outside}).to_string().as_bytes()).unwrap();
+        assert_eq!(only_outside.len(), outside.len());
+        assert!(only_outside.keys.iter().all(|k| !k.can_verify()));
+        assert!(all.keys.iter().any(Jwk::can_verify));
     }
 
     #[test]

@@ -57,11 +57,14 @@ pub enum AuthError {
     UnknownKey,
     /// The signature does not verify.
     BadSignature,
+    /// Every key the token may be verified with is outside the key policy (an RSA key below 2048
+    /// bits, say): the IdP signs with a key this gateway does not take.
+    KeyNotAccepted,
 }
 
 impl AuthError {
     /// Every variant, for defining one metric series each.
-    pub const ALL: [AuthError; 21] = [
+    pub const ALL: [AuthError; 22] = [
         AuthError::MissingToken,
         AuthError::NotBearer,
         AuthError::ConflictingTokens,
@@ -83,6 +86,7 @@ impl AuthError {
         AuthError::UnsafeIdentity,
         AuthError::UnknownKey,
         AuthError::BadSignature,
+        AuthError::KeyNotAccepted,
     ];
 
     /// Stable short code, for logs and metrics.
@@ -109,6 +113,7 @@ impl AuthError {
             AuthError::UnsafeIdentity => "unsafe_identity",
             AuthError::UnknownKey => "unknown_kid",
             AuthError::BadSignature => "bad_signature",
+            AuthError::KeyNotAccepted => "key_not_accepted",
         }
     }
 
@@ -141,6 +146,10 @@ impl AuthError {
             AuthError::UnsafeIdentity => "access token's sub or email contains control characters",
             AuthError::UnknownKey => "access token signed by an unknown key",
             AuthError::BadSignature => "access token signature is invalid",
+            AuthError::KeyNotAccepted => {
+                "the access token is signed with a key this gateway does not take (RSA keys must have 2048 to \
+                 4096 bits and the exponent 65537)"
+            }
         }
     }
 }
@@ -164,6 +173,7 @@ impl AuthError {
             }
             AuthError::Opaque => "ask your administrator to have the sign-in ask for the gateway's audience",
             AuthError::UnsupportedAlgorithm
+            | AuthError::KeyNotAccepted
             | AuthError::WrongType
             | AuthError::MissingExpiry
             | AuthError::InvalidTimeClaim
@@ -384,6 +394,11 @@ impl ParsedToken {
             let candidates: Vec<_> = keys.candidates(self.kid.as_deref(), self.alg).take(most + 1).collect();
             if candidates.is_empty() || candidates.len() > most {
                 return Err(AuthError::UnknownKey);
+            }
+            // The IdP's key, but one outside the key policy: no new token (nor a refetch of the
+            // same set) changes that, and a 401 would have Claude Code sign in again and again.
+            if !candidates.iter().any(|key| key.can_verify()) {
+                return Err(AuthError::KeyNotAccepted);
             }
             let Some(verified_by) = candidates.iter().find(|key| key.verify(token, self.alg, now)) else {
                 return Err(AuthError::BadSignature);

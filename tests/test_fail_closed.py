@@ -352,11 +352,11 @@ def test_a_jwks_listing_a_key_twice_still_verifies_its_tokens(make_gateway, stub
         idp.stop()
 
 
-def test_an_idp_that_publishes_only_keys_outside_the_policy_is_the_gateways_503_not_a_sign_in_loop(make_gateway,
-                                                                                                   stub):
-    """A JWKS whose every key is outside the key policy (here RSA-1024) verifies nothing. Each token
-    was refused with a 401, and Claude Code answers a 401 by running its sign-in helper again, for a
-    fault no sign-in can mend: it is a 503 that names the key fetch, and nothing goes upstream."""
+def test_an_idp_that_signs_with_a_key_outside_the_policy_is_a_setup_error_not_a_sign_in_loop(make_gateway, stub):
+    """An IdP whose signing key is outside the key policy (here RSA-1024) gets no token verified.
+    Each was refused with a 401, and Claude Code answers a 401 by running its sign-in helper again,
+    for a fault no sign-in can mend: it is a 400 that says so, shown at once, and nothing goes
+    upstream."""
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     idp = Signer()
@@ -368,11 +368,15 @@ def test_an_idp_that_publishes_only_keys_outside_the_policy_is_the_gateways_503_
     try:
         g = make_gateway(gateway_config(idp), [idp.upstream])
         answer = call(g.port, idp.token(), BODY)
-        assert answer.status == 503, answer.body
-        assert json.loads(answer.body)["error"]["type"] == "api_error"
-        assert idp.fetches["jwks"] >= 1
+        assert answer.status == 400, answer.body
+        error = json.loads(answer.body)["error"]
+        assert error["type"] == "authentication_error"
+        assert "signed with a key this gateway does not take" in error["message"], error
+        assert answer.headers.get("x-should-retry") == "false"
+        fetches = idp.fetches["jwks"]
+        assert call(g.port, idp.token(), BODY).status == 400
+        assert idp.fetches["jwks"] == fetches, "no refetch: the key is known, and not taken"
         assert stub.requests == []
-        assert g.wait_for_log("no usable signing key")
     finally:
         idp.stop()
 
