@@ -155,7 +155,16 @@ pub struct Counter {
     /// Units of `p` held for requests still running (part of `op`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ph: u64,
+    /// When holds last came or went (seconds since the epoch): holds that have not moved for
+    /// longer than any request runs ([`STALE_HOLD_SECONDS`]) belong to requests whose end was
+    /// never counted (a worker gone, a write lost), and count as spent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ht: u64,
 }
+
+/// Holds that have not moved for this long are taken for spent: no request runs longer (a
+/// stream of 128k output tokens at Claude's slowest takes about half of it).
+pub const STALE_HOLD_SECONDS: u64 = 1800;
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
@@ -189,7 +198,7 @@ impl Counter {
         } else {
             (0, 0, 0, 0, 0, 0)
         };
-        Counter { k: String::new(), s: start, c, p, oc, op, h, ph }
+        Counter { k: String::new(), s: start, c, p, oc, op, h, ph, ht: self.ht }
     }
 
     /// Units counted against the limit at `now`.
@@ -199,11 +208,27 @@ impl Counter {
         weighted(limit, now, &r, r.c, r.p)
     }
 
-    /// [`Self::used`] without what requests still running hold: what was spent.
+    /// [`Self::used`] without what requests still running hold: what was spent. Holds that
+    /// have not moved for [`STALE_HOLD_SECONDS`] count as spent.
     pub fn spent(&self, limit: &Limit, now: u64) -> u64 {
-        let now = self.at(now);
-        let r = self.moved(limit.window, now);
-        weighted(limit, now, &r, r.c.saturating_sub(r.h), r.p.saturating_sub(r.ph))
+        self.without_running_holds(now).used(limit, now)
+    }
+
+    /// This counter without the holds of requests still running (none when its holds are
+    /// stale): what room returns to once they have ended, if they used nothing.
+    pub fn without_running_holds(&self, now: u64) -> Counter {
+        if self.at(now).saturating_sub(self.ht) > STALE_HOLD_SECONDS {
+            return self.clone();
+        }
+        Counter {
+            c: self.c.saturating_sub(self.h),
+            p: self.p.saturating_sub(self.ph),
+            oc: self.oc.saturating_sub(self.h),
+            op: self.op.saturating_sub(self.ph),
+            h: 0,
+            ph: 0,
+            ..self.clone()
+        }
     }
 
     /// Seconds until the counter has room again (0 when it has room now), by this clock: a
@@ -253,6 +278,7 @@ impl Counter {
     pub fn hold(&self, window: u64, now: u64, delta: i64) -> Counter {
         let mut r = self.add(window, now, delta);
         r.h = r.h.saturating_add_signed(delta);
+        r.ht = self.at(now);
         r
     }
 
@@ -273,6 +299,9 @@ impl Counter {
             r.op = r.op.saturating_sub(held);
             r.ph = r.ph.saturating_sub(held);
         }
+        if held > 0 {
+            r.ht = self.at(now);
+        }
         r.c = r.c.saturating_add(charge);
         r.oc = r.oc.saturating_add(charge);
         r
@@ -292,25 +321,28 @@ fn weighted(limit: &Limit, now: u64, r: &Counter, c: u64, p: u64) -> u64 {
     }
 }
 
-/// The first bytes of a counter in the compact encoding ([`Counter::encode`]).
+/// The first bytes of a counter in the compact encoding ([`Counter::encode`]) with holds.
 const COMPACT: &[u8; 2] = b"C2";
 
-/// The first bytes of the compact encoding before holds were kept apart: five numbers, no `h`
-/// and `ph` (still read).
+/// The first bytes of the compact encoding without holds: five numbers, no `h`, `ph`, `ht`.
+/// Written while a counter holds nothing, so that builds before holds were kept apart, which
+/// read a `C2` counter as empty, read it (during a rolling upgrade they share shared data).
 const COMPACT_V1: &[u8; 2] = b"C1";
 
 /// Numbers in a [`COMPACT`] counter, and in a [`COMPACT_V1`] one.
-const NUMBERS: usize = 7;
+const NUMBERS: usize = 8;
 const NUMBERS_V1: usize = 5;
 
 impl Counter {
-    /// The stored bytes: `C2`, then `s`, `c`, `p`, `oc`, `op`, `h`, `ph` as little-endian
-    /// `u64`s, then the key. Read and written on every request, so no JSON (records in the
-    /// older JSON and `C1` forms are still read, see [`decode`]).
+    /// The stored bytes: `C2`, then `s`, `c`, `p`, `oc`, `op`, `h`, `ph`, `ht` as little-endian
+    /// `u64`s, then the key; `C1` and the first five when nothing is held. Read and written on
+    /// every request, so no JSON (records in the older JSON form are still read, see [`decode`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(COMPACT.len() + 8 * NUMBERS + self.k.len());
-        out.extend_from_slice(COMPACT);
-        for n in [self.s, self.c, self.p, self.oc, self.op, self.h, self.ph] {
+        let holds = self.h > 0 || self.ph > 0;
+        let (prefix, count) = if holds { (COMPACT, NUMBERS) } else { (COMPACT_V1, NUMBERS_V1) };
+        let mut out = Vec::with_capacity(prefix.len() + 8 * count + self.k.len());
+        out.extend_from_slice(prefix);
+        for n in [self.s, self.c, self.p, self.oc, self.op, self.h, self.ph, self.ht].into_iter().take(count) {
             out.extend_from_slice(&n.to_le_bytes());
         }
         out.extend_from_slice(self.k.as_bytes());
@@ -326,8 +358,8 @@ impl Counter {
         let (numbers, key) = (rest.get(..8 * count)?, rest.get(8 * count..)?);
         let mut n = numbers.chunks_exact(8).map(|b| b.try_into().map(u64::from_le_bytes).unwrap_or_default());
         let mut next = || n.next().unwrap_or_default();
-        let (s, c, p, oc, op, h, ph) = (next(), next(), next(), next(), next(), next(), next());
-        Some(Counter { k: std::str::from_utf8(key).ok()?.to_owned(), s, c, p, oc, op, h, ph })
+        let (s, c, p, oc, op, h, ph, ht) = (next(), next(), next(), next(), next(), next(), next(), next());
+        Some(Counter { k: std::str::from_utf8(key).ok()?.to_owned(), s, c, p, oc, op, h, ph, ht })
     }
 }
 
@@ -393,9 +425,10 @@ pub struct Exhausted {
     /// The spent limit with the longest wait; when no limit is spent, a limit full only with
     /// holds.
     pub standing: Standing,
-    /// When no limit is spent: the units of `standing`'s limit held by requests still running.
-    /// Their holds are estimates replaced by what they used when they end, so room may come back
-    /// within seconds, not at the window's turn.
+    /// When no limit is spent: the units of `standing`'s limit held by requests still running
+    /// (and `standing.retry_after` at most [`IN_FLIGHT_RETRY_AFTER`]). Their holds are estimates
+    /// replaced by what they used when they end, so room may come back within seconds, not at the
+    /// window's turn.
     pub in_flight: Option<u64>,
     /// When it was refused, seconds since the epoch (for the time of day in the message).
     pub now: u64,
@@ -412,18 +445,17 @@ impl ToReply for Exhausted {
     fn to_reply(&self) -> Reply {
         let s = &self.standing;
         if let Some(held) = self.in_flight {
-            let retry_after = s.retry_after.clamp(1, IN_FLIGHT_RETRY_AFTER);
             let message = format!(
-                "gateway: {} nearly spent: {} (used {}, of which {} is held for requests still running; what \
-                 they do not use comes back when they end). Try again in {}.",
+                "gateway: {} nearly spent: {} (used {}, of which {} is held for requests still running; room \
+                 may come back when they end). Try again in {}.",
                 s.limit.kind(),
                 s.limit.explain(),
                 s.limit.amount(s.used),
                 s.limit.amount(held),
-                human_duration(retry_after),
+                human_duration(s.retry_after),
             );
             return Reply::error(429, "budget_in_flight", "rate_limit_error", &message)
-                .with_header("retry-after", retry_after.to_string());
+                .with_header("retry-after", s.retry_after.to_string());
         }
         let message = format!(
             "gateway: {} spent: {} (used {}). {} Try again in {} (at {}).",
@@ -518,11 +550,21 @@ pub fn admit(
         let mut held = 0;
         let written = shared::update(store, &key, |current| {
             let counter = decode(current, &key);
-            let s = standing(limit, &counter, now);
+            let mut s = standing(limit, &counter, now);
             let room = s.retry_after == 0;
-            // Full, but not spent: what requests still running hold fills it.
-            held =
-                if !room && counter.spent(limit, now) < limit.limit { s.used - counter.spent(limit, now) } else { 0 };
+            held = 0;
+            if !room {
+                // Room returns when what was spent leaves the window; what requests still
+                // running hold leaves when they end.
+                let spent_only = counter.without_running_holds(now);
+                let spent = spent_only.used(limit, now);
+                if spent < limit.limit {
+                    held = s.used - spent;
+                    s.retry_after = s.retry_after.clamp(1, IN_FLIGHT_RETRY_AFTER);
+                } else {
+                    s.retry_after = spent_only.retry_after(limit, now).max(1);
+                }
+            }
             seen = Some(s);
             at = counter.at(now);
             (room && hold > 0).then(|| counter.hold(limit.window, now, hold).encode())
@@ -546,13 +588,10 @@ pub fn admit(
         return Ok(admitted.into_iter().map(|(s, hold, _)| (s, hold)).collect());
     };
     let mut refund_errors = Vec::new();
-    for (s, Hold { units: held, .. }, _) in &admitted {
+    for (s, Hold { units: held, at, .. }, _) in &admitted {
         let key = s.limit.key_for(person);
-        let refund = -i64::try_from(*held).unwrap_or(i64::MAX);
-        let given_back = shared::update(store, &key, |current| {
-            (refund != 0).then(|| decode(current, &key).hold(s.limit.window, now, refund).encode())
-        });
-        if let Err(e) = given_back {
+        // Out of the window that took it, as a settlement of nothing.
+        if let Err(e) = settle(store, &key, s.limit.window, now, *at, *held, 0) {
             refund_errors.push(format!("could not give back {held} held on budget {key}: {e:?}"));
         }
     }
@@ -782,8 +821,99 @@ mod tests {
             v1.extend_from_slice(&n.to_le_bytes());
         }
         v1.extend_from_slice(b"k");
-        let old = Counter { k: "k".into(), s: 600, c: 90, p: 20, oc: 30, op: 5, h: 0, ph: 0 };
+        let old = Counter { k: "k".into(), s: 600, c: 90, p: 20, oc: 30, op: 5, h: 0, ph: 0, ht: 0 };
         assert_eq!(decode(Some(&v1), "k"), old);
+    }
+
+    /// A refusal gives its holds back out of the window that took them, even when another worker
+    /// moved the counter into the next window between this admission's hold and its refund (its
+    /// clock read a second later, at a window boundary): what was spent there stays, and no hold
+    /// is left that no request will ever settle (review of 3219c3b).
+    #[test]
+    fn a_refund_after_another_worker_moved_the_counter_leaves_the_window_that_took_it() {
+        type Hook = Box<dyn FnOnce(&FakeStore)>;
+        struct MovesAfterFirstWrite {
+            inner: FakeStore,
+            hook: std::cell::RefCell<Option<Hook>>,
+        }
+        impl SharedStore for MovesAfterFirstWrite {
+            fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+                self.inner.get(key)
+            }
+            fn cas_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+                self.inner.cas_set(key, value, cas)?;
+                if let Some(hook) = self.hook.borrow_mut().take() {
+                    hook(&self.inner);
+                }
+                Ok(())
+            }
+        }
+        let tier = Limit { key: "csg/b/t/tier".into(), ..limit(1000, 60, WindowType::Sliding) };
+        let person = Limit { key: "csg/b/t/person".into(), ..limit(10, 60, WindowType::Fixed) };
+        let tier_key = tier.key.clone();
+        let store = MovesAfterFirstWrite { inner: FakeStore::default(), hook: Default::default() };
+        charge(&store.inner, &person.key, 60, 0, 10).unwrap(); // the person's own limit is spent
+                                                               // Right after this request's hold on the tier (at 59), a worker whose clock reads 60
+                                                               // charges 300 spent there: the counter moves to the window [60, 120).
+        *store.hook.borrow_mut() = Some(Box::new(move |inner: &FakeStore| {
+            charge(inner, &tier_key, 60, 60, 300).unwrap();
+        }));
+        let refused = admit(&store, &[tier.clone(), person], "p", &[100, 100], 59).unwrap_err();
+        assert!(refused.refund_errors.is_empty());
+        let c = read(&store, &tier.key);
+        assert_eq!(c.s, 60);
+        assert_eq!(
+            (c.c, c.oc, c.h, c.p, c.op, c.ph),
+            (300, 300, 0, 0, 0, 0),
+            "the 300 spent at 60 stays, and the hold leaves the window that took it"
+        );
+    }
+
+    /// A hold whose request never settles (its worker or VM died, the settlement's write lost
+    /// its compare-and-swaps or found the zone full) stays in `h` until the window turns; once it
+    /// has not moved for longer than any request runs, it counts as spent, so a monthly budget
+    /// does not say "held for requests still running ... Try again in 10 s" for weeks.
+    #[test]
+    fn a_hold_never_settled_is_not_called_in_flight_for_the_rest_of_the_month() {
+        let month = limit(1_000_000, 2_592_000, WindowType::Fixed);
+        let store = FakeStore::default();
+        // Day 1: a request holds 200,000; its settlement never runs.
+        admit(&store, std::slice::from_ref(&month), "p", &[200_000], 86_400).unwrap();
+        // The person then spends 850,000 over the month.
+        charge(&store, &month.key, month.window, 100_000, 850_000).unwrap();
+        // Day 29: full only with that 28-day-old hold.
+        let refused = admit(&store, std::slice::from_ref(&month), "p", &[1000], 29 * 86_400).unwrap_err();
+        let body = String::from_utf8(refused.to_reply().body).unwrap();
+        assert_eq!(refused.in_flight, None, "{body}");
+        assert!(body.contains("token budget spent"), "{body}");
+        // The same within the time a request may run: in flight.
+        let recent = FakeStore::default();
+        charge(&recent, &month.key, month.window, 100_000, 850_000).unwrap();
+        admit(&recent, std::slice::from_ref(&month), "p", &[200_000], 29 * 86_400 - STALE_HOLD_SECONDS).unwrap();
+        let refused = admit(&recent, std::slice::from_ref(&month), "p", &[1000], 29 * 86_400).unwrap_err();
+        assert_eq!(refused.in_flight, Some(200_000));
+    }
+
+    /// A spent limit's wait is counted without the holds of requests still running in it, which
+    /// are not spend: here what was spent falls below the limit in 43 s (the answer said half an
+    /// hour, and with it `x-should-retry: false`, so Claude Code gave up at once).
+    #[test]
+    fn a_spent_limits_wait_does_not_count_holds_of_running_requests() {
+        let l = limit(1000, 3600, WindowType::Sliding);
+        let store = FakeStore::default();
+        charge(&store, &l.key, l.window, 100, 900).unwrap(); // the previous window
+        admit(&store, std::slice::from_ref(&l), "p", &[500], 3960).unwrap(); // 810 used: room
+        charge(&store, &l.key, l.window, 3961, 200).unwrap(); // another request settles
+        let refused = admit(&store, std::slice::from_ref(&l), "p", &[1], 3961).unwrap_err();
+        assert_eq!(refused.in_flight, None, "spent: 200 + 810 of 1000");
+        let spent_only = decode(None, "k").add(3600, 100, 900).add(3600, 3961, 200);
+        assert!(spent_only.retry_after(&l, 3961) <= 60, "{}", spent_only.retry_after(&l, 3961));
+        assert!(
+            refused.standing.retry_after <= 60,
+            "room (of what was spent) returns in {} s; the answer says {} s",
+            spent_only.retry_after(&l, 3961),
+            refused.standing.retry_after
+        );
     }
 
     #[test]
@@ -977,9 +1107,9 @@ mod tests {
 
     #[test]
     fn counters_are_stored_compactly_and_json_records_still_read() {
-        let c = Counter { k: "csg/b/x/t60fp/y".into(), s: 600, c: u64::MAX, p: 5, oc: 7, op: 1, h: 3, ph: 2 };
+        let c = Counter { k: "csg/b/x/t60fp/y".into(), s: 600, c: u64::MAX, p: 5, oc: 7, op: 1, h: 3, ph: 2, ht: 590 };
         let bytes = c.encode();
-        assert_eq!(bytes.len(), 2 + 56 + c.k.len());
+        assert_eq!(bytes.len(), 2 + 64 + c.k.len());
         assert_eq!(decode(Some(&bytes), &c.k), c);
         assert_eq!(decode(Some(&bytes), "other").c, 0, "another key's counter counts as empty");
         for cut in 0..bytes.len() - c.k.len() {
@@ -988,6 +1118,11 @@ mod tests {
         let json = serde_json::to_vec(&c).unwrap();
         assert_eq!(decode(Some(&json), &c.k), c, "the JSON of earlier versions");
         assert_eq!(decode(Some(b"C1 not a counter"), &c.k).c, 0);
+        // Holding nothing, a counter is written as builds before holds were kept apart read it.
+        let idle = Counter { h: 0, ph: 0, ..c.clone() };
+        let bytes = idle.encode();
+        assert_eq!((&bytes[..2], bytes.len()), (&b"C1"[..], 2 + 40 + c.k.len()));
+        assert_eq!(decode(Some(&bytes), &c.k), Counter { ht: 0, ..idle });
     }
 
     #[test]

@@ -602,4 +602,22 @@ mod tests {
         assert_eq!(settled.usage, Usage::default());
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 500 + 2000, "charged the estimate, never less");
     }
+
+    /// An in-flight refusal's `RateLimit-Reset` is its `Retry-After`, as on any other refusal
+    /// (`budget::headers`); it was the window's end.
+    #[test]
+    fn an_in_flight_refusal_names_one_time_to_come_back() {
+        let store = FakeStore::default();
+        let hourly = vec![Limit { window: 3600, window_type: WindowType::Fixed, ..limits()[0].clone() }];
+        budget::charge(&store, "csg/b/x/t60sp/a1", 3600, 0, 9000).unwrap();
+        // Holds 4000 / 4 + 1000 = 2000: 11,000 of 10,000, of which 9,000 spent.
+        let _running =
+            Metering::admit(&store, &hourly, &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 10).unwrap();
+        let (reply, _) =
+            Metering::admit(&store, &hourly, &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 11)
+                .unwrap_err();
+        assert_eq!(reply.reason, "budget_in_flight");
+        let get = |name: &str| reply.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(get("retry-after"), get("ratelimit-reset"), "{:?}", reply.headers);
+    }
 }

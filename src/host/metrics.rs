@@ -229,7 +229,9 @@ impl Metrics {
         if reply.status == 401 {
             self.add(&format!("claude_sso_gateway_auth_failures_total.reason.{}", reply.reason), 1);
         }
-        if let (429, Some(tier)) = (reply.status, tier) {
+        // A budget spent, not one full with running requests' holds (Claude Code retries those
+        // within seconds: each retry would count again).
+        if let ("budget_exhausted", Some(tier)) = (reply.reason, tier) {
             self.add(&format!("claude_sso_gateway_budget_refusals_total.tier.{}", clean(tier)), 1);
         }
     }

@@ -281,7 +281,7 @@ fn an_answer_after_the_window_rolled_fills_the_previous_window() {
 #[test]
 fn pure_parts() {
     let tracked = Tracked { key: "k".into(), window: 60 };
-    let counter = Counter { k: "k".into(), s: 600, c: 90, p: 20, oc: 30, op: 5, h: 10, ph: 0 };
+    let counter = Counter { k: "k".into(), s: 600, c: 90, p: 20, oc: 30, op: 5, h: 10, ph: 0, ht: 600 };
     let entries = entries_for(&tracked, &counter, 610);
     assert_eq!(entries.iter().map(|e| (e.bucket, e.own)).collect::<Vec<_>>(), vec![(600, 30), (540, 5)]);
     let first = Counter { s: 0, ..counter.clone() };
