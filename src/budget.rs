@@ -322,19 +322,24 @@ fn weighted(limit: &Limit, now: u64, r: &Counter, c: u64, p: u64) -> u64 {
 }
 
 /// The first bytes of a counter in the compact encoding ([`Counter::encode`]) with holds.
-const COMPACT: &[u8; 2] = b"C2";
+const COMPACT: &[u8; 2] = b"C3";
+
+/// The first bytes of a counter with holds as one build wrote it (3219c3b to 1fe6fb1): seven
+/// numbers, no `ht` (still read; its holds count as spent until holds next come or go).
+const COMPACT_V2: &[u8; 2] = b"C2";
 
 /// The first bytes of the compact encoding without holds: five numbers, no `h`, `ph`, `ht`.
 /// Written while a counter holds nothing, so that builds before holds were kept apart, which
 /// read a `C2` counter as empty, read it (during a rolling upgrade they share shared data).
 const COMPACT_V1: &[u8; 2] = b"C1";
 
-/// Numbers in a [`COMPACT`] counter, and in a [`COMPACT_V1`] one.
+/// Numbers in a [`COMPACT`] counter, a [`COMPACT_V2`] and a [`COMPACT_V1`] one.
 const NUMBERS: usize = 8;
+const NUMBERS_V2: usize = 7;
 const NUMBERS_V1: usize = 5;
 
 impl Counter {
-    /// The stored bytes: `C2`, then `s`, `c`, `p`, `oc`, `op`, `h`, `ph`, `ht` as little-endian
+    /// The stored bytes: `C3`, then `s`, `c`, `p`, `oc`, `op`, `h`, `ph`, `ht` as little-endian
     /// `u64`s, then the key; `C1` and the first five when nothing is held. Read and written on
     /// every request, so no JSON (records in the older JSON form are still read, see [`decode`]).
     pub fn encode(&self) -> Vec<u8> {
@@ -352,6 +357,7 @@ impl Counter {
     fn from_compact(bytes: &[u8]) -> Option<Counter> {
         let (rest, count) = match bytes.get(..2)? {
             prefix if prefix == COMPACT => (&bytes[2..], NUMBERS),
+            prefix if prefix == COMPACT_V2 => (&bytes[2..], NUMBERS_V2),
             prefix if prefix == COMPACT_V1 => (&bytes[2..], NUMBERS_V1),
             _ => return None,
         };
@@ -811,11 +817,11 @@ mod tests {
         let c = decode(None, "k").add(60, 0, 20).hold(60, 1, 80);
         assert_eq!((c.used(&l, 59), c.spent(&l, 59)), (100, 20));
         let next = c.rolled(60, 90);
-        assert_eq!((next.p, next.ph, next.h), (100, 80, 0));
+        assert_eq!((next.p, next.ph, next.h, next.ht), (100, 80, 0, 1), "the holds' time goes with them");
         assert_eq!((next.used(&l, 90), next.spent(&l, 90)), (50, 10), "half of the previous window");
         // The request held in the previous window ends: its hold leaves that window.
         let settled = next.settle(60, 91, 1, 80, 30);
-        assert_eq!((settled.c, settled.h, settled.p, settled.ph), (30, 0, 20, 0));
+        assert_eq!((settled.c, settled.h, settled.p, settled.ph, settled.ht), (30, 0, 20, 0, 91));
         let mut v1 = b"C1".to_vec();
         for n in [600u64, 90, 20, 30, 5] {
             v1.extend_from_slice(&n.to_le_bytes());
@@ -1118,6 +1124,18 @@ mod tests {
         let json = serde_json::to_vec(&c).unwrap();
         assert_eq!(decode(Some(&json), &c.k), c, "the JSON of earlier versions");
         assert_eq!(decode(Some(b"C1 not a counter"), &c.k).c, 0);
+        // Seven numbers under `C2`, as one build wrote counters with holds: read, `ht` unknown.
+        let mut v2 = b"C2".to_vec();
+        for n in [600u64, 90, 20, 30, 5, 3, 2] {
+            v2.extend_from_slice(&n.to_le_bytes());
+        }
+        v2.extend_from_slice(c.k.as_bytes());
+        let read_v2 = decode(Some(&v2), &c.k);
+        assert_eq!(
+            (read_v2.s, read_v2.c, read_v2.p, read_v2.oc, read_v2.op, read_v2.h, read_v2.ph, read_v2.ht),
+            (600, 90, 20, 30, 5, 3, 2, 0)
+        );
+        assert_eq!(&bytes[..2], b"C3");
         // Holding nothing, a counter is written as builds before holds were kept apart read it.
         let idle = Counter { h: 0, ph: 0, ..c.clone() };
         let bytes = idle.encode();

@@ -190,8 +190,9 @@ impl Worker {
                         // none) signs tokens the keys held here cannot verify: one refetch,
                         // under the same cool-down as an unknown kid (a flood of forged
                         // tokens gets no more fetches than one of unknown kids).
-                        Err(AuthError::BadSignature) if may_fetch => {
-                            self.keys.allow_kid_refetch(oidc, store, now).map(Err).ok_or(AuthError::BadSignature)
+                        // The same for a key outside the policy: the IdP may have replaced it.
+                        Err(e @ (AuthError::BadSignature | AuthError::KeyNotAccepted)) if may_fetch => {
+                            self.keys.allow_kid_refetch(oidc, store, now).map(Err).ok_or(e)
                         }
                         verified => verified.map(Ok),
                     }
@@ -618,12 +619,70 @@ mod tests {
         let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let token =
             format!("{}.{}.c2ln", enc(json!({"alg": "RS256", "kid": "rsa1024", "typ": "JWT"})), enc(good_claims()));
-        let AuthOutcome::Refused(reply) = w.authenticate(&store, &token, NOW + 400, true) else {
-            panic!("refused at once, without a refetch")
+        // One refetch (the IdP may have just replaced the key), under the unknown-kid cool-down.
+        assert!(matches!(w.authenticate(&store, &token, NOW + 400, true), AuthOutcome::FetchKeys(_)));
+        let AuthOutcome::Refused(reply) = w.authenticate(&store, &token, NOW + 400, false) else {
+            panic!("refused after the refetch")
         };
         assert_eq!((reply.status, reply.reason), (400, "key_not_accepted"));
         assert!(reply.headers.contains(&("x-should-retry".into(), "false".into())));
+        let AuthOutcome::Refused(throttled) = w.authenticate(&store, &token, NOW + 400, true) else {
+            panic!("no second refetch within the cool-down")
+        };
+        assert_eq!(throttled.reason, "key_not_accepted");
         assert_eq!(status(&w.authenticate(&store, &sign(&keys, good_claims()), NOW + 400, true)), 200);
+    }
+
+    /// An IdP that replaces its key outside the policy by a good one under the same kid, or
+    /// rotates to a new kid beside a kid-less key outside the policy: the first token of the new
+    /// key takes a refetch and verifies (review of 1fe6fb1). A kid-less key outside the policy
+    /// beside a usable one makes no kid-less token ambiguous.
+    #[test]
+    fn a_key_outside_the_policy_replaced_by_the_idp_is_picked_up_and_makes_no_token_ambiguous() {
+        let keys = TestKeys::new();
+        let store = crate::shared::tests::FakeStore::default();
+        let set_with = |weak: serde_json::Value| {
+            let mut set: serde_json::Value = serde_json::from_str(&keys.jwks()).unwrap();
+            set["keys"].as_array_mut().unwrap().retain(|k| k["kid"] != "rsa-1");
+            set["keys"].as_array_mut().unwrap().push(weak);
+            set.to_string()
+        };
+        let mut same_kid = weak_key();
+        same_kid["kid"] = json!("rsa-1");
+        let mut kidless = weak_key();
+        kidless.as_object_mut().unwrap().remove("kid");
+        for weak in [same_kid, kidless] {
+            // Each on a node of its own: the refetch cool-down is shared by the node's workers.
+            let store = crate::shared::tests::FakeStore::default();
+            let mut w = worker_with_keys(&keys);
+            assert!(matches!(
+                w.on_fetched(&Fetch::Jwks, Some(200), set_with(weak).as_bytes(), NOW),
+                FetchProgress::Installed(_)
+            ));
+            let token = sign(&keys, good_claims());
+            assert!(matches!(w.authenticate(&store, &token, NOW + 400, true), AuthOutcome::FetchKeys(_)));
+            assert!(matches!(
+                w.on_fetched(&Fetch::Jwks, Some(200), keys.jwks().as_bytes(), NOW + 400),
+                FetchProgress::Installed(_)
+            ));
+            assert_eq!(status(&w.authenticate(&store, &token, NOW + 400, false)), 200);
+        }
+        // Kid-less keys: one usable RSA key and one outside the policy; a kid-less RS256 token.
+        use jwt_simple::prelude::*;
+        let mut usable: serde_json::Value = serde_json::from_str(&keys.jwks()).unwrap();
+        let mut rsa = usable["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "rsa-1").unwrap().clone();
+        rsa.as_object_mut().unwrap().remove("kid");
+        let mut weak = weak_key();
+        weak.as_object_mut().unwrap().remove("kid");
+        usable["keys"] = json!([rsa, weak]);
+        let mut w = worker_with_keys(&keys);
+        assert!(matches!(
+            w.on_fetched(&Fetch::Jwks, Some(200), usable.to_string().as_bytes(), NOW),
+            FetchProgress::Installed(_)
+        ));
+        let unnamed = RS256KeyPair::from_pem(&keys.rsa.to_pem().unwrap()).unwrap();
+        let kidless_token = unnamed.sign(crate::jwt::tests::bare(good_claims())).unwrap();
+        assert_eq!(status(&w.authenticate(&store, &kidless_token, NOW, false)), 200);
     }
 
     #[test]

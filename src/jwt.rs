@@ -391,16 +391,22 @@ impl ParsedToken {
         // `kid`, only a JWKS with exactly one key for the algorithm is accepted.
         let key = {
             let most = if self.kid.is_some() { 2 } else { 1 };
-            let candidates: Vec<_> = keys.candidates(self.kid.as_deref(), self.alg).take(most + 1).collect();
-            if candidates.is_empty() || candidates.len() > most {
+            let candidates: Vec<_> = keys.candidates(self.kid.as_deref(), self.alg).collect();
+            if candidates.is_empty() {
                 return Err(AuthError::UnknownKey);
             }
-            // The IdP's key, but one outside the key policy: no new token (nor a refetch of the
-            // same set) changes that, and a 401 would have Claude Code sign in again and again.
-            if !candidates.iter().any(|key| key.can_verify()) {
+            // Keys outside the key policy verify nothing, so they make no usable key ambiguous
+            // either. Only such keys: the IdP's, and no new sign-in changes that (a 401 would have
+            // Claude Code sign in again and again); the caller refetches once in case the IdP has
+            // just replaced it.
+            let usable: Vec<_> = candidates.into_iter().filter(|key| key.can_verify()).collect();
+            if usable.is_empty() {
                 return Err(AuthError::KeyNotAccepted);
             }
-            let Some(verified_by) = candidates.iter().find(|key| key.verify(token, self.alg, now)) else {
+            if usable.len() > most {
+                return Err(AuthError::UnknownKey);
+            }
+            let Some(verified_by) = usable.iter().find(|key| key.verify(token, self.alg, now)) else {
                 return Err(AuthError::BadSignature);
             };
             verified_by.fingerprint

@@ -125,12 +125,9 @@ impl Metering {
         };
         let admitted = budget::admit(store, limits, &subject.person_key, &holds, now).map_err(|e: Exhausted| {
             let mut reply = e.to_reply();
-            reply.headers.extend(budget::headers(
-                std::slice::from_ref(&e.standing),
-                subject.provider,
-                &[],
-                budgets.warning_share,
-            ));
+            // A budget full with running requests' holds is not spent: no "spent" warning.
+            let warn_share = if e.in_flight.is_some() { f64::INFINITY } else { budgets.warning_share };
+            reply.headers.extend(budget::headers(std::slice::from_ref(&e.standing), subject.provider, &[], warn_share));
             (reply, e.refund_errors)
         })?;
         let (standings, holds): (Vec<Standing>, Vec<budget::Hold>) = admitted.into_iter().unzip();
@@ -618,6 +615,8 @@ mod tests {
                 .unwrap_err();
         assert_eq!(reply.reason, "budget_in_flight");
         let get = |name: &str| reply.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(get("retry-after").as_deref(), Some("10"));
         assert_eq!(get("retry-after"), get("ratelimit-reset"), "{:?}", reply.headers);
+        assert_eq!(get("x-ai-ratelimit-warning"), None, "nothing says spent: {:?}", reply.headers);
     }
 }
