@@ -330,7 +330,7 @@ const COMPACT_V2: &[u8; 2] = b"C2";
 
 /// The first bytes of the compact encoding without holds: five numbers, no `h`, `ph`, `ht`.
 /// Written while a counter holds nothing, so that builds before holds were kept apart, which
-/// read a `C2` counter as empty, read it (during a rolling upgrade they share shared data).
+/// read a `C3` counter as empty, read it (during a rolling upgrade they share shared data).
 const COMPACT_V1: &[u8; 2] = b"C1";
 
 /// Numbers in a [`COMPACT`] counter, a [`COMPACT_V2`] and a [`COMPACT_V1`] one.
@@ -565,7 +565,7 @@ pub fn admit(
                 let spent_only = counter.without_running_holds(now);
                 let spent = spent_only.used(limit, now);
                 if spent < limit.limit {
-                    held = s.used - spent;
+                    held = s.used.saturating_sub(spent);
                     s.retry_after = s.retry_after.clamp(1, IN_FLIGHT_RETRY_AFTER);
                 } else {
                     s.retry_after = spent_only.retry_after(limit, now).max(1);
