@@ -222,6 +222,37 @@ def test_a_budget_full_only_with_a_running_requests_hold_says_try_again_in_secon
     assert third.status == 200, third.body
 
 
+def test_claude_code_rides_out_a_budget_full_with_a_running_requests_hold(make_gateway, signer, stub, tmp_path):
+    """The real client, its budget full with the hold of another request of the person's that is
+    still streaming: told to retry in seconds (budget_in_flight), Claude Code retries on its own
+    and answers once that request has settled for what it used. With the window's wait (as
+    before) it gave up at once."""
+    estimate = len(STREAM) // 4 + 4096
+    g = budget_gateway(make_gateway, signer, [{"limit": estimate, "window_seconds": 3600, "window_type": "fixed"}],
+                       reserve="estimate")
+    token = signer.token()
+    windows.inside_one_window(3600, 120)
+    stub.event_pause = 1.0  # every stream lasts several seconds, the running one first
+    first = []
+    running = threading.Thread(target=lambda: first.append(call(g.port, token, STREAM)))
+    running.start()
+    deadline = time.monotonic() + 10
+    while not stub.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stub.requests, "the running request never reached the upstream"
+    run = run_claude(tmp_path, g.port, token)
+    running.join()
+    assert first[0].status == 200
+    assert run.code == 0, (run.stdout, run.stderr)
+    assert "429" not in run.stdout and "Hello from the stand-in upstream" in run.stdout, run.stdout
+    deadline = time.monotonic() + 5
+    while not [r for r in g.usage_records() if r.get("refusal") == "budget_in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    refusals = [r.get("refusal") for r in g.usage_records()]
+    assert "budget_in_flight" in refusals, refusals
+    assert "budget_exhausted" not in refusals, refusals
+
+
 def test_claude_code_sees_the_429_promptly(make_gateway, signer, stub, tmp_path):
     g = budget_gateway(make_gateway, signer,
                        [{"limit": per_request(stub), "window_seconds": 3600, "window_type": "fixed"}])
