@@ -147,11 +147,23 @@ def pinned(cpu, args):
     return ["taskset", "-c", cpu, *args]
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def unique_port() -> int:
+    """A free port no other process of this run was given: a port is free when picked, but each
+    process binds its own only once started, so `free_port` alone can hand one out twice."""
+    while (port := free_port()) in _HANDED_OUT:
+        pass
+    _HANDED_OUT.add(port)
+    return port
+
+
 class EnvoyProcess:
     """One Envoy with one listener (`http_filters`, optional route rate limits), pinned to `cpu`."""
 
     def __init__(self, procs, workdir, name, http_filters, clusters, cpu, env=None, routes=None, concurrency=1):
-        self.name, self.port, self.admin_port = name, free_port(), free_port()
+        self.name, self.port, self.admin_port = name, unique_port(), unique_port()
         hcm = {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
                      ".HttpConnectionManager",
@@ -380,7 +392,7 @@ class Store:
         for tool in ("redis-server", "webdis"):
             if not shutil.which(tool):
                 raise RuntimeError(f"{tool} is missing: `make tools` installs it")
-        self.redis_port, self.webdis_port = free_port(), free_port()
+        self.redis_port, self.webdis_port = unique_port(), unique_port()
         work = Path(workdir) / "store"
         work.mkdir()
         procs.start(pinned(LOAD_CPU, ["redis-server", "--port", str(self.redis_port), "--save", "",
@@ -469,7 +481,18 @@ class Bench:
             self.envoys[name] = EnvoyProcess(self.procs, self.workdir, name, http_filters, self.clusters_of[name],
                                              ENVOY_CPU, **extra)
         for name, _ in CONFIGS:
-            self.envoys[name].wait_ready()
+            for attempt in range(3):
+                try:
+                    self.envoys[name].wait_ready()
+                    break
+                except RuntimeError as e:
+                    # A port picked free can be taken before Envoy binds it (an outgoing
+                    # connection's, say): another pair of ports, at most twice.
+                    if "Address already in use" not in str(e) or attempt == 2:
+                        raise
+                    http_filters, extra = self.filters[name]
+                    self.envoys[name] = EnvoyProcess(self.procs, self.workdir, name, http_filters,
+                                                     self.clusters_of[name], ENVOY_CPU, **extra)
         time.sleep(1.0)  # the filter fetches the JWKS on its first ticks
 
     def script(self, config, size, answer):
