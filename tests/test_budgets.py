@@ -188,25 +188,35 @@ def test_concurrent_burst_stays_within_the_stated_overshoot(make_gateway, signer
     assert admitted >= 1
 
 
-def test_a_budget_full_only_with_a_running_requests_hold_says_try_again_in_seconds(make_gateway, signer, stub):
-    """Claude Code sends requests side by side (subagents, the title request): one admitted
-    request's hold fills the budget while it runs. That is not spend: the next is told to retry in
-    seconds (Claude Code gives up at once on a Retry-After past 60 s), and passes once the first
-    settles for what it used."""
+def hold_filled_gateway(make_gateway, signer, stub, event_pause, margin):
+    """A gateway whose one limit (an hour, fixed) is exactly a STREAM request's estimate, and that
+    request still streaming (every event `event_pause` s apart): the budget is full with its hold
+    alone. Returns the gateway, the token, the request's thread and the list its answer goes to."""
     estimate = len(STREAM) // 4 + 4096
     assert per_request(stub) < estimate
     g = budget_gateway(make_gateway, signer, [{"limit": estimate, "window_seconds": 3600, "window_type": "fixed"}],
                        reserve="estimate")
     token = signer.token()
-    windows.inside_one_window(3600, 60)
-    stub.event_pause = 0.15  # the first answer takes about two seconds
+    windows.inside_one_window(3600, margin)
+    stub.event_pause = event_pause
     first = []
     running = threading.Thread(target=lambda: first.append(call(g.port, token, STREAM)))
     running.start()
     deadline = time.monotonic() + 10
     while not stub.requests and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert stub.requests, "the first request never reached the upstream"
+    assert stub.requests, "the running request never reached the upstream"
+    return g, token, running, first
+
+
+def test_a_budget_full_only_with_a_running_requests_hold_says_try_again_in_seconds(make_gateway, signer, stub):
+    """Claude Code sends requests side by side (subagents, the title request): one admitted
+    request's hold fills the budget while it runs. That is not spend: the next is told to retry in
+    seconds (Claude Code gives up at once on a Retry-After past 60 s), and passes once the first
+    settles for what it used."""
+    estimate = len(STREAM) // 4 + 4096
+    # The first answer takes about two seconds.
+    g, token, running, first = hold_filled_gateway(make_gateway, signer, stub, 0.15, 60)
     second = call(g.port, token, STREAM)
     running.join()
     assert first[0].status == 200
@@ -227,19 +237,8 @@ def test_claude_code_rides_out_a_budget_full_with_a_running_requests_hold(make_g
     still streaming: told to retry in seconds (budget_in_flight), Claude Code retries on its own
     and answers once that request has settled for what it used. With the window's wait (as
     before) it gave up at once."""
-    estimate = len(STREAM) // 4 + 4096
-    g = budget_gateway(make_gateway, signer, [{"limit": estimate, "window_seconds": 3600, "window_type": "fixed"}],
-                       reserve="estimate")
-    token = signer.token()
-    windows.inside_one_window(3600, 120)
-    stub.event_pause = 1.0  # every stream lasts several seconds, the running one first
-    first = []
-    running = threading.Thread(target=lambda: first.append(call(g.port, token, STREAM)))
-    running.start()
-    deadline = time.monotonic() + 10
-    while not stub.requests and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert stub.requests, "the running request never reached the upstream"
+    # Every stream lasts several seconds, the running one first.
+    g, token, running, first = hold_filled_gateway(make_gateway, signer, stub, 1.0, 120)
     run = run_claude(tmp_path, g.port, token)
     running.join()
     assert first[0].status == 200
