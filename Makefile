@@ -26,8 +26,8 @@ node_modules/.stamp: package.json package-lock.json
 	@touch $@
 
 ## Debian packages the tests run for real: Prometheus (dashboard test), Redis and Webdis (the
-## shared budget store).
-APT_PACKAGES := prometheus redis-server webdis
+## shared budget store), Valgrind (the benchmark's instruction counts).
+APT_PACKAGES := prometheus redis-server webdis valgrind
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .apt.stamp: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -121,6 +121,7 @@ EMPTY_WASM := target/empty-filter/$(WASM_TARGET)/release/bench_empty_filter.wasm
 
 bench: build bench-harness $(VENV)/.stamp .apt.stamp
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@command -v valgrind >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq valgrind; }
 	@command -v taskset >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq util-linux; }
 	$(PY) bench/bench.py
 

@@ -21,8 +21,10 @@ same with a `budget_store` (a real redis-server behind a real Webdis, synced eve
 this filter, a new RS256 token every request.
 
 Then the budget store's own traffic: one Envoy with the filter, 10 tiers and 1,000 people sending
-requests, and what it sends to Webdis per second (from Envoy's cluster statistics), and the
-targets of issues 12 and 13 checked against the numbers of this run.
+requests, and what it sends to Webdis per second (from Envoy's cluster statistics); the
+instructions Envoy executes per request in each configuration, under Valgrind's callgrind
+(bench/instructions.py: counts the machine's load does not move); and the targets of issues 12
+and 13 checked against the numbers of this run.
 
 The upstream is a second Envoy answering from memory what tools/stub_upstream.py answers (same SSE
 events and JSON; 401 without the provider key) after reading the whole request body: the Python
@@ -89,7 +91,7 @@ PATH = "/v1/messages?beta=true"
 TICK = os.sysconf("SC_CLK_TCK")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
-CONFIGS = [
+ALL_CONFIGS = [
     ("passthrough", "(1) passthrough (router only)"),
     ("native", "(2) native: jwt_authn RS256 + local_ratelimit per user + header mutation"),
     ("native_lua", "(3) native + Lua `model` rewrite"),
@@ -101,13 +103,14 @@ CONFIGS = [
     ("filter_store", "(7) this filter, cached token, budget store (Redis via Webdis)"),
     ("filter_rotating", "(8) this filter, new RS256 token each request"),
 ]
+CONFIGS = list(ALL_CONFIGS)
 if ONLY:
     unknown = set(ONLY) - {c for c, _ in CONFIGS}
     if unknown:
         sys.exit(f"BENCH_ONLY: no configuration named {', '.join(sorted(unknown))}")
     CONFIGS = [(c, label) for c, label in CONFIGS if c in ONLY or c == "passthrough"]
 # Configurations that do not swap the key: the client sends the provider's.
-PLAIN = ("passthrough", "empty_wasm", "wasm_rewrite", "wasm_calls")
+PLAIN = ("passthrough", "empty_wasm", "wasm_rewrite", "wasm_calls", "wasm_calls_read")
 KINDS = [("1k", "json"), ("1k", "sse"), ("130k", "json"), ("130k", "sse")]
 BODY_NAMES = {"1k": "1 KiB body", "130k": "Claude Code body (130 KB)"}
 
@@ -160,9 +163,11 @@ def unique_port() -> int:
 
 
 class EnvoyProcess:
-    """One Envoy with one listener (`http_filters`, optional route rate limits), pinned to `cpu`."""
+    """One Envoy with one listener (`http_filters`, optional route rate limits), pinned to `cpu`; `wrap`:
+    a command it runs under (bench/instructions.py: Valgrind)."""
 
-    def __init__(self, procs, workdir, name, http_filters, clusters, cpu, env=None, routes=None, concurrency=1):
+    def __init__(self, procs, workdir, name, http_filters, clusters, cpu, env=None, routes=None, concurrency=1,
+                 wrap=()):
         self.name, self.port, self.admin_port = name, unique_port(), unique_port()
         hcm = {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -187,7 +192,7 @@ class EnvoyProcess:
         path.write_text(json.dumps(config, indent=1))
         self.log = Path(workdir) / f"{name}.log"
         self.process = procs.start(
-            pinned(cpu, [envoy_binary(), "-c", str(path), "--concurrency", str(concurrency), "--log-level", "warn",
+            pinned(cpu, [*wrap, envoy_binary(), "-c", str(path), "--concurrency", str(concurrency), "--log-level", "warn",
                          "--base-id", str(self.port)]),
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env={**os.environ, **(env or {})})
 
@@ -462,6 +467,8 @@ class Bench:
             "empty_wasm": ([wasm_filter("", wasm_path=EMPTY_WASM)], {}),
             "wasm_rewrite": ([wasm_filter("rewrite", wasm_path=EMPTY_WASM)], {}),
             "wasm_calls": ([wasm_filter("calls", wasm_path=EMPTY_WASM)], {}),
+            # Counted by bench/instructions.py only: the calls and one header read more.
+            "wasm_calls_read": ([wasm_filter("calls+read", wasm_path=EMPTY_WASM)], {}),
             "filter_cached": ([wasm_filter(filter_config, env_keys=sorted(env))], gateway),
             "filter_cold": ([wasm_filter(cold_config, env_keys=sorted(env))], gateway),
             "filter_store": ([wasm_filter(store_filter_config, env_keys=sorted(env))], gateway),
@@ -469,7 +476,7 @@ class Bench:
         }
         self.filters = filters
         self.clusters_of = {name: clusters + ([store_cluster] if name == "filter_store" else [])
-                            for name, _ in CONFIGS}
+                            for name in filters}
         self.start_envoys()
 
     def start_envoys(self):
@@ -796,7 +803,7 @@ def split_over_floor(results):
     return lines
 
 
-def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started):
+def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started, instructions=None):
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), "unknown")
     envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
@@ -873,6 +880,10 @@ def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started):
                   "|---|---|---|---|---|",
                   f"| {sync['requests']:,} | {sync['syncs_per_s']:.2f} | {sync['ok']:.0f} of {sync['syncs']:.0f} | "
                   f"{sync['tx_per_sync']:,.0f} | {sync['rx_per_sync']:,.0f} |"]
+    if instructions:
+        import instructions as counted
+
+        lines += counted.report_lines(instructions)
     if hostcalls:
         lines += ["", "**Host calls per request** (bench/hostcalls.py: the `.wasm` under a minimal Proxy-Wasm host in "
                       "Node's V8, one request through every callback; µs in the VM are the filter's own time, fastest "
@@ -929,6 +940,16 @@ def host_calls(bench):
     out[f"{BODY_NAMES['1k']}, SSE of 70 KB in 16 KiB chunks"] = hostcalls.run(
         bench.workdir, bench.signer, config, bench.same, "1k", "sse-long")
     return out
+
+
+def instruction_counts(bench):
+    """bench/instructions.py's counts (Envoy under callgrind), when Valgrind is there."""
+    import instructions
+
+    if not instructions.valgrind():
+        print("valgrind is missing: no instruction counts", file=sys.stderr)
+        return None
+    return instructions.measure(bench)
 
 
 VERIFY = ROOT / "bench" / "verify-wasm"
@@ -1026,7 +1047,8 @@ def main():
             memory = bench.memory_per_worker(rss)
             sync = bench.sync_traffic() if not ONLY or "filter_store" in ONLY else None
             hostcalls = host_calls(bench)
-            table = report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started)
+            instructions = instruction_counts(bench)
+            table = report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started, instructions)
     finally:
         procs.stop_all()
         if bench is not None:

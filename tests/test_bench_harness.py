@@ -1,6 +1,7 @@
 """`make bench`'s own parts that need no quiet machine: a broken harness must fail here, in CI, and
 not after a quarter of an hour of rounds."""
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,3 +27,33 @@ def test_the_signature_and_scan_timer_checks_its_known_answers_and_times_every_a
 
 def test_the_benchmarks_filters_are_built():
     assert EMPTY.exists(), "make bench-harness builds the empty and floor filters"
+
+
+def test_instruction_counts_see_the_filter_and_one_host_call_more(monkeypatch):
+    """bench/instructions.py counts what Envoy executes under callgrind: the gateway does more than
+    the host calls it makes, and one header read more shows (a harness that counted nothing, or
+    another process, or the wrong configuration, would not see them)."""
+    import instructions
+
+    assert instructions.valgrind(), "make tools installs valgrind"
+    # Only the upstream and one plain Envoy besides the counted ones.
+    monkeypatch.setattr(bench, "CONFIGS", [c for c in bench.ALL_CONFIGS if c[0] == "passthrough"])
+    procs = bench.Processes()
+    runner = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="csg-instructions-test-") as workdir:
+            runner = bench.Bench(procs, workdir)
+            runner.start()
+            counts = instructions.measure(runner, ["wasm_calls", "wasm_calls_read", "filter_cached"],
+                                          [("1k", "json")], requests=20)
+    finally:
+        procs.stop_all()
+        if runner is not None:
+            runner.signer.stop()
+    calls, read, gateway = (counts[(c, "1k", "json")] for c in ("wasm_calls", "wasm_calls_read", "filter_cached"))
+    # Envoy's own request handling alone is some 200k instructions; the spread between runs a few thousand.
+    assert calls > 150_000, counts
+    assert read - calls > 4_000, counts
+    assert gateway - calls > 20_000, counts
+    lines = instructions.report_lines(counts)
+    assert any("1 KiB body, JSON" in line for line in lines), lines

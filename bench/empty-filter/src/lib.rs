@@ -14,6 +14,9 @@
 //! chunk read, two histogram samples and the usage record set as a property. Between the floor
 //! and the gateway, it splits what the gateway adds into what Envoy charges for the calls and
 //! what the gateway's own code costs.
+//!
+//! With `calls+read` it does what `calls` does and reads one request header more: what one host
+//! call that hands data to the filter costs (bench/instructions.py counts it).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -31,6 +34,8 @@ enum Mode {
     Empty,
     Rewrite,
     Calls,
+    /// [`Mode::Calls`] and one header read more.
+    CallsAndRead,
 }
 
 /// The plugin: hands each request an [`Empty`], a [`Rewrite`] or a [`Calls`] context.
@@ -48,9 +53,10 @@ impl RootContext for Root {
         self.mode = match self.get_plugin_configuration().as_deref() {
             Some(b"rewrite") => Mode::Rewrite,
             Some(b"calls") => Mode::Calls,
+            Some(b"calls+read") => Mode::CallsAndRead,
             _ => Mode::Empty,
         };
-        if self.mode == Mode::Calls {
+        if matches!(self.mode, Mode::Calls | Mode::CallsAndRead) {
             let define = |name| hostcalls::define_metric(MetricType::Histogram, name).unwrap_or(0);
             self.histograms = [define("bench_calls_latency_ms"), define("bench_calls_ttft_ms")];
         }
@@ -61,7 +67,11 @@ impl RootContext for Root {
         match self.mode {
             Mode::Empty => Some(Box::new(Empty)),
             Mode::Rewrite => Some(Box::new(Rewrite)),
-            Mode::Calls => Some(Box::new(Calls { histograms: self.histograms, ..Calls::default() })),
+            Mode::Calls | Mode::CallsAndRead => Some(Box::new(Calls {
+                histograms: self.histograms,
+                read_more: self.mode == Mode::CallsAndRead,
+                ..Calls::default()
+            })),
         }
     }
 
@@ -147,6 +157,8 @@ struct Calls {
     /// The key the client sent, set again as the provider key (the stand-in upstream wants it).
     key: Option<String>,
     answered: bool,
+    /// Reads one request header more ([`Mode::CallsAndRead`]).
+    read_more: bool,
 }
 
 impl Context for Calls {}
@@ -180,6 +192,9 @@ impl HttpContext for Calls {
             return Action::Continue;
         }
         read_clock();
+        if self.read_more {
+            let _ = self.get_http_request_header("content-type");
+        }
         let headers = self.get_http_request_headers_bytes();
         self.key = headers
             .into_iter()
