@@ -813,11 +813,9 @@ def report(bench, results, ttfb, rss, memory, sync, hostcalls, verify, started, 
         f"Measured {started:%Y-%m-%d %H:%M} UTC on `nproc` = {os.cpu_count()}, {cpu_model}; Envoy "
         f"{envoy_version.group(1) if envoy_version else '?'} (`--concurrency 1`, `taskset -c {ENVOY_CPU}`), "
         f"wrk {''.join(wrk_version)} (`-t1 -c{CONNECTIONS}`, `taskset -c {LOAD_CPU}`, closed loop) with the "
-        f"upstream on the same core as wrk; {ROUNDS} round(s) of {DURATION} s per cell, each "
-        f"round on new Envoy processes (a {WARMUP} s warm-up before their first cell of each body size) with the "
-        f"configurations in an "
-        f"order of its own (seed {bench.seed}), median ± "
-        f"half the range over rounds." + (" **BENCH_QUICK smoke run: not for comparison.**" if QUICK else ""),
+        f"upstream on the same core as wrk; {ROUNDS} round(s) of {DURATION} s per cell, each round on new Envoy "
+        f"processes (a {WARMUP} s warm-up before their first cell of each body size) with the configurations in an "
+        f"order of its own (seed {bench.seed}), median ± half the range over rounds." + (" **BENCH_QUICK smoke run: not for comparison.**" if QUICK else ""),
         "",
         "Ratios are to (1) passthrough / to (2) native. CPU is Envoy's (all threads) per completed request.",
     ]

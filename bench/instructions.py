@@ -203,24 +203,29 @@ def report_lines(counts: dict) -> list[str]:
     return lines
 
 
+def counted_run(configs=None, kinds=None, requests=REQUESTS) -> dict:
+    """`measure` on a `bench.Bench` of its own (the upstream, the IdP and the plain Envoys of
+    bench.CONFIGS), stopped before it returns."""
+    import bench as b
+
+    procs = b.Processes()
+    with tempfile.TemporaryDirectory(prefix="csg-instructions-") as workdir:
+        runner = None
+        try:
+            runner = b.Bench(procs, workdir)
+            runner.start()
+            return measure(runner, configs, kinds, requests)
+        finally:
+            procs.stop_all()
+            if runner is not None:
+                runner.signer.stop()
+
+
 def main():
     if not valgrind():
         sys.exit("valgrind is missing: `make bench` installs it")
     os.environ.setdefault("BENCH_ONLY", ",".join(c for c in CONFIGS if c not in ONE_KIND_ONLY))
-    import bench as b
-
-    procs = b.Processes()
-    bench = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="csg-instructions-") as workdir:
-            bench = b.Bench(procs, workdir)
-            bench.start()
-            counts = measure(bench)
-    finally:
-        procs.stop_all()
-        if bench is not None:
-            bench.signer.stop()
-    print("\n".join(report_lines(counts)))
+    print("\n".join(report_lines(counted_run())))
 
 
 if __name__ == "__main__":

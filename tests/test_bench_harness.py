@@ -1,7 +1,6 @@
 """`make bench`'s own parts that need no quiet machine: a broken harness must fail here, in CI, and
 not after a quarter of an hour of rounds."""
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,18 +37,8 @@ def test_instruction_counts_see_the_filter_and_one_host_call_more(monkeypatch):
     assert instructions.valgrind(), "make tools installs valgrind"
     # Only the upstream and one plain Envoy besides the counted ones.
     monkeypatch.setattr(bench, "CONFIGS", [c for c in bench.ALL_CONFIGS if c[0] == "passthrough"])
-    procs = bench.Processes()
-    runner = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="csg-instructions-test-") as workdir:
-            runner = bench.Bench(procs, workdir)
-            runner.start()
-            counts = instructions.measure(runner, ["wasm_calls", "wasm_calls_read", "filter_cached"],
-                                          [("1k", "json")], requests=20)
-    finally:
-        procs.stop_all()
-        if runner is not None:
-            runner.signer.stop()
+    counts = instructions.counted_run(["wasm_calls", "wasm_calls_read", "filter_cached"], [("1k", "json")],
+                                      requests=20)
     calls, read, gateway = (counts[(c, "1k", "json")] for c in ("wasm_calls", "wasm_calls_read", "filter_cached"))
     # Envoy's own request handling alone is some 200k instructions; the spread between runs a few thousand.
     assert calls > 150_000, counts
