@@ -237,15 +237,29 @@ def test_claude_code_rides_out_a_budget_full_with_a_running_requests_hold(make_g
     still streaming: told to retry in seconds (budget_in_flight), Claude Code retries on its own
     and answers once that request has settled for what it used. With the window's wait (as
     before) it gave up at once."""
-    # Every stream lasts several seconds, the running one first.
-    g, token, running, first = hold_filled_gateway(make_gateway, signer, stub, 1.0, 120)
-    run = run_claude(tmp_path, g.port, token)
+    # The running stream goes on (an event every 3 s) until Claude Code has been refused once: in
+    # CI, Claude Code once started so slowly that a stream of fixed length had ended before its
+    # request came, and nothing was held.
+    g, token, running, first = hold_filled_gateway(make_gateway, signer, stub, 3.0, 300)
+    runs = []
+    claude = threading.Thread(target=lambda: runs.append(run_claude(tmp_path, g.port, token)))
+    claude.start()
+
+    def in_flight_refusals():
+        return [r for r in g.usage_records() if r.get("refusal") == "budget_in_flight"]
+
+    deadline = time.monotonic() + 120
+    while not in_flight_refusals() and claude.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stub.event_pause = 0
+    claude.join()
     running.join()
+    (run,) = runs
     assert first[0].status == 200
     assert run.code == 0, (run.stdout, run.stderr)
     assert "429" not in run.stdout and "Hello from the stand-in upstream" in run.stdout, run.stdout
     deadline = time.monotonic() + 5
-    while not [r for r in g.usage_records() if r.get("refusal") == "budget_in_flight"] and time.monotonic() < deadline:
+    while not in_flight_refusals() and time.monotonic() < deadline:
         time.sleep(0.1)
     refusals = [r.get("refusal") for r in g.usage_records()]
     assert "budget_in_flight" in refusals, refusals
