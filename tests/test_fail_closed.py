@@ -306,33 +306,45 @@ def test_a_key_fetch_cut_after_its_headers_is_a_503_and_the_vm_lives_on(make_gat
         idp.stop()
 
 
-@pytest.mark.parametrize("answer", ["401 revoked key", "403 permission"])
+@pytest.mark.parametrize("answer", ["401 revoked key", "403 permission", "403 without a body"])
 def test_the_provider_refusing_the_gateways_key_is_a_502_shown_at_once(make_gateway, signer, stub, answer):
     """Claude Code answers a 401 or 403 by re-running its sign-in helper and retrying for minutes,
-    but only the administrator can fix the gateway's own key."""
+    but only the administrator can fix the gateway's own key. A refusal without a body (Envoy sees
+    its end at the headers, where no body can be added) became a 502 with no body at all."""
+    config = gateway_config(signer)
+    for tier in config["tiers"]:
+        tier["limits"] = [{"limit": 10_000_000, "window_seconds": 3600}]
     if answer.startswith("401"):
-        g = make_gateway(gateway_config(signer), [signer.upstream], env={"ANTHROPIC_API_KEY": "sk-revoked"})
-    else:
-        g = make_gateway(gateway_config(signer), [signer.upstream])
+        g = make_gateway(config, [signer.upstream], env={"ANTHROPIC_API_KEY": "sk-revoked"})
+    elif answer == "403 permission":
+        g = make_gateway(config, [signer.upstream])
         stub.force(403, {"type": "error", "error": {"type": "permission_error",
                                                     "message": "Your organization has been disabled."}})
+    else:
+        g = make_gateway(config, [signer.upstream])
+        stub.force(403, None)
     token = signer.token()
     for body in (BODY, json.dumps({**json.loads(BODY), "stream": True}).encode()):
         got = call(g.port, token, body)
         assert got.status == 502, (got.status, got.body)
         assert got.headers.get("x-should-retry") == "false"
+        assert got.headers.get("content-type") == "application/json"
         assert got.json()["error"]["type"] == "api_error"
         # Claude Code shows any message naming x-api-key as "Invalid API key · Fix external API key".
         assert "x-api-key" not in got.error_message.lower()
-        said = "401 authentication_error: stub: invalid API key" if answer.startswith("401") else \
-            "403 permission_error: Your organization has been disabled."
+        said = {"401 revoked key": "401 authentication_error: stub: invalid API key",
+                "403 permission": "403 permission_error: Your organization has been disabled.",
+                "403 without a body": "credentials (403)"}[answer]
         assert said in got.error_message, got.error_message
         assert "tell your administrator" in got.error_message
         assert b"sk-revoked" not in got.body and token.encode() not in got.body
+        # The answer still carries the person's budget, as every forwarded request's does.
+        assert got.headers.get("x-ai-ratelimit-limit-3600-anthropic") == "10000000", got.headers
         if answer.startswith("403"):
             break
     assert g.wait_for_log("the provider refused the gateway's API key")
     assert "sk-revoked" not in g.logs()
+    assert any(r.get("status") == 502 for r in g.usage_records()), "the replaced answer left its usage record"
 
 
 def test_a_jwks_listing_a_key_twice_still_verifies_its_tokens(make_gateway, stub):

@@ -252,9 +252,11 @@ class StubUpstream:
                 pass
 
             def _send_json(self, status, body, headers=None):
-                data = json.dumps(body).encode()
+                # None: an answer without a body (content-length: 0).
+                data = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                if body is not None:
+                    self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)

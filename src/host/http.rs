@@ -111,6 +111,9 @@ impl GatewayHttp {
             }
             calls::send_reply(reply);
         }
+        if let Some(answer) = &step.replaced_answer {
+            calls::send_reply(answer);
+        }
         for name in &step.remove_response_headers {
             calls::remove_response_header(name);
         }

@@ -84,6 +84,10 @@ pub struct Step {
     pub remove_response_headers: Vec<String>,
     /// Bytes to send in place of the response chunk just delivered.
     pub response_body: Option<Vec<u8>>,
+    /// A local answer in place of an upstream answer that ended at its headers, which no body
+    /// can be added to (the provider refusing the gateway's key with an empty 401): the gateway's
+    /// own replacement of the upstream's answer, not a refusal of the request.
+    pub replaced_answer: Option<Reply>,
     /// A request's accounting finished: report it.
     pub settled: Option<Settlement>,
     /// The request's usage record, once, when it is over (answered, settled or abandoned).
@@ -730,6 +734,18 @@ impl Request {
             step.record = end.record;
             step.settled = end.settled;
             step.warnings.extend(end.warnings);
+            // No body callback follows an answer that ended at its headers, so a replacement
+            // body goes out as a local answer, with the headers this step would have set.
+            if let Some(body) = end.response_body.filter(|b| !b.is_empty()) {
+                let mut headers = std::mem::take(&mut step.response_headers);
+                step.remove_response_headers.clear();
+                let status = headers.iter().position(|(name, _)| name == ":status").map(|i| headers.remove(i).1);
+                let status = status.and_then(|s| s.parse().ok()).or(self.status).unwrap_or(CredentialRefusal::STATUS);
+                step.replaced_answer = Some(Reply { status, headers, body, reason: "answer_replaced" });
+                step.flow = Flow::Pause;
+                // The local answer passes the response callbacks again on ngx: leave it alone.
+                self.phase = Phase::Answered;
+            }
         }
         step
     }

@@ -215,6 +215,34 @@ fn an_answer_without_a_body_is_settled_at_its_headers() {
     }
 }
 
+/// The provider refusing the gateway's key with an answer that ends at its headers (an empty
+/// 401 or 403) still gets the client the 502 that says so: no body callback follows, so it goes
+/// as a local answer carrying the headers the step would have set, settled and recorded once.
+#[test]
+fn a_bodiless_refusal_of_the_gateways_key_is_answered_locally() {
+    for profile in [HostProfile::Envoy, HostProfile::Ngx] {
+        for (status, length) in [(401, Some(0)), (403, None)] {
+            let answer = super::AnswerHead { status: Some(status), content_type: "", length, error_type: None };
+            let step = sim::answer_headers_step(profile, answer, true);
+            let local = step.replaced_answer.unwrap_or_else(|| panic!("{profile:?} {status}: no local answer"));
+            assert_eq!(local.status, 502);
+            assert!(local.headers.contains(&("x-should-retry".to_owned(), "false".to_owned())), "{:?}", local.headers);
+            assert!(!local.headers.iter().any(|(n, _)| n == ":status"), "{:?}", local.headers);
+            let body: serde_json::Value = serde_json::from_slice(&local.body).unwrap();
+            assert_eq!(body["error"]["type"], "api_error");
+            assert!(body["error"]["message"].as_str().unwrap().contains(&format!("credentials ({status})")));
+            assert!(step.reply.is_none(), "not counted as a refusal of the request");
+            assert!(step.response_headers.is_empty() && step.remove_response_headers.is_empty());
+            assert_eq!(step.flow, super::Flow::Pause);
+            assert_eq!(step.record.map(|r| r.status), Some(Some(502)));
+            assert!(step.settled.is_some());
+            // With a body to come, the body is replaced as before.
+            let open = sim::answer_headers_step(profile, answer, false);
+            assert!(open.replaced_answer.is_none());
+        }
+    }
+}
+
 /// A request the host layer answered itself (its body never came, see `body_watch`) ends as
 /// answered: one record with the refusal, nothing forwarded when the body comes after all.
 #[test]
