@@ -106,7 +106,10 @@ impl ToReply for RequestError {
                 400,
                 "repeated_header",
                 "invalid_request_error",
-                &format!("gateway: the {name} header may be sent at most once (the gateway sets it or takes it away)"),
+                &format!(
+                    "gateway: the {} header may be sent at most once (the gateway sets it or takes it away)",
+                    shortened(name, SHOWN_CHARS)
+                ),
             ),
             RequestError::Encoded(coding) => Reply::error(
                 415,
@@ -137,7 +140,7 @@ impl ToReply for RequestError {
                 "invalid_request_error",
                 &format!(
                     "model not configured: {} is not available to tier {tier}; allowed: {}",
-                    shortened(model, MODEL_SHOWN_CHARS),
+                    shortened(model, SHOWN_CHARS),
                     allowed.join(", ")
                 ),
             ),
@@ -145,12 +148,13 @@ impl ToReply for RequestError {
     }
 }
 
-/// Most characters of a refused `model` an answer (and with it the refusal's log line) repeats:
-/// the body may hold a `model` of any length.
-const MODEL_SHOWN_CHARS: usize = 100;
+/// Most characters of a client-chosen name (a refused `model`, a repeated member or header name)
+/// an answer (and with it the refusal's log line) repeats: the request may hold one of any
+/// length.
+pub(crate) const SHOWN_CHARS: usize = 100;
 
 /// `text` cut to `max` characters, with `…` when something was cut.
-fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or(text)).into(),
         None => text.into(),
@@ -365,6 +369,17 @@ mod tests {
                 format!("model not configured: {shown} is not available to tier standard; allowed: claude-sonnet-4-6");
             assert_eq!(text["error"]["message"], want);
         }
+    }
+
+    #[test]
+    fn a_repeated_header_is_named_at_most_100_characters_long() {
+        let reply = RequestError::RepeatedHeader(format!("x-amz-{}", "a".repeat(60_000))).to_reply();
+        let text: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let want = format!(
+            "gateway: the x-amz-{}… header may be sent at most once (the gateway sets it or takes it away)",
+            "a".repeat(94)
+        );
+        assert_eq!(text["error"]["message"], want);
     }
 
     #[test]

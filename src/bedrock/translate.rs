@@ -119,6 +119,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
                 let mut seen = std::collections::HashSet::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if !seen.insert(key.clone()) {
+                        let key = crate::routing::shortened(&key, crate::routing::SHOWN_CHARS);
                         return Err(de::Error::custom(format!("duplicate field `{key}`")));
                     }
                     let value = map.next_value()?;
@@ -373,6 +374,20 @@ mod tests {
         let err = translate_request(repeated.as_bytes(), "m", &[], &allowed()).unwrap_err();
         let reply = crate::reply::ToReply::to_reply(&err);
         assert!(String::from_utf8_lossy(&reply.body).contains("duplicate field `k99999`"));
+    }
+
+    #[test]
+    fn a_repeated_member_of_any_length_is_named_shortened() {
+        // The answer and the refusal's log line repeat the name: a megabyte each, otherwise.
+        let key = "k".repeat(1 << 20);
+        let body = format!(r#"{{"model":"m","{key}":1,"{key}":2}}"#);
+        let err = translate_request(body.as_bytes(), "m", &[], &allowed()).unwrap_err();
+        let reply = crate::reply::ToReply::to_reply(&err);
+        assert_eq!(reply.status, 400);
+        assert!(reply.body.len() < 600, "{} bytes", reply.body.len());
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("duplicate field `{}…`", "k".repeat(100))), "{message}");
     }
 
     #[test]
