@@ -37,7 +37,13 @@ pub struct Framer {
     unkept_bytes: u64,
     /// Of every measured event, its unkept bytes beyond [`ENVELOPE_BYTES`], summed.
     unkept_excess: u64,
+    /// Bytes of a leading byte order mark seen so far; `None` once the stream's start is past.
+    bom: Option<usize>,
 }
+
+/// UTF-8's byte order mark: one at the start of a stream is ignored (WHATWG HTML, "Interpreting
+/// an event stream"); read as part of the first field's name, it would hide `message_start`.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// The line around the text of a text delta (`data: ` and `{"type":"content_block_delta",
 /// "index":0,"delta":{"type":"text_delta","text":""}}`, 86 bytes; a thinking or tool-input
@@ -61,6 +67,7 @@ impl Framer {
             measured: |_| false,
             unkept_bytes: 0,
             unkept_excess: 0,
+            bom: Some(0),
         }
     }
 
@@ -94,6 +101,21 @@ impl Framer {
 
     /// Feeds a chunk; `on_event` is called for every event it completes.
     pub fn push(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(Event<'_>)) {
+        // The byte order mark may come split over chunks like anything else.
+        while let (Some(seen), Some(&byte)) = (self.bom, chunk.first()) {
+            if BOM.get(seen) == Some(&byte) {
+                chunk = &chunk[1..];
+                self.bom = (seen + 1 < BOM.len()).then_some(seen + 1);
+            } else {
+                self.bom = None;
+                // A start of the mark and then something else: those bytes were the stream's.
+                self.push_lines(&BOM[..seen], on_event);
+            }
+        }
+        self.push_lines(chunk, on_event);
+    }
+
+    fn push_lines(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(Event<'_>)) {
         // memchr finds line ends 16 bytes at a time (wasm simd128): most of a stream is the
         // long data lines of text deltas, which are framed but not kept.
         while let Some(newline) = memchr::memchr(b'\n', chunk) {
@@ -148,6 +170,9 @@ impl Framer {
 
     /// Ends the stream: an event not closed by a blank line is still delivered.
     pub fn finish(&mut self, on_event: &mut dyn FnMut(Event<'_>)) {
+        if let Some(seen) = self.bom.take() {
+            self.push_lines(&BOM[..seen], on_event);
+        }
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
             self.take_line(&line, on_event);
@@ -279,6 +304,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One byte order mark at the start of a stream is ignored, wherever the chunks cut it; a
+    /// second one, or one later on, is the name's (so that event is not handed out as named).
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored_however_the_stream_is_cut() {
+        fn run(stream: &[u8], cuts: &[usize]) -> Vec<(String, String)> {
+            let mut framer = Framer::new(all, 1 << 20);
+            let mut events = Vec::new();
+            let mut sink = |e: Event<'_>| events.push((e.name.to_owned(), e.data.to_owned()));
+            let mut at = 0;
+            for &cut in cuts.iter().chain([&stream.len()]) {
+                framer.push(&stream[at..cut], &mut sink);
+                at = cut;
+            }
+            framer.finish(&mut sink);
+            events
+        }
+        let plain = b"event: message_start\ndata: {\"a\":1}\n\nevent: message_stop\ndata: {}\n\n".to_vec();
+        let want = run(&plain, &[]);
+        assert_eq!(want[0].0, "message_start");
+        let marked = [BOM, &plain].concat();
+        for cut in 0..8 {
+            assert_eq!(run(&marked, &[cut]), want, "cut at {cut}");
+            assert_eq!(run(&marked, &[cut.min(1), cut]), want, "cut at 1 and {cut}");
+        }
+        let twice = [BOM, BOM, &plain].concat();
+        let unnamed = (String::new(), "{\"a\":1}".to_owned());
+        assert_eq!(run(&twice, &[])[0], unnamed, "a second mark is the field name's");
+        // Only a start of the mark: its bytes stay the stream's.
+        let half = [&BOM[..2], &plain[..]].concat();
+        assert_eq!(run(&half, &[1])[0], unnamed);
     }
 
     /// A line over the limit, arriving in pieces, is dropped without being kept whole; what the
