@@ -483,7 +483,7 @@ impl ToReply for Exhausted {
     }
 }
 
-/// `39 s`, `4 min 10 s`, `1 h 27 min`, `3 d 4 h`.
+/// `39 s`, `4 min 10 s`, `1 h 27 min`, `3 d 4 h` (what is below the last unit shown is left out).
 pub fn human_duration(seconds: u64) -> String {
     let (d, h, m, s) = (seconds / 86_400, seconds % 86_400 / 3600, seconds % 3600 / 60, seconds % 60);
     match (d, h, m, s) {
@@ -499,9 +499,11 @@ pub fn human_duration(seconds: u64) -> String {
 }
 
 /// The UTC time `wait` seconds after `now`: `14:52:10 UTC` within the hour, `14:52 UTC` within
-/// the day, `2026-12-01 14:52 UTC` beyond.
+/// the day, `2026-12-01 14:52 UTC` beyond; a time without seconds is the next whole minute, so
+/// it is never early.
 pub fn time_of_day(now: u64, wait: u64) -> String {
     let at = now.saturating_add(wait);
+    let at = if wait < 3600 { at } else { at.div_ceil(60).saturating_mul(60) };
     let stamp = crate::record::rfc3339_ms(at.saturating_mul(1000));
     let (date, clock) = (&stamp[..10], &stamp[11..19]);
     match wait {
@@ -946,8 +948,10 @@ mod tests {
         }
         let now = 1_764_427_923; // 2025-11-29T14:52:03Z
         assert_eq!(time_of_day(now, 39), "14:52:42 UTC");
-        assert_eq!(time_of_day(now, 5212), "16:18 UTC");
-        assert_eq!(time_of_day(now, 2 * 86_400), "2025-12-01 14:52 UTC");
+        // 16:18:55 and 14:52:03: a time shown without seconds is never early.
+        assert_eq!(time_of_day(now, 5212), "16:19 UTC");
+        assert_eq!(time_of_day(now, 2 * 86_400), "2025-12-01 14:53 UTC");
+        assert_eq!(time_of_day(now, 3597), "15:52:00 UTC");
     }
 
     #[test]
@@ -971,7 +975,7 @@ mod tests {
         };
         let body = text(&long);
         assert!(body.contains("your personal limit of 3000 tokens per 30 d"), "{body}");
-        assert!(body.contains("Try again in 1 h 26 min (at 16:18 UTC)"), "{body}");
+        assert!(body.contains("Try again in 1 h 26 min (at 16:19 UTC)"), "{body}");
         assert!(long.to_reply().headers.contains(&("x-should-retry".to_owned(), "false".to_owned())));
         // A cost limit says its spend in dollars too, not in the micro-dollars it counts.
         let mut dollars = limit(5_000_000, 86_400, WindowType::Fixed);
