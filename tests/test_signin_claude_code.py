@@ -78,8 +78,9 @@ def test_headless_helper_says_what_to_run_then_works_after_device_login(idp, rec
     assert run.code == 1
     assert run.seconds < 30, f"took {run.seconds:.1f} s"
     assert "Your apiKeyHelper script is failing" in run.stdout
+    exe = HELPER.resolve()  # the helper names itself by its resolved path (`target` may be a symlink)
     want = (f"apiKeyHelper failed: exited 1: claude-sso-signin: not signed in to {idp.issuer}.\n"
-            f"Run `{HELPER} login` in a terminal (on SSH or without a browser: `{HELPER} login --device`), "
+            f"Run `{exe} login` in a terminal (on SSH or without a browser: `{exe} login --device`), "
             "then try again.")
     assert want in run.stderr, run.stderr
     assert idp.logins() == 0

@@ -213,9 +213,12 @@ fn headless_helper_fails_fast_with_what_to_run_then_works_after_device_login() {
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "nothing on stdout for Claude Code to take as a key");
     let err = String::from_utf8_lossy(&out.stderr);
+    // The helper names itself by its resolved path (a `target` that is a symlink, as in CI).
+    let exe = std::fs::canonicalize(HELPER).unwrap();
+    let exe = exe.display();
     let want = format!(
-        "claude-sso-signin: not signed in to {}.\nRun `{HELPER} login` in a terminal \
-                        (on SSH or without a browser: `{HELPER} login --device`), then try again.\n",
+        "claude-sso-signin: not signed in to {}.\nRun `{exe} login` in a terminal \
+                        (on SSH or without a browser: `{exe} login --device`), then try again.\n",
         idp.issuer
     );
     assert!(err.starts_with(&want), "{err}");
