@@ -260,6 +260,19 @@ mod tests {
         true
     }
 
+    /// The events `framer` hands out for `stream` pushed in pieces ending at `cuts`, then finished.
+    fn feed(framer: &mut Framer, stream: &[u8], cuts: &[usize]) -> Vec<(String, String)> {
+        let mut events = Vec::new();
+        let mut sink = |e: Event<'_>| events.push((e.name.to_owned(), e.data.to_owned()));
+        let mut at = 0;
+        for &cut in cuts.iter().chain([&stream.len()]) {
+            framer.push(&stream[at..cut], &mut sink);
+            at = cut;
+        }
+        framer.finish(&mut sink);
+        events
+    }
+
     /// What a measured event carried is counted the same however the stream is cut into chunks
     /// (a line skipped in pieces, a CRLF blank line split between its CR and its LF), and events
     /// split anywhere are handed out the same.
@@ -267,14 +280,7 @@ mod tests {
     fn measuring_does_not_depend_on_where_chunks_end() {
         fn run(stream: &[u8], cuts: &[usize]) -> (u64, Vec<(String, String)>) {
             let mut framer = Framer::new(|n| n == b"message_delta", 1 << 20).measuring(|n| n == b"content_block_delta");
-            let mut events = Vec::new();
-            let mut sink = |e: Event<'_>| events.push((e.name.to_owned(), e.data.to_owned()));
-            let mut at = 0;
-            for &cut in cuts.iter().chain([&stream.len()]) {
-                framer.push(&stream[at..cut], &mut sink);
-                at = cut;
-            }
-            framer.finish(&mut sink);
+            let events = feed(&mut framer, stream, cuts);
             (framer.unkept_excess(), events)
         }
         let delta = |text: &str, eol: &str| {
@@ -310,18 +316,7 @@ mod tests {
     /// second one, or one later on, is the name's (so that event is not handed out as named).
     #[test]
     fn a_leading_byte_order_mark_is_ignored_however_the_stream_is_cut() {
-        fn run(stream: &[u8], cuts: &[usize]) -> Vec<(String, String)> {
-            let mut framer = Framer::new(all, 1 << 20);
-            let mut events = Vec::new();
-            let mut sink = |e: Event<'_>| events.push((e.name.to_owned(), e.data.to_owned()));
-            let mut at = 0;
-            for &cut in cuts.iter().chain([&stream.len()]) {
-                framer.push(&stream[at..cut], &mut sink);
-                at = cut;
-            }
-            framer.finish(&mut sink);
-            events
-        }
+        let run = |stream: &[u8], cuts: &[usize]| feed(&mut Framer::new(all, 1 << 20), stream, cuts);
         let plain = b"event: message_start\ndata: {\"a\":1}\n\nevent: message_stop\ndata: {}\n\n".to_vec();
         let want = run(&plain, &[]);
         assert_eq!(want[0].0, "message_start");
