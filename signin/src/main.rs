@@ -33,6 +33,13 @@ struct Cli {
     command: Option<Cmd>,
 }
 
+/// The scopes asked for unless told otherwise.
+const DEFAULT_SCOPES: &str = "openid email profile offline_access";
+/// The loopback port of the browser redirect unless told otherwise.
+const DEFAULT_REDIRECT_PORT: u16 = 8765;
+/// The extra life of a handed-out token unless told otherwise.
+const DEFAULT_MARGIN_SECONDS: u64 = 60;
+
 #[derive(Args)]
 struct Idp {
     /// OpenID Provider issuer URL (discovery is <issuer>/.well-known/openid-configuration).
@@ -42,10 +49,10 @@ struct Idp {
     #[arg(long, env = "CLAUDE_SSO_CLIENT_ID", default_value = "claude-code", global = true)]
     client_id: String,
     /// Scopes to request.
-    #[arg(long, env = "CLAUDE_SSO_SCOPES", default_value = "openid email profile offline_access", global = true)]
+    #[arg(long, env = "CLAUDE_SSO_SCOPES", default_value = DEFAULT_SCOPES, global = true)]
     scopes: String,
     /// Loopback port for the browser redirect (register http://127.0.0.1:<port>/callback; 0 = any free port).
-    #[arg(long, env = "CLAUDE_SSO_REDIRECT_PORT", default_value_t = 8765, global = true)]
+    #[arg(long, env = "CLAUDE_SSO_REDIRECT_PORT", default_value_t = DEFAULT_REDIRECT_PORT, global = true)]
     redirect_port: u16,
     /// Extra `audience` parameter for IdPs that need one (Auth0).
     #[arg(long, env = "CLAUDE_SSO_AUDIENCE", global = true)]
@@ -64,7 +71,7 @@ struct Idp {
           value_parser = helper_ttl_ms, global = true)]
     helper_ttl_ms: u64,
     /// Extra life a handed-out token must have beyond the helper TTL.
-    #[arg(long, env = "CLAUDE_SSO_MARGIN_SECONDS", default_value_t = 60, global = true)]
+    #[arg(long, env = "CLAUDE_SSO_MARGIN_SECONDS", default_value_t = DEFAULT_MARGIN_SECONDS, global = true)]
     margin_seconds: u64,
     /// The gateway's `oidc.max_token_age_seconds`: a token is taken to expire that long after it
     /// was received (if sooner than its `exp`), so it is renewed before the gateway refuses it as
@@ -539,7 +546,17 @@ fn setup(idp: &Idp, args: &SetupArgs) -> Result<(), String> {
         issuer.to_owned(),
         idp.client_id.clone(),
     ];
-    settings::setup(&path, &settings::Setup { helper, gateway_url: args.gateway_url.clone(), values })
+    // The settings given besides the issuer and client go along too: Claude Code's runs of the
+    // helper have only this file's `env`.
+    let optional = [
+        idp.audience.clone(),
+        (idp.scopes != DEFAULT_SCOPES).then(|| idp.scopes.clone()),
+        (idp.redirect_port != DEFAULT_REDIRECT_PORT).then(|| idp.redirect_port.to_string()),
+        idp.max_token_age_seconds.map(|s| s.to_string()),
+        (idp.margin_seconds != DEFAULT_MARGIN_SECONDS).then(|| idp.margin_seconds.to_string()),
+        idp.allow_insecure_http.then(|| "true".to_owned()),
+    ];
+    settings::setup(&path, &settings::Setup { helper, gateway_url: args.gateway_url.clone(), values, optional })
         .map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("Claude Code now signs in through {} ({})", args.gateway_url, path.display());
     Ok(())

@@ -22,6 +22,19 @@ pub const ENV_KEYS: [&str; 10] = [
     "CLAUDE_SSO_CLIENT_ID",
 ];
 
+/// `env` keys for the helper's other settings, each written by `setup` only when it was given
+/// (a value other than its default), so that the helper Claude Code runs asks the IdP for what
+/// `setup` was told (an Auth0 `audience`, scopes, the redirect port, the gateway's token age);
+/// `setup` removes those not given, and `uninstall` removes them all.
+pub const OPTIONAL_ENV_KEYS: [&str; 6] = [
+    "CLAUDE_SSO_AUDIENCE",
+    "CLAUDE_SSO_SCOPES",
+    "CLAUDE_SSO_REDIRECT_PORT",
+    "CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS",
+    "CLAUDE_SSO_MARGIN_SECONDS",
+    "CLAUDE_SSO_ALLOW_INSECURE_HTTP",
+];
+
 /// What `setup` writes.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -32,6 +45,8 @@ pub struct Setup {
     pub gateway_url: String,
     /// Values for `ENV_KEYS[1..]`, in order.
     pub values: [String; 9],
+    /// Values for `OPTIONAL_ENV_KEYS`, in order: `None` for one not given.
+    pub optional: [Option<String>; 6],
 }
 
 /// Why the settings file could not be changed.
@@ -169,6 +184,12 @@ pub fn setup(path: &Path, setup: &Setup) -> Result<(), SettingsError> {
         for (key, value) in ENV_KEYS[1..].iter().zip(&setup.values) {
             env.insert((*key).to_owned(), Value::String(value.clone()));
         }
+        for (key, value) in OPTIONAL_ENV_KEYS.iter().zip(&setup.optional) {
+            match value {
+                Some(value) => env.insert((*key).to_owned(), Value::String(value.clone())),
+                None => env.remove(*key),
+            };
+        }
     }
     save(path, map)
 }
@@ -181,8 +202,8 @@ pub fn uninstall(path: &Path) -> Result<bool, SettingsError> {
     let mut map = load(path)?;
     let mut changed = map.remove("apiKeyHelper").is_some();
     if let Some(Value::Object(env)) = map.get_mut("env") {
-        for key in ENV_KEYS {
-            changed |= env.remove(key).is_some();
+        for key in ENV_KEYS.iter().chain(&OPTIONAL_ENV_KEYS) {
+            changed |= env.remove(*key).is_some();
         }
         if env.is_empty() {
             map.remove("env");
@@ -202,6 +223,7 @@ mod tests {
             helper: "/opt/bin/claude-sso-signin".into(),
             gateway_url: "https://claude-gw.example.com".into(),
             values: ["m", "s", "o", "h", "fa", "f", "300000", "https://idp", "claude-code"].map(String::from),
+            optional: Default::default(),
         }
     }
 
@@ -236,6 +258,34 @@ mod tests {
             restored,
             json!({"theme": "dark", "permissions": {"allow": ["Bash(ls)"]}, "env": {"HTTPS_PROXY": "http://proxy:3128"}})
         );
+        fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_settings_given_go_along_and_those_not_given_are_taken_out() {
+        let path = temp("optional", None);
+        let mut given = sample();
+        given.optional = [Some("api://gw"), Some("openid offline_access"), Some("0"), Some("3600"), None, None]
+            .map(|v| v.map(str::to_owned));
+        setup(&path, &given).unwrap();
+        let env =
+            |path: &Path| serde_json::from_str::<Value>(&fs::read_to_string(path).unwrap()).unwrap()["env"].clone();
+        let written = env(&path);
+        assert_eq!(written["CLAUDE_SSO_AUDIENCE"], "api://gw");
+        assert_eq!(written["CLAUDE_SSO_SCOPES"], "openid offline_access");
+        assert_eq!(written["CLAUDE_SSO_REDIRECT_PORT"], "0");
+        assert_eq!(written["CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS"], "3600");
+        assert!(written.get("CLAUDE_SSO_MARGIN_SECONDS").is_none());
+        // The helper run from a terminal reads them back, so it asks the IdP for the same.
+        let read: Vec<String> = helper_env(&path).into_iter().map(|(k, _)| k).collect();
+        assert!(read.contains(&"CLAUDE_SSO_AUDIENCE".to_owned()), "{read:?}");
+        // Set up again without them: none lingers.
+        setup(&path, &sample()).unwrap();
+        let again = env(&path);
+        assert!(OPTIONAL_ENV_KEYS.iter().all(|k| again.get(*k).is_none()), "{again}");
+        setup(&path, &given).unwrap();
+        uninstall(&path).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&fs::read_to_string(&path).unwrap()).unwrap(), json!({}));
         fs::remove_file(path).unwrap();
     }
 

@@ -398,6 +398,16 @@ fn setup_and_uninstall_keep_other_settings() {
     assert_eq!(merged["env"]["ANTHROPIC_DEFAULT_OPUS_MODEL"], "claude-opus-4-7");
     assert_eq!(merged["env"]["CLAUDE_SSO_ISSUER"], idp.issuer.as_str());
     assert_eq!(merged["env"]["HTTPS_PROXY"], "http://proxy:3128");
+    // What setup is told besides the issuer reaches the helper Claude Code runs (an Auth0
+    // audience was dropped, and the helper then asked for tokens without it).
+    let out = home.run(
+        &idp,
+        &["setup", "--gateway-url", "https://gw.example.com", "--audience", "api://gw", "--redirect-port", "0"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let merged: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    assert_eq!(merged["env"]["CLAUDE_SSO_AUDIENCE"], "api://gw");
+    assert_eq!(merged["env"]["CLAUDE_SSO_REDIRECT_PORT"], "0");
     assert!(home.run(&idp, &["uninstall"]).status.success());
     let restored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
     assert_eq!(restored, original);
