@@ -130,6 +130,13 @@ INVALID = [
     ("budget store syncing too often", {"budget_store": {"kind": "webdis", "upstream": "webdis:7379", "sync_ms": 10,
                                                          "on_failure": "keep_limits"}},
      "config error: budget_store.sync_ms: must be at least 100"),
+    # PCRE's `$` matches before a final newline too (a YAML `|` block ends in one): the schema ends its
+    # patterns with `$(?!\n)`, so Kong refuses these as the parser does.
+    ("an environment variable name ending in a newline", {"targets.anthropic.api_key_env": "ANTHROPIC_API_KEY\n"}, "config error: targets.anthropic.api_key_env:"),
+    ("a groups claim ending in a newline", {"oidc.groups_claim": "groups\n"}, "config error: oidc.groups_claim:"),
+    ("an audience claim ending in a newline", {"oidc.audience_claim": "aud\n"}, "config error: oidc.audience_claim:"),
+    ("a region ending in a newline", {"targets.b": {"provider": "bedrock", "region": "us-east-1\n", "access_key_id": "AKID", "secret_access_key_env": "ANTHROPIC_API_KEY"}}, "config error: targets.b.region:"),
+    ("an access key id ending in a newline", {"targets.b": {"provider": "bedrock", "region": "us-east-1", "access_key_id": "AKID\n", "secret_access_key_env": "ANTHROPIC_API_KEY"}}, "config error: targets.b.access_key_id:"),
 ]
 
 # Rules that need more than one field or the VM's environment: draft-4 JSON Schema cannot say
@@ -173,6 +180,8 @@ VALID = [
     ("IPv6 issuer with a port", {"oidc.issuer": "https://[::1]:8443/realms/x", "oidc.upstream": "[::1]:8443"}),
     ("issuer with port 65535", {"oidc.issuer": "http://idp.example.com:65535/x"}),
     ("a JWKS address with a query", {"oidc.jwks_uri": "https://idp.example.com?keys=1"}),
+    ("a one-hour cache price", {"models[1].price": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3,
+                                                   "cache_write_1h": 6}}),
 ]
 
 
