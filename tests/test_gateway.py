@@ -460,16 +460,19 @@ def test_requests_before_keys_wait_for_the_first_fetch(make_gateway, stub):
 
 # --- configuration and secrets -------------------------------------------------------------
 
-@pytest.mark.parametrize("edit, field", [
-    pytest.param(lambda c: c["oidc"].update(isuer="x"), "oidc.isuer", id="unknown-field"),
-    pytest.param(lambda c: c["tiers"][1].update(models=["claude-opus-9"]), "tiers[1].models[0]", id="unknown-alias"),
+@pytest.mark.parametrize("edit, field, env", [
+    pytest.param(lambda c: c["oidc"].update(isuer="x"), "oidc.isuer", None, id="unknown-field"),
+    pytest.param(lambda c: c["tiers"][1].update(models=["claude-opus-9"]), "tiers[1].models[0]", None, id="unknown-alias"),
     pytest.param(lambda c: c["targets"]["anthropic"].update(api_key_env="NO_SUCH_VAR"),
-                 "targets.anthropic.api_key_env", id="missing-env-var"),
+                 "targets.anthropic.api_key_env", None, id="missing-env-var"),
+    # Told apart from a variable that is not set, so the operator looks in the right place.
+    pytest.param(lambda c: None, "targets.anthropic.api_key_env: environment variable ANTHROPIC_API_KEY is set but empty",
+                 {"ANTHROPIC_API_KEY": ""}, id="empty-env-var"),
 ])
-def test_bad_config_refuses_to_load_and_names_the_field(make_gateway, signer, edit, field):
+def test_bad_config_refuses_to_load_and_names_the_field(make_gateway, signer, edit, field, env):
     config = gateway_config(signer)
     edit(config)
-    g = make_gateway(config, [signer.upstream], wait=False)
+    g = make_gateway(config, [signer.upstream], env=env, wait=False)
     code = g.exited()
     assert code not in (None, 0), "Envoy accepted a bad config"
     assert f"config error: {field}" in g.logs()

@@ -212,7 +212,8 @@ impl RootContext for GatewayRoot {
             calls::log(LogLevel::Error, "claude-sso-gateway: config error: no configuration given");
             return false;
         };
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        // An empty variable is handed on as empty: the parser says "set but empty", not "not set".
+        let env = |name: &str| std::env::var(name).ok();
         match Plan::from_json(&bytes, &env) {
             Ok(plan) => {
                 calls::log(
