@@ -23,8 +23,13 @@ impl NoTier {
     /// The refusal for `plan`.
     pub fn new(plan: &Plan) -> NoTier {
         let required = plan.access.show_groups.then(|| {
-            let mut groups: Vec<String> = plan.tiers.iter().flat_map(|t| t.groups.iter().cloned()).collect();
-            groups.dedup();
+            // Each once, in the order of the tiers (a group may open several).
+            let mut groups: Vec<String> = Vec::new();
+            for group in plan.tiers.iter().flat_map(|t| &t.groups) {
+                if !groups.contains(group) {
+                    groups.push(group.clone());
+                }
+            }
             groups
         });
         NoTier { required, contact: plan.access.contact.clone(), overage: false }
@@ -107,5 +112,10 @@ mod tests {
             ),
             "{body}"
         );
+        // A group that opens two tiers is named once.
+        let shared = plan.tiers[0].groups[0].clone();
+        plan.tiers[1].groups.push(shared);
+        let body = String::from_utf8(NoTier::new(&plan).to_reply().body).unwrap();
+        assert!(body.contains("(one of: claude-power-users, claude-standard-users)"), "{body}");
     }
 }
