@@ -136,6 +136,9 @@ INVALID = [
     ("a groups claim ending in a newline", {"oidc.groups_claim": "groups\n"}, "config error: oidc.groups_claim:"),
     ("an audience claim ending in a newline", {"oidc.audience_claim": "aud\n"}, "config error: oidc.audience_claim:"),
     ("a region ending in a newline", {"targets.b": {"provider": "bedrock", "region": "us-east-1\n", "access_key_id": "AKID", "secret_access_key_env": "ANTHROPIC_API_KEY"}}, "config error: targets.b.region:"),
+    # serde would fill these by position (60 tokens per 100,000 s); the schema wants objects, and so does the parser.
+    ("a limit written as an array", {"tiers[1].limits": [[60, 100000]]}, "config error: tiers[1].limits[0]: invalid type: array"),
+    ("a price written as an array", {"models[1].price": [3, 15, 3.75, 0.3]}, "config error: models[1].price: invalid type: array"),
     ("an access key id ending in a newline", {"targets.b": {"provider": "bedrock", "region": "us-east-1", "access_key_id": "AKID\n", "secret_access_key_env": "ANTHROPIC_API_KEY"}}, "config error: targets.b.access_key_id:"),
 ]
 

@@ -250,6 +250,8 @@ impl Plan {
         // Anything after the document (a second object from a merge, a stray brace) would
         // otherwise be dropped without a word, and with it settings the operator meant to apply.
         json.end().map_err(|e| ConfigError::new("", format!("text after the configuration document: {e}")))?;
+        let document = serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", e.to_string()))?;
+        raw::no_positional_objects(&document)?;
         compile(raw, env)
     }
 
@@ -885,6 +887,40 @@ pub(crate) mod tests {
         type Edit = fn(&mut Value);
         let cases: &[(&str, Edit, &str)] = &[
             ("unknown field", |d| d["oidc"]["isuer"] = json!("x"), "config error: oidc.isuer: unknown field `isuer`"),
+            // serde fills a struct from an array by position: such an object is refused, not misread.
+            (
+                "a limit as an array",
+                |d| d["tiers"][1]["limits"] = json!([[60, 100_000]]),
+                "config error: tiers[1].limits[0]: invalid type: array, expected an object",
+            ),
+            (
+                "a price as an array",
+                |d| d["models"][0]["price"] = json!([15, 3, 0.3, 3.75]),
+                "config error: models[0].price: invalid type: array, expected an object",
+            ),
+            (
+                "a tier as an array",
+                |d| d["tiers"][1] = json!(["standard", ["claude-standard-users"], ["claude-sonnet-4-6"]]),
+                "config error: tiers[1]: invalid type: array, expected an object",
+            ),
+            (
+                "oidc as an array",
+                |d| d["oidc"] = json!(["https://idp.example.com", ["claude-sso-gateway"]]),
+                "config error: oidc: invalid type: array, expected an object",
+            ),
+            (
+                "budgets as an array",
+                |d| d["budgets"] = json!(["none", 0, 1.0]),
+                "config error: budgets: invalid type: array, expected an object",
+            ),
+            (
+                "the whole document as an array",
+                |d| {
+                    let o = d.as_object().unwrap();
+                    *d = json!([o["oidc"], {}, 1000, 0, o["targets"], o["models"], o["tiers"]]);
+                },
+                "invalid type: array, expected an object",
+            ),
             (
                 "unknown alias in tier",
                 |d| d["tiers"][1]["models"] = json!(["claude-opus-9"]),

@@ -283,3 +283,66 @@ fn default_email_header() -> String {
 fn default_tier_header() -> String {
     "x-user-tier".to_owned()
 }
+
+/// A step of the path to a value in the configuration document.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Whether the value at `path` is a list in the configuration (everywhere else an array is refused).
+fn holds_a_list(path: &[Step<'_>]) -> bool {
+    use Step::{Index, Key};
+    matches!(
+        path,
+        [Key("oidc"), Key("audiences")]
+            | [Key("models" | "tiers")]
+            | [Key("tiers"), Index(_), Key("groups" | "models" | "limits")]
+            | [Key("targets"), Key(_), Key("betas")]
+    )
+}
+
+/// `path` written as the parser's errors write a field: `tiers[1].limits[0]`.
+fn field(path: &[Step<'_>]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(key) if out.is_empty() => out.push_str(key),
+            Step::Key(key) => {
+                out.push('.');
+                out.push_str(key);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Refuses an array where the configuration has an object (or a name, a number): serde fills a
+/// struct from an array by position, so `"limits": [[60, 100000]]` would load as 60 tokens per
+/// 100,000 s, and `"price": [15, 3, 0.3, 3.75]` would swap prices, without a word.
+pub(super) fn no_positional_objects(document: &serde_json::Value) -> Result<(), super::ConfigError> {
+    fn walk<'a>(value: &'a serde_json::Value, path: &mut Vec<Step<'a>>) -> Result<(), super::ConfigError> {
+        match value {
+            serde_json::Value::Array(_) if !holds_a_list(path) => Err(super::ConfigError::new(
+                field(path),
+                "invalid type: array, expected an object with named fields (or a single value)",
+            )),
+            serde_json::Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+                path.push(Step::Index(i));
+                let walked = walk(item, path);
+                path.pop();
+                walked
+            }),
+            serde_json::Value::Object(members) => members.iter().try_for_each(|(key, member)| {
+                path.push(Step::Key(key));
+                let walked = walk(member, path);
+                path.pop();
+                walked
+            }),
+            _ => Ok(()),
+        }
+    }
+    walk(document, &mut Vec::new())
+}
