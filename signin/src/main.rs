@@ -211,12 +211,11 @@ fn cache_file(idp: &Idp) -> Result<CacheFile, String> {
 }
 
 /// The token flow: cached if fresh enough (without a refresh token: while usable), else
-/// refreshed, else a new sign-in if someone can see it (see [`flow::choose`]); all under the
-/// cache lock so that parallel runs make one sign-in.
+/// refreshed, else a new sign-in if someone can see it (see [`flow::choose`]); all but handing
+/// out a fresh token under the cache lock, so that parallel runs make one sign-in.
 fn token(idp: &Idp) -> Result<String, String> {
     let issuer = issuer(idp)?;
     let cache = cache_file(idp)?;
-    let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
     // A token saved before the gateway's age limit was given counts from its `iat`. One that
     // arrived by a clock since set back may be past its real expiry already: it counts as expired
     // (refreshed, else signed in again), never as still good for hours.
@@ -226,10 +225,18 @@ fn token(idp: &Idp) -> Result<String, String> {
         _ => c.expires_at,
     };
     let fresh = |c: &Cached| flow::fresh_enough(limit(c), now(), idp.helper_ttl_ms, idp.margin_seconds);
-    let saved = cache.load().filter(|c| c.issuer == issuer && c.client_id == idp.client_id);
+    let load = || cache.load().filter(|c| c.issuer == issuer && c.client_id == idp.client_id);
     // One made for another audience or other scopes is set aside, not renewed: a refresh would
     // keep its grant's. The sign-in that replaces it overwrites it.
     let asked = Requested::new(idp.audience.as_deref(), &idp.scopes);
+    // A fresh token is handed out without the lock (the file is replaced whole, by a rename): a
+    // `login` in a terminal holds the lock until the person has signed in, up to its timeout, and
+    // Claude Code's runs of the helper waited for it with a good token saved.
+    if let Some(c) = load().filter(|c| c.made_for(&asked) && fresh(c)) {
+        return Ok(c.access_token);
+    }
+    let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
+    let saved = load();
     let asked_otherwise = saved.as_ref().is_some_and(|c| !c.made_for(&asked));
     let cached = saved.filter(|_| !asked_otherwise);
     if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {

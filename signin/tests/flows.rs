@@ -119,6 +119,44 @@ fn token_of(out: &Output) -> String {
     stdout.trim().to_owned()
 }
 
+/// A sign-in under way in a terminal (`login`, waiting for the person up to its timeout) holds the
+/// cache's lock; Claude Code's runs of the helper hand out the fresh token saved meanwhile at once.
+#[test]
+fn a_login_under_way_does_not_hold_up_a_fresh_token() {
+    let idp = Idp::start(&[]);
+    let home = Home::new("alice");
+    let first = token_of(&home.run(&idp, &[]));
+    // A browser that opens nothing: the login waits for a redirect that never comes.
+    let opened = home.dir.join("opened");
+    let idle = home.dir.join("idle.sh");
+    std::fs::write(&idle, format!("#!/bin/sh\ntouch '{}'\n", opened.display())).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&idle, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut login = home
+        .command(&idp)
+        .env("CLAUDE_SSO_BROWSER", &idle)
+        .arg("login")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !opened.exists() {
+        assert!(std::time::Instant::now() < deadline, "the login never opened its browser");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = std::time::Instant::now();
+    let again = token_of(&home.run(&idp, &[]));
+    let took = started.elapsed();
+    let _ = login.kill();
+    let _ = login.wait();
+    assert_eq!(again, first);
+    assert!(took < Duration::from_secs(5), "waited {took:?} for the login under way");
+}
+
 #[test]
 fn browser_login_with_pkce_then_cached() {
     let idp = Idp::start(&[]);
