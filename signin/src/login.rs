@@ -388,6 +388,9 @@ pub fn device_login(
             Err(OidcError::Refused { error, .. }) if error == "slow_down" => {
                 interval = poll_interval(interval.as_secs().saturating_add(5));
             }
+            // The IdP's own trouble (a 503, a dropped connection) says nothing of the sign-in,
+            // which the person may be finishing right now: poll on, less often, until the deadline.
+            Err(e) if e.is_outage() => interval = poll_interval(interval.as_secs().saturating_mul(2)),
             Err(e) => return Err(e.into()),
         }
         now = Instant::now();

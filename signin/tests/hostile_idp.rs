@@ -543,6 +543,36 @@ fn a_device_polling_interval_of_a_day_does_not_outlast_the_login_timeout() {
 }
 
 #[test]
+fn a_device_login_polls_on_through_a_passing_idp_outage() {
+    // RFC 8628 leaves 5xx to the client: one 503 between two polls ended the sign-in the person was
+    // finishing on their phone.
+    let polls = Arc::new(Mutex::new(0));
+    let seen = polls.clone();
+    let idp = FakeIdp::start(move |path, _| match path {
+        "/device" => (
+            200,
+            serde_json::json!({"device_code": "dc", "user_code": "AB-CD", "verification_uri": "http://x/device",
+                               "interval": 1})
+            .to_string(),
+        ),
+        _ => {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            match *n {
+                1 => (400, r#"{"error":"authorization_pending"}"#.to_owned()),
+                2 => (503, "<html>upstream unavailable</html>".to_owned()),
+                _ => (200, serde_json::json!({"access_token": "device-token", "expires_in": 3600}).to_string()),
+            }
+        }
+    });
+    let home = Home::new(&idp.issuer);
+    let out = home.command().args(["login", "--device"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(*polls.lock().unwrap(), 3, "polled again after the 503");
+    assert_eq!(home.cached()["access_token"], "device-token");
+}
+
+#[test]
 fn a_plain_http_issuer_on_the_network_is_refused_unless_allowed() {
     // 192.0.2.0/24 is TEST-NET-1: nothing answers there, and the refusal comes before any attempt.
     let home = Home::new("http://192.0.2.1:9");
