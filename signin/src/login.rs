@@ -1,7 +1,7 @@
 //! Signing in: the browser flow (Authorization Code + PKCE with a loopback redirect) and the
 //! device authorization grant for machines without a browser.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -299,14 +299,41 @@ fn wait_for_redirect(
     Err(LoginError::TimedOut { foreign })
 }
 
+/// Longest request line the listener reads (a redirect's code and state fit many times over).
+const MAX_REQUEST_LINE: usize = 16 * 1024;
+
+/// How long one connection may take to send its request line. A browser sends it at once; a
+/// local process that sends nothing, or a byte now and then, must not hold the one-at-a-time
+/// listener past this (nor the sign-in past its own deadline).
+const REQUEST_LINE_WAIT: Duration = Duration::from_secs(2);
+
+/// The request line of `stream` (`None`: not sent whole within [`REQUEST_LINE_WAIT`] and
+/// [`MAX_REQUEST_LINE`] bytes, or not UTF-8).
+fn request_line(mut stream: &TcpStream) -> Option<String> {
+    let deadline = Instant::now() + REQUEST_LINE_WAIT;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !line.contains(&b'\n') {
+        let left = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero())?;
+        // Silence of half a second also ends it (a connection opened and left idle).
+        stream.set_read_timeout(Some(left.min(Duration::from_millis(500)))).ok()?;
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&buf[..n]);
+        if line.len() > MAX_REQUEST_LINE {
+            return None;
+        }
+    }
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    String::from_utf8(line[..end].to_vec()).ok()
+}
+
 /// Reads one request, answers it and says what it was (`None`: unreadable).
 fn answer_redirect(mut stream: TcpStream, state: &str) -> Option<Redirect> {
     stream.set_nonblocking(false).ok()?;
-    // A browser sends its request at once: a connection that sends nothing must not hold the
-    // one-at-a-time listener for long.
-    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).ok()?;
+    let line = request_line(&stream)?;
     let redirect = judge(line.split_whitespace().nth(1)?, state);
     let (status, page) = page(&redirect);
     let _ = write!(
@@ -474,6 +501,43 @@ mod tests {
             with_query("https://b2c/authorize?p=B2C_1_signin", "a=1"),
             "https://b2c/authorize?p=B2C_1_signin&a=1"
         );
+    }
+
+    /// A local process that trickles a byte now and then holds the listener no longer than a
+    /// silent one; a request line sent at once is read whole, a huge one is not kept.
+    #[test]
+    fn a_trickling_connection_is_cut_off() {
+        use std::io::Write as _;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let trickle = std::thread::spawn(move || {
+            let mut client = TcpStream::connect(addr).unwrap();
+            for _ in 0..60 {
+                if client.write_all(b"G").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        assert_eq!(request_line(&stream), None);
+        assert!(started.elapsed() < REQUEST_LINE_WAIT + Duration::from_millis(500), "{:?}", started.elapsed());
+        drop(stream);
+        trickle.join().unwrap();
+
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.write_all(b"GET /callback?code=c&state=s HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        assert_eq!(request_line(&stream).as_deref(), Some("GET /callback?code=c&state=s HTTP/1.1\r"));
+
+        let mut client = TcpStream::connect(addr).unwrap();
+        let huge = vec![b'a'; MAX_REQUEST_LINE * 2];
+        let writer = std::thread::spawn(move || drop(client.write_all(&huge)));
+        let (stream, _) = listener.accept().unwrap();
+        assert_eq!(request_line(&stream), None);
+        drop(stream);
+        writer.join().unwrap();
     }
 
     #[test]
