@@ -619,8 +619,10 @@ fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, 
     let mut models: Vec<Model> = Vec::with_capacity(raw.len());
     for (i, m) in raw.into_iter().enumerate() {
         let field = format!("models[{i}]");
-        if m.alias.is_empty() || m.model_id.is_empty() {
-            return Err(ConfigError::new(field, "alias and model_id must not be empty"));
+        for (name, value) in [("alias", &m.alias), ("model_id", &m.model_id)] {
+            if value.is_empty() {
+                return Err(ConfigError::new(format!("{field}.{name}"), "must not be empty"));
+            }
         }
         if models.iter().any(|other| other.alias == m.alias) {
             return Err(ConfigError::new(format!("{field}.alias"), format!("duplicate alias {:?}", m.alias)));
@@ -888,6 +890,16 @@ pub(crate) mod tests {
         let cases: &[(&str, Edit, &str)] = &[
             ("unknown field", |d| d["oidc"]["isuer"] = json!("x"), "config error: oidc.isuer: unknown field `isuer`"),
             // serde fills a struct from an array by position: such an object is refused, not misread.
+            (
+                "an empty model id",
+                |d| d["models"][0]["model_id"] = json!(""),
+                "config error: models[0].model_id: must not be empty",
+            ),
+            (
+                "an empty alias",
+                |d| d["models"][0]["alias"] = json!(""),
+                "config error: models[0].alias: must not be empty",
+            ),
             (
                 "a limit as an array",
                 |d| d["tiers"][1]["limits"] = json!([[60, 100_000]]),
