@@ -209,7 +209,10 @@ pub fn uninstall(path: &Path) -> Result<bool, SettingsError> {
             map.remove("env");
         }
     }
-    save(path, map)?;
+    // Nothing of ours there: the file is left as it is, byte for byte.
+    if changed {
+        save(path, map)?;
+    }
     Ok(changed)
 }
 
@@ -286,6 +289,15 @@ mod tests {
         setup(&path, &given).unwrap();
         uninstall(&path).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&fs::read_to_string(&path).unwrap()).unwrap(), json!({}));
+        fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn uninstall_with_nothing_of_ours_leaves_the_file_alone() {
+        let text = "{\"theme\":\"dark\",\"n\":1e3, \"env\": {}}\n";
+        let path = temp("untouched", Some(text));
+        assert!(!uninstall(&path).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
         fs::remove_file(path).unwrap();
     }
 
