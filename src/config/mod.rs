@@ -889,7 +889,6 @@ pub(crate) mod tests {
         type Edit = fn(&mut Value);
         let cases: &[(&str, Edit, &str)] = &[
             ("unknown field", |d| d["oidc"]["isuer"] = json!("x"), "config error: oidc.isuer: unknown field `isuer`"),
-            // serde fills a struct from an array by position: such an object is refused, not misread.
             (
                 "an empty model id",
                 |d| d["models"][0]["model_id"] = json!(""),
@@ -900,6 +899,7 @@ pub(crate) mod tests {
                 |d| d["models"][0]["alias"] = json!(""),
                 "config error: models[0].alias: must not be empty",
             ),
+            // serde fills a struct from an array by position: such an object is refused, not misread.
             (
                 "a limit as an array",
                 |d| d["tiers"][1]["limits"] = json!([[60, 100_000]]),

@@ -286,14 +286,14 @@ fn default_tier_header() -> String {
 
 /// A step of the path to a value in the configuration document.
 #[derive(Clone, Copy)]
-enum Step<'a> {
+enum PathStep<'a> {
     Key(&'a str),
     Index(usize),
 }
 
 /// Whether the value at `path` is a list in the configuration (everywhere else an array is refused).
-fn holds_a_list(path: &[Step<'_>]) -> bool {
-    use Step::{Index, Key};
+fn holds_a_list(path: &[PathStep<'_>]) -> bool {
+    use PathStep::{Index, Key};
     matches!(
         path,
         [Key("oidc"), Key("audiences")]
@@ -304,16 +304,16 @@ fn holds_a_list(path: &[Step<'_>]) -> bool {
 }
 
 /// `path` written as the parser's errors write a field: `tiers[1].limits[0]`.
-fn field(path: &[Step<'_>]) -> String {
+fn field(path: &[PathStep<'_>]) -> String {
     let mut out = String::new();
     for step in path {
         match step {
-            Step::Key(key) if out.is_empty() => out.push_str(key),
-            Step::Key(key) => {
+            PathStep::Key(key) if out.is_empty() => out.push_str(key),
+            PathStep::Key(key) => {
                 out.push('.');
                 out.push_str(key);
             }
-            Step::Index(i) => out.push_str(&format!("[{i}]")),
+            PathStep::Index(i) => out.push_str(&format!("[{i}]")),
         }
     }
     out
@@ -323,20 +323,19 @@ fn field(path: &[Step<'_>]) -> String {
 /// struct from an array by position, so `"limits": [[60, 100000]]` would load as 60 tokens per
 /// 100,000 s, and `"price": [15, 3, 0.3, 3.75]` would swap prices, without a word.
 pub(super) fn no_positional_objects(document: &serde_json::Value) -> Result<(), super::ConfigError> {
-    fn walk<'a>(value: &'a serde_json::Value, path: &mut Vec<Step<'a>>) -> Result<(), super::ConfigError> {
+    fn walk<'a>(value: &'a serde_json::Value, path: &mut Vec<PathStep<'a>>) -> Result<(), super::ConfigError> {
         match value {
-            serde_json::Value::Array(_) if !holds_a_list(path) => Err(super::ConfigError::new(
-                field(path),
-                "invalid type: array, expected an object with named fields (or a single value)",
-            )),
+            serde_json::Value::Array(_) if !holds_a_list(path) => {
+                Err(super::ConfigError::new(field(path), "invalid type: array, expected an object with named fields"))
+            }
             serde_json::Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
-                path.push(Step::Index(i));
+                path.push(PathStep::Index(i));
                 let walked = walk(item, path);
                 path.pop();
                 walked
             }),
             serde_json::Value::Object(members) => members.iter().try_for_each(|(key, member)| {
-                path.push(Step::Key(key));
+                path.push(PathStep::Key(key));
                 let walked = walk(member, path);
                 path.pop();
                 walked
