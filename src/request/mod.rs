@@ -737,10 +737,11 @@ impl Request {
             // No body callback follows an answer that ended at its headers, so a replacement
             // body goes out as a local answer, with the headers this step would have set.
             if let Some(body) = end.response_body.filter(|b| !b.is_empty()) {
+                // The status is the one the answer's head already set (`self.status`).
                 let mut headers = std::mem::take(&mut step.response_headers);
+                headers.retain(|(name, _)| name != ":status");
                 step.remove_response_headers.clear();
-                let status = headers.iter().position(|(name, _)| name == ":status").map(|i| headers.remove(i).1);
-                let status = status.and_then(|s| s.parse().ok()).or(self.status).unwrap_or(CredentialRefusal::STATUS);
+                let status = self.status.unwrap_or(CredentialRefusal::STATUS);
                 step.replaced_answer = Some(Reply { status, headers, body, reason: "answer_replaced" });
                 step.flow = Flow::Pause;
                 // The local answer passes the response callbacks again on ngx: leave it alone.
