@@ -5,7 +5,7 @@ use crate::budget::{self, Counts, Exhausted, Standing};
 use crate::config::{Budgets, Price, Reserve};
 use crate::reply::{Reply, ToReply};
 use crate::shared::SharedStore;
-use crate::usage::{Meter, Usage};
+use crate::usage::{Meter, ReportedUsage, Usage};
 
 /// Units a usage is worth to a limit: tokens, or micro-dollars for cost.
 pub fn units(counts: Counts, usage: &Usage, price: Option<&Price>) -> u64 {
@@ -56,8 +56,10 @@ pub struct Metering {
     /// When each hold was counted, seconds since the epoch ([`budget::Hold::at`]): settlement
     /// gives it back to the window it went into.
     held_at: Vec<u64>,
-    /// What the request is estimated to cost each limit; the least an unknown outcome costs.
-    estimate: Vec<u64>,
+    /// The request's size as estimated at admission (the body's bytes over four as uncached input,
+    /// the output reserve): the least an unknown outcome costs, where the answer did not report
+    /// its prompt.
+    guess: Usage,
     warning_share: f64,
     meter: Option<Meter>,
     status: Option<u32>,
@@ -66,7 +68,7 @@ pub struct Metering {
     complete: bool,
     settled: bool,
     /// Usage the provider reported apart from the answer body (Bedrock's invocation metrics).
-    reported: Option<Usage>,
+    reported: Option<ReportedUsage>,
     /// What went wrong at admission without refusing the request (a hold not written).
     warnings: Vec<String>,
 }
@@ -121,7 +123,7 @@ impl Metering {
         let estimate: Vec<u64> = limits.iter().map(|l| units(l.counts, &guess, subject.price.as_ref())).collect();
         let holds: Vec<u64> = match budgets.reserve {
             Reserve::None => vec![0; limits.len()],
-            Reserve::Estimate => estimate.clone(),
+            Reserve::Estimate => estimate,
         };
         let admitted = budget::admit(store, limits, &subject.person_key, &holds, now).map_err(|e: Exhausted| {
             let mut reply = e.to_reply();
@@ -145,7 +147,7 @@ impl Metering {
             standings,
             reserved: holds.iter().map(|h| h.units).collect(),
             held_at: holds.iter().map(|h| h.at).collect(),
-            estimate,
+            guess,
             warning_share: budgets.warning_share,
             meter: None,
             status: None,
@@ -198,7 +200,7 @@ impl Metering {
         }
         let mut warnings = Vec::new();
         let metered = self.meter.as_mut().map(Meter::finish).unwrap_or_default();
-        let mut usage = self.reported.map_or(metered, |reported| reported.with_1h_share_of(&metered));
+        let mut usage = self.reported.map_or(metered, |reported| reported.over(&metered));
         if !usage.is_plausible() {
             warnings.push(format!("upstream reported implausible usage {usage:?}; charging the estimate"));
             usage = Usage::default();
@@ -210,10 +212,19 @@ impl Metering {
         // A gateway timeout (504) or request timeout (408) says nothing about what was generated.
         let known = self.complete && warnings.is_empty() && !matches!(self.status, Some(408 | 504));
         let outcome = if known { Outcome::Complete } else { Outcome::Unknown };
+        // The least an unknown outcome costs: the prompt as the answer reported it (a stream cut
+        // after `message_start` told it exactly, cache reads included, which the body's size
+        // would price as uncached input, many times over), else the body's guess; and at least
+        // the output reserve, since the provider may have gone on generating.
+        let prompt_reported = usage != Usage::default()
+            && (self.reported.is_some_and(|r| r.input.is_some())
+                || self.meter.as_ref().is_some_and(Meter::prompt_reported));
+        let floor = if prompt_reported { Usage { output: self.guess.output, ..usage } } else { self.guess };
         let held = self.reserved.iter().zip(&self.held_at);
-        for ((s, (reserved, held_at)), estimate) in self.standings.iter().zip(held).zip(&self.estimate) {
-            let actual = units(s.limit.counts, &usage, self.subject.price.as_ref());
-            let charge = if known { actual } else { actual.max(*estimate) };
+        for (s, (reserved, held_at)) in self.standings.iter().zip(held) {
+            let price = self.subject.price.as_ref();
+            let actual = units(s.limit.counts, &usage, price);
+            let charge = if known { actual } else { actual.max(units(s.limit.counts, &floor, price)) };
             let key = s.limit.key_for(&self.subject.person_key);
             if let Err(e) = budget::settle(store, &key, s.limit.window, now, *held_at, *reserved, charge) {
                 warnings.push(format!("could not charge {charge} (held {reserved}) to budget {key}: {e:?}"));
@@ -229,8 +240,8 @@ impl Metering {
     }
 
     /// Uses `usage` (what the provider bills, e.g. Bedrock's invocation metrics) instead of
-    /// what the meter read in the body.
-    pub fn use_reported_usage(&mut self, usage: Usage) {
+    /// what the meter read in the body, count by count.
+    pub fn use_reported_usage(&mut self, usage: ReportedUsage) {
         self.reported = Some(usage);
     }
 }
@@ -400,6 +411,12 @@ mod tests {
     fn one_hour_cache_writes_are_priced_apart() {
         const HOURLY: &str = "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":100,\"output_tokens\":1,\"cache_creation_input_tokens\":1000,\"cache_read_input_tokens\":2000,\"cache_creation\":{\"ephemeral_5m_input_tokens\":400,\"ephemeral_1h_input_tokens\":600}}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":500,\"cache_creation_input_tokens\":1000}}\n\n";
         let settle = |reported: Option<Usage>| {
+            let reported = reported.map(|u| ReportedUsage {
+                input: Some(u.input),
+                output: Some(u.output),
+                cache_write: Some(u.cache_write),
+                cache_read: Some(u.cache_read),
+            });
             let store = FakeStore::default();
             let mut m =
                 Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 400, Some(0), 0).unwrap();
@@ -451,7 +468,7 @@ mod tests {
             ("client gone before the answer", Reserve::Estimate, |_| {}, 2000),
             ("client gone, no reserve held", Reserve::None, |_| {}, 2000),
             (
-                "stream cut after some usage",
+                "stream cut after its prompt was reported: that prompt and the output reserve",
                 Reserve::Estimate,
                 |m| {
                     m.on_response_headers(Some(200), "text/event-stream", None);
@@ -459,6 +476,15 @@ mod tests {
                         b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":100}}}\n\n",
                         false,
                     );
+                },
+                100 + 1000,
+            ),
+            (
+                "stream cut after a usage without its prompt: the estimate",
+                Reserve::Estimate,
+                |m| {
+                    m.on_response_headers(Some(200), "text/event-stream", None);
+                    m.on_response_body(b"event: message_start\ndata: {\"message\":{\"usage\":{}}}\n\n", false);
                 },
                 2000,
             ),
@@ -509,17 +535,31 @@ mod tests {
             )
         };
         let json = |n: &str| format!(r#"{{"content":[],"usage":{{"input_tokens":{n},"output_tokens":{n}}}}}"#);
-        // (name, status, content type, body, units charged in the end: 2000 is the estimate)
+        // The estimate: 4000 bytes / 4 as input and the output reserve.
+        const GUESS: u64 = 2000;
+        // The prompt `message_start` reported and the output reserve.
+        const PROMPT: u64 = 100 + 1000;
+        // (name, status, content type, body, units charged in the end)
         let cases: Vec<(&str, u32, &str, String, u64)> = vec![
-            ("2^64 in JSON", 200, "application/json", json("18446744073709551616"), 2000),
-            ("1e30 in JSON", 200, "application/json", json("1e30"), 2000),
-            ("negative in JSON", 200, "application/json", json("-5"), 2000),
-            ("float in JSON", 200, "application/json", json("1.0"), 2000),
-            ("string in JSON", 200, "application/json", json("\"5000\""), 2000),
-            ("no usage in a 200", 200, "application/json", r#"{"content":[]}"#.into(), 2000),
-            ("not JSON (compressed)", 200, "application/json", "\u{1f}\u{8b}\u{8}".into(), 2000),
-            ("2^64 in message_delta", 200, "text/event-stream", stream("18446744073709551616"), 2000),
-            ("SSE with no event read (CR line ends)", 200, "text/event-stream", stream("5").replace('\n', "\r"), 2000),
+            ("empty usage in a 200", 200, "application/json", r#"{"content":[],"usage":{}}"#.into(), GUESS),
+            ("null counts in a 200", 200, "application/json", json("null"), GUESS),
+            (
+                "no output count in a 200",
+                200,
+                "application/json",
+                r#"{"content":[],"usage":{"input_tokens":5}}"#.into(),
+                5 + 1000,
+            ),
+            ("null output in message_delta", 200, "text/event-stream", stream("null"), PROMPT),
+            ("2^64 in JSON", 200, "application/json", json("18446744073709551616"), GUESS),
+            ("1e30 in JSON", 200, "application/json", json("1e30"), GUESS),
+            ("negative in JSON", 200, "application/json", json("-5"), GUESS),
+            ("float in JSON", 200, "application/json", json("1.0"), GUESS),
+            ("string in JSON", 200, "application/json", json("\"5000\""), GUESS),
+            ("no usage in a 200", 200, "application/json", r#"{"content":[]}"#.into(), GUESS),
+            ("not JSON (compressed)", 200, "application/json", "\u{1f}\u{8b}\u{8}".into(), GUESS),
+            ("2^64 in message_delta", 200, "text/event-stream", stream("18446744073709551616"), PROMPT),
+            ("SSE with no event read (CR line ends)", 200, "text/event-stream", stream("5").replace('\n', "\r"), GUESS),
             ("the answer read whole", 200, "text/event-stream", stream("5000"), 5100),
             (
                 "an overload inside a 200 stream, before anything was generated",
@@ -533,14 +573,14 @@ mod tests {
                 200,
                 "text/event-stream",
                 stream("5").replace("event: message_delta", "event: error"),
-                2000,
+                PROMPT,
             ),
             (
                 "a stream that ended before its final usage",
                 200,
                 "text/event-stream",
                 stream("5").replace("event: message_delta", "event: ping"),
-                2000,
+                PROMPT,
             ),
             ("an error answer that is not JSON", 502, "text/html", "<html>bad gateway</html>".into(), 0),
             ("an error answer without usage", 400, "application/json", r#"{"type":"error"}"#.into(), 0),
@@ -553,7 +593,8 @@ mod tests {
             m.on_response_body(body.as_bytes(), true);
             let settled = m.settle(&store, 1).unwrap();
             assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, want, "{name}");
-            let unknown = want == 2000;
+            // Charged nothing (error answers) or the whole answer: known; anything else is a floor.
+            let unknown = !matches!(want, 0 | 5100);
             assert_eq!(settled.outcome == Outcome::Unknown, unknown, "{name}");
             assert_eq!(
                 settled.warnings.iter().any(|w| w.contains("could not read the answer's usage")),
@@ -598,6 +639,56 @@ mod tests {
         assert_eq!(settled.warnings.len(), 1, "{:?}", settled.warnings);
         assert_eq!(settled.usage, Usage::default());
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 500 + 2000, "charged the estimate, never less");
+    }
+
+    /// Claude Code's Esc cuts a stream after `message_start` told its prompt, mostly cache
+    /// reads: the floor prices that prompt as reported, not the body's size as uncached input
+    /// (120,000 µ$ here against 27,084), and still counts the output reserve.
+    #[test]
+    fn a_cut_stream_is_floored_at_its_reported_prompt_not_the_bodys_size() {
+        let store = FakeStore::default();
+        let cost = vec![Limit { limit: 10_000_000, counts: Counts::Cost, ..limits()[0].clone() }];
+        let mut m =
+            Metering::admit(&store, &cost, &budgets(Reserve::Estimate), subject(), 140_000, Some(32000), 0).unwrap();
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 35_000 * 3 + 1000 * 15, "held: the body's guess");
+        m.on_response_headers(Some(200), "text/event-stream", None);
+        m.on_response_body(b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1,\"cache_creation_input_tokens\":500,\"cache_read_input_tokens\":34000}}}\n\n", false);
+        let settled = m.settle(&store, 1).unwrap();
+        assert_eq!(settled.outcome, Outcome::Unknown);
+        let floor = (3.0 * 3.0 + 500.0 * 3.75 + 34_000.0 * 0.3 + 1000.0 * 15.0) as u64;
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, floor);
+        // More output than the reserve passed: that is charged.
+        let store = FakeStore::default();
+        let mut m =
+            Metering::admit(&store, &cost, &budgets(Reserve::Estimate), subject(), 140_000, Some(32000), 0).unwrap();
+        m.on_response_headers(Some(200), "text/event-stream", None);
+        m.on_response_body(b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1,\"cache_read_input_tokens\":34000}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":3000}}\n\nevent: error\ndata: {}\n\n", true);
+        m.settle(&store, 1).unwrap();
+        let want = (3.0 * 3.0 + 34_000.0 * 0.3 + 3000.0 * 15.0) as u64;
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, want);
+    }
+
+    /// Bedrock's invocation metrics replace what the stream said count by count: a block
+    /// without the cache counts keeps those `message_start` gave, and a block with neither input
+    /// nor output says nothing.
+    #[test]
+    fn reported_usage_replaces_the_meters_count_by_count() {
+        let read = Usage { input: 100, output: 500, cache_write: 1000, cache_read: 2000, cache_write_1h: 600 };
+        let partial = ReportedUsage { input: Some(120), output: Some(510), ..ReportedUsage::default() };
+        assert_eq!(partial.over(&read), Usage { input: 120, output: 510, ..read });
+        let fewer_writes = ReportedUsage { cache_write: Some(300), ..partial };
+        assert_eq!(
+            fewer_writes.over(&read),
+            Usage { input: 120, output: 510, cache_write: 300, cache_write_1h: 300, ..read }
+        );
+        let store = FakeStore::default();
+        let mut m = Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 400, Some(0), 0).unwrap();
+        m.on_response_headers(Some(200), "text/event-stream", None);
+        m.on_response_body(STREAM.as_bytes(), true);
+        m.use_reported_usage(partial);
+        let s = m.settle(&store, 1).unwrap();
+        assert_eq!((s.outcome, s.usage.cache_read, s.usage.cache_write), (Outcome::Complete, 2000, 1000));
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 120 + 510 + 1000 + 2000);
     }
 
     /// An in-flight refusal's `RateLimit-Reset` is its `Retry-After`, as on any other refusal

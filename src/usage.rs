@@ -41,15 +41,6 @@ impl Usage {
         self.cache_write_1h.min(self.cache_write)
     }
 
-    /// This usage with the one-hour share of `cache_write` that `read` saw, where this usage
-    /// does not break its writes down (Bedrock's invocation metrics give only the total).
-    pub fn with_1h_share_of(self, read: &Usage) -> Usage {
-        if self.cache_write_1h > 0 {
-            return self;
-        }
-        Usage { cache_write_1h: read.cache_write_1h().min(self.cache_write), ..self }
-    }
-
     /// Prompt and completion tokens.
     pub fn total(&self) -> u64 {
         self.prompt().saturating_add(self.output)
@@ -63,6 +54,37 @@ impl Usage {
         [self.input, self.output, self.cache_write, self.cache_read, self.cache_write_1h()]
             .iter()
             .all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
+    }
+}
+
+/// Counts a provider reported apart from the answer's body (Bedrock's invocation metrics), each
+/// `None` where it said nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportedUsage {
+    /// Uncached prompt tokens.
+    pub input: Option<u64>,
+    /// Output tokens.
+    pub output: Option<u64>,
+    /// Cache writes, whatever their lifetime.
+    pub cache_write: Option<u64>,
+    /// Cache reads.
+    pub cache_read: Option<u64>,
+}
+
+impl ReportedUsage {
+    /// This report over what the meter read in the body: each count it gives replaces the one
+    /// read, the others are kept (a report without the cache counts does not wipe those the
+    /// stream's `message_start` gave). The one-hour share of the writes comes from the body,
+    /// since the report gives only their total.
+    pub fn over(self, read: &Usage) -> Usage {
+        let cache_write = self.cache_write.unwrap_or(read.cache_write);
+        Usage {
+            input: self.input.unwrap_or(read.input),
+            output: self.output.unwrap_or(read.output),
+            cache_write,
+            cache_read: self.cache_read.unwrap_or(read.cache_read),
+            cache_write_1h: read.cache_write_1h().min(cache_write),
+        }
     }
 }
 
@@ -205,8 +227,18 @@ impl Meter {
             (false, false) => Some("a successful answer that reported no usage"),
             (true, true) => Some("a stream that ended in an error after it had started"),
             (true, false) if stream && !seen.final_usage => Some("a stream that ended before its final usage"),
+            // A usage without its counts (`{}`, nulls) says nothing of what was billed.
+            (true, false) if seen.fields[0].is_none() || seen.fields[1].is_none() => {
+                Some("a usage that left out its input or output tokens")
+            }
             (true, false) => None,
         }
+    }
+
+    /// Whether the answer reported its uncached input tokens (a stream does in `message_start`),
+    /// so that its prompt is known even if the rest never came. Read after [`Meter::finish`].
+    pub fn prompt_reported(&self) -> bool {
+        self.seen.fields[0].is_some()
     }
 
     /// Ends the answer and returns its usage (what was reported; zeros where nothing was). A
@@ -272,7 +304,8 @@ impl Seen {
         if let Some(usage) = usage {
             merge(&mut self.fields, &usage);
             self.reported = true;
-            self.final_usage |= name == b"message_delta";
+            // The last usage is the one that tells the output; a delta without it is not.
+            self.final_usage |= name == b"message_delta" && usage.output_tokens.is_some();
         }
     }
 }

@@ -1,9 +1,11 @@
 """Token budgets in real Envoy (two workers): exact counting of streamed and JSON answers,
 per-tier and per-person windows, Retry-After, the rate-limit headers and the overshoot bound."""
 import copy
+import http.client
 import json
 import math
 import re
+import socket
 import threading
 import time
 
@@ -136,6 +138,51 @@ def test_reserve_is_held_and_settled_to_the_true_count(make_gateway, signer, stu
     assert remaining(first, 600) == limit - estimate
     second = call(g.port, token, STREAM)
     assert remaining(second, 600) == limit - per_request(stub) - estimate, "first request settled to its true usage"
+
+
+def test_a_stream_the_client_cuts_is_charged_its_reported_prompt_not_its_bodys_size(make_gateway, signer, stub):
+    """Claude Code's Esc closes the connection after `message_start` told the prompt (here mostly
+    cache reads): the floor charged for an answer not seen whole is that prompt and the output
+    reserve, not the body's size counted as uncached input."""
+    limit = 1_000_000
+    g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": 600}])
+    token = signer.token()
+    windows.inside_one_window(600, 20)
+    stub.usage = {"input_tokens": 3, "output_tokens": 30,
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2000}
+    stub.event_pause = 0.5
+    request = json.loads(STREAM)
+    request["system"] = [{"type": "text", "text": "x" * 120_000}]
+    body = json.dumps(request).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=30)
+    conn.request("POST", "/v1/messages?beta=true", body=body, headers={
+        "content-type": "application/json", "anthropic-version": "2023-06-01",
+        "authorization": f"Bearer {token}", "x-api-key": token})
+    answer = conn.getresponse()
+    assert answer.status == 200
+    seen = b""
+    while b"message_start" not in seen:
+        piece = answer.read1(4096)
+        assert piece, seen
+        seen += piece
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    stub.event_pause = 0.0
+    prompt = 3 + 2000
+    reserve = 4096  # reserve_output_tokens (max_tokens is 32000): the provider may have gone on
+    assert len(body) // 4 > 10 * prompt, "the body's guess would be far more"
+    # Settled when the host ends the request; each probe before that spends its own answer.
+    deadline = time.monotonic() + 10
+    probes = 0
+    while True:
+        time.sleep(0.2)
+        after = call(g.port, token, STREAM)
+        assert after.status == 200, after.body
+        before = limit - probes * per_request(stub)
+        probes += 1
+        if remaining(after, 600) != before or time.monotonic() > deadline:
+            break
+    assert remaining(after, 600) == before - (prompt + reserve)
 
 
 @pytest.mark.envoy_only("plain nginx has no reader for proxy-wasm metrics (Kong's Prometheus plugin reads them)")

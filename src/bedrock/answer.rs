@@ -4,7 +4,7 @@
 
 use super::{translate_error, BedrockStreamTranslator, ResponseKind};
 use crate::credential_refusal::CredentialRefusal;
-use crate::usage::Usage;
+use crate::usage::ReportedUsage;
 
 /// What to do with a chunk of the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +126,7 @@ impl Answer {
     }
 
     /// Token counts Bedrock reported in `amazon-bedrock-invocationMetrics` (what AWS bills).
-    pub fn metrics(&self) -> Option<Usage> {
+    pub fn metrics(&self) -> Option<ReportedUsage> {
         self.stream.metrics()
     }
 }

@@ -5,7 +5,7 @@ use super::eventstream::{EventStreamDecoder, Frame};
 use super::translate::anthropic_error_type;
 use super::BedrockError;
 use crate::reply::Reply;
-use crate::usage::Usage;
+use crate::usage::{ReportedUsage, Usage};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
@@ -33,14 +33,18 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn usage(&self) -> Usage {
-        Usage {
-            input: self.input_token_count.unwrap_or(0),
-            output: self.output_token_count.unwrap_or(0),
-            cache_write: self.cache_write_input_token_count.unwrap_or(0),
-            cache_read: self.cache_read_input_token_count.unwrap_or(0),
-            cache_write_1h: 0,
+    /// The counts given; `None` for a block with neither input nor output (it reports nothing,
+    /// and the stream's own events are metered instead).
+    fn usage(&self) -> Option<ReportedUsage> {
+        if self.input_token_count.is_none() && self.output_token_count.is_none() {
+            return None;
         }
+        Some(ReportedUsage {
+            input: self.input_token_count,
+            output: self.output_token_count,
+            cache_write: self.cache_write_input_token_count,
+            cache_read: self.cache_read_input_token_count,
+        })
     }
 }
 
@@ -54,7 +58,7 @@ struct ExceptionBody {
 #[derive(Debug, Default)]
 pub struct BedrockStreamTranslator {
     decoder: EventStreamDecoder,
-    metrics: Option<Usage>,
+    metrics: Option<ReportedUsage>,
     error: Option<BedrockError>,
     /// An `event: error` was sent (for a corrupt stream or a Bedrock exception): nothing follows.
     ended: bool,
@@ -98,7 +102,7 @@ impl BedrockStreamTranslator {
     }
 
     /// Token counts from `amazon-bedrock-invocationMetrics`, when the stream carried them.
-    pub fn metrics(&self) -> Option<Usage> {
+    pub fn metrics(&self) -> Option<ReportedUsage> {
         self.metrics
     }
 
@@ -141,8 +145,8 @@ impl BedrockStreamTranslator {
         if event.kind.is_empty() || event.kind.bytes().any(|b| b.is_ascii_control()) {
             return Err(bad("has an unusable type"));
         }
-        if let Some(metrics) = &event.metrics {
-            self.metrics = Some(metrics.usage());
+        if let Some(metrics) = event.metrics.as_ref().and_then(Metrics::usage) {
+            self.metrics = Some(metrics);
         }
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(event.kind.as_bytes());
@@ -271,7 +275,8 @@ mod tests {
             assert_eq!(events(&whole), want, "{name}");
             let exact: String = case.events.iter().map(|(n, d)| format!("event: {n}\ndata: {d}\n\n")).collect();
             assert!(whole.starts_with(exact.as_bytes()), "{name}: chunk data forwarded byte for byte");
-            assert_eq!(t.metrics(), case.metrics.as_ref().map(Usage::from), "{name}: metrics");
+            let metrics = t.metrics().map(|m| m.over(&Usage::default()));
+            assert_eq!(metrics, case.metrics.as_ref().map(Usage::from), "{name}: metrics");
             assert!(t.error().is_none(), "{name}");
             let mut meter = Meter::new("text/event-stream");
             meter.push(&whole);
