@@ -52,6 +52,16 @@ def test_a_body_ended_by_an_empty_callback_is_read_whole():
     assert forwarded(run("emptyeos")["request"])
 
 
+def test_nginx_that_does_not_give_the_uri_it_forwards_forwards_nothing():
+    # The request was classified by nginx's normalised `:path` (`/v1/messages/batches/..%2F..%2Fmessages`
+    # is listed as `/v1/messages`) while nginx forwards the raw URI.
+    r = run("ngxnouri")
+    assert r["request"]["reply"].startswith("404 "), r["request"]
+    assert not forwarded(r["request"])
+    assert any("ngx.request_uri" in w for w in r["warnings"]), r["warnings"]
+    assert forwarded(r["with_uri"]), "the same request with the URI goes through"
+
+
 def test_a_host_answering_empty_for_unknown_properties_is_not_taken_for_nginx():
     # The nginx semantics let request headers go on before the body is decided.
     r = run("emptyprop")["request"]

@@ -178,9 +178,17 @@ impl HttpContext for GatewayHttp {
         // nginx proxies the client's URI, not the normalised one it lists as `:path`
         // (`/v1/messages/batches/..%2F..%2Fmessages` is listed as `/v1/messages`): the request is
         // classified by what will be forwarded, as on Envoy.
-        let uri = (profile == HostProfile::Ngx).then(calls::ngx_request_uri).flatten();
+        let uri = (profile == HostProfile::Ngx).then(calls::ngx_request_uri);
         if let Some(uri) = &uri {
-            let uri = std::str::from_utf8(uri).unwrap_or(header_map::NOT_UTF8);
+            // Without the URI nginx forwards, nothing is classified by the one it normalised: an
+            // empty path is no endpoint (answered 404, never forwarded).
+            let uri = match uri {
+                Some(uri) => std::str::from_utf8(uri).unwrap_or(header_map::NOT_UTF8),
+                None => {
+                    calls::log(LogLevel::Warn, "claude-sso-gateway: the host did not give ngx.request_uri; refused");
+                    ""
+                }
+            };
             for pair in headers.iter_mut().filter(|(name, _)| *name == ":path") {
                 pair.1 = uri;
             }

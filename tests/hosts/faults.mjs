@@ -155,6 +155,15 @@ try {
     request(1, "garbage");
     out.property_attempts = st.setprops;
     out.usage_lines = st.logs.filter(([, m]) => m.includes("usage {")).length;
+  } else if (faults.has("ngxnouri")) {
+    // nginx (by its version) that does not give the URI it will forward.
+    st.props["ngx.nginx_version"] = "1.27.2";
+    const A = idp("idp-a");
+    ready(A);
+    out.request = request(1, good(A));
+    st.props["ngx.request_uri"] = "/v1/messages";
+    out.with_uri = request(1, good(A));
+    out.warnings = warn();
   } else if (faults.has("emptyeos") || faults.has("emptyprop")) {
     const A = idp("idp-a");
     ready(A);
