@@ -1,6 +1,7 @@
 """The built filter in Kong's Wasm runtime (nginx + ngx_wasm_module + Wasmtime 26, `make kong-runtime`)
 through tests/harness/nginx.py: it loads with the test config (the upstream key from the environment),
 answers the connectivity check itself, and refuses an unauthenticated request."""
+import json
 import socket
 
 import pytest
@@ -168,3 +169,34 @@ def test_a_connectivity_check_with_a_body_leaves_nothing_on_the_connection(nginx
         assert answer.startswith(b"HTTP/1.1 200"), answer
         assert answer.count(b"HTTP/1.1 ") == 1, (framing, answer)
     assert not stub.requests, stub.requests
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_a_body_over_nginxs_own_limit_gets_the_gateways_400_not_a_413(nginx, stub, signer, chunked):
+    # nginx refuses a body over client_max_body_size (16 MiB) before the filter sees it; its 413
+    # would be shown by Claude Code as the API's "Request too large (max 32MB)".
+    token = signer.token()
+    size = 17 << 20
+    if chunked:
+        body = b'{"model":"claude-sonnet-4-6","max_tokens":1,"messages":[{"role":"user","content":"' \
+            + b"x" * size + b'"}]}'
+        answer = call(nginx.port, token, body, chunked=True, timeout=60)
+        status, headers, text = answer.status, answer.headers, answer.body
+    else:
+        raw = whole_answer(nginx.port, (
+            "POST /v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+            f"authorization: Bearer {token}\r\ncontent-length: {size}\r\n\r\n").encode() + b"{")
+        head, _, text = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ")[1])
+        headers = dict(line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:])
+    assert status == 400, (status, text[:300])
+    assert headers["content-type"] == "application/json"
+    error = json.loads(text)["error"]
+    assert error["type"] == "invalid_request_error"
+    if chunked:
+        # ngx_wasm_module hands the filter the body nginx discarded, empty: the filter's own 400
+        # answers first (Claude Code always declares its length).
+        assert "no string `model`" in error["message"], error
+    else:
+        assert "larger than this gateway's limit of 16 MiB" in error["message"], error
+    assert not stub.requests

@@ -104,6 +104,15 @@ http {{
         listen 127.0.0.1:{listen_port};
         server_name gateway;
 
+        # A body over client_max_body_size is refused by nginx before the filter sees it: answered
+        # as the filter answers one over its max_body_bytes, a 400 naming the limit (Claude Code
+        # shows every 413 as the API's own "Request too large (max 32MB)").
+        error_page 413 =400 @body_too_large;
+        location @body_too_large {{
+            default_type application/json;
+            return 400 '{{"type":"error","error":{{"type":"invalid_request_error","message":"gateway: the request is larger than this gateway\\'s limit of 16 MiB; compact the conversation (/compact) or leave out large attachments"}}}}';
+        }}
+
         # nginx's own answers when the provider cannot be reached or times out, in Anthropic's
         # error shape so Claude Code shows a clear message (the filter's answers are its own).
         error_page 502 @provider_unreachable;
