@@ -456,8 +456,8 @@ impl Request {
             None => self.decide_head(worker, host, &head, has_body),
         };
         match self.profile {
-            // Content-Length stays: the headers are held until the decision, and the forward
-            // always sets it for the body it sends.
+            // Content-Length stays: the headers are held until the decision, and the forward sets
+            // it whenever it changes the body (a body sent as it came keeps the client's framing).
             HostProfile::Envoy => step.remove_headers = present,
             // ngx_wasm_module only marks a removed request header and nginx's proxy module
             // forwards it anyway; a replaced value does reach the upstream. So each is replaced
