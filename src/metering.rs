@@ -210,7 +210,10 @@ impl Metering {
             }
         }
         // A gateway timeout (504) or request timeout (408) says nothing about what was generated.
-        let known = self.complete && warnings.is_empty() && !matches!(self.status, Some(408 | 504));
+        // A stream cut after its last usage (the client hung up before `message_stop`) cost what
+        // that usage says.
+        let whole = self.complete || self.meter.as_ref().is_some_and(Meter::final_usage_read);
+        let known = whole && warnings.is_empty() && !matches!(self.status, Some(408 | 504));
         let outcome = if known { Outcome::Complete } else { Outcome::Unknown };
         // The least an unknown outcome costs: the prompt as the answer reported it (a stream cut
         // after `message_start` told it exactly, cache reads included, which the body's size
@@ -489,6 +492,15 @@ mod tests {
                 2000,
             ),
             (
+                "stream cut after its last usage: that usage",
+                Reserve::Estimate,
+                |m| {
+                    m.on_response_headers(Some(200), "text/event-stream", None);
+                    m.on_response_body(STREAM.as_bytes(), false);
+                },
+                3600,
+            ),
+            (
                 "gateway timeout",
                 Reserve::Estimate,
                 |m| {
@@ -522,7 +534,8 @@ mod tests {
             drive(&mut m);
             let settled = m.settle(&store, 1).unwrap();
             assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, *want, "{name}");
-            assert_eq!(settled.outcome == Outcome::Complete, *want == 0, "{name}");
+            // Known: the error answer read whole (0) and the stream's last usage (3600).
+            assert_eq!(settled.outcome == Outcome::Complete, matches!(*want, 0 | 3600), "{name}");
         }
     }
 

@@ -235,6 +235,12 @@ impl Meter {
         }
     }
 
+    /// Whether a stream's last usage (`message_delta`, with its output) came: nothing after it
+    /// is generated, so the answer's cost is known even if the stream is cut after it.
+    pub fn final_usage_read(&self) -> bool {
+        self.seen.final_usage
+    }
+
     /// Whether the answer reported its uncached input tokens (a stream does in `message_start`),
     /// so that its prompt is known even if the rest never came. Read after [`Meter::finish`].
     pub fn prompt_reported(&self) -> bool {
