@@ -60,6 +60,9 @@ def test_nginx_that_does_not_give_the_uri_it_forwards_forwards_nothing():
     assert not forwarded(r["request"])
     assert any("ngx.request_uri" in w for w in r["warnings"]), r["warnings"]
     assert forwarded(r["with_uri"]), "the same request with the URI goes through"
+    # nginx answers a refusal known at the headers once the body is in, without copying it into the VM.
+    assert r["refused"]["reply"].startswith("400 ") and "not a JWT" in r["refused"]["reply"], r["refused"]
+    assert r["refused_body_reads"] == 0
 
 
 def test_a_host_answering_empty_for_unknown_properties_is_not_taken_for_nginx():

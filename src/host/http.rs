@@ -220,7 +220,7 @@ impl HttpContext for GatewayHttp {
         // The body is read only once it is whole; Envoy hands the running total each time. A
         // host that ends with an empty callback of size 0 still holds what came before.
         let body_size = body_size.max(self.request.buffered());
-        let body = end_of_stream.then(|| calls::request_body(body_size)).flatten();
+        let body = (end_of_stream && self.request.wants_body()).then(|| calls::request_body(body_size)).flatten();
         let step = self.request.on_request_body(
             &mut self.worker.borrow_mut(),
             &HostCalls::default(),
@@ -236,7 +236,7 @@ impl HttpContext for GatewayHttp {
             return Action::Pause;
         }
         self.body_seen();
-        let body = calls::request_body(self.request.buffered());
+        let body = self.request.wants_body().then(|| calls::request_body(self.request.buffered())).flatten();
         let step =
             self.request.on_request_trailers(&mut self.worker.borrow_mut(), &HostCalls::default(), body.as_deref());
         self.apply(step)

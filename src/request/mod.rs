@@ -570,6 +570,13 @@ impl Request {
         self.body_complete(worker, host, body)
     }
 
+    /// Whether the body, once whole, will be read: not for a request already refused (nginx
+    /// answers its refusals at the body, and a refused client's 16 MiB need not be copied into
+    /// the VM).
+    pub fn wants_body(&self) -> bool {
+        !matches!(self.auth, Auth::Refused(_))
+    }
+
     /// Request trailers arrived: the body is complete. `body` is what the host buffered
     /// ([`Request::buffered`] bytes).
     pub fn on_request_trailers(&mut self, worker: &mut Worker, host: &dyn Host, body: Option<&[u8]>) -> Step {

@@ -43,7 +43,7 @@ const host = {
   proxy_log(l, p, n) { st.logs.push([l, str(p, n)]); return S.Ok; },
   proxy_get_current_time_nanoseconds(r) { if (faults.has("clock")) return S.Unimplemented; view().setBigUint64(r, st.now, true); return S.Ok; },
   proxy_set_tick_period_milliseconds(ms) { if (faults.has("notick")) return S.Unimplemented; st.ticks = ms; return S.Ok; },
-  proxy_get_buffer_bytes(t, s, m, rp, rs) { const b = st.bufs[t]; if (!b) return S.NotFound; return give(b.subarray(s >>> 0, Math.min(b.length, (s >>> 0) + (m >>> 0))), rp, rs); },
+  proxy_get_buffer_bytes(t, s, m, rp, rs) { if (t === B.ReqBody) st.bodyReads = (st.bodyReads || 0) + 1; const b = st.bufs[t]; if (!b) return S.NotFound; return give(b.subarray(s >>> 0, Math.min(b.length, (s >>> 0) + (m >>> 0))), rp, rs); },
   proxy_set_buffer_bytes(t, s, size, p, l) { st.bufs[t] = bytes(p, l); return S.Ok; },
   proxy_get_header_map_pairs(t, rp, rs) { return give(ser(st.maps[t] || []), rp, rs); },
   proxy_get_header_map_value(t, kp, kl, rp, rs) { const k = str(kp, kl).toLowerCase(); const h = (st.maps[t] || []).find(([n]) => n.toLowerCase() === k); return h ? give(enc.encode(h[1]), rp, rs) : S.NotFound; },
@@ -164,6 +164,10 @@ try {
     st.props["ngx.request_uri"] = "/v1/messages";
     out.with_uri = request(1, good(A));
     out.warnings = warn();
+    // A refusal decided at the headers is answered at the body without reading it.
+    st.bodyReads = 0;
+    out.refused = request(1, "garbage");
+    out.refused_body_reads = st.bodyReads;
   } else if (faults.has("emptyeos") || faults.has("emptyprop")) {
     const A = idp("idp-a");
     ready(A);
