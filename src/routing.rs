@@ -34,8 +34,13 @@ impl Endpoint {
 /// Why a request body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestError {
-    /// The path is not served.
-    NotFound,
+    /// The method and path are not served.
+    NotFound {
+        /// The request's method.
+        method: String,
+        /// The request's path, without its query (which may carry what the client keeps to itself).
+        path: String,
+    },
     /// Larger than `max_body_bytes`.
     TooLarge {
         /// The configured maximum.
@@ -77,7 +82,19 @@ fn size(bytes: usize) -> String {
 impl ToReply for RequestError {
     fn to_reply(&self) -> Reply {
         match self {
-            RequestError::NotFound => Reply::error(404, "not_found", "not_found_error", "gateway: not found"),
+            // Says what was asked and what is served: a base URL ending in `/v1` sends
+            // `/v1/v1/messages`.
+            RequestError::NotFound { method, path } => Reply::error(
+                404,
+                "not_found",
+                "not_found_error",
+                &format!(
+                    "gateway: {} {} is not served here; this gateway serves POST /v1/messages \
+                     (ANTHROPIC_BASE_URL is the gateway's address, without /v1)",
+                    shortened(method, 16),
+                    shortened(path, SHOWN_CHARS)
+                ),
+            ),
             // Not 413: Claude Code shows every 413 as its own "Request too large (max 32MB)",
             // which names the wrong limit; a 400's message is shown as it is.
             RequestError::TooLarge { max } => Reply::error(

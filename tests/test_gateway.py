@@ -360,10 +360,13 @@ def test_connectivity_check_is_answered_locally(gateway, stub, method, path):
 
 
 @pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("POST", "/v1/complete"), ("GET", "/v1/messages"),
-                                          ("POST", "/admin")])
+                                          ("POST", "/admin"), ("POST", "/v1/v1/messages")])
 def test_other_paths_are_404_and_never_forwarded(gateway, signer, stub, method, path):
-    answer = call(gateway.port, signer.token(), b"{}", path=path, method=method)
+    answer = call(gateway.port, signer.token(), b"{}", path=path + "?key=secret", method=method)
     assert_anthropic_error(answer, 404, "not_found_error")
+    # What was asked and what is served; never the query, which may hold what the client keeps to itself.
+    assert f"{method} {path} is not served here" in answer.error_message, answer.body
+    assert "POST /v1/messages" in answer.error_message and "secret" not in answer.body.decode()
     assert stub.requests == []
 
 

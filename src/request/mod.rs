@@ -433,7 +433,10 @@ impl Request {
             _ if repeated.is_some() => None,
             // A body sent with the check is read first on ngx, like any other (below).
             Endpoint::Hello => Some(Reply::empty(200)),
-            Endpoint::NotFound => Some(RequestError::NotFound.to_reply()),
+            Endpoint::NotFound => {
+                let path = head.path.split_once('?').map_or(head.path, |(path, _)| path);
+                Some(RequestError::NotFound { method: head.method.to_owned(), path: path.to_owned() }.to_reply())
+            }
             _ => None,
         };
         if let Some(reply) = early {
