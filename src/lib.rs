@@ -24,6 +24,7 @@ pub(crate) mod body_watch;
 pub mod budget;
 pub mod config;
 pub(crate) mod credential_refusal;
+pub(crate) mod error_page;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub(crate) mod gateway;

@@ -345,3 +345,74 @@ def test_counters_survive_a_config_reload_that_keeps_the_tiers(make_gateway, sig
     assert power.status == 200, "the new config is in force"
     refused = call(g.port, token, STREAM)
     assert refused.status == 429, "the spent budget was forgotten by the reload"
+
+
+def test_a_provider_that_cannot_be_reached_costs_nothing(host, signer):
+    """Claude Code retries a 502/503 about ten times: none of those attempts reached the provider,
+    and none may spend the person's budget (it would end in "token budget spent", not the outage)."""
+    from stub_upstream import StubUpstream
+
+    from tests.conftest import UPSTREAM_KEY
+    from tests.harness.hosts import gateway_class
+
+    up = StubUpstream(api_key=UPSTREAM_KEY).start()
+    port = up.port
+    config = gateway_config(signer, budgets={"reserve": "estimate"})
+    config["tiers"][1]["limits"] = [{"limit": 10_000_000, "window_seconds": 3600}]
+    g = gateway_class(host)(config, port, [signer.upstream], env={"ANTHROPIC_API_KEY": UPSTREAM_KEY})
+    try:
+        token = signer.token()
+        windows.inside_one_window(3600, 30)
+        before = remaining(call(g.port, token, STREAM), 3600)
+        spent = sum(up.usage.values())
+        # Pooled connections drop their next request; new ones are refused.
+        up.down = True
+        up.stop()
+        for _ in range(3):
+            failed = call(g.port, token, STREAM)
+            assert failed.status in (502, 503), (failed.status, failed.body)
+            # Envoy's local answer and nginx's own HTML page alike, in Anthropic's shape.
+            assert failed.headers["content-type"] == "application/json", failed.headers
+            assert "gateway: the AI provider could not be reached" in failed.error_message, failed.body
+        up = StubUpstream(port=port, api_key=UPSTREAM_KEY).start()
+        after = remaining(call(g.port, token, STREAM), 3600)
+        assert before - after == spent, "the attempts that never reached the provider were charged"
+    finally:
+        g.stop()
+        up.stop()
+
+
+def test_a_request_an_error_page_takes_past_the_filter_is_still_settled_and_recorded(signer):
+    """Kong sends nginx's own 502 to its error handler, another location: nginx then calls none of
+    the filter's last callbacks for the request. Its hold stayed on the budget and its record was
+    lost; it is settled (as unknown: at least its estimate) when nginx deletes its context."""
+    from stub_upstream import StubUpstream
+
+    from tests.conftest import UPSTREAM_KEY
+    from tests.harness.hosts import gateway_class
+
+    up = StubUpstream(api_key=UPSTREAM_KEY).start()
+    config = gateway_config(signer, budgets={"reserve": "estimate"})
+    config["tiers"][1]["limits"] = [{"limit": 10_000_000, "window_seconds": 3600}]
+    g = gateway_class("nginx")(
+        config, up.port, [signer.upstream], env={"ANTHROPIC_API_KEY": UPSTREAM_KEY},
+        location_extra="            error_page 502 @kong_error_handler;\n",
+        server_extra="        location @kong_error_handler { return 502 '{\"message\":\"An invalid response was received from the upstream server\"}'; }\n")
+    try:
+        token = signer.token()
+        assert call(g.port, token, STREAM).status == 200
+        up.down = True
+        assert call(g.port, token, STREAM).status == 502
+        deadline = time.monotonic() + 10
+        while len(records := g.usage_records()) < 2:
+            assert time.monotonic() < deadline, f"the second request left no record: {records}"
+            time.sleep(0.2)
+        assert records[1]["status"] is None and records[1]["estimated"] is True, records[1]
+        assert records[1]["sub"] == "alice"
+        logs = g.logs()
+        assert "exited on signal" not in logs, "an nginx worker died"
+        up.down = False
+        assert call(g.port, token, STREAM).status == 200, "the worker serves on"
+    finally:
+        g.stop()
+        up.stop()

@@ -18,6 +18,7 @@ import calendar
 import hashlib
 import hmac
 import json
+import socket
 import struct
 import threading
 import time
@@ -221,6 +222,7 @@ class StubUpstream:
                       "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 2000}
         self.event_pause = 0.0
         self.first_byte_delay = 0.0  # seconds before the answer's status line
+        self.down = False  # drop every request's connection without an answer
         self.forced = []  # (status, body dict, headers) answers to give next, in order
         self.server = _Server((host, port), self._handler())
         self.port = self.server.server_address[1]
@@ -282,6 +284,10 @@ class StubUpstream:
                 if self.path == "/__stub/reset":
                     stub.reset()
                     return self._send_json(200, {"ok": True})
+                if stub.down:  # a provider gone: the connection drops before any answer
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 with stub.lock:
                     stub.requests.append({"method": "POST", "path": self.path, "headers": list(self.headers.items()),
                                           "body": body, "time": time.monotonic()})

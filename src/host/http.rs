@@ -26,6 +26,8 @@ pub struct GatewayHttp {
     metrics: Rc<Metrics>,
     profile: Rc<Cell<Option<HostProfile>>>,
     request: Request,
+    /// Whether the request's last callback ran ([`GatewayHttp::end`]).
+    ended: bool,
 }
 
 impl GatewayHttp {
@@ -38,7 +40,7 @@ impl GatewayHttp {
         profile: Rc<Cell<Option<HostProfile>>>,
     ) -> Self {
         let request = Request::new(profile.get().unwrap_or(HostProfile::Envoy));
-        GatewayHttp { id, worker, watch, metrics, profile, request }
+        GatewayHttp { id, worker, watch, metrics, profile, request, ended: false }
     }
 
     /// A body callback came: holding works on this host; the first time, the other workers are
@@ -63,6 +65,18 @@ impl GatewayHttp {
         );
         self.apply_at(step, late);
         true
+    }
+
+    /// The request's last callback (once): streams cut short, cancelled requests and answers a
+    /// host never marks as ended are settled here.
+    fn end(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        self.answered_by_timer(true);
+        let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls::default());
+        self.apply_at(step, true);
+        self.metrics.request_ended();
     }
 
     /// Carries out a step in the order [`Step`] documents and returns the callback's action.
@@ -138,6 +152,17 @@ impl GatewayHttp {
 
 impl Drop for GatewayHttp {
     fn drop(&mut self) {
+        // nginx skips the log callbacks (`on_done`, `on_log`) of a request an `error_page` sent
+        // to another location (Kong's for a provider it could not reach or that timed out): such
+        // a request ends here, when its pool is cleaned up, as unknown (at least its estimate,
+        // as a cut answer), or its hold would stay on the budget and its record would be lost.
+        // Only calls that need no request are made: reading a request property here crashes
+        // the nginx worker. (Envoy logs every request.)
+        if self.profile.get() == Some(HostProfile::Ngx) && !std::mem::replace(&mut self.ended, true) {
+            let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls::default());
+            self.apply_at(step, true);
+            self.metrics.request_ended();
+        }
         self.watch.borrow_mut().ended(self.id);
         self.request.release_fetch(&mut self.worker.borrow_mut());
     }
@@ -288,12 +313,7 @@ impl HttpContext for GatewayHttp {
     }
 
     fn on_log(&mut self) {
-        self.answered_by_timer(true);
-        // Streams cut short, cancelled requests and answers a host never marks as ended are
-        // settled here.
-        let step = self.request.on_done(&mut self.worker.borrow_mut(), &HostCalls::default());
-        self.apply_at(step, true);
-        self.metrics.request_ended();
+        self.end();
     }
 }
 

@@ -15,6 +15,7 @@
 //! header and body changes ([`Step::forwarded`]), after which only the answer is metered.
 
 use crate::credential_refusal::CredentialRefusal;
+use crate::error_page::ErrorPage;
 use crate::gateway::{Admission, AuthOutcome, FetchProgress, Forward, Route, Worker};
 use crate::jwt::{self, AuthError};
 use crate::keystore::{Callout, Fetch};
@@ -310,6 +311,8 @@ pub struct Request {
     answer_translation: Option<crate::bedrock::Answer>,
     /// Anthropic refused the gateway's own key: the answer is replaced by a 502.
     credential_refusal: Option<CredentialRefusal>,
+    /// A proxy's HTML error page being replaced by Anthropic's error shape.
+    error_page: Option<ErrorPage>,
     /// The body replacing the upstream's answer to a request ngx proxied undecided (empty once
     /// handed out: later chunks are dropped).
     replacement: Option<Vec<u8>>,
@@ -342,6 +345,7 @@ impl Request {
             aws_headers: Vec::new(),
             answer_translation: None,
             credential_refusal: None,
+            error_page: None,
             replacement: None,
         }
     }
@@ -782,6 +786,10 @@ impl Request {
             self.credential_refusal = Some(refusal);
             self.status = Some(CredentialRefusal::STATUS);
             (content_type, length) = ("application/json", None);
+        } else if let Some(page) = ErrorPage::of(status, content_type, length) {
+            (step.response_headers, step.remove_response_headers) = ErrorPage::headers();
+            self.error_page = Some(page);
+            (content_type, length) = ("application/json", None);
         }
         if let Some(metering) = &mut self.metering {
             step.response_headers.extend(metering.headers());
@@ -820,6 +828,11 @@ impl Request {
                 // The replacement is the whole answer, whether or not the host marks its end.
                 end_of_stream = true;
             }
+            step.response_body = Some(bytes);
+        }
+        if let Some(page) = &mut self.error_page {
+            let bytes = page.on_body(chunk, end_of_stream);
+            end_of_stream |= !bytes.is_empty();
             step.response_body = Some(bytes);
         }
         let seen = step.response_body.as_deref().unwrap_or(chunk);

@@ -59,9 +59,10 @@ def nginx_string(value: str) -> str:
 
 def nginx_conf(filter_config, listen_port: int, upstream_port: int, prefix: Path, env_keys=(),
                with_filter=True, workers=2, wasm_path=WASM, log_level="info", location_extra="",
-               http_extra="") -> str:
+               http_extra="", server_extra="") -> str:
     """An nginx.conf shaped like the one Kong renders for a route with the filter attached;
-    `http_extra` goes into `http {}` as it is (Kong: `nginx_http_include`)."""
+    `http_extra` goes into `http {}` as it is (Kong: `nginx_http_include`), `server_extra` into the
+    gateway's `server {}`."""
     envs = "".join(f"env {k};\n" for k in env_keys)
     wasm = (f"wasm {{\n    module {FILTER} {wasm_path};\n    shm_kv * 16m;\n"
             f"    socket_connect_timeout 5s;\n    socket_read_timeout 10s;\n    socket_send_timeout 10s;\n}}\n"
@@ -113,19 +114,11 @@ http {{
             return 400 '{{"type":"error","error":{{"type":"invalid_request_error","message":"gateway: the request is larger than this gateway\\'s limit of 16 MiB; compact the conversation (/compact) or leave out large attachments"}}}}';
         }}
 
-        # nginx's own answers when the provider cannot be reached or times out, in Anthropic's
-        # error shape so Claude Code shows a clear message (the filter's answers are its own).
-        error_page 502 @provider_unreachable;
-        error_page 504 @provider_timeout;
-        location @provider_unreachable {{
-            default_type application/json;
-            return 502 '{{"type":"error","error":{{"type":"api_error","message":"gateway: the AI provider could not be reached (502). This is on the gateway side; try again shortly."}}}}';
-        }}
-        location @provider_timeout {{
-            default_type application/json;
-            return 504 '{{"type":"error","error":{{"type":"api_error","message":"gateway: the AI provider did not answer in time (504). This is on the gateway side; try again shortly."}}}}';
-        }}
-
+        # nginx's own answers when the provider cannot be reached or times out (its HTML 502 and
+        # 504) pass through the filter, which turns them into Anthropic's error shape so Claude
+        # Code shows a clear message, and settles the request. No `error_page` for them: it would
+        # send the request to another location, past the filter.
+{server_extra}
         location / {{
 {proxy_wasm}            proxy_pass http://anthropic;
             proxy_http_version 1.1;
@@ -147,7 +140,7 @@ class Nginx(HostProcess):
 
     def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
                  with_filter=True, wait=True, reloadable=False, log_level="info", location_extra="",
-                 http_extra=""):
+                 http_extra="", server_extra=""):
         if with_filter and not WASM.exists():
             raise FileNotFoundError(f"{WASM} is missing: run `make build` first")
         self.binary = nginx_binary()
@@ -160,6 +153,7 @@ class Nginx(HostProcess):
         env = dict(env or {})
         self.env_keys, self.with_filter, self.concurrency = sorted(env), with_filter, concurrency
         self.log_level, self.location_extra, self.http_extra = log_level, location_extra, http_extra
+        self.server_extra = server_extra
         self._write_conf(filter_config)
         self.process = subprocess.Popen(
             [self.binary, "-p", str(self.prefix), "-c", str(self.config_path), "-e", str(self.log_path)],
@@ -171,7 +165,8 @@ class Nginx(HostProcess):
     def _write_conf(self, filter_config):
         text = nginx_conf(filter_config, self.port, self.upstream_port, self.prefix, self.env_keys,
                           self.with_filter, self.concurrency, log_level=self.log_level,
-                          location_extra=self.location_extra, http_extra=self.http_extra)
+                          location_extra=self.location_extra, http_extra=self.http_extra,
+                          server_extra=self.server_extra)
         tmp = self.prefix / "nginx.conf.tmp"
         tmp.write_text(text)
         tmp.rename(self.config_path)

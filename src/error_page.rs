@@ -1,0 +1,100 @@
+//! A proxy's HTML error page in place of the provider's answer: nginx's own 502 or 504 when it
+//! could not reach the provider or waited too long, or a CDN's page in front of it. The API
+//! itself always answers JSON. Claude Code shows such a page's HTML as the error, so it becomes
+//! Anthropic's error shape with the same status, saying what happened. (On nginx the filter
+//! must see this answer to settle the request: an `error_page` for 502 or 504 would send the
+//! request to another location, past the filter, and lose its record.)
+
+use crate::reply::Reply;
+
+/// One error page being replaced.
+#[derive(Debug)]
+pub struct ErrorPage {
+    status: u32,
+    /// Bytes the page announced (`content-length`), and how many passed: a host that does not
+    /// mark the end of such an answer (ngx) still gets the replacement.
+    expected: Option<u64>,
+    seen: u64,
+    done: bool,
+}
+
+impl ErrorPage {
+    /// `Some` when an answer with `status` and `content_type` is an HTML error page.
+    pub fn of(status: Option<u32>, content_type: &str, content_length: Option<u64>) -> Option<ErrorPage> {
+        let status = status.filter(|s| (500..600).contains(s))?;
+        let html = content_type.trim_start().get(..9).is_some_and(|t| t.eq_ignore_ascii_case("text/html"));
+        html.then_some(ErrorPage { status, expected: content_length, seen: 0, done: false })
+    }
+
+    /// Response headers to set, and to remove (the replacement has another length).
+    pub fn headers() -> (Vec<(String, String)>, Vec<String>) {
+        (vec![("content-type".to_owned(), "application/json".to_owned())], vec!["content-length".to_owned()])
+    }
+
+    /// Takes a chunk of the page; returns what the client gets instead: nothing until the page
+    /// ends, then the whole answer, once.
+    pub fn on_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        if self.done {
+            return Vec::new();
+        }
+        self.seen = self.seen.saturating_add(chunk.len() as u64);
+        if !end_of_stream && self.expected.is_none_or(|n| self.seen < n) {
+            return Vec::new();
+        }
+        self.done = true;
+        let status = self.status;
+        let what = match status {
+            502 | 503 => "could not be reached",
+            504 => "did not answer in time",
+            _ => "answered with an error page",
+        };
+        let message =
+            format!("gateway: the AI provider {what} ({status}). This is on the gateway side; try again shortly.");
+        Reply::error(status, "provider_error_page", "api_error", &message).body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: &[u8]) -> String {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "api_error");
+        v["error"]["message"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn only_html_server_errors_are_pages() {
+        assert!(ErrorPage::of(Some(502), "text/html", Some(10)).is_some());
+        assert!(ErrorPage::of(Some(504), " Text/HTML; charset=utf-8", None).is_some());
+        assert!(ErrorPage::of(Some(500), "text/html", None).is_some());
+        // The API's own errors are JSON; client errors and successes are never replaced.
+        assert!(ErrorPage::of(Some(529), "application/json", None).is_none());
+        assert!(ErrorPage::of(Some(404), "text/html", None).is_none());
+        assert!(ErrorPage::of(Some(200), "text/html", None).is_none());
+        assert!(ErrorPage::of(None, "text/html", None).is_none());
+        assert!(ErrorPage::of(Some(502), "text/htm", None).is_none());
+    }
+
+    #[test]
+    fn the_page_is_replaced_once_at_its_end() {
+        let html = b"<html><head><title>502 Bad Gateway</title></head></html>";
+        // By the end of stream, or by the announced length when the host marks no end (ngx).
+        for (expected, eos) in [(None, true), (Some(html.len() as u64), false)] {
+            let mut page = ErrorPage::of(Some(502), "text/html", expected).unwrap();
+            assert!(page.on_body(&html[..10], false).is_empty(), "held until the end");
+            let body = page.on_body(&html[10..], eos);
+            assert_eq!(
+                message(&body),
+                "gateway: the AI provider could not be reached (502). This is on the gateway side; try again shortly."
+            );
+            assert!(page.on_body(b"more", true).is_empty(), "once");
+        }
+        let mut page = ErrorPage::of(Some(504), "text/html", None).unwrap();
+        assert!(message(&page.on_body(b"", true)).contains("did not answer in time (504)"));
+        let mut page = ErrorPage::of(Some(500), "text/html", None).unwrap();
+        assert!(message(&page.on_body(b"x", true)).contains("answered with an error page (500)"));
+    }
+}
