@@ -97,3 +97,19 @@ def test_make_demo_cluster_shares_one_budget_across_its_nodes():
     finally:
         os.killpg(cluster.pid, signal.SIGTERM)
         cluster.wait(20)
+
+
+def test_every_sample_answers_a_provider_it_cannot_reach_within_seconds():
+    """Claude Code retries a 502 ten times: nginx's and Kong's default of 60 s to connect made a
+    blackholed provider about eleven silent minutes (Envoy's samples connect within 5 s)."""
+    import re
+
+    root = ROOT
+    for conf in ("nginx/nginx.conf", "containers/kong-runtime/nginx.conf"):
+        text = (root / conf).read_text()
+        assert re.findall(r"proxy_connect_timeout (\d+)s;", text) == ["5"], conf
+    for conf in ("kong/kong.yml", "kong/kong-3.8.yml"):
+        assert re.findall(r"connect_timeout: (\d+)", (root / conf).read_text()) == ["5000"], conf
+    for conf in sorted((root / "envoy").glob("*.yaml")):
+        timeouts = re.findall(r"connect_timeout: (\d+)s", conf.read_text())
+        assert timeouts and all(int(t) <= 5 for t in timeouts), conf.name

@@ -129,6 +129,7 @@ http {{
             proxy_set_header Authorization "";
             proxy_buffering off;
             proxy_read_timeout 300s;
+            proxy_connect_timeout 5s;
 {location_extra}        }}
     }}
 }}
