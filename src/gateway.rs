@@ -8,6 +8,7 @@ use crate::config::Plan;
 use crate::jwt::{self, AuthError, Identity};
 use crate::keystore::{Callout, Fetch, FetchError, KeyStore, KeysError, SharedRecord};
 use crate::metering::{Metering, Subject};
+use crate::refused_tokens;
 use crate::reply::{Reply, ToReply};
 use crate::routing::{BodyEdit, Endpoint, RequestBody};
 use crate::shared::SharedStore;
@@ -163,7 +164,7 @@ impl Worker {
                 // A token that fails the checks needing no key (not a JWT, another issuer,
                 // expired) is refused as it is: it neither waits for keys nor takes a fetch.
                 if let Err(refusal) = jwt::check_claims(token, oidc, now) {
-                    return AuthOutcome::Refused(refusal.to_reply());
+                    return refusal_of(store, token, &refusal, now);
                 }
                 if may_fetch && self.request_fetches < MAX_REQUEST_FETCHES && !self.keys.cooling_down(now) {
                     return AuthOutcome::FetchKeys(self.keys.fetch_now(oidc, now));
@@ -204,7 +205,7 @@ impl Worker {
                         identity
                     }
                     Ok(Err(callout)) => return AuthOutcome::FetchKeys(callout),
-                    Err(e) => return AuthOutcome::Refused(e.to_reply()),
+                    Err(e) => return refusal_of(store, token, &e, now),
                 }
             }
         };
@@ -362,6 +363,15 @@ impl Worker {
     }
 }
 
+/// The answer to a refused token: its 401, or a 400 once the same token has been refused again
+/// and again ([`refused_tokens`]).
+fn refusal_of(store: &dyn SharedStore, token: &str, error: &AuthError, now: u64) -> AuthOutcome {
+    if error.fixed_by_a_new_token() && refused_tokens::refused(store, token, now) {
+        return AuthOutcome::Refused(error.to_repeated_reply());
+    }
+    AuthOutcome::Refused(error.to_reply())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +477,43 @@ mod tests {
         let mut other = Worker::new(plan());
         assert!(matches!(other.authenticate(&store, &token, NOW + 1, true), AuthOutcome::Admitted(_)));
         assert_eq!(other.request_fetches, 0);
+    }
+
+    /// Claude Code re-runs its helper and retries every 401 for four minutes: a helper handing
+    /// out the same expired token again and again gets a 400 it shows at once, from the fourth
+    /// refusal on; one refusal (the stale token of a session resuming) stays a 401.
+    #[test]
+    fn the_same_refused_token_again_and_again_gets_a_400_that_stops_the_retries() {
+        let keys = TestKeys::new();
+        let store = crate::shared::tests::FakeStore::default();
+        let mut expired = good_claims();
+        expired["exp"] = (NOW - 3600).into();
+        let expired = sign(&keys, expired);
+        let unknown_key = sign(&TestKeys::new(), good_claims());
+        // With keys and without (refused by the checks that need none).
+        for mut w in [worker_with_keys(&keys), Worker::new(plan())] {
+            let store = crate::shared::tests::FakeStore::default();
+            let statuses = [0, 1, 2, 4, 9].map(|t| status(&w.authenticate(&store, &expired, NOW + t, false)));
+            assert_eq!(statuses, [401, 401, 401, 400, 400]);
+            let AuthOutcome::Refused(reply) = w.authenticate(&store, &expired, NOW + 10, false) else {
+                panic!("refused")
+            };
+            assert!(reply.headers.iter().any(|(k, v)| k == "x-should-retry" && v == "false"));
+            assert!(String::from_utf8_lossy(&reply.body).contains("keeps handing out this same token"));
+            // Counted anew after the window.
+            assert_eq!(status(&w.authenticate(&store, &expired, NOW + 100, false)), 401);
+        }
+        let mut w = worker_with_keys(&keys);
+        let statuses = [0, 1, 2, 3].map(|t| status(&w.authenticate(&store, &unknown_key, NOW + t, false)));
+        assert_eq!(statuses, [401, 401, 401, 400], "a key the IdP withdrew");
+        // The retries of one loop land on any worker: the count is the node's.
+        let (mut a, mut b) = (worker_with_keys(&keys), worker_with_keys(&keys));
+        let store = crate::shared::tests::FakeStore::default();
+        let statuses = [0, 1, 2, 4].map(|t| {
+            let w = if t % 2 == 0 { &mut a } else { &mut b };
+            status(&w.authenticate(&store, &expired, NOW + t, false))
+        });
+        assert_eq!(statuses, [401, 401, 401, 400]);
     }
 
     #[test]

@@ -210,6 +210,32 @@ impl AuthError {
     }
 }
 
+impl AuthError {
+    /// Whether the same token refused again and again is a sign-in helper handing out one it
+    /// keeps (see [`crate::refused_tokens`]): what a new token fixes, once the token is there.
+    pub fn fixed_by_a_new_token(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Malformed
+                | AuthError::Expired
+                | AuthError::TokenTooOld
+                | AuthError::UnknownKey
+                | AuthError::BadSignature
+        )
+    }
+
+    /// The answer to a token refused again and again: a 400 that Claude Code shows at once,
+    /// where each 401 would make it re-run its sign-in helper and retry for minutes.
+    pub fn to_repeated_reply(&self) -> Reply {
+        let message = format!(
+            "gateway: {}. The sign-in helper keeps handing out this same token: sign in again \
+             (claude-sso-signin login), or tell your administrator if that does not help",
+            self.message()
+        );
+        Reply::error(400, self.code(), "authentication_error", &message).with_header("x-should-retry", "false")
+    }
+}
+
 impl ToReply for AuthError {
     fn to_reply(&self) -> Reply {
         let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code());

@@ -34,6 +34,7 @@ pub(crate) mod jwt;
 pub(crate) mod keystore;
 pub(crate) mod metering;
 pub(crate) mod record;
+pub(crate) mod refused_tokens;
 pub(crate) mod reply;
 pub(crate) mod request;
 pub mod routing;

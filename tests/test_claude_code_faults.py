@@ -153,6 +153,21 @@ def test_an_expired_token_gets_401_and_the_helpers_next_token_goes_through(gw, s
     assert len(stub.requests) == 1
 
 
+def test_a_helper_that_keeps_handing_out_the_same_expired_token_fails_fast(gw, signer, stub, tmp_path):
+    # Each 401 makes Claude Code re-run the helper and retry: thirteen attempts over about four
+    # minutes when the helper hands back the same token (a cached one it does not refresh, or one
+    # signed with a key the IdP withdrew). From the fourth refusal of one token on, a 400 ends it.
+    now = int(time.time())
+    expired = signer.token(iat=now - 900, exp=now - 300)
+    run, helper_runs = claude(tmp_path, gw, expired)
+    assert run.code == 1, run.stdout + run.stderr
+    assert run.seconds < SETTLED, f"took {run.seconds:.1f} s (the 401 loop takes about 263 s)"
+    assert "access token expired" in shown(run), run.stdout
+    assert "keeps handing out this same token" in shown(run) and "claude-sso-signin login" in shown(run)
+    assert 2 <= helper_runs <= 12, helper_runs
+    assert stub.requests == []
+
+
 def test_a_failing_helper_gets_a_401_and_its_next_token_goes_through(gw, signer, stub, tmp_path):
     # Claude Code still sends the request, with `Authorization: Bearer` alone. That was a 400
     # saying signing in again would not help, and Claude Code gave up; a 401 has it run the helper

@@ -382,8 +382,12 @@ def test_key_rotation_and_unknown_kid_refetch_is_throttled(make_gateway, stub):
         new = idp.rotate()
         assert call(g.port, idp.token(key=new), body).status == 200, "new kid fetched on demand"
         time.sleep(1.0)  # the other worker adopts the shared keys on its next tick (every 0.5 s)
-        for _ in range(4):  # both workers
-            assert call(g.port, idp.token(key=old), body).status == 401, "withdrawn key no longer accepted"
+        for i in range(4):  # both workers
+            assert call(g.port, idp.token(key=old, sub=f"u{i}"), body).status == 401, "withdrawn key no longer accepted"
+        # One such token again and again (a helper serving its cache): the fourth refusal stops
+        # Claude Code's 401 loop, whichever worker each retry reaches.
+        again = idp.token(key=old, sub="again")
+        assert [call(g.port, again, body).status for _ in range(4)] == [401, 401, 401, 400]
         before = idp.fetches["jwks"]
         flood = [idp.forged({"alg": "RS256", "kid": f"bogus-{i}"}) for i in range(50)]
         statuses = [call(g.port, t, body).status for t in flood]
