@@ -345,7 +345,17 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
     if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
         return Err(ConfigError::new("oidc.audiences", "at least one non-empty audience is required"));
     }
-    if raw.audience_claim.is_empty() || raw.audience_claim.trim() != raw.audience_claim {
+    // A token's `aud` is compared byte for byte: a space around one never matches.
+    if let Some(i) = raw.audiences.iter().position(|a| a.trim() != a || a.chars().any(char::is_control)) {
+        return Err(ConfigError::new(
+            format!("oidc.audiences[{i}]"),
+            "must not have spaces around it or control characters",
+        ));
+    }
+    if raw.audience_claim.is_empty()
+        || raw.audience_claim.trim() != raw.audience_claim
+        || raw.audience_claim.chars().any(char::is_control)
+    {
         return Err(ConfigError::new(
             "oidc.audience_claim",
             "must be a claim name (`aud`, or `client_id` for Cognito)",
@@ -623,6 +633,10 @@ fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, 
             if value.is_empty() {
                 return Err(ConfigError::new(format!("{field}.{name}"), "must not be empty"));
             }
+            // No client sends an alias with a space in it, and no provider has such a model id.
+            if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::new(format!("{field}.{name}"), "must not have spaces or control characters"));
+            }
         }
         if models.iter().any(|other| other.alias == m.alias) {
             return Err(ConfigError::new(format!("{field}.alias"), format!("duplicate alias {:?}", m.alias)));
@@ -644,8 +658,13 @@ fn compile_tiers(raw: Vec<RawTier>, models: &[Model], notes: &mut Vec<String>) -
     let mut tiers: Vec<Tier> = Vec::with_capacity(raw.len());
     for (i, t) in raw.into_iter().enumerate() {
         let field = format!("tiers[{i}]");
-        if t.name.is_empty() || t.name.bytes().any(|b| b < 0x20 || b == 0x7f) {
-            return Err(ConfigError::new(format!("{field}.name"), "must be a non-empty printable name"));
+        // The name goes upstream as a header value, which HTTP trims: "power " would look like
+        // "power" there, and "   " like nothing.
+        if t.name.trim().is_empty() || t.name.trim() != t.name || t.name.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                "must be a non-empty printable name without spaces around it",
+            ));
         }
         if tiers.iter().any(|other| other.name == t.name) {
             return Err(ConfigError::new(format!("{field}.name"), format!("duplicate tier {:?}", t.name)));
