@@ -145,6 +145,11 @@ INVALID = [
     # serde would fill these by position (60 tokens per 100,000 s); the schema wants objects, and so does the parser.
     ("a limit written as an array", {"tiers[1].limits": [[60, 100000]]}, "config error: tiers[1].limits[0]: invalid type: array"),
     ("a price written as an array", {"models[1].price": [3, 15, 3.75, 0.3]}, "config error: models[1].price: invalid type: array"),
+    ("a bedrock secret with a space after it", {"targets.b": {"provider": "bedrock", "region": "us-east-1", "access_key_id": "AKID", "secret_access_key": "s3cr3t "}}, "config error: targets.b.secret_access_key"),
+    ("a bedrock session token not ASCII", {"targets.b": {"provider": "bedrock", "region": "us-east-1", "access_key_id": "AKID", "secret_access_key": "s", "session_token": "t\u00e9"}}, "config error: targets.b.session_token"),
+    ("a bedrock beta with a comma", {"targets.b": {"provider": "bedrock", "region": "us-east-1", "access_key_id": "AKID", "secret_access_key": "s", "betas": ["a,b"]}}, "config error: targets.b.betas[0]: must be a beta name"),
+    ("an empty bedrock beta", {"targets.b": {"provider": "bedrock", "region": "us-east-1", "access_key_id": "AKID", "secret_access_key": "s", "betas": [""]}}, "config error: targets.b.betas[0]: must be a beta name"),
+    ("a token bound no header line reaches", {"oidc.max_token_bytes": 5000000000}, "config error: oidc.max_token_bytes: must be at most 1048576"),
     ("an access key id ending in a newline", {"targets.b": {"provider": "bedrock", "region": "us-east-1", "access_key_id": "AKID\n", "secret_access_key_env": "ANTHROPIC_API_KEY"}}, "config error: targets.b.access_key_id:"),
 ]
 

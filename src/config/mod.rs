@@ -22,6 +22,9 @@ pub(crate) const MAX_TIMEOUT_MS: u64 = 300_000;
 /// Most clock skew forgiven on a token's time claims (Envoy's `jwt_authn` defaults to 60 s).
 const MAX_LEEWAY_SECONDS: u64 = 600;
 
+/// Longest token taken (`oidc.max_token_bytes`).
+const MAX_TOKEN_BYTES: u64 = 1 << 20;
+
 /// Most verified tokens a worker remembers (`oidc.token_cache_entries`).
 const MAX_TOKEN_CACHE_ENTRIES: usize = 1 << 20;
 
@@ -392,7 +395,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         ("oidc.callout_timeout_ms", raw.callout_timeout_ms),
         // 0 would let a flood of tokens naming unknown keys refetch the JWKS on every request.
         ("oidc.unknown_kid_refetch_seconds", raw.unknown_kid_refetch_seconds),
-        ("oidc.max_token_bytes", raw.max_token_bytes as u64),
+        ("oidc.max_token_bytes", raw.max_token_bytes),
         ("oidc.token_cache_entries", raw.token_cache_entries as u64),
     ];
     if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -411,6 +414,12 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         ("oidc.max_token_age_seconds", raw.max_token_age_seconds.unwrap_or(0), MAX_SECONDS),
     ];
     check_at_most(&at_most)?;
+    // A header line longer than any proxy takes (Envoy's limit is at most 96 KiB, nginx's
+    // large_client_header_buffers a few); a u64, not a usize, so the VM (32 bits) and a native
+    // build give the same answer.
+    if raw.max_token_bytes > MAX_TOKEN_BYTES {
+        return Err(ConfigError::new("oidc.max_token_bytes", format!("must be at most {MAX_TOKEN_BYTES}")));
+    }
     // Each entry holds a person's identity and groups: a bound on what a worker may keep.
     if raw.token_cache_entries > MAX_TOKEN_CACHE_ENTRIES {
         return Err(ConfigError::new("oidc.token_cache_entries", format!("must be at most {MAX_TOKEN_CACHE_ENTRIES}")));
@@ -438,7 +447,7 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
         jwks_upstream,
         groups_claim,
         leeway_seconds: raw.leeway_seconds,
-        max_token_bytes: raw.max_token_bytes,
+        max_token_bytes: usize::try_from(raw.max_token_bytes).unwrap_or(usize::MAX),
         jwks_refresh_seconds: raw.jwks_refresh_seconds,
         jwks_max_age_seconds: raw.jwks_max_age_seconds,
         unknown_kid_refetch_seconds: raw.unknown_kid_refetch_seconds,

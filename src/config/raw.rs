@@ -136,7 +136,7 @@ pub(super) struct RawOidc {
     #[serde(default = "default_keys_fail_fast")]
     pub(super) keys_fail_fast_seconds: u64,
     #[serde(default = "default_max_token_bytes")]
-    pub(super) max_token_bytes: usize,
+    pub(super) max_token_bytes: u64,
     #[serde(default = "default_refresh")]
     pub(super) jwks_refresh_seconds: u64,
     #[serde(default = "default_max_age")]
@@ -253,7 +253,7 @@ fn default_groups_claim() -> String {
 fn default_leeway() -> u64 {
     60
 }
-fn default_max_token_bytes() -> usize {
+fn default_max_token_bytes() -> u64 {
     16384
 }
 fn default_refresh() -> u64 {
