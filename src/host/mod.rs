@@ -212,8 +212,10 @@ impl RootContext for GatewayRoot {
             calls::log(LogLevel::Error, "claude-sso-gateway: config error: no configuration given");
             return false;
         };
-        // An empty variable is handed on as empty: the parser says "set but empty", not "not set".
-        let env = |name: &str| std::env::var(name).ok();
+        // An empty variable is handed on as empty: the parser says "set but empty", not "not set";
+        // one that is not UTF-8 with its bytes replaced, so the parser says what is wrong with it
+        // (not ASCII), not that it is missing.
+        let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
         match Plan::from_json(&bytes, &env) {
             Ok(plan) => {
                 calls::log(
