@@ -1,6 +1,7 @@
-//! A proxy's HTML error page in place of the provider's answer: nginx's own 502 or 504 when it
-//! could not reach the provider or waited too long, or a CDN's page in front of it. The API
-//! itself always answers JSON. Claude Code shows such a page's HTML as the error, so it becomes
+//! A proxy's error page in place of the provider's answer: nginx's own HTML 502 or 504 when it
+//! could not reach the provider or waited too long, Envoy's plain-text 503 where no
+//! `local_reply_config` shapes it, or a CDN's page in front of the provider. The API itself
+//! always answers JSON. Claude Code shows such a page's text as the error, so it becomes
 //! Anthropic's error shape with the same status, saying what happened. (On nginx the filter
 //! must see this answer to settle the request: an `error_page` for 502 or 504 would send the
 //! request to another location, past the filter, and lose its record.)
@@ -19,11 +20,14 @@ pub struct ErrorPage {
 }
 
 impl ErrorPage {
-    /// `Some` when an answer with `status` and `content_type` is an HTML error page.
+    /// `Some` when an answer with `status` and `content_type` is a proxy's error page: a 5xx in
+    /// HTML (nginx's, a CDN's) or plain text (Envoy's own, where no `local_reply_config` shapes it).
     pub fn of(status: Option<u32>, content_type: &str, content_length: Option<u64>) -> Option<ErrorPage> {
         let status = status.filter(|s| (500..600).contains(s))?;
-        let html = content_type.trim_start().get(..9).is_some_and(|t| t.eq_ignore_ascii_case("text/html"));
-        html.then_some(ErrorPage { status, expected: content_length, seen: 0, done: false })
+        let kind = content_type.trim_start();
+        let page =
+            ["text/html", "text/plain"].iter().any(|t| kind.get(..t.len()).is_some_and(|k| k.eq_ignore_ascii_case(t)));
+        page.then_some(ErrorPage { status, expected: content_length, seen: 0, done: false })
     }
 
     /// Response headers to set, and to remove (the replacement has another length).
@@ -70,6 +74,9 @@ mod tests {
         assert!(ErrorPage::of(Some(502), "text/html", Some(10)).is_some());
         assert!(ErrorPage::of(Some(504), " Text/HTML; charset=utf-8", None).is_some());
         assert!(ErrorPage::of(Some(500), "text/html", None).is_some());
+        // Envoy's own "upstream connect error or disconnect/reset before headers" without a
+        // `local_reply_config`.
+        assert!(ErrorPage::of(Some(503), "text/plain", Some(91)).is_some());
         // The API's own errors are JSON; client errors and successes are never replaced.
         assert!(ErrorPage::of(Some(529), "application/json", None).is_none());
         assert!(ErrorPage::of(Some(404), "text/html", None).is_none());
