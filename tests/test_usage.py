@@ -53,6 +53,7 @@ def traffic(stub, signer):
         ("alice opus", call(g.port, alice, with_model(STREAM, "claude-opus-4-7")).status, 400),
         ("bob opus stream", call(g.port, bob, with_model(STREAM, "claude-opus-4-7")).status, 200),
         ("expired token", call(g.port, expired, STREAM).status, 401),
+        ("token for another audience", call(g.port, signer.token(aud="other-app"), STREAM).status, 400),
     ]
     for name, got, want in sent:
         assert got == want, name
@@ -88,6 +89,9 @@ def test_prometheus_has_the_expected_counts_and_labels(traffic, stub):
     assert s['claude_sso_gateway_refusals_total{reason="budget_exhausted"}'] == 1
     assert s['claude_sso_gateway_refusals_total{reason="expired"}'] == 1
     assert s['claude_sso_gateway_auth_failures_total{reason="expired"}'] == 1
+    # A 400 a new sign-in cannot fix is a failed token check too.
+    assert s['claude_sso_gateway_auth_failures_total{reason="wrong_audience"}'] == 1
+    assert 'claude_sso_gateway_auth_failures_total{reason="model_not_allowed"}' not in s
     assert s['claude_sso_gateway_budget_refusals_total{tier="standard"}'] == 1
     assert s['claude_sso_gateway_budget_refusals_total{tier="power"}'] == 0
     assert s['claude_sso_gateway_jwks_fetches_total{outcome="ok"}'] >= 2  # discovery, then the JWKS
@@ -104,7 +108,7 @@ def test_prometheus_has_the_expected_counts_and_labels(traffic, stub):
 def test_one_usage_record_per_request_with_the_right_fields(traffic, stub):
     g, tokens = traffic
     records = g.usage_records()
-    assert len(records) == 7, records
+    assert len(records) == 8, records
     by = {(r["sub"], r["model"], r["status"]): r for r in records}
     first = records[0]
     assert (first["sub"], first["email"], first["tier"], first["model"], first["provider_model"],
@@ -120,6 +124,7 @@ def test_one_usage_record_per_request_with_the_right_fields(traffic, stub):
     assert opus["cost_usd"] == pytest.approx((120 * 5 + 30 * 25 + 1000 * 6.25 + 2000 * 0.5) / 1e6)
     refusals = sorted((r["status"], r["refusal"], r["sub"], r["tier"]) for r in records if r["refusal"])
     assert refusals == [(400, "model_not_allowed", "alice", "standard"),
+                        (400, "wrong_audience", None, None),
                         (401, "expired", None, None),
                         (429, "budget_exhausted", "alice", "standard")]
     for r in records:

@@ -226,7 +226,8 @@ impl Metrics {
     /// Counts a local refusal by reason (and authentication failures and budget refusals apart).
     pub fn record_refusal(&self, reply: &Reply, tier: Option<&str>) {
         self.add(&format!("claude_sso_gateway_refusals_total.reason.{}", reply.reason), 1);
-        if reply.status == 401 {
+        // Every token refusal, the 400s a new sign-in cannot fix (a wrong audience) included.
+        if AuthError::ALL.iter().any(|e| e.code() == reply.reason) {
             self.add(&format!("claude_sso_gateway_auth_failures_total.reason.{}", reply.reason), 1);
         }
         // A budget spent, not one full with running requests' holds (Claude Code retries those
