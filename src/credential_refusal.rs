@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 
+use crate::answer_end::AnswerEnd;
 use crate::reply::Reply;
 
 /// The most of the provider's answer kept to quote from.
@@ -18,18 +19,16 @@ pub struct CredentialRefusal {
     status: u32,
     /// The provider's answer so far (up to [`MAX_BODY`]).
     body: Vec<u8>,
-    /// Bytes the provider announced (`content-length`), and how many passed: a host that does not
-    /// mark the end of such an answer (ngx) still gets the replacement.
-    expected: Option<u64>,
-    seen: u64,
-    done: bool,
+    /// Where the answer ends: a host that does not mark the end of such an answer (ngx) still
+    /// gets the replacement.
+    end: AnswerEnd,
 }
 
 impl CredentialRefusal {
     /// `Some` when an answer with `status` is the provider refusing the gateway's credential.
     pub fn of(status: Option<u32>, content_length: Option<u64>) -> Option<CredentialRefusal> {
         let status = status.filter(|s| matches!(s, 401 | 403))?;
-        Some(CredentialRefusal { status, body: Vec::new(), expected: content_length, seen: 0, done: false })
+        Some(CredentialRefusal { status, body: Vec::new(), end: AnswerEnd::new(content_length) })
     }
 
     /// The status the client gets.
@@ -44,16 +43,14 @@ impl CredentialRefusal {
     /// Takes a chunk of the provider's answer; returns what the client gets instead: nothing
     /// until the answer ends, then the whole 502, once.
     pub fn on_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
-        if self.done {
+        if self.end.is_whole() {
             return Vec::new();
         }
         let room = MAX_BODY.saturating_sub(self.body.len());
         self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        self.seen = self.seen.saturating_add(chunk.len() as u64);
-        if !end_of_stream && self.expected.is_none_or(|n| self.seen < n) {
+        if !self.end.ends_at(chunk.len(), end_of_stream) {
             return Vec::new();
         }
-        self.done = true;
         Reply::error(Self::STATUS, "provider_credentials", "api_error", &self.message()).body
     }
 

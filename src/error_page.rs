@@ -6,17 +6,16 @@
 //! must see this answer to settle the request: an `error_page` for 502 or 504 would send the
 //! request to another location, past the filter, and lose its record.)
 
+use crate::answer_end::AnswerEnd;
 use crate::reply::Reply;
 
 /// One error page being replaced.
 #[derive(Debug)]
 pub struct ErrorPage {
     status: u32,
-    /// Bytes the page announced (`content-length`), and how many passed: a host that does not
-    /// mark the end of such an answer (ngx) still gets the replacement.
-    expected: Option<u64>,
-    seen: u64,
-    done: bool,
+    /// Where the page ends: a host that does not mark the end of such an answer (ngx) still
+    /// gets the replacement.
+    end: AnswerEnd,
 }
 
 impl ErrorPage {
@@ -27,7 +26,7 @@ impl ErrorPage {
         let kind = content_type.trim_start();
         let page =
             ["text/html", "text/plain"].iter().any(|t| kind.get(..t.len()).is_some_and(|k| k.eq_ignore_ascii_case(t)));
-        page.then_some(ErrorPage { status, expected: content_length, seen: 0, done: false })
+        page.then_some(ErrorPage { status, end: AnswerEnd::new(content_length) })
     }
 
     /// Response headers to set, and to remove (the replacement has another length).
@@ -38,14 +37,9 @@ impl ErrorPage {
     /// Takes a chunk of the page; returns what the client gets instead: nothing until the page
     /// ends, then the whole answer, once.
     pub fn on_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
-        if self.done {
+        if !self.end.ends_at(chunk.len(), end_of_stream) {
             return Vec::new();
         }
-        self.seen = self.seen.saturating_add(chunk.len() as u64);
-        if !end_of_stream && self.expected.is_none_or(|n| self.seen < n) {
-            return Vec::new();
-        }
-        self.done = true;
         let status = self.status;
         let what = match status {
             502 | 503 => "could not be reached",

@@ -19,6 +19,7 @@ compile_error!(
 );
 
 pub(crate) mod allocator;
+pub(crate) mod answer_end;
 pub mod bedrock;
 pub(crate) mod body_watch;
 pub mod budget;

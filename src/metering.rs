@@ -1,6 +1,7 @@
 //! One request's accounting: budget admission (with the reserve), the meter on the answer,
 //! and the settlement that charges the true usage and cost to every limit exactly once.
 
+use crate::answer_end::AnswerEnd;
 use crate::budget::{self, Counts, Exhausted, Standing};
 use crate::config::{Budgets, Price, Reserve};
 use crate::reply::{Reply, ToReply};
@@ -63,9 +64,8 @@ pub struct Metering {
     warning_share: f64,
     meter: Option<Meter>,
     status: Option<u32>,
-    expected_bytes: Option<u64>,
-    seen_bytes: u64,
-    complete: bool,
+    /// Where the answer ends (also set when nothing went upstream).
+    end: AnswerEnd,
     settled: bool,
     /// Usage the provider reported apart from the answer body (Bedrock's invocation metrics).
     reported: Option<ReportedUsage>,
@@ -151,9 +151,7 @@ impl Metering {
             warning_share: budgets.warning_share,
             meter: None,
             status: None,
-            expected_bytes: None,
-            seen_bytes: 0,
-            complete: false,
+            end: AnswerEnd::new(None),
             settled: false,
             reported: None,
             warnings,
@@ -169,15 +167,17 @@ impl Metering {
     /// settlement charges nothing, giving back what admission held.
     pub fn never_sent(&mut self) {
         self.meter = None;
-        self.complete = true;
+        self.end.mark_whole();
     }
 
     /// Starts metering the answer.
     pub fn on_response_headers(&mut self, status: Option<u32>, content_type: &str, content_length: Option<u64>) {
         self.meter = Some(Meter::new(content_type));
         self.status = status;
-        self.expected_bytes = content_length;
-        self.complete = content_length == Some(0);
+        self.end = AnswerEnd::new(content_length);
+        if content_length == Some(0) {
+            self.end.mark_whole();
+        }
     }
 
     /// Observes a chunk; returns true once the answer is complete: end of stream, or (for hosts
@@ -186,9 +186,8 @@ impl Metering {
         if let Some(meter) = &mut self.meter {
             meter.push(chunk);
         }
-        self.seen_bytes = self.seen_bytes.saturating_add(chunk.len() as u64);
-        self.complete |= end_of_stream || self.expected_bytes.is_some_and(|n| self.seen_bytes >= n);
-        self.complete
+        self.end.ends_at(chunk.len(), end_of_stream);
+        self.end.is_whole()
     }
 
     /// Charges the request to every limit, once (later calls return `None`): the answer's usage
@@ -212,7 +211,7 @@ impl Metering {
         // A gateway timeout (504) or request timeout (408) says nothing about what was generated.
         // A stream cut after its last usage (the client hung up before `message_stop`) cost what
         // that usage says.
-        let whole = self.complete || self.meter.as_ref().is_some_and(Meter::final_usage_read);
+        let whole = self.end.is_whole() || self.meter.as_ref().is_some_and(Meter::final_usage_read);
         let known = whole && warnings.is_empty() && !matches!(self.status, Some(408 | 504));
         let outcome = if known { Outcome::Complete } else { Outcome::Unknown };
         // The least an unknown outcome costs: the prompt as the answer reported it (a stream cut
