@@ -269,3 +269,60 @@ def check_one_hour_pricing(g, host, signer, sonnet, opus):
         metric = 'claude_sso_gateway_cost_usd_micros_total{{tier="{}",model="{}"}}'
         assert s[metric.format("standard", "claude-sonnet-4-6")] == round(2 * want[1] * 1e6)
         assert s[metric.format("power", "claude-opus-4-7")] == round(want[0] * 1e6)
+
+
+def cut_after_message_start(port: int, token: str):
+    """Sends a streamed request and hangs up once `message_start` came (Claude Code's Esc)."""
+    import http.client
+    import socket
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/messages?beta=true", body=STREAM, headers={
+        "content-type": "application/json", "anthropic-version": "2023-06-01",
+        "authorization": f"Bearer {token}", "x-api-key": token})
+    answer = conn.getresponse()
+    assert answer.status == 200
+    seen = b""
+    while b"message_start" not in seen:
+        piece = answer.read1(4096)
+        assert piece, seen
+        seen += piece
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+
+
+def test_records_in_the_hosts_log_survive_its_default_level_and_the_report_reads_them(
+        make_gateway, host, signer, stub, tmp_path):
+    """Kong logs at `notice` by default and Istio's Envoy at `warning`. The records that go to the
+    host's own log (every one on nginx, which has no access log of filter state; on Envoy the one
+    made after its access log was written: a stream the client cut) are still there at that level,
+    and the report reads them in that log's line format (nginx writes the request's context, `,
+    client: …, request: "…"`, after the message). On Envoy the cut stream's record may be in the
+    access log as well (Envoy does not always write it before the filter's last callback): the
+    report counts it once."""
+    level = {"envoy": "warning", "nginx": "notice"}[host]
+    g = make_gateway(gateway_config(signer), [signer.upstream], log_level=level)
+    token = signer.token(sub="dora", email="dora@example.com")
+    assert call(g.port, token, JSON_BODY).status == 200
+    stub.event_pause = 0.3
+    try:
+        cut_after_message_start(g.port, token)
+    finally:
+        stub.event_pause = 0.0
+    marker = "claude-sso-gateway: usage {"
+    in_log = 2 if host == "nginx" else 1
+    assert g.wait_for_log(marker, 10), g.logs()[-3000:]
+    deadline = time.monotonic() + 10
+    while g.logs().count(marker) < in_log and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert g.logs().count(marker) == in_log, g.logs()[-3000:]
+    files = [str(g.log_path)] + ([str(g.access_log_path)] if host == "envoy" else [])
+    out = subprocess.run(["cargo", "run", "-q", "-p", "claude-sso-report", "--", *files,
+                          "--by", "person", "--format", "json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["total"]["requests"] == 2, (out.stderr, report)
+    assert [row["person"] for row in report["rows"]] == ["dora@example.com"]
+    # The cut stream is charged what `message_start` reported (input and cache), not nothing.
+    assert report["total"]["input_tokens"] == 2 * stub.usage["input_tokens"], report

@@ -1,9 +1,9 @@
 //! Reads usage logs line by line, keeping the records and counting the lines that had none.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead};
 
-use crate::record::{parse_line, Record, Skip};
+use crate::record::{read_line, Record, Skip, Source};
 
 /// Lines read and why some gave no record.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Tally {
     pub skipped: BTreeMap<Skip, u64>,
     /// Up to [`Tally::EXAMPLES`] `(source, line number, reason)` of skipped lines, for the message.
     pub examples: Vec<(String, u64, Skip)>,
+    /// Records found both in an access log and in the host's log, counted once ([`counted_once`]).
+    pub relogged: u64,
 }
 
 impl Tally {
@@ -39,6 +41,9 @@ impl Tally {
         if !reasons.is_empty() {
             out += &format!(" ({})", reasons.join(", "));
         }
+        if self.relogged > 0 {
+            out += &format!("; {} in both the access log and the host's log, counted once", self.relogged);
+        }
         for (source, line, why) in &self.examples {
             out += &format!("\n  skipped {source}:{line}: {}", why.describe());
         }
@@ -48,7 +53,7 @@ impl Tally {
 
 /// Reads every line of `reader` (named `source` in messages). Lines that are not UTF-8, not
 /// JSON, or carry no record are counted in `tally`, never fatal; only I/O errors are.
-pub fn read_log<R: BufRead>(mut reader: R, source: &str, tally: &mut Tally) -> io::Result<Vec<Record>> {
+pub fn read_log<R: BufRead>(mut reader: R, source: &str, tally: &mut Tally) -> io::Result<Vec<(Record, Source)>> {
     let mut records = Vec::new();
     let mut buf = Vec::new();
     let mut number = 0u64;
@@ -59,7 +64,7 @@ pub fn read_log<R: BufRead>(mut reader: R, source: &str, tally: &mut Tally) -> i
         }
         number += 1;
         tally.lines += 1;
-        let parsed = std::str::from_utf8(&buf).map_err(|_| Skip::NotJson).and_then(parse_line);
+        let parsed = std::str::from_utf8(&buf).map_err(|_| Skip::NotJson).and_then(read_line);
         match parsed {
             Ok(r) => {
                 tally.records += 1;
@@ -74,6 +79,32 @@ pub fn read_log<R: BufRead>(mut reader: R, source: &str, tally: &mut Tally) -> i
         }
     }
     Ok(records)
+}
+
+/// The records of every file read, each request once. Envoy writes its access log before or after
+/// the filter's last callback (the order is not fixed for a stream the client cut), and a record
+/// made there is also written to Envoy's own log: a record from the host's log that equals one
+/// from an access log, field for field (the time to the millisecond, the latency, the tokens), is
+/// that request again. (On nginx every record is a host-log line, so none is dropped there.)
+pub fn counted_once(records: Vec<(Record, Source)>, tally: &mut Tally) -> Vec<Record> {
+    let mut in_lines: HashMap<Record, u64> = HashMap::new();
+    for (record, source) in &records {
+        if *source == Source::Line {
+            *in_lines.entry(record.clone()).or_default() += 1;
+        }
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for (record, source) in records {
+        if source == Source::HostLog {
+            if let Some(left) = in_lines.get_mut(&record).filter(|n| **n > 0) {
+                *left -= 1;
+                tally.relogged += 1;
+                continue;
+            }
+        }
+        out.push(record);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -94,6 +125,7 @@ mod tests {
         log.extend_from_slice(&[b'['; 100_000]);
         let mut tally = Tally::default();
         let records = read_log(log.as_slice(), "log", &mut tally).unwrap();
+        let records = counted_once(records, &mut tally);
         assert_eq!(records.len(), 3, "{records:?} {tally:?}");
         assert_eq!(records.iter().map(|r| r.tokens.total()).sum::<u64>(), 12);
         assert_eq!(tally.records, 3);
@@ -102,5 +134,32 @@ mod tests {
         assert_eq!(tally.examples.len(), Tally::EXAMPLES);
         assert!(tally.summary().starts_with(&format!("read {} lines: 3 records", tally.lines)), "{}", tally.summary());
         assert!(tally.summary().contains("skipped log:2: not a JSON object"), "{}", tally.summary());
+    }
+
+    #[test]
+    fn a_record_in_both_the_access_log_and_the_hosts_log_counts_once() {
+        let a = r#"{"time":"2026-11-29T14:52:03.123Z","sub":"a","input_tokens":5,"latency_ms":900}"#;
+        let b = r#"{"time":"2026-11-29T14:52:03.124Z","sub":"a","input_tokens":5,"latency_ms":900}"#;
+        let access = format!("{a}\n{{\"usage\":{b}}}\n{b}\n");
+        // The cut stream's record again in Envoy's own log, and one that only the log has.
+        let host = format!(
+            "[2026-11-29 14:52:03.200][7][warning][wasm] wasm log: claude-sso-gateway: usage {b}\n\
+             [2026-11-29 14:52:03.300][7][warning][wasm] wasm log: claude-sso-gateway: usage {a}\n\
+             [2026-11-29 14:52:03.300][7][warning][wasm] wasm log: claude-sso-gateway: usage {a}\n"
+        );
+        let mut tally = Tally::default();
+        let mut records = read_log(access.as_bytes(), "access", &mut tally).unwrap();
+        records.extend(read_log(host.as_bytes(), "envoy", &mut tally).unwrap());
+        let records = counted_once(records, &mut tally);
+        // `b`: twice in the access log (two requests alike) and once in the log. `a`: once in the
+        // access log and twice in the log, and the second has no access-log line left to be, so
+        // it is a request of its own.
+        assert_eq!(records.len(), 4, "{records:?}");
+        assert_eq!(tally.relogged, 2);
+        assert!(tally.summary().contains("2 in both the access log and the host's log, counted once"));
+        // nginx: host-log lines only, alike or not, each a request.
+        let mut tally = Tally::default();
+        let records = counted_once(read_log(host.as_bytes(), "nginx", &mut tally).unwrap(), &mut tally);
+        assert_eq!((records.len(), tally.relogged), (3, 0));
     }
 }

@@ -10,7 +10,7 @@ use clap::Parser;
 
 use claude_sso_report::aggregate::{in_period, summarize, Dim};
 use claude_sso_report::chart::{self, ChartSpec};
-use claude_sso_report::input::{read_log, Tally};
+use claude_sso_report::input::{counted_once, read_log, Tally};
 use claude_sso_report::output::{self, Format};
 use claude_sso_report::record::Record;
 use claude_sso_report::time;
@@ -73,7 +73,8 @@ fn until(s: &str) -> Result<i64, String> {
 
 fn read_all(files: &[PathBuf], tally: &mut Tally) -> Result<Vec<Record>, String> {
     if files.is_empty() {
-        return read_log(io::stdin().lock(), "stdin", tally).map_err(|e| format!("reading stdin: {e}"));
+        let records = read_log(io::stdin().lock(), "stdin", tally).map_err(|e| format!("reading stdin: {e}"))?;
+        return Ok(counted_once(records, tally));
     }
     let mut records = Vec::new();
     for path in files {
@@ -85,7 +86,7 @@ fn read_all(files: &[PathBuf], tally: &mut Tally) -> Result<Vec<Record>, String>
         };
         records.extend(more.map_err(|e| format!("reading {name}: {e}"))?);
     }
-    Ok(records)
+    Ok(counted_once(records, tally))
 }
 
 fn period_text(since: Option<i64>, until: Option<i64>, records: &[Record]) -> String {

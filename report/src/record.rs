@@ -12,7 +12,7 @@ pub const UNKNOWN_PERSON: &str = "(unknown)";
 pub const NONE: &str = "(none)";
 
 /// Tokens of one request, or summed over many.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Tokens {
     /// `input_tokens`: uncached prompt tokens.
     pub input: u64,
@@ -40,7 +40,7 @@ impl Tokens {
 }
 
 /// One request as the gateway logged it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Record {
     /// When the request finished, milliseconds since the epoch (UTC).
     pub time_ms: i64,
@@ -109,21 +109,50 @@ impl Skip {
 /// log), e.g. `[…][info][wasm] … wasm log claude_sso_gateway: claude-sso-gateway: usage {…}`.
 pub const LOG_MARKER: &str = "claude-sso-gateway: usage ";
 
+/// Where a record was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A line that is JSON whole: the record, or an access-log line carrying it.
+    Line,
+    /// A line of the host's own log, after the filter's [`LOG_MARKER`].
+    HostLog,
+}
+
 /// Reads one log line: the record itself, an access-log object carrying it under `usage` (as an
 /// object or as a JSON string), or a host log line with the filter's `claude-sso-gateway: usage`
 /// marker followed by the record.
 pub fn parse_line(line: &str) -> Result<Record, Skip> {
+    read_line(line).map(|(record, _)| record)
+}
+
+/// [`parse_line`], saying where the record was.
+pub fn read_line(line: &str) -> Result<(Record, Source), Skip> {
     let mut line = line.trim();
     if line.is_empty() {
         return Err(Skip::Blank);
     }
-    if let Some(at) = line.find(LOG_MARKER) {
-        line = &line[at + LOG_MARKER.len()..];
-    }
-    let Ok(Value::Object(outer)) = serde_json::from_str::<Value>(line) else {
+    let mut source = Source::Line;
+    // A line that is JSON whole is an access-log line: the marker may be inside one of its
+    // values (a refused request's model is the client's), where it marks nothing.
+    let outer = match serde_json::from_str::<Value>(line) {
+        Ok(value) => value,
+        Err(_) => {
+            if let Some(at) = line.find(LOG_MARKER) {
+                line = &line[at + LOG_MARKER.len()..];
+                source = Source::HostLog;
+            }
+            // nginx writes `, client: …, server: …, request: "…"` after the message: the record
+            // is the first JSON value after the marker.
+            match serde_json::Deserializer::from_str(line).into_iter::<Value>().next() {
+                Some(Ok(value)) => value,
+                _ => return Err(Skip::NotJson),
+            }
+        }
+    };
+    let Value::Object(outer) = outer else {
         return Err(Skip::NotJson);
     };
-    match outer.get("usage") {
+    let record = match outer.get("usage") {
         Some(Value::Object(inner)) => from_object(inner),
         Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(inner)) => from_object(&inner),
@@ -132,7 +161,8 @@ pub fn parse_line(line: &str) -> Result<Record, Skip> {
         Some(_) => Err(Skip::NoRecord),
         None if looks_like_record(&outer) => from_object(&outer),
         None => Err(Skip::NoRecord),
-    }
+    };
+    record.map(|record| (record, source))
 }
 
 fn looks_like_record(obj: &Map<String, Value>) -> bool {
@@ -224,6 +254,20 @@ mod tests {
         let host_log =
             format!("[2026-11-29 14:52:03.123][7][info][wasm] wasm log claude_sso_gateway: {LOG_MARKER}{FULL}");
         assert_eq!(parse_line(&host_log).unwrap(), direct);
+        // nginx (Kong) writes the request's context after the message.
+        let nginx_log = format!(
+            "2026/11/29 14:52:03 [warn] 7#0: *5 [proxy-wasm][\"claude_sso_gateway\" #1] {LOG_MARKER}{FULL}, \
+             client: 127.0.0.1, server: kong, request: \"POST /v1/messages HTTP/1.1\", host: \"gw\""
+        );
+        assert_eq!(parse_line(&nginx_log).unwrap(), direct);
+    }
+
+    #[test]
+    fn the_marker_inside_an_access_log_value_marks_nothing() {
+        // A refused request's model is the client's text.
+        let record = FULL.replace("\"model\":\"claude-sonnet-4-6\"", &format!("\"model\":\"x {LOG_MARKER}y\""));
+        let line = format!(r#"{{"response_code":400,"usage":{record}}}"#);
+        assert_eq!(parse_line(&line).unwrap().model, format!("x {LOG_MARKER}y"));
     }
 
     #[test]

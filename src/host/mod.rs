@@ -320,5 +320,7 @@ fn publish_record(record: &UsageRecord, profile: Option<HostProfile>, late: bool
     if profile == Some(HostProfile::Envoy) && calls::set_property("claude_sso_gateway_usage", &json) && !late {
         return;
     }
-    calls::log(LogLevel::Info, &format!("claude-sso-gateway: usage {json}"));
+    // At `warn`, the lowest level hosts keep by default: Kong's `log_level` is `notice` and
+    // Istio's Envoy logs at `warning`, and a record at `info` would be dropped there.
+    calls::log(LogLevel::Warn, &format!("claude-sso-gateway: usage {json}"));
 }

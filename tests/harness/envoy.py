@@ -139,7 +139,8 @@ class Envoy(HostProcess):
     """Runs Envoy until `stop()`. Fails with Envoy's log if it does not become ready."""
 
     def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
-                 with_filter=True, wait=True, reloadable=False, hold_headers=True):
+                 with_filter=True, wait=True, reloadable=False, hold_headers=True, log_level=None):
+        """`log_level`: Envoy's and the Wasm component's (default: info, with the filter's debug lines)."""
         if with_filter and not WASM.exists():
             raise FileNotFoundError(f"{WASM} is missing: run `make build` first")
         self.dir = tempfile.TemporaryDirectory(prefix="csg-envoy-")
@@ -161,7 +162,8 @@ class Envoy(HostProcess):
             self.config_path.write_text(json.dumps(config, indent=1))
             self.process = subprocess.Popen(
                 [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-                 "--log-level", "info", "--file-flush-interval-msec", "250", "--component-log-level", "wasm:debug", "--base-id", str(self.port)],
+                 "--log-level", log_level or "info", "--file-flush-interval-msec", "250",
+                 "--component-log-level", f"wasm:{log_level or 'debug'}", "--base-id", str(self.port)],
                 # stderr, not --log-path: the file sink is flushed only every few seconds.
                 stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"), env={**os.environ, **env})
             if not wait:

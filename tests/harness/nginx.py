@@ -17,6 +17,7 @@ master (`exited()` reports it; Kong answers 500 instead), the log is nginx's err
 (the filter's info-and-above lines, each prefixed `[proxy-wasm]["claude_sso_gateway" #N]`), and
 there is no stats endpoint (`stats()` raises: plain nginx has no reader for proxy-wasm metrics).
 """
+import http.client
 import json
 import os
 import re
@@ -180,12 +181,27 @@ class Nginx(HostProcess):
             return set()
         return {int(p) for p in children.split()}
 
+    def _filter_answers(self) -> bool:
+        """Whether the filter answers `HEAD /api/hello` (its own endpoint, never forwarded)."""
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("HEAD", "/api/hello")
+            status = conn.getresponse().status
+            conn.close()
+            return status == 200
+        except OSError:
+            return False
+
     def _workers_ready(self, previous=frozenset()) -> bool:
         pids = self.workers() - set(previous)
         if len(pids) < self.concurrency:
             return False
         if not self.with_filter:
             return True
+        if self.log_level not in ("debug", "info"):
+            # The module's "loaded" line is at info: below that, the filter answering its own
+            # endpoint on every worker's turn shows it started.
+            return all(self._filter_answers() for _ in range(2 * self.concurrency))
         # A worker loads the module, then starts the filter (root context, on_configure) right after.
         logs = self.logs()
         loaded = {int(p) for p in re.findall(rf'(\d+)#\d+: \[wasm\] successfully loaded "{FILTER}" module', logs)}
