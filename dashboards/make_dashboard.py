@@ -16,6 +16,15 @@ def m(name, filters='tier=~"$tier",model=~"$model"'):
     return "{" + sel + ("," + filters if filters else "") + "}"
 
 
+def buckets(name, filters='tier=~"$tier",model=~"$model"'):
+    """Selector of a histogram's buckets: `<name>_bucket` on Envoy; Kong's Prometheus plugin
+    (kong/plugins/prometheus/wasmx.lua) prints them under the histogram's bare name with `le`, and
+    only its `_sum` and `_count` with their suffixes."""
+    sel = (f'__name__=~"(envoy_)?claude_sso_gateway_{name}_bucket|pw_claude_sso_gateway_claude_sso_gateway_{name}"'
+           ',le!=""')
+    return "{" + sel + ("," + filters if filters else "") + "}"
+
+
 NEXT_ID = [0]
 
 
@@ -94,11 +103,11 @@ panels = [
           16, 12, 8, 8, "short"),
     panel("Latency (average and p95)", "timeseries",
           [(f"sum(rate({m('latency_ms_sum')}[{R}])) / sum(rate({m('latency_ms_count')}[{R}]))", "average"),
-           (f"histogram_quantile(0.95, sum by (le) (rate({m('latency_ms_bucket')}[{R}])))", "p95")],
+           (f"histogram_quantile(0.95, sum by (le) (rate({buckets('latency_ms')}[{R}])))", "p95")],
           0, 20, 12, 8, "ms"),
     panel("Time to first token (average and p95)", "timeseries",
           [(f"sum(rate({m('ttft_ms_sum')}[{R}])) / sum(rate({m('ttft_ms_count')}[{R}]))", "average"),
-           (f"histogram_quantile(0.95, sum by (le) (rate({m('ttft_ms_bucket')}[{R}])))", "p95")],
+           (f"histogram_quantile(0.95, sum by (le) (rate({buckets('ttft_ms')}[{R}])))", "p95")],
           12, 20, 12, 8, "ms"),
     panel("Budget refusals per tier", "timeseries",
           [(f"sum by (tier) (increase({m('budget_refusals_total', TIER_ONLY)}[{R}]))", "{{tier}}")],

@@ -548,3 +548,36 @@ def test_kong_callout_upstreams_are_host_port():
         for key in ("upstream", "jwks_upstream"):
             if oidc.get(key):
                 assert re.fullmatch(r"[^/:\s]+:\d+", oidc[key]), (name, key)
+
+
+def kong_series_names() -> set:
+    """Every series name Kong's Prometheus plugin prints for the filter's metrics: the metric names
+    (tier and model labels as in the sample) put through `kong_prometheus_name`; a histogram's
+    buckets under its bare name and its `_sum` and `_count` with their suffixes (`serialize_metric`
+    in kong/plugins/prometheus/wasmx.lua)."""
+    source = (ROOT / "src" / "host" / "metrics.rs").read_text()
+    histograms = set(re.findall(r'histograms\.push\(format!\("(claude_sso_gateway_\w+)\.', source))
+    counters = set(re.findall(r'"(claude_sso_gateway_\w+)[".]', source)) - histograms
+    assert len(histograms) == 2 and len(counters) > 8, (histograms, counters)
+    scope = ".tier.standard.model.claude-sonnet-4-6"
+    names = set()
+    for metric in counters | histograms:
+        name, _ = kong_prometheus_name("claude_sso_gateway", metric + scope, META["metrics"]["label_patterns"])
+        names.add(name)
+        if metric in histograms:
+            names |= {name + "_sum", name + "_count"}
+    return names
+
+
+def test_every_dashboard_query_names_series_kong_prints():
+    """The dashboard's queries answer on Kong too: every metric name they select is one Kong's
+    Prometheus plugin prints (its histogram buckets carry no `_bucket` suffix)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "dashboards"))
+    from check_dashboard import queries
+
+    kong = kong_series_names()
+    missing = [(title, regex) for title, expr in queries() for regex in re.findall(r'__name__=~"([^"]+)"', expr)
+               if not any(re.fullmatch(regex, name) for name in kong)]
+    assert not missing, f"no Kong series for: {missing}\nKong prints: {sorted(kong)}"
