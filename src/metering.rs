@@ -19,14 +19,16 @@ pub fn units(counts: Counts, usage: &Usage, price: Option<&Price>) -> u64 {
 }
 
 /// Cost in micro-dollars (prices are dollars per million tokens, so one token costs `price` µ$).
-/// One-hour cache writes are priced apart from the five-minute ones.
+/// One-hour cache writes are priced apart from the five-minute ones; web searches per search
+/// (dollars per 1,000, so one costs a thousand times that in µ$).
 pub fn cost_micros(usage: &Usage, price: &Price) -> u64 {
     let hour = usage.cache_write_1h();
     let micros = usage.input as f64 * price.input
         + usage.output as f64 * price.output
         + (usage.cache_write - hour) as f64 * price.cache_write
         + hour as f64 * price.cache_write_1h
-        + usage.cache_read as f64 * price.cache_read;
+        + usage.cache_read as f64 * price.cache_read
+        + usage.web_searches as f64 * price.web_search_per_1k * 1000.0;
     micros.round() as u64
 }
 
@@ -119,6 +121,7 @@ impl Metering {
             cache_write: 0,
             cache_read: 0,
             cache_write_1h: 0,
+            web_searches: 0,
         };
         let estimate: Vec<u64> = limits.iter().map(|l| units(l.counts, &guess, subject.price.as_ref())).collect();
         let holds: Vec<u64> = match budgets.reserve {
@@ -266,7 +269,14 @@ mod tests {
     }
 
     fn subject() -> Subject {
-        let price = Price { input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3, cache_write_1h: 6.0 };
+        let price = Price {
+            input: 3.0,
+            output: 15.0,
+            cache_write: 3.75,
+            cache_read: 0.3,
+            cache_write_1h: 6.0,
+            web_search_per_1k: 10.0,
+        };
         Subject {
             person: "alice".into(),
             person_key: "a1".into(),
@@ -435,7 +445,8 @@ mod tests {
         assert_eq!(s.cost_usd, Some(want / 1e6));
         // Bedrock's invocation metrics give only the total of the writes: the stream's own events
         // still say which of them were for an hour.
-        let metrics = Usage { input: 100, output: 500, cache_write: 1000, cache_read: 2000, cache_write_1h: 0 };
+        let metrics =
+            Usage { input: 100, output: 500, cache_write: 1000, cache_read: 2000, cache_write_1h: 0, web_searches: 0 };
         assert_eq!(settle(Some(metrics)).cost_usd, Some(want / 1e6));
         // Never more one-hour writes than writes.
         let fewer = Usage { cache_write: 300, ..metrics };
@@ -685,7 +696,14 @@ mod tests {
     /// nor output says nothing.
     #[test]
     fn reported_usage_replaces_the_meters_count_by_count() {
-        let read = Usage { input: 100, output: 500, cache_write: 1000, cache_read: 2000, cache_write_1h: 600 };
+        let read = Usage {
+            input: 100,
+            output: 500,
+            cache_write: 1000,
+            cache_read: 2000,
+            cache_write_1h: 600,
+            web_searches: 0,
+        };
         let partial = ReportedUsage { input: Some(120), output: Some(510), ..ReportedUsage::default() };
         assert_eq!(partial.over(&read), Usage { input: 120, output: 510, ..read });
         let fewer_writes = ReportedUsage { cache_write: Some(300), ..partial };
@@ -721,5 +739,18 @@ mod tests {
         assert_eq!(get("retry-after").as_deref(), Some("10"));
         assert_eq!(get("retry-after"), get("ratelimit-reset"), "{:?}", reply.headers);
         assert_eq!(get("x-ai-ratelimit-warning"), None, "nothing says spent: {:?}", reply.headers);
+    }
+
+    #[test]
+    fn web_searches_are_priced_per_search_on_top_of_the_tokens() {
+        let price = subject().price.unwrap();
+        let tokens = Usage { input: 100, output: 50, ..Usage::default() };
+        let searched = Usage { web_searches: 3, ..tokens };
+        // $10 per 1,000 searches: 10,000 µ$ each.
+        assert_eq!(cost_micros(&searched, &price) - cost_micros(&tokens, &price), 30_000);
+        assert_eq!(units(Counts::Cost, &searched, Some(&price)), 300 + 750 + 30_000);
+        assert_eq!(units(Counts::TotalTokens, &searched, Some(&price)), 150, "a search is no token");
+        let free = Price { web_search_per_1k: 0.0, ..price };
+        assert_eq!(cost_micros(&searched, &free), cost_micros(&tokens, &free));
     }
 }

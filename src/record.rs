@@ -66,6 +66,9 @@ impl UsageRecord {
         field(&mut out, "cache_write_tokens", &u.cache_write);
         field(&mut out, "cache_read_tokens", &u.cache_read);
         field(&mut out, "cache_write_1h_tokens", &u.cache_write_1h());
+        if u.web_searches > 0 {
+            field(&mut out, "web_search_requests", &u.web_searches);
+        }
         // JSON has no NaN or infinity (serde_json would write null for them anyway).
         field(&mut out, "cost_usd", &self.cost_usd.filter(|c| c.is_finite()));
         field(&mut out, "latency_ms", &self.latency_ms);
@@ -94,7 +97,7 @@ fn field(out: &mut Vec<u8>, name: &str, value: &impl Serialize) {
 
 /// A record's JSON without its strings: the field names, the time and the numbers at their
 /// longest.
-const LINE_BYTES: usize = 496;
+const LINE_BYTES: usize = 540;
 
 /// `2026-11-29T14:52:03.123Z` for milliseconds since the epoch (proleptic Gregorian, UTC).
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -170,6 +173,8 @@ mod tests {
         cache_write_tokens: u64,
         cache_read_tokens: u64,
         cache_write_1h_tokens: u64,
+        #[serde(skip_serializing_if = "is_zero")]
+        web_search_requests: u64,
         cost_usd: Option<f64>,
         latency_ms: Option<u64>,
         ttft_ms: Option<u64>,
@@ -177,6 +182,10 @@ mod tests {
         refusal: Option<&'static str>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         estimated: bool,
+    }
+
+    fn is_zero(n: &u64) -> bool {
+        *n == 0
     }
 
     fn derived(r: &UsageRecord) -> String {
@@ -195,6 +204,7 @@ mod tests {
             cache_write_tokens: u.cache_write,
             cache_read_tokens: u.cache_read,
             cache_write_1h_tokens: u.cache_write_1h(),
+            web_search_requests: u.web_searches,
             cost_usd: r.cost_usd.filter(|c| c.is_finite()),
             latency_ms: r.latency_ms,
             ttft_ms: r.ttft_ms,
@@ -218,7 +228,14 @@ mod tests {
             provider_model: Some(nasty.clone()),
             provider: Some("bedrock"),
             status: Some(u32::MAX),
-            usage: Usage { input: u64::MAX, output: 0, cache_write: 1, cache_read: 123_456_789, cache_write_1h: 1 },
+            usage: Usage {
+                input: u64::MAX,
+                output: 0,
+                cache_write: 1,
+                cache_read: 123_456_789,
+                cache_write_1h: 1,
+                web_searches: u64::MAX,
+            },
             cost_usd: Some(0.000_000_1),
             latency_ms: Some(u64::MAX),
             ttft_ms: Some(0),
@@ -265,5 +282,6 @@ mod tests {
         assert_eq!(v["input_tokens"], 0);
         assert_eq!(v["email"], Value::Null);
         assert!(v.get("estimated").is_none());
+        assert!(v.get("web_search_requests").is_none(), "only when there were any");
     }
 }

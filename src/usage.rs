@@ -13,7 +13,11 @@ use crate::sse::{Event, Framer};
 /// few million tokens).
 pub const MAX_PLAUSIBLE_TOKENS: u64 = 100_000_000;
 
-/// Tokens of one request.
+/// Most web searches one answer is believed to have made (a request sets `max_uses` per tool;
+/// a few dozen is a lot).
+pub const MAX_PLAUSIBLE_SEARCHES: u64 = 1_000_000;
+
+/// Tokens of one request, and the server-side web searches it made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// `input_tokens`: uncached prompt tokens.
@@ -27,6 +31,9 @@ pub struct Usage {
     /// `cache_creation.ephemeral_1h_input_tokens`: the part of `cache_write` cached for an hour,
     /// which is priced higher than the five-minute writes (zero when not reported).
     pub cache_write_1h: u64,
+    /// `server_tool_use.web_search_requests`: searches the provider ran for the answer (Claude
+    /// Code's WebSearch tool), priced per search on top of the tokens; not tokens.
+    pub web_searches: u64,
 }
 
 impl Usage {
@@ -54,6 +61,7 @@ impl Usage {
         [self.input, self.output, self.cache_write, self.cache_read, self.cache_write_1h()]
             .iter()
             .all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
+            && self.web_searches <= MAX_PLAUSIBLE_SEARCHES
     }
 }
 
@@ -84,6 +92,7 @@ impl ReportedUsage {
             cache_write,
             cache_read: self.cache_read.unwrap_or(read.cache_read),
             cache_write_1h: read.cache_write_1h().min(cache_write),
+            web_searches: read.web_searches,
         }
     }
 }
@@ -98,6 +107,15 @@ struct RawUsage {
     /// writes; `None` when absent, which leaves what an earlier event said.
     #[serde(default, deserialize_with = "present")]
     cache_creation: Option<Option<CacheCreation>>,
+    /// Like `cache_creation`: `Some(None)` for `null`, which says no server tool ran.
+    #[serde(default, deserialize_with = "present")]
+    server_tool_use: Option<Option<ServerToolUse>>,
+}
+
+/// `usage.server_tool_use`: what the provider's own tools did.
+#[derive(Debug, Default, Deserialize)]
+struct ServerToolUse {
+    web_search_requests: Option<u64>,
 }
 
 /// A field that is present, `null` included.
@@ -167,8 +185,8 @@ pub struct Meter {
 /// What the answer has said so far.
 #[derive(Debug, Default)]
 struct Seen {
-    /// Input, output, cache writes, cache reads, one-hour cache writes.
-    fields: [Option<u64>; 5],
+    /// Input, output, cache writes, cache reads, one-hour cache writes, web searches.
+    fields: [Option<u64>; 6],
     /// Whether any usage was reported at all.
     reported: bool,
     /// Whether a stream's last usage (`message_delta`, cumulative) came.
@@ -282,8 +300,9 @@ impl Meter {
                 bytes.clear();
             }
         }
-        let [input, output, cache_write, cache_read, cache_write_1h] = self.seen.fields.map(|f| f.unwrap_or(0));
-        Usage { input, output: output.max(output_seen), cache_write, cache_read, cache_write_1h }
+        let [input, output, cache_write, cache_read, cache_write_1h, web_searches] =
+            self.seen.fields.map(|f| f.unwrap_or(0));
+        Usage { input, output: output.max(output_seen), cache_write, cache_read, cache_write_1h, web_searches }
     }
 }
 
@@ -316,7 +335,7 @@ impl Seen {
     }
 }
 
-fn merge(fields: &mut [Option<u64>; 5], usage: &RawUsage) {
+fn merge(fields: &mut [Option<u64>; 6], usage: &RawUsage) {
     let new = [
         usage.input_tokens,
         usage.output_tokens,
@@ -324,6 +343,8 @@ fn merge(fields: &mut [Option<u64>; 5], usage: &RawUsage) {
         usage.cache_read_input_tokens,
         // The breakdown is one report: a `cache_creation` without a one-hour count says none.
         usage.cache_creation.as_ref().map(|c| c.as_ref().and_then(|c| c.ephemeral_1h_input_tokens).unwrap_or(0)),
+        // Cumulative in a stream, like the other counts: the last report is the answer's.
+        usage.server_tool_use.as_ref().map(|t| t.as_ref().and_then(|t| t.web_search_requests).unwrap_or(0)),
     ];
     for (field, value) in fields.iter_mut().zip(new) {
         if value.is_some() {
@@ -376,7 +397,10 @@ mod tests {
     fn captured_stream_counts_the_same_at_every_split() {
         let stream = fixture();
         let whole = count("text/event-stream", &[&stream]);
-        assert_eq!(whole, Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0, cache_write_1h: 0 });
+        assert_eq!(
+            whole,
+            Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0, cache_write_1h: 0, web_searches: 0 }
+        );
         for i in 0..=stream.len() {
             assert_eq!(count("text/event-stream", &[&stream[..i], &stream[i..]]), whole, "split at {i}");
         }
@@ -390,22 +414,22 @@ mod tests {
             (
                 "delta output replaces start output",
                 "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40}}\n\n",
-                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0 },
+                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0, web_searches: 0 },
             ),
             (
                 "delta repeats cumulative cache fields: taken once",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}}\n\nevent: message_delta\ndata: {\"usage\":{\"input_tokens\":10,\"output_tokens\":40,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}\n\n",
-                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0 },
+                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0, web_searches: 0 },
             ),
             (
                 "stream cut after message_start",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"delta\":{\"text\":\"hal",
-                Usage { input: 10, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0 },
+                Usage { input: 10, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0, web_searches: 0 },
             ),
             (
                 "error event after start keeps start usage",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n",
-                Usage { input: 3, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0 },
+                Usage { input: 3, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0, web_searches: 0 },
             ),
         ];
         for (name, stream, want) in cases {
@@ -431,7 +455,7 @@ mod tests {
         meter.push(&fixture());
         assert_eq!(
             meter.finish(),
-            Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0, cache_write_1h: 0 }
+            Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0, cache_write_1h: 0, web_searches: 0 }
         );
         assert_eq!(meter.problem(Some(200)), None);
     }
@@ -439,7 +463,7 @@ mod tests {
     #[test]
     fn json_answers() {
         let message = br#"{"id":"m","type":"message","content":[{"type":"text","text":"<block>no"}],"usage":{"input_tokens":900,"output_tokens":4,"cache_creation_input_tokens":0,"cache_read_input_tokens":120}}"#;
-        let want = Usage { input: 900, output: 4, cache_write: 0, cache_read: 120, cache_write_1h: 0 };
+        let want = Usage { input: 900, output: 4, cache_write: 0, cache_read: 120, cache_write_1h: 0, web_searches: 0 };
         assert_eq!(count("application/json", &[&message[..50], &message[50..]]), want);
         // The same last usage, as a JSON answer and as a stream's last event, reads the same:
         // a breakdown without a one-hour count (or `null`) replaces the start's, absence keeps it.
@@ -464,7 +488,7 @@ data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_in
             }
         }
         let hourly = br#"{"usage":{"input_tokens":9,"output_tokens":4,"cache_creation_input_tokens":70,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":20,"ephemeral_1h_input_tokens":50}}}"#;
-        let want = Usage { input: 9, output: 4, cache_write: 70, cache_read: 0, cache_write_1h: 50 };
+        let want = Usage { input: 9, output: 4, cache_write: 70, cache_read: 0, cache_write_1h: 50, web_searches: 0 };
         assert_eq!(count("application/json", &[hourly]), want, "one-hour writes are told apart");
         let error = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert_eq!(count("application/json", &[error]), Usage::default());
@@ -472,5 +496,33 @@ data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_in
         big.extend(std::iter::repeat_n(b'x', MAX_JSON + 10));
         big.extend_from_slice(br#""}],"usage":{"input_tokens":1,"output_tokens":99999}}"#);
         assert_eq!(count("application/json", &big.chunks(65536).collect::<Vec<_>>()).output, 99999, "tail kept");
+    }
+
+    #[test]
+    fn web_searches_are_the_last_count_reported() {
+        let json = br#"{"usage":{"input_tokens":10,"output_tokens":5,"server_tool_use":{"web_search_requests":3}}}"#;
+        assert_eq!(count("application/json", &[json]).web_searches, 3);
+        let start = "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"server_tool_use\":{\"web_search_requests\":0}}}}\n\n";
+        for (delta, want) in [
+            // Cumulative, as the other counts: the last report, never a sum.
+            (r#"{"output_tokens":40,"server_tool_use":{"web_search_requests":2}}"#, 2),
+            (r#"{"output_tokens":40}"#, 0),
+            (r#"{"output_tokens":40,"server_tool_use":null}"#, 0),
+            (r#"{"output_tokens":40,"server_tool_use":{"web_fetch_requests":4}}"#, 0),
+        ] {
+            let stream = format!("{start}event: message_delta\ndata: {{\"usage\":{delta}}}\n\n");
+            let usage = count("text/event-stream", &[stream.as_bytes()]);
+            assert_eq!((usage.web_searches, usage.output), (want, 40), "{delta}");
+        }
+        let twice = format!(
+            "{}event: message_delta\ndata: {{\"usage\":{{\"output_tokens\":9,\"server_tool_use\":{{\"web_search_requests\":2}}}}}}\n\n\
+             event: message_delta\ndata: {{\"usage\":{{\"output_tokens\":40,\"server_tool_use\":{{\"web_search_requests\":2}}}}}}\n\n",
+            start.replace(":0}", ":2}")
+        );
+        assert_eq!(count("text/event-stream", &[twice.as_bytes()]).web_searches, 2, "taken once");
+        // Not tokens; beyond belief, the usage is not believed.
+        let usage = Usage { input: 1, web_searches: 7, ..Usage::default() };
+        assert_eq!(usage.total(), 1);
+        assert!(!Usage { web_searches: MAX_PLAUSIBLE_SEARCHES + 1, ..usage }.is_plausible());
     }
 }

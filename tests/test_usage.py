@@ -271,6 +271,44 @@ def check_one_hour_pricing(g, host, signer, sonnet, opus):
         assert s[metric.format("power", "claude-opus-4-7")] == round(want[0] * 1e6)
 
 
+def test_web_searches_are_recorded_and_priced_on_top_of_the_tokens(make_gateway, host, stub, signer):
+    """Claude Code's WebSearch tool has the API run searches (`server_tool_use.web_search_requests`
+    in the answer's last usage), billed per search on top of the tokens: $10 per 1,000 unless the
+    price says `web_search_per_1k`. The record counts them and its cost (and a cost budget) includes
+    them (a cost budget too: metering.rs), with a streamed and a JSON answer, on both hosts."""
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    sonnet, haiku = PRICES["claude-sonnet-4-6"], None
+    for m in config["models"]:
+        if m["alias"] == "claude-sonnet-4-6":
+            m["price"] = sonnet
+        if m["alias"] == "claude-haiku-4-5":
+            haiku = m["price"] = dict(PRICES["claude-sonnet-4-6"], web_search_per_1k=25)
+    saved = stub.usage
+    stub.usage = dict(saved, server_tool_use={"web_search_requests": 3})
+    try:
+        g = make_gateway(config, [signer.upstream])
+        token = signer.token(sub="erin")
+        assert call(g.port, token, STREAM).status == 200  # haiku, streamed
+        assert call(g.port, token, JSON_BODY).status == 200  # sonnet, JSON
+    finally:
+        stub.usage = saved
+    deadline = time.monotonic() + 5
+    while len(records := g.usage_records()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    records.sort(key=lambda r: r["model"])
+    assert [(r["model"], r.get("web_search_requests")) for r in records] == [
+        ("claude-haiku-4-5", 3), ("claude-sonnet-4-6", 3)]
+    u = saved
+
+    def tokens(price):
+        return (u["input_tokens"] * price["input"] + u["output_tokens"] * price["output"]
+                + u["cache_creation_input_tokens"] * price["cache_write"]
+                + u["cache_read_input_tokens"] * price["cache_read"]) / 1e6
+
+    assert [r["cost_usd"] for r in records] == pytest.approx([tokens(haiku) + 3 * 25 / 1000,
+                                                              tokens(sonnet) + 3 * 10 / 1000])
+
+
 def cut_after_message_start(port: int, token: str):
     """Sends a streamed request and hangs up once `message_start` came (Claude Code's Esc)."""
     import http.client

@@ -50,8 +50,11 @@ def sse_events(model, usage, text="Hello from the stand-in upstream.", pause=0.0
         yield "content_block_delta", {"type": "content_block_delta", "index": 0,
                                       "delta": {"type": "text_delta", "text": chunk}}
     yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+    last_usage = {"output_tokens": usage["output_tokens"]}
+    if "server_tool_use" in usage:  # web searches the API ran, cumulative in the last usage
+        last_usage["server_tool_use"] = usage["server_tool_use"]
     yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                            "usage": {"output_tokens": usage["output_tokens"]}}
+                            "usage": last_usage}
     yield "message_stop", {"type": "message_stop"}
 
 

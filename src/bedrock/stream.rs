@@ -191,6 +191,7 @@ pub fn usage_from_headers(headers: &[(&str, &str)]) -> Option<Usage> {
         cache_write: cache_write.unwrap_or(0),
         cache_read: cache_read.unwrap_or(0),
         cache_write_1h: 0,
+        web_searches: 0,
     })
 }
 
@@ -218,6 +219,7 @@ mod tests {
                 cache_write: c.cache_write,
                 cache_read: c.cache_read,
                 cache_write_1h: 0,
+                web_searches: 0,
             }
         }
     }
@@ -405,7 +407,14 @@ mod tests {
         ];
         assert_eq!(
             usage_from_headers(&headers),
-            Some(Usage { input: 120, output: 30, cache_write: 0, cache_read: 2000, cache_write_1h: 0 })
+            Some(Usage {
+                input: 120,
+                output: 30,
+                cache_write: 0,
+                cache_read: 2000,
+                cache_write_1h: 0,
+                web_searches: 0
+            })
         );
         assert_eq!(usage_from_headers(&[("content-type", "application/json")]), None);
     }

@@ -39,6 +39,8 @@ pub(super) struct RawPrice {
     cache_read: f64,
     #[serde(default)]
     cache_write_1h: Option<f64>,
+    #[serde(default)]
+    web_search_per_1k: Option<f64>,
 }
 
 /// Dollars per million tokens.
@@ -55,7 +57,18 @@ pub struct Price {
     /// Cache writes for one hour (`cache_control.ttl: "1h"`): as configured, or twice `input`
     /// (as Anthropic and Bedrock price them) but never below `cache_write`.
     pub cache_write_1h: f64,
+    /// Dollars per 1,000 server-side web searches (`web_search_per_1k`): as configured, or
+    /// Anthropic's [`DEFAULT_WEB_SEARCH_PER_1K`].
+    pub web_search_per_1k: f64,
 }
+
+/// Anthropic's price of web searches: $10 per 1,000.
+pub const DEFAULT_WEB_SEARCH_PER_1K: f64 = 10.0;
+
+/// Most dollars per 1,000 web searches a configuration may set: with at most
+/// [`crate::usage::MAX_PLAUSIBLE_SEARCHES`] searches, a request's cost stays a count a budget
+/// counter holds exactly.
+const MAX_WEB_SEARCH_PER_1K: f64 = 100_000.0;
 
 /// How admission holds budget for a request that has not answered yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -138,6 +151,14 @@ pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigE
     if all.iter().any(|p| *p > MAX_PRICE) {
         return Err(ConfigError::new(field, format!("prices must be at most {MAX_PRICE} dollars per million tokens")));
     }
+    if let Some(search) = raw.web_search_per_1k {
+        if !(search.is_finite() && (0.0..=MAX_WEB_SEARCH_PER_1K).contains(&search)) {
+            return Err(ConfigError::new(
+                format!("{field}.web_search_per_1k"),
+                format!("must be a number from 0 to {MAX_WEB_SEARCH_PER_1K} (dollars per 1,000 web searches)"),
+            ));
+        }
+    }
     Ok(Price {
         input: raw.input,
         output: raw.output,
@@ -146,6 +167,7 @@ pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigE
         // Never below a five-minute write. At most twice MAX_PRICE: a request's cost still stays a
         // count a counter holds exactly.
         cache_write_1h: raw.cache_write_1h.unwrap_or((raw.input * 2.0).max(raw.cache_write)),
+        web_search_per_1k: raw.web_search_per_1k.unwrap_or(DEFAULT_WEB_SEARCH_PER_1K),
     })
 }
 
@@ -336,6 +358,22 @@ mod tests {
                         json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "cache_write_1h": -2})
                 },
                 "config error: models[0].price: prices must be non-negative numbers (dollars per million tokens)",
+            ),
+            (
+                "a web search price beyond its bound",
+                |d| {
+                    d["models"][0]["price"] =
+                        json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "web_search_per_1k": 1e9})
+                },
+                "config error: models[0].price.web_search_per_1k: must be a number from 0 to 100000 (dollars per 1,000 web searches)",
+            ),
+            (
+                "a negative web search price",
+                |d| {
+                    d["models"][0]["price"] =
+                        json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "web_search_per_1k": -1})
+                },
+                "config error: models[0].price.web_search_per_1k: must be a number from 0 to 100000 (dollars per 1,000 web searches)",
             ),
             (
                 "a price of an unknown kind",
