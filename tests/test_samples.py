@@ -30,6 +30,35 @@ def test_production_sample_refuses_to_load_without_the_key(monkeypatch):
     assert "config error: targets.anthropic.api_key_env: environment variable ANTHROPIC_API_KEY is not set" in logs
 
 
+def test_bedrock_sample_takes_long_lived_keys_and_a_session_token_as_its_comment_says(tmp_path, monkeypatch):
+    """envoy/bedrock.yaml loads with long-lived keys and no AWS_SESSION_TOKEN; with the two additions its
+    header comment names for temporary credentials it loads when the token is set and refuses (naming the
+    variable) when it is not."""
+    sample = (ROOT / "envoy" / "bedrock.yaml").read_text()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-validate-only")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDVALIDATEONLY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "validate-only")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    comment = " ".join(line.lstrip("# ") for line in sample.splitlines() if line.startswith("#"))
+    assert "add AWS_SESSION_TOKEN to `host_env_keys` below and " \
+           '`"session_token_env": "AWS_SESSION_TOKEN"` to the bedrock target' in comment
+    keys = "host_env_keys: [ANTHROPIC_API_KEY, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]"
+    field = '"secret_access_key_env": "AWS_SECRET_ACCESS_KEY"}'
+    assert sample.count(keys) == 1 and sample.count(field) == 1
+    result = validate(ROOT / "envoy" / "bedrock.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    temporary = tmp_path / "bedrock-temporary.yaml"
+    temporary.write_text(sample.replace(keys, keys[:-1] + ", AWS_SESSION_TOKEN]")
+                         .replace(field, field[:-1] + ', "session_token_env": "AWS_SESSION_TOKEN"}'))
+    refused = validate(temporary)
+    assert refused.returncode != 0
+    assert "config error: targets.bedrock.session_token_env: environment variable AWS_SESSION_TOKEN is not set" \
+        in refused.stdout + refused.stderr
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "IQoJvalidateonly")
+    result = validate(temporary)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def wait_for(url, seconds=60):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -63,6 +92,13 @@ def test_make_demo_stack_serves_claude_code_traffic():
         refused = call(10000, "not.a.token", fixture("request_main_stream.json"))
         assert refused.status == 401
         assert call(10000, None, path="/api/hello", method="HEAD").status == 200
+        # A second `make demo` meanwhile starts nothing: it names the ports in use and stops.
+        second = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=30)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "demo: error: ports in use: 9100 (the demo IdP), 9200 (the stand-in Anthropic API), " \
+               "9901 (Envoy's admin), 10000 (the gateway)" in second.stderr
+        assert "[idp]" not in second.stdout + second.stderr and "Ctrl-C" not in second.stdout
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
         demo.wait(15)

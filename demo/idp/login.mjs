@@ -19,10 +19,21 @@ const deviceCode = arg('device');
 const issuer = arg('issuer', browse ? new URL(browse).origin : 'http://127.0.0.1:9100');
 const b64url = (buf) => buf.toString('base64url');
 
+// fetch() to the IdP: when nothing answers there, says so (fetch itself says only "fetch failed").
+async function idp(url, init) {
+  try {
+    return await fetch(url, init);
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err;
+    const why = err.cause?.code || err.cause?.message || err.message;
+    throw new Error(`no IdP at ${issuer} (${why}): is \`make demo\` running?`);
+  }
+}
+
 const jar = new Map();
 const cookies = () => [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
 async function go(url, init = {}) {
-  const res = await fetch(url, { ...init, redirect: 'manual', headers: { ...(init.headers || {}), cookie: cookies() } });
+  const res = await idp(url, { ...init, redirect: 'manual', headers: { ...(init.headers || {}), cookie: cookies() } });
   for (const line of res.headers.getSetCookie()) {
     const [pair] = line.split(';');
     const eq = pair.indexOf('=');
@@ -62,7 +73,9 @@ async function drive(url) {
 }
 
 async function codeFlow() {
-  const discovery = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+  const found = await idp(`${issuer}/.well-known/openid-configuration`);
+  if (!found.ok) throw new Error(`${issuer} answered ${found.status} to OpenID discovery: is \`make demo\`'s IdP the one there?`);
+  const discovery = await found.json();
   const redirectUri = 'http://127.0.0.1:53682/callback';
   const verifier = b64url(randomBytes(32));
   const state = b64url(randomBytes(16));
@@ -78,7 +91,7 @@ async function codeFlow() {
   if (back.searchParams.get('error')) {
     throw new Error(`sign-in refused: ${back.searchParams.get('error')}: ${back.searchParams.get('error_description')}`);
   }
-  const res = await fetch(discovery.token_endpoint, {
+  const res = await idp(discovery.token_endpoint, {
     method: 'POST',
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
     body: new URLSearchParams({ grant_type: 'authorization_code', code: back.searchParams.get('code'),

@@ -163,7 +163,14 @@ async function interaction(provider, req, res) {
 
 async function main() {
   const server = http.createServer();
-  await new Promise((resolve) => server.listen(requestedPort, host, resolve));
+  // A port already taken is said in one line, not as an unhandled 'error' event's stack trace.
+  await new Promise((resolve, reject) => {
+    const refused = (err) => reject(Object.assign(new Error(err.code === 'EADDRINUSE'
+      ? `cannot listen on ${host}:${requestedPort}: the port is in use (another \`make demo\`, \`make compose-up\` or test run?)`
+      : `cannot listen on ${host}:${requestedPort}: ${err.message}`), { plain: true }));
+    server.once('error', refused);
+    server.listen(requestedPort, host, () => { server.off('error', refused); resolve(); });
+  });
   const issuer = `http://${host}:${server.address().port}`;
   const provider = buildProvider(issuer);
   provider.on('server_error', (ctx, err) => process.stderr.write(`idp: server error: ${err.stack}\n`));
@@ -184,4 +191,4 @@ async function main() {
   process.stdout.write(`ready ${issuer}\n`);
 }
 
-main().catch((err) => { process.stderr.write(`idp: ${err.stack}\n`); process.exit(1); });
+main().catch((err) => { process.stderr.write(`idp: ${err.plain ? err.message : err.stack}\n`); process.exit(1); });
