@@ -23,11 +23,19 @@ pub fn units(counts: Counts, usage: &Usage, price: Option<&Price>) -> u64 {
 /// (dollars per 1,000, so one costs a thousand times that in µ$).
 pub fn cost_micros(usage: &Usage, price: &Price) -> u64 {
     let hour = usage.cache_write_1h();
-    let micros = usage.input as f64 * price.input
-        + usage.output as f64 * price.output
-        + (usage.cache_write - hour) as f64 * price.cache_write
-        + hour as f64 * price.cache_write_1h
-        + usage.cache_read as f64 * price.cache_read
+    // A long prompt has every token priced at the long-context rates, its output included.
+    let rates = match price.long_context {
+        Some(long) if usage.prompt() > long.above_prompt_tokens => {
+            [long.input, long.output, long.cache_write, long.cache_write_1h, long.cache_read]
+        }
+        _ => [price.input, price.output, price.cache_write, price.cache_write_1h, price.cache_read],
+    };
+    let [input, output, cache_write, cache_write_1h, cache_read] = rates;
+    let micros = usage.input as f64 * input
+        + usage.output as f64 * output
+        + (usage.cache_write - hour) as f64 * cache_write
+        + hour as f64 * cache_write_1h
+        + usage.cache_read as f64 * cache_read
         + usage.web_searches as f64 * price.web_search_per_1k * 1000.0;
     micros.round() as u64
 }
@@ -276,6 +284,7 @@ mod tests {
             cache_read: 0.3,
             cache_write_1h: 6.0,
             web_search_per_1k: 10.0,
+            long_context: None,
         };
         Subject {
             person: "alice".into(),
@@ -752,5 +761,30 @@ mod tests {
         assert_eq!(units(Counts::TotalTokens, &searched, Some(&price)), 150, "a search is no token");
         let free = Price { web_search_per_1k: 0.0, ..price };
         assert_eq!(cost_micros(&searched, &free), cost_micros(&tokens, &free));
+    }
+
+    #[test]
+    fn a_long_prompt_prices_every_token_at_the_long_context_rates() {
+        use crate::config::LongContext;
+        let long = LongContext {
+            above_prompt_tokens: 200_000,
+            input: 6.0,
+            output: 22.5,
+            cache_write: 7.5,
+            cache_read: 0.6,
+            cache_write_1h: 12.0,
+        };
+        let price = Price { long_context: Some(long), ..subject().price.unwrap() };
+        // The prompt counts the cache: 150K read + 50K written + 1 uncached is over 200K.
+        let at = |input| Usage { input, output: 1000, cache_write: 50_000, cache_read: 150_000, ..Usage::default() };
+        assert_eq!(cost_micros(&at(0), &price), 1000 * 15 + 50_000 * 375 / 100 + 150_000 * 3 / 10);
+        assert_eq!(
+            cost_micros(&at(1), &price),
+            6 + 1000 * 225 / 10 + 50_000 * 75 / 10 + 150_000 * 6 / 10,
+            "all of it, output included"
+        );
+        let hour = Usage { cache_write_1h: 50_000, web_searches: 2, ..at(1) };
+        assert_eq!(cost_micros(&hour, &price), 6 + 22_500 + 50_000 * 12 + 90_000 + 20_000, "searches as ever");
+        assert_eq!(cost_micros(&at(1), &Price { long_context: None, ..price }), cost_micros(&at(0), &price) + 3);
     }
 }

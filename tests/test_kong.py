@@ -110,6 +110,7 @@ INVALID = [
     ("no models", {"models": []}, "config error: models: at least one model is required"),
     ("model without id", {"models[0].model_id": DELETE}, "config error: models[0]: missing field `model_id`"),
     ("negative price", {"models[0].price.input": -1}, "config error: models[0].price: prices must be non-negative"),
+    ("a long-context threshold of nothing", {"models[0].price": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3, "long_context": {"above_prompt_tokens": 0, "input": 6, "output": 22.5, "cache_write": 7.5, "cache_read": 0.6}}}, "config error: models[0].price.long_context.above_prompt_tokens: must be from 1 to 100000000 tokens"),
     ("a web search price beyond its bound", {"models[0].price": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3, "web_search_per_1k": 200000}}, "config error: models[0].price.web_search_per_1k: must be a number from 0 to 100000"),
     ("price missing a field", {"models[0].price": {"input": 1}}, "config error: models[0].price: missing field `output`"),
     ("no tiers", {"tiers": {}}, "config error: tiers: at least one tier is required"),

@@ -309,6 +309,38 @@ def test_web_searches_are_recorded_and_priced_on_top_of_the_tokens(make_gateway,
                                                               tokens(sonnet) + 3 * 10 / 1000])
 
 
+def test_a_long_prompt_is_priced_at_the_long_context_rates(make_gateway, host, stub, signer):
+    """A model priced higher for long prompts (`price.long_context`, as Sonnet with the 1M-token
+    window above 200K) has every token of a request whose prompt (cache reads and writes included)
+    is above the threshold priced at those rates, its output too; a shorter prompt at the base
+    rates. On both hosts."""
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    base = PRICES["claude-sonnet-4-6"]
+    long = {"input": 6, "output": 22.5, "cache_write": 7.5, "cache_read": 0.6}
+    u = stub.usage
+    prompt = u["input_tokens"] + u["cache_creation_input_tokens"] + u["cache_read_input_tokens"]
+    for m in config["models"]:
+        if m["alias"] == "claude-sonnet-4-6":  # this answer's prompt is above its threshold
+            m["price"] = dict(base, long_context=dict(long, above_prompt_tokens=prompt - 1))
+        if m["alias"] == "claude-haiku-4-5":  # and exactly at this one's
+            m["price"] = dict(base, long_context=dict(long, above_prompt_tokens=prompt))
+    g = make_gateway(config, [signer.upstream])
+    token = signer.token(sub="fred")
+    assert call(g.port, token, STREAM).status == 200  # haiku, streamed
+    assert call(g.port, token, JSON_BODY).status == 200  # sonnet, JSON
+    deadline = time.monotonic() + 5
+    while len(records := g.usage_records()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    records.sort(key=lambda r: r["model"])
+
+    def cost(p):
+        return (u["input_tokens"] * p["input"] + u["output_tokens"] * p["output"]
+                + u["cache_creation_input_tokens"] * p["cache_write"] + u["cache_read_input_tokens"] * p["cache_read"]) / 1e6
+
+    assert [(r["model"], r["cost_usd"]) for r in records] == [
+        ("claude-haiku-4-5", pytest.approx(cost(base))), ("claude-sonnet-4-6", pytest.approx(cost(long)))]
+
+
 def cut_after_message_start(port: int, token: str):
     """Sends a streamed request and hangs up once `message_start` came (Claude Code's Esc)."""
     import http.client

@@ -41,6 +41,21 @@ pub(super) struct RawPrice {
     cache_write_1h: Option<f64>,
     #[serde(default)]
     web_search_per_1k: Option<f64>,
+    #[serde(default)]
+    long_context: Option<RawLongContext>,
+}
+
+/// A model's `price.long_context`, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLongContext {
+    above_prompt_tokens: u64,
+    input: f64,
+    output: f64,
+    cache_write: f64,
+    cache_read: f64,
+    #[serde(default)]
+    cache_write_1h: Option<f64>,
 }
 
 /// Dollars per million tokens.
@@ -60,6 +75,27 @@ pub struct Price {
     /// Dollars per 1,000 server-side web searches (`web_search_per_1k`): as configured, or
     /// Anthropic's [`DEFAULT_WEB_SEARCH_PER_1K`].
     pub web_search_per_1k: f64,
+    /// Rates for a request whose prompt is long (`long_context`), when the model has them.
+    pub long_context: Option<LongContext>,
+}
+
+/// A second rate card for long prompts (Sonnet 4 and 4.5 with the 1M-token context window
+/// charge every token of a request whose prompt is over 200K tokens at higher rates).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LongContext {
+    /// A request whose prompt (input, cache writes and cache reads) is above this many tokens
+    /// is priced at these rates, its output included.
+    pub above_prompt_tokens: u64,
+    /// Dollars per million tokens, as [`Price`]'s.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Five-minute cache writes.
+    pub cache_write: f64,
+    /// Cache reads.
+    pub cache_read: f64,
+    /// One-hour cache writes: as configured, or twice `input` but never below `cache_write`.
+    pub cache_write_1h: f64,
 }
 
 /// Anthropic's price of web searches: $10 per 1,000.
@@ -159,6 +195,34 @@ pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigE
             ));
         }
     }
+    let long_context = match raw.long_context {
+        None => None,
+        Some(long) => {
+            let field = format!("{field}.long_context");
+            let rates =
+                [long.input, long.output, long.cache_write, long.cache_read, long.cache_write_1h.unwrap_or(0.0)];
+            if rates.iter().any(|p| !p.is_finite() || *p < 0.0 || *p > MAX_PRICE) {
+                return Err(ConfigError::new(
+                    &field,
+                    format!("prices must be non-negative numbers up to {MAX_PRICE} (dollars per million tokens)"),
+                ));
+            }
+            if long.above_prompt_tokens == 0 || long.above_prompt_tokens > crate::usage::MAX_PLAUSIBLE_TOKENS {
+                return Err(ConfigError::new(
+                    &format!("{field}.above_prompt_tokens"),
+                    format!("must be from 1 to {} tokens", crate::usage::MAX_PLAUSIBLE_TOKENS),
+                ));
+            }
+            Some(LongContext {
+                above_prompt_tokens: long.above_prompt_tokens,
+                input: long.input,
+                output: long.output,
+                cache_write: long.cache_write,
+                cache_read: long.cache_read,
+                cache_write_1h: long.cache_write_1h.unwrap_or((long.input * 2.0).max(long.cache_write)),
+            })
+        }
+    };
     Ok(Price {
         input: raw.input,
         output: raw.output,
@@ -168,6 +232,7 @@ pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigE
         // count a counter holds exactly.
         cache_write_1h: raw.cache_write_1h.unwrap_or((raw.input * 2.0).max(raw.cache_write)),
         web_search_per_1k: raw.web_search_per_1k.unwrap_or(DEFAULT_WEB_SEARCH_PER_1K),
+        long_context,
     })
 }
 
@@ -257,6 +322,19 @@ mod tests {
 
     fn load(doc: &Value) -> Result<Plan, String> {
         Plan::from_json(doc.to_string().as_bytes(), &|_| Some("k".to_owned())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_price_fills_in_what_it_does_not_say() {
+        let raw = json!({"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3,
+            "long_context": {"above_prompt_tokens": 200000, "input": 6, "output": 22.5, "cache_write": 7.5, "cache_read": 0.6}});
+        let price = super::compile_price("p", serde_json::from_value(raw).unwrap()).unwrap();
+        assert_eq!((price.cache_write_1h, price.web_search_per_1k), (6.0, 10.0));
+        let long = price.long_context.unwrap();
+        assert_eq!((long.above_prompt_tokens, long.output, long.cache_write_1h), (200_000, 22.5, 12.0));
+        let plain = json!({"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3, "web_search_per_1k": 0});
+        let price = super::compile_price("p", serde_json::from_value(plain).unwrap()).unwrap();
+        assert_eq!((price.long_context, price.web_search_per_1k), (None, 0.0));
     }
 
     #[test]
@@ -374,6 +452,30 @@ mod tests {
                         json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "web_search_per_1k": -1})
                 },
                 "config error: models[0].price.web_search_per_1k: must be a number from 0 to 100000 (dollars per 1,000 web searches)",
+            ),
+            (
+                "a long-context price without its threshold",
+                |d| {
+                    d["models"][0]["price"] = json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0,
+                        "long_context": {"input": 2, "output": 0, "cache_write": 0, "cache_read": 0}})
+                },
+                "config error: models[0].price.long_context: missing field `above_prompt_tokens`",
+            ),
+            (
+                "a long-context threshold of nothing",
+                |d| {
+                    d["models"][0]["price"] = json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0,
+                        "long_context": {"above_prompt_tokens": 0, "input": 2, "output": 0, "cache_write": 0, "cache_read": 0}})
+                },
+                "config error: models[0].price.long_context.above_prompt_tokens: must be from 1 to 100000000 tokens",
+            ),
+            (
+                "a negative long-context price",
+                |d| {
+                    d["models"][0]["price"] = json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0,
+                        "long_context": {"above_prompt_tokens": 200000, "input": -2, "output": 0, "cache_write": 0, "cache_read": 0}})
+                },
+                "config error: models[0].price.long_context: prices must be non-negative numbers up to 1000000 (dollars per million tokens)",
             ),
             (
                 "a price of an unknown kind",
