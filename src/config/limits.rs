@@ -209,7 +209,7 @@ pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigE
             }
             if long.above_prompt_tokens == 0 || long.above_prompt_tokens > crate::usage::MAX_PLAUSIBLE_TOKENS {
                 return Err(ConfigError::new(
-                    &format!("{field}.above_prompt_tokens"),
+                    format!("{field}.above_prompt_tokens"),
                     format!("must be from 1 to {} tokens", crate::usage::MAX_PLAUSIBLE_TOKENS),
                 ));
             }
