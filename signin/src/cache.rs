@@ -32,6 +32,42 @@ pub struct Cached {
     /// What the sign-in asked for; `None` in a file written before it was recorded.
     #[serde(default)]
     pub requested: Option<Requested>,
+    /// The scopes the IdP said it granted last (`scope` of its last answer that had one), sent
+    /// back with the refresh token; `None` when it never said.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// The token a run handed out last, kept beside the cache in `<name>.handed-out`. It is written
+/// without the lock (a fresh token is handed out without it), so never into the cache file: a run
+/// writing back what it had read could undo a refresh and bring back a spent refresh token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOut {
+    /// [`digest`] of the token.
+    pub token: String,
+    /// When, seconds since the epoch.
+    pub at: u64,
+    /// [`digest`] of the last token renewed because a run asked for it again right after it
+    /// was handed out: it is renewed only once.
+    #[serde(default)]
+    pub renewed: Option<String>,
+}
+
+impl HandOut {
+    /// When `token` was handed out, if it was the last one.
+    pub fn handed_out_at(&self, token: &str) -> Option<u64> {
+        (self.token == digest(token)).then_some(self.at)
+    }
+
+    /// Whether `token` was already renewed for being asked for again.
+    pub fn renewed(&self, token: &str) -> bool {
+        self.renewed.as_deref() == Some(digest(token).as_str())
+    }
+}
+
+/// A digest that tells tokens apart without keeping them.
+pub fn digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a sign-in asks the IdP for besides the client: a saved sign-in serves only runs that ask
@@ -77,6 +113,7 @@ pub struct CacheFile {
     /// The token file.
     pub path: PathBuf,
     lock_path: PathBuf,
+    handed_out_path: PathBuf,
 }
 
 impl CacheFile {
@@ -88,6 +125,7 @@ impl CacheFile {
             dir: dir.to_path_buf(),
             path: dir.join(format!("{name}.json")),
             lock_path: dir.join(format!("{name}.lock")),
+            handed_out_path: dir.join(format!("{name}.handed-out")),
         }
     }
 
@@ -135,23 +173,53 @@ impl CacheFile {
 
     /// Writes atomically: a private temporary file, then a rename over the old one.
     pub fn store(&self, cached: &Cached) -> std::io::Result<()> {
+        self.replace(&self.path, cached)
+    }
+
+    /// The token handed out last (all empty when nothing was recorded or it cannot be read).
+    pub fn last_hand_out(&self) -> HandOut {
+        fs::read_to_string(&self.handed_out_path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records that `token` is handed out at `now`, keeping which token was renewed last.
+    pub fn record_hand_out(&self, token: &str, now: u64) -> std::io::Result<()> {
+        let renewed = self.last_hand_out().renewed;
+        self.replace(&self.handed_out_path, &HandOut { token: digest(token), at: now, renewed })
+    }
+
+    /// Records that `token` is being renewed because it was asked for again.
+    pub fn record_renewal(&self, token: &str) -> std::io::Result<()> {
+        let last = self.last_hand_out();
+        self.replace(&self.handed_out_path, &HandOut { renewed: Some(digest(token)), ..last })
+    }
+
+    /// Writes `value` as JSON to `path` atomically: a private temporary file, then a rename.
+    fn replace(&self, path: &Path, value: &impl Serialize) -> std::io::Result<()> {
         self.ensure_dir()?;
-        let json = serde_json::to_string(cached).map_err(std::io::Error::other)?;
+        let json = serde_json::to_string(value).map_err(std::io::Error::other)?;
         // A random part in the name: a name from the PID alone collided with the file a killed
         // run had left (PIDs repeat, in containers soon), and the refreshed tokens were lost.
         let mut random = [0u8; 8];
         getrandom::getrandom(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
         let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = self.dir.join(format!(".{}.{}.{random}.tmp", file_name(&self.path), std::process::id()));
-        let written = write_new(&tmp, json.as_bytes(), None).and_then(|()| fs::rename(&tmp, &self.path));
+        let tmp = self.dir.join(format!(".{}.{}.{random}.tmp", file_name(path), std::process::id()));
+        let written = write_new(&tmp, json.as_bytes(), None).and_then(|()| fs::rename(&tmp, path));
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         written
     }
 
-    /// Deletes the cache; returns whether there was one.
+    /// Deletes the cache (and the record of the last hand-out); returns whether there was one.
     pub fn delete(&self) -> std::io::Result<bool> {
+        match fs::remove_file(&self.handed_out_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         match fs::remove_file(&self.path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -208,6 +276,7 @@ mod tests {
             received_at: 1,
             refresh_token: Some("r".into()),
             requested: Some(Requested::new(None, "openid email")),
+            scope: Some("openid email".into()),
         }
     }
 
@@ -236,7 +305,25 @@ mod tests {
         fs::create_dir_all(&cache.dir).unwrap();
         let older = r#"{"issuer":"https://idp","client_id":"c","access_token":"a","expires_at":5,"refresh_token":"r"}"#;
         fs::write(&cache.path, older).unwrap();
-        assert_eq!(cache.load(), Some(Cached { received_at: 0, requested: None, ..sample() }));
+        assert_eq!(cache.load(), Some(Cached { received_at: 0, requested: None, scope: None, ..sample() }));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn the_last_hand_out_keeps_the_renewal_and_goes_with_the_cache() {
+        let root = temp_dir("handout");
+        let cache = CacheFile::new(&root.join("claude-sso"), "https://idp", "c");
+        assert_eq!(cache.last_hand_out(), HandOut::default());
+        cache.store(&sample()).unwrap();
+        cache.record_hand_out("token-1", 100).unwrap();
+        cache.record_renewal("token-1").unwrap();
+        cache.record_hand_out("token-2", 105).unwrap();
+        let last = cache.last_hand_out();
+        assert_eq!((last.handed_out_at("token-2"), last.handed_out_at("token-1")), (Some(105), None));
+        assert!(last.renewed("token-1") && !last.renewed("token-2"));
+        assert!(!fs::read_to_string(&cache.handed_out_path).unwrap().contains("token-"), "a digest, not the token");
+        assert!(cache.delete().unwrap());
+        assert_eq!(cache.last_hand_out(), HandOut::default());
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -118,6 +118,26 @@ pub fn clock_set_back(received_at: u64, now: u64) -> bool {
     received_at > now.saturating_add(CLOCK_TOLERANCE_S)
 }
 
+/// How soon after a token was handed out a run that would hand it out again is taken as Claude
+/// Code's re-run after the gateway refused it (it re-runs the helper about 1 s after a 401 or 403).
+pub const ASKED_AGAIN_WITHIN_S: u64 = 10;
+
+/// How long after it arrived a token is never renewed for being asked for again: the IdP has just
+/// issued it, so a new one would be refused as well, and parallel starts of Claude Code within
+/// [`ASKED_AGAIN_WITHIN_S`] of each other would otherwise renew the token on every start.
+pub const JUST_RECEIVED_S: u64 = 60;
+
+/// Whether a fresh token that is about to be handed out again is renewed first (once): it was
+/// handed out at `handed_out_at` (by this clock; `None` if it was not the last one handed out),
+/// within [`ASKED_AGAIN_WITHIN_S`] of `now`, so the gateway most likely refused it (a maximum
+/// token age lower than the helper knows, a signing key withdrawn), and Claude Code would retry
+/// with it for minutes. Not when it was renewed so before (`renewed`), nor when it arrived within
+/// [`JUST_RECEIVED_S`] or at an unknown time (`received_at` 0, a cache from before it was kept).
+pub fn renew_when_asked_again(handed_out_at: Option<u64>, renewed: bool, received_at: u64, now: u64) -> bool {
+    let asked_again = handed_out_at.is_some_and(|at| at <= now && now - at <= ASKED_AGAIN_WITHIN_S);
+    asked_again && !renewed && received_at != 0 && now.saturating_sub(received_at) > JUST_RECEIVED_S
+}
+
 /// When a token just received expires, by this computer's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
@@ -277,6 +297,26 @@ mod tests {
         ];
         for (name, received_at, now, want) in cases {
             assert_eq!(clock_set_back(received_at, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_token_asked_for_again_at_once_is_renewed_once() {
+        const NOW: u64 = 1_000_000;
+        let old = NOW - 600;
+        let cases = [
+            ("handed out 1 s ago", Some(NOW - 1), false, old, true),
+            ("handed out 10 s ago", Some(NOW - 10), false, old, true),
+            ("handed out 11 s ago: the TTL's re-run", Some(NOW - 11), false, old, false),
+            ("another token was handed out last", None, false, old, false),
+            ("renewed so already", Some(NOW - 1), true, old, false),
+            ("received 60 s ago", Some(NOW - 1), false, NOW - 60, false),
+            ("received 61 s ago", Some(NOW - 1), false, NOW - 61, true),
+            ("arrival not recorded", Some(NOW - 1), false, 0, false),
+            ("handed out later by a clock set back since", Some(NOW + 5), false, old, false),
+        ];
+        for (name, handed_out_at, renewed, received_at, want) in cases {
+            assert_eq!(renew_when_asked_again(handed_out_at, renewed, received_at, NOW), want, "{name}");
         }
     }
 

@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use cache::{CacheFile, Cached, Requested};
 use flow::{SignIn, Situation};
 use login::{Browser, BrowserLogin, LoginError};
-use oidc::{Client, OidcError, Revocation, TokenResponse};
+use oidc::{Client, OidcError, Revocation, TokenError, TokenResponse};
 
 #[derive(Parser)]
 #[command(
@@ -83,7 +84,10 @@ struct Idp {
     login_timeout_seconds: u64,
     /// Accept a plain http:// issuer that is not on this computer (sign-in codes and tokens then
     /// cross the network unencrypted).
-    #[arg(long, env = "CLAUDE_SSO_ALLOW_INSECURE_HTTP", global = true)]
+    /// From the environment, `1`, `true`, `yes`, `on` (any case) is true; `0`, `false`, `no`, `off`
+    /// or empty is false; anything else is refused rather than taken for either (a typo must not
+    /// switch this on).
+    #[arg(long, env = "CLAUDE_SSO_ALLOW_INSECURE_HTTP", value_parser = BoolishValueParser::new(), global = true)]
     allow_insecure_http: bool,
 }
 
@@ -156,9 +160,17 @@ fn main() -> ExitCode {
     // will look. This runs before any thread exists, so setting the environment is sound.
     if let Some(path) = claude_settings() {
         for (key, value) in settings::helper_env(&path) {
-            if std::env::var_os(&key).is_none() {
+            if std::env::var_os(&key).is_none_or(|v| blank(&v)) {
                 std::env::set_var(key, value);
             }
+        }
+    }
+    // An empty setting means its default, as an empty CLAUDE_SSO_ISSUER means none: parsed as a
+    // number, `CLAUDE_SSO_MARGIN_SECONDS=` in the settings' `env` failed every run with a usage
+    // error, and every request of Claude Code with it.
+    for (key, value) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("CLAUDE_SSO_")) && blank(&value) {
+            std::env::remove_var(key);
         }
     }
     let cli = Cli::parse();
@@ -174,6 +186,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(message),
     }
+}
+
+/// Whether an environment value is empty or only whitespace.
+fn blank(value: &std::ffi::OsStr) -> bool {
+    value.to_str().is_some_and(|v| v.trim().is_empty())
 }
 
 fn issuer(idp: &Idp) -> Result<&str, String> {
@@ -210,21 +227,45 @@ fn cache_file(idp: &Idp) -> Result<CacheFile, String> {
     Ok(CacheFile::new(&dir, issuer(idp)?, &idp.client_id))
 }
 
+/// The token run: [`token_from`], and a record of the token handed out (see
+/// [`flow::renew_when_asked_again`]).
+fn token(idp: &Idp) -> Result<String, String> {
+    let cache = cache_file(idp)?;
+    let token = token_from(idp, &cache)?;
+    // Without the record a run asked again only hands out the same token, as before.
+    let _ = cache.record_hand_out(&token, now());
+    Ok(token)
+}
+
 /// The token flow: cached if fresh enough (without a refresh token: while usable), else
 /// refreshed, else a new sign-in if someone can see it (see [`flow::choose`]); all but handing
-/// out a fresh token under the cache lock, so that parallel runs make one sign-in.
-fn token(idp: &Idp) -> Result<String, String> {
+/// out a fresh token under the cache lock, so that parallel runs make one sign-in. A fresh token
+/// asked for again right after it was handed out is renewed once.
+fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
     let issuer = issuer(idp)?;
-    let cache = cache_file(idp)?;
-    // A token saved before the gateway's age limit was given counts from its `iat`. One that
-    // arrived by a clock since set back may be past its real expiry already: it counts as expired
-    // (refreshed, else signed in again), never as still good for hours.
-    let limit = |c: &Cached| match (idp.max_token_age_seconds, claims::issued_at(&c.access_token)) {
+    // The gateway's age limit counts from when the token arrived, by this computer's clock as
+    // `now` is; a token saved before that was recorded counts from its `iat`, by the IdP's clock.
+    // One that arrived by a clock since set back may be past its real expiry already: it counts
+    // as expired (refreshed, else signed in again), never as still good for hours.
+    let limit = |c: &Cached| match idp.max_token_age_seconds {
         _ if flow::clock_set_back(c.received_at, now()) => 0,
-        (Some(age), Some(iat)) => c.expires_at.min(iat.saturating_add(age)),
-        _ => c.expires_at,
+        Some(age) if c.received_at != 0 => c.expires_at.min(c.received_at.saturating_add(age)),
+        Some(age) => {
+            claims::issued_at(&c.access_token).map_or(c.expires_at, |iat| c.expires_at.min(iat.saturating_add(age)))
+        }
+        None => c.expires_at,
     };
     let fresh = |c: &Cached| flow::fresh_enough(limit(c), now(), idp.helper_ttl_ms, idp.margin_seconds);
+    let asked_again = |c: &Cached| {
+        let last = cache.last_hand_out();
+        c.refresh_token.is_some()
+            && flow::renew_when_asked_again(
+                last.handed_out_at(&c.access_token),
+                last.renewed(&c.access_token),
+                c.received_at,
+                now(),
+            )
+    };
     let load = || cache.load().filter(|c| c.issuer == issuer && c.client_id == idp.client_id);
     // One made for another audience or other scopes is set aside, not renewed: a refresh would
     // keep its grant's. The sign-in that replaces it overwrites it.
@@ -232,7 +273,7 @@ fn token(idp: &Idp) -> Result<String, String> {
     // A fresh token is handed out without the lock (the file is replaced whole, by a rename): a
     // `login` in a terminal holds the lock until the person has signed in, up to its timeout, and
     // Claude Code's runs of the helper waited for it with a good token saved.
-    if let Some(c) = load().filter(|c| c.made_for(&asked) && fresh(c)) {
+    if let Some(c) = load().filter(|c| c.made_for(&asked) && fresh(c) && !asked_again(c)) {
         return Ok(c.access_token);
     }
     let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
@@ -240,7 +281,13 @@ fn token(idp: &Idp) -> Result<String, String> {
     let asked_otherwise = saved.as_ref().is_some_and(|c| !c.made_for(&asked));
     let cached = saved.filter(|_| !asked_otherwise);
     if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
-        return Ok(c.access_token.clone());
+        // Claude Code runs the helper again right after the gateway refuses a token (401, 403):
+        // the same token again would be refused again, for minutes. Renewed once; when that
+        // cannot be recorded, not at all (each run would renew it).
+        if !asked_again(c) || cache.record_renewal(&c.access_token).is_err() {
+            return Ok(c.access_token.clone());
+        }
+        eprintln!("claude-sso-signin: note: this token was handed out moments ago and is asked for again; renewing it");
     }
     // Nothing can renew a sign-in without a refresh token, and a new sign-in before the token
     // runs out would only come sooner (under Claude Code over SSH it cannot start at all, so
@@ -262,23 +309,32 @@ fn token(idp: &Idp) -> Result<String, String> {
     };
     let mut client = None;
     if let Some((saved, refresh_token)) = cached.as_ref().and_then(|c| Some((c, c.refresh_token.clone()?))) {
-        let idp_client = match Client::discover(issuer) {
+        // With a token the gateway takes to fall back on, an IdP that does not answer is given
+        // up on soon: every run of the helper, and Claude Code with it, would wait for it.
+        let fallback = flow::usable(limit(saved), now(), idp.margin_seconds);
+        let timeout = if fallback { oidc::TIMEOUT_WITH_A_FALLBACK } else { oidc::TIMEOUT };
+        let idp_client = match Client::discover(issuer, timeout) {
             Ok(c) => c,
             Err(e) => {
                 return saved_during_outage(saved, limit(saved), &e, idp.margin_seconds)
                     .ok_or_else(|| discovery_failed(&e))
             }
         };
-        match idp_client.refresh(&idp.client_id, &refresh_token) {
+        match idp_client.refresh(&idp.client_id, &refresh_token, saved.scope.as_deref()) {
             Ok(tokens) => {
-                let c = received(idp, issuer, tokens, Some(refresh_token));
-                save_or_say(&cache, &c);
+                let c = received(idp, issuer, tokens, Some(saved));
+                save_or_say(cache, &c);
                 if !fresh(&c) {
                     note_sooner_than_the_ttl(limit(&c), "the identity provider issues tokens shorter-lived than that");
                 }
                 return hand_out(c, idp.margin_seconds);
             }
-            Err(e) => {
+            Err(TokenError { error: e, refresh_token: rotated }) => {
+                // The IdP may have rotated the refresh token before its answer was rejected:
+                // the one sent is then spent, and presenting it again can revoke the sign-in.
+                if let Some(rotated) = rotated {
+                    save_or_say(cache, &Cached { refresh_token: Some(rotated), ..saved.clone() });
+                }
                 if let Some(token) = saved_during_outage(saved, limit(saved), &e, idp.margin_seconds) {
                     return Ok(token);
                 }
@@ -311,7 +367,7 @@ fn token(idp: &Idp) -> Result<String, String> {
         None => discover(issuer)?,
     };
     let c = sign_in(idp, &client, situation)?;
-    save_or_say(&cache, &c);
+    save_or_say(cache, &c);
     hand_out(c, idp.margin_seconds)
 }
 
@@ -340,7 +396,7 @@ fn login(idp: &Idp) -> Result<(), String> {
 }
 
 fn discover(issuer: &str) -> Result<Client, String> {
-    Client::discover(issuer).map_err(|e| discovery_failed(&e))
+    Client::discover(issuer, oidc::TIMEOUT).map_err(|e| discovery_failed(&e))
 }
 
 fn discovery_failed(e: &OidcError) -> String {
@@ -428,8 +484,9 @@ fn hand_out(c: Cached, margin_s: u64) -> Result<String, String> {
     ))
 }
 
-/// What to remember of a token endpoint answer received just now.
-fn received(idp: &Idp, issuer: &str, tokens: TokenResponse, old_refresh: Option<String>) -> Cached {
+/// What to remember of a token endpoint answer received just now; for a refresh, `renewed` is the
+/// saved sign-in, whose refresh token and granted scopes stand unless the answer has new ones.
+fn received(idp: &Idp, issuer: &str, tokens: TokenResponse, renewed: Option<&Cached>) -> Cached {
     let token = &tokens.access_token;
     let received_at = now();
     let expiry = flow::expiry(received_at, tokens.expires_in, claims::expiry(token), claims::issued_at(token));
@@ -450,8 +507,9 @@ fn received(idp: &Idp, issuer: &str, tokens: TokenResponse, old_refresh: Option<
         access_token: tokens.access_token,
         expires_at,
         received_at,
-        refresh_token: tokens.refresh_token.or(old_refresh),
+        refresh_token: tokens.refresh_token.or_else(|| renewed?.refresh_token.clone()),
         requested: Some(Requested::new(idp.audience.as_deref(), &idp.scopes)),
+        scope: tokens.scope.filter(|s| !s.trim().is_empty()).or_else(|| renewed?.scope.clone()),
     }
 }
 
@@ -504,7 +562,7 @@ fn logout(idp: &Idp) -> Result<(), String> {
     };
     let revoked = match c.refresh_token.as_deref() {
         None => Ok("there was no refresh token to revoke"),
-        Some(refresh_token) => match Client::discover(issuer) {
+        Some(refresh_token) => match Client::discover(issuer, oidc::TIMEOUT) {
             Ok(client) => match client.revoke(&idp.client_id, refresh_token, "refresh_token") {
                 Ok(Revocation::Revoked) => Ok("revoked the refresh token at the identity provider"),
                 Ok(Revocation::NoEndpoint) => Ok("the identity provider advertises no revocation endpoint, \

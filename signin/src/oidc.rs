@@ -106,6 +106,27 @@ pub struct TokenResponse {
     /// For silent renewal.
     #[serde(default)]
     pub refresh_token: Option<String>,
+    /// The scopes granted, when the IdP says (RFC 6749 §5.1: it must when they differ from those
+    /// asked for). Sent back with the refresh token.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// A token endpoint request that failed, with the refresh token its answer carried, if any: an
+/// answer rejected for its access token or its `expires_in` may come from an IdP that has rotated
+/// the refresh token already, and the one it was sent is then spent.
+#[derive(Debug)]
+pub struct TokenError {
+    /// Why the answer cannot be used.
+    pub error: OidcError,
+    /// The refresh token in a successful answer that was rejected for the rest.
+    pub refresh_token: Option<String>,
+}
+
+impl From<OidcError> for TokenError {
+    fn from(error: OidcError) -> Self {
+        TokenError { error, refresh_token: None }
+    }
 }
 
 /// Checks that an access token can be printed as one line and sent as `Authorization: Bearer`
@@ -182,6 +203,17 @@ pub enum Revocation {
     NoEndpoint,
 }
 
+/// How long a call to the IdP may take in all, from the name lookup to the end of the answer.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`TIMEOUT`] when a saved token the gateway still takes is there to fall back on: an IdP that
+/// accepts connections and never answers (a VPN gone, a firewall that drops) must not hold up
+/// every run of the helper, and Claude Code with it, for the full timeout.
+pub const TIMEOUT_WITH_A_FALLBACK: Duration = Duration::from_secs(5);
+
+/// How long connecting to the IdP may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A client for one IdP.
 pub struct Client {
     agent: Agent,
@@ -191,14 +223,16 @@ pub struct Client {
 
 /// The HTTP client for one IdP. `https_only` for an https issuer: then no request, and no
 /// redirect of one, goes over plain http (a discovery redirected to http could have its
-/// endpoints swapped on the way, and codes and verifiers sent where the swap says).
-fn agent(https_only: bool) -> Agent {
+/// endpoints swapped on the way, and codes and verifiers sent where the swap says). `timeout`
+/// bounds each call as a whole.
+fn agent(https_only: bool, timeout: Duration) -> Agent {
     let tls = TlsConfig::builder().root_certs(roots()).build();
     Agent::config_builder()
         .https_only(https_only)
         .tls_config(tls)
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
+        .timeout_global(Some(timeout))
         .build()
         .into()
 }
@@ -232,11 +266,15 @@ fn transport(why: String) -> OidcError {
 }
 
 impl Client {
-    /// Discovers the IdP's endpoints from `issuer`.
-    pub fn discover(issuer: &str) -> Result<Client, OidcError> {
-        let agent = agent(issuer.starts_with("https://"));
+    /// Discovers the IdP's endpoints from `issuer`; discovery may take up to `timeout`
+    /// ([`TIMEOUT`], or [`TIMEOUT_WITH_A_FALLBACK`]), every later call through the client up to
+    /// [`TIMEOUT`]: an IdP that answered discovery is there, and a refresh cut short after the IdP
+    /// rotated the refresh token would lose the new one (the next run would present a spent one).
+    pub fn discover(issuer: &str, timeout: Duration) -> Result<Client, OidcError> {
+        let agent = agent(issuer.starts_with("https://"), TIMEOUT);
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let mut response = agent.get(&url).call().map_err(|e| transport(format!("{url}: {e}")))?;
+        let request = agent.get(&url).config().timeout_global(Some(timeout)).build();
+        let mut response = request.call().map_err(|e| transport(format!("{url}: {e}")))?;
         if !response.status().is_success() {
             return Err(OidcError::Status { url, status: response.status().as_u16() });
         }
@@ -259,12 +297,18 @@ impl Client {
     }
 
     fn post<T: serde::de::DeserializeOwned>(&self, url: &str, form: &[(&str, &str)]) -> Result<T, OidcError> {
+        let text = self.post_for_text(url, form)?;
+        serde_json::from_str(&text).map_err(|e| OidcError::Unexpected(format!("{url}: {e}")))
+    }
+
+    /// The body of a successful answer; an OAuth error or a failure status otherwise.
+    fn post_for_text(&self, url: &str, form: &[(&str, &str)]) -> Result<String, OidcError> {
         let mut response =
             self.agent.post(url).send_form(form.iter().copied()).map_err(|e| transport(e.to_string()))?;
         let status = response.status();
         let text = response.body_mut().read_to_string().map_err(|e| transport(e.to_string()))?;
         if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| OidcError::Unexpected(format!("{url}: {e}")));
+            return Ok(text);
         }
         match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => Err(OidcError::Refused { error: e.error, description: e.error_description.unwrap_or_default() }),
@@ -272,10 +316,16 @@ impl Client {
         }
     }
 
-    /// A token endpoint request whose answer carries a usable access token.
-    fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, OidcError> {
-        let tokens: TokenResponse = self.post(&self.endpoints.token_endpoint, form)?;
-        check_access_token(&tokens.access_token).map_err(OidcError::UnusableAccessToken)?;
+    /// A token endpoint request whose answer carries a usable access token. One that does not is
+    /// an error that still carries the answer's refresh token, if any.
+    fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, TokenError> {
+        let url = &self.endpoints.token_endpoint;
+        let text = self.post_for_text(url, form)?;
+        let refresh_token = rotated_refresh_token(&text);
+        let rejected = |error| TokenError { error, refresh_token: refresh_token.clone() };
+        let tokens: TokenResponse =
+            serde_json::from_str(&text).map_err(|e| rejected(OidcError::Unexpected(format!("{url}: {e}"))))?;
+        check_access_token(&tokens.access_token).map_err(|why| rejected(OidcError::UnusableAccessToken(why)))?;
         Ok(tokens)
     }
 
@@ -294,13 +344,17 @@ impl Client {
             ("client_id", client_id),
             ("code_verifier", verifier),
         ];
-        self.token_request(&form)
+        self.token_request(&form).map_err(|e| e.error)
     }
 
-    /// Uses a refresh token.
-    pub fn refresh(&self, client_id: &str, refresh_token: &str) -> Result<TokenResponse, OidcError> {
-        let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)];
-        self.token_request(&form)
+    /// Uses a refresh token, asking for `scope` (the scopes granted last) when there is one.
+    pub fn refresh(
+        &self,
+        client_id: &str,
+        refresh_token: &str,
+        scope: Option<&str>,
+    ) -> Result<TokenResponse, TokenError> {
+        self.token_request(&refresh_form(client_id, refresh_token, scope))
     }
 
     /// Starts the device authorization grant, for `audience` when one is configured (Auth0 takes
@@ -325,7 +379,7 @@ impl Client {
             ("device_code", device_code),
             ("client_id", client_id),
         ];
-        self.token_request(&form)
+        self.token_request(&form).map_err(|e| e.error)
     }
 
     /// Revokes a token (RFC 7009) if the IdP advertises a revocation endpoint.
@@ -346,6 +400,27 @@ impl Client {
             Err(_) => Err(OidcError::Status { url: url.to_owned(), status: status.as_u16() }),
         }
     }
+}
+
+/// The refresh request. `scope` goes along when there is one: Entra ID refuses a refresh without
+/// it (AADSTS90009) for an app that asks for a token to its own API; RFC 6749 §6 makes it
+/// optional, and the scopes granted before are what it may ask for.
+fn refresh_form<'a>(
+    client_id: &'a str,
+    refresh_token: &'a str,
+    scope: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)];
+    if let Some(scope) = scope {
+        form.push(("scope", scope));
+    }
+    form
+}
+
+/// The non-empty `refresh_token` of a token endpoint answer, read without the rest of it.
+fn rotated_refresh_token(text: &str) -> Option<String> {
+    let answer: Value = serde_json::from_str(text).ok()?;
+    answer.get("refresh_token")?.as_str().filter(|t| !t.is_empty()).map(str::to_owned)
 }
 
 /// The device authorization request: the client, its scopes and the audience, if any.
@@ -409,9 +484,9 @@ mod tests {
             let _ = stream.read(&mut request).unwrap();
             stream.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
         });
-        let refused = agent(true).get(&url).call().unwrap_err();
+        let refused = agent(true, TIMEOUT).get(&url).call().unwrap_err();
         assert!(matches!(refused, ureq::Error::RequireHttpsOnly(_)), "{refused}");
-        assert_eq!(agent(false).get(&url).call().unwrap().status().as_u16(), 204);
+        assert_eq!(agent(false, TIMEOUT).get(&url).call().unwrap().status().as_u16(), 204);
         server.join().unwrap();
     }
 

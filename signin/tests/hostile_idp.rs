@@ -816,3 +816,215 @@ fn an_idp_behind_a_company_ca_is_trusted_through_ssl_cert_file() {
     assert_hands_out(&out, "via-company-ca");
     assert_eq!(idp.posts(), 1);
 }
+
+/// A device authorization answer, polled every second.
+fn device_answer() -> (u16, String) {
+    (
+        200,
+        serde_json::json!({"device_code": "dc", "user_code": "AB-CD", "verification_uri": "http://x/device", "interval": 1})
+            .to_string(),
+    )
+}
+
+/// The form bodies of the refresh requests the fake received, in order.
+fn refreshes(idp: &FakeIdp) -> Vec<String> {
+    let posts = idp.posts.lock().unwrap();
+    posts.iter().filter(|(_, body)| body.contains("grant_type=refresh_token")).map(|(_, body)| body.clone()).collect()
+}
+
+#[test]
+fn a_refresh_sends_back_the_scope_granted_as_entra_id_requires() {
+    // Entra ID, one app registration exposing its own API (CLAUDE_SSO_SCOPES="openid
+    // offline_access api://claude-code/access"): the token answer says `scope`, and a refresh
+    // without `scope` is refused with AADSTS90009. Sign-in worked, but every developer had to
+    // sign in again as soon as the first access token ran out.
+    const AADSTS90009: &str = r#"{"error":"invalid_request","error_description":"AADSTS90009: Application is requesting a token for itself."}"#;
+    let idp = FakeIdp::start(|path, body| match path {
+        "/device" => device_answer(),
+        _ if body.contains("grant_type=refresh_token") && !body.contains("scope=") => (400, AADSTS90009.to_owned()),
+        _ if body.contains("grant_type=refresh_token") => (
+            200,
+            serde_json::json!({"access_token": "new-token", "expires_in": 3600, "refresh_token": "rt3"}).to_string(),
+        ),
+        _ => (
+            200,
+            serde_json::json!({"access_token": "device-token", "expires_in": 3600, "refresh_token": "rt2",
+                               "scope": "api://claude-code/access"})
+            .to_string(),
+        ),
+    });
+    let home = Home::new(&idp.issuer);
+    let scopes = "openid offline_access api://claude-code/access";
+    let login = home.command().env("CLAUDE_SSO_SCOPES", scopes).args(["login", "--device"]).output().unwrap();
+    assert!(login.status.success(), "{}", stderr(&login));
+    assert_eq!(home.cached()["scope"], "api://claude-code/access");
+    // An hour later: the access token is about to expire.
+    let mut saved = home.cached();
+    saved["expires_at"] = now().saturating_add(10).into();
+    home.write(saved);
+    let out = home.command().env("CLAUDE_SSO_SCOPES", scopes).output().unwrap();
+    assert_hands_out(&out, "new-token");
+    let sent = refreshes(&idp);
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].contains("&scope=api%3A%2F%2Fclaude-code%2Faccess"), "{}", sent[0]);
+    assert_eq!(home.cached()["scope"], "api://claude-code/access", "kept when the refresh answer does not say");
+    assert_eq!(home.cached()["refresh_token"], "rt3");
+}
+
+#[test]
+fn a_refresh_sends_no_scope_when_none_was_ever_granted() {
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "new-token", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    assert_hands_out(&home.run(), "new-token");
+    let sent = refreshes(&idp);
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].contains("scope"), "{}", sent[0]);
+}
+
+#[test]
+fn a_rejected_refresh_answer_still_keeps_the_rotated_refresh_token() {
+    // With rotation and reuse detection (oidc-provider, Okta, Auth0), the refresh token sent is
+    // spent once the IdP answers: presenting it again revokes the whole sign-in. An answer the
+    // helper rejects for its access token or its lifetime still carries the new one.
+    for (name, answer) in [
+        ("an empty access token", serde_json::json!({"access_token": "", "expires_in": 3600, "refresh_token": "rt2"})),
+        (
+            "expires_in that is no number",
+            serde_json::json!({"access_token": "t", "expires_in": "3600s", "refresh_token": "rt2"}),
+        ),
+    ] {
+        let idp = FakeIdp::token(answer);
+        let home = Home::new(&idp.issuer);
+        home.save_stale();
+        let out = home.run();
+        assert_fails(&out);
+        assert_eq!(home.cached()["refresh_token"], "rt2", "{name}: {}", stderr(&out));
+        assert_eq!(home.cached()["access_token"], "old-token", "{name}");
+        // The next run presents the new refresh token, not the spent one.
+        assert_fails(&home.run());
+        let sent = refreshes(&idp);
+        assert_eq!(sent.len(), 2, "{name}");
+        assert!(sent[1].contains("refresh_token=rt2"), "{name}: {}", sent[1]);
+    }
+}
+
+#[test]
+fn the_max_token_age_counts_on_this_computers_clock() {
+    // The laptop clock is 2 h ahead of the IdP's. The gateway refuses tokens older than an hour,
+    // counted on its own clock from `iat`; the helper counts the hour from when the token
+    // arrived, by its clock. Comparing the IdP's `iat` with this clock made every token look two
+    // hours past the limit: each run refreshed (rotating the refresh token), and during an outage
+    // the saved token was never used.
+    let idp = skewed_idp(-7200);
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let run = || home.command().env("CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS", "3600").output().unwrap();
+    let first = run();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = run();
+    assert_eq!(second.stdout, first.stdout, "{}", stderr(&second));
+    assert_eq!(idp.posts(), 1, "the token received just now is fresh: {}", stderr(&second));
+}
+
+#[test]
+fn settings_as_people_write_them_do_not_fail_every_run() {
+    // `1`, `TRUE` or `yes` for the switch, and an empty number, in the settings' `env`: each was a
+    // usage error (exit 2) on every run, and so on every request of Claude Code.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "renewed", "expires_in": 7200}));
+    let home = Home::new(&idp.issuer);
+    home.save("good-for-50-minutes", now() + 3000, "rt");
+    let settings = [
+        ("CLAUDE_SSO_ALLOW_INSECURE_HTTP", "1"),
+        ("CLAUDE_SSO_ALLOW_INSECURE_HTTP", "TRUE"),
+        ("CLAUDE_SSO_ALLOW_INSECURE_HTTP", "yes"),
+        ("CLAUDE_SSO_ALLOW_INSECURE_HTTP", "0"),
+        ("CLAUDE_SSO_ALLOW_INSECURE_HTTP", ""),
+        ("CLAUDE_SSO_MARGIN_SECONDS", ""),
+        ("CLAUDE_SSO_REDIRECT_PORT", ""),
+        ("CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS", " "),
+        ("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", ""),
+    ];
+    for (key, value) in settings {
+        let out = home.command().env(key, value).output().unwrap();
+        assert_hands_out(&out, "good-for-50-minutes");
+    }
+    assert_eq!(idp.posts(), 0);
+    // What they mean: a plain-http issuer on the network is allowed by `1`, and only then.
+    let insecure = Home::new("http://192.0.2.1:9");
+    for value in ["0", "false", "No", "off", ""] {
+        let out = insecure.command().env("CLAUDE_SSO_ALLOW_INSECURE_HTTP", value).output().unwrap();
+        assert!(stderr(&out).contains("plain http:// on the network"), "{value:?}: {}", stderr(&out));
+    }
+    // 0.0.0.0 is not on this computer by name, and connecting to it is refused at once.
+    let allowed = Home::new("http://0.0.0.0:1");
+    for value in ["1", "TRUE", "yes"] {
+        let out = allowed.command().env("CLAUDE_SSO_ALLOW_INSECURE_HTTP", value).output().unwrap();
+        assert_fails(&out);
+        assert!(!stderr(&out).contains("plain http://"), "{value:?}: {}", stderr(&out));
+    }
+    // A typo switches nothing on: it is refused, naming the value.
+    let out = allowed.command().env("CLAUDE_SSO_ALLOW_INSECURE_HTTP", "flase").output().unwrap();
+    assert!(!out.status.success() && out.stdout.is_empty());
+    assert!(stderr(&out).contains("flase"), "{}", stderr(&out));
+}
+
+/// An issuer that accepts connections and never answers (a VPN gone, a firewall that drops
+/// packets after the handshake): connections are held open until the test ends.
+fn blackhole_issuer() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    issuer
+}
+
+#[test]
+fn an_idp_that_never_answers_costs_seconds_with_a_saved_token_to_fall_back_on() {
+    // 240 s left: not fresh (under helper TTL + margin), so the run tries to refresh, but the
+    // gateway still takes it. Each run waited the full 30 s for the IdP; `claude -p` waits for
+    // its helper.
+    let home = Home::new(&blackhole_issuer());
+    home.save("still-good", now() + 240, "rt");
+    let started = std::time::Instant::now();
+    let out = home.run();
+    let took = started.elapsed();
+    assert_hands_out(&out, "still-good");
+    assert!(took < std::time::Duration::from_secs(12), "took {took:?}: {}", stderr(&out));
+    assert!(stderr(&out).contains("using the saved token"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_token_asked_for_again_at_once_is_renewed_once() {
+    // The gateway refuses a token the helper holds fresh (its max token age set lower than the
+    // helper was told, a signing key withdrawn). Claude Code re-runs the helper at once; the same
+    // token again would be refused again, 13 times over four minutes, then sent to `login`.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "new-token", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    let saved = |home: &Home| {
+        home.write(serde_json::json!({
+            "issuer": home.issuer, "client_id": "claude-code", "access_token": "old-token",
+            "expires_at": now() + 3000, "received_at": now() - 600, "refresh_token": "rt",
+        }));
+    };
+    saved(&home);
+    assert_hands_out(&home.run(), "old-token");
+    assert_eq!(idp.posts(), 0);
+    let out = home.run();
+    assert_hands_out(&out, "new-token");
+    assert!(stderr(&out).contains("asked for again; renewing it"), "{}", stderr(&out));
+    assert_eq!(idp.posts(), 1);
+    // The new token, just received, is not renewed for being asked for again.
+    assert_hands_out(&home.run(), "new-token");
+    assert_eq!(idp.posts(), 1);
+    // Once per token: a renewal that met an outage is not tried again with each run.
+    let down = FakeIdp::start(|_, _| (503, "<html>maintenance</html>".to_owned()));
+    let home = Home::new(&down.issuer);
+    saved(&home);
+    for _ in 0..4 {
+        assert_hands_out(&home.run(), "old-token");
+    }
+    assert_eq!(down.posts(), 1);
+}
