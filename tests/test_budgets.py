@@ -1,11 +1,9 @@
 """Token budgets in real Envoy (two workers): exact counting of streamed and JSON answers,
 per-tier and per-person windows, Retry-After, the rate-limit headers and the overshoot bound."""
 import copy
-import http.client
 import json
 import math
 import re
-import socket
 import threading
 import time
 
@@ -14,7 +12,7 @@ import pytest
 from tests.conftest import gateway_config
 from tests.harness import windows
 from tests.harness.claude import run_claude
-from tests.harness.client import call, fixture, with_model
+from tests.harness.client import call, cut_after, fixture, with_model
 from tests.harness.signer import Signer
 
 STREAM = fixture("request_title_small_fast_model.json")  # streaming, 4 KB
@@ -154,19 +152,7 @@ def test_a_stream_the_client_cuts_is_charged_its_reported_prompt_not_its_bodys_s
     request = json.loads(STREAM)
     request["system"] = [{"type": "text", "text": "x" * 120_000}]
     body = json.dumps(request).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=30)
-    conn.request("POST", "/v1/messages?beta=true", body=body, headers={
-        "content-type": "application/json", "anthropic-version": "2023-06-01",
-        "authorization": f"Bearer {token}", "x-api-key": token})
-    answer = conn.getresponse()
-    assert answer.status == 200
-    seen = b""
-    while b"message_start" not in seen:
-        piece = answer.read1(4096)
-        assert piece, seen
-        seen += piece
-    conn.sock.shutdown(socket.SHUT_RDWR)
-    conn.close()
+    cut_after(g.port, token, body)
     stub.event_pause = 0.0
     prompt = 3 + 2000
     reserve = 4096  # reserve_output_tokens (max_tokens is 32000): the provider may have gone on

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import UPSTREAM_KEY, gateway_config
-from tests.harness.client import call, fixture, with_model
+from tests.harness.client import call, cut_after, fixture, with_model
 from tests.harness.envoy import ROOT, free_port
 
 sys.path.insert(0, str(ROOT / "dashboards"))
@@ -341,26 +341,6 @@ def test_a_long_prompt_is_priced_at_the_long_context_rates(make_gateway, host, s
         ("claude-haiku-4-5", pytest.approx(cost(base))), ("claude-sonnet-4-6", pytest.approx(cost(long)))]
 
 
-def cut_after_message_start(port: int, token: str):
-    """Sends a streamed request and hangs up once `message_start` came (Claude Code's Esc)."""
-    import http.client
-    import socket
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/v1/messages?beta=true", body=STREAM, headers={
-        "content-type": "application/json", "anthropic-version": "2023-06-01",
-        "authorization": f"Bearer {token}", "x-api-key": token})
-    answer = conn.getresponse()
-    assert answer.status == 200
-    seen = b""
-    while b"message_start" not in seen:
-        piece = answer.read1(4096)
-        assert piece, seen
-        seen += piece
-    conn.sock.shutdown(socket.SHUT_RDWR)
-    conn.close()
-
-
 def test_records_in_the_hosts_log_survive_its_default_level_and_the_report_reads_them(
         make_gateway, host, signer, stub, tmp_path):
     """Kong logs at `notice` by default and Istio's Envoy at `warning`. The records that go to the
@@ -376,7 +356,7 @@ def test_records_in_the_hosts_log_survive_its_default_level_and_the_report_reads
     assert call(g.port, token, JSON_BODY).status == 200
     stub.event_pause = 0.3
     try:
-        cut_after_message_start(g.port, token)
+        cut_after(g.port, token, STREAM)
     finally:
         stub.event_pause = 0.0
     marker = "claude-sso-gateway: usage {"

@@ -66,3 +66,23 @@ def call(port: int, token: str | None = None, body: bytes = b"", path="/v1/messa
         return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, chunks)
     finally:
         conn.close()
+
+
+def cut_after(port: int, token: str, body: bytes, seen_marker: bytes = b"message_start"):
+    """Sends a streamed request and hangs up (both directions) once `seen_marker` came: Claude
+    Code's Esc in the middle of an answer."""
+    import socket
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/messages?beta=true", body=body, headers={
+        "content-type": "application/json", "anthropic-version": "2023-06-01",
+        "authorization": f"Bearer {token}", "x-api-key": token})
+    answer = conn.getresponse()
+    assert answer.status == 200
+    seen = b""
+    while seen_marker not in seen:
+        piece = answer.read1(4096)
+        assert piece, seen
+        seen += piece
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
