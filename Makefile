@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: all build test unit unit-wasm unit-fast lint fuzz fuzz-ci integration kong-runtime demo demo-cluster demo-token bench bench-harness compose-up compose-down compose-images clean tools
+.PHONY: shared all build test unit unit-wasm unit-fast lint fuzz fuzz-ci integration kong-runtime demo demo-cluster demo-token bench bench-harness compose-up compose-down compose-images clean tools
 
 all: build
 
@@ -45,7 +45,14 @@ build: .wasm-target.stamp
 
 ## Every test: native unit tests, the same compiled for Wasm, lints, a short fuzz run, then the
 ## real-Envoy, Kong-runtime, real-IdP and real-Claude-Code tests.
-test: unit unit-wasm lint fuzz-ci integration
+test: shared unit unit-wasm lint fuzz-ci integration
+
+## What the tests read from beside the clone: Claude Code's captured requests and answers, and the
+## nginx and ngx_wasm_module sources Kong's runtime is built from.
+SHARED_FIXTURES := ../shared/fixtures/claude-code
+shared:
+	@test -f $(SHARED_FIXTURES)/request_main_stream.json || { echo "make test needs $(SHARED_FIXTURES)/ \
+(Claude Code's captured traffic) beside this clone: ../shared is missing or incomplete" >&2; exit 1; }
 
 ## The everyday loop: the filter's unit tests (the state machine over every event order) and
 ## clippy, no npm, no Envoy.

@@ -30,6 +30,34 @@ def test_production_sample_refuses_to_load_without_the_key(monkeypatch):
     assert "config error: targets.anthropic.api_key_env: environment variable ANTHROPIC_API_KEY is not set" in logs
 
 
+def test_the_production_samples_tls_block_loads_as_its_comment_writes_it(tmp_path, monkeypatch):
+    """envoy/envoy.yaml listens in plain text for a TLS-terminating load balancer in front; the
+    commented `transport_socket` it shows for TLS on the listener itself loads as written, with a
+    certificate in place of /etc/envoy/tls/."""
+    sample = (ROOT / "envoy" / "envoy.yaml").read_text()
+    lines = sample.splitlines()
+    start = lines.index("      #   transport_socket:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("      #   "):
+            break
+        block.append("          " + line[len("      #   "):])
+    assert block[-1].strip().startswith("private_key:"), block
+    key, cert = tmp_path / "gateway.key", tmp_path / "gateway.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=gw",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    tls = "\n".join(block).replace("/etc/envoy/tls/gateway.crt", str(cert)).replace("/etc/envoy/tls/gateway.key", str(key))
+    assert sample.count("      filter_chains:\n        - filters:\n") == 1
+    with_tls = tmp_path / "envoy-tls.yaml"
+    with_tls.write_text(sample.replace("      filter_chains:\n        - filters:\n",
+                                       "      filter_chains:\n        - " + tls.lstrip() + "\n          filters:\n"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-validate-only")
+    result = validate(with_tls)
+    assert result.returncode == 0, result.stdout + result.stderr + with_tls.read_text()[:3000]
+    key.unlink()
+    assert validate(with_tls).returncode != 0, "the certificate is loaded, not only parsed"
+
+
 def test_bedrock_sample_takes_long_lived_keys_and_a_session_token_as_its_comment_says(tmp_path, monkeypatch):
     """envoy/bedrock.yaml loads with long-lived keys and no AWS_SESSION_TOKEN; with the two additions its
     header comment names for temporary credentials it loads when the token is set and refuses (naming the
