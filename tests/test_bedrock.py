@@ -196,3 +196,20 @@ def test_claude_code_completes_a_streaming_turn_through_bedrock(bedrock_gateway,
     assert run.code == 0, run.stdout + run.stderr
     assert "Hello from the stand-in upstream." in run.stdout
     assert any(r["path"].startswith("/model/") for r in aws.requests)
+
+
+def test_count_tokens_for_a_bedrock_model_is_answered_with_the_estimate_and_refuses_nothing(
+        bedrock_gateway, aws, signer):
+    """Bedrock's CountTokens takes another body, so Claude Code's count_tokens for a Bedrock model
+    is answered by the gateway with the estimate its budgets use (body bytes / 4), never sent to
+    AWS; its record is a request like any other (status 200, no refusal), not a refusal the report
+    would count."""
+    aws.reset()
+    answer = call(bedrock_gateway.port, signer.token(), STREAM, path="/v1/messages/count_tokens?beta=true")
+    assert answer.status == 200, answer.body
+    assert answer.json() == {"input_tokens": len(STREAM) // 4}
+    assert aws.requests == [], "nothing reached AWS"
+    deadline = time.monotonic() + 5
+    while not (records := bedrock_gateway.usage_records()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [(r["status"], r["refusal"], r["input_tokens"]) for r in records] == [(200, None, 0)]

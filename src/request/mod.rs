@@ -983,7 +983,9 @@ impl Request {
         let mut step = Step::default();
         // The connectivity check is not a use of the gateway and leaves no record.
         if self.endpoint != Endpoint::Hello && !std::mem::replace(&mut self.recorded, true) {
-            let mut record = self.record(Some(reply.status), Some(reply.reason));
+            // A local success (Bedrock's count_tokens, answered with the estimate) refuses nothing.
+            let refusal = (reply.status >= 400).then_some(reply.reason);
+            let mut record = self.record(Some(reply.status), refusal);
             record.latency_ms = Some(self.now_ms.saturating_sub(self.started_ms));
             step.record = Some(record);
         }
