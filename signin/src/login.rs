@@ -2,7 +2,7 @@
 //! device authorization grant for machines without a browser.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -341,7 +341,35 @@ fn answer_redirect(mut stream: TcpStream, state: &str) -> Option<Redirect> {
         "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
         page.len()
     );
+    // Closing with the rest of the request unread (its headers, the cookies a browser keeps for
+    // 127.0.0.1) sends a reset, and the browser may show "connection reset" in place of the page:
+    // the answer is ended first, then what is left is read, briefly, before the close.
+    let _ = stream.shutdown(Shutdown::Write);
+    drain(&stream);
     Some(redirect)
+}
+
+/// Most of a request the listener reads after its answer, and for how long.
+const DRAIN_BYTES: usize = 256 * 1024;
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
+
+/// Reads what the client still sends, until it closes, [`DRAIN_BYTES`] or [`DRAIN_WAIT`].
+fn drain(mut stream: &TcpStream) {
+    let deadline = Instant::now() + DRAIN_WAIT;
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    while read < DRAIN_BYTES {
+        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else {
+            return;
+        };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read += n,
+        }
+    }
 }
 
 /// The status and page the browser gets for a request to the listener. A refusal says so: the
@@ -720,6 +748,31 @@ mod tests {
         let shown = browser.join().unwrap();
         assert!(shown.contains("Sign-in refused") && shown.contains("access_denied: not assigned"), "{shown}");
         assert!(!shown.contains("Signed in"), "{shown}");
+    }
+
+    #[test]
+    fn the_page_arrives_whole_after_a_request_with_many_cookies() {
+        use std::io::Write as _;
+        // A browser's request: the line, then headers and the cookies of every local dev server.
+        for _ in 0..5 {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let at = listener.local_addr().unwrap();
+            let browser = std::thread::spawn(move || {
+                let mut redirect = TcpStream::connect(at).unwrap();
+                let cookie = "c".repeat(60_000);
+                write!(
+                    redirect,
+                    "GET /callback?code=c1&state=s1 HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n"
+                )
+                .unwrap();
+                let mut shown = String::new();
+                std::io::Read::read_to_string(&mut redirect, &mut shown).map(|_| shown)
+            });
+            let got = wait_for_redirect(&listener, Duration::from_secs(30), "s1").unwrap();
+            assert!(matches!(got, Ok(ref code) if code == "c1"), "{got:?}");
+            let shown = browser.join().unwrap().expect("the page, not a reset");
+            assert!(shown.contains("Signed in."), "{shown}");
+        }
     }
 
     #[test]
