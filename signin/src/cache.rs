@@ -151,6 +151,35 @@ impl CacheFile {
 
     /// Takes the exclusive lock; it is released when the returned file is dropped.
     pub fn lock(&self) -> std::io::Result<File> {
+        let file = self.lock_file()?;
+        file.lock()?;
+        Ok(file)
+    }
+
+    /// Takes the exclusive lock if it comes within `wait` (`Ok(None)`: another process held it
+    /// all that time, such as a `login` waiting for its person).
+    pub fn lock_within(&self, wait: std::time::Duration) -> std::io::Result<Option<File>> {
+        let file = self.lock_file()?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(file)),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Where the lock is, for messages.
+    pub fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
+    fn lock_file(&self) -> std::io::Result<File> {
         self.ensure_dir()?;
         let mut options = OpenOptions::new();
         options.create(true).truncate(false).write(true);
@@ -161,7 +190,6 @@ impl CacheFile {
         }
         let file = options.open(&self.lock_path)?;
         restrict(&self.lock_path, 0o600)?;
-        file.lock()?;
         Ok(file)
     }
 

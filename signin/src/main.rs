@@ -276,7 +276,29 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
     if let Some(c) = load().filter(|c| c.made_for(&asked) && fresh(c) && !asked_again(c)) {
         return Ok(c.access_token);
     }
-    let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
+    // Another run holds the lock while it renews the token (a second or two) or while a `login`
+    // waits for its person (minutes). A saved token the gateway still takes is handed out after
+    // a short wait; without one, the run waits long enough for a renewal, never for a person.
+    let usable_saved = load().filter(|c| c.made_for(&asked) && flow::usable(limit(c), now(), idp.margin_seconds));
+    let wait = if usable_saved.is_some() { LOCK_WAIT_WITH_A_TOKEN } else { LOCK_WAIT };
+    let locked = cache.lock_within(wait);
+    let _lock = match locked.map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))? {
+        Some(lock) => lock,
+        None => {
+            if let Some(c) = load().filter(|c| c.made_for(&asked) && flow::usable(limit(c), now(), idp.margin_seconds))
+            {
+                eprintln!(
+                    "claude-sso-signin: note: another sign-in holds the token cache ({}); handing out the saved token, which is still good",
+                    cache.lock_path().display()
+                );
+                return Ok(c.access_token);
+            }
+            return Err(format!(
+                "another sign-in is under way (it holds {}): finish it (`claude-sso-signin login` in another terminal?), then try again",
+                cache.lock_path().display()
+            ));
+        }
+    };
     let saved = load();
     let asked_otherwise = saved.as_ref().is_some_and(|c| !c.made_for(&asked));
     let cached = saved.filter(|_| !asked_otherwise);
@@ -371,11 +393,27 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
     hand_out(c, idp.margin_seconds)
 }
 
+/// How long a run waits for the token cache's lock when it has a saved token the gateway still
+/// takes to hand out instead ([`LOCK_WAIT`] when it has none: a renewal in another run takes at
+/// most discovery's and the refresh's timeouts).
+const LOCK_WAIT_WITH_A_TOKEN: Duration = Duration::from_secs(5);
+const LOCK_WAIT: Duration = Duration::from_secs(40);
+
 /// `login`: signs in now, whatever is cached, and keeps the tokens for Claude Code.
 fn login(idp: &Idp) -> Result<(), String> {
     let issuer = issuer(idp)?;
     let cache = cache_file(idp)?;
-    let _lock = cache.lock().map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))?;
+    let cannot = |e: std::io::Error| format!("cannot lock the token cache in {}: {e}", cache.dir.display());
+    let _lock = match cache.lock_within(Duration::ZERO).map_err(cannot)? {
+        Some(lock) => lock,
+        None => {
+            eprintln!(
+                "claude-sso-signin: waiting for another sign-in to finish (it holds {})",
+                cache.lock_path().display()
+            );
+            cache.lock().map_err(cannot)?
+        }
+    };
     let client = discover(issuer)?;
     // The person asked for it, so it runs even without a terminal (they chose where its output goes).
     let situation = Situation {

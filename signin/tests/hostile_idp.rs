@@ -1028,3 +1028,25 @@ fn a_token_asked_for_again_at_once_is_renewed_once() {
     }
     assert_eq!(down.posts(), 1);
 }
+
+#[test]
+fn a_sign_in_holding_the_cache_does_not_hold_up_a_token_the_gateway_still_takes() {
+    // A `login` in another terminal waits for its person with the lock held; the saved token has
+    // 240 s left (not fresh, so the run wants the lock to renew it, but the gateway takes it).
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "renewed", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    home.save("good-for-4-minutes", now() + 240, "rt");
+    let lock_path = home.cache_path().with_extension("lock");
+    let held = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).unwrap();
+    held.lock().unwrap();
+    let started = std::time::Instant::now();
+    let out = home.run();
+    let took = started.elapsed();
+    assert_hands_out(&out, "good-for-4-minutes");
+    assert!(stderr(&out).contains("another sign-in holds the token cache"), "{}", stderr(&out));
+    assert!(took < std::time::Duration::from_secs(12), "waited {took:?} for the sign-in holding the cache");
+    assert_eq!(idp.posts(), 0, "nothing renewed behind the other sign-in's back");
+    // Once it is done, the next run renews as usual.
+    drop(held);
+    assert_hands_out(&home.run(), "renewed");
+}
