@@ -154,11 +154,28 @@ fn claude_settings() -> Option<PathBuf> {
         .map(|d| d.join("settings.json"))
 }
 
+/// Claude Code's managed settings file, which an organization deploys to every machine (MDM,
+/// configuration management) and which outranks the person's: where Claude Code reads it on this
+/// system, or `CLAUDE_SSO_MANAGED_SETTINGS`.
+fn managed_settings() -> PathBuf {
+    if let Some(path) = std::env::var_os("CLAUDE_SSO_MANAGED_SETTINGS").filter(|p| !blank(p)) {
+        return PathBuf::from(path);
+    }
+    if cfg!(target_os = "macos") {
+        PathBuf::from("/Library/Application Support/ClaudeCode/managed-settings.json")
+    } else if cfg!(windows) {
+        PathBuf::from(r"C:\Program Files\ClaudeCode\managed-settings.json")
+    } else {
+        PathBuf::from("/etc/claude-code/managed-settings.json")
+    }
+}
+
 fn main() -> ExitCode {
     // A person in a terminal lacks the `env` block Claude Code passes to the helper; take what
-    // is not set from the settings file, so `claude-sso-signin login` signs in where the helper
-    // will look. This runs before any thread exists, so setting the environment is sound.
-    if let Some(path) = claude_settings() {
+    // is not set from the settings files, the organization's managed ones first, so that
+    // `claude-sso-signin login` signs in where the helper will look and the way it reaches the IdP.
+    // This runs before any thread exists, so setting the environment is sound.
+    for path in [Some(managed_settings()), claude_settings()].into_iter().flatten() {
         for (key, value) in settings::helper_env(&path) {
             if std::env::var_os(&key).is_none_or(|v| blank(&v)) {
                 std::env::set_var(key, value);

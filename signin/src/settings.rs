@@ -153,13 +153,28 @@ pub fn helper_command(path: &str, windows: bool) -> String {
     format!("'{}'", path.replace('\'', r"'\''"))
 }
 
+/// Variables of Claude Code's `env` block that also steer how the helper reaches the IdP (its
+/// HTTP client takes the proxy and the CA certificates from them).
+const NETWORK_KEYS: [&str; 10] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
 /// Whether an `env` key of Claude Code's settings configures this helper.
 fn configures_helper(key: &str) -> bool {
-    key.starts_with("CLAUDE_SSO_") || key == "CLAUDE_CODE_API_KEY_HELPER_TTL_MS"
+    key.starts_with("CLAUDE_SSO_") || key == "CLAUDE_CODE_API_KEY_HELPER_TTL_MS" || NETWORK_KEYS.contains(&key)
 }
 
-/// The helper's configuration in the settings file's `env` block (the `CLAUDE_SSO_*` keys and the
-/// helper TTL). Claude Code passes that block to the helper; a person who runs
+/// The helper's configuration in the settings file's `env` block (the `CLAUDE_SSO_*` keys, the
+/// helper TTL, the proxy and CA variables). Claude Code passes that block to the helper; a person who runs
 /// `claude-sso-signin login` in a terminal has none of it, so it is read from the file. A missing
 /// or unreadable file gives nothing.
 pub fn helper_env(path: &Path) -> Vec<(String, String)> {
@@ -327,6 +342,8 @@ mod tests {
                     ("CLAUDE_SSO_ISSUER", "https://idp"),
                     ("CLAUDE_SSO_CLIENT_ID", "cc"),
                     ("CLAUDE_CODE_API_KEY_HELPER_TTL_MS", "60000"),
+                    // The way to the IdP Claude Code's runs of the helper take.
+                    ("HTTPS_PROXY", "http://p"),
                 ],
             ),
         ];

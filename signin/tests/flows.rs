@@ -89,6 +89,7 @@ impl Home {
             .env("HOME", &self.dir)
             .env("CLAUDE_SSO_ISSUER", &idp.issuer)
             .env("CLAUDE_SSO_CACHE_DIR", self.dir.join("cache"))
+            .env("CLAUDE_SSO_MANAGED_SETTINGS", self.dir.join("managed-settings.json"))
             .env("CLAUDE_SSO_BROWSER", self.dir.join("browser.sh"))
             .env("CLAUDE_SSO_REDIRECT_PORT", "0")
             .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "30");

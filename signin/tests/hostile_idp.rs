@@ -164,6 +164,8 @@ impl Home {
             .env("HOME", &self.dir)
             .env("CLAUDE_SSO_ISSUER", &self.issuer)
             .env("CLAUDE_SSO_CACHE_DIR", self.dir.join("cache"))
+            // None but the test's own: not this machine's.
+            .env("CLAUDE_SSO_MANAGED_SETTINGS", self.dir.join("managed-settings.json"))
             .env("CLAUDE_SSO_BROWSER", "none")
             .env("CLAUDE_SSO_REDIRECT_PORT", "0")
             .env("CLAUDE_SSO_LOGIN_TIMEOUT_SECONDS", "30")
@@ -1049,4 +1051,28 @@ fn a_sign_in_holding_the_cache_does_not_hold_up_a_token_the_gateway_still_takes(
     // Once it is done, the next run renews as usual.
     drop(held);
     assert_hands_out(&home.run(), "renewed");
+}
+
+#[test]
+fn a_terminal_run_takes_the_organizations_managed_settings_before_the_persons() {
+    // The rollout put the helper's `env` in Claude Code's managed settings (MDM): Claude Code
+    // passes it to the helper, but `login` from a terminal found no issuer ("no issuer
+    // configured"), or signed in to another issuer the person's own settings still named.
+    let idp = FakeIdp::token(serde_json::json!({"access_token": "renewed", "expires_in": 3600}));
+    let home = Home::new(&idp.issuer);
+    home.save("saved-for-this-issuer", now() + 3000, "rt");
+    let managed = home.dir.join("managed-settings.json");
+    std::fs::write(&managed, serde_json::json!({"env": {"CLAUDE_SSO_ISSUER": idp.issuer}}).to_string()).unwrap();
+    let person = home.dir.join(".claude/settings.json");
+    std::fs::create_dir_all(person.parent().unwrap()).unwrap();
+    std::fs::write(
+        &person,
+        serde_json::json!({"env": {"CLAUDE_SSO_ISSUER": "https://old-idp.example.com"}}).to_string(),
+    )
+    .unwrap();
+    let out = home.command().env_remove("CLAUDE_SSO_ISSUER").output().unwrap();
+    assert_hands_out(&out, "saved-for-this-issuer");
+    // What the environment says (Claude Code's own env block) still comes first.
+    let out = home.command().env("CLAUDE_SSO_ISSUER", "http://127.0.0.1:9").output().unwrap();
+    assert_fails(&out);
 }
