@@ -143,10 +143,17 @@ pub fn renew_when_asked_again(handed_out_at: Option<u64>, renewed: bool, receive
 pub struct Expiry {
     /// Seconds since the epoch, by this computer's clock.
     pub expires_at: u64,
-    /// The token's `iat` minus this computer's clock at receipt: positive when the IdP's clock is
-    /// ahead. `None` without `iat`.
+    /// The token's `iat` (as issued: [`Expiry::backdated_s`] added) minus this computer's clock at
+    /// receipt: positive when the IdP's clock is ahead. `None` without `iat`.
     pub skew_s: Option<i64>,
+    /// Seconds the IdP dated `iat` back from when it issued the token (Entra ID dates it five
+    /// minutes back): how far `exp - iat` is over the `expires_in` it gave, at most
+    /// [`MAX_BACKDATE_S`]. A gateway counting a token's age from `iat` counts these too.
+    pub backdated_s: u64,
 }
+
+/// Most seconds an IdP is believed to date `iat` back.
+const MAX_BACKDATE_S: u64 = 3600;
 
 impl Expiry {
     /// Whether the clocks disagree by more than [`CLOCK_TOLERANCE_S`] (worth a warning).
@@ -162,7 +169,11 @@ impl Expiry {
 /// two clocks agree. Comparing the IdP's `exp` with a clock hours behind made a 1 h token look
 /// good for 3 h (the gateway refuses it after 1 h); with a clock ahead, every token looked expired.
 pub fn expiry(received_at: u64, expires_in: Option<u64>, exp: Option<u64>, iat: Option<u64>) -> Expiry {
-    let skew_s = iat.map(|iat| seconds_left(iat, received_at));
+    let backdated_s = match (expires_in, exp, iat) {
+        (Some(lifetime), Some(exp), Some(iat)) => exp.saturating_sub(iat).saturating_sub(lifetime).min(MAX_BACKDATE_S),
+        _ => 0,
+    };
+    let skew_s = iat.map(|iat| seconds_left(iat.saturating_add(backdated_s), received_at));
     let agree = skew_s.is_some_and(|s| s.unsigned_abs() <= CLOCK_TOLERANCE_S);
     let relative = expires_in.or_else(|| Some(exp?.saturating_sub(iat?)));
     let lifetime = match (relative, exp) {
@@ -171,7 +182,7 @@ pub fn expiry(received_at: u64, expires_in: Option<u64>, exp: Option<u64>, iat: 
         (None, Some(e)) => e.saturating_sub(received_at),
         (None, None) => DEFAULT_LIFETIME_S,
     };
-    Expiry { expires_at: received_at.saturating_add(lifetime.min(MAX_LIFETIME_S)), skew_s }
+    Expiry { expires_at: received_at.saturating_add(lifetime.min(MAX_LIFETIME_S)), skew_s, backdated_s }
 }
 
 /// Seconds from `now` until `expires_at`, negative once past; saturates instead of overflowing.
@@ -277,8 +288,15 @@ mod tests {
             ("exp before iat", None, Some(NOW - 1), Some(NOW), NOW, Some(0)),
         ];
         for (name, expires_in, exp, iat, expires_at, skew_s) in cases {
-            assert_eq!(expiry(NOW, expires_in, exp, iat), Expiry { expires_at, skew_s }, "{name}");
+            assert_eq!(expiry(NOW, expires_in, exp, iat), Expiry { expires_at, skew_s, backdated_s: 0 }, "{name}");
         }
+        // Entra ID dates `iat` five minutes back: no skew, and the age a gateway counts is older.
+        let entra = expiry(NOW, Some(H), Some(NOW + H), Some(NOW - 300));
+        assert_eq!(entra, Expiry { expires_at: NOW + H, skew_s: Some(0), backdated_s: 300 });
+        assert!(!entra.clocks_disagree());
+        // The same with the laptop 2 h behind.
+        let behind = expiry(NOW, Some(H), Some(NOW + 3 * H), Some(NOW + 2 * H - 300));
+        assert_eq!((behind.skew_s, behind.backdated_s), (Some(7200), 300));
         assert!(expiry(NOW, Some(H), None, Some(NOW + 61)).clocks_disagree());
         assert!(!expiry(NOW, Some(H), None, Some(NOW - 60)).clocks_disagree());
         assert!(!expiry(NOW, Some(H), None, None).clocks_disagree());

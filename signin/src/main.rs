@@ -319,6 +319,10 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
     let saved = load();
     let asked_otherwise = saved.as_ref().is_some_and(|c| !c.made_for(&asked));
     let cached = saved.filter(|_| !asked_otherwise);
+    // A fresh token renewed only because it was asked for again: if the renewal fails, for any
+    // reason, the token goes out as it would have (a refused renewal must not send the person to
+    // a new sign-in for a token that is still good).
+    let mut renewing_fresh = false;
     if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
         // Claude Code runs the helper again right after the gateway refuses a token (401, 403):
         // the same token again would be refused again, for minutes. Renewed once; when that
@@ -327,7 +331,12 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
             return Ok(c.access_token.clone());
         }
         eprintln!("claude-sso-signin: note: this token was handed out moments ago and is asked for again; renewing it");
+        renewing_fresh = true;
     }
+    let keep_fresh = |saved: &Cached, e: &OidcError| {
+        eprintln!("claude-sso-signin: note: could not renew it ({e}); handing out the saved token");
+        saved.access_token.clone()
+    };
     // Nothing can renew a sign-in without a refresh token, and a new sign-in before the token
     // runs out would only come sooner (under Claude Code over SSH it cannot start at all, so
     // every run right after `login` failed): the token goes out while the gateway takes it.
@@ -354,6 +363,7 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
         let timeout = if fallback { oidc::TIMEOUT_WITH_A_FALLBACK } else { oidc::TIMEOUT };
         let idp_client = match Client::discover(issuer, timeout) {
             Ok(c) => c,
+            Err(e) if renewing_fresh => return Ok(keep_fresh(saved, &e)),
             Err(e) => {
                 return saved_during_outage(saved, limit(saved), &e, idp.margin_seconds)
                     .ok_or_else(|| discovery_failed(&e))
@@ -373,6 +383,9 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
                 // the one sent is then spent, and presenting it again can revoke the sign-in.
                 if let Some(rotated) = rotated {
                     save_or_say(cache, &Cached { refresh_token: Some(rotated), ..saved.clone() });
+                }
+                if renewing_fresh {
+                    return Ok(keep_fresh(saved, &e));
                 }
                 if let Some(token) = saved_during_outage(saved, limit(saved), &e, idp.margin_seconds) {
                     return Ok(token);
@@ -553,8 +566,11 @@ fn received(idp: &Idp, issuer: &str, tokens: TokenResponse, renewed: Option<&Cac
             if skew > 0 { "behind" } else { "ahead of" }
         );
     }
-    // The token was issued just now: its age limit runs from this clock.
-    let too_old_at = idp.max_token_age_seconds.map_or(u64::MAX, |age| received_at.saturating_add(age));
+    // The token was issued just now: its age limit runs from this clock, less what the IdP dated
+    // its `iat` back (the gateway counts the age from `iat`).
+    let too_old_at = idp
+        .max_token_age_seconds
+        .map_or(u64::MAX, |age| received_at.saturating_add(age).saturating_sub(expiry.backdated_s));
     let expires_at = expiry.expires_at.min(too_old_at);
     Cached {
         issuer: issuer.to_owned(),

@@ -1029,6 +1029,16 @@ fn a_token_asked_for_again_at_once_is_renewed_once() {
         assert_hands_out(&home.run(), "old-token");
     }
     assert_eq!(down.posts(), 1);
+    // A renewal the IdP refuses (parallel starts of Claude Code ask for the token moments apart
+    // too) leaves the token that is still good, never a new sign-in.
+    let refusing = FakeIdp::start(|_, _| (400, r#"{"error":"invalid_grant"}"#.to_owned()));
+    let home = Home::new(&refusing.issuer);
+    saved(&home);
+    assert_hands_out(&home.run(), "old-token");
+    let out = home.run();
+    assert_hands_out(&out, "old-token");
+    assert!(stderr(&out).contains("could not renew it"), "{}", stderr(&out));
+    assert_eq!(refusing.posts(), 1);
 }
 
 #[test]
@@ -1075,4 +1085,23 @@ fn a_terminal_run_takes_the_organizations_managed_settings_before_the_persons() 
     // What the environment says (Claude Code's own env block) still comes first.
     let out = home.command().env("CLAUDE_SSO_ISSUER", "http://127.0.0.1:9").output().unwrap();
     assert_fails(&out);
+}
+
+#[test]
+fn an_iat_dated_back_by_the_idp_counts_toward_the_gateways_age_limit() {
+    // Entra ID dates `iat` five minutes back (`exp - iat` is five minutes over `expires_in`). The
+    // gateway counts a token's age from `iat`: with a 1,000 s age limit it refuses the token 700 s
+    // after it arrived, so the helper must renew it by then, and say nothing of clocks.
+    let idp = FakeIdp::start(|_, _| {
+        let t = now();
+        let token = jwt(serde_json::json!({"sub": "a", "iat": t - 300, "exp": t + 3600}));
+        (200, serde_json::json!({"access_token": token, "expires_in": 3600, "refresh_token": "rt2"}).to_string())
+    });
+    let home = Home::new(&idp.issuer);
+    home.save_stale();
+    let out = home.command().env("CLAUDE_SSO_MAX_TOKEN_AGE_SECONDS", "1000").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = home.cached()["expires_at"].as_u64().unwrap() - now();
+    assert!((690..=700).contains(&left), "believed {left} s left; the gateway takes it 700 s");
+    assert!(!stderr(&out).contains("clock"), "{}", stderr(&out));
 }
