@@ -311,7 +311,7 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
                 return Ok(c.access_token);
             }
             return Err(format!(
-                "another sign-in is under way (it holds {}): finish it (`claude-sso-signin login` in another terminal?), then try again",
+                "another sign-in or renewal is under way (it holds {}): finish it (`claude-sso-signin login` in another terminal?), then try again",
                 cache.lock_path().display()
             ));
         }
@@ -425,9 +425,9 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
 
 /// How long a run waits for the token cache's lock when it has a saved token the gateway still
 /// takes to hand out instead ([`LOCK_WAIT`] when it has none: a renewal in another run takes at
-/// most discovery's and the refresh's timeouts).
+/// most discovery's and the refresh's timeouts, 30 s each).
 const LOCK_WAIT_WITH_A_TOKEN: Duration = Duration::from_secs(5);
-const LOCK_WAIT: Duration = Duration::from_secs(40);
+const LOCK_WAIT: Duration = Duration::from_secs(65);
 
 /// `login`: signs in now, whatever is cached, and keeps the tokens for Claude Code.
 fn login(idp: &Idp) -> Result<(), String> {
