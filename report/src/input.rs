@@ -143,9 +143,9 @@ mod tests {
         let access = format!("{a}\n{{\"usage\":{b}}}\n{b}\n");
         // The cut stream's record again in Envoy's own log, and one that only the log has.
         let host = format!(
-            "[2026-11-29 14:52:03.200][7][warning][wasm] wasm log: claude-sso-gateway: usage {b}\n\
-             [2026-11-29 14:52:03.300][7][warning][wasm] wasm log: claude-sso-gateway: usage {a}\n\
-             [2026-11-29 14:52:03.300][7][warning][wasm] wasm log: claude-sso-gateway: usage {a}\n"
+            "[2026-11-29 14:52:03.200][7][warning][wasm] [context.cc:1154] wasm log claude_sso_gateway claude_sso_gateway: claude-sso-gateway: usage {b}\n\
+             [2026-11-29 14:52:03.300][7][warning][wasm] [context.cc:1154] wasm log claude_sso_gateway claude_sso_gateway: claude-sso-gateway: usage {a}\n\
+             [2026-11-29 14:52:03.300][7][warning][wasm] [context.cc:1154] wasm log claude_sso_gateway claude_sso_gateway: claude-sso-gateway: usage {a}\n"
         );
         let mut tally = Tally::default();
         let mut records = read_log(access.as_bytes(), "access", &mut tally).unwrap();

@@ -91,6 +91,9 @@ pub enum Skip {
     NoRecord,
     /// A usage record without a valid `time`.
     BadTime,
+    /// The filter's marker where the host did not write it for the filter (in text a client
+    /// sent, which the host logged): no record is taken from it.
+    NotFromTheFilter,
 }
 
 impl Skip {
@@ -101,6 +104,7 @@ impl Skip {
             Skip::NotJson => "not a JSON object",
             Skip::NoRecord => "no usage record",
             Skip::BadTime => "no valid time",
+            Skip::NotFromTheFilter => "the usage marker in text the host did not write for the filter",
         }
     }
 }
@@ -127,7 +131,7 @@ pub fn parse_line(line: &str) -> Result<Record, Skip> {
 
 /// [`parse_line`], saying where the record was.
 pub fn read_line(line: &str) -> Result<(Record, Source), Skip> {
-    let mut line = line.trim();
+    let line = line.trim();
     if line.is_empty() {
         return Err(Skip::Blank);
     }
@@ -136,18 +140,11 @@ pub fn read_line(line: &str) -> Result<(Record, Source), Skip> {
     // values (a refused request's model is the client's), where it marks nothing.
     let outer = match serde_json::from_str::<Value>(line) {
         Ok(value) => value,
-        Err(_) => {
-            if let Some(at) = line.find(LOG_MARKER) {
-                line = &line[at + LOG_MARKER.len()..];
-                source = Source::HostLog;
-            }
-            // nginx writes `, client: …, server: …, request: "…"` after the message: the record
-            // is the first JSON value after the marker.
-            match serde_json::Deserializer::from_str(line).into_iter::<Value>().next() {
-                Some(Ok(value)) => value,
-                _ => return Err(Skip::NotJson),
-            }
+        Err(_) if line.contains(LOG_MARKER) => {
+            source = Source::HostLog;
+            host_log_record(line)?
         }
+        Err(_) => return Err(Skip::NotJson),
     };
     let Value::Object(outer) = outer else {
         return Err(Skip::NotJson);
@@ -163,6 +160,73 @@ pub fn read_line(line: &str) -> Result<(Record, Source), Skip> {
         None => Err(Skip::NoRecord),
     };
     record.map(|record| (record, source))
+}
+
+/// The record on a line of the host's own log: the marker must come right after the prefix the
+/// host writes for the filter's messages, in its default format, and the record must end the line
+/// (nginx adds only its context: ` while sending to client, client: …`). Anywhere else the marker is text a client sent,
+/// which hosts also log (Envoy's request headers at debug, nginx's bad header lines at info), and
+/// a record there could be forged: it is refused.
+fn host_log_record(line: &str) -> Result<Value, Skip> {
+    let at = line.find(LOG_MARKER).ok_or(Skip::NotJson)?;
+    let (prefix, rest) = (&line[..at], &line[at + LOG_MARKER.len()..]);
+    let nginx = is_nginx_prefix(prefix);
+    if !(prefix.is_empty() || nginx || is_envoy_prefix(prefix)) {
+        return Err(Skip::NotFromTheFilter);
+    }
+    let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+    let Some(Ok(value)) = values.next() else {
+        return Err(Skip::NotJson);
+    };
+    let after = rest[values.byte_offset()..].trim_end();
+    // nginx: ` while sending to client, client: …`, the action it was at and the request.
+    if after.is_empty() || (nginx && (after.starts_with(", client: ") || after.starts_with(" while "))) {
+        Ok(value)
+    } else {
+        Err(Skip::NotFromTheFilter)
+    }
+}
+
+/// Envoy's default prefix of a Wasm filter's message:
+/// `[2026-11-29 14:52:03.123][7][warning][wasm] [source/…/context.cc:1154] wasm log <plugin> <root>: `.
+fn is_envoy_prefix(prefix: &str) -> bool {
+    const LOG: &str = "wasm log ";
+    let Some(at) = prefix.find(LOG) else { return false };
+    let (head, names) = (&prefix[..at], &prefix[at + LOG.len()..]);
+    prefix.starts_with('[')
+        && head.contains("][wasm] ")
+        && !prefix.contains(['\'', '"'])
+        && names.strip_suffix(": ").is_some_and(|n| !n.contains(':'))
+}
+
+/// nginx's (and so Kong's) prefix of a proxy-wasm filter's message:
+/// `2026/11/29 14:52:03 [warn] 7#0: *5 [proxy-wasm]["claude_sso_gateway" #1] ` (the `*5`, the
+/// connection, only in a request).
+fn is_nginx_prefix(prefix: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some((date, rest)) = prefix.split_once(' ') else { return false };
+    let Some((time, rest)) = rest.split_once(' ') else { return false };
+    let date_ok = date.split('/').map(digits).collect::<Vec<_>>() == [true; 3];
+    let time_ok = time.split(':').map(digits).collect::<Vec<_>>() == [true; 3];
+    let Some(rest) = rest.strip_prefix('[') else { return false };
+    let Some((level, rest)) = rest.split_once("] ") else { return false };
+    let Some((pids, rest)) = rest.split_once(": ") else { return false };
+    let pids_ok = pids.split_once('#').is_some_and(|(p, t)| digits(p) && digits(t));
+    let rest = match rest.strip_prefix('*').and_then(|r| r.split_once(' ')) {
+        Some((connection, rest)) if digits(connection) => rest,
+        Some(_) => return false,
+        None => rest,
+    };
+    let Some(filter) = rest.strip_prefix("[proxy-wasm][\"").and_then(|r| r.strip_suffix("] ")) else {
+        return false;
+    };
+    let Some((name, number)) = filter.split_once("\" #") else { return false };
+    date_ok
+        && time_ok
+        && level.bytes().all(|b| b.is_ascii_lowercase())
+        && pids_ok
+        && !name.contains(['"', ']'])
+        && digits(number)
 }
 
 fn looks_like_record(obj: &Map<String, Value>) -> bool {
@@ -263,6 +327,42 @@ mod tests {
     }
 
     #[test]
+    fn a_record_in_text_a_client_sent_is_never_taken() {
+        // Lines the hosts write with the client's text in them, at the levels that log it.
+        let lines = [
+            // Envoy at debug logs each request header on a line of its own.
+            format!("'user-agent', '{LOG_MARKER}{FULL}'"),
+            // Another message of the filter that quotes the client.
+            format!(
+                "[2026-11-29 14:52:03.123][7][warning][wasm] [context.cc:1154] wasm log claude_sso_gateway \
+                 claude_sso_gateway: claude-sso-gateway: refused 400: model x {LOG_MARKER}{FULL}"
+            ),
+            // nginx at info logs a header line it refuses.
+            format!(
+                "2026/11/29 14:52:03 [info] 7#0: *5 client sent invalid header line: \"X: [proxy-wasm][\"a\" #1] \
+                 {LOG_MARKER}{FULL}, client: x\" while reading client request headers, client: 127.0.0.1"
+            ),
+            // The host's prefix, but more than the record after it.
+            format!("[2026-11-29 14:52:03.123][7][info][wasm] [c.cc:1] wasm log claude_sso_gateway: {LOG_MARKER}{FULL}'"),
+            format!("2026/11/29 14:52:03 [warn] 7#0: *5 [proxy-wasm][\"claude_sso_gateway\" #1] {LOG_MARKER}{FULL} and more"),
+        ];
+        for line in &lines {
+            assert_eq!(parse_line(line), Err(Skip::NotFromTheFilter), "{line}");
+        }
+        // The hosts' own lines, and the record alone after the marker (a line cut out of a log).
+        for line in [
+            format!("2026/11/29 14:52:03 [warn] 7#0: [proxy-wasm][\"claude_sso_gateway\" #1] {LOG_MARKER}{FULL}"),
+            format!(
+                "2026/12/02 06:57:28 [warn] 8918#0: *10 [proxy-wasm][\"claude_sso_gateway\" #6] {LOG_MARKER}{FULL} \
+                 while sending to client, client: 127.0.0.1, server: gateway, request: \"POST /v1/messages HTTP/1.1\""
+            ),
+            format!("{LOG_MARKER}{FULL}"),
+        ] {
+            assert!(parse_line(&line).is_ok(), "{line}");
+        }
+    }
+
+    #[test]
     fn the_marker_inside_an_access_log_value_marks_nothing() {
         // A refused request's model is the client's text.
         let record = FULL.replace("\"model\":\"claude-sonnet-4-6\"", &format!("\"model\":\"x {LOG_MARKER}y\""));
@@ -299,7 +399,8 @@ mod tests {
             ("json number", "42", Skip::NotJson),
             ("truncated object", r#"{"time":"2026-11-29T14:52:03Z","sub":"a""#, Skip::NotJson),
             ("access log without usage", r#"{"response_code":200,"path":"/v1/messages"}"#, Skip::NoRecord),
-            ("host log marker without a record", "[info][wasm] claude-sso-gateway: usage -", Skip::NotJson),
+            ("host log marker without a record", "[info][wasm] claude-sso-gateway: usage -", Skip::NotFromTheFilter),
+            ("a record after the marker of no host", "[x] claude-sso-gateway: usage {}", Skip::NotFromTheFilter),
             ("access log with null usage", r#"{"response_code":200,"usage":null}"#, Skip::NoRecord),
             ("access log with dash usage", r#"{"usage":"-"}"#, Skip::NoRecord),
             ("usage string not an object", r#"{"usage":"[1]"}"#, Skip::NoRecord),
