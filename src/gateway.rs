@@ -270,12 +270,9 @@ impl Worker {
         if let (Some(_), Endpoint::CountTokens) = (&target.bedrock, endpoint) {
             // Bedrock's CountTokens takes another body: answered here with the estimate the
             // budgets use (body bytes / 4), which is what Claude Code needs it for.
-            return Err(Reply::json(
-                200,
-                "count_tokens_estimate",
-                &serde_json::json!({"input_tokens": body.len() / 4}),
-            )
-            .into());
+            let reply = Reply::json(200, "count_tokens_estimate", &serde_json::json!({"input_tokens": body.len() / 4}));
+            // Its record names the model it counted for, as a forwarded count would.
+            return Err(Refusal { model: Some(model.alias.clone()), ..reply.into() });
         }
         // Translated (and refused if it cannot be) before any budget is held.
         let bedrock = match &target.bedrock {

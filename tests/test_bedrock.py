@@ -212,4 +212,10 @@ def test_count_tokens_for_a_bedrock_model_is_answered_with_the_estimate_and_refu
     deadline = time.monotonic() + 5
     while not (records := bedrock_gateway.usage_records()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert [(r["status"], r["refusal"], r["input_tokens"]) for r in records] == [(200, None, 0)]
+    assert [(r["status"], r["refusal"], r["input_tokens"], r["model"]) for r in records] == [
+        (200, None, 0, json.loads(STREAM)["model"])]
+    # Nothing was forwarded: no request in the forwarded requests' metrics, no refusal either.
+    time.sleep(1.5)  # the filter's metrics flush
+    stats = bedrock_gateway.stats()
+    counted = {k: v for k, v in stats.items() if v and ("requests_total" in k or "refusals_total" in k)}
+    assert counted == {}, counted

@@ -109,7 +109,8 @@ impl GatewayHttp {
         // Before a local answer: Envoy may finish the stream, and write its access log, inside
         // the call that sends it.
         if let Some(record) = &step.record {
-            if record.refusal.is_none() {
+            // A local answer was not forwarded, refusal or not (Bedrock's count_tokens estimate).
+            if record.refusal.is_none() && step.reply.is_none() {
                 self.metrics.record_forwarded(record, step.settled.as_ref());
             }
             super::publish_record(record, self.profile.get(), late);
