@@ -47,8 +47,9 @@ build: .wasm-target.stamp
 ## real-Envoy, Kong-runtime, real-IdP and real-Claude-Code tests.
 test: shared unit unit-wasm lint fuzz-ci integration
 
-## What the tests read from beside the clone: Claude Code's captured requests and answers, and the
-## nginx and ngx_wasm_module sources Kong's runtime is built from.
+## What the tests read from beside the clone: Claude Code's captured requests and answers (checked
+## here, before anything runs; the nginx and ngx_wasm_module sources Kong's runtime is built from are
+## checked by scripts/kong-runtime.sh when it needs them).
 SHARED_FIXTURES := ../shared/fixtures/claude-code
 shared:
 	@test -f $(SHARED_FIXTURES)/request_main_stream.json || { echo "make test needs $(SHARED_FIXTURES)/ \
