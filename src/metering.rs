@@ -24,18 +24,15 @@ pub fn units(counts: Counts, usage: &Usage, price: Option<&Price>) -> u64 {
 pub fn cost_micros(usage: &Usage, price: &Price) -> u64 {
     let hour = usage.cache_write_1h();
     // A long prompt has every token priced at the long-context rates, its output included.
-    let rates = match price.long_context {
-        Some(long) if usage.prompt() > long.above_prompt_tokens => {
-            [long.input, long.output, long.cache_write, long.cache_write_1h, long.cache_read]
-        }
-        _ => [price.input, price.output, price.cache_write, price.cache_write_1h, price.cache_read],
+    let rates = match &price.long_context {
+        Some(long) if usage.prompt() > long.above_prompt_tokens => &long.rates,
+        _ => &price.rates,
     };
-    let [input, output, cache_write, cache_write_1h, cache_read] = rates;
-    let micros = usage.input as f64 * input
-        + usage.output as f64 * output
-        + (usage.cache_write - hour) as f64 * cache_write
-        + hour as f64 * cache_write_1h
-        + usage.cache_read as f64 * cache_read
+    let micros = usage.input as f64 * rates.input
+        + usage.output as f64 * rates.output
+        + (usage.cache_write - hour) as f64 * rates.cache_write
+        + hour as f64 * rates.cache_write_1h
+        + usage.cache_read as f64 * rates.cache_read
         + usage.web_searches as f64 * price.web_search_per_1k * 1000.0;
     micros.round() as u64
 }
@@ -263,6 +260,7 @@ impl Metering {
 mod tests {
     use super::*;
     use crate::budget::{Limit, Per, WindowType};
+    use crate::config::Rates;
     use crate::shared::tests::FakeStore;
 
     fn limits() -> Vec<Limit> {
@@ -277,15 +275,8 @@ mod tests {
     }
 
     fn subject() -> Subject {
-        let price = Price {
-            input: 3.0,
-            output: 15.0,
-            cache_write: 3.75,
-            cache_read: 0.3,
-            cache_write_1h: 6.0,
-            web_search_per_1k: 10.0,
-            long_context: None,
-        };
+        let rates = Rates { input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3, cache_write_1h: 6.0 };
+        let price = Price { rates, web_search_per_1k: 10.0, long_context: None };
         Subject {
             person: "alice".into(),
             person_key: "a1".into(),
@@ -766,14 +757,8 @@ mod tests {
     #[test]
     fn a_long_prompt_prices_every_token_at_the_long_context_rates() {
         use crate::config::LongContext;
-        let long = LongContext {
-            above_prompt_tokens: 200_000,
-            input: 6.0,
-            output: 22.5,
-            cache_write: 7.5,
-            cache_read: 0.6,
-            cache_write_1h: 12.0,
-        };
+        let rates = Rates { input: 6.0, output: 22.5, cache_write: 7.5, cache_read: 0.6, cache_write_1h: 12.0 };
+        let long = LongContext { above_prompt_tokens: 200_000, rates };
         let price = Price { long_context: Some(long), ..subject().price.unwrap() };
         // The prompt counts the cache: 150K read + 50K written + 1 uncached is over 200K.
         let at = |input| Usage { input, output: 1000, cache_write: 50_000, cache_read: 150_000, ..Usage::default() };

@@ -29,7 +29,8 @@ pub(super) struct RawTierBudget {
     pub per: Option<Per>,
 }
 
-/// A model's `price`, as written: dollars per million tokens.
+/// A model's `price`, as written: dollars per million tokens. (It and [`RawLongContext`] each
+/// list the rates: serde cannot flatten them into one struct and still refuse unknown fields.)
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPrice {
@@ -58,9 +59,9 @@ pub(super) struct RawLongContext {
     cache_write_1h: Option<f64>,
 }
 
-/// Dollars per million tokens.
+/// Dollars per million tokens of each kind.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Price {
+pub struct Rates {
     /// Uncached input tokens.
     pub input: f64,
     /// Output tokens.
@@ -72,6 +73,13 @@ pub struct Price {
     /// Cache writes for one hour (`cache_control.ttl: "1h"`): as configured, or twice `input`
     /// (as Anthropic and Bedrock price them) but never below `cache_write`.
     pub cache_write_1h: f64,
+}
+
+/// A model's price.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Price {
+    /// The tokens' rates.
+    pub rates: Rates,
     /// Dollars per 1,000 server-side web searches (`web_search_per_1k`): as configured, or
     /// Anthropic's [`DEFAULT_WEB_SEARCH_PER_1K`].
     pub web_search_per_1k: f64,
@@ -86,16 +94,8 @@ pub struct LongContext {
     /// A request whose prompt (input, cache writes and cache reads) is above this many tokens
     /// is priced at these rates, its output included.
     pub above_prompt_tokens: u64,
-    /// Dollars per million tokens, as [`Price`]'s.
-    pub input: f64,
-    /// Output tokens.
-    pub output: f64,
-    /// Five-minute cache writes.
-    pub cache_write: f64,
-    /// Cache reads.
-    pub cache_read: f64,
-    /// One-hour cache writes: as configured, or twice `input` but never below `cache_write`.
-    pub cache_write_1h: f64,
+    /// The tokens' rates for such a request.
+    pub rates: Rates,
 }
 
 /// Anthropic's price of web searches: $10 per 1,000.
@@ -176,17 +176,9 @@ pub(super) fn compile_budgets(raw: RawBudgets) -> Result<Budgets, ConfigError> {
     })
 }
 
-/// Checks a model's price and fills in the one-hour cache writes' price when it is not given.
+/// Checks a model's price and fills in what it does not say.
 pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigError> {
-    let all = [raw.input, raw.output, raw.cache_write, raw.cache_read, raw.cache_write_1h.unwrap_or(0.0)];
-    if all.iter().any(|p| !p.is_finite() || *p < 0.0) {
-        return Err(ConfigError::new(field, "prices must be non-negative numbers (dollars per million tokens)"));
-    }
-    // So that a request's cost (at most MAX_PLAUSIBLE_TOKENS of each kind) stays a count a budget
-    // counter holds exactly.
-    if all.iter().any(|p| *p > MAX_PRICE) {
-        return Err(ConfigError::new(field, format!("prices must be at most {MAX_PRICE} dollars per million tokens")));
-    }
+    let rates = compile_rates(field, [raw.input, raw.output, raw.cache_write, raw.cache_read], raw.cache_write_1h)?;
     if let Some(search) = raw.web_search_per_1k {
         if !(search.is_finite() && (0.0..=MAX_WEB_SEARCH_PER_1K).contains(&search)) {
             return Err(ConfigError::new(
@@ -199,40 +191,41 @@ pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigE
         None => None,
         Some(long) => {
             let field = format!("{field}.long_context");
-            let rates =
-                [long.input, long.output, long.cache_write, long.cache_read, long.cache_write_1h.unwrap_or(0.0)];
-            if rates.iter().any(|p| !p.is_finite() || *p < 0.0 || *p > MAX_PRICE) {
-                return Err(ConfigError::new(
-                    &field,
-                    format!("prices must be non-negative numbers up to {MAX_PRICE} (dollars per million tokens)"),
-                ));
-            }
             if long.above_prompt_tokens == 0 || long.above_prompt_tokens > crate::usage::MAX_PLAUSIBLE_TOKENS {
                 return Err(ConfigError::new(
                     format!("{field}.above_prompt_tokens"),
                     format!("must be from 1 to {} tokens", crate::usage::MAX_PLAUSIBLE_TOKENS),
                 ));
             }
-            Some(LongContext {
-                above_prompt_tokens: long.above_prompt_tokens,
-                input: long.input,
-                output: long.output,
-                cache_write: long.cache_write,
-                cache_read: long.cache_read,
-                cache_write_1h: long.cache_write_1h.unwrap_or((long.input * 2.0).max(long.cache_write)),
-            })
+            let written = [long.input, long.output, long.cache_write, long.cache_read];
+            let rates = compile_rates(&field, written, long.cache_write_1h)?;
+            Some(LongContext { above_prompt_tokens: long.above_prompt_tokens, rates })
         }
     };
-    Ok(Price {
-        input: raw.input,
-        output: raw.output,
-        cache_write: raw.cache_write,
-        cache_read: raw.cache_read,
+    Ok(Price { rates, web_search_per_1k: raw.web_search_per_1k.unwrap_or(DEFAULT_WEB_SEARCH_PER_1K), long_context })
+}
+
+/// Checks rates as written (`input`, `output`, `cache_write`, `cache_read`, and
+/// `cache_write_1h` when given) and fills in the one-hour cache writes' rate.
+fn compile_rates(field: &str, written: [f64; 4], cache_write_1h: Option<f64>) -> Result<Rates, ConfigError> {
+    let [input, output, cache_write, cache_read] = written;
+    let all = [input, output, cache_write, cache_read, cache_write_1h.unwrap_or(0.0)];
+    if all.iter().any(|p| !p.is_finite() || *p < 0.0) {
+        return Err(ConfigError::new(field, "prices must be non-negative numbers (dollars per million tokens)"));
+    }
+    // So that a request's cost (at most MAX_PLAUSIBLE_TOKENS of each kind) stays a count a budget
+    // counter holds exactly.
+    if all.iter().any(|p| *p > MAX_PRICE) {
+        return Err(ConfigError::new(field, format!("prices must be at most {MAX_PRICE} dollars per million tokens")));
+    }
+    Ok(Rates {
+        input,
+        output,
+        cache_write,
+        cache_read,
         // Never below a five-minute write. At most twice MAX_PRICE: a request's cost still stays a
         // count a counter holds exactly.
-        cache_write_1h: raw.cache_write_1h.unwrap_or((raw.input * 2.0).max(raw.cache_write)),
-        web_search_per_1k: raw.web_search_per_1k.unwrap_or(DEFAULT_WEB_SEARCH_PER_1K),
-        long_context,
+        cache_write_1h: cache_write_1h.unwrap_or((input * 2.0).max(cache_write)),
     })
 }
 
@@ -320,6 +313,15 @@ mod tests {
     use crate::config::Plan;
     use serde_json::{json, Value};
 
+    /// A price of 1 for input and 0 for the rest, with `extra`'s fields.
+    fn price_with(extra: Value) -> Value {
+        let mut price = json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0});
+        if let (Some(price), Value::Object(extra)) = (price.as_object_mut(), extra) {
+            price.extend(extra);
+        }
+        price
+    }
+
     fn load(doc: &Value) -> Result<Plan, String> {
         Plan::from_json(doc.to_string().as_bytes(), &|_| Some("k".to_owned())).map_err(|e| e.to_string())
     }
@@ -329,9 +331,9 @@ mod tests {
         let raw = json!({"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3,
             "long_context": {"above_prompt_tokens": 200000, "input": 6, "output": 22.5, "cache_write": 7.5, "cache_read": 0.6}});
         let price = super::compile_price("p", serde_json::from_value(raw).unwrap()).unwrap();
-        assert_eq!((price.cache_write_1h, price.web_search_per_1k), (6.0, 10.0));
+        assert_eq!((price.rates.cache_write_1h, price.web_search_per_1k), (6.0, 10.0));
         let long = price.long_context.unwrap();
-        assert_eq!((long.above_prompt_tokens, long.output, long.cache_write_1h), (200_000, 22.5, 12.0));
+        assert_eq!((long.above_prompt_tokens, long.rates.output, long.rates.cache_write_1h), (200_000, 22.5, 12.0));
         let plain = json!({"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3, "web_search_per_1k": 0});
         let price = super::compile_price("p", serde_json::from_value(plain).unwrap()).unwrap();
         assert_eq!((price.long_context, price.web_search_per_1k), (None, 0.0));
@@ -380,11 +382,11 @@ mod tests {
         doc["models"][1]["price"] =
             json!({"input": 5, "output": 25, "cache_write": 6.25, "cache_read": 0.5, "cache_write_1h": 9});
         let plan = load(&doc).unwrap();
-        let hourly = |m: usize| plan.models[m].price.map(|p| p.cache_write_1h);
+        let hourly = |m: usize| plan.models[m].price.map(|p| p.rates.cache_write_1h);
         assert_eq!((hourly(0), hourly(1)), (Some(6.0), Some(9.0)));
         doc["models"][0]["price"] = json!({"input": 0, "output": 1, "cache_write": 3.75, "cache_read": 0});
         let plan = load(&doc).unwrap();
-        assert_eq!(plan.models[0].price.map(|p| p.cache_write_1h), Some(3.75), "never below a five-minute write");
+        assert_eq!(plan.models[0].price.map(|p| p.rates.cache_write_1h), Some(3.75), "never below a five-minute write");
     }
 
     #[test]
@@ -431,58 +433,37 @@ mod tests {
             ),
             (
                 "negative one-hour cache write price",
-                |d| {
-                    d["models"][0]["price"] =
-                        json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "cache_write_1h": -2})
-                },
+                |d| d["models"][0]["price"] = price_with(json!({"cache_write_1h": -2})),
                 "config error: models[0].price: prices must be non-negative numbers (dollars per million tokens)",
             ),
             (
                 "a web search price beyond its bound",
-                |d| {
-                    d["models"][0]["price"] =
-                        json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "web_search_per_1k": 1e9})
-                },
+                |d| d["models"][0]["price"] = price_with(json!({"web_search_per_1k": 1e9})),
                 "config error: models[0].price.web_search_per_1k: must be a number from 0 to 100000 (dollars per 1,000 web searches)",
             ),
             (
                 "a negative web search price",
-                |d| {
-                    d["models"][0]["price"] =
-                        json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "web_search_per_1k": -1})
-                },
+                |d| d["models"][0]["price"] = price_with(json!({"web_search_per_1k": -1})),
                 "config error: models[0].price.web_search_per_1k: must be a number from 0 to 100000 (dollars per 1,000 web searches)",
             ),
             (
                 "a long-context price without its threshold",
-                |d| {
-                    d["models"][0]["price"] = json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0,
-                        "long_context": {"input": 2, "output": 0, "cache_write": 0, "cache_read": 0}})
-                },
+                |d| d["models"][0]["price"] = price_with(json!({"long_context": {"input": 2, "output": 0, "cache_write": 0, "cache_read": 0}})),
                 "config error: models[0].price.long_context: missing field `above_prompt_tokens`",
             ),
             (
                 "a long-context threshold of nothing",
-                |d| {
-                    d["models"][0]["price"] = json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0,
-                        "long_context": {"above_prompt_tokens": 0, "input": 2, "output": 0, "cache_write": 0, "cache_read": 0}})
-                },
+                |d| d["models"][0]["price"] = price_with(json!({"long_context": {"above_prompt_tokens": 0, "input": 2, "output": 0, "cache_write": 0, "cache_read": 0}})),
                 "config error: models[0].price.long_context.above_prompt_tokens: must be from 1 to 100000000 tokens",
             ),
             (
                 "a negative long-context price",
-                |d| {
-                    d["models"][0]["price"] = json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0,
-                        "long_context": {"above_prompt_tokens": 200000, "input": -2, "output": 0, "cache_write": 0, "cache_read": 0}})
-                },
-                "config error: models[0].price.long_context: prices must be non-negative numbers up to 1000000 (dollars per million tokens)",
+                |d| d["models"][0]["price"] = price_with(json!({"long_context": {"above_prompt_tokens": 200000, "input": -2, "output": 0, "cache_write": 0, "cache_read": 0}})),
+                "config error: models[0].price.long_context: prices must be non-negative numbers (dollars per million tokens)",
             ),
             (
                 "a price of an unknown kind",
-                |d| {
-                    d["models"][0]["price"] =
-                        json!({"input": 1, "output": 0, "cache_write": 0, "cache_read": 0, "cache_write_2h": 2})
-                },
+                |d| d["models"][0]["price"] = price_with(json!({"cache_write_2h": 2})),
                 "config error: models[0].price.cache_write_2h: unknown field `cache_write_2h`",
             ),
             (

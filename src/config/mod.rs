@@ -38,7 +38,7 @@ const MAX_VALIDATION_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 pub(crate) const MAX_SECONDS: u64 = 366 * 86_400;
 
 pub use bedrock::BedrockTarget;
-pub use limits::{short_digest, Budgets, LongContext, Price, Reserve, MAX_UNITS};
+pub use limits::{short_digest, Budgets, LongContext, Price, Rates, Reserve, MAX_UNITS};
 pub(crate) use store::MAX_PERIOD_MS;
 pub use store::{OnStoreFailure, StoreKind, StorePlan, TICK_MS};
 
