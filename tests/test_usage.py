@@ -307,6 +307,14 @@ def test_web_searches_are_recorded_and_priced_on_top_of_the_tokens(make_gateway,
 
     assert [r["cost_usd"] for r in records] == pytest.approx([tokens(haiku) + 3 * 25 / 1000,
                                                               tokens(sonnet) + 3 * 10 / 1000])
+    # The report counts them per person, with their cost in the cost.
+    log = g.access_log_path if host == "envoy" else g.log_path
+    out = subprocess.run(["cargo", "run", "-q", "-p", "claude-sso-report", "--", str(log), "--format", "json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    total = json.loads(out.stdout)["total"]
+    assert (total["web_searches"], total["requests"]) == (6, 2), total
+    assert total["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records))
 
 
 def test_a_long_prompt_is_priced_at_the_long_context_rates(make_gateway, host, stub, signer):

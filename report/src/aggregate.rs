@@ -82,6 +82,8 @@ pub struct Totals {
     pub cost_nanos: u64,
     /// Requests that used tokens but carry no cost (unpriced model).
     pub unpriced: u64,
+    /// Server-side web searches (their cost is in the cost).
+    pub web_searches: u64,
     latency_sum: u64,
     latency_n: u64,
     ttft_sum: u64,
@@ -94,6 +96,7 @@ impl Totals {
         self.requests += 1;
         self.refused += u64::from(r.refused());
         self.tokens.add(&r.tokens);
+        self.web_searches = self.web_searches.saturating_add(r.web_searches);
         match r.cost_nanos {
             Some(c) => self.cost_nanos = self.cost_nanos.saturating_add(c),
             None => self.unpriced += u64::from(r.tokens.total() > 0),

@@ -18,7 +18,7 @@ pub enum Format {
 /// Label of the totals row in the text and CSV formats.
 pub const TOTAL: &str = "TOTAL";
 
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 12] = [
     "requests",
     "refused",
     "input",
@@ -30,6 +30,7 @@ const COLUMNS: [&str; 11] = [
     "unpriced",
     "avg_latency_ms",
     "avg_ttft_ms",
+    "web_searches",
 ];
 
 fn opt(v: Option<u64>) -> String {
@@ -49,6 +50,7 @@ fn cells(t: &Totals) -> Vec<String> {
         t.unpriced.to_string(),
         opt(t.avg_latency_ms()),
         opt(t.avg_ttft_ms()),
+        t.web_searches.to_string(),
     ]
 }
 
@@ -167,6 +169,7 @@ fn totals_json(t: &Totals) -> Value {
         "unpriced_requests": t.unpriced,
         "avg_latency_ms": t.avg_latency_ms(),
         "avg_ttft_ms": t.avg_ttft_ms(),
+        "web_searches": t.web_searches,
     })
 }
 
@@ -198,7 +201,7 @@ mod tests {
 
     fn summary() -> Summary {
         let lines = [
-            r#"{"time":"2026-11-29T10:00:00Z","sub":"alice","model":"claude-sonnet-4-6","input_tokens":10,"output_tokens":20,"cost_usd":0.5,"latency_ms":1000}"#,
+            r#"{"time":"2026-11-29T10:00:00Z","sub":"alice","model":"claude-sonnet-4-6","input_tokens":10,"output_tokens":20,"cost_usd":0.5,"latency_ms":1000,"web_search_requests":3}"#,
             r#"{"time":"2026-11-29T10:00:00Z","sub":"bob, \"the builder\"","model":"m","input_tokens":1,"cost_usd":0.25}"#,
         ];
         let records: Vec<_> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
@@ -223,10 +226,10 @@ mod tests {
     fn csv_quotes_and_ends_with_totals() {
         let out = csv(&summary());
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "person,requests,refused,input,output,cache_write,cache_read,tokens,cost_usd,unpriced,avg_latency_ms,avg_ttft_ms");
-        assert_eq!(lines[1], "alice,1,0,10,20,0,0,30,0.500000,0,1000,-");
-        assert_eq!(lines[2], "\"bob, \"\"the builder\"\"\",1,0,1,0,0,0,1,0.250000,0,-,-");
-        assert_eq!(lines[3], "TOTAL,2,0,11,20,0,0,31,0.750000,0,1000,-");
+        assert_eq!(lines[0], "person,requests,refused,input,output,cache_write,cache_read,tokens,cost_usd,unpriced,avg_latency_ms,avg_ttft_ms,web_searches");
+        assert_eq!(lines[1], "alice,1,0,10,20,0,0,30,0.500000,0,1000,-,3");
+        assert_eq!(lines[2], "\"bob, \"\"the builder\"\"\",1,0,1,0,0,0,1,0.250000,0,-,-,0");
+        assert_eq!(lines[3], "TOTAL,2,0,11,20,0,0,31,0.750000,0,1000,-,3");
     }
 
     /// A model is what a client asked for (a refused request's record keeps it): in a CSV

@@ -71,6 +71,8 @@ pub struct Record {
     pub session: Option<String>,
     /// Stable reason code of a refused request.
     pub refusal: Option<String>,
+    /// Server-side web searches the provider ran (`web_search_requests`; priced in `cost_usd`).
+    pub web_searches: u64,
 }
 
 impl Record {
@@ -282,6 +284,7 @@ fn from_object(obj: &Map<String, Value>) -> Result<Record, Skip> {
         ttft_ms: count(obj, "ttft_ms"),
         session: text(obj, "session"),
         refusal: text(obj, "refusal"),
+        web_searches: count(obj, "web_search_requests").unwrap_or(0),
     })
 }
 
