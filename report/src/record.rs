@@ -133,7 +133,8 @@ pub fn parse_line(line: &str) -> Result<Record, Skip> {
 
 /// [`parse_line`], saying where the record was.
 pub fn read_line(line: &str) -> Result<(Record, Source), Skip> {
-    let line = line.trim();
+    // A file written on Windows may start with a byte-order mark.
+    let line = line.trim().trim_start_matches('\u{feff}');
     if line.is_empty() {
         return Err(Skip::Blank);
     }
@@ -164,16 +165,20 @@ pub fn read_line(line: &str) -> Result<(Record, Source), Skip> {
     record.map(|record| (record, source))
 }
 
-/// The record on a line of the host's own log: the marker must come right after the prefix the
-/// host writes for the filter's messages, in its default format, and the record must end the line
-/// (nginx adds only its context: ` while sending to client, client: …`). Anywhere else the marker is text a client sent,
-/// which hosts also log (Envoy's request headers at debug, nginx's bad header lines at info), and
-/// a record there could be forged: it is refused.
+/// The record on a line of the host's own log. The marker must come right after what the host
+/// writes before a Wasm filter's message (Envoy: `wasm log <plugin> <root>: `, in its default and
+/// in Istio's format; nginx and Kong: `[proxy-wasm]["<filter>" #<n>] `), whatever comes before that
+/// (the host's time and level, a log collector's prefix), and the record must end the line but for
+/// what the host adds after a message (nginx: ` while sending to client, client: …`; Istio: a tab
+/// and its fields). The marker elsewhere is text a client sent that the host logged (Envoy's
+/// request headers at debug, quoted), and is no record. A host that logs client text unquoted
+/// and unescaped can still be made to write a whole line that reads as a record: see
+/// report/README.md on which logs to trust.
 fn host_log_record(line: &str) -> Result<Value, Skip> {
     let at = line.find(LOG_MARKER).ok_or(Skip::NotJson)?;
     let (prefix, rest) = (&line[..at], &line[at + LOG_MARKER.len()..]);
-    let nginx = is_nginx_prefix(prefix);
-    if !(prefix.is_empty() || nginx || is_envoy_prefix(prefix)) {
+    let nginx = ends_like_nginx(prefix);
+    if !(prefix.is_empty() || nginx || ends_like_envoy(prefix)) {
         return Err(Skip::NotFromTheFilter);
     }
     let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
@@ -181,54 +186,47 @@ fn host_log_record(line: &str) -> Result<Value, Skip> {
         return Err(Skip::NotJson);
     };
     let after = rest[values.byte_offset()..].trim_end();
-    // nginx: ` while sending to client, client: …`, the action it was at and the request.
-    if after.is_empty() || (nginx && (after.starts_with(", client: ") || after.starts_with(" while "))) {
+    // nginx cuts a line at 2,048 bytes, which may fall inside its own context.
+    let nginx_context = nginx && (after.starts_with(',') || after.starts_with(" while "));
+    if after.is_empty() || after.starts_with('\t') || nginx_context {
         Ok(value)
     } else {
         Err(Skip::NotFromTheFilter)
     }
 }
 
-/// Envoy's default prefix of a Wasm filter's message:
-/// `[2026-11-29 14:52:03.123][7][warning][wasm] [source/…/context.cc:1154] wasm log <plugin> <root>: `.
-fn is_envoy_prefix(prefix: &str) -> bool {
-    const LOG: &str = "wasm log ";
-    let Some(at) = prefix.find(LOG) else { return false };
+/// Whether `prefix` ends as Envoy ends the prefix of a Wasm filter's message: `wasm log: ` or
+/// `wasm log <plugin> <root> <vm>: ` (the names without quotes or colons), after its `[wasm]`
+/// logger name (`[…][warning][wasm] [source:line] wasm log …`) or Istio's (`…\twarning\twasm\twasm log …`).
+fn ends_like_envoy(prefix: &str) -> bool {
+    const LOG: &str = "wasm log";
+    let Some(at) = prefix.rfind(LOG) else { return false };
     let (head, names) = (&prefix[..at], &prefix[at + LOG.len()..]);
-    prefix.starts_with('[')
-        && head.contains("][wasm] ")
-        && !prefix.contains(['\'', '"'])
-        && names.strip_suffix(": ").is_some_and(|n| !n.contains(':'))
+    let names_ok = names == ": "
+        || names.strip_prefix(' ').and_then(|n| n.strip_suffix(": ")).is_some_and(|n| !n.contains([':', '"', '\'']));
+    names_ok && (head.contains("[wasm] ") || head.ends_with("\twasm\t"))
 }
 
-/// nginx's (and so Kong's) prefix of a proxy-wasm filter's message:
-/// `2026/11/29 14:52:03 [warn] 7#0: *5 [proxy-wasm]["claude_sso_gateway" #1] ` (the `*5`, the
-/// connection, only in a request).
-fn is_nginx_prefix(prefix: &str) -> bool {
+/// Whether `prefix` ends as nginx (and so Kong) ends the prefix of a proxy-wasm filter's message:
+/// `[proxy-wasm]["claude_sso_gateway" #1] ` after its `[level] pid#tid: [*conn ]`.
+fn ends_like_nginx(prefix: &str) -> bool {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let Some((date, rest)) = prefix.split_once(' ') else { return false };
-    let Some((time, rest)) = rest.split_once(' ') else { return false };
-    let date_ok = date.split('/').map(digits).collect::<Vec<_>>() == [true; 3];
-    let time_ok = time.split(':').map(digits).collect::<Vec<_>>() == [true; 3];
-    let Some(rest) = rest.strip_prefix('[') else { return false };
-    let Some((level, rest)) = rest.split_once("] ") else { return false };
-    let Some((pids, rest)) = rest.split_once(": ") else { return false };
-    let pids_ok = pids.split_once('#').is_some_and(|(p, t)| digits(p) && digits(t));
-    let rest = match rest.strip_prefix('*').and_then(|r| r.split_once(' ')) {
-        Some((connection, rest)) if digits(connection) => rest,
-        Some(_) => return false,
-        None => rest,
-    };
-    let Some(filter) = rest.strip_prefix("[proxy-wasm][\"").and_then(|r| r.strip_suffix("] ")) else {
-        return false;
-    };
+    let Some(rest) = prefix.strip_suffix("] ") else { return false };
+    let Some(at) = rest.rfind("[proxy-wasm][\"") else { return false };
+    let (head, filter) = (&rest[..at], &rest[at + "[proxy-wasm][\"".len()..]);
     let Some((name, number)) = filter.split_once("\" #") else { return false };
-    date_ok
-        && time_ok
-        && level.bytes().all(|b| b.is_ascii_lowercase())
-        && pids_ok
-        && !name.contains(['"', ']'])
-        && digits(number)
+    // `… [warn] 7#0: *5 ` or `… [warn] 7#0: ` before it.
+    let head = head.trim_end();
+    let head = match head.rsplit_once(' ') {
+        Some((before, connection)) if connection.strip_prefix('*').is_some_and(digits) => before,
+        _ => head,
+    };
+    let pids_ok = head
+        .strip_suffix(':')
+        .and_then(|h| h.rsplit_once(' '))
+        .and_then(|(before, pids)| pids.split_once('#').map(|(p, t)| (before, p, t)))
+        .is_some_and(|(before, p, t)| digits(p) && digits(t) && before.ends_with(']'));
+    pids_ok && !name.contains(['"', ']']) && digits(number)
 }
 
 fn looks_like_record(obj: &Map<String, Value>) -> bool {
@@ -352,8 +350,28 @@ mod tests {
         for line in &lines {
             assert_eq!(parse_line(line), Err(Skip::NotFromTheFilter), "{line}");
         }
-        // The hosts' own lines, and the record alone after the marker (a line cut out of a log).
+        // The hosts' own lines, as they write them and as log collectors keep them, and the record
+        // alone after the marker (a line cut out of a log).
+        let envoy = format!(
+            "[2026-12-02 05:58:27.227][4169][warning][wasm] [source/extensions/common/wasm/context.cc:1154] wasm log \
+             claude_sso_gateway claude_sso_gateway: {LOG_MARKER}{FULL}"
+        );
         for line in [
+            envoy.clone(),
+            // Kubernetes' container log file, journald's export, `kubectl logs --timestamps`.
+            format!("2026-12-02T05:58:27.227Z stderr F {envoy}"),
+            format!("Dec 02 05:58:27 node1 envoy[4169]: {envoy}"),
+            // Envoy without plugin names; Istio's format, with its fields after a tab.
+            format!("[2026-12-02 05:58:27.227][1][warning][wasm] [context.cc:1154] wasm log: {LOG_MARKER}{FULL}"),
+            format!(
+                "2026-12-02T05:58:27.227Z\twarning\twasm\twasm log claude_sso_gateway: {LOG_MARKER}{FULL}\tthread=24"
+            ),
+            // A file that starts with a byte-order mark; Windows line ends.
+            format!("\u{feff}{envoy}\r"),
+            // nginx, its context cut at 2,048 bytes.
+            format!(
+                "2026/11/29 14:52:03 [warn] 7#0: *5 [proxy-wasm][\"claude_sso_gateway\" #1] {LOG_MARKER}{FULL}, cli"
+            ),
             format!("2026/11/29 14:52:03 [warn] 7#0: [proxy-wasm][\"claude_sso_gateway\" #1] {LOG_MARKER}{FULL}"),
             format!(
                 "2026/12/02 06:57:28 [warn] 8918#0: *10 [proxy-wasm][\"claude_sso_gateway\" #6] {LOG_MARKER}{FULL} \
