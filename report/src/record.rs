@@ -188,7 +188,8 @@ fn host_log_record(line: &str) -> Result<Value, Skip> {
     let after = rest[values.byte_offset()..].trim_end();
     // nginx cuts a line at 2,048 bytes, which may fall inside its own context.
     let nginx_context = nginx && (after.starts_with(',') || after.starts_with(" while "));
-    if after.is_empty() || after.starts_with('\t') || nginx_context {
+    let istio_fields = prefix.contains("\twasm\twasm log") && after.starts_with('\t');
+    if after.is_empty() || nginx_context || istio_fields {
         Ok(value)
     } else {
         Err(Skip::NotFromTheFilter)
@@ -333,6 +334,8 @@ mod tests {
         let lines = [
             // Envoy at debug logs each request header on a line of its own.
             format!("'user-agent', '{LOG_MARKER}{FULL}'"),
+            // A header value with a tab after the record, in Envoy's default format.
+            format!("'x', 'a [wasm] wasm log x: {LOG_MARKER}{FULL}\tthread=1'"),
             // Another message of the filter that quotes the client.
             format!(
                 "[2026-11-29 14:52:03.123][7][warning][wasm] [context.cc:1154] wasm log claude_sso_gateway \
