@@ -273,6 +273,8 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
         None => c.expires_at,
     };
     let fresh = |c: &Cached| flow::fresh_enough(limit(c), now(), idp.helper_ttl_ms, idp.margin_seconds);
+    // The gateway still takes it (more than the margin left).
+    let usable = |c: &Cached| flow::usable(limit(c), now(), idp.margin_seconds);
     let asked_again = |c: &Cached| {
         let last = cache.last_hand_out();
         c.refresh_token.is_some()
@@ -296,14 +298,13 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
     // Another run holds the lock while it renews the token (a second or two) or while a `login`
     // waits for its person (minutes). A saved token the gateway still takes is handed out after
     // a short wait; without one, the run waits long enough for a renewal, never for a person.
-    let usable_saved = load().filter(|c| c.made_for(&asked) && flow::usable(limit(c), now(), idp.margin_seconds));
-    let wait = if usable_saved.is_some() { LOCK_WAIT_WITH_A_TOKEN } else { LOCK_WAIT };
+    let usable_saved = || load().filter(|c| c.made_for(&asked) && usable(c));
+    let wait = if usable_saved().is_some() { LOCK_WAIT_WITH_A_TOKEN } else { LOCK_WAIT };
     let locked = cache.lock_within(wait);
     let _lock = match locked.map_err(|e| format!("cannot lock the token cache in {}: {e}", cache.dir.display()))? {
         Some(lock) => lock,
         None => {
-            if let Some(c) = load().filter(|c| c.made_for(&asked) && flow::usable(limit(c), now(), idp.margin_seconds))
-            {
+            if let Some(c) = usable_saved() {
                 eprintln!(
                     "claude-sso-signin: note: another sign-in holds the token cache ({}); handing out the saved token, which is still good",
                     cache.lock_path().display()
@@ -340,7 +341,7 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
     // Nothing can renew a sign-in without a refresh token, and a new sign-in before the token
     // runs out would only come sooner (under Claude Code over SSH it cannot start at all, so
     // every run right after `login` failed): the token goes out while the gateway takes it.
-    let no_refresh = |c: &&Cached| c.refresh_token.is_none() && flow::usable(limit(c), now(), idp.margin_seconds);
+    let no_refresh = |c: &&Cached| c.refresh_token.is_none() && usable(c);
     if let Some(c) = cached.as_ref().filter(no_refresh) {
         note_sooner_than_the_ttl(limit(c), "there is no refresh token to renew it");
         return Ok(c.access_token.clone());
@@ -359,7 +360,7 @@ fn token_from(idp: &Idp, cache: &CacheFile) -> Result<String, String> {
     if let Some((saved, refresh_token)) = cached.as_ref().and_then(|c| Some((c, c.refresh_token.clone()?))) {
         // With a token the gateway takes to fall back on, an IdP that does not answer is given
         // up on soon: every run of the helper, and Claude Code with it, would wait for it.
-        let fallback = flow::usable(limit(saved), now(), idp.margin_seconds);
+        let fallback = usable(saved);
         let timeout = if fallback { oidc::TIMEOUT_WITH_A_FALLBACK } else { oidc::TIMEOUT };
         let idp_client = match Client::discover(issuer, timeout) {
             Ok(c) => c,
