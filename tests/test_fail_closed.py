@@ -216,6 +216,13 @@ def test_the_connection_stays_usable_after_every_kind_of_refusal(make_gateway, s
     opus = BODY.replace(b"claude-haiku-4-5", b"claude-opus-4-7")
     refusals = [
         ("no token", None, BODY, "/v1/messages", 401),
+        # Who asks comes before what is asked: without a token, a 401 whatever the body.
+        ("no token, no body", None, b"", "/v1/messages", 401),
+        ("no token, encoded body", None, BODY, "/v1/messages", 401),
+        ("no token, body too large", None, BODY + b" " * 4096, "/v1/messages", 401),
+        ("expired token, no body", signer.token(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600), b"",
+         "/v1/messages", 401),
+        ("encoded body", good, BODY, "/v1/messages", 415),
         ("forged token", signer.forged({"alg": "RS256", "kid": signer.keys["RS256"].kid}), BODY, "/v1/messages", 401),
         ("no tier", signer.token(groups=["sales"]), BODY, "/v1/messages", 400),
         ("model not in tier", good, opus, "/v1/messages", 400),
@@ -229,12 +236,15 @@ def test_the_connection_stays_usable_after_every_kind_of_refusal(make_gateway, s
         conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=15)
         try:
             headers = {"content-type": "application/json"}
+            if "encoded" in name:
+                headers["content-encoding"] = "gzip"
             if token:
                 headers["authorization"] = f"Bearer {token}"
             conn.request("POST", path, body=body, headers=headers)
             first = conn.getresponse()
             first.read()
             assert first.status == status, name
+            headers.pop("content-encoding", None)
             conn.request("POST", "/v1/messages", body=BODY, headers={**headers, "authorization": f"Bearer {good}"})
             second = conn.getresponse()
             assert second.status == 200, (name, second.read())

@@ -487,24 +487,38 @@ impl Request {
             Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(u64::MAX),
             parsed => parsed,
         });
-        match declared {
-            Some(Err(_)) => return self.answer(RequestError::InvalidLength.to_reply()),
+        // Broken framing, which the hosts themselves answer 400 before any filter.
+        if let Some(Err(_)) = declared {
+            return self.answer(RequestError::InvalidLength.to_reply());
+        }
+        // Who asks comes before what is asked, as Anthropic's API and Envoy's `jwt_authn` answer:
+        // a request without a usable token is a 401 whatever its body, and says nothing of the
+        // limits behind the gateway.
+        let token = match jwt::take_token(head.authorization.first().copied(), head.api_key.first().copied()) {
+            Ok(token) => token,
+            Err(e) => return self.refuse_early(e.to_reply(), has_body),
+        };
+        let body_problem = match declared {
             Some(Ok(len)) if len > u64::try_from(max).unwrap_or(u64::MAX) => {
-                return self.refuse_early(RequestError::TooLarge { max }.to_reply(), has_body)
+                Some(RequestError::TooLarge { max }.to_reply())
             }
-            _ => {}
-        }
-        if !has_body {
-            return self.answer(RequestError::MissingModel.to_reply());
-        }
-        // Claude Code never compresses a request; a provider that decodes one would read another
-        // body than the one checked here.
-        if let Some(coding) = head.encoded {
-            return self.refuse_early(RequestError::Encoded(coding.trim().to_owned()).to_reply(), has_body);
-        }
-        match jwt::take_token(head.authorization.first().copied(), head.api_key.first().copied()) {
-            Ok(token) => self.authenticate(worker, host, token, true),
-            Err(e) => self.auth = Auth::Refused(e.to_reply()),
+            _ if !has_body => Some(RequestError::MissingModel.to_reply()),
+            // Claude Code never compresses a request; a provider that decodes one would read
+            // another body than the one checked here.
+            _ => head.encoded.map(|coding| RequestError::Encoded(coding.trim().to_owned()).to_reply()),
+        };
+        // A request the body alone refuses asks the IdP for no keys: no callout may outlive it.
+        self.authenticate(worker, host, token, body_problem.is_none());
+        if let Some(problem) = body_problem {
+            let reply = match &self.auth {
+                // A token refused on its own merits answers first; one refused only because its
+                // key could not be fetched here might be good.
+                Auth::Refused(refusal) if refusal.status < 500 && refusal.reason != AuthError::UnknownKey.code() => {
+                    refusal.clone()
+                }
+                _ => problem,
+            };
+            return self.refuse_early(reply, has_body);
         }
         self.after_auth_at_headers()
     }
@@ -569,7 +583,12 @@ impl Request {
         self.buffered = size;
         let max = worker.plan.max_body_bytes;
         if size > max {
-            return self.answer(RequestError::TooLarge { max }.to_reply());
+            // A refusal already decided (ngx answers at the body) says more than the size.
+            let reply = match &self.auth {
+                Auth::Refused(reply) => reply.clone(),
+                _ => RequestError::TooLarge { max }.to_reply(),
+            };
+            return self.answer(reply);
         }
         if !end_of_stream {
             return self.hold(Held::Body);

@@ -242,11 +242,15 @@ pub fn expected(setup: &Setup) -> Vec<End> {
         Token::Good => None,
     };
     let declared = !(setup.trailers && setup.profile == HostProfile::Envoy);
+    // A declared length too large asks the IdP for no keys: a token that needs them to be
+    // refused is not refused, and the length answers.
+    let refused_without_fetch =
+        setup.keys_loaded || matches!(setup.token, Token::Missing | Token::DuplicateApiKey | Token::Expired);
     match (setup.body, credential) {
-        // Repeated credential headers are refused before the declared length is looked at.
-        (Body::TooLarge, Some(status)) if !declared || setup.token == Token::DuplicateApiKey => {
-            vec![End::Answered(400), End::Answered(status)]
-        }
+        // The token is looked at before the declared length.
+        (Body::TooLarge, Some(status)) if declared && refused_without_fetch => vec![End::Answered(status)],
+        // Without a declared length, the body may pass the limit before a key fetch answers.
+        (Body::TooLarge, Some(status)) if !declared => vec![End::Answered(400), End::Answered(status)],
         (Body::TooLarge, _) => vec![End::Answered(400)],
         (_, Some(status)) => vec![End::Answered(status)],
         _ if setup.spilled && setup.profile == HostProfile::Ngx => vec![End::Answered(500)],
@@ -292,6 +296,34 @@ pub fn token_of(kind: Token) -> String {
 pub fn bare_headers_step(profile: HostProfile, headers: &[(&str, &str)]) -> Step {
     let (mut worker, host) = worker_and_host(true, Idp::Up);
     Request::new(profile).on_request_headers(&mut worker, &host, headers, false)
+}
+
+/// A request with `kind`'s credential (none for [`Token::Missing`]) and `headers`, on a worker
+/// with keys when `keys_loaded` (the IdP up): the headers' step, then, when the request was
+/// not answered at its headers, the step a body of `body_len` bytes gets (the whole body in one
+/// callback, as ngx hands it), and the key fetches dispatched.
+pub fn head_and_body(
+    profile: HostProfile,
+    kind: Token,
+    keys_loaded: bool,
+    headers: &[(&str, &str)],
+    body_len: usize,
+) -> (Step, Option<Step>, usize) {
+    let (mut worker, host) = worker_and_host(keys_loaded, Idp::Up);
+    let t = token(kind);
+    let bearer = format!("Bearer {t}");
+    let mut all = headers.to_vec();
+    if kind != Token::Missing {
+        all.extend([("authorization", bearer.as_str()), ("x-api-key", t.as_str())]);
+    }
+    let mut request = Request::new(profile);
+    let head = request.on_request_headers(&mut worker, &host, &all, false);
+    let body = (head.reply.is_none()).then(|| {
+        let bytes = vec![b' '; body_len];
+        request.on_request_body(&mut worker, &host, bytes.len(), true, Some(&bytes))
+    });
+    let fetches = host.pending.borrow().len();
+    (head, body, fetches)
 }
 
 /// Owned header pairs as the machine takes them.

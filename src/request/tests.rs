@@ -394,3 +394,36 @@ fn a_forward_the_host_could_not_carry_out_is_recorded_as_refused_and_charges_not
         assert_eq!(held, 0, "{profile:?}: the hold was given back");
     }
 }
+
+/// Who asks comes before what is asked: a request without a usable token is refused 401 on
+/// both hosts whatever its body says (none, encoded, declared too large), and a good token's
+/// request with such a body gets the body's refusal, without fetching keys for it.
+#[test]
+fn the_token_is_refused_before_the_body_is_looked_at() {
+    let post = [(":method", "POST"), (":path", "/v1/messages")];
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, usize, (u32, &'a str));
+    let bodies: [Case; 3] = [
+        ("no body", vec![("content-length", "0")], 0, (400, "missing_model")),
+        ("encoded", vec![("content-length", "20"), ("content-encoding", "gzip")], 20, (415, "content_encoding")),
+        ("too large", vec![("content-length", "99999999999")], 20, (400, "body_too_large")),
+    ];
+    for profile in [HostProfile::Envoy, HostProfile::Ngx] {
+        for (what, extra, len, problem) in &bodies {
+            let headers: Vec<(&str, &str)> = post.iter().chain(extra).copied().collect();
+            let answer = |kind, keys_loaded| {
+                let (head, body, fetches) = sim::head_and_body(profile, kind, keys_loaded, &headers, *len);
+                let reply = head.reply.or_else(|| body.and_then(|b| b.reply));
+                let reply = reply.unwrap_or_else(|| panic!("{profile:?} {what} {kind:?}: not answered"));
+                assert!(!head.forwarded, "{profile:?} {what} {kind:?}: forwarded");
+                ((reply.status, reply.reason), fetches)
+            };
+            for kind in [Token::Missing, Token::Forged, Token::Expired] {
+                let ((status, _), _) = answer(kind, true);
+                assert_eq!(status, 401, "{profile:?} {what} {kind:?}");
+            }
+            assert_eq!(answer(Token::Good, true), (*problem, 0), "{profile:?} {what}");
+            // Keys not fetched yet: the body's refusal, and no callout outliving the request.
+            assert_eq!(answer(Token::Good, false), (*problem, 0), "{profile:?} {what}, keys not loaded");
+        }
+    }
+}
