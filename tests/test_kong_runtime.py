@@ -169,3 +169,103 @@ def test_harness_nginx_conf_passes_nginx_t(tmp_path):
     assert "\\\\/" in text, "the config must reach the filter with lua-cjson's \\/ escapes"
     out = nginx_t(tmp_path, text)
     assert out.returncode == 0, f"{out.stderr}\n{text}"
+
+
+def sample_wasm_tls_directives(trusted: Path) -> str:
+    """The sample's `tls_*` lines of `wasm {}`, trusting `trusted` instead of the system's CAs."""
+    block = re.search(r"^wasm \{(.*?)^\}", SAMPLE.read_text(), re.M | re.S).group(1)
+    lines = [line.strip() for line in block.splitlines() if line.strip().startswith("tls_")]
+    assert {line.split()[0] for line in lines} == {"tls_trusted_certificate", "tls_verify_cert", "tls_verify_host"}
+    assert "tls_verify_cert on;" in lines and "tls_verify_host on;" in lines
+    return "".join("    " + re.sub(r"^(tls_trusted_certificate)\s+\S+;", rf"\1 {trusted};", line) + "\n"
+                   for line in lines)
+
+
+def certificate(name: str, issuer=None):
+    """A certificate for `name` (DNS and IP SAN), signed by `issuer` ((cert, key)) or by itself, and
+    its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer_cert, signer_key = issuer if issuer else (None, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(signer_cert.subject if signer_cert else subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(hours=1))
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if issuer is None and name.startswith("Test CA"):
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    else:
+        sans = [x509.DNSName(name)]
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            pass
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(signer_key, hashes.SHA256()), key
+
+
+def tls_context(tmp_path: Path, cert, key, name: str):
+    import ssl
+
+    from cryptography.hazmat.primitives import serialization
+
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+@pytest.mark.parametrize("idp_cert", ["signed by the trusted CA", "self-signed", "for another name"])
+def test_the_samples_wasm_block_verifies_the_idps_certificate(tmp_path, stub, idp_cert):
+    """With the sample's `tls_*` lines (trusting a test CA in place of the system's), nginx takes keys
+    from an https IdP only when its certificate is the CA's and names the IdP: otherwise the key
+    fetch fails and nothing goes upstream (ngx_wasm_module alone verifies nothing, and a network
+    attacker could serve keys of their own)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.conftest import UPSTREAM_KEY, gateway_config
+    from tests.harness.client import call
+    from tests.harness.nginx import Nginx
+    from tests.harness.signer import Signer
+
+    if not WASM.exists():
+        pytest.skip("run `make build` first")
+    ca = certificate("Test CA for the IdP")
+    (tmp_path / "ca.crt").write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    # A name, not an address: TLS sends no address as the server's name (RFC 6066), and ngx refuses.
+    cert, key = {"signed by the trusted CA": lambda: certificate("localhost", ca),
+                 "self-signed": lambda: certificate("localhost"),
+                 "for another name": lambda: certificate("idp.example.com", ca)}[idp_cert]()
+    idp = Signer(tls=tls_context(tmp_path, cert, key, "idp"))
+    idp.issuer = f"https://localhost:{idp.port}"  # reached at `oidc.upstream`, 127.0.0.1:<port>
+    gateway = None
+    try:
+        config = gateway_config(idp, oidc__keys_fail_fast_seconds=1)
+        gateway = Nginx(config, stub.port, [idp.upstream], env={"ANTHROPIC_API_KEY": UPSTREAM_KEY},
+                        wasm_extra=sample_wasm_tls_directives(tmp_path / "ca.crt"))
+        answer = call(gateway.port, idp.token(), json.dumps(
+            {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}).encode())
+        if idp_cert == "signed by the trusted CA":
+            assert answer.status == 200, answer.body
+            assert len(stub.requests) == 1
+        else:
+            assert answer.status == 503, answer.body
+            assert stub.requests == []
+            assert idp.fetches["jwks"] == 0, "no key was taken from an IdP the gateway cannot trust"
+            assert "tls handshake failure" in gateway.log_path.read_text()
+    finally:
+        if gateway:
+            gateway.stop()
+        idp.stop()

@@ -274,7 +274,8 @@ impl Plan {
         if keys_from.scheme == "http" && !is_loopback(&keys_from.host) {
             warnings.push(format!(
                 "{field} is http:// on {}: the signing keys are fetched in plaintext, and anyone on the way \
-                 could serve their own, unless the proxy's cluster or upstream for it uses TLS",
+                 could serve their own, unless the proxy's cluster or upstream for it uses TLS that verifies the IdP's \
+                 certificate",
                 keys_from.host
             ));
         }

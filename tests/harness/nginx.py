@@ -60,13 +60,14 @@ def nginx_string(value: str) -> str:
 
 def nginx_conf(filter_config, listen_port: int, upstream_port: int, prefix: Path, env_keys=(),
                with_filter=True, workers=2, wasm_path=WASM, log_level="info", location_extra="",
-               http_extra="", server_extra="") -> str:
+               http_extra="", server_extra="", wasm_extra="") -> str:
     """An nginx.conf shaped like the one Kong renders for a route with the filter attached;
     `http_extra` goes into `http {}` as it is (Kong: `nginx_http_include`), `server_extra` into the
-    gateway's `server {}`."""
+    gateway's `server {}`, `wasm_extra` into `wasm {}` (Kong: `nginx_wasm_*`)."""
     envs = "".join(f"env {k};\n" for k in env_keys)
     wasm = (f"wasm {{\n    module {FILTER} {wasm_path};\n    shm_kv * 16m;\n"
-            f"    socket_connect_timeout 5s;\n    socket_read_timeout 10s;\n    socket_send_timeout 10s;\n}}\n"
+            f"    socket_connect_timeout 5s;\n    socket_read_timeout 10s;\n    socket_send_timeout 10s;\n"
+            f"{wasm_extra}}}\n"
             if with_filter else "")
     proxy_wasm = f"            proxy_wasm {FILTER} {nginx_string(kong_json(filter_config))};\n" if with_filter else ""
     return f"""# written by tests/harness/nginx.py
@@ -142,7 +143,7 @@ class Nginx(HostProcess):
 
     def __init__(self, filter_config, upstream_port: int, idp_upstreams, env=None, concurrency=2,
                  with_filter=True, wait=True, reloadable=False, log_level="info", location_extra="",
-                 http_extra="", server_extra=""):
+                 http_extra="", server_extra="", wasm_extra=""):
         if with_filter and not WASM.exists():
             raise FileNotFoundError(f"{WASM} is missing: run `make build` first")
         self.binary = nginx_binary()
@@ -155,7 +156,7 @@ class Nginx(HostProcess):
         env = dict(env or {})
         self.env_keys, self.with_filter, self.concurrency = sorted(env), with_filter, concurrency
         self.log_level, self.location_extra, self.http_extra = log_level, location_extra, http_extra
-        self.server_extra = server_extra
+        self.server_extra, self.wasm_extra = server_extra, wasm_extra
         self._write_conf(filter_config)
         self.process = subprocess.Popen(
             [self.binary, "-p", str(self.prefix), "-c", str(self.config_path), "-e", str(self.log_path)],
@@ -168,7 +169,7 @@ class Nginx(HostProcess):
         text = nginx_conf(filter_config, self.port, self.upstream_port, self.prefix, self.env_keys,
                           self.with_filter, self.concurrency, log_level=self.log_level,
                           location_extra=self.location_extra, http_extra=self.http_extra,
-                          server_extra=self.server_extra)
+                          server_extra=self.server_extra, wasm_extra=self.wasm_extra)
         tmp = self.prefix / "nginx.conf.tmp"
         tmp.write_text(text)
         tmp.rename(self.config_path)

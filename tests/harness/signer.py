@@ -56,7 +56,8 @@ class Signer:
 
     ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 
-    def __init__(self):
+    def __init__(self, tls=None):
+        """`tls`: an `ssl.SSLContext` to serve HTTPS with (the issuer is then `https://…`)."""
         self.keys = {alg: Key(f"{alg.lower()}-1", alg) for alg in self.ALGS}
         self.published = list(self.keys.values())
         self.down = False
@@ -67,8 +68,10 @@ class Signer:
         self.fetches = {"discovery": 0, "jwks": 0}
         self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler())
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.issuer = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.upstream = f"127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
