@@ -57,6 +57,12 @@ pub enum RequestError {
     Encoded(String),
     /// A header the gateway sets itself was sent more than once.
     RepeatedHeader(String),
+    /// More headers than the host hands the filter (ngx_wasm_module drops those past its cap
+    /// unseen, where a guarded header could hide).
+    TooManyHeaders {
+        /// The most the host hands over.
+        max: usize,
+    },
     /// The host could not hand the body to the filter (nginx spilled it to a temp file).
     BodyUnreadable,
     /// The tier may not use this model.
@@ -127,6 +133,12 @@ impl ToReply for RequestError {
                     "gateway: the {} header may be sent at most once (the gateway sets it or takes it away)",
                     shortened(name, SHOWN_CHARS)
                 ),
+            ),
+            RequestError::TooManyHeaders { max } => Reply::error(
+                431,
+                "too_many_headers",
+                "invalid_request_error",
+                &format!("gateway: a request may carry fewer than {max} headers"),
             ),
             RequestError::Encoded(coding) => Reply::error(
                 415,

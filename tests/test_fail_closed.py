@@ -157,6 +157,41 @@ def test_repeated_credential_headers_are_refused(gateway, signer, stub, host):
     assert stub.requests == []
 
 
+@pytest.mark.parametrize("fillers", [95, 150])
+def test_guarded_headers_hidden_past_a_hundred_headers_never_reach_the_upstream(gateway, signer, stub, host, fillers,
+                                                                               monkeypatch):
+    """ngx_wasm_module hands the filter the first 100 header pairs only: second copies of the
+    headers the gateway sets, sent after 95 fillers, went upstream beside the gateway's own. Now a
+    list at that cap is refused on nginx (431, in Anthropic's shape), as Envoy refuses it itself."""
+    import http.client
+
+    # The stand-in upstream (Python's http.server, in this process) would itself refuse more than
+    # 100 headers with a 431, and record nothing: let it take whatever comes through.
+    monkeypatch.setattr(http.client, "_MAXHEADERS", 1000)
+    token = signer.token()
+    headers = [("content-type", "application/json"), ("authorization", f"Bearer {token}"),
+               ("content-length", str(len(BODY))), *((f"x-filler-{i}", str(i)) for i in range(fillers)),
+               ("x-user-tier", "power"), ("x-authenticated-user", "mallory"), ("x-api-key", "sk-ant-attacker"),
+               ("x-gateway-target", "evil"), ("content-encoding", "gzip")]
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=15)
+    try:
+        conn.putrequest("POST", "/v1/messages", skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders(BODY)
+        answer = conn.getresponse()
+        status, text = answer.status, answer.read()
+    finally:
+        conn.close()
+    assert status == 431, text
+    assert stub.requests == []
+    if host == "nginx":
+        error = json.loads(text)["error"]
+        assert error["type"] == "invalid_request_error" and "fewer than 100 headers" in error["message"], error
+    # With the same headers up front, the request goes through as ever.
+    assert call(gateway.port, token, BODY, headers={f"x-filler-{i}": str(i) for i in range(60)}).status == 200
+
+
 def test_retry_after_and_ratelimit_reset_agree(make_gateway, signer, stub):
     config = gateway_config(signer, budgets={"reserve": "none"})
     config["tiers"][1]["limits"] = [{"limit": 10, "window_seconds": 40}]

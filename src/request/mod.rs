@@ -202,6 +202,10 @@ impl<'a> Head<'a> {
     }
 }
 
+/// The most header pairs ngx_wasm_module hands a filter (`NGX_HTTP_WASM_MAX_REQ_HEADERS`); it
+/// truncates longer lists.
+const NGX_MAX_HEADER_PAIRS: usize = 100;
+
 /// Request headers the forward sets or clears besides the stripped ones (Bedrock signs
 /// `content-type` and `accept`; `accept-encoding: identity` keeps the answer readable for the
 /// meter). ngx sets or clears only a header's first copy and nginx forwards the others, so each
@@ -429,6 +433,13 @@ impl Request {
             // (An HTTP/2 request without content-length is therefore answered 400 on ngx.)
             HostProfile::Ngx => head.chunked || (head.content_length.is_some() && !declared_empty),
         };
+        // ngx_wasm_module hands a filter the first 100 header pairs (its pseudo-headers among
+        // them) and drops the rest unseen, where a second `x-api-key` or identity header could
+        // pass; Envoy itself refuses more than 100. So on ngx a full list is refused at once.
+        if self.profile == HostProfile::Ngx && headers.len() >= NGX_MAX_HEADER_PAIRS {
+            return self
+                .refuse_repeated(RequestError::TooManyHeaders { max: NGX_MAX_HEADER_PAIRS }.to_reply(), has_body);
+        }
         // Everything the client may not choose is taken away before anything else happens, so no
         // later path can forward it.
         let Guarded { present, repeated } = Guarded::find(&worker.stripped_headers(), headers, &self.aws_headers);

@@ -427,3 +427,28 @@ fn the_token_is_refused_before_the_body_is_looked_at() {
         }
     }
 }
+
+/// ngx_wasm_module hands a filter at most 100 header pairs and drops the rest unseen: a full list
+/// is refused at once on ngx (closing the connection when a body follows), whatever hides past
+/// it; one pair fewer goes on. Envoy refuses more than 100 headers itself.
+#[test]
+fn on_ngx_a_header_list_at_the_hosts_cap_is_refused_at_once() {
+    let names: Vec<String> = (0..120).map(|i| format!("x-filler-{i}")).collect();
+    let head = |profile, count: usize, length: &'static str| {
+        let mut headers = vec![(":method", "POST"), (":path", "/v1/messages"), ("content-length", length)];
+        headers.extend(names.iter().map(|n| (n.as_str(), "1")));
+        // With the credential the sim adds (two pairs), `count` pairs in all.
+        headers.truncate(count - 2);
+        sim::headers_step(profile, &headers)
+    };
+    for (length, close) in [("40", true), ("0", false)] {
+        let reply = head(HostProfile::Ngx, 100, length).reply.expect("refused at once");
+        assert_eq!((reply.status, reply.reason), (431, "too_many_headers"), "length {length}");
+        let closes = reply.headers.iter().any(|(n, v)| n == "connection" && v == "close");
+        assert_eq!(closes, close, "length {length}: the unread body must not be taken for the next request");
+        let step = head(HostProfile::Ngx, 99, length);
+        assert!(step.reply.as_ref().is_none_or(|r| r.reason != "too_many_headers"), "99 pairs: {step:?}");
+    }
+    let step = head(HostProfile::Envoy, 100, "40");
+    assert!(step.reply.is_none(), "Envoy: {step:?}");
+}
