@@ -28,6 +28,11 @@ pub enum AuthError {
     /// No `.` at all: an opaque access token (an IdP issues those when no audience, API or
     /// resource is asked for), which no sign-in of the same setup turns into a JWT.
     Opaque,
+    /// An Anthropic API key (`sk-ant-…`), from `ANTHROPIC_API_KEY` set beside or instead of the
+    /// sign-in helper.
+    ProviderKey,
+    /// Five parts: an encrypted token (JWE), which an IdP issues when set to encrypt access tokens.
+    Encrypted,
     /// `alg` is `none`, HMAC or otherwise not accepted.
     UnsupportedAlgorithm,
     /// `typ` says the token is not an access token (a logout or security event token, or a
@@ -64,7 +69,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, for defining one metric series each.
-    pub const ALL: [AuthError; 22] = [
+    pub const ALL: [AuthError; 24] = [
         AuthError::MissingToken,
         AuthError::NotBearer,
         AuthError::ConflictingTokens,
@@ -72,6 +77,8 @@ impl AuthError {
         AuthError::TooLarge,
         AuthError::Malformed,
         AuthError::Opaque,
+        AuthError::ProviderKey,
+        AuthError::Encrypted,
         AuthError::UnsupportedAlgorithm,
         AuthError::WrongType,
         AuthError::WrongIssuer,
@@ -99,6 +106,8 @@ impl AuthError {
             AuthError::TooLarge => "token_too_large",
             AuthError::Malformed => "malformed",
             AuthError::Opaque => "opaque_token",
+            AuthError::ProviderKey => "provider_api_key",
+            AuthError::Encrypted => "encrypted_token",
             AuthError::UnsupportedAlgorithm => "unsupported_algorithm",
             AuthError::WrongType => "wrong_token_type",
             AuthError::WrongIssuer => "wrong_issuer",
@@ -130,6 +139,8 @@ impl AuthError {
                 "the access token is opaque, not a JWT: the IdP issues JWT access tokens only when the sign-in \
                  asks for the gateway's audience (API or resource)"
             }
+            AuthError::ProviderKey => "an Anthropic API key was sent instead of an access token from the sign-in",
+            AuthError::Encrypted => "the access token is encrypted (JWE); this gateway verifies signed tokens",
             AuthError::UnsupportedAlgorithm => "access token signing algorithm not accepted",
             AuthError::WrongType => "the token's type (typ) says it is not an access token",
             AuthError::WrongIssuer => "access token issuer not accepted",
@@ -172,7 +183,12 @@ impl AuthError {
                  ANTHROPIC_AUTH_TOKEN, in the environment or in Claude Code's settings); remove it"
             }
             AuthError::Opaque => "ask your administrator to have the sign-in ask for the gateway's audience",
+            AuthError::ProviderKey => {
+                "the gateway holds the provider's key itself; unset ANTHROPIC_API_KEY (in the environment or in \
+                 Claude Code's settings) so that Claude Code sends the apiKeyHelper's token"
+            }
             AuthError::UnsupportedAlgorithm
+            | AuthError::Encrypted
             | AuthError::KeyNotAccepted
             | AuthError::WrongType
             | AuthError::MissingExpiry
@@ -320,7 +336,14 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
         return Err(AuthError::TooLarge);
     }
     if !token.contains('.') {
+        // Only the prefix is looked at: the key itself is never shown or logged.
+        if token.starts_with("sk-ant-") {
+            return Err(AuthError::ProviderKey);
+        }
         return Err(AuthError::Opaque);
+    }
+    if token.bytes().filter(|&b| b == b'.').count() == 4 {
+        return Err(AuthError::Encrypted);
     }
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -809,6 +832,25 @@ pub(crate) mod tests {
         let reply = AuthError::Opaque.to_reply();
         assert_eq!(reply.status, 400);
         assert!(String::from_utf8_lossy(&reply.body).contains("audience"));
+    }
+
+    /// What no new sign-in changes is a 400 shown at once, saying what to do: an Anthropic API key
+    /// sent in place of the helper's token (the key never echoed), and an encrypted token.
+    #[test]
+    fn a_provider_key_or_an_encrypted_token_is_a_setup_error_that_says_so() {
+        let oidc = plan().oidc;
+        let key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789";
+        assert_eq!(check_claims(key, &oidc, NOW).err(), Some(AuthError::ProviderKey));
+        let jwe = "eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.a.b.c.d";
+        assert_eq!(check_claims(jwe, &oidc, NOW).err(), Some(AuthError::Encrypted));
+        assert_eq!(check_claims("a.b.c.d", &oidc, NOW).err(), Some(AuthError::Malformed));
+        for (error, says) in [(AuthError::ProviderKey, "unset ANTHROPIC_API_KEY"), (AuthError::Encrypted, "JWE")] {
+            let reply = error.to_reply();
+            let body = String::from_utf8_lossy(&reply.body).into_owned();
+            assert_eq!(reply.status, 400, "{error:?}");
+            assert!(reply.headers.iter().any(|(n, v)| n == "x-should-retry" && v == "false"), "{error:?}");
+            assert!(body.contains(says) && !body.contains("abcdefghij"), "{error:?}: {body}");
+        }
     }
 
     #[test]

@@ -485,3 +485,18 @@ def test_a_held_request_whose_body_starts_late_still_goes_through(gateway, signe
         s.sendall(BODY)
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_an_anthropic_api_key_in_place_of_the_sign_in_is_told_apart_and_never_echoed(gateway, stub):
+    """ANTHROPIC_API_KEY set without (or beside) the sign-in helper: Claude Code sends the key as
+    `x-api-key`. A 400 shown at once that says to unset it, the key in no answer and no log line."""
+    key = "sk-ant-api03-" + "Zq7" * 30 + "-AA"
+    answer = call(gateway.port, None, BODY, api_key=key)
+    assert answer.status == 400, answer.body
+    assert answer.headers.get("x-should-retry") == "false"
+    error = json.loads(answer.body)["error"]
+    assert "unset ANTHROPIC_API_KEY" in error["message"], error
+    assert "Zq7Zq7" not in answer.body.decode()
+    assert stub.requests == []
+    time.sleep(0.3)
+    assert "Zq7Zq7" not in gateway.log_path.read_text()
