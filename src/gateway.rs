@@ -10,7 +10,7 @@ use crate::keystore::{Callout, Fetch, FetchError, KeyStore, KeysError, SharedRec
 use crate::metering::{Metering, Subject};
 use crate::refused_tokens;
 use crate::reply::{Reply, ToReply};
-use crate::routing::{BodyEdit, Endpoint, RequestBody};
+use crate::routing::{asks_fast_mode, BodyEdit, Endpoint, RequestBody, RequestError};
 use crate::shared::SharedStore;
 use crate::store_sync::{self, Syncer, Tracked};
 use crate::tier::{self, NoTier};
@@ -266,6 +266,12 @@ impl Worker {
             model: Some(parsed.model.chars().take(REFUSED_MODEL_CHARS).collect()),
             ..e.to_reply().into()
         })?;
+        let fast = asks_fast_mode(beta_headers);
+        // A priced model's cost in fast mode is known only from its fast-mode rates.
+        if fast && model.price.as_ref().is_some_and(|p| p.fast.is_none()) {
+            let refusal = RequestError::FastModeNotPriced { model: model.alias.clone() }.to_reply();
+            return Err(Refusal { model: Some(model.alias.clone()), ..refusal.into() });
+        }
         let target = plan.targets.get(model.target).ok_or_else(|| KeysError::Unavailable.to_reply())?;
         if let (Some(_), Endpoint::CountTokens) = (&target.bedrock, endpoint) {
             // Bedrock's CountTokens takes another body: answered here with the estimate the
@@ -291,6 +297,7 @@ impl Worker {
                     model: model.alias.clone(),
                     price: model.price,
                     provider: target.provider.name(),
+                    fast,
                 };
                 // With a budget store, admission uses its limits (divided while cut off from it).
                 let limits = match (sync.as_ref(), &plan.budget_store) {
@@ -822,5 +829,41 @@ mod tests {
         // The first is still running: its hold, not spend, fills the budget.
         assert_eq!((refused.reply.status, refused.reply.reason), (429, "budget_in_flight"));
         assert_eq!(refused.model.as_deref(), Some("claude-sonnet-4-6"));
+    }
+
+    /// Fast mode on a priced model is forwarded only when the model has fast-mode rates: its cost
+    /// could not be told otherwise (2 to 6 times the standard rates). An unpriced model's tokens
+    /// count as ever.
+    #[test]
+    fn fast_mode_goes_through_only_where_its_cost_can_be_told() {
+        let keys = TestKeys::new();
+        let rates = json!({"input": 5, "output": 25, "cache_write": 6.25, "cache_read": 0.5});
+        let mut doc = crate::config::tests::sample();
+        doc["models"][0]["price"] = rates.clone();
+        doc["models"][1]["price"] =
+            json!({"input": 5, "output": 25, "cache_write": 6.25, "cache_read": 0.5, "fast": rates});
+        doc["models"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"alias": "unpriced", "target": "anthropic", "model_id": "u"}));
+        doc["tiers"][0]["models"] = json!(["claude-opus-4-7", "claude-sonnet-4-6", "unpriced"]);
+        let plan = Plan::from_json(doc.to_string().as_bytes(), &|_| Some("sk-test".to_owned())).unwrap();
+        let mut w = worker_with_plan(plan, &keys);
+        let store = crate::shared::tests::FakeStore::default();
+        let mut claims = good_claims();
+        claims["groups"] = json!(["claude-power-users"]);
+        let AuthOutcome::Admitted(a) = w.authenticate(&store, &sign(&keys, claims), NOW, true) else { panic!() };
+        let betas = ["claude-code-20250219,fast-mode-2026-02-01"];
+        let body = |model: &str| format!(r#"{{"model":"{model}","max_tokens":100}}"#);
+        let refused = w.forward(&store, &a, Endpoint::Messages, body("claude-sonnet-4-6").as_bytes(), &betas, NOW);
+        let refused = refused.unwrap_err();
+        assert_eq!((refused.reply.status, refused.reply.reason), (400, "fast_mode_not_priced"));
+        assert!(String::from_utf8_lossy(&refused.reply.body).contains("/fast"));
+        assert_eq!(refused.model.as_deref(), Some("claude-sonnet-4-6"));
+        for (model, betas) in
+            [("claude-sonnet-4-6", &[][..]), ("claude-opus-4-7", &betas[..]), ("unpriced", &betas[..])]
+        {
+            assert!(w.forward(&store, &a, Endpoint::Messages, body(model).as_bytes(), betas, NOW).is_ok(), "{model}");
+        }
     }
 }

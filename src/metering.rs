@@ -23,9 +23,11 @@ pub fn units(counts: Counts, usage: &Usage, price: Option<&Price>) -> u64 {
 /// (dollars per 1,000, so one costs a thousand times that in µ$).
 pub fn cost_micros(usage: &Usage, price: &Price) -> u64 {
     let hour = usage.cache_write_1h();
-    // A long prompt has every token priced at the long-context rates, its output included.
-    let rates = match &price.long_context {
-        Some(long) if usage.prompt() > long.above_prompt_tokens => &long.rates,
+    // Fast mode's rates cover the whole context window; otherwise a long prompt has every token
+    // priced at the long-context rates, its output included.
+    let rates = match (&price.fast, &price.long_context) {
+        (Some(fast), _) if usage.fast => fast,
+        (_, Some(long)) if usage.prompt() > long.above_prompt_tokens => &long.rates,
         _ => &price.rates,
     };
     let micros = usage.input as f64 * rates.input
@@ -52,6 +54,8 @@ pub struct Subject {
     pub price: Option<Price>,
     /// Provider name for the header names.
     pub provider: &'static str,
+    /// The request asks for fast mode (the `fast-mode-…` beta): estimated at its rates.
+    pub fast: bool,
 }
 
 /// One request's budget state from admission to settlement.
@@ -127,6 +131,7 @@ impl Metering {
             cache_read: 0,
             cache_write_1h: 0,
             web_searches: 0,
+            fast: subject.fast,
         };
         let estimate: Vec<u64> = limits.iter().map(|l| units(l.counts, &guess, subject.price.as_ref())).collect();
         let holds: Vec<u64> = match budgets.reserve {
@@ -276,7 +281,7 @@ mod tests {
 
     fn subject() -> Subject {
         let rates = Rates { input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3, cache_write_1h: 6.0 };
-        let price = Price { rates, web_search_per_1k: 10.0, long_context: None };
+        let price = Price { rates, web_search_per_1k: 10.0, long_context: None, fast: None };
         Subject {
             person: "alice".into(),
             person_key: "a1".into(),
@@ -284,6 +289,7 @@ mod tests {
             model: "m".into(),
             price: Some(price),
             provider: "anthropic",
+            fast: false,
         }
     }
 
@@ -445,8 +451,15 @@ mod tests {
         assert_eq!(s.cost_usd, Some(want / 1e6));
         // Bedrock's invocation metrics give only the total of the writes: the stream's own events
         // still say which of them were for an hour.
-        let metrics =
-            Usage { input: 100, output: 500, cache_write: 1000, cache_read: 2000, cache_write_1h: 0, web_searches: 0 };
+        let metrics = Usage {
+            input: 100,
+            output: 500,
+            cache_write: 1000,
+            cache_read: 2000,
+            cache_write_1h: 0,
+            web_searches: 0,
+            fast: false,
+        };
         assert_eq!(settle(Some(metrics)).cost_usd, Some(want / 1e6));
         // Never more one-hour writes than writes.
         let fewer = Usage { cache_write: 300, ..metrics };
@@ -703,6 +716,7 @@ mod tests {
             cache_read: 2000,
             cache_write_1h: 600,
             web_searches: 0,
+            fast: false,
         };
         let partial = ReportedUsage { input: Some(120), output: Some(510), ..ReportedUsage::default() };
         assert_eq!(partial.over(&read), Usage { input: 120, output: 510, ..read });
@@ -771,5 +785,28 @@ mod tests {
         let hour = Usage { cache_write_1h: 50_000, web_searches: 2, ..at(1) };
         assert_eq!(cost_micros(&hour, &price), 6 + 22_500 + 50_000 * 12 + 90_000 + 20_000, "searches as ever");
         assert_eq!(cost_micros(&at(1), &Price { long_context: None, ..price }), cost_micros(&at(0), &price) + 3);
+    }
+
+    /// Fast mode's rates price every token of a request the provider ran fast, a long prompt's
+    /// too; admission estimates a request asking for it at those rates.
+    #[test]
+    fn fast_mode_is_priced_at_its_own_rates_over_the_whole_window() {
+        use crate::config::LongContext;
+        let fast = Rates { input: 18.0, output: 90.0, cache_write: 22.5, cache_read: 1.8, cache_write_1h: 36.0 };
+        let long = LongContext { above_prompt_tokens: 200_000, rates: Rates { input: 6.0, ..fast } };
+        let price = Price { fast: Some(fast), long_context: Some(long), ..subject().price.unwrap() };
+        let standard = Usage { input: 1000, output: 100, cache_read: 300_000, ..Usage::default() };
+        let ran_fast = Usage { fast: true, ..standard };
+        assert_eq!(cost_micros(&ran_fast, &price), 1000 * 18 + 100 * 90 + 300_000 * 18 / 10);
+        assert_eq!(cost_micros(&standard, &price), 1000 * 6 + 100 * 90 + 300_000 * 18 / 10, "long context");
+        let short = Usage { cache_read: 0, ..ran_fast };
+        assert_eq!(cost_micros(&short, &Price { fast: None, ..price }), 1000 * 3 + 100 * 15, "no fast rates");
+        // Admission: 4,000 bytes / 4 and 10 output tokens, at the fast rates.
+        let store = FakeStore::default();
+        let limits = vec![Limit { limit: 1_000_000_000, counts: Counts::Cost, ..limits()[0].clone() }];
+        let price = Some(Price { fast: Some(fast), ..subject().price.unwrap() });
+        let subject = Subject { price, fast: true, ..subject() };
+        Metering::admit(&store, &limits, &budgets(Reserve::Estimate), subject, 4000, Some(10), 0).unwrap();
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 1000 * 18 + 10 * 90);
     }
 }

@@ -69,6 +69,10 @@ impl UsageRecord {
         if u.web_searches > 0 {
             field(&mut out, "web_search_requests", &u.web_searches);
         }
+        // Priced at the model's fast-mode rates.
+        if u.fast {
+            field(&mut out, "speed", &"fast");
+        }
         // JSON has no NaN or infinity (serde_json would write null for them anyway).
         field(&mut out, "cost_usd", &self.cost_usd.filter(|c| c.is_finite()));
         field(&mut out, "latency_ms", &self.latency_ms);
@@ -175,6 +179,8 @@ mod tests {
         cache_write_1h_tokens: u64,
         #[serde(skip_serializing_if = "is_zero")]
         web_search_requests: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        speed: Option<&'static str>,
         cost_usd: Option<f64>,
         latency_ms: Option<u64>,
         ttft_ms: Option<u64>,
@@ -205,6 +211,7 @@ mod tests {
             cache_read_tokens: u.cache_read,
             cache_write_1h_tokens: u.cache_write_1h(),
             web_search_requests: u.web_searches,
+            speed: u.fast.then_some("fast"),
             cost_usd: r.cost_usd.filter(|c| c.is_finite()),
             latency_ms: r.latency_ms,
             ttft_ms: r.ttft_ms,
@@ -235,6 +242,7 @@ mod tests {
                 cache_read: 123_456_789,
                 cache_write_1h: 1,
                 web_searches: u64::MAX,
+                fast: true,
             },
             cost_usd: Some(0.000_000_1),
             latency_ms: Some(u64::MAX),
@@ -283,5 +291,6 @@ mod tests {
         assert_eq!(v["email"], Value::Null);
         assert!(v.get("estimated").is_none());
         assert!(v.get("web_search_requests").is_none(), "only when there were any");
+        assert!(v.get("speed").is_none(), "only in fast mode");
     }
 }

@@ -74,6 +74,20 @@ pub enum RequestError {
         /// The tier's aliases.
         allowed: Vec<String>,
     },
+    /// Fast mode asked for on a model priced without fast-mode rates: its cost could not be told.
+    FastModeNotPriced {
+        /// The alias asked for.
+        model: String,
+    },
+}
+
+/// Whether `anthropic-beta` values ask for fast mode (`fast-mode-2026-02-01`: a comma-separated
+/// list, any case, per header value).
+pub fn asks_fast_mode(betas: &[&str]) -> bool {
+    betas.iter().flat_map(|v| v.split(',')).any(|b| {
+        let b = b.trim().as_bytes();
+        b.len() >= 10 && b[..10].eq_ignore_ascii_case(b"fast-mode-")
+    })
 }
 
 /// `bytes` as a person reads a size: `10 MiB (10485760 bytes)`, `100000 bytes`.
@@ -161,6 +175,18 @@ impl ToReply for RequestError {
                 "gateway: the request body could not be inspected (larger than the proxy's body buffer, which is \
                  smaller than the gateway's body limit); tell your administrator. A smaller request (/compact) may \
                  go through",
+            )
+            .with_header("x-should-retry", "false"),
+            RequestError::FastModeNotPriced { model } => Reply::error(
+                400,
+                "fast_mode_not_priced",
+                "invalid_request_error",
+                &format!(
+                    "gateway: fast mode is not available for {} here: the gateway has no fast-mode price for it, so \
+                     its cost could not be counted. Turn fast mode off (/fast in Claude Code), or ask your \
+                     administrator to add price.fast for this model",
+                    shortened(model, SHOWN_CHARS)
+                ),
             )
             .with_header("x-should-retry", "false"),
             RequestError::ModelNotAllowed { model, tier, allowed } => Reply::error(
@@ -426,5 +452,14 @@ mod tests {
             assert!(edit.bytes.len() < 64, "{name}: the model comes first, so the edit is small");
             assert_eq!(edit.apply(&body).len(), body.len() + 9, "{name}");
         }
+    }
+
+    #[test]
+    fn fast_mode_is_asked_for_by_its_beta_in_any_value_and_case() {
+        assert!(asks_fast_mode(&["claude-code-20250219,fast-mode-2026-02-01"]));
+        assert!(asks_fast_mode(&["claude-code-20250219", " Fast-Mode-2027-01-01 "]));
+        assert!(!asks_fast_mode(&["claude-code-20250219,interleaved-thinking-2025-05-14"]));
+        assert!(!asks_fast_mode(&["fast-mode", "fastmode-2026-02-01", ""]));
+        assert!(!asks_fast_mode(&[]));
     }
 }

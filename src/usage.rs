@@ -34,6 +34,8 @@ pub struct Usage {
     /// `server_tool_use.web_search_requests`: searches the provider ran for the answer (Claude
     /// Code's WebSearch tool), priced per search on top of the tokens; not tokens.
     pub web_searches: u64,
+    /// `speed` is `fast`: the provider ran the request in fast mode, priced apart.
+    pub fast: bool,
 }
 
 impl Usage {
@@ -93,6 +95,7 @@ impl ReportedUsage {
             cache_read: self.cache_read.unwrap_or(read.cache_read),
             cache_write_1h: read.cache_write_1h().min(cache_write),
             web_searches: read.web_searches,
+            fast: read.fast,
         }
     }
 }
@@ -110,6 +113,18 @@ struct RawUsage {
     /// Like `cache_creation`: `Some(None)` for `null`, which says no server tool ran.
     #[serde(default, deserialize_with = "present")]
     server_tool_use: Option<Option<ServerToolUse>>,
+    /// `"fast"` when the request ran in fast mode (`"standard"` otherwise); any other value,
+    /// or none, is standard.
+    speed: Option<Speed>,
+}
+
+/// `usage.speed`: the speed the provider ran the request at, which sets its price.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Speed {
+    Fast,
+    #[serde(other)]
+    Other,
 }
 
 /// `usage.server_tool_use`: what the provider's own tools did.
@@ -182,11 +197,15 @@ pub struct Meter {
     seen: Seen,
 }
 
+/// How many counts [`Seen`] keeps.
+const FIELDS: usize = 7;
+
 /// What the answer has said so far.
 #[derive(Debug, Default)]
 struct Seen {
-    /// Input, output, cache writes, cache reads, one-hour cache writes, web searches.
-    fields: [Option<u64>; 6],
+    /// Input, output, cache writes, cache reads, one-hour cache writes, web searches, and fast
+    /// mode (1) or not (0).
+    fields: [Option<u64>; FIELDS],
     /// Whether any usage was reported at all.
     reported: bool,
     /// Whether a stream's last usage (`message_delta`, cumulative) came.
@@ -300,9 +319,17 @@ impl Meter {
                 bytes.clear();
             }
         }
-        let [input, output, cache_write, cache_read, cache_write_1h, web_searches] =
+        let [input, output, cache_write, cache_read, cache_write_1h, web_searches, fast] =
             self.seen.fields.map(|f| f.unwrap_or(0));
-        Usage { input, output: output.max(output_seen), cache_write, cache_read, cache_write_1h, web_searches }
+        Usage {
+            input,
+            output: output.max(output_seen),
+            cache_write,
+            cache_read,
+            cache_write_1h,
+            web_searches,
+            fast: fast == 1,
+        }
     }
 }
 
@@ -335,7 +362,7 @@ impl Seen {
     }
 }
 
-fn merge(fields: &mut [Option<u64>; 6], usage: &RawUsage) {
+fn merge(fields: &mut [Option<u64>; FIELDS], usage: &RawUsage) {
     let new = [
         usage.input_tokens,
         usage.output_tokens,
@@ -345,6 +372,8 @@ fn merge(fields: &mut [Option<u64>; 6], usage: &RawUsage) {
         usage.cache_creation.as_ref().map(|c| c.as_ref().and_then(|c| c.ephemeral_1h_input_tokens).unwrap_or(0)),
         // Cumulative in a stream, like the other counts: the last report is the answer's.
         usage.server_tool_use.as_ref().map(|t| t.as_ref().and_then(|t| t.web_search_requests).unwrap_or(0)),
+        // Fast mode as 1, standard as 0: the last report that says tells.
+        usage.speed.as_ref().map(|speed| u64::from(matches!(speed, Speed::Fast))),
     ];
     for (field, value) in fields.iter_mut().zip(new) {
         if value.is_some() {
@@ -399,7 +428,15 @@ mod tests {
         let whole = count("text/event-stream", &[&stream]);
         assert_eq!(
             whole,
-            Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0, cache_write_1h: 0, web_searches: 0 }
+            Usage {
+                input: 2603,
+                output: 32,
+                cache_write: 29144,
+                cache_read: 0,
+                cache_write_1h: 0,
+                web_searches: 0,
+                fast: false
+            }
         );
         for i in 0..=stream.len() {
             assert_eq!(count("text/event-stream", &[&stream[..i], &stream[i..]]), whole, "split at {i}");
@@ -414,22 +451,22 @@ mod tests {
             (
                 "delta output replaces start output",
                 "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40}}\n\n",
-                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0, web_searches: 0 },
+                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0, web_searches: 0, fast: false },
             ),
             (
                 "delta repeats cumulative cache fields: taken once",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}}\n\nevent: message_delta\ndata: {\"usage\":{\"input_tokens\":10,\"output_tokens\":40,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":7}}\n\n",
-                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0, web_searches: 0 },
+                Usage { input: 10, output: 40, cache_write: 5, cache_read: 7, cache_write_1h: 0, web_searches: 0, fast: false },
             ),
             (
                 "stream cut after message_start",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"delta\":{\"text\":\"hal",
-                Usage { input: 10, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0, web_searches: 0 },
+                Usage { input: 10, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0, web_searches: 0, fast: false },
             ),
             (
                 "error event after start keeps start usage",
                 "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n",
-                Usage { input: 3, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0, web_searches: 0 },
+                Usage { input: 3, output: 1, cache_write: 0, cache_read: 0, cache_write_1h: 0, web_searches: 0, fast: false },
             ),
         ];
         for (name, stream, want) in cases {
@@ -455,7 +492,15 @@ mod tests {
         meter.push(&fixture());
         assert_eq!(
             meter.finish(),
-            Usage { input: 2603, output: 32, cache_write: 29144, cache_read: 0, cache_write_1h: 0, web_searches: 0 }
+            Usage {
+                input: 2603,
+                output: 32,
+                cache_write: 29144,
+                cache_read: 0,
+                cache_write_1h: 0,
+                web_searches: 0,
+                fast: false
+            }
         );
         assert_eq!(meter.problem(Some(200)), None);
     }
@@ -463,7 +508,15 @@ mod tests {
     #[test]
     fn json_answers() {
         let message = br#"{"id":"m","type":"message","content":[{"type":"text","text":"<block>no"}],"usage":{"input_tokens":900,"output_tokens":4,"cache_creation_input_tokens":0,"cache_read_input_tokens":120}}"#;
-        let want = Usage { input: 900, output: 4, cache_write: 0, cache_read: 120, cache_write_1h: 0, web_searches: 0 };
+        let want = Usage {
+            input: 900,
+            output: 4,
+            cache_write: 0,
+            cache_read: 120,
+            cache_write_1h: 0,
+            web_searches: 0,
+            fast: false,
+        };
         assert_eq!(count("application/json", &[&message[..50], &message[50..]]), want);
         // The same last usage, as a JSON answer and as a stream's last event, reads the same:
         // a breakdown without a one-hour count (or `null`) replaces the start's, absence keeps it.
@@ -488,7 +541,15 @@ data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_in
             }
         }
         let hourly = br#"{"usage":{"input_tokens":9,"output_tokens":4,"cache_creation_input_tokens":70,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":20,"ephemeral_1h_input_tokens":50}}}"#;
-        let want = Usage { input: 9, output: 4, cache_write: 70, cache_read: 0, cache_write_1h: 50, web_searches: 0 };
+        let want = Usage {
+            input: 9,
+            output: 4,
+            cache_write: 70,
+            cache_read: 0,
+            cache_write_1h: 50,
+            web_searches: 0,
+            fast: false,
+        };
         assert_eq!(count("application/json", &[hourly]), want, "one-hour writes are told apart");
         let error = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert_eq!(count("application/json", &[error]), Usage::default());
@@ -496,6 +557,26 @@ data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_in
         big.extend(std::iter::repeat_n(b'x', MAX_JSON + 10));
         big.extend_from_slice(br#""}],"usage":{"input_tokens":1,"output_tokens":99999}}"#);
         assert_eq!(count("application/json", &big.chunks(65536).collect::<Vec<_>>()).output, 99999, "tail kept");
+    }
+
+    /// `usage.speed` says whether the provider ran the request in fast mode (its price): read
+    /// from a JSON answer and from a stream, the last report that says telling.
+    #[test]
+    fn the_speed_the_provider_ran_at_is_read() {
+        let json = |speed: &str| format!(r#"{{"usage":{{"input_tokens":10,"output_tokens":5{speed}}}}}"#);
+        for (speed, fast) in [(r#","speed":"fast""#, true), (r#","speed":"standard""#, false), ("", false)] {
+            assert_eq!(count("application/json", &[json(speed).as_bytes()]).fast, fast, "{speed}");
+        }
+        assert!(!count("application/json", &[json(r#","speed":"turbo""#).as_bytes()]).fast);
+        let start = "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"speed\":\"fast\"}}}\n\n";
+        for (delta, fast) in [
+            (r#"{"output_tokens":40}"#, true),
+            (r#"{"output_tokens":40,"speed":"fast"}"#, true),
+            (r#"{"output_tokens":40,"speed":"standard"}"#, false),
+        ] {
+            let stream = format!("{start}event: message_delta\ndata: {{\"usage\":{delta}}}\n\n");
+            assert_eq!(count("text/event-stream", &[stream.as_bytes()]).fast, fast, "{delta}");
+        }
     }
 
     #[test]

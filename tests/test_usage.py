@@ -349,6 +349,41 @@ def test_a_long_prompt_is_priced_at_the_long_context_rates(make_gateway, host, s
         ("claude-haiku-4-5", pytest.approx(cost(base))), ("claude-sonnet-4-6", pytest.approx(cost(long)))]
 
 
+def test_fast_mode_is_priced_at_its_rates_and_refused_where_it_has_none(make_gateway, host, stub, signer):
+    """Fast mode (`/fast` in Claude Code: the `fast-mode-…` beta, and `usage.speed: "fast"` in the
+    answer) costs several times the standard rates. A model priced with `price.fast` has a fast
+    answer priced at those rates, streamed or not, and the record says `speed: fast`; a priced
+    model without them refuses fast mode with a 400 that says to turn it off, before anything
+    goes upstream. On both hosts."""
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    base = PRICES["claude-sonnet-4-6"]
+    fast = {"input": 30, "output": 150, "cache_write": 37.5, "cache_read": 3}
+    for m in config["models"]:
+        m["price"] = dict(base, fast=fast) if m["alias"] == "claude-haiku-4-5" else base
+    g = make_gateway(config, [signer.upstream])
+    token = signer.token(sub="flash")
+    betas = {"anthropic-beta": "claude-code-20250219,fast-mode-2026-02-01"}
+    refused = call(g.port, token, JSON_BODY, headers=betas)  # sonnet: no fast-mode price
+    assert refused.status == 400, refused.body
+    assert "/fast" in json.loads(refused.body)["error"]["message"]
+    assert stub.requests == []
+    stub.usage = dict(stub.usage, speed="fast")
+    assert call(g.port, token, STREAM, headers=betas).status == 200  # haiku, streamed
+    assert call(g.port, token, JSON_BODY.replace(b"claude-sonnet-4-6", b"claude-haiku-4-5"), headers=betas).status == 200
+    deadline = time.monotonic() + 5
+    while len(records := g.usage_records()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    u = stub.usage
+
+    def cost(p):
+        return (u["input_tokens"] * p["input"] + u["output_tokens"] * p["output"]
+                + u["cache_creation_input_tokens"] * p["cache_write"] + u["cache_read_input_tokens"] * p["cache_read"]) / 1e6
+
+    assert [(r["refusal"], r.get("speed")) for r in records] == [("fast_mode_not_priced", None), (None, "fast"),
+                                                                 (None, "fast")], records
+    assert [r["cost_usd"] for r in records[1:]] == pytest.approx([cost(fast)] * 2)
+
+
 def test_records_in_the_hosts_log_survive_its_default_level_and_the_report_reads_them(
         make_gateway, host, signer, stub, tmp_path):
     """Kong logs at `notice` by default and Istio's Envoy at `warning`. The records that go to the

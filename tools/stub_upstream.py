@@ -38,6 +38,8 @@ def sse_events(model, usage, text="Hello from the stand-in upstream.", pause=0.0
     }
     if "cache_creation" in usage:  # the writes by lifetime, as the API reports them
         start_usage["cache_creation"] = usage["cache_creation"]
+    if "speed" in usage:  # the speed the request ran at (fast mode), as the API reports it
+        start_usage["speed"] = usage["speed"]
     words = text.split(" ")
     yield "message_start", {"type": "message_start", "message": {
         "id": "msg_stub", "type": "message", "role": "assistant", "model": model, "content": [],

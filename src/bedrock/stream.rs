@@ -192,6 +192,7 @@ pub fn usage_from_headers(headers: &[(&str, &str)]) -> Option<Usage> {
         cache_read: cache_read.unwrap_or(0),
         cache_write_1h: 0,
         web_searches: 0,
+        fast: false,
     })
 }
 
@@ -220,6 +221,7 @@ mod tests {
                 cache_read: c.cache_read,
                 cache_write_1h: 0,
                 web_searches: 0,
+                fast: false,
             }
         }
     }
@@ -413,7 +415,8 @@ mod tests {
                 cache_write: 0,
                 cache_read: 2000,
                 cache_write_1h: 0,
-                web_searches: 0
+                web_searches: 0,
+                fast: false
             })
         );
         assert_eq!(usage_from_headers(&[("content-type", "application/json")]), None);

@@ -44,6 +44,20 @@ pub(super) struct RawPrice {
     web_search_per_1k: Option<f64>,
     #[serde(default)]
     long_context: Option<RawLongContext>,
+    #[serde(default)]
+    fast: Option<RawFast>,
+}
+
+/// A model's `price.fast`, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFast {
+    input: f64,
+    output: f64,
+    cache_write: f64,
+    cache_read: f64,
+    #[serde(default)]
+    cache_write_1h: Option<f64>,
 }
 
 /// A model's `price.long_context`, as written.
@@ -85,6 +99,11 @@ pub struct Price {
     pub web_search_per_1k: f64,
     /// Rates for a request whose prompt is long (`long_context`), when the model has them.
     pub long_context: Option<LongContext>,
+    /// Rates for a request the provider ran in fast mode (`fast`: the answer's `usage.speed`
+    /// says `fast`), when the model has them; they apply to the whole context window. A
+    /// request asking for fast mode (the `fast-mode-…` beta) on a model priced without them is
+    /// refused, since its cost could not be told.
+    pub fast: Option<Rates>,
 }
 
 /// A second rate card for long prompts (Sonnet 4 and 4.5 with the 1M-token context window
@@ -202,7 +221,20 @@ pub(super) fn compile_price(field: &str, raw: RawPrice) -> Result<Price, ConfigE
             Some(LongContext { above_prompt_tokens: long.above_prompt_tokens, rates })
         }
     };
-    Ok(Price { rates, web_search_per_1k: raw.web_search_per_1k.unwrap_or(DEFAULT_WEB_SEARCH_PER_1K), long_context })
+    let fast = match raw.fast {
+        None => None,
+        Some(fast) => Some(compile_rates(
+            &format!("{field}.fast"),
+            [fast.input, fast.output, fast.cache_write, fast.cache_read],
+            fast.cache_write_1h,
+        )?),
+    };
+    Ok(Price {
+        rates,
+        web_search_per_1k: raw.web_search_per_1k.unwrap_or(DEFAULT_WEB_SEARCH_PER_1K),
+        long_context,
+        fast,
+    })
 }
 
 /// Checks rates as written (`input`, `output`, `cache_write`, `cache_read`, and
@@ -336,7 +368,12 @@ mod tests {
         assert_eq!((long.above_prompt_tokens, long.rates.output, long.rates.cache_write_1h), (200_000, 22.5, 12.0));
         let plain = json!({"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3, "web_search_per_1k": 0});
         let price = super::compile_price("p", serde_json::from_value(plain).unwrap()).unwrap();
-        assert_eq!((price.long_context, price.web_search_per_1k), (None, 0.0));
+        assert_eq!((price.long_context, price.web_search_per_1k, price.fast), (None, 0.0, None));
+        let fast = json!({"input": 5, "output": 25, "cache_write": 6.25, "cache_read": 0.5,
+            "fast": {"input": 30, "output": 150, "cache_write": 37.5, "cache_read": 3}});
+        let price = super::compile_price("p", serde_json::from_value(fast).unwrap()).unwrap();
+        let fast = price.fast.unwrap();
+        assert_eq!((fast.input, fast.output, fast.cache_write_1h), (30.0, 150.0, 60.0));
     }
 
     #[test]
@@ -430,6 +467,16 @@ mod tests {
                 "negative price",
                 |d| d["models"][0]["price"] = json!({"input": -1, "output": 0, "cache_write": 0, "cache_read": 0}),
                 "config error: models[0].price: prices must be non-negative numbers (dollars per million tokens)",
+            ),
+            (
+                "negative fast-mode price",
+                |d| d["models"][0]["price"] = price_with(json!({"fast": {"input": -30, "output": 0, "cache_write": 0, "cache_read": 0}})),
+                "config error: models[0].price.fast: prices must be non-negative numbers (dollars per million tokens)",
+            ),
+            (
+                "fast-mode price without its output rate",
+                |d| d["models"][0]["price"] = price_with(json!({"fast": {"input": 30, "cache_write": 0, "cache_read": 0}})),
+                "config error: models[0].price.fast: missing field `output`",
             ),
             (
                 "negative one-hour cache write price",
