@@ -369,21 +369,69 @@ impl Counter {
     }
 }
 
-/// A counter from its stored bytes (compact, or the JSON of earlier versions); one written
-/// under another key (a CRC32 alias in Kong's store) or unreadable counts as empty.
-pub fn decode(stored: Option<&[u8]>, key: &str) -> Counter {
-    stored
-        .and_then(|b| match b.first() {
-            Some(b'{') => serde_json::from_slice::<Counter>(b).ok(),
-            _ => Counter::from_compact(b),
-        })
-        .filter(|c| c.k == key)
-        .unwrap_or_else(|| Counter { k: key.to_owned(), ..Counter::default() })
+/// A counter from its stored bytes (compact, or the JSON of earlier versions), whoever's it is.
+fn parse(stored: &[u8]) -> Option<Counter> {
+    match stored.first() {
+        Some(b'{') => serde_json::from_slice::<Counter>(stored).ok(),
+        _ => Counter::from_compact(stored),
+    }
 }
 
-/// Reads a counter (a missing or unreadable one counts as empty).
+/// A counter from its stored bytes; one written under another key or unreadable counts as empty.
+pub fn decode(stored: Option<&[u8]>, key: &str) -> Counter {
+    stored.and_then(parse).filter(|c| c.k == key).unwrap_or_else(|| Counter { k: key.to_owned(), ..Counter::default() })
+}
+
+/// Slots a counter may take. Kong's store (ngx_wasm_module's `shm_kv`) finds an entry by its
+/// key's CRC32 alone, so two keys with one CRC32 share a slot (in an organisation of 30,000
+/// people with two personal limits each, a couple of pairs do): the second key's counter goes
+/// to the next free probe slot instead of wiping the first's on every write. Envoy's store
+/// never aliases, and the first slot is the key itself, so probing costs nothing there.
+const PROBE_SLOTS: usize = 4;
+
+/// The shared-data key of probe slot `i` of `key`.
+fn slot(key: &str, i: usize) -> std::borrow::Cow<'_, str> {
+    if i == 0 {
+        key.into()
+    } else {
+        format!("{key}#{i}").into()
+    }
+}
+
+/// Reads `key`'s counter from the first slot that is free or holds it (a missing or unreadable
+/// one counts as empty).
 pub fn read(store: &dyn SharedStore, key: &str) -> Counter {
-    decode(store.get(key).ok().and_then(|(v, _)| v).as_deref(), key)
+    for i in 0..PROBE_SLOTS {
+        match store.get(&slot(key, i)).ok().and_then(|(v, _)| v) {
+            Some(bytes) if parse(&bytes).is_some_and(|c| c.k != key) => continue,
+            stored => return decode(stored.as_deref(), key),
+        }
+    }
+    decode(None, key)
+}
+
+/// Updates `key`'s counter with `next` (which may decline by returning `None`) by
+/// read-then-CAS, in the first slot that is free or holds it; returns whether it was written.
+pub fn update(
+    store: &dyn SharedStore,
+    key: &str,
+    mut next: impl FnMut(Counter) -> Option<Counter>,
+) -> Result<bool, StoreError> {
+    for i in 0..PROBE_SLOTS {
+        let mut taken = false;
+        let written = shared::update(store, &slot(key, i), |current| match current.and_then(parse) {
+            Some(other) if other.k != key => {
+                taken = true;
+                None
+            }
+            _ => next(decode(current, key)).map(|c| c.encode()),
+        });
+        if !taken {
+            return written;
+        }
+    }
+    // Every probe slot holds another key's counter: the key's own slot is taken over.
+    shared::update(store, key, |current| next(decode(current, key)).map(|c| c.encode()))
 }
 
 /// Adds `delta` to the counter at `key` with read-then-CAS.
@@ -391,7 +439,7 @@ pub fn charge(store: &dyn SharedStore, key: &str, window: u64, now: u64, delta: 
     if delta == 0 {
         return Ok(());
     }
-    shared::update(store, key, |current| Some(decode(current, key).add(window, now, delta).encode())).map(|_| ())
+    update(store, key, |counter| Some(counter.add(window, now, delta))).map(|_| ())
 }
 
 /// Settles one limit's counter for a request: [`Counter::settle`] in the shared store.
@@ -408,8 +456,7 @@ pub fn settle(
     if held == 0 && charge == 0 {
         return Ok(());
     }
-    shared::update(store, key, |current| Some(decode(current, key).settle(window, now, held_at, held, charge).encode()))
-        .map(|_| ())
+    update(store, key, |counter| Some(counter.settle(window, now, held_at, held, charge))).map(|_| ())
 }
 
 /// The state of one limit for one request, for headers and refusals.
@@ -556,8 +603,7 @@ pub fn admit(
         let mut seen = None;
         let mut at = now;
         let mut held = 0;
-        let written = shared::update(store, &key, |current| {
-            let counter = decode(current, &key);
+        let written = update(store, &key, |counter| {
             let mut s = standing(limit, &counter, now);
             let room = s.retry_after == 0;
             held = 0;
@@ -575,7 +621,7 @@ pub fn admit(
             }
             seen = Some(s);
             at = counter.at(now);
-            (room && hold > 0).then(|| counter.hold(limit.window, now, hold).encode())
+            (room && hold > 0).then(|| counter.hold(limit.window, now, hold))
         });
         // A store that fails (contention, a full zone) costs the reserve, never the request;
         // the caller is told.
@@ -1155,6 +1201,62 @@ mod tests {
         charge(&store, "a", 60, 10, 5).unwrap();
         charge(&store, "a", 60, 10, -50).unwrap();
         assert_eq!(read(&store, "a").c, 0);
+        assert_eq!(decode(store.get("a").unwrap().0.as_deref(), "b").c, 999, "the other key's counter stays");
+    }
+
+    /// ngx_wasm_module's store: an entry is found by its key's CRC32 alone (`ngx_wa_shm_kv.c`),
+    /// and a write replaces whatever entry has that CRC32, with its CAS.
+    #[derive(Default)]
+    struct CrcStore {
+        data: std::cell::RefCell<std::collections::HashMap<u32, (Vec<u8>, u32)>>,
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        !bytes.iter().fold(u32::MAX, |crc, &b| {
+            (0..8).fold(crc ^ u32::from(b), |c, _| if c & 1 == 1 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 })
+        })
+    }
+
+    impl SharedStore for CrcStore {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+            Ok(self
+                .data
+                .borrow()
+                .get(&crc32(key.as_bytes()))
+                .map_or((None, None), |(v, c)| (Some(v.clone()), Some(*c))))
+        }
+        fn cas_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            let mut data = self.data.borrow_mut();
+            let entry = data.entry(crc32(key.as_bytes())).or_insert((Vec::new(), 0));
+            if cas.unwrap_or(0) != entry.1 {
+                return Err(StoreError::CasMismatch);
+            }
+            *entry = (value.to_vec(), entry.1 + 1);
+            Ok(())
+        }
+    }
+
+    /// Two people whose counter keys share a CRC32 (found among `user0`… by brute force, as
+    /// the filter names them) each keep their own count on Kong's store: the second takes a probe
+    /// slot instead of wiping the first's counter on every write (seen on real nginx: neither
+    /// person's limit held once both were active).
+    #[test]
+    fn counters_whose_keys_share_a_crc32_in_kongs_store_keep_apart() {
+        let (alice, bob) = ("csg/b/_m00aM9cdNjs/t600sp/41OPBaXjLeYI", "csg/b/_m00aM9cdNjs/t600sp/8lThLywkktE3");
+        assert_eq!(crc32(alice.as_bytes()), crc32(bob.as_bytes()));
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "CRC-32/ISO-HDLC, as ngx_crc32_long");
+        let store = CrcStore::default();
+        charge(&store, alice, 600, 10, 3000).unwrap();
+        charge(&store, bob, 600, 11, 200).unwrap();
+        settle(&store, alice, 600, 12, 10, 0, 150).unwrap();
+        charge(&store, bob, 600, 13, 1).unwrap();
+        assert_eq!((read(&store, alice).c, read(&store, bob).c), (3150, 201));
+        // Holds at admission go to the same slots.
+        let limit = Limit { key: "csg/b/_m00aM9cdNjs/t600sp".into(), ..limit(10_000, 600, WindowType::Sliding) };
+        let limit = Limit { per: Per::Person, ..limit };
+        admit(&store, std::slice::from_ref(&limit), "8lThLywkktE3", &[99], 14).unwrap();
+        assert_eq!((read(&store, alice).c, read(&store, bob).c), (3150, 300));
+        assert_eq!(store.data.borrow().len(), 2, "bob's counter in one probe slot");
     }
 
     #[test]

@@ -100,6 +100,18 @@ def test_per_person_budgets_isolate_people_of_one_tier(make_gateway, signer, stu
     assert "your personal limit" in call(g.port, alice, STREAM).error_message
 
 
+def test_people_whose_counter_keys_share_a_crc32_keep_their_own_budgets(make_gateway, signer, stub, host):
+    """Kong's store finds shared data by the key's CRC32 alone. The counters of `user17583` and
+    `user87328` in this tier and window have keys with one CRC32 (0xfc860e7e, found by brute force
+    as the filter names them): on nginx each write wiped the other's count, so neither limit held
+    (alice 200, 429, bob 200, alice 200, ...). Each now keeps their own, on both hosts."""
+    g = budget_gateway(make_gateway, signer, [{"limit": per_request(stub), "window_seconds": 600}], per="person")
+    alice, bob = signer.token(sub="user17583"), signer.token(sub="user87328")
+    seen = [(who, call(g.port, token, STREAM).status)
+            for who, token in [("alice", alice), ("alice", alice), ("bob", bob), ("alice", alice), ("bob", bob)]]
+    assert seen == [("alice", 200), ("alice", 429), ("bob", 200), ("alice", 429), ("bob", 429)]
+
+
 def test_non_streaming_answers_are_counted_and_headers_decrease(make_gateway, signer, stub):
     limit = 10 * per_request(stub)
     g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": 600}])

@@ -24,7 +24,7 @@ use std::fmt;
 
 use crate::budget::{self, Counter, Limit, Per};
 use crate::config::{OnStoreFailure, StorePlan, Tier};
-use crate::shared::{self, SharedStore, StoreError};
+use crate::shared::{SharedStore, StoreError};
 
 pub use node::{Health, Index, Lease, NodeRecord, ScheduleFault, Tracked, INDEX_KEY, NODE_KEY};
 pub use wire::{bucket_key, max_answer_bytes, SyncRequest, SCRIPT};
@@ -365,8 +365,7 @@ impl Syncer {
         let mut problems = Vec::new();
         let updates = updates(batch, &totals);
         for u in &updates {
-            let written =
-                shared::update(store, &u.key, |cur| apply(&budget::decode(cur, &u.key), u, now_s).map(|c| c.encode()));
+            let written = budget::update(store, &u.key, |c| apply(&c, u, now_s));
             if let Err(e) = written {
                 problems.push(format!("budget sync: could not update {}: {e:?}", u.key));
             }
@@ -437,10 +436,9 @@ impl Syncer {
 fn forget_others(store: &dyn SharedStore, tracked: &BTreeSet<Tracked>) -> Vec<String> {
     let mut problems = Vec::new();
     for t in tracked {
-        let written = shared::update(store, &t.key, |cur| {
-            let c = budget::decode(cur, &t.key);
+        let written = budget::update(store, &t.key, |c| {
             let own_only = Counter { c: c.oc, p: c.op, ..c.clone() };
-            (own_only != c).then(|| own_only.encode())
+            (own_only != c).then_some(own_only)
         });
         if let Err(e) = written {
             problems.push(format!("budget sync: could not drop other nodes' spend from {}: {e:?}", t.key));
