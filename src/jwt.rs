@@ -60,6 +60,9 @@ pub enum AuthError {
     UnsafeIdentity,
     /// The IdP's keys have no key for this token.
     UnknownKey,
+    /// The token names no key (`kid`) and the IdP publishes several for its algorithm (or lists
+    /// its kid on more than two): which one signed it cannot be told, and no new token changes that.
+    AmbiguousKey,
     /// The signature does not verify.
     BadSignature,
     /// Every key the token may be verified with is outside the key policy (an RSA key below 2048
@@ -69,7 +72,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, for defining one metric series each.
-    pub const ALL: [AuthError; 24] = [
+    pub const ALL: [AuthError; 25] = [
         AuthError::MissingToken,
         AuthError::NotBearer,
         AuthError::ConflictingTokens,
@@ -92,6 +95,7 @@ impl AuthError {
         AuthError::MissingSubject,
         AuthError::UnsafeIdentity,
         AuthError::UnknownKey,
+        AuthError::AmbiguousKey,
         AuthError::BadSignature,
         AuthError::KeyNotAccepted,
     ];
@@ -121,6 +125,7 @@ impl AuthError {
             AuthError::MissingSubject => "missing_sub",
             AuthError::UnsafeIdentity => "unsafe_identity",
             AuthError::UnknownKey => "unknown_kid",
+            AuthError::AmbiguousKey => "ambiguous_key",
             AuthError::BadSignature => "bad_signature",
             AuthError::KeyNotAccepted => "key_not_accepted",
         }
@@ -156,6 +161,9 @@ impl AuthError {
             AuthError::MissingSubject => "access token has no subject",
             AuthError::UnsafeIdentity => "access token's sub or email contains control characters",
             AuthError::UnknownKey => "access token signed by an unknown key",
+            AuthError::AmbiguousKey => {
+                "the access token names no signing key (kid) and the identity provider publishes several"
+            }
             AuthError::BadSignature => "access token signature is invalid",
             AuthError::KeyNotAccepted => {
                 "the access token is signed with a key this gateway does not take (RSA keys must have 2048 to \
@@ -189,6 +197,7 @@ impl AuthError {
             }
             AuthError::UnsupportedAlgorithm
             | AuthError::Encrypted
+            | AuthError::AmbiguousKey
             | AuthError::KeyNotAccepted
             | AuthError::WrongType
             | AuthError::MissingExpiry
@@ -453,7 +462,7 @@ impl ParsedToken {
                 return Err(AuthError::KeyNotAccepted);
             }
             if usable.len() > most {
-                return Err(AuthError::UnknownKey);
+                return Err(AuthError::AmbiguousKey);
             }
             let Some(verified_by) = usable.iter().find(|key| key.verify(token, self.alg, now)) else {
                 return Err(AuthError::BadSignature);
@@ -987,7 +996,11 @@ pub(crate) mod tests {
         doc["keys"].as_array_mut().unwrap().push(second);
         let two = KeySet::parse(doc.to_string().as_bytes()).unwrap();
         let refused = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &two, &plan.oidc, NOW);
-        assert_eq!(refused.unwrap_err(), AuthError::UnknownKey);
+        assert_eq!(refused.unwrap_err(), AuthError::AmbiguousKey);
+        // No new sign-in changes that: a 400 shown at once, not a 401 that re-runs the helper.
+        let reply = AuthError::AmbiguousKey.to_reply();
+        assert_eq!(reply.status, 400);
+        assert!(String::from_utf8_lossy(&reply.body).contains("ask your administrator"));
     }
 
     #[test]
@@ -1011,7 +1024,7 @@ pub(crate) mod tests {
         doc["keys"].as_array_mut().unwrap().push(twin);
         let thrice = KeySet::parse(doc.to_string().as_bytes()).unwrap();
         let refused = check_claims(&token, &plan.oidc, NOW).unwrap().verify(&token, &thrice, &plan.oidc, NOW);
-        assert_eq!(refused.unwrap_err(), AuthError::UnknownKey, "no more than two keys are tried");
+        assert_eq!(refused.unwrap_err(), AuthError::AmbiguousKey, "no more than two keys are tried");
     }
 
     #[test]

@@ -239,6 +239,27 @@ def test_a_token_without_kid_is_verified_by_the_one_key_of_its_alg(gateway, sign
     assert call(gateway.port, token, BODY).status == 200
 
 
+def test_a_token_without_kid_beside_several_keys_of_its_alg_is_a_setup_error_shown_at_once(make_gateway, stub):
+    """Which of two published ES256 keys signed a token naming none cannot be told, and a new
+    sign-in brings another such token: a 400 that says so (it was a 401, which has Claude Code
+    re-run its sign-in helper for minutes)."""
+    from tests.harness.signer import Key
+
+    idp = Signer()
+    try:
+        idp.published.append(Key("es256-second", "ES256"))
+        g = make_gateway(gateway_config(idp), [idp.upstream])
+        token = pyjwt.encode(idp.claims(), idp.keys["ES256"].private, algorithm="ES256")
+        answer = call(g.port, token, BODY)
+        assert answer.status == 400, answer.body
+        assert answer.headers.get("x-should-retry") == "false"
+        assert "names no signing key (kid)" in json.loads(answer.body)["error"]["message"]
+        assert stub.requests == []
+        assert call(g.port, idp.token(alg="ES256"), BODY).status == 200, "a token naming its key goes through"
+    finally:
+        idp.stop()
+
+
 def test_the_connection_stays_usable_after_every_kind_of_refusal(make_gateway, signer, stub):
     """Each refusal, then a good request on the same keep-alive connection (ngx: a refusal sent
     before the body was read would make nginx parse the body as the next request)."""
