@@ -15,6 +15,7 @@ use crate::shared::SharedStore;
 use crate::store_sync::{self, Syncer, Tracked};
 use crate::tier::{self, NoTier};
 use crate::token_cache::TokenCache;
+use crate::usage::input_estimate;
 use crate::validated_elements::ValidatedElements;
 
 /// Most key fetches that waiting requests of one worker may have under way at once; beyond
@@ -275,8 +276,10 @@ impl Worker {
         let target = plan.targets.get(model.target).ok_or_else(|| KeysError::Unavailable.to_reply())?;
         if let (Some(_), Endpoint::CountTokens) = (&target.bedrock, endpoint) {
             // Bedrock's CountTokens takes another body: answered here with the estimate the
-            // budgets use (body bytes / 4), which is what Claude Code needs it for.
-            let reply = Reply::json(200, "count_tokens_estimate", &serde_json::json!({"input_tokens": body.len() / 4}));
+            // budgets use (body bytes / 4, images at most what they cost), which is what Claude
+            // Code needs it for.
+            let reply =
+                Reply::json(200, "count_tokens_estimate", &serde_json::json!({"input_tokens": input_estimate(body)}));
             // Its record names the model it counted for, as a forwarded count would.
             return Err(Refusal { model: Some(model.alias.clone()), ..reply.into() });
         }
@@ -305,8 +308,15 @@ impl Worker {
                     _ => std::borrow::Cow::Borrowed(tier.limits.as_slice()),
                 };
                 let person_key = subject.person_key.clone();
-                let admitted =
-                    Metering::admit(store, &limits, &plan.budgets, subject, body.len(), parsed.max_tokens, now);
+                let admitted = Metering::admit(
+                    store,
+                    &limits,
+                    &plan.budgets,
+                    subject,
+                    input_estimate(body),
+                    parsed.max_tokens,
+                    now,
+                );
                 // The record of a budget refusal names the model it was for, as any other does.
                 let mut metering = admitted.map_err(|(reply, warnings)| Refusal {
                     reply,

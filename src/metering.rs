@@ -113,19 +113,20 @@ pub struct Settlement {
 }
 
 impl Metering {
-    /// Checks the tier's limits and holds the reserve. `body_len` and `max_tokens` estimate
-    /// the request's size. A refusal carries the warnings of holds that could not be given back.
+    /// Checks the tier's limits and holds the reserve. `input` (the prompt's tokens as
+    /// [`crate::usage::input_estimate`] reckons them from the body) and `max_tokens` estimate the
+    /// request's size. A refusal carries the warnings of holds that could not be given back.
     pub fn admit(
         store: &dyn SharedStore,
         limits: &[budget::Limit],
         budgets: &Budgets,
         subject: Subject,
-        body_len: usize,
+        input: u64,
         max_tokens: Option<u64>,
         now: u64,
     ) -> Result<Metering, (Reply, Vec<String>)> {
         let guess = Usage {
-            input: body_len as u64 / 4,
+            input,
             output: max_tokens.unwrap_or(budgets.reserve_output_tokens).min(budgets.reserve_output_tokens),
             cache_write: 0,
             cache_read: 0,
@@ -303,7 +304,8 @@ mod tests {
     fn reserve_is_held_then_settled_to_the_true_count() {
         let store = FakeStore::default();
         let mut m =
-            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000 / 4, Some(32000), 0)
+                .unwrap();
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 1000 + 1000, "4000 bytes / 4 + capped max_tokens");
         m.on_response_headers(Some(200), "text/event-stream", None);
         assert!(!m.on_response_body(STREAM.as_bytes(), false));
@@ -320,7 +322,7 @@ mod tests {
     #[test]
     fn content_length_completes_without_end_of_stream() {
         let store = FakeStore::default();
-        let mut m = Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10, None, 0).unwrap();
+        let mut m = Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10 / 4, None, 0).unwrap();
         let body = br#"{"usage":{"input_tokens":7,"output_tokens":3}}"#;
         m.on_response_headers(Some(200), "application/json", Some(body.len() as u64));
         assert!(!m.on_response_body(&body[..10], false));
@@ -335,13 +337,15 @@ mod tests {
         let store = FakeStore::default();
         store.lose_races.set(usize::MAX);
         let mut m =
-            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000 / 4, Some(32000), 0)
+                .unwrap();
         let warnings = m.take_warnings();
         assert!(warnings.len() == 1 && warnings[0].contains("Contended"), "{warnings:?}");
         assert!(m.take_warnings().is_empty(), "said once");
         store.lose_races.set(0);
         let mut m =
-            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000 / 4, Some(32000), 0)
+                .unwrap();
         assert!(m.take_warnings().is_empty());
     }
 
@@ -355,7 +359,8 @@ mod tests {
         budget::charge(&store, key, 60, 30, 3000).unwrap();
         budget::charge(&store, key, 60, 60, 5).unwrap(); // the next window, opened at 60
         let mut m =
-            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 59).unwrap();
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000 / 4, Some(32000), 59)
+                .unwrap();
         let body = br#"{"usage":{"input_tokens":200,"output_tokens":100}}"#;
         m.on_response_headers(Some(200), "application/json", Some(body.len() as u64));
         assert!(m.on_response_body(body, true));
@@ -379,7 +384,7 @@ mod tests {
         for whole in [false, true] {
             let store = FakeStore::default();
             let mut m =
-                Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0)
+                Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000 / 4, Some(32000), 0)
                     .unwrap();
             m.on_response_headers(Some(200), "text/event-stream", None);
             m.on_response_body(start, false);
@@ -412,7 +417,7 @@ mod tests {
         let store = FakeStore::default();
         let key = "csg/b/x/t60sp/a1";
         let mut m =
-            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 8000, Some(0), 59).unwrap();
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 8000 / 4, Some(0), 59).unwrap();
         budget::charge(&store, key, 60, 65, 5000).unwrap(); // others, in the next window
         let body = br#"{"usage":{"input_tokens":200,"output_tokens":100}}"#;
         m.on_response_headers(Some(200), "application/json", Some(body.len() as u64));
@@ -437,7 +442,7 @@ mod tests {
             });
             let store = FakeStore::default();
             let mut m =
-                Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 400, Some(0), 0).unwrap();
+                Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 400 / 4, Some(0), 0).unwrap();
             m.on_response_headers(Some(200), "text/event-stream", None);
             m.on_response_body(HOURLY.as_bytes(), true);
             if let Some(usage) = reported {
@@ -480,7 +485,7 @@ mod tests {
         let store = FakeStore::default();
         budget::charge(&store, "csg/b/x/t60sp/a1", 60, 0, 10_000).unwrap();
         let (reply, warnings) =
-            Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10, None, 5).unwrap_err();
+            Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 10 / 4, None, 5).unwrap_err();
         assert!(warnings.is_empty());
         assert_eq!(reply.status, 429);
         assert!(reply.headers.iter().any(|(k, v)| k == "x-ai-ratelimit-remaining-60-anthropic" && v == "0"));
@@ -553,7 +558,7 @@ mod tests {
         for (name, reserve, drive, want) in cases {
             let store = FakeStore::default();
             let mut m =
-                Metering::admit(&store, &limits(), &budgets(*reserve), subject(), 4000, Some(32000), 0).unwrap();
+                Metering::admit(&store, &limits(), &budgets(*reserve), subject(), 4000 / 4, Some(32000), 0).unwrap();
             drive(&mut m);
             let settled = m.settle(&store, 1).unwrap();
             assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, *want, "{name}");
@@ -624,7 +629,8 @@ mod tests {
         for (name, status, content_type, body, want) in cases {
             let store = FakeStore::default();
             let mut m =
-                Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 4000, Some(32000), 0).unwrap();
+                Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 4000 / 4, Some(32000), 0)
+                    .unwrap();
             m.on_response_headers(Some(status), content_type, None);
             m.on_response_body(body.as_bytes(), true);
             let settled = m.settle(&store, 1).unwrap();
@@ -645,7 +651,7 @@ mod tests {
         // message_delta echoes the stop sequence that matched, which the client chose.
         let store = FakeStore::default();
         let mut m =
-            Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 4000, Some(32000), 0).unwrap();
+            Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 4000 / 4, Some(32000), 0).unwrap();
         m.on_response_headers(Some(200), "text/event-stream", None);
         let stop = "Z".repeat(3 << 20);
         let stream = format!(
@@ -666,7 +672,8 @@ mod tests {
         let store = FakeStore::default();
         budget::charge(&store, "csg/b/x/t60sp/a1", 60, 0, 500).unwrap();
         let mut m =
-            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 0).unwrap();
+            Metering::admit(&store, &limits(), &budgets(Reserve::Estimate), subject(), 4000 / 4, Some(32000), 0)
+                .unwrap();
         m.on_response_headers(Some(200), "application/json", None);
         let body = br#"{"usage":{"input_tokens":18446744073709551615,"output_tokens":9223372036854775808}}"#;
         m.on_response_body(body, true);
@@ -684,8 +691,8 @@ mod tests {
     fn a_cut_stream_is_floored_at_its_reported_prompt_not_the_bodys_size() {
         let store = FakeStore::default();
         let cost = vec![Limit { limit: 10_000_000, counts: Counts::Cost, ..limits()[0].clone() }];
-        let mut m =
-            Metering::admit(&store, &cost, &budgets(Reserve::Estimate), subject(), 140_000, Some(32000), 0).unwrap();
+        let mut m = Metering::admit(&store, &cost, &budgets(Reserve::Estimate), subject(), 140_000 / 4, Some(32000), 0)
+            .unwrap();
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 35_000 * 3 + 1000 * 15, "held: the body's guess");
         m.on_response_headers(Some(200), "text/event-stream", None);
         m.on_response_body(b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1,\"cache_creation_input_tokens\":500,\"cache_read_input_tokens\":34000}}}\n\n", false);
@@ -695,8 +702,8 @@ mod tests {
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, floor);
         // More output than the reserve passed: that is charged.
         let store = FakeStore::default();
-        let mut m =
-            Metering::admit(&store, &cost, &budgets(Reserve::Estimate), subject(), 140_000, Some(32000), 0).unwrap();
+        let mut m = Metering::admit(&store, &cost, &budgets(Reserve::Estimate), subject(), 140_000 / 4, Some(32000), 0)
+            .unwrap();
         m.on_response_headers(Some(200), "text/event-stream", None);
         m.on_response_body(b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1,\"cache_read_input_tokens\":34000}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":3000}}\n\nevent: error\ndata: {}\n\n", true);
         m.settle(&store, 1).unwrap();
@@ -726,7 +733,8 @@ mod tests {
             Usage { input: 120, output: 510, cache_write: 300, cache_write_1h: 300, ..read }
         );
         let store = FakeStore::default();
-        let mut m = Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 400, Some(0), 0).unwrap();
+        let mut m =
+            Metering::admit(&store, &limits(), &budgets(Reserve::None), subject(), 400 / 4, Some(0), 0).unwrap();
         m.on_response_headers(Some(200), "text/event-stream", None);
         m.on_response_body(STREAM.as_bytes(), true);
         m.use_reported_usage(partial);
@@ -744,9 +752,10 @@ mod tests {
         budget::charge(&store, "csg/b/x/t60sp/a1", 3600, 0, 9000).unwrap();
         // Holds 4000 / 4 + 1000 = 2000: 11,000 of 10,000, of which 9,000 spent.
         let _running =
-            Metering::admit(&store, &hourly, &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 10).unwrap();
+            Metering::admit(&store, &hourly, &budgets(Reserve::Estimate), subject(), 4000 / 4, Some(32000), 10)
+                .unwrap();
         let (reply, _) =
-            Metering::admit(&store, &hourly, &budgets(Reserve::Estimate), subject(), 4000, Some(32000), 11)
+            Metering::admit(&store, &hourly, &budgets(Reserve::Estimate), subject(), 4000 / 4, Some(32000), 11)
                 .unwrap_err();
         assert_eq!(reply.reason, "budget_in_flight");
         let get = |name: &str| reply.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
@@ -806,7 +815,7 @@ mod tests {
         let limits = vec![Limit { limit: 1_000_000_000, counts: Counts::Cost, ..limits()[0].clone() }];
         let price = Some(Price { fast: Some(fast), ..subject().price.unwrap() });
         let subject = Subject { price, fast: true, ..subject() };
-        Metering::admit(&store, &limits, &budgets(Reserve::Estimate), subject, 4000, Some(10), 0).unwrap();
+        Metering::admit(&store, &limits, &budgets(Reserve::Estimate), subject, 4000 / 4, Some(10), 0).unwrap();
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 1000 * 18 + 10 * 90);
     }
 }

@@ -162,6 +162,58 @@ struct Message {
 /// (about what English text and code average; JSON escapes make it a little more).
 pub const BYTES_PER_TOKEN: u64 = 4;
 
+/// Most tokens one image costs (current models read images up to about 2,576 px on the long
+/// edge: 4,784 tokens; older ones scale them to about 1,600).
+pub const IMAGE_TOKENS: u64 = 4_800;
+
+/// Bodies shorter than this are not searched for images: their bytes over four stand. Claude
+/// Code's turns without images are ~130 KB; one carrying a screenshot (in every later turn of
+/// the conversation) is several hundred KB and more.
+const IMAGE_SEARCH_FROM: usize = 256 * 1024;
+
+/// The prompt's tokens as admission reckons them from the request body: its bytes over
+/// [`BYTES_PER_TOKEN`], except that a base64 image (`"media_type":"image/…"` beside a `"data"`
+/// string) counts at most [`IMAGE_TOKENS`]: a 2 MB screenshot would otherwise be held (and, for
+/// a request cut before any usage, charged) as 500,000 tokens. The body was checked as JSON
+/// before: a `"data":"` found here is a member's name and its string's start, and base64 has no
+/// quote, so the string ends at the next one. Strings written with spaces around the colon are
+/// not found and keep their bytes' count (never less than before).
+pub fn input_estimate(body: &[u8]) -> u64 {
+    let bytes = body.len() as u64 / BYTES_PER_TOKEN;
+    if body.len() < IMAGE_SEARCH_FROM {
+        return bytes;
+    }
+    const DATA: &[u8] = b"\"data\":\"";
+    const MEDIA: &[u8] = b"\"media_type\":\"image/";
+    // Within an image's `source`: `type`, `media_type` and `data`, in any order.
+    const NEAR: usize = 256;
+    let finder = memchr::memmem::Finder::new(DATA);
+    let (mut images, mut image_bytes, mut at) = (0u64, 0u64, 0usize);
+    while let Some(found) = finder.find(body.get(at..).unwrap_or_default()) {
+        let start = at + found + DATA.len();
+        let Some(len) = memchr::memchr(b'"', body.get(start..).unwrap_or_default()) else {
+            break;
+        };
+        let end = start + len;
+        let before = body.get(start.saturating_sub(DATA.len() + NEAR)..start).unwrap_or_default();
+        let after = body.get(end..(end + NEAR).min(body.len())).unwrap_or_default();
+        let image = memchr::memmem::find(before, MEDIA).is_some() || memchr::memmem::find(after, MEDIA).is_some();
+        if image && len as u64 > IMAGE_TOKENS * BYTES_PER_TOKEN && is_base64(body.get(start..end).unwrap_or_default()) {
+            images += 1;
+            image_bytes += len as u64;
+        }
+        at = end + 1;
+    }
+    (body.len() as u64 - image_bytes) / BYTES_PER_TOKEN + images * IMAGE_TOKENS
+}
+
+/// Whether a string looks like base64 at both ends (checking every byte of megabytes would cost
+/// more than the estimate is worth; a string that is not one only counts for less).
+fn is_base64(s: &[u8]) -> bool {
+    let ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_');
+    s.iter().take(64).all(ok) && s.iter().rev().take(64).all(ok)
+}
+
 /// Largest SSE event kept for parsing. Usage events are a few hundred bytes, but `message_delta`
 /// echoes the stop sequence that matched, which the client chose: it can be as large as a
 /// request body (`max_body_bytes`, 10 MiB by default). Only usage events are kept at all.
@@ -557,6 +609,44 @@ data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_in
         big.extend(std::iter::repeat_n(b'x', MAX_JSON + 10));
         big.extend_from_slice(br#""}],"usage":{"input_tokens":1,"output_tokens":99999}}"#);
         assert_eq!(count("application/json", &big.chunks(65536).collect::<Vec<_>>()).output, 99999, "tail kept");
+    }
+
+    /// A screenshot's base64 counts at most what an image costs, wherever it sits in the body;
+    /// nothing else changes: other media, short images, strings that are no base64, members
+    /// written with spaces, bodies under the search's threshold.
+    #[test]
+    fn an_image_counts_at_most_what_an_image_costs() {
+        let image = |media: &str, data: &str| {
+            format!(r#"{{"type":"image","source":{{"type":"base64","media_type":"{media}","data":"{data}"}}}}"#)
+        };
+        let body = |blocks: &[String]| {
+            let text = "x".repeat(300_000);
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":[{},{{"type":"text","text":"{text}"}}]}}]}}"#,
+                blocks.join(",")
+            )
+        };
+        let shot = "iVBORw0KGgo".repeat(200_000); // 2.2 MB
+        let one = body(&[image("image/png", &shot)]);
+        assert_eq!(input_estimate(one.as_bytes()), (one.len() - shot.len()) as u64 / 4 + IMAGE_TOKENS);
+        let two = body(&[image("image/png", &shot), image("image/jpeg", &shot)]);
+        assert_eq!(input_estimate(two.as_bytes()), (two.len() - 2 * shot.len()) as u64 / 4 + 2 * IMAGE_TOKENS);
+        let data_first = one.replace(
+            &image("image/png", &shot),
+            &format!(r#"{{"type":"image","source":{{"data":"{shot}","media_type":"image/png","type":"base64"}}}}"#),
+        );
+        assert_ne!(data_first, one);
+        assert_eq!(input_estimate(data_first.as_bytes()), (data_first.len() - shot.len()) as u64 / 4 + IMAGE_TOKENS);
+        let unchanged = [
+            body(&[image("application/pdf", &shot)]),
+            body(&[image("image/png", &"iVBORw0KGgo".repeat(1000))]),
+            body(&[image("image/png", &format!("{shot}\\\"x"))]),
+            one.replace(r#""data":""#, r#""data": ""#),
+            image("image/png", &"iVBORw0KGgo".repeat(20_000)),
+        ];
+        for b in unchanged {
+            assert_eq!(input_estimate(b.as_bytes()), b.len() as u64 / 4, "{}", &b[..120]);
+        }
     }
 
     /// `usage.speed` says whether the provider ran the request in fast mode (its price): read

@@ -183,6 +183,28 @@ def test_a_stream_the_client_cuts_is_charged_its_reported_prompt_not_its_bodys_s
     assert remaining(after, 600) == before - (prompt + reserve)
 
 
+def test_a_screenshot_in_the_conversation_is_held_as_an_image_not_as_its_bytes(make_gateway, signer, stub):
+    """A pasted screenshot rides in every later turn as base64: 1.6 MB here, which its bytes over
+    four held as 400,000 tokens at admission (and charged so for a request cut before any usage),
+    where an image costs at most 4,800. Admission holds the rest of the body's bytes over four
+    and the image at that bound."""
+    limit = 2_000_000
+    g = budget_gateway(make_gateway, signer, [{"limit": limit, "window_seconds": 600}], reserve="estimate")
+    windows.inside_one_window(600, 20)
+    request = json.loads(STREAM)
+    shot = "iVBORw0KGgoAAAANSUhEUgAA" * 66_000
+    request["messages"][0]["content"] = [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": shot}},
+        {"type": "text", "text": "what is on this screen?"}]
+    body = json.dumps(request, separators=(",", ":")).encode()
+    assert len(body) // 4 > 390_000
+    answer = call(g.port, signer.token(), body)
+    assert answer.status == 200, answer.body
+    held = limit - remaining(answer, 600)
+    reserve = 4096  # reserve_output_tokens (max_tokens is 32000)
+    assert held == (len(body) - len(shot)) // 4 + 4800 + reserve, held
+
+
 @pytest.mark.envoy_only("plain nginx has no reader for proxy-wasm metrics (Kong's Prometheus plugin reads them)")
 def test_usage_metrics_per_tier_and_model(make_gateway, signer, stub):
     g = budget_gateway(make_gateway, signer, [])
