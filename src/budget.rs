@@ -402,9 +402,10 @@ fn slot(key: &str, i: usize) -> std::borrow::Cow<'_, str> {
 /// one counts as empty).
 pub fn read(store: &dyn SharedStore, key: &str) -> Counter {
     for i in 0..PROBE_SLOTS {
-        match store.get(&slot(key, i)).ok().and_then(|(v, _)| v) {
-            Some(bytes) if parse(&bytes).is_some_and(|c| c.k != key) => continue,
-            stored => return decode(stored.as_deref(), key),
+        match store.get(&slot(key, i)).ok().and_then(|(v, _)| v).map(|bytes| parse(&bytes)) {
+            Some(Some(other)) if other.k != key => continue,
+            Some(Some(own)) => return own,
+            _ => return decode(None, key),
         }
     }
     decode(None, key)
@@ -424,7 +425,8 @@ pub fn update(
                 taken = true;
                 None
             }
-            _ => next(decode(current, key)).map(|c| c.encode()),
+            Some(own) => next(own).map(|c| c.encode()),
+            None => next(decode(None, key)).map(|c| c.encode()),
         });
         if !taken {
             return written;
