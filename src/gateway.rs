@@ -10,7 +10,7 @@ use crate::keystore::{Callout, Fetch, FetchError, KeyStore, KeysError, SharedRec
 use crate::metering::{Metering, Subject};
 use crate::refused_tokens;
 use crate::reply::{Reply, ToReply};
-use crate::routing::{asks_fast_mode, BodyEdit, Endpoint, RequestBody, RequestError};
+use crate::routing::{asks_beta, BodyEdit, Endpoint, RequestBody, RequestError, ADVISOR_TOOL_BETA, FAST_MODE_BETA};
 use crate::shared::SharedStore;
 use crate::store_sync::{self, Syncer, Tracked};
 use crate::tier::{self, NoTier};
@@ -267,7 +267,12 @@ impl Worker {
             model: Some(parsed.model.chars().take(REFUSED_MODEL_CHARS).collect()),
             ..e.to_reply().into()
         })?;
-        let fast = asks_fast_mode(beta_headers);
+        // The advisor tool's model is named inside `tools`, past the tier's check, and its tokens
+        // are reported apart from the answer's usage: refused rather than used unchecked.
+        if endpoint == Endpoint::Messages && asks_beta(beta_headers, ADVISOR_TOOL_BETA) {
+            return Err(Refusal { model: Some(model.alias.clone()), ..RequestError::AdvisorTool.to_reply().into() });
+        }
+        let fast = asks_beta(beta_headers, FAST_MODE_BETA);
         // A priced model's cost in fast mode is known only from its fast-mode rates.
         if fast && model.price.as_ref().is_some_and(|p| p.fast.is_none()) {
             let refusal = RequestError::FastModeNotPriced { model: model.alias.clone() }.to_reply();
@@ -875,5 +880,11 @@ mod tests {
         {
             assert!(w.forward(&store, &a, Endpoint::Messages, body(model).as_bytes(), betas, NOW).is_ok(), "{model}");
         }
+        // The advisor tool consults a model named inside `tools`: refused, whatever the model.
+        let advisor = ["claude-code-20250219,advisor-tool-2026-03-01"];
+        let refused =
+            w.forward(&store, &a, Endpoint::Messages, body("unpriced").as_bytes(), &advisor, NOW).unwrap_err();
+        assert_eq!((refused.reply.status, refused.reply.reason), (400, "advisor_tool"));
+        assert!(String::from_utf8_lossy(&refused.reply.body).contains("CLAUDE_CODE_DISABLE_ADVISOR_TOOL=1"));
     }
 }

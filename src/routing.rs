@@ -74,6 +74,9 @@ pub enum RequestError {
         /// The tier's aliases.
         allowed: Vec<String>,
     },
+    /// The advisor tool asked for: the model it consults is named inside `tools`, outside the
+    /// tier's check, and its tokens are reported apart from the answer's usage.
+    AdvisorTool,
     /// Fast mode asked for on a model priced without fast-mode rates: its cost could not be told.
     FastModeNotPriced {
         /// The alias asked for.
@@ -81,14 +84,22 @@ pub enum RequestError {
     },
 }
 
-/// Whether `anthropic-beta` values ask for fast mode (`fast-mode-2026-02-01`: a comma-separated
-/// list, any case, per header value).
-pub fn asks_fast_mode(betas: &[&str]) -> bool {
+/// Whether `anthropic-beta` values (each a comma-separated list) name a beta starting with
+/// `family` (`fast-mode-` for `fast-mode-2026-02-01`), in any case.
+pub fn asks_beta(betas: &[&str], family: &str) -> bool {
+    let family = family.as_bytes();
     betas.iter().flat_map(|v| v.split(',')).any(|b| {
         let b = b.trim().as_bytes();
-        b.len() >= 10 && b[..10].eq_ignore_ascii_case(b"fast-mode-")
+        b.len() >= family.len() && b[..family.len()].eq_ignore_ascii_case(family)
     })
 }
+
+/// The beta fast mode needs (`speed: "fast"`).
+pub const FAST_MODE_BETA: &str = "fast-mode-";
+
+/// The beta the advisor tool needs (`advisor_20260301`: the provider consults another model,
+/// named in the tool, mid-answer).
+pub const ADVISOR_TOOL_BETA: &str = "advisor-tool-";
 
 /// `bytes` as a person reads a size: `10 MiB (10485760 bytes)`, `100000 bytes`.
 fn size(bytes: usize) -> String {
@@ -175,6 +186,15 @@ impl ToReply for RequestError {
                 "gateway: the request body could not be inspected (larger than the proxy's body buffer, which is \
                  smaller than the gateway's body limit); tell your administrator. A smaller request (/compact) may \
                  go through",
+            )
+            .with_header("x-should-retry", "false"),
+            RequestError::AdvisorTool => Reply::error(
+                400,
+                "advisor_tool",
+                "invalid_request_error",
+                "gateway: the advisor tool is not available through this gateway: the model it consults is not \
+                 checked against your tier, and its tokens could not be counted. Set \
+                 CLAUDE_CODE_DISABLE_ADVISOR_TOOL=1",
             )
             .with_header("x-should-retry", "false"),
             RequestError::FastModeNotPriced { model } => Reply::error(
@@ -455,11 +475,12 @@ mod tests {
     }
 
     #[test]
-    fn fast_mode_is_asked_for_by_its_beta_in_any_value_and_case() {
-        assert!(asks_fast_mode(&["claude-code-20250219,fast-mode-2026-02-01"]));
-        assert!(asks_fast_mode(&["claude-code-20250219", " Fast-Mode-2027-01-01 "]));
-        assert!(!asks_fast_mode(&["claude-code-20250219,interleaved-thinking-2025-05-14"]));
-        assert!(!asks_fast_mode(&["fast-mode", "fastmode-2026-02-01", ""]));
-        assert!(!asks_fast_mode(&[]));
+    fn a_beta_is_asked_for_in_any_value_and_case() {
+        assert!(asks_beta(&["claude-code-20250219,fast-mode-2026-02-01"], FAST_MODE_BETA));
+        assert!(asks_beta(&["claude-code-20250219", " Fast-Mode-2027-01-01 "], FAST_MODE_BETA));
+        assert!(!asks_beta(&["claude-code-20250219,interleaved-thinking-2025-05-14"], FAST_MODE_BETA));
+        assert!(!asks_beta(&["fast-mode", "fastmode-2026-02-01", ""], FAST_MODE_BETA));
+        assert!(!asks_beta(&[], FAST_MODE_BETA));
+        assert!(asks_beta(&["interleaved-thinking-2025-05-14,advisor-tool-2026-03-01"], ADVISOR_TOOL_BETA));
     }
 }

@@ -93,6 +93,21 @@ def test_non_streaming_and_count_tokens(gateway, signer, stub):
     assert json.loads(stub.requests[1]["body"])["model"] == "claude-haiku-4-5-20251001"
 
 
+def test_the_advisor_tool_is_refused_before_anything_goes_upstream(gateway, signer, stub):
+    """The advisor tool (beta `advisor-tool-…`) has the provider consult a model named inside
+    `tools`, which the tier's model check does not see (a Sonnet-only tier could consult Opus),
+    and reports its tokens apart from the answer's usage: a 400 that says how to turn it off."""
+    body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100,
+                       "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-7"}],
+                       "messages": [{"role": "user", "content": "plan this"}]}).encode()
+    answer = call(gateway.port, signer.token(), body,
+                  headers={"anthropic-beta": "claude-code-20250219,advisor-tool-2026-03-01"})
+    assert answer.status == 400, answer.body
+    assert answer.headers.get("x-should-retry") == "false"
+    assert "CLAUDE_CODE_DISABLE_ADVISOR_TOOL=1" in json.loads(answer.body)["error"]["message"]
+    assert stub.requests == []
+
+
 def test_upstream_sees_our_key_no_jwt_and_unspoofable_identity(gateway, signer, stub):
     token = signer.token(sub="alice", email="alice@example.com", groups=["claude-standard-users"])
     spoofed = {"x-authenticated-user": "mallory", "x-user-email": "mallory@evil.test",
