@@ -162,7 +162,8 @@ impl AuthError {
             AuthError::UnsafeIdentity => "access token's sub or email contains control characters",
             AuthError::UnknownKey => "access token signed by an unknown key",
             AuthError::AmbiguousKey => {
-                "the access token names no signing key (kid) and the identity provider publishes several"
+                "the access token names no signing key (kid) while the identity provider publishes several, or \
+                 names one the identity provider lists on more than two keys"
             }
             AuthError::BadSignature => "access token signature is invalid",
             AuthError::KeyNotAccepted => {

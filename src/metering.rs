@@ -235,7 +235,12 @@ impl Metering {
         let prompt_reported = usage != Usage::default()
             && (self.reported.is_some_and(|r| r.input.is_some())
                 || self.meter.as_ref().is_some_and(Meter::prompt_reported));
-        let floor = if prompt_reported { Usage { output: self.guess.output, ..usage } } else { self.guess };
+        // A request that asked for fast mode is floored at its rates whatever the answer said.
+        let floor = if prompt_reported {
+            Usage { output: self.guess.output, fast: usage.fast || self.guess.fast, ..usage }
+        } else {
+            self.guess
+        };
         let held = self.reserved.iter().zip(&self.held_at);
         for (s, (reserved, held_at)) in self.standings.iter().zip(held) {
             let price = self.subject.price.as_ref();
@@ -245,6 +250,12 @@ impl Metering {
             if let Err(e) = budget::settle(store, &key, s.limit.window, now, *held_at, *reserved, charge) {
                 warnings.push(format!("could not charge {charge} (held {reserved}) to budget {key}: {e:?}"));
             }
+        }
+        if usage.fast && self.subject.price.is_some_and(|p| p.fast.is_none()) {
+            warnings.push(format!(
+                "the answer ran in fast mode, but model {} has no price.fast: priced at its standard rates",
+                self.subject.model
+            ));
         }
         let cost_usd = self.subject.price.map(|p| cost_micros(&usage, &p) as f64 / 1e6);
         Some(Settlement { subject: self.subject.clone(), usage, cost_usd, outcome, status: self.status, warnings })
@@ -815,7 +826,16 @@ mod tests {
         let limits = vec![Limit { limit: 1_000_000_000, counts: Counts::Cost, ..limits()[0].clone() }];
         let price = Some(Price { fast: Some(fast), ..subject().price.unwrap() });
         let subject = Subject { price, fast: true, ..subject() };
-        Metering::admit(&store, &limits, &budgets(Reserve::Estimate), subject, 4000 / 4, Some(10), 0).unwrap();
+        let mut m =
+            Metering::admit(&store, &limits, &budgets(Reserve::Estimate), subject, 4000 / 4, Some(10), 0).unwrap();
         assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 1000 * 18 + 10 * 90);
+        // Cut after a `message_start` that did not say the speed: floored at the fast rates.
+        m.on_response_headers(Some(200), "text/event-stream", None);
+        let start =
+            "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":100,\"output_tokens\":1}}}\n\n";
+        m.on_response_body(start.as_bytes(), false);
+        let settled = m.settle(&store, 0).unwrap();
+        assert_eq!(settled.outcome, Outcome::Unknown);
+        assert_eq!(budget::read(&store, "csg/b/x/t60sp/a1").c, 100 * 18 + 10 * 90, "the prompt and the reserve, fast");
     }
 }

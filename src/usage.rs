@@ -114,17 +114,31 @@ struct RawUsage {
     #[serde(default, deserialize_with = "present")]
     server_tool_use: Option<Option<ServerToolUse>>,
     /// `"fast"` when the request ran in fast mode (`"standard"` otherwise); any other value,
-    /// or none, is standard.
+    /// of any type, or none, is standard: a field the counts do not depend on never makes them
+    /// unreadable.
+    #[serde(default, deserialize_with = "speed")]
     speed: Option<Speed>,
 }
 
 /// `usage.speed`: the speed the provider ran the request at, which sets its price.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, PartialEq)]
 enum Speed {
     Fast,
-    #[serde(other)]
     Other,
+}
+
+/// Reads `usage.speed` whatever its type.
+fn speed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Speed>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Any<'a> {
+        Text(std::borrow::Cow<'a, str>),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(Some(match Any::deserialize(d)? {
+        Any::Text(text) if text == "fast" => Speed::Fast,
+        _ => Speed::Other,
+    }))
 }
 
 /// `usage.server_tool_use`: what the provider's own tools did.
@@ -195,9 +209,12 @@ pub fn input_estimate(body: &[u8]) -> u64 {
             break;
         };
         let end = start + len;
-        let before = body.get(start.saturating_sub(DATA.len() + NEAR)..start).unwrap_or_default();
+        // The media type in the same object: no brace between it and the `data` member.
+        let before = body.get(start.saturating_sub(DATA.len() + NEAR)..start - DATA.len()).unwrap_or_default();
         let after = body.get(end..(end + NEAR).min(body.len())).unwrap_or_default();
-        let image = memchr::memmem::find(before, MEDIA).is_some() || memchr::memmem::find(after, MEDIA).is_some();
+        let braceless = |s: &[u8]| memchr::memchr2(b'{', b'}', s).is_none();
+        let image = memchr::memmem::rfind(before, MEDIA).is_some_and(|i| braceless(&before[i..]))
+            || memchr::memmem::find(after, MEDIA).is_some_and(|i| braceless(&after[..i]));
         if image && len as u64 > IMAGE_TOKENS * BYTES_PER_TOKEN && is_base64(body.get(start..end).unwrap_or_default()) {
             images += 1;
             image_bytes += len as u64;
@@ -207,11 +224,18 @@ pub fn input_estimate(body: &[u8]) -> u64 {
     (body.len() as u64 - image_bytes) / BYTES_PER_TOKEN + images * IMAGE_TOKENS
 }
 
-/// Whether a string looks like base64 at both ends (checking every byte of megabytes would cost
-/// more than the estimate is worth; a string that is not one only counts for less).
+/// Whether a string is base64, judged from 64 bytes at each of 33 points along it, its ends
+/// included (checking every byte of megabytes would cost more than the estimate is worth; text
+/// has spaces and punctuation every few bytes, which the samples find).
 fn is_base64(s: &[u8]) -> bool {
+    const SAMPLES: usize = 32;
     let ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_');
-    s.iter().take(64).all(ok) && s.iter().rev().take(64).all(ok)
+    let last = s.len().saturating_sub(64);
+    // The last sample starts at `last` exactly, so the string's final bytes are always looked at.
+    (0..=SAMPLES).all(|i| {
+        let from = last * i / SAMPLES;
+        s.get(from..(from + 64).min(s.len())).is_some_and(|run| run.iter().all(ok))
+    })
 }
 
 /// Largest SSE event kept for parsing. Usage events are a few hundred bytes, but `message_delta`
@@ -642,6 +666,19 @@ data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_in
             body(&[image("image/png", &"iVBORw0KGgo".repeat(1000))]),
             body(&[image("image/png", &format!("{shot}\\\"x"))]),
             one.replace(r#""data":""#, r#""data": ""#),
+            // Text beside an image's media type (a tool's input), and a text document after a
+            // small image: no base64, or not the same object.
+            body(&[format!(
+                r#"{{"type":"tool_use","input":{{"media_type":"image/png","data":"{}"}}}}"#,
+                "some text, ".repeat(200_000)
+            )]),
+            body(&[
+                image("image/png", "iVBORw0KGgo"),
+                format!(
+                    r#"{{"type":"document","source":{{"type":"text","data":"{}"}}}}"#,
+                    "iVBORw0KGgo".repeat(200_000)
+                ),
+            ]),
             image("image/png", &"iVBORw0KGgo".repeat(20_000)),
         ];
         for b in unchanged {
@@ -657,7 +694,11 @@ data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_in
         for (speed, fast) in [(r#","speed":"fast""#, true), (r#","speed":"standard""#, false), ("", false)] {
             assert_eq!(count("application/json", &[json(speed).as_bytes()]).fast, fast, "{speed}");
         }
-        assert!(!count("application/json", &[json(r#","speed":"turbo""#).as_bytes()]).fast);
+        // A value of another type says standard, and the counts still read.
+        for odd in [r#","speed":"turbo""#, r#","speed":5"#, r#","speed":{"tier":"fast"}"#, r#","speed":null"#] {
+            let usage = count("application/json", &[json(odd).as_bytes()]);
+            assert_eq!((usage.input, usage.output, usage.fast), (10, 5, false), "{odd}");
+        }
         let start = "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"speed\":\"fast\"}}}\n\n";
         for (delta, fast) in [
             (r#"{"output_tokens":40}"#, true),

@@ -306,6 +306,8 @@ pub struct Request {
     status: Option<u32>,
     /// The tier of an admitted person, for the record of a refusal after admission.
     admitted_tier: Option<String>,
+    /// An admitted person whose request ngx refuses at the body, for that refusal's record.
+    refused_identity: Option<std::rc::Rc<crate::jwt::Identity>>,
     /// The client's `anthropic-beta` header values (a Bedrock target moves them into the body).
     betas: Vec<String>,
     /// The client's `x-amz…` header names: Bedrock takes parameters (service tier, guardrails,
@@ -345,6 +347,7 @@ impl Request {
             recorded: false,
             status: None,
             admitted_tier: None,
+            refused_identity: None,
             betas: Vec::new(),
             aws_headers: Vec::new(),
             answer_translation: None,
@@ -957,7 +960,7 @@ impl Request {
     fn record(&self, status: Option<u32>, refusal: Option<&'static str>) -> UsageRecord {
         let identity = match &self.auth {
             Auth::Admitted(a) => Some(&a.identity),
-            _ => None,
+            _ => self.refused_identity.as_ref(),
         };
         let route = self.route.as_ref();
         UsageRecord {
@@ -987,7 +990,9 @@ impl Request {
     fn refuse_early(&mut self, reply: Reply, has_body: bool) -> Step {
         if self.profile == HostProfile::Ngx && has_body {
             self.phase = Phase::Deciding;
-            self.auth = Auth::Refused(reply);
+            if let Auth::Admitted(a) = std::mem::replace(&mut self.auth, Auth::Refused(reply)) {
+                self.refused_identity = Some(a.identity);
+            }
             return Step::flow(Flow::Continue);
         }
         self.answer(reply)

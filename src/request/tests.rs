@@ -412,18 +412,23 @@ fn the_token_is_refused_before_the_body_is_looked_at() {
             let headers: Vec<(&str, &str)> = post.iter().chain(extra).copied().collect();
             let answer = |kind, keys_loaded| {
                 let (head, body, fetches) = sim::head_and_body(profile, kind, keys_loaded, &headers, *len);
-                let reply = head.reply.or_else(|| body.and_then(|b| b.reply));
-                let reply = reply.unwrap_or_else(|| panic!("{profile:?} {what} {kind:?}: not answered"));
                 assert!(!head.forwarded, "{profile:?} {what} {kind:?}: forwarded");
-                ((reply.status, reply.reason), fetches)
+                let answered = if head.reply.is_some() { Some(head) } else { body };
+                let step = answered.unwrap_or_else(|| panic!("{profile:?} {what} {kind:?}: not answered"));
+                let (reply, record) = (step.reply.expect("a reply"), step.record.unwrap_or_default());
+                ((reply.status, reply.reason), fetches, record.sub)
             };
             for kind in [Token::Missing, Token::Forged, Token::Expired] {
-                let ((status, _), _) = answer(kind, true);
+                let ((status, _), _, _) = answer(kind, true);
                 assert_eq!(status, 401, "{profile:?} {what} {kind:?}");
             }
-            assert_eq!(answer(Token::Good, true), (*problem, 0), "{profile:?} {what}");
+            // The admitted person's record names them on both hosts.
+            let (refusal, fetches, sub) = answer(Token::Good, true);
+            assert_eq!((refusal, fetches), (*problem, 0), "{profile:?} {what}");
+            assert!(sub.is_some(), "{profile:?} {what}: the record names the person");
             // Keys not fetched yet: the body's refusal, and no callout outliving the request.
-            assert_eq!(answer(Token::Good, false), (*problem, 0), "{profile:?} {what}, keys not loaded");
+            let (refusal, fetches, _) = answer(Token::Good, false);
+            assert_eq!((refusal, fetches), (*problem, 0), "{profile:?} {what}, keys not loaded");
         }
     }
 }
