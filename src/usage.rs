@@ -498,22 +498,22 @@ mod tests {
         meter.finish()
     }
 
+    /// What the captured stream (`fixture`) reports.
+    const FIXTURE_USAGE: Usage = Usage {
+        input: 2603,
+        output: 32,
+        cache_write: 29144,
+        cache_read: 0,
+        cache_write_1h: 0,
+        web_searches: 0,
+        fast: false,
+    };
+
     #[test]
     fn captured_stream_counts_the_same_at_every_split() {
         let stream = fixture();
         let whole = count("text/event-stream", &[&stream]);
-        assert_eq!(
-            whole,
-            Usage {
-                input: 2603,
-                output: 32,
-                cache_write: 29144,
-                cache_read: 0,
-                cache_write_1h: 0,
-                web_searches: 0,
-                fast: false
-            }
-        );
+        assert_eq!(whole, FIXTURE_USAGE);
         for i in 0..=stream.len() {
             assert_eq!(count("text/event-stream", &[&stream[..i], &stream[i..]]), whole, "split at {i}");
         }
@@ -566,18 +566,7 @@ mod tests {
         let mut meter = Meter::new("text/event-stream");
         meter.push(b"event: content_block_delta\ndata: {\"text\":\"\xff\"}\n\n");
         meter.push(&fixture());
-        assert_eq!(
-            meter.finish(),
-            Usage {
-                input: 2603,
-                output: 32,
-                cache_write: 29144,
-                cache_read: 0,
-                cache_write_1h: 0,
-                web_searches: 0,
-                fast: false
-            }
-        );
+        assert_eq!(meter.finish(), FIXTURE_USAGE);
         assert_eq!(meter.problem(Some(200)), None);
     }
 
