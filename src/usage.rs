@@ -113,32 +113,39 @@ struct RawUsage {
     /// Like `cache_creation`: `Some(None)` for `null`, which says no server tool ran.
     #[serde(default, deserialize_with = "present")]
     server_tool_use: Option<Option<ServerToolUse>>,
-    /// `"fast"` when the request ran in fast mode (`"standard"` otherwise); any other value,
-    /// of any type, or none, is standard: a field the counts do not depend on never makes them
-    /// unreadable.
-    #[serde(default, deserialize_with = "speed")]
-    speed: Option<Speed>,
+    /// `"fast"` when the request ran in fast mode (`"standard"` otherwise); a value of another
+    /// type says nothing: a field the counts do not depend on never makes them unreadable.
+    #[serde(default, deserialize_with = "lenient_text")]
+    speed: Option<String>,
+    /// The sampling steps of a request that ran more than one (threshold compaction's summary,
+    /// then the answer): the top-level counts leave the other steps out, and every step is billed.
+    iterations: Option<Vec<Iteration>>,
 }
 
-/// `usage.speed`: the speed the provider ran the request at, which sets its price.
-#[derive(Debug, PartialEq)]
-enum Speed {
-    Fast,
-    Other,
+/// One sampling step of `usage.iterations`.
+#[derive(Debug, Default, Deserialize)]
+struct Iteration {
+    /// `compaction`, `message`, …
+    #[serde(rename = "type", default, deserialize_with = "lenient_text")]
+    kind: Option<String>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
 }
 
-/// Reads `usage.speed` whatever its type.
-fn speed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Speed>, D::Error> {
+/// A string member read whatever its type: `None` for a value of another type.
+fn lenient_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Any<'a> {
-        Text(std::borrow::Cow<'a, str>),
+    enum Any {
+        Text(String),
         Other(serde::de::IgnoredAny),
     }
-    Ok(Some(match Any::deserialize(d)? {
-        Any::Text(text) if text == "fast" => Speed::Fast,
-        _ => Speed::Other,
-    }))
+    Ok(match Any::deserialize(d)? {
+        Any::Text(text) => Some(text),
+        Any::Other(_) => None,
+    })
 }
 
 /// `usage.server_tool_use`: what the provider's own tools did.
@@ -439,17 +446,40 @@ impl Seen {
 }
 
 fn merge(fields: &mut [Option<u64>; FIELDS], usage: &RawUsage) {
+    let top =
+        [usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens];
+    // Every step is billed: the steps' sum, with the top-level counts (this report's, else the
+    // last ones) added when the steps list no `message` step of their own.
+    let [input, output, cache_write, cache_read] = match usage.iterations.as_deref() {
+        Some(steps) if !steps.is_empty() => {
+            let answered = steps.iter().any(|s| s.kind.as_deref() == Some("message"));
+            let mut sum = if answered { [0; 4] } else { std::array::from_fn(|i| top[i].or(fields[i]).unwrap_or(0)) };
+            for step in steps {
+                let counts = [
+                    step.input_tokens,
+                    step.output_tokens,
+                    step.cache_creation_input_tokens,
+                    step.cache_read_input_tokens,
+                ];
+                for (total, n) in sum.iter_mut().zip(counts) {
+                    *total = total.saturating_add(n.unwrap_or(0));
+                }
+            }
+            sum.map(Some)
+        }
+        _ => top,
+    };
     let new = [
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_creation_input_tokens,
-        usage.cache_read_input_tokens,
+        input,
+        output,
+        cache_write,
+        cache_read,
         // The breakdown is one report: a `cache_creation` without a one-hour count says none.
         usage.cache_creation.as_ref().map(|c| c.as_ref().and_then(|c| c.ephemeral_1h_input_tokens).unwrap_or(0)),
         // Cumulative in a stream, like the other counts: the last report is the answer's.
         usage.server_tool_use.as_ref().map(|t| t.as_ref().and_then(|t| t.web_search_requests).unwrap_or(0)),
         // Fast mode as 1, standard as 0: the last report that says tells.
-        usage.speed.as_ref().map(|speed| u64::from(matches!(speed, Speed::Fast))),
+        usage.speed.as_deref().map(|speed| u64::from(speed == "fast")),
     ];
     for (field, value) in fields.iter_mut().zip(new) {
         if value.is_some() {
@@ -672,6 +702,36 @@ data: {"message":{"usage":{"input_tokens":1,"output_tokens":1,"cache_creation_in
         ];
         for b in unchanged {
             assert_eq!(input_estimate(b.as_bytes()), b.len() as u64 / 4, "{}", &b[..120]);
+        }
+    }
+
+    /// Threshold compaction summarises the conversation in a step of its own, billed, which the
+    /// top-level counts leave out (Anthropic's example: 23,000 in and 1,000 out at the top,
+    /// 180,000 and 3,500 more for the summary): every step is counted, in a JSON answer and in a
+    /// stream's last usage.
+    #[test]
+    fn every_sampling_step_is_counted() {
+        let steps = r#""iterations":[{"type":"compaction","input_tokens":180000,"output_tokens":3500},{"type":"message","input_tokens":23000,"output_tokens":1000,"cache_read_input_tokens":40}]"#;
+        let json = format!(
+            r#"{{"usage":{{"input_tokens":23000,"output_tokens":1000,"cache_read_input_tokens":40,{steps}}}}}"#
+        );
+        let usage = count("application/json", &[json.as_bytes()]);
+        assert_eq!((usage.input, usage.output, usage.cache_read), (203_000, 4500, 40));
+        let start =
+            "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":23000,\"output_tokens\":1}}}\n\n";
+        let delta = format!("event: message_delta\ndata: {{\"usage\":{{\"output_tokens\":1000,{steps}}}}}\n\n");
+        let usage = count("text/event-stream", &[start.as_bytes(), delta.as_bytes()]);
+        assert_eq!((usage.input, usage.output, usage.cache_read), (203_000, 4500, 40));
+        // Steps without the answer's own: added to the top-level counts (the last reported).
+        let only = r#""iterations":[{"type":"compaction","input_tokens":180000,"output_tokens":3500}]"#;
+        let delta = format!("event: message_delta\ndata: {{\"usage\":{{\"output_tokens\":1000,{only}}}}}\n\n");
+        let usage = count("text/event-stream", &[start.as_bytes(), delta.as_bytes()]);
+        assert_eq!((usage.input, usage.output), (203_000, 4500));
+        // No steps, or an empty list: the top-level counts as ever.
+        for steps in ["", r#","iterations":[]"#] {
+            let json = format!(r#"{{"usage":{{"input_tokens":23000,"output_tokens":1000{steps}}}}}"#);
+            let usage = count("application/json", &[json.as_bytes()]);
+            assert_eq!((usage.input, usage.output), (23_000, 1000), "{steps}");
         }
     }
 

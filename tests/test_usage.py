@@ -384,6 +384,30 @@ def test_fast_mode_is_priced_at_its_rates_and_refused_where_it_has_none(make_gat
     assert [r["cost_usd"] for r in records[1:]] == pytest.approx([cost(fast)] * 2)
 
 
+def test_every_sampling_step_of_a_compacting_request_is_counted(make_gateway, host, stub, signer):
+    """Threshold compaction (`compact_20260112`) summarises the conversation in a sampling step of
+    its own, which Anthropic bills and the top-level usage leaves out; `usage.iterations` lists
+    every step. The record, the cost and the budget count them all (they counted the top level
+    only: an eighth of a 180K-token conversation resent with a 50K trigger). On both hosts."""
+    config = gateway_config(signer, budgets={"reserve": "none"})
+    for m in config["models"]:
+        m["price"] = PRICES["claude-sonnet-4-6"]
+    g = make_gateway(config, [signer.upstream])
+    stub.usage = {"input_tokens": 23000, "output_tokens": 1000, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0,
+                  "iterations": [{"type": "compaction", "input_tokens": 180000, "output_tokens": 3500},
+                                 {"type": "message", "input_tokens": 23000, "output_tokens": 1000}]}
+    token = signer.token(sub="compacting")
+    assert call(g.port, token, STREAM).status == 200
+    assert call(g.port, token, JSON_BODY).status == 200
+    deadline = time.monotonic() + 5
+    while len(records := g.usage_records()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    price = PRICES["claude-sonnet-4-6"]
+    assert [(r["input_tokens"], r["output_tokens"]) for r in records] == [(203_000, 4500)] * 2, records
+    assert [r["cost_usd"] for r in records] == pytest.approx([(203_000 * price["input"] + 4500 * price["output"]) / 1e6] * 2)
+
+
 def test_records_in_the_hosts_log_survive_its_default_level_and_the_report_reads_them(
         make_gateway, host, signer, stub, tmp_path):
     """Kong logs at `notice` by default and Istio's Envoy at `warning`. The records that go to the

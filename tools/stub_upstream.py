@@ -55,6 +55,8 @@ def sse_events(model, usage, text="Hello from the stand-in upstream.", pause=0.0
     last_usage = {"output_tokens": usage["output_tokens"]}
     if "server_tool_use" in usage:  # web searches the API ran, cumulative in the last usage
         last_usage["server_tool_use"] = usage["server_tool_use"]
+    if "iterations" in usage:  # the sampling steps (threshold compaction), in the last usage
+        last_usage["iterations"] = usage["iterations"]
     yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                             "usage": last_usage}
     yield "message_stop", {"type": "message_stop"}
