@@ -48,6 +48,9 @@ pub enum AuthError {
     Expired,
     /// `nbf` (minus leeway) is still ahead.
     NotYetValid,
+    /// `nbf` (or `iat`, with a maximum token age) further ahead than Claude Code's retries wait
+    /// ([`CLOCKS_APART_SECONDS`] past the leeway): the IdP's clock or the gateway's is off.
+    ClocksApart,
     /// Issued (`iat`) longer ago than `oidc.max_token_age_seconds`.
     TokenTooOld,
     /// No `iat` while `oidc.max_token_age_seconds` is set: the IdP's tokens never carry one.
@@ -72,7 +75,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, for defining one metric series each.
-    pub const ALL: [AuthError; 25] = [
+    pub const ALL: [AuthError; 26] = [
         AuthError::MissingToken,
         AuthError::NotBearer,
         AuthError::ConflictingTokens,
@@ -89,6 +92,7 @@ impl AuthError {
         AuthError::InvalidTimeClaim,
         AuthError::Expired,
         AuthError::NotYetValid,
+        AuthError::ClocksApart,
         AuthError::TokenTooOld,
         AuthError::MissingIssuedAt,
         AuthError::WrongAudience,
@@ -119,6 +123,7 @@ impl AuthError {
             AuthError::InvalidTimeClaim => "invalid_time_claim",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
+            AuthError::ClocksApart => "clocks_apart",
             AuthError::TokenTooOld => "token_too_old",
             AuthError::MissingIssuedAt => "missing_iat",
             AuthError::WrongAudience => "wrong_audience",
@@ -153,6 +158,10 @@ impl AuthError {
             AuthError::InvalidTimeClaim => "access token has an exp, nbf or iat that is not a whole number of seconds",
             AuthError::Expired => "access token expired",
             AuthError::NotYetValid => "access token not yet valid",
+            AuthError::ClocksApart => {
+                "the access token is valid only from several minutes from now: the identity provider's clock or \
+                 the gateway's is off"
+            }
             AuthError::TokenTooOld => "access token issued too long ago for this gateway; sign in again",
             AuthError::MissingIssuedAt => {
                 "the access token has no iat, which this gateway needs to limit how old a token may be"
@@ -195,6 +204,9 @@ impl AuthError {
             AuthError::ProviderKey => {
                 "the gateway holds the provider's key itself; unset ANTHROPIC_API_KEY (in the environment or in \
                  Claude Code's settings) so that Claude Code sends the apiKeyHelper's token"
+            }
+            AuthError::ClocksApart => {
+                "tell your administrator to check the clocks of the identity provider and the gateway"
             }
             AuthError::UnsupportedAlgorithm
             | AuthError::Encrypted
@@ -340,6 +352,20 @@ pub struct ParsedToken {
     claims: serde_json::Map<String, Value>,
 }
 
+/// How far past the leeway a token may start before no retry of Claude Code's (about four
+/// minutes of them) can live to see it valid.
+pub const CLOCKS_APART_SECONDS: u64 = 300;
+
+/// A token valid from `from`: a 401 that Claude Code's retries ride out, or, further ahead than
+/// they wait, the clocks' problem shown at once.
+fn not_yet_valid(from: u64, now: u64, oidc: &OidcPlan) -> AuthError {
+    if from > now.saturating_add(oidc.leeway_seconds).saturating_add(CLOCKS_APART_SECONDS) {
+        AuthError::ClocksApart
+    } else {
+        AuthError::NotYetValid
+    }
+}
+
 /// Decodes the header and payload and checks the algorithm and the claims that need no key.
 pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToken, AuthError> {
     if token.len() > oidc.max_token_bytes {
@@ -394,8 +420,8 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
     if now >= exp.saturating_add(oidc.leeway_seconds) {
         return Err(AuthError::Expired);
     }
-    if nbf.is_some_and(|nbf| now.saturating_add(oidc.leeway_seconds) < nbf) {
-        return Err(AuthError::NotYetValid);
+    if let Some(nbf) = nbf.filter(|nbf| now.saturating_add(oidc.leeway_seconds) < *nbf) {
+        return Err(not_yet_valid(nbf, now, oidc));
     }
     let mut accepted_until = exp;
     if let Some(max_age) = oidc.max_token_age_seconds {
@@ -405,7 +431,7 @@ pub fn check_claims(token: &str, oidc: &OidcPlan, now: u64) -> Result<ParsedToke
         }
         // An `iat` ahead of the clock would stretch the token's life past the limit.
         if issued > now.saturating_add(oidc.leeway_seconds) {
-            return Err(AuthError::NotYetValid);
+            return Err(not_yet_valid(issued, now, oidc));
         }
         accepted_until = accepted_until.min(issued.saturating_add(max_age));
     }
@@ -829,7 +855,11 @@ pub(crate) mod tests {
         assert_eq!(check(with_iat(NOW - 10)), Ok(()));
         assert_eq!(check(with_iat(NOW - 400)), Err(AuthError::TokenTooOld));
         assert_eq!(check(with_iat(NOW + 30)), Ok(()), "within the leeway");
-        assert_eq!(check(with_iat(NOW + 30 * 86_400)), Err(AuthError::NotYetValid));
+        assert_eq!(check(with_iat(NOW + 30 * 86_400)), Err(AuthError::ClocksApart));
+        assert_eq!(check(with_iat(NOW + 120)), Err(AuthError::NotYetValid), "a retry lives to see it");
+        let reply = AuthError::ClocksApart.to_reply();
+        assert_eq!(reply.status, 400, "shown at once: no retry lives to see it valid");
+        assert!(String::from_utf8_lossy(&reply.body).contains("clocks"));
     }
 
     /// An opaque access token (no `.`) is told apart from a broken JWT: no sign-in of the same
@@ -880,6 +910,8 @@ pub(crate) mod tests {
                 AuthError::MissingExpiry,
             ),
             ("nbf ahead", |c| c["nbf"] = json!(NOW + 61), AuthError::NotYetValid),
+            ("nbf ahead, past the retries", |c| c["nbf"] = json!(NOW + 60 + 301), AuthError::ClocksApart),
+            ("nbf ahead, within the retries", |c| c["nbf"] = json!(NOW + 60 + 300), AuthError::NotYetValid),
             ("wrong aud", |c| c["aud"] = json!("other"), AuthError::WrongAudience),
             ("float exp is not 'never expires'", |c| c["exp"] = json!(1e308), AuthError::InvalidTimeClaim),
             ("fractional exp", |c| c["exp"] = json!(NOW as f64 + 0.5), AuthError::InvalidTimeClaim),

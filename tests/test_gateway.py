@@ -185,7 +185,9 @@ def auth_cases(signer: Signer):
         ("bad-signature", tampered, "signature is invalid", 401),
         ("unknown-kid", signer.forged({"alg": "RS256", "kid": "nobody"}), "unknown key", 401),
         ("expired", signer.token(exp=now - 120), "expired", 401),
-        ("not-yet-valid", signer.token(nbf=now + 600), "not yet valid", 401),
+        ("not-yet-valid", signer.token(nbf=now + 180), "not yet valid", 401),
+        # Further ahead than Claude Code's four minutes of retries: the clocks, shown at once.
+        ("clocks-apart", signer.token(nbf=now + 3600), "the identity provider's clock or the gateway's is off", 400),
         ("wrong-issuer", signer.token(iss="https://evil.example.com"), "issuer not accepted", 400),
         ("wrong-audience", signer.token(aud="someone-else"), "audience not accepted", 400),
         ("audience-array-without-ours", signer.token(aud=["a", "b"]), "audience not accepted", 400),
