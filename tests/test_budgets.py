@@ -76,6 +76,8 @@ def test_two_windows_are_enforced_together(make_gateway, signer, stub):
               {"limit": one + 1, "window_seconds": 3600, "window_type": "fixed"}]
     g = budget_gateway(make_gateway, signer, limits)
     token = signer.token()
+    # The refusal must come with a long wait (it failed once at 10:59:27, told "Try again in 33 s").
+    windows.inside_one_window(3600, 120)
     first = call(g.port, token, STREAM)
     assert first.status == 200
     assert first.headers["x-ai-ratelimit-limit-60-anthropic"] == str(100 * one)
@@ -86,6 +88,7 @@ def test_two_windows_are_enforced_together(make_gateway, signer, stub):
     assert "per 1 h" in refused.error_message and "starts over in full" in refused.error_message
     assert re.search(r"Try again in \d+ min( \d+ s)? \(at \d\d:\d\d(:\d\d)? UTC\)", refused.error_message), \
         refused.error_message
+    assert abs(int(refused.headers["retry-after"]) - (3600 - time.time() % 3600)) <= 3, "room comes at the hour's turn"
     assert int(refused.headers["retry-after"]) > 60
     assert refused.headers["x-should-retry"] == "false", "a long wait must fail fast in Claude Code"
 

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_KEY, gateway_config
 from tests.harness.client import call, cut_after, fixture, with_model
+from tests.harness import windows
 from tests.harness.envoy import ROOT, free_port
 
 sys.path.insert(0, str(ROOT / "dashboards"))
@@ -45,6 +46,7 @@ def traffic(stub, signer):
                                                          groups=["claude-power-users"])
     expired = signer.token(exp=int(time.time()) - 3600)
     session = {"x-claude-code-session-id": "5f1c0a52-7d7e-4c1e-9d55-2f7a1c9b3e10"}
+    windows.inside_one_window(3600, 60)  # alice's third answer spends the hour's budget
     sent = [
         ("alice haiku stream", call(g.port, alice, STREAM, headers=session).status, 200),
         ("alice sonnet json", call(g.port, alice, JSON_BODY).status, 200),
