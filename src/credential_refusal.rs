@@ -22,22 +22,37 @@ pub struct CredentialRefusal {
     /// Where the answer ends: a host that does not mark the end of such an answer (ngx) still
     /// gets the replacement.
     end: AnswerEnd,
+    /// What the gateway sent, never quoted.
+    sent: SentCredentials,
+}
+
+/// The answer headers removed when the filter replaces an answer's body: its length and its
+/// encoding (the replacement is plain JSON, whatever the upstream compressed).
+pub fn replaced_body_removes() -> Vec<String> {
+    vec!["content-length".to_owned(), "content-encoding".to_owned()]
 }
 
 impl CredentialRefusal {
-    /// `Some` when an answer with `status` is the provider refusing the gateway's credential.
-    pub fn of(status: Option<u32>, content_length: Option<u64>) -> Option<CredentialRefusal> {
-        let status = status.filter(|s| matches!(s, 401 | 403))?;
-        Some(CredentialRefusal { status, body: Vec::new(), end: AnswerEnd::new(content_length) })
+    /// Whether an answer with `status` is the provider refusing the gateway's credential.
+    pub fn is_refusal(status: Option<u32>) -> bool {
+        matches!(status, Some(401 | 403))
+    }
+
+    /// `Some` when an answer with `status` is the provider refusing the gateway's credential
+    /// (`sent`: what the gateway sent, never quoted back).
+    pub fn of(status: Option<u32>, content_length: Option<u64>, sent: &SentCredentials) -> Option<CredentialRefusal> {
+        let status = status.filter(|_| Self::is_refusal(status))?;
+        Some(CredentialRefusal { status, body: Vec::new(), end: AnswerEnd::new(content_length), sent: sent.clone() })
     }
 
     /// The status the client gets.
     pub const STATUS: u32 = 502;
 
-    /// Response headers to set, and to remove (the replacement has another length).
+    /// Response headers to set, and to remove (the replacement has another length and is not
+    /// encoded).
     pub fn headers() -> (Vec<(String, String)>, Vec<String>) {
         let set = [(":status", "502"), ("content-type", "application/json"), ("x-should-retry", "false")];
-        (set.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec(), vec!["content-length".to_owned()])
+        (set.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec(), replaced_body_removes())
     }
 
     /// Takes a chunk of the provider's answer; returns what the client gets instead: nothing
@@ -76,13 +91,14 @@ impl CredentialRefusal {
         }
         match serde_json::from_slice::<Answer>(&self.body) {
             Ok(Answer { error }) => {
-                let mut message = shown(&error.message, 300);
+                let mut message = shown(&error.message, 300, &self.sent);
                 if for_client {
                     message = without_api_key_header(&message);
                 }
-                let kind: String =
-                    error.kind.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
-                format!("{} {kind}: {message}", self.status)
+                match shown_type(&error.kind) {
+                    Some(kind) => format!("{} {kind}: {message}", self.status),
+                    None => format!("{}: {message}", self.status),
+                }
             }
             Err(_) => self.status.to_string(),
         }
@@ -117,10 +133,86 @@ fn without_api_key_header(text: &str) -> String {
     out
 }
 
-/// `text` as it may be shown to the client and the log: [`without_secrets`], no control
-/// characters, at most `max` characters.
-pub fn shown(text: &str, max: usize) -> String {
-    without_secrets(text).chars().filter(|c| !c.is_control()).take(max).collect()
+/// `text` as it may be shown to the client and the log: no control or invisible characters,
+/// then [`without_secrets`] (in this order, so that such characters cannot split a key into runs
+/// too short to be redacted and be dropped afterwards), at most `max` characters; and nothing but
+/// a note when it holds one of the credentials the gateway sent, however split up.
+pub fn shown(text: &str, max: usize, sent: &SentCredentials) -> String {
+    without_secrets(&trusted(text, sent)).chars().take(max).collect()
+}
+
+/// `text` from a provider trusted to write no secret in it (AWS's own error messages, which
+/// name model ids and ARNs that [`without_secrets`] would take for keys): no control or
+/// invisible characters, and only a note when it holds a credential the gateway sent.
+pub fn trusted(text: &str, sent: &SentCredentials) -> String {
+    let visible: String = text.chars().filter(|&c| !invisible(c)).collect();
+    if sent.in_text(&visible) {
+        return "[the answer quoted the gateway's own credential and is not shown]".to_owned();
+    }
+    visible
+}
+
+/// Control characters and the invisible ones that can sit inside a word (zero-width spaces and
+/// joiners, direction marks, the soft hyphen, the byte order mark).
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+}
+
+/// An error type as it may be quoted: a word of letters and `_` (every type Anthropic and AWS
+/// name), anything else (a key echoed as the type, say) left out.
+pub fn shown_type(kind: &str) -> Option<&str> {
+    let word = !kind.is_empty() && kind.len() <= 64 && kind.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_');
+    word.then_some(kind)
+}
+
+/// The credentials the gateway sent upstream with one request (the provider key; for Bedrock the
+/// signature header, with the access key id, and the session token), so that no answer hands
+/// them to the client: the upstream, or a proxy on its way, may echo what it was sent.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SentCredentials(Vec<String>);
+
+/// Headers whose value the gateway sets from its own credentials.
+const CREDENTIAL_HEADERS: [&str; 3] = ["x-api-key", "authorization", "x-amz-security-token"];
+
+/// Shortest part of a credential taken for the credential in a quoted text.
+const CREDENTIAL_PART: usize = 16;
+
+impl SentCredentials {
+    /// The credentials among `headers`, the ones the gateway sets on a forwarded request. Of a
+    /// SigV4 `authorization`, the access key id: the rest is a signature for this request only,
+    /// and its scope (date, region, service) is what AWS quotes when a signature does not match.
+    pub fn of(headers: &[(String, String)]) -> SentCredentials {
+        let credential = |(name, value): &(String, String)| -> Option<String> {
+            let value = match name.as_str() {
+                "authorization" => value.split_once("Credential=")?.1.split('/').next()?,
+                name if CREDENTIAL_HEADERS.contains(&name) => value,
+                _ => return None,
+            };
+            (!value.is_empty()).then(|| value.to_owned())
+        };
+        SentCredentials(headers.iter().filter_map(credential).collect())
+    }
+
+    /// Whether a header `value` holds one of them as it was sent (an echo).
+    pub fn in_value(&self, value: &str) -> bool {
+        self.0.iter().any(|c| value.len() >= c.len() && value.contains(c.as_str()))
+    }
+
+    /// Whether `text` holds a part of one of them ([`CREDENTIAL_PART`] letters and digits in a
+    /// row, in any case), with whatever between the characters: a quote must not give the
+    /// credential away in pieces. Made only for quoted errors, not on every answer.
+    pub fn in_text(&self, text: &str) -> bool {
+        let letters =
+            |s: &str| s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect::<String>();
+        let text = letters(text);
+        self.0.iter().map(|c| letters(c)).any(|c| {
+            c.as_bytes().windows(CREDENTIAL_PART).any(|part| {
+                // `part` is ASCII, so it is a str.
+                std::str::from_utf8(part).is_ok_and(|part| text.contains(part))
+            })
+        })
+    }
 }
 
 /// Shortest run of key-like characters (letters, digits, `-_+/=`) that is taken for a secret
@@ -193,17 +285,17 @@ mod tests {
     #[test]
     fn only_401_and_403_are_the_gateways_credentials() {
         for status in [200, 400, 404, 429, 500, 529] {
-            assert!(CredentialRefusal::of(Some(status), None).is_none(), "{status}");
+            assert!(CredentialRefusal::of(Some(status), None, &SentCredentials::default()).is_none(), "{status}");
         }
-        assert!(CredentialRefusal::of(None, None).is_none());
-        assert!(CredentialRefusal::of(Some(401), None).is_some());
-        assert!(CredentialRefusal::of(Some(403), None).is_some());
+        assert!(CredentialRefusal::of(None, None, &SentCredentials::default()).is_none());
+        assert!(CredentialRefusal::of(Some(401), None, &SentCredentials::default()).is_some());
+        assert!(CredentialRefusal::of(Some(403), None, &SentCredentials::default()).is_some());
     }
 
     #[test]
     fn the_answer_is_replaced_once_at_its_end_by_a_502_quoting_the_provider() {
         for split in 0..=REVOKED.len() {
-            let mut r = CredentialRefusal::of(Some(401), None).unwrap();
+            let mut r = CredentialRefusal::of(Some(401), None, &SentCredentials::default()).unwrap();
             assert!(r.on_body(&REVOKED[..split], false).is_empty(), "held until the end");
             let body = r.on_body(&REVOKED[split..], true);
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -220,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_host_that_never_marks_the_end_gets_it_by_the_announced_length() {
-        let mut r = CredentialRefusal::of(Some(403), Some(REVOKED.len() as u64)).unwrap();
+        let mut r = CredentialRefusal::of(Some(403), Some(REVOKED.len() as u64), &SentCredentials::default()).unwrap();
         assert!(r.on_body(&REVOKED[..10], false).is_empty());
         assert!(!r.on_body(&REVOKED[10..], false).is_empty(), "complete by length");
         assert!(r.on_body(b"", true).is_empty(), "not twice");
@@ -228,10 +320,42 @@ mod tests {
 
     #[test]
     fn an_answer_in_another_shape_is_not_quoted() {
-        let mut r = CredentialRefusal::of(Some(403), None).unwrap();
+        let mut r = CredentialRefusal::of(Some(403), None, &SentCredentials::default()).unwrap();
         let body = r.on_body(b"<html>forbidden: secret-ish text</html>", true);
         let text = String::from_utf8(body).unwrap();
         assert!(!text.contains("secret-ish"), "{text}");
         assert!(text.contains("(403)"), "{text}");
+    }
+
+    /// An upstream that echoes the key it was sent does not get it to the client or the log:
+    /// not as the error's type, not split by characters stripped afterwards, not in pieces.
+    #[test]
+    fn the_key_sent_is_never_quoted_back() {
+        let key = "sk-ant-test-upstream-key-7f3a9c";
+        let sent =
+            SentCredentials::of(&[("x-api-key".to_owned(), key.to_owned()), ("x-user".to_owned(), "alice".to_owned())]);
+        let split = |by: &str| {
+            key.as_bytes().chunks(6).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(by)
+        };
+        let answers = [
+            serde_json::json!({"type": "error", "error": {"type": key, "message": "nope"}}),
+            serde_json::json!({"type": "error", "error": {"type": "authentication_error", "message": format!("invalid key {}", split("\u{1}"))}}),
+            serde_json::json!({"type": "error", "error": {"type": "authentication_error", "message": format!("invalid key {}", split("\u{200b}"))}}),
+            serde_json::json!({"type": "error", "error": {"type": "authentication_error", "message": format!("invalid key {}", split(" "))}}),
+            serde_json::json!({"type": "error", "error": {"type": "authentication_error", "message": format!("key {key}")}}),
+        ];
+        let squeezed = |t: &str| t.chars().filter(char::is_ascii_alphanumeric).collect::<String>();
+        for answer in answers {
+            let mut r = CredentialRefusal::of(Some(401), None, &sent).unwrap();
+            let body = String::from_utf8(r.on_body(answer.to_string().as_bytes(), true)).unwrap();
+            for text in [body, r.warning()] {
+                assert!(!squeezed(&text).contains("upstreamkey7f3a9c"), "{answer}: {text}");
+                assert!(text.contains("401"), "{text}");
+            }
+        }
+        // What the provider says without the key is still quoted.
+        let mut r = CredentialRefusal::of(Some(401), None, &sent).unwrap();
+        let body = String::from_utf8(r.on_body(REVOKED, true)).unwrap();
+        assert!(body.contains("401 authentication_error: invalid API key"), "{body}");
     }
 }

@@ -29,9 +29,11 @@ impl ErrorPage {
         page.then_some(ErrorPage { status, end: AnswerEnd::new(content_length) })
     }
 
-    /// Response headers to set, and to remove (the replacement has another length).
+    /// Response headers to set, and to remove (the replacement has another length and is not
+    /// encoded).
     pub fn headers() -> (Vec<(String, String)>, Vec<String>) {
-        (vec![("content-type".to_owned(), "application/json".to_owned())], vec!["content-length".to_owned()])
+        let set = vec![("content-type".to_owned(), "application/json".to_owned())];
+        (set, crate::credential_refusal::replaced_body_removes())
     }
 
     /// Takes a chunk of the page; returns what the client gets instead: nothing until the page

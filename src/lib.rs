@@ -20,6 +20,7 @@ compile_error!(
 
 pub(crate) mod allocator;
 pub(crate) mod answer_end;
+pub(crate) mod answer_headers;
 pub mod bedrock;
 pub(crate) mod body_watch;
 pub mod budget;

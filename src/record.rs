@@ -54,8 +54,8 @@ impl UsageRecord {
         out.extend_from_slice(b"{\"time\":\"");
         out.extend_from_slice(rfc3339_ms(self.time_ms).as_bytes());
         out.push(b'"');
-        field(&mut out, "sub", &self.sub);
-        field(&mut out, "email", &self.email);
+        field(&mut out, "sub", &self.sub.as_deref().map(capped));
+        field(&mut out, "email", &self.email.as_deref().map(capped));
         field(&mut out, "tier", &self.tier);
         field(&mut out, "model", &self.model);
         field(&mut out, "provider_model", &self.provider_model);
@@ -83,9 +83,36 @@ impl UsageRecord {
             field(&mut out, "estimated", &true);
         }
         out.push(b'}');
+        // JSON allows U+2028 and U+2029 raw in strings, but many line readers (JavaScript's
+        // before ES2019, Python's `splitlines`) end a line there: written as escapes.
+        if memchr::memmem::find(&out, b"\xe2\x80\xa8").is_some()
+            || memchr::memmem::find(&out, b"\xe2\x80\xa9").is_some()
+        {
+            out = String::from_utf8_lossy(&out)
+                .replace('\u{2028}', "\\u2028")
+                .replace('\u{2029}', "\\u2029")
+                .into_bytes();
+        }
         // Only UTF-8 was written: the names, the time, and what serde_json wrote.
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Longest `sub` or `email` written as it is: nginx (Kong) cuts a log line at 2,048 bytes, and
+/// on nginx the record is a log line; a cut record is lost to the report.
+pub const IDENTITY_BYTES: usize = 256;
+
+/// `value`, or when longer than [`IDENTITY_BYTES`] its first 200 bytes (to a character's end),
+/// `…#` and 16 hex digits of its SHA-256: still one string per person, and readable.
+fn capped(value: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::{Digest as _, Sha256};
+    if value.len() <= IDENTITY_BYTES {
+        return value.into();
+    }
+    let end = (0..=200).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
+    let digest = Sha256::digest(value.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}…#{hex}", &value[..end]).into()
 }
 
 /// Appends `,"name":value` (`name` needs no escape; `None` is `null`).
@@ -292,5 +319,45 @@ mod tests {
         assert!(v.get("estimated").is_none());
         assert!(v.get("web_search_requests").is_none(), "only when there were any");
         assert!(v.get("speed").is_none(), "only in fast mode");
+    }
+
+    /// A record stays one line for every reader and fits the 2,048 bytes nginx gives a log line,
+    /// whatever the identity provider put into `sub` and `email`.
+    #[test]
+    fn long_identities_are_cut_to_stay_distinct_and_line_separators_are_escaped() {
+        let long = |c: &str| format!("{}@example.com", c.repeat(3000));
+        let r = UsageRecord {
+            sub: Some("é".repeat(3000)),
+            email: Some(long("a")),
+            session: Some("s".repeat(128)),
+            model: Some("m".repeat(100)),
+            tier: Some("t".repeat(64)),
+            provider_model: Some("p".repeat(100)),
+            provider: Some("bedrock"),
+            status: Some(200),
+            refusal: Some("budget_exhausted"),
+            estimated: true,
+            cost_usd: Some(1e300),
+            latency_ms: Some(u64::MAX),
+            ttft_ms: Some(u64::MAX),
+            ..UsageRecord::default()
+        };
+        let line = r.to_json();
+        assert!(line.len() < 1500, "{} bytes", line.len());
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let email = v["email"].as_str().unwrap();
+        assert!(email.starts_with(&"a".repeat(200)) && email.contains("…#") && email.len() < 240, "{email}");
+        let other = UsageRecord { email: Some(long("a") + "x"), ..r.clone() }.to_json();
+        let other: Value = serde_json::from_str(&other).unwrap();
+        assert_ne!(other["email"], v["email"], "two people stay two");
+        assert!(v["sub"].as_str().unwrap().starts_with("éé"));
+        let short = UsageRecord { email: Some("a".repeat(IDENTITY_BYTES)), ..UsageRecord::default() };
+        assert_eq!(short.to_json(), derived(&short), "up to the limit, as it is");
+
+        let r = UsageRecord { sub: Some("a\u{2028}b\u{2029}c".into()), ..UsageRecord::default() };
+        let line = r.to_json();
+        assert!(line.contains(r#""sub":"a\u2028b\u2029c""#), "{line}");
+        assert_eq!(line.lines().count(), 1);
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["sub"], "a\u{2028}b\u{2029}c");
     }
 }

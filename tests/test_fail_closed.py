@@ -373,6 +373,64 @@ def test_a_key_fetch_cut_after_its_headers_is_a_503_and_the_vm_lives_on(make_gat
         idp.stop()
 
 
+def test_the_upstreams_budget_headers_and_echoed_credentials_do_not_reach_the_client(make_gateway, signer, stub):
+    """An upstream (a buggy proxy, a hostile one) that sends headers named like the gateway's
+    budget headers, some twice, and echoes the key it got. The client got them all (and on
+    nginx a repeated one cancelled the gateway's own value: no `remaining` at all)."""
+    config = gateway_config(signer)
+    for tier in config["tiers"]:
+        tier["limits"] = [{"limit": 10_000_000, "window_seconds": 3600}]
+    g = make_gateway(config, [signer.upstream])
+    answer = {"id": "m", "type": "message", "role": "assistant", "content": [],
+              "usage": {"input_tokens": 10, "output_tokens": 5}}
+    stub.force(200, answer, [
+        ("x-ai-ratelimit-remaining-3600-anthropic", "999999"), ("x-ai-ratelimit-remaining-3600-anthropic", "888888"),
+        ("RateLimit-Reset", "1"), ("ratelimit-reset", "2"), ("x-ai-ratelimit-warning", "none"),
+        ("x-ai-ratelimit-remaining-60-anthropic", "5"), ("x-echo", f"you sent {UPSTREAM_KEY}"),
+        ("anthropic-ratelimit-unified-status", "allowed"), ("request-id", "req_stub")])
+    got = call(g.port, signer.token(), BODY)
+    assert got.status == 200, got.body
+    assert got.all("x-ai-ratelimit-limit-3600-anthropic") == ["10000000"], got.header_list
+    remaining = got.all("x-ai-ratelimit-remaining-3600-anthropic")
+    assert len(remaining) == 1 and 9_000_000 < int(remaining[0]) < 10_000_000, got.header_list
+    reset = got.all("ratelimit-reset")
+    assert len(reset) == 1 and reset[0] not in ("1", "2"), got.header_list
+    for name in ("x-ai-ratelimit-warning", "x-ai-ratelimit-remaining-60-anthropic", "x-echo"):
+        assert got.all(name) == [], (name, got.header_list)
+    assert UPSTREAM_KEY not in repr(got.header_list)
+    # The provider's own headers pass.
+    assert got.all("anthropic-ratelimit-unified-status") == ["allowed"] and got.all("request-id") == ["req_stub"]
+
+
+@pytest.mark.parametrize("answer", ["key as the error's type", "key split by control characters", "gzip"])
+def test_a_refusal_quoting_the_gateways_key_never_shows_it(make_gateway, signer, stub, answer):
+    """The 502 that replaces a provider's 401 quotes what it said, but never the key the gateway
+    sent, however the upstream dressed it up; and a refusal that came compressed is sent plain
+    (it kept `content-encoding: gzip` on a plain JSON body Claude Code could not decode)."""
+    import gzip
+
+    g = make_gateway(gateway_config(signer), [signer.upstream])
+    split = "\u0001".join(UPSTREAM_KEY[i:i + 6] for i in range(0, len(UPSTREAM_KEY), 6))
+    if answer == "key as the error's type":
+        stub.force(401, {"type": "error", "error": {"type": UPSTREAM_KEY, "message": "nope"}})
+    elif answer == "key split by control characters":
+        # json.dumps writes the control characters as `\u0001`: valid JSON.
+        stub.force(401, {"type": "error", "error": {"type": "authentication_error", "message": f"invalid key {split}"}})
+    else:
+        body = json.dumps({"type": "error", "error": {"type": "authentication_error", "message": "key revoked"}})
+        stub.force(401, gzip.compress(body.encode()), {"content-type": "application/json", "content-encoding": "gzip"})
+    got = call(g.port, signer.token(), BODY)
+    assert got.status == 502, got.body
+    assert "content-encoding" not in got.headers, got.headers
+    message = got.error_message  # plain JSON
+    squeezed = "".join(c for c in message if c.isalnum())
+    assert "upstreamkey7f3a9c" not in squeezed, message
+    assert "credentials (401" in message and "tell your administrator" in message, message
+    assert g.wait_for_log("the provider refused the gateway's API key")
+    logs = "".join(c for c in g.logs() if c.isalnum())
+    assert "upstreamkey7f3a9c" not in logs
+
+
 @pytest.mark.parametrize("answer", ["401 revoked key", "403 permission", "403 without a body"])
 def test_the_provider_refusing_the_gateways_key_is_a_502_shown_at_once(make_gateway, signer, stub, answer):
     """Claude Code answers a 401 or 403 by re-running its sign-in helper and retrying for minutes,

@@ -445,3 +445,22 @@ def test_records_in_the_hosts_log_survive_its_default_level_and_the_report_reads
     assert [row["person"] for row in report["rows"]] == ["dora@example.com"]
     # The cut stream is charged what `message_start` reported (input and cache), not nothing.
     assert report["total"]["input_tokens"] == 2 * stub.usage["input_tokens"], report
+
+
+def test_a_record_survives_whatever_identity_the_idp_issues(make_gateway, host, signer, stub):
+    """nginx (Kong) cuts a log line at 2,048 bytes and every record there is a log line: a 3 KB
+    `email` lost the record. Long identities are cut in the record (to stay one string per
+    person), and U+2028, which JSON allows raw but many line readers split at, is escaped."""
+    g = make_gateway(gateway_config(signer), [signer.upstream])
+    email = "d" * 3000 + "@example.com"
+    assert call(g.port, signer.token(sub="dora\u2028x", email=email), JSON_BODY).status == 200
+    assert call(g.port, signer.token(sub="erin", email=email + "x"), JSON_BODY).status == 200
+    deadline = time.monotonic() + 10
+    while len(records := g.usage_records()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(records) == 2, g.logs()[-3000:]
+    assert records[0]["sub"] == "dora\u2028x" and records[1]["sub"] == "erin"
+    emails = [r["email"] for r in records]
+    assert all(e.startswith("d" * 200) and "…#" in e and len(e) < 240 for e in emails), emails
+    assert emails[0] != emails[1], "two people stay two"
+    assert all(r["input_tokens"] == stub.usage["input_tokens"] for r in records)

@@ -249,7 +249,8 @@ class StubUpstream:
             self.forced.clear()
 
     def force(self, status, body, headers=None):
-        """Answer the next request with this status and JSON body."""
+        """Answer the next request with this status and JSON body (bytes: that body, as it is),
+        and `headers` (a dict, or (name, value) pairs)."""
         with self.lock:
             self.forced.append((status, body, headers or {}))
 
@@ -261,13 +262,16 @@ class StubUpstream:
                 pass
 
             def _send_json(self, status, body, headers=None):
-                # None: an answer without a body (content-length: 0).
-                data = b"" if body is None else json.dumps(body).encode()
+                # None: an answer without a body (content-length: 0); bytes: sent as they are,
+                # with the content-type the headers give.
+                raw = isinstance(body, bytes)
+                data = b"" if body is None else body if raw else json.dumps(body).encode()
                 self.send_response(status)
-                if body is not None:
+                if body is not None and not raw:
                     self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
-                for k, v in (headers or {}).items():
+                # A dict, or a list of (name, value) pairs that may repeat a name.
+                for k, v in headers.items() if isinstance(headers, dict) else headers or []:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)

@@ -3,7 +3,7 @@
 //! passes as it is.
 
 use super::{translate_error, BedrockStreamTranslator, ResponseKind};
-use crate::credential_refusal::CredentialRefusal;
+use crate::credential_refusal::{replaced_body_removes, shown, shown_type, CredentialRefusal, SentCredentials};
 use crate::usage::ReportedUsage;
 
 /// What to do with a chunk of the answer.
@@ -29,12 +29,19 @@ pub struct Answer {
     credentials_refused: bool,
     /// For the operator, once Bedrock has refused the gateway's own AWS credentials.
     warning: Option<String>,
+    /// What the gateway sent Bedrock, never quoted back.
+    sent: SentCredentials,
 }
 
 /// Largest Bedrock error body kept (they are a short JSON message).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 impl Answer {
+    /// The answer to a request the gateway sent with `sent`.
+    pub fn new(sent: SentCredentials) -> Answer {
+        Answer { sent, ..Answer::default() }
+    }
+
     /// The answer's headers arrived: returns the headers to set and to remove, and the content
     /// type the usage meter should read the (translated) body as.
     pub fn on_headers(
@@ -47,7 +54,8 @@ impl Answer {
         self.kind = Some(kind);
         self.status = status;
         self.error_type = error_type.map(str::to_owned);
-        let length = vec!["content-length".to_owned()];
+        // A translated or replaced body has another length, and is not encoded.
+        let length = replaced_body_removes();
         match kind {
             ResponseKind::Stream => {
                 (vec![("content-type".to_owned(), "text/event-stream".to_owned())], length, "text/event-stream")
@@ -56,7 +64,7 @@ impl Answer {
             // Bedrock refusing the gateway's own AWS credentials is the gateway's fault, not the
             // person's: a 401/403 would make Claude Code re-run its sign-in helper and retry for
             // minutes, so it becomes a 502 that is shown at once.
-            ResponseKind::Error if CredentialRefusal::of(Some(status), None).is_some() => {
+            ResponseKind::Error if CredentialRefusal::is_refusal(Some(status)) => {
                 self.status = CredentialRefusal::STATUS;
                 self.credentials_refused = true;
                 let (set, remove) = CredentialRefusal::headers();
@@ -93,13 +101,15 @@ impl Answer {
                     // chunk is sent as nothing, and the whole translated error goes at the end.
                     return Chunk::Replace(Vec::new());
                 }
-                let reply = translate_error(self.status, self.error_type.as_deref(), &self.error_body);
+                let reply = translate_error(self.status, self.error_type.as_deref(), &self.error_body, &self.sent);
                 if self.credentials_refused {
-                    let said = crate::credential_refusal::shown(&String::from_utf8_lossy(&self.error_body), 300);
-                    let kind = self.error_type.as_deref().map(super::translate::short_type).map_or_else(
-                        || "no error type".to_owned(),
-                        |t| t.chars().filter(char::is_ascii_alphanumeric).take(64).collect(),
-                    );
+                    let said = shown(&String::from_utf8_lossy(&self.error_body), 300, &self.sent);
+                    let kind = self
+                        .error_type
+                        .as_deref()
+                        .map(super::translate::short_type)
+                        .and_then(shown_type)
+                        .unwrap_or("no error type");
                     // Temporary credentials (a session token) expire and are read only when the
                     // configuration loads: the operator must hear of it at once.
                     self.warning = Some(format!(
@@ -141,7 +151,7 @@ mod tests {
         let (set, remove, meter) = a.on_headers(429, "application/json", Some("ThrottlingException:http://x"));
         assert_eq!(
             (set[0].1.as_str(), remove, meter),
-            ("application/json", vec!["content-length".to_owned()], "application/json")
+            ("application/json", vec!["content-length".to_owned(), "content-encoding".to_owned()], "application/json")
         );
         assert_eq!(a.on_body(br#"{"message":"Too many"#, false), Chunk::Replace(Vec::new()));
         let Chunk::Replace(body) = a.on_body(br#" requests"}"#, true) else { panic!() };

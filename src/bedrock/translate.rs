@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{invoke_path, BedrockError};
+use crate::credential_refusal::{shown, shown_type, trusted, SentCredentials};
 use crate::reply::Reply;
 
 /// The `anthropic_version` Bedrock requires in every Claude body.
@@ -159,7 +160,8 @@ impl ResponseKind {
 
 /// Bedrock's error answer (`x-amzn-errortype` header, `{"message": ...}` body) as an
 /// Anthropic error with the same status.
-pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Reply {
+/// `sent`: the credentials the gateway sent, never quoted back.
+pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8], sent: &SentCredentials) -> Reply {
     // An answer already in Anthropic's error shape without an AWS error type is the proxy's own
     // (no healthy upstream, a timeout, rewritten by the samples' `local_reply_config`): it says
     // what happened, and Bedrock never answered it.
@@ -175,17 +177,21 @@ pub fn translate_error(status: u32, error_type: Option<&str>, body: &[u8]) -> Re
     }
     let parsed = serde_json::from_slice::<AwsError>(body).ok();
     let from_body = parsed.as_ref().and_then(|p| p.kind.as_deref());
-    let aws_type = error_type.or(from_body).map(short_type).filter(|t| !t.is_empty());
+    // A type that is not a word (a key echoed in its place) is not quoted.
+    let aws_type = error_type.or(from_body).map(short_type).and_then(shown_type);
     let message = parsed.as_ref().and_then(|p| p.message.clone());
     let message = match (aws_type, message) {
-        (Some(t), message) => format!("bedrock {t}: {}", message.unwrap_or_else(|| format!("HTTP {status}"))),
+        (Some(t), message) => {
+            let message = message.map(|m| trusted(&m, sent));
+            format!("bedrock {t}: {}", message.unwrap_or_else(|| format!("HTTP {status}")))
+        }
         // No AWS error type: Bedrock did not write it (a proxy's `{"message": ...}` page), and
         // such a page may echo the request's headers, the session token among them.
-        (None, Some(message)) => format!("bedrock: {}", crate::credential_refusal::shown(&message, 300).trim()),
+        (None, Some(message)) => format!("bedrock: {}", shown(&message, 300, sent).trim()),
         // Neither an AWS error type nor an AWS message: the proxy on the way answered.
         (None, None) => {
             // A page a proxy wrote may echo the request's headers (a session token among them).
-            let text = crate::credential_refusal::shown(&String::from_utf8_lossy(body), 200);
+            let text = shown(&String::from_utf8_lossy(body), 200, sent);
             format!("gateway: no answer from Bedrock; the proxy on the way answered HTTP {status} ({})", text.trim())
         }
     };
@@ -432,7 +438,7 @@ mod tests {
             ("model error", 424, Some("ModelErrorException"), r#"{"message":"The model returned an error"}"#, "api_error", "bedrock ModelErrorException: The model returned an error"),
         ];
         for (name, status, header, body, kind, message) in cases {
-            let reply = translate_error(*status, *header, body.as_bytes());
+            let reply = translate_error(*status, *header, body.as_bytes(), &SentCredentials::default());
             assert_eq!(reply.status, *status, "{name}");
             let v: Value = serde_json::from_slice(&reply.body).unwrap();
             assert_eq!(v, json!({"type": "error", "error": {"type": kind, "message": message}}), "{name}");
@@ -443,27 +449,33 @@ mod tests {
     #[test]
     fn the_proxys_own_error_reply_is_not_blamed_on_bedrock() {
         let own = r#"{"type":"error","error":{"type":"api_error","message":"gateway: the AI provider could not be reached (504)"}}"#;
-        let reply = translate_error(504, None, own.as_bytes());
+        let reply = translate_error(504, None, own.as_bytes(), &SentCredentials::default());
         assert_eq!(reply.status, 504);
         let v: Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(v, serde_json::from_str::<Value>(own).unwrap());
         // With an AWS error type it is Bedrock's, whatever its shape.
-        let reply = translate_error(503, Some("ServiceUnavailableException"), own.as_bytes());
+        let reply =
+            translate_error(503, Some("ServiceUnavailableException"), own.as_bytes(), &SentCredentials::default());
         let v: Value = serde_json::from_slice(&reply.body).unwrap();
         assert!(v["error"]["message"].as_str().unwrap().starts_with("bedrock ServiceUnavailableException"), "{v}");
         // Envoy's plain-text reply is named for what it is.
-        let v: Value = serde_json::from_slice(&translate_error(503, None, b"no healthy upstream").body).unwrap();
+        let v: Value = serde_json::from_slice(
+            &translate_error(503, None, b"no healthy upstream", &SentCredentials::default()).body,
+        )
+        .unwrap();
         assert_eq!(
             v["error"]["message"],
             "gateway: no answer from Bedrock; the proxy on the way answered HTTP 503 (no healthy upstream)"
         );
         // A page that echoes the request's headers does not carry its secrets on.
         let echo = b"bad gateway; x-amz-security-token: IQoJb3JpZ2luX2VjEXAMPLETOKENabcdefghijklmnop0123456789";
-        let v: Value = serde_json::from_slice(&translate_error(502, None, echo).body).unwrap();
+        let v: Value =
+            serde_json::from_slice(&translate_error(502, None, echo, &SentCredentials::default()).body).unwrap();
         assert!(!v["error"]["message"].as_str().unwrap().contains("IQoJb3JpZ2luX2Vj"), "{v}");
         // Nor does one in JSON with a `message` (no AWS error type: not Bedrock's words).
         let json = serde_json::to_vec(&serde_json::json!({"message": String::from_utf8_lossy(echo)})).unwrap();
-        let v: Value = serde_json::from_slice(&translate_error(502, None, &json).body).unwrap();
+        let v: Value =
+            serde_json::from_slice(&translate_error(502, None, &json, &SentCredentials::default()).body).unwrap();
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.starts_with("bedrock: bad gateway") && !message.contains("IQoJb3JpZ2luX2Vj"), "{v}");
     }
@@ -475,10 +487,43 @@ mod tests {
             400,
             Some("ServiceQuotaExceededException:http://internal.amazon.com/"),
             br#"{"message":"quota"}"#,
+            &SentCredentials::default(),
         );
         assert_eq!(reply.status, 429);
         let v: Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(v["error"]["type"], "rate_limit_error");
-        assert_eq!(translate_error(400, Some("ValidationException"), br#"{"message":"bad"}"#).status, 400);
+        assert_eq!(
+            translate_error(400, Some("ValidationException"), br#"{"message":"bad"}"#, &SentCredentials::default())
+                .status,
+            400
+        );
+    }
+
+    /// Nothing the gateway sent comes back in a quote, not even in an error AWS typed (whose
+    /// message is otherwise quoted as it is), and a type that is not a word is not quoted.
+    #[test]
+    fn the_gateways_credentials_are_never_quoted_back() {
+        let token = "IQoJb3JpZ2luX2VjEXAMPLETOKENabcdefghijklmnop0123456789";
+        let sent = SentCredentials::of(&[
+            ("authorization".to_owned(), "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261202/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=abc".to_owned()),
+            ("x-amz-security-token".to_owned(), token.to_owned()),
+        ]);
+        let split: String = token.chars().flat_map(|c| [c, '\u{200b}']).collect();
+        for (header, body) in [
+            (Some("UnrecognizedClientException"), format!(r#"{{"message":"token {token} is invalid"}}"#)),
+            (Some("UnrecognizedClientException"), serde_json::json!({"message": format!("token {split}")}).to_string()),
+            (Some("UnrecognizedClientException"), r#"{"message":"key AKIAIOSFODNN7EXAMPLE unknown"}"#.to_owned()),
+            (Some(token), r#"{"message":"no"}"#.to_owned()),
+        ] {
+            let reply = translate_error(403, header, body.as_bytes(), &sent);
+            let text = String::from_utf8(reply.body).unwrap();
+            assert!(!text.contains("IQoJb3JpZ2lu") && !text.contains("AKIAIOSFODNN7"), "{text}");
+        }
+        // What AWS says of a signature that does not match (the request's scope) stays readable.
+        let said = r#"{"message":"Credential should be scoped to a valid region, not 20261202/us-east-1/bedrock"}"#;
+        let text =
+            String::from_utf8(translate_error(403, Some("InvalidSignatureException"), said.as_bytes(), &sent).body)
+                .unwrap();
+        assert!(text.contains("not 20261202/us-east-1/bedrock"), "{text}");
     }
 }

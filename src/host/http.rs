@@ -292,7 +292,7 @@ impl HttpContext for GatewayHttp {
         let content_type = find("content-type").unwrap_or_default();
         let length = find("content-length").and_then(|v| v.parse().ok());
         let error_type = self.request.translates_answer().then(|| find("x-amzn-errortype")).flatten();
-        let answer = AnswerHead { status, content_type, length, error_type };
+        let answer = AnswerHead { status, content_type, length, error_type, headers: &headers };
         let step = self.request.on_response_headers(&HostCalls::default(), answer, end_of_stream);
         self.apply(step)
     }

@@ -14,7 +14,7 @@
 //! A request ends in exactly one of: a local answer ([`Step::reply`]), or one forward with the
 //! header and body changes ([`Step::forwarded`]), after which only the answer is metered.
 
-use crate::credential_refusal::CredentialRefusal;
+use crate::credential_refusal::{CredentialRefusal, SentCredentials};
 use crate::error_page::ErrorPage;
 use crate::gateway::{Admission, AuthOutcome, FetchProgress, Forward, Route, Worker};
 use crate::jwt::{self, AuthError};
@@ -273,6 +273,8 @@ pub struct AnswerHead<'a> {
     pub length: Option<u64>,
     /// Bedrock's `x-amzn-errortype`, read only when [`Request::translates_answer`].
     pub error_type: Option<&'a str>,
+    /// Every header of the answer, as the host listed them.
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 /// One request's state.
@@ -315,6 +317,8 @@ pub struct Request {
     aws_headers: Vec<String>,
     /// The answer comes from Bedrock and is translated back.
     answer_translation: Option<crate::bedrock::Answer>,
+    /// The credentials the gateway sent upstream, which no answer may hand the client.
+    sent: SentCredentials,
     /// Anthropic refused the gateway's own key: the answer is replaced by a 502.
     credential_refusal: Option<CredentialRefusal>,
     /// A proxy's HTML error page being replaced by Anthropic's error shape.
@@ -351,6 +355,7 @@ impl Request {
             betas: Vec::new(),
             aws_headers: Vec::new(),
             answer_translation: None,
+            sent: SentCredentials::default(),
             credential_refusal: None,
             error_page: None,
             replacement: None,
@@ -745,7 +750,8 @@ impl Request {
                     remove_headers.append(&mut self.aws_headers);
                 }
                 self.route = Some(route);
-                self.answer_translation = bedrock.then(crate::bedrock::Answer::default);
+                self.sent = SentCredentials::of(&headers);
+                self.answer_translation = bedrock.then(|| crate::bedrock::Answer::new(self.sent.clone()));
                 let mut step = Step { flow: Flow::Continue, body: edit, forwarded: true, warnings, ..Step::default() };
                 match self.profile {
                     HostProfile::Envoy => step.remove_headers = remove_headers,
@@ -799,8 +805,10 @@ impl Request {
     }
 
     fn answer_head(&mut self, answer: AnswerHead<'_>) -> Step {
-        let AnswerHead { status, content_type, length, error_type } = answer;
+        let AnswerHead { status, content_type, length, error_type, headers } = answer;
         let mut step = Step::flow(Flow::Continue);
+        // Removed before anything is set (ngx drops a value set on a header the upstream repeated).
+        let unwanted = crate::answer_headers::unwanted(headers, &self.sent);
         self.status = status;
         let (mut content_type, mut length) = (content_type, length);
         if let Some(answer) = &mut self.answer_translation {
@@ -814,7 +822,7 @@ impl Request {
             content_type = meter_as;
             // The translated body has another length; the end of stream ends it.
             length = None;
-        } else if let Some(refusal) = CredentialRefusal::of(status, length) {
+        } else if let Some(refusal) = CredentialRefusal::of(status, length, &self.sent) {
             (step.response_headers, step.remove_response_headers) = CredentialRefusal::headers();
             self.credential_refusal = Some(refusal);
             self.status = Some(CredentialRefusal::STATUS);
@@ -827,6 +835,9 @@ impl Request {
         if let Some(metering) = &mut self.metering {
             step.response_headers.extend(metering.headers());
             metering.on_response_headers(self.status, content_type, length);
+        }
+        if !unwanted.is_empty() {
+            step.remove_response_headers.splice(0..0, unwanted);
         }
         step
     }

@@ -370,8 +370,13 @@ pub fn not_carried_out_steps(profile: HostProfile) -> ([Step; 3], u64) {
     let held: u64 = held_units(&host);
     assert!(held > 0, "admission held an estimate");
     let failed = sim.request.not_carried_out(&host, crate::reply::Reply::rewrite_failed("headers"));
-    let answer =
-        super::AnswerHead { status: Some(500), content_type: "application/json", length: None, error_type: None };
+    let answer = super::AnswerHead {
+        status: Some(500),
+        content_type: "application/json",
+        length: None,
+        error_type: None,
+        headers: &[],
+    };
     let passing = sim.request.on_response_headers(&host, answer, false);
     let done = sim.request.on_done(&mut worker, &host);
     ([failed, passing, done], held_units(&host))

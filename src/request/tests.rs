@@ -205,7 +205,8 @@ fn an_encoded_body_is_refused_and_identity_is_not_an_encoding() {
 #[test]
 fn an_answer_without_a_body_is_settled_at_its_headers() {
     for profile in [HostProfile::Envoy, HostProfile::Ngx] {
-        let answer = super::AnswerHead { status: Some(503), content_type: "", length: None, error_type: None };
+        let answer =
+            super::AnswerHead { status: Some(503), content_type: "", length: None, error_type: None, headers: &[] };
         let step = sim::answer_headers_step(profile, answer, true);
         let settled = step.settled.unwrap_or_else(|| panic!("{profile:?}: not settled"));
         assert_eq!(settled.outcome, crate::metering::Outcome::Complete, "{profile:?}: an error answer is refunded");
@@ -222,7 +223,8 @@ fn an_answer_without_a_body_is_settled_at_its_headers() {
 fn a_bodiless_refusal_of_the_gateways_key_is_answered_locally() {
     for profile in [HostProfile::Envoy, HostProfile::Ngx] {
         for (status, length) in [(401, Some(0)), (403, None)] {
-            let answer = super::AnswerHead { status: Some(status), content_type: "", length, error_type: None };
+            let answer =
+                super::AnswerHead { status: Some(status), content_type: "", length, error_type: None, headers: &[] };
             let step = sim::answer_headers_step(profile, answer, true);
             let local = step.replaced_answer.unwrap_or_else(|| panic!("{profile:?} {status}: no local answer"));
             assert_eq!(local.status, 502);

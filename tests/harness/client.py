@@ -26,6 +26,11 @@ class Answer:
     headers: dict
     body: bytes
     chunks: list = field(default_factory=list)  # (monotonic time, bytes) as they arrived
+    header_list: list = field(default_factory=list)  # (lowercase name, value), repeats kept
+
+    def all(self, name: str) -> list:
+        """Every value of the header `name`, in order."""
+        return [v for k, v in self.header_list if k == name]
 
     def json(self):
         return json.loads(self.body)
@@ -63,7 +68,8 @@ def call(port: int, token: str | None = None, body: bytes = b"", path="/v1/messa
                     break
                 chunks.append((time.monotonic(), piece))
         data = b"".join(c for _, c in chunks)
-        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, chunks)
+        pairs = [(k.lower(), v) for k, v in resp.getheaders()]
+        return Answer(resp.status, dict(pairs), data, chunks, pairs)
     finally:
         conn.close()
 
