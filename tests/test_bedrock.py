@@ -219,3 +219,34 @@ def test_count_tokens_for_a_bedrock_model_is_answered_with_the_estimate_and_refu
     stats = bedrock_gateway.stats()
     counted = {k: v for k, v in stats.items() if v and ("requests_total" in k or "refusals_total" in k)}
     assert counted == {}, counted
+
+
+def test_on_kongs_runtime_a_bedrock_target_is_refused_and_nothing_leaves(stub, signer):
+    """nginx forwards the URI the client sent, not the `:path` the filter sets, so a request
+    signed for Bedrock went to the route's upstream (the Anthropic API) with the conversation, the
+    session token and, where Authorization is passed on (a Kong route), the signature. Now it is
+    refused before anything is sent, shown at once, and the operator is told why."""
+    from tests.harness.nginx import Nginx
+
+    account = BedrockAccount(session_token="FQoGZXIvYXdzEXAMPLESESSIONTOKENzzzz")
+    g = Nginx(bedrock_config(signer, account, limits=[{"limit": 10_000_000, "window_seconds": 3600}]),
+              stub.port, [signer.upstream], location_extra="proxy_set_header Authorization $http_authorization;\n",
+              env={"ANTHROPIC_API_KEY": UPSTREAM_KEY, "AWS_SECRET_ACCESS_KEY": account.secret_access_key,
+                   "AWS_SESSION_TOKEN": account.session_token})
+    try:
+        stub.reset()
+        answer = call(g.port, signer.token(), STREAM)
+        assert answer.status == 502, answer.body
+        assert answer.json()["error"]["type"] == "api_error"
+        assert answer.headers.get("x-should-retry") == "false"
+        assert "Bedrock targets need the Envoy host" in answer.error_message, answer.error_message
+        assert stub.requests == [], "nothing left the gateway"
+        assert g.wait_for_log('"bedrock" is a Bedrock target')
+        records = g.usage_records()
+        assert [(r["status"], r["refusal"], r["input_tokens"]) for r in records] == [(502, "bedrock_needs_envoy", 0)]
+        # The Anthropic-backed model still works.
+        power = signer.token(groups=["claude-power-users"])
+        assert call(g.port, power, with_model(STREAM, "claude-opus-4-7")).status == 200
+        assert len(stub.requests) == 1 and stub.requests[0]["path"].startswith("/v1/messages")
+    finally:
+        g.stop()

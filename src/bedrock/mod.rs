@@ -99,6 +99,27 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The answer to a request for a Bedrock target on a host that cannot send it to Bedrock
+/// (ngx_wasm_module, Kong's runtime: nginx forwards the URI the client sent, not the `:path`
+/// the filter sets, so the signed request would go to the route's upstream, with the session
+/// token and the conversation). Refused before anything is sent; only the administrator can
+/// change it, so Claude Code must not retry.
+pub fn needs_envoy(model: &str) -> crate::reply::Reply {
+    let message = format!(
+        "gateway: the model {model} is served through Amazon Bedrock, which this gateway cannot reach (Bedrock \
+         targets need the Envoy host; Kong's Wasm runtime cannot route to them). Tell your administrator"
+    );
+    crate::reply::Reply::error(502, "bedrock_needs_envoy", "api_error", &message).with_header("x-should-retry", "false")
+}
+
+/// The operator's warning beside [`needs_envoy`].
+pub fn needs_envoy_warning(target: &str) -> String {
+    format!(
+        "target {target:?} is a Bedrock target, which ngx_wasm_module (Kong) cannot forward to Bedrock: its models \
+         are refused here (502 bedrock_needs_envoy); serve them from an Envoy gateway"
+    )
+}
+
 /// The Bedrock runtime endpoint of a region.
 pub fn host(region: &str) -> String {
     format!("bedrock-runtime.{region}.amazonaws.com")

@@ -746,6 +746,18 @@ impl Request {
                 step
             }
             Ok((Forward { body: edit, mut headers, mut remove_headers, bedrock, route, warnings }, metering)) => {
+                if bedrock && self.profile == HostProfile::Ngx {
+                    // Nothing is sent; the hold just taken is given back.
+                    let reply = crate::bedrock::needs_envoy(&route.model);
+                    let target = headers.iter().find(|(n, _)| n == "x-gateway-target").map(|(_, v)| v.as_str());
+                    let warning = crate::bedrock::needs_envoy_warning(target.unwrap_or("?"));
+                    self.route = Some(route);
+                    self.metering = metering;
+                    let mut step = self.not_carried_out(host, reply);
+                    step.warnings.extend(warnings);
+                    step.warnings.push(warning);
+                    return step;
+                }
                 if bedrock {
                     remove_headers.append(&mut self.aws_headers);
                 }

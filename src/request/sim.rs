@@ -51,14 +51,19 @@ pub fn keyset() -> crate::jwks::KeySet {
 pub fn plan() -> Plan {
     let doc = serde_json::json!({
         "oidc": {"issuer": ISSUER, "audiences": ["gw"], "upstream": "127.0.0.1:9000"},
-        "targets": {"anthropic": {"provider": "anthropic", "api_key": PROVIDER_KEY}},
+        "targets": {
+            "anthropic": {"provider": "anthropic", "api_key": PROVIDER_KEY},
+            "bedrock": {"provider": "bedrock", "region": "us-east-1", "access_key_id": "AKIDSIM",
+                        "secret_access_key": "sim-secret", "session_token": "sim-session-token"}
+        },
         "models": [
             {"alias": "claude-sonnet-4-6", "target": "anthropic", "model_id": "claude-sonnet-4-6-20990101"},
-            {"alias": "claude-opus-4-7", "target": "anthropic", "model_id": "claude-opus-4-7"}
+            {"alias": "claude-opus-4-7", "target": "anthropic", "model_id": "claude-opus-4-7"},
+            {"alias": "claude-haiku-4-5", "target": "bedrock", "model_id": "us.anthropic.claude-haiku-4-5-v1:0"}
         ],
         "tiers": [
             {"name": "power", "groups": ["power"], "models": ["claude-opus-4-7", "claude-sonnet-4-6"]},
-            {"name": "standard", "groups": ["standard"], "models": ["claude-sonnet-4-6"],
+            {"name": "standard", "groups": ["standard"], "models": ["claude-sonnet-4-6", "claude-haiku-4-5"],
              "limits": [{"limit": 1000000, "window_seconds": 60}]}
         ],
         "max_body_bytes": 4096
@@ -380,6 +385,17 @@ pub fn not_carried_out_steps(profile: HostProfile) -> ([Step; 3], u64) {
     let passing = sim.request.on_response_headers(&host, answer, false);
     let done = sim.request.on_done(&mut worker, &host);
     ([failed, passing, done], held_units(&host))
+}
+
+/// A good request for the Bedrock-backed alias on `profile`, its body read whole: that step,
+/// its end, and the units the budget counters hold afterwards.
+pub fn bedrock_steps(profile: HostProfile) -> (Step, Step, u64) {
+    let (mut worker, host, mut sim) = good_request(profile);
+    let _ = sim.request.on_request_headers(&mut worker, &host, &pairs(&sim.headers), false);
+    let body = String::from_utf8(sim.body.clone()).unwrap().replace("claude-sonnet-4-6", "claude-haiku-4-5");
+    let step = sim.request.on_request_body(&mut worker, &host, body.len(), true, Some(body.as_bytes()));
+    let done = sim.request.on_done(&mut worker, &host);
+    (step, done, held_units(&host))
 }
 
 /// Units the budget counters in `host`'s shared data hold.

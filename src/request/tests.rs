@@ -397,6 +397,28 @@ fn a_forward_the_host_could_not_carry_out_is_recorded_as_refused_and_charges_not
     }
 }
 
+/// ngx forwards the URI the client sent, not the `:path` the filter sets: a request signed for
+/// Bedrock would go to the route's upstream (the Anthropic API) with the session token and the
+/// conversation. On ngx it is refused before anything is sent, and its hold given back; on
+/// Envoy it goes to Bedrock.
+#[test]
+fn a_bedrock_target_is_refused_on_ngx_and_forwarded_on_envoy() {
+    let (step, _, held) = sim::bedrock_steps(HostProfile::Ngx);
+    let reply = step.reply.as_ref().unwrap_or_else(|| panic!("no answer: {step:?}"));
+    assert_eq!((reply.status, reply.reason), (502, "bedrock_needs_envoy"));
+    assert!(reply.headers.contains(&("x-should-retry".into(), "false".into())), "{reply:?}");
+    assert!(!step.forwarded && step.body.is_none() && step.set_headers.is_empty(), "{step:?}");
+    assert!(step.warnings.iter().any(|w| w.contains("\"bedrock\" is a Bedrock target")), "{:?}", step.warnings);
+    let record = step.record.as_ref().unwrap_or_else(|| panic!("no record"));
+    assert_eq!((record.status, record.refusal), (Some(502), Some("bedrock_needs_envoy")));
+    assert_eq!(record.model.as_deref(), Some("claude-haiku-4-5"));
+    assert_eq!(held, 0, "the hold was given back");
+
+    let (step, _, _) = sim::bedrock_steps(HostProfile::Envoy);
+    assert!(step.forwarded && step.reply.is_none(), "{step:?}");
+    assert!(step.set_headers.iter().any(|(n, v)| n == "x-amz-security-token" && v == "sim-session-token"));
+}
+
 /// Who asks comes before what is asked: a request without a usable token is refused 401 on
 /// both hosts whatever its body says (none, encoded, declared too large), and a good token's
 /// request with such a body gets the body's refusal, without fetching keys for it.
