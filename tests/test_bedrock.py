@@ -250,3 +250,35 @@ def test_on_kongs_runtime_a_bedrock_target_is_refused_and_nothing_leaves(stub, s
         assert len(stub.requests) == 1 and stub.requests[0]["path"].startswith("/v1/messages")
     finally:
         g.stop()
+
+
+def test_a_target_without_a_route_of_its_own_is_refused_not_sent_to_another_provider(aws, signer):
+    """A second Bedrock target (another region, another quota) whose operator forgot its route
+    fell through to the catch-all Anthropic route: the request signed for Bedrock, with its
+    session token, went to the Anthropic API. The samples' routes (the harness's are the same)
+    match every target by name and refuse the rest."""
+    account = aws.bedrock
+    aws.reset()
+    config = bedrock_config(signer, account)
+    config["targets"]["bedrock-eu"] = config["targets"].pop("bedrock")
+    for m in config["models"]:
+        if m["target"] == "bedrock":
+            m["target"] = "bedrock-eu"
+    g = Envoy(config, aws.port, [signer.upstream],
+              env={"ANTHROPIC_API_KEY": UPSTREAM_KEY, "AWS_SECRET_ACCESS_KEY": account.secret_access_key,
+                   "AWS_SESSION_TOKEN": account.session_token})
+    try:
+        answer = call(g.port, signer.token(), STREAM)
+        assert answer.status == 502, answer.body
+        assert answer.headers.get("x-should-retry") == "false"
+        assert "no route to the provider" in answer.error_message, answer.error_message
+        assert aws.requests == [], "nothing left the gateway"
+        stats = g.stats("cluster.")
+        assert stats.get("cluster.anthropic.upstream_rq_total", 0) == 0 and \
+            stats.get("cluster.bedrock.upstream_rq_total", 0) == 0, stats
+        # The Anthropic target's route still serves its models.
+        power = signer.token(groups=["claude-power-users"])
+        assert call(g.port, power, with_model(STREAM, "claude-opus-4-7")).status == 200
+        assert len(aws.requests) == 1 and "x-gateway-target" not in dict(aws.requests[0]["headers"])
+    finally:
+        g.stop()

@@ -87,6 +87,49 @@ def test_bedrock_sample_takes_long_lived_keys_and_a_session_token_as_its_comment
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_sample_routes_each_target_by_name_and_refuses_the_rest():
+    """Each Envoy sample sends a request only to the cluster of the target the filter named
+    (x-gateway-target, matched exactly), one route per target in its filter config, and
+    refuses a target without a route (a 502 in Anthropic's shape that Claude Code does not
+    retry). The catch-all used to go to the Anthropic API: a second Bedrock target without a
+    route of its own sent its signed request and session token there."""
+    import yaml
+
+    def routes_and_targets(node, found):
+        if isinstance(node, dict):
+            for vh in node.get("virtual_hosts", []):
+                found["routes"].append(vh["routes"])
+            conf = node.get("configuration")
+            if isinstance(conf, dict) and "value" in conf:
+                found["targets"].update(json.loads(conf["value"])["targets"])
+            for value in node.values():
+                routes_and_targets(value, found)
+        elif isinstance(node, list):
+            for value in node:
+                routes_and_targets(value, found)
+        return found
+
+    samples = sorted((ROOT / "envoy").glob("*.yaml"))
+    assert len(samples) >= 5
+    for sample in samples:
+        found = routes_and_targets(yaml.safe_load(sample.read_text()), {"routes": [], "targets": {}})
+        assert found["targets"] and found["routes"], sample.name
+        for routes in found["routes"]:
+            *named, last = routes
+            by_name = {}
+            for route in named:
+                (header,) = route["match"]["headers"]
+                assert header["name"] == "x-gateway-target" and "exact" in header["string_match"], (sample.name, route)
+                assert route["request_headers_to_remove"] == ["x-gateway-target"], (sample.name, route)
+                by_name[header["string_match"]["exact"]] = route["route"]["cluster"]
+            assert set(by_name) == set(found["targets"]), (sample.name, by_name)
+            assert "headers" not in last["match"] and last["direct_response"]["status"] == 502, (sample.name, last)
+            body = json.loads(last["direct_response"]["body"]["inline_string"])
+            assert body["type"] == "error" and body["error"]["type"] == "api_error", sample.name
+            added = {h["header"]["key"]: h["header"]["value"] for h in last["response_headers_to_add"]}
+            assert added == {"content-type": "application/json", "x-should-retry": "false"}, sample.name
+
+
 def wait_for(url, seconds=60):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -68,6 +68,26 @@ LOCAL_REPLY = {"mappers": [{
 USAGE_LOG_FORMAT = "%FILTER_STATE(wasm.claude_sso_gateway_usage:PLAIN)%\n"
 
 
+def target_route(target: str, cluster: str) -> dict:
+    return {"match": {"prefix": "/", "headers": [{"name": "x-gateway-target", "string_match": {"exact": target}}]},
+            "route": {"cluster": cluster, "timeout": "300s"}, "request_headers_to_remove": ["x-gateway-target"]}
+
+
+# As in the samples: the filter names each forwarded request's target in x-gateway-target, Envoy
+# picks the route after the filter changed the headers, and a target without a route of its own
+# is refused (never sent to another provider with what was signed for it).
+ROUTES = [target_route("bedrock", "bedrock"), target_route("anthropic", "anthropic"),
+          {"match": {"prefix": "/"}, "direct_response": {"status": 502, "body": {"inline_string": json.dumps(
+              {"type": "error", "error": {"type": "api_error", "message": "gateway: this proxy has no route to the "
+                                          "provider of the model asked for (its target has no route in the Envoy "
+                                          "config). Tell your administrator."}})}},
+           "response_headers_to_add": [
+               {"header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+               {"header": {"key": "x-should-retry", "value": "false"}}]}]
+PASSTHROUGH = [{"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]
+
+
 def listener(filter_config, listen_port: int, env_keys=(), with_filter=True, access_log=None,
              hold_headers=True) -> dict:
     """The gateway listener: HTTP connection manager, the filter, the router. `hold_headers: False`
@@ -80,13 +100,8 @@ def listener(filter_config, listen_port: int, env_keys=(), with_filter=True, acc
         "stat_prefix": "gateway",
         # As in the samples: the request must arrive in bounded time.
         "request_headers_timeout": "10s", "request_timeout": "120s", "stream_idle_timeout": "300s",
-        # A Bedrock target's requests go to the `bedrock` cluster: the filter names the target in
-        # x-gateway-target, and Envoy picks the route after the filter changed the headers.
-        "route_config": {"virtual_hosts": [{"name": "anthropic", "domains": ["*"], "routes": [
-            {"match": {"prefix": "/", "headers": [{"name": "x-gateway-target", "string_match": {"exact": "bedrock"}}]},
-             "route": {"cluster": "bedrock", "timeout": "300s"},
-             "request_headers_to_remove": ["x-gateway-target"]},
-            {"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]}]},
+        "route_config": {"virtual_hosts": [{"name": "anthropic", "domains": ["*"],
+                                            "routes": ROUTES if with_filter else PASSTHROUGH}]},
         "http_filters": filters,
     }
     hcm["local_reply_config"] = LOCAL_REPLY
