@@ -232,7 +232,7 @@ pub fn without_secrets(text: &str) -> String {
         out.push_str(before);
         let end = from.find(|c: char| !key_like(c)).unwrap_or(from.len());
         let (run, after) = from.split_at(end);
-        if run.len() >= SECRET_RUN && run.bytes().any(|b| b.is_ascii_digit()) {
+        if run.len() >= SECRET_RUN && run.bytes().any(|b| b.is_ascii_digit()) && !is_timestamp(run) {
             out.push_str("[redacted]");
         } else {
             out.push_str(run);
@@ -241,6 +241,12 @@ pub fn without_secrets(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `20261202T101500Z`, the basic ISO 8601 time AWS writes (in a signature refused for its time).
+fn is_timestamp(run: &str) -> bool {
+    let b = run.as_bytes();
+    b.len() == 16 && b[8] == b'T' && b[15] == b'Z' && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
 }
 
 #[cfg(test)]
@@ -260,6 +266,7 @@ mod tests {
             ),
             ("organization_disabled_2024", "[redacted]"),
             ("short 0123456789abcde é done", "short 0123456789abcde é done"),
+            ("at 20261202T101500Z, not 20261202T101500Zx", "at 20261202T101500Z, not [redacted]"),
             ("", ""),
         ];
         for (text, want) in cases {

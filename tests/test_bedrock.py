@@ -183,9 +183,11 @@ def test_a_wrong_signature_is_refused_as_aws_does(aws, signer):
         while not g.usage_records() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert [r["status"] for r in g.usage_records()] == [502]
-        assert "signature" in answer.error_message
-        # The operator hears of it too, with AWS's error type, and never the secret.
-        assert "Bedrock refused the gateway's AWS credentials (InvalidSignatureException" in g.logs(), g.logs()[-2000:]
+        # The person is told AWS's error type; AWS's words (which name the account and the IAM
+        # role when access is denied) go to the operator, with the type, and never the secret.
+        assert "(InvalidSignatureException); tell your administrator" in answer.error_message, answer.error_message
+        assert "Bedrock refused the gateway's AWS credentials (InvalidSignatureException: " in g.logs(), g.logs()[-2000:]
+        assert "signature" in g.logs().split("(InvalidSignatureException: ", 1)[1][:300]
         assert "not-the-secret" not in g.logs()
     finally:
         g.stop()

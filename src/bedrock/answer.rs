@@ -3,7 +3,9 @@
 //! passes as it is.
 
 use super::{translate_error, BedrockStreamTranslator, ResponseKind};
-use crate::credential_refusal::{replaced_body_removes, shown, shown_type, CredentialRefusal, SentCredentials};
+use crate::credential_refusal::{
+    replaced_body_removes, shown, shown_type, trusted, CredentialRefusal, SentCredentials,
+};
 use crate::usage::ReportedUsage;
 
 /// What to do with a chunk of the answer.
@@ -103,22 +105,47 @@ impl Answer {
                 }
                 let reply = translate_error(self.status, self.error_type.as_deref(), &self.error_body, &self.sent);
                 if self.credentials_refused {
-                    let said = shown(&String::from_utf8_lossy(&self.error_body), 300, &self.sent);
+                    // AWS's message (`{"message": ...}`), or the body when it is not in that shape.
+                    let text = serde_json::from_slice::<serde_json::Value>(&self.error_body)
+                        .ok()
+                        .and_then(|v| {
+                            v.get("message").or_else(|| v.get("Message")).and_then(|m| m.as_str()).map(str::to_owned)
+                        })
+                        .unwrap_or_else(|| String::from_utf8_lossy(&self.error_body).into_owned());
+                    // AWS's own words (it named the error's type) are not taken for keys; a
+                    // proxy's are.
+                    let said = match self.error_type {
+                        Some(_) => trusted(&text, &self.sent).chars().take(300).collect(),
+                        None => shown(&text, 300, &self.sent),
+                    };
                     let kind = self
                         .error_type
                         .as_deref()
                         .map(super::translate::short_type)
                         .and_then(shown_type)
                         .unwrap_or("no error type");
-                    // Temporary credentials (a session token) expire and are read only when the
-                    // configuration loads: the operator must hear of it at once.
-                    self.warning = Some(format!(
-                        "Bedrock refused the gateway's AWS credentials ({kind}: {said}); check the target's \
-                         credentials (temporary ones must be replaced, and the proxy restarted, before they expire)"
-                    ));
-                    let message = format!(
-                        "gateway: Bedrock refused the gateway's AWS credentials ({kind}: {said}); tell your administrator"
-                    );
+                    // A signature refused for its time is the gateway host's clock, not its credentials.
+                    let clock = ["Signature expired", "Signature not yet current"].iter().any(|t| text.contains(t));
+                    let message = if clock {
+                        self.warning = Some(format!(
+                            "Bedrock refused the gateway's signature for its time ({kind}: {said}): the gateway host's \
+                             clock is more than 5 minutes off; check its time synchronisation (NTP)"
+                        ));
+                        "gateway: Bedrock refused the gateway's request: the gateway's clock is off. This is on the \
+                         gateway's side; tell your administrator"
+                            .to_owned()
+                    } else {
+                        // Temporary credentials (a session token) expire and are read only when the
+                        // configuration loads: the operator must hear of it at once.
+                        self.warning = Some(format!(
+                            "Bedrock refused the gateway's AWS credentials ({kind}: {said}); check the target's \
+                             credentials (temporary ones must be replaced, and the proxy restarted, before they expire)"
+                        ));
+                        // AWS's words name the account and the IAM role: the operator's, not everyone's.
+                        format!(
+                            "gateway: Bedrock refused the gateway's AWS credentials ({kind}); tell your administrator"
+                        )
+                    };
                     return Chunk::Replace(
                         crate::reply::Reply::error(502, "bedrock_credentials", "api_error", &message).body,
                     );
@@ -174,7 +201,7 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let message = v["error"]["message"].as_str().unwrap();
-        assert!(message.contains("ExpiredTokenException: "), "{message}");
+        assert!(message.contains("(ExpiredTokenException)"), "{message}");
         let warning = a.take_warning().expect("a warning");
         assert!(warning.contains("ExpiredTokenException") && warning.contains("expire"), "{warning}");
         assert_eq!(a.take_warning(), None, "once");
@@ -202,7 +229,7 @@ mod tests {
         let mut a = Answer::default();
         a.on_headers(403, "application/json", None);
         let Chunk::Replace(body) = a.on_body(br#"{"message":"denied"}"#, true) else { panic!() };
-        assert!(String::from_utf8_lossy(&body).contains("(no error type: "), "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("(no error type)"), "{}", String::from_utf8_lossy(&body));
     }
 
     /// A spent service quota, a 400 from Bedrock, reaches the client as a 429 (status and body).
@@ -227,5 +254,31 @@ mod tests {
         let mut a = Answer::default();
         a.on_headers(200, "application/json", None);
         assert_eq!(a.on_body(b"{}", true), Chunk::Pass);
+    }
+
+    /// AWS's words for a refused credential name the account and the IAM role: they go to the
+    /// operator's log, not to every developer; a signature refused for its time is said to be the
+    /// gateway's clock, with AWS's timestamps left readable.
+    #[test]
+    fn aws_words_go_to_the_operator_and_a_clock_off_is_named() {
+        let mut a = Answer::default();
+        a.on_headers(403, "application/json", Some("AccessDeniedException"));
+        let denied = br#"{"message":"User: arn:aws:sts::123456789012:assumed-role/gw-role/s1 is not authorized to perform: bedrock:InvokeModel"}"#;
+        let Chunk::Replace(body) = a.on_body(denied, true) else { panic!() };
+        let body = String::from_utf8(body).unwrap();
+        assert!(
+            body.contains("(AccessDeniedException); tell your administrator") && !body.contains("123456789012"),
+            "{body}"
+        );
+        let warning = a.take_warning().unwrap();
+        assert!(warning.contains("arn:aws:sts::123456789012:assumed-role"), "{warning}");
+
+        let mut a = Answer::default();
+        a.on_headers(403, "application/json", Some("InvalidSignatureException"));
+        let expired = br#"{"message":"Signature expired: 20261202T101500Z is now earlier than 20261202T102512Z (20261202T103012Z - 5 min.)"}"#;
+        let Chunk::Replace(body) = a.on_body(expired, true) else { panic!() };
+        assert!(String::from_utf8(body).unwrap().contains("the gateway's clock is off"));
+        let warning = a.take_warning().unwrap();
+        assert!(warning.contains("clock") && warning.contains("20261202T101500Z is now earlier"), "{warning}");
     }
 }
