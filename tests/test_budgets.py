@@ -439,3 +439,43 @@ def test_a_request_an_error_page_takes_past_the_filter_is_still_settled_and_reco
     finally:
         g.stop()
         up.stop()
+
+
+def test_two_configurations_in_one_host_for_other_idps_keep_their_budgets_apart(stub):
+    """Two filter configurations in one nginx (Kong: two routes), each for its own IdP and each
+    with a tier `standard`: counters were keyed by the tier's name alone, so the second team's
+    traffic spent the first team's budget (seen: 429 "used 15750" of 9450 after one request)."""
+    from tests.conftest import UPSTREAM_KEY
+    from tests.harness.envoy import free_port
+    from tests.harness.nginx import FILTER, Nginx, kong_json, nginx_string
+
+    idp_a, idp_b = Signer(), Signer()
+    one = per_request(stub)
+    try:
+        a = gateway_config(idp_a, budgets={"reserve": "none"})
+        a["tiers"][1]["limits"] = [{"limit": 3 * one, "window_seconds": 600}]
+        b = gateway_config(idp_b, budgets={"reserve": "none"})
+        b["tiers"][1]["limits"] = [{"limit": 1000 * one, "window_seconds": 600}]
+        port_b = free_port()
+        server_b = (f"    server {{\n        listen 127.0.0.1:{port_b};\n        location / {{\n"
+                    f"            proxy_wasm {FILTER} {nginx_string(kong_json(b))};\n"
+                    f"            proxy_pass http://anthropic;\n            proxy_set_header Authorization \"\";\n"
+                    f"        }}\n    }}\n")
+        g = Nginx(a, stub.port, [idp_a.upstream, idp_b.upstream], env={"ANTHROPIC_API_KEY": UPSTREAM_KEY},
+                  http_extra=server_b)
+        try:
+            windows.inside_one_window(600, 30)
+            assert call(g.port, idp_a.token(), STREAM).status == 200
+            for i in range(4):
+                answer = call(port_b, idp_b.token(sub=f"bob{i}"), STREAM)
+                assert answer.status == 200, answer.body
+            # What an answer's headers say is before its own use is settled.
+            assert int(answer.headers["x-ai-ratelimit-remaining-600-anthropic"]) == 997 * one, answer.headers
+            second = call(g.port, idp_a.token(sub="alice"), STREAM)
+            assert second.status == 200, second.body
+            assert int(second.headers["x-ai-ratelimit-remaining-600-anthropic"]) == 2 * one, second.headers
+        finally:
+            g.stop()
+    finally:
+        idp_a.stop()
+        idp_b.stop()

@@ -262,8 +262,13 @@ fn compile_rates(field: &str, written: [f64; 4], cache_write_1h: Option<f64>) ->
 }
 
 /// Compiles a tier's limits. `priced` tells whether every model of the tier has a price.
+/// The limits of the tier `tier` of a configuration whose tokens come from `issuer`: their
+/// counters are that issuer's and that tier's, so two configurations in one host (Kong routes,
+/// nginx locations, Envoy listeners sharing a VM) for other IdPs never count against each other,
+/// and a reload that keeps both keeps its counters.
 pub(super) fn compile_limits(
     field: &str,
+    issuer: &str,
     tier: &str,
     raw: RawTierBudget,
     priced: bool,
@@ -302,7 +307,7 @@ pub(super) fn compile_limits(
             };
             return Err(ConfigError::new(format!("{field}.limit"), format!("must be between {range}")));
         }
-        let key = limit_key(tier, counts, l.window_seconds, window_type, per);
+        let key = limit_key(issuer, tier, counts, l.window_seconds, window_type, per);
         if limits.iter().any(|other| other.key == key) {
             return Err(ConfigError::new(field, "the same limit is listed twice"));
         }
@@ -318,8 +323,8 @@ pub const MAX_UNITS: u64 = 1 << 53;
 const MAX_PRICE: f64 = 1_000_000.0;
 
 // Keys stay short and depend only on what the limit means, so counters survive a reload that
-// keeps the tier and its limits (and Kong's CRC32-keyed store sees few keys).
-fn limit_key(tier: &str, counts: Counts, window: u64, window_type: WindowType, per: Per) -> String {
+// keeps the issuer, the tier and its limits (and Kong's CRC32-keyed store sees few keys).
+fn limit_key(issuer: &str, tier: &str, counts: Counts, window: u64, window_type: WindowType, per: Per) -> String {
     let c = match counts {
         Counts::TotalTokens => 't',
         Counts::PromptTokens => 'p',
@@ -328,7 +333,7 @@ fn limit_key(tier: &str, counts: Counts, window: u64, window_type: WindowType, p
     };
     let w = if window_type == WindowType::Sliding { 's' } else { 'f' };
     let p = if per == Per::Tier { 't' } else { 'p' };
-    format!("csg/b/{}/{c}{window}{w}{p}", short_digest(tier))
+    format!("csg/b/{}/{c}{window}{w}{p}", short_digest(&format!("{issuer}\n{tier}")))
 }
 
 /// A short, stable digest for keys (tier names and `sub`s may be long or contain `/`).
@@ -396,6 +401,11 @@ mod tests {
         );
         assert!(limits[0].key.starts_with("csg/b/") && limits[0].key.len() < 40, "{}", limits[0].key);
         assert_eq!(load(&doc).unwrap().tiers[1].limits[0].key, limits[0].key, "keys are stable across reloads");
+        // Another configuration in the same host, for another IdP, with a tier of the same name:
+        // its counters are its own (it spent the first one's budget).
+        let mut other = doc.clone();
+        other["oidc"]["issuer"] = json!("https://idp.other.example.com");
+        assert_ne!(load(&other).unwrap().tiers[1].limits[0].key, limits[0].key);
     }
 
     #[test]

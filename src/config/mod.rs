@@ -317,7 +317,7 @@ fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan,
         targets.push(compile_target(&name, target, env)?);
     }
     let models = compile_models(raw.models, &targets)?;
-    let tiers = compile_tiers(raw.tiers, &models, &mut notes)?;
+    let tiers = compile_tiers(raw.tiers, &models, &oidc.issuer, &mut notes)?;
     note_shared_labels("models", "alias", models.iter().map(|m| m.alias.as_str()), &mut notes);
     note_shared_labels("tiers", "name", tiers.iter().map(|t| t.name.as_str()), &mut notes);
     let budgets = limits::compile_budgets(raw.budgets)?;
@@ -661,7 +661,13 @@ fn compile_models(raw: Vec<RawModel>, targets: &[Target]) -> Result<Vec<Model>, 
     Ok(models)
 }
 
-fn compile_tiers(raw: Vec<RawTier>, models: &[Model], notes: &mut Vec<String>) -> Result<Vec<Tier>, ConfigError> {
+/// `issuer` scopes the tiers' budget counters (see [`limits::compile_limits`]).
+fn compile_tiers(
+    raw: Vec<RawTier>,
+    models: &[Model],
+    issuer: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Tier>, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::new("tiers", "at least one tier is required"));
     }
@@ -716,7 +722,7 @@ fn compile_tiers(raw: Vec<RawTier>, models: &[Model], notes: &mut Vec<String>) -
         let priced = indexes.iter().all(|&m| models.get(m).is_some_and(|m| m.price.is_some()));
         let budget =
             limits::RawTierBudget { limits: t.limits, window_type: t.window_type, counts: t.counts, per: t.per };
-        let limits = limits::compile_limits(&field, &t.name, budget, priced)?;
+        let limits = limits::compile_limits(&field, issuer, &t.name, budget, priced)?;
         tiers.push(Tier { limits, name: t.name, groups: t.groups, models: indexes });
     }
     Ok(tiers)
