@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: shared all build test unit unit-wasm unit-fast lint fuzz fuzz-ci integration kong-runtime demo demo-cluster demo-token bench bench-harness compose-up compose-down compose-images clean tools
+.PHONY: check-config shared all build test unit unit-wasm unit-fast lint fuzz fuzz-ci integration kong-runtime demo demo-cluster demo-token bench bench-harness compose-up compose-down compose-images clean tools
 
 all: build
 
@@ -99,6 +99,12 @@ kong-runtime:
 
 ## The gateway on 127.0.0.1:10000 with a local OpenID Provider and a stand-in upstream: Envoy from
 ## PyPI and the npm packages, none of the Debian packages the tests use (no root needed).
+# The filter's verdict on a configuration file, with this shell's environment as the VM's
+# (export what the host passes to the VM, e.g. ANTHROPIC_API_KEY): run it before a reload.
+check-config:
+	@test -n "$(CONFIG)" || { echo "usage: make check-config CONFIG=<the filter's JSON config>"; exit 2; }
+	@cargo run -q --release --example check_config -- --env $(CONFIG)
+
 demo: build $(VENV)/.stamp node_modules/.stamp
 	bash scripts/demo.sh
 

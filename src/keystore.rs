@@ -262,7 +262,14 @@ impl KeyStore {
         }
         let doc: Discovery = serde_json::from_slice(body).map_err(|e| FetchError::BadDiscovery(e.to_string()))?;
         if doc.issuer != oidc.issuer {
-            return Err(FetchError::BadDiscovery(format!("issuer {:?} is not the configured issuer", doc.issuer)));
+            // Compared byte for byte, as the tokens' `iss` is; a trailing `/` is the usual slip.
+            let slash = doc.issuer.trim_end_matches('/') == oidc.issuer.trim_end_matches('/');
+            return Err(FetchError::BadDiscovery(format!(
+                "issuer {:?} is not oidc.issuer {:?}{}",
+                doc.issuer,
+                oidc.issuer,
+                if slash { " (they differ only in a trailing \"/\"; tokens carry the IdP's spelling)" } else { "" }
+            )));
         }
         let url = HttpUrl::parse(&doc.jwks_uri).map_err(|e| FetchError::BadDiscovery(format!("jwks_uri {e}")))?;
         let discovery = &oidc.discovery_url;
@@ -522,6 +529,11 @@ mod tests {
             Err(FetchError::BadDiscovery(_))
         ));
         assert!(matches!(store.on_discovery(&oidc, None, b""), Err(FetchError::Unreachable(_))));
+        // The operator reads which field to fix, and the usual slip by name.
+        let slash = serde_json::json!({"issuer": "https://idp.example.com/oauth2/default/", "jwks_uri": "https://idp.example.com/k"});
+        let said = store.on_discovery(&oidc, Some(200), slash.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(said.contains("is not oidc.issuer \"https://idp.example.com/oauth2/default\""), "{said}");
+        assert!(said.contains("differ only in a trailing \"/\""), "{said}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ import copy
 import ctypes
 import functools
 import json
+import os
 import re
 import struct
 import subprocess
@@ -98,6 +99,9 @@ INVALID = [
     ("issuer port with a plus sign", {"oidc.issuer": "https://idp.example.com:+443/o"}, "config error: oidc.issuer: must be an http:// or https:// URL"),
     ("token cache beyond its bound", {"oidc.token_cache_entries": 2000000}, "config error: oidc.token_cache_entries: must be at most 1048576"),
     ("groups claim with a space", {"oidc.groups_claim": " groups"}, "config error: oidc.groups_claim: must be a claim name or a dotted path"),
+    ("an audience claim every token carries", {"oidc.audience_claim": "iss"}, "config error: oidc.audience_claim: \"iss\" does not name the application"),
+    ("an audience claim naming the person", {"oidc.audience_claim": "sub"}, "config error: oidc.audience_claim: \"sub\" does not name the application"),
+    ("an audience claim with a tab", {"oidc.audience_claim": "a\tb"}, "config error: oidc.audience_claim: must be a claim name"),
     ("tracing header as identity header", {"identity_headers": {"user": "X-Request-Id"}}, "config error: identity_headers.user: \"x-request-id\" is not a usable header name"),
     ("forwarding header as identity header", {"identity_headers": {"email": "X-Forwarded-For"}}, "config error: identity_headers.email: \"x-forwarded-for\" is not a usable header name"),
     ("api key with a trailing space", {"targets.anthropic": {"provider": "anthropic", "api_key": "sk-ant-x "}}, "config error: targets.anthropic.api_key: the api key has spaces around it"),
@@ -162,6 +166,7 @@ PARSER_ONLY = [
     ("model names an unknown target", {"models[1].target": "bedrock"}, "config error: models[1].target: unknown target \"bedrock\""),
     ("environment variable not set", {"targets.anthropic.api_key_env": "NO_SUCH_VAR"}, "config error: targets.anthropic.api_key_env: environment variable NO_SUCH_VAR is not set in the VM"),
     ("a key pasted into api_key_env is not repeated", {"targets.anthropic.api_key_env": "sk-ant-api03-pasted"}, "config error: targets.anthropic.api_key_env: the environment variable it names is not set in the VM (the name is not repeated"),
+    ("the groups claim as the audience claim", {"oidc.groups_claim": "roles", "oidc.audience_claim": "roles"}, "config error: oidc.audience_claim: \"roles\" does not name the application"),
     ("duplicate alias", {"models[1].alias": "claude-sonnet-4-6"}, "config error: models[1].alias: duplicate alias \"claude-sonnet-4-6\""),
     ("duplicate tier", {"tiers[1].name": "power"}, "config error: tiers[1].name: duplicate tier \"power\""),
     ("fractional token limit", {"tiers[1].limits[0].limit": 1.5}, "config error: tiers[1].limits[0].limit: a token limit must be a whole number"),
@@ -340,6 +345,27 @@ def test_schema_and_parser_agree(tmp_path):
         if not schema_can_say and not schema_ok:
             problems.append(f"{name}: listed as parser-only, but the schema refuses it too ({schema}); move it")
     assert not problems, "\n".join(problems)
+
+
+def test_operators_check_a_config_with_their_environment_before_a_reload(tmp_path):
+    """Plain nginx keeps no worker at all after a reload with a configuration the filter refuses
+    (and `nginx -t` does not run the filter); `make check-config` gives the filter's verdict first,
+    with the shell's environment as the VM's, and fails when it refuses."""
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(edited({"targets.anthropic.api_key_env": "CHECK_KEY"})))
+    bad.write_text(json.dumps(edited({"tiers[1].limits[0].window_second": 60})))
+
+    def check(path, **env):
+        base = {k: v for k, v in os.environ.items() if k != "CHECK_KEY"}
+        return subprocess.run(["make", "-s", "check-config", f"CONFIG={path}"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600, env={**base, **env})
+
+    ok = check(good, CHECK_KEY="sk-ant-operator")
+    assert ok.returncode == 0 and ok.stdout.strip() == f"{good}\tok", ok.stdout + ok.stderr
+    unset = check(good)
+    assert unset.returncode != 0 and "environment variable CHECK_KEY is not set" in unset.stdout, unset.stdout
+    typo = check(bad, CHECK_KEY="sk-ant-operator")
+    assert typo.returncode != 0 and "tiers[1].limits[0].window_second: unknown field" in typo.stdout, typo.stdout
 
 
 # --- the built .wasm and the host functions it may call ------------------------------------

@@ -365,6 +365,19 @@ fn compile_oidc(raw: RawOidc) -> Result<OidcPlan, ConfigError> {
             "must be a claim name (`aud`, or `client_id` for Cognito)",
         ));
     }
+    // A claim every token of the IdP carries alike (`iss`), or one the person is known by, would
+    // take tokens the IdP issued for any other application: the audience check would be gone.
+    let groups_top = raw.groups_claim.split('.').next().unwrap_or_default();
+    if NOT_AUDIENCE_CLAIMS.contains(&raw.audience_claim.as_str()) || raw.audience_claim == groups_top {
+        return Err(ConfigError::new(
+            "oidc.audience_claim",
+            format!(
+                "{:?} does not name the application a token is for, so any application's tokens would pass; \
+                 use `aud` (or `client_id` for Cognito, `azp`, `cid`, `appid`)",
+                raw.audience_claim
+            ),
+        ));
+    }
     let upstream = match raw.upstream {
         Some(u) => check_upstream("oidc.upstream", u)?,
         None => issuer_url.host_port(),
@@ -728,6 +741,22 @@ fn compile_tiers(
     Ok(tiers)
 }
 
+/// Claims that never name the application a token is for (registered and identity claims).
+const NOT_AUDIENCE_CLAIMS: [&str; 12] = [
+    "iss",
+    "sub",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "email",
+    "email_verified",
+    "name",
+    "preferred_username",
+    "groups",
+    "scope",
+];
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1017,6 +1046,19 @@ pub(crate) mod tests {
                 "bad upstream",
                 |d| d["oidc"]["upstream"] = json!("https://idp/"),
                 "config error: oidc.upstream: must be host:port (the Envoy cluster name / Kong upstream)",
+            ),
+            (
+                "an audience claim every token of the IdP carries",
+                |d| d["oidc"]["audience_claim"] = json!("iss"),
+                "config error: oidc.audience_claim: \"iss\" does not name the application a token is for",
+            ),
+            (
+                "the groups claim as the audience claim",
+                |d| {
+                    d["oidc"]["groups_claim"] = json!("realm_access.roles");
+                    d["oidc"]["audience_claim"] = json!("realm_access");
+                },
+                "config error: oidc.audience_claim: \"realm_access\" does not name the application",
             ),
             (
                 "empty claim path",
