@@ -193,6 +193,81 @@ pub fn scan_vs_serde(data: &[u8]) {
     assert_eq!(crate::scan::scan_with(checked, Some(&mut cache)), got, "with remembered elements");
 }
 
+/// Bedrock: an event stream (raw bytes, or frames built from the input with valid CRCs so that
+/// the fuzzer reaches the chunk and exception parsers) translates to the same SSE and the same
+/// usage however it is split, and a translated request is JSON without `model` or `stream`.
+pub fn bedrock(data: &[u8]) {
+    use crate::bedrock::{translate_request, BedrockStreamTranslator, ANTHROPIC_VERSION};
+
+    let Some((&mode, rest)) = data.split_first() else { return };
+    if mode % 3 == 2 {
+        let allowed = ["context-1m-2025-08-07".to_owned(), "interleaved-thinking-2025-05-14".to_owned()];
+        let Ok(out) = translate_request(rest, "us.anthropic.fuzz-v1:0", &["interleaved-thinking-2025-05-14"], &allowed)
+        else {
+            return;
+        };
+        let value: serde_json::Value = serde_json::from_slice(&out.body).expect("the translated body is JSON");
+        assert!(value.get("model").is_none() && value.get("stream").is_none(), "{value}");
+        assert_eq!(value["anthropic_version"], ANTHROPIC_VERSION);
+        assert!(out.path.starts_with("/model/us.anthropic.fuzz-v1%3A0/invoke"), "{}", out.path);
+        return;
+    }
+    let Some((&split, rest)) = rest.split_first() else { return };
+    let stream = bedrock_stream(mode, rest);
+    let cut = usize::from(split) * stream.len() / 256;
+    let mut whole = BedrockStreamTranslator::new();
+    let mut once = whole.push(&stream);
+    once.extend(whole.finish());
+    let mut parts = BedrockStreamTranslator::new();
+    let mut split_out = parts.push(&stream[..cut]);
+    split_out.extend(parts.push(&stream[cut..]));
+    split_out.extend(parts.finish());
+    assert_eq!(once, split_out);
+    assert_eq!(whole.metrics(), parts.metrics());
+    // What goes to the client is SSE a meter can read: the same usage whole and split.
+    let mut a = Meter::new("text/event-stream");
+    a.push(&once);
+    let mut b = Meter::new("text/event-stream");
+    b.push(&split_out[..split_out.len() / 2]);
+    b.push(&split_out[split_out.len() / 2..]);
+    assert_eq!(a.finish(), b.finish());
+}
+
+/// The event stream a [`bedrock`] input stands for: `rest` as it is (`mode % 3 == 0`), or
+/// frames built from its pieces.
+fn bedrock_stream(mode: u8, rest: &[u8]) -> Vec<u8> {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+
+    use crate::bedrock::encode_frame;
+
+    if mode % 3 == 0 {
+        rest.to_vec()
+    } else {
+        // Pieces separated by 0xff: a chunk of an event (its JSON), an exception, or a chunk
+        // whose payload is the piece as it is.
+        rest.split(|&b| b == 0xff)
+            .flat_map(|piece| {
+                let (kind, body) = piece.split_first().map_or((0, piece), |(&k, b)| (k, b));
+                match kind % 3 {
+                    0 => {
+                        let payload = serde_json::json!({"bytes": STANDARD.encode(body)}).to_string();
+                        encode_frame(&[(":message-type", "event"), (":event-type", "chunk")], payload.as_bytes())
+                    }
+                    1 => {
+                        let kind = String::from_utf8_lossy(body);
+                        encode_frame(
+                            &[(":message-type", "exception"), (":exception-type", &kind)],
+                            b"{\"message\":\"x\"}",
+                        )
+                    }
+                    _ => encode_frame(&[(":message-type", "event"), (":event-type", "chunk")], body),
+                }
+            })
+            .collect()
+    }
+}
+
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
 
@@ -208,6 +283,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("request_events", request_events),
     ("strict_json", strict_json),
     ("scan_vs_serde", scan_vs_serde),
+    ("bedrock", bedrock),
 ];
 
 #[cfg(test)]
@@ -223,5 +299,16 @@ mod tests {
                 target(&seed);
             }
         }
+    }
+
+    /// The Bedrock seeds reach the translator's events, its exceptions and its corrupt chunks,
+    /// not only the decoder's refusals.
+    #[test]
+    fn the_bedrock_seeds_reach_the_translator() {
+        let seed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/bedrock/frames.bin")).unwrap();
+        let mut t = crate::bedrock::BedrockStreamTranslator::new();
+        let sse = String::from_utf8(t.push(&super::bedrock_stream(seed[0], &seed[2..]))).unwrap();
+        assert!(sse.contains("event: message_start") && sse.contains("event: content_block_delta"), "{sse}");
+        assert!(sse.contains("event: error"), "{sse}");
     }
 }

@@ -216,6 +216,28 @@ fn decode_headers(mut bytes: &[u8]) -> Result<Vec<(String, HeaderValue)>, Bedroc
     Ok(headers)
 }
 
+/// One frame with string headers and `payload`, both CRCs right (for tests and the fuzzer,
+/// which build streams to decode).
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for (n, v) in headers {
+        raw.push(n.len() as u8);
+        raw.extend_from_slice(n.as_bytes());
+        raw.push(7);
+        raw.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        raw.extend_from_slice(v.as_bytes());
+    }
+    let total = (12 + raw.len() + payload.len() + 4) as u32;
+    let mut out = total.to_be_bytes().to_vec();
+    out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32(&out).to_be_bytes());
+    out.extend_from_slice(&raw);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc32(&out).to_be_bytes());
+    out
+}
+
 // CRC-32 (IEEE 802.3, as zlib). A 1 KiB table built at compile time: the crc32fast crate's
 // slice-by-16 tables would add 16 KiB to the .wasm for frames that are a few KiB each.
 const CRC_TABLE: [u32; 256] = {

@@ -50,6 +50,8 @@ use std::fmt;
 use crate::reply::{Reply, ToReply};
 
 pub use answer::{Answer, Chunk};
+#[cfg(any(test, feature = "fuzzing"))]
+pub use eventstream::encode as encode_frame;
 pub use eventstream::{crc32, Decoded, EventStreamDecoder, Frame, HeaderValue, MAX_FRAME};
 pub use sigv4::{amz_date, sign, SignInput, SERVICE};
 pub use stream::{usage_from_headers, BedrockStreamTranslator};

@@ -332,22 +332,7 @@ mod tests {
     }
 
     fn frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
-        let mut raw = Vec::new();
-        for (n, v) in headers {
-            raw.push(n.len() as u8);
-            raw.extend_from_slice(n.as_bytes());
-            raw.push(7);
-            raw.extend_from_slice(&(v.len() as u16).to_be_bytes());
-            raw.extend_from_slice(v.as_bytes());
-        }
-        let total = (12 + raw.len() + payload.len() + 4) as u32;
-        let mut out = total.to_be_bytes().to_vec();
-        out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
-        out.extend_from_slice(&super::super::crc32(&out).to_be_bytes());
-        out.extend_from_slice(&raw);
-        out.extend_from_slice(payload);
-        out.extend_from_slice(&super::super::crc32(&out).to_be_bytes());
-        out
+        super::super::eventstream::encode(headers, payload)
     }
 
     fn chunk(event: &[u8]) -> Vec<u8> {
