@@ -85,8 +85,10 @@ impl UsageRecord {
         out.push(b'}');
         // JSON allows U+2028 and U+2029 raw in strings, but many line readers (JavaScript's
         // before ES2019, Python's `splitlines`) end a line there: written as escapes.
-        if memchr::memmem::find(&out, b"\xe2\x80\xa8").is_some()
-            || memchr::memmem::find(&out, b"\xe2\x80\xa9").is_some()
+        // (One scan for their first byte first: most records are ASCII.)
+        if memchr::memchr(0xe2, &out).is_some()
+            && (memchr::memmem::find(&out, b"\xe2\x80\xa8").is_some()
+                || memchr::memmem::find(&out, b"\xe2\x80\xa9").is_some())
         {
             out = String::from_utf8_lossy(&out)
                 .replace('\u{2028}', "\\u2028")
