@@ -97,14 +97,14 @@ integration: build bench-harness tools kong-runtime
 kong-runtime:
 	@bash scripts/kong-runtime.sh
 
-## The gateway on 127.0.0.1:10000 with a local OpenID Provider and a stand-in upstream: Envoy from
-## PyPI and the npm packages, none of the Debian packages the tests use (no root needed).
-# The filter's verdict on a configuration file, with this shell's environment as the VM's
-# (export what the host passes to the VM, e.g. ANTHROPIC_API_KEY): run it before a reload.
+## The filter's verdict on a configuration file, with this shell's environment as the VM's
+## (export what the host passes to the VM, e.g. ANTHROPIC_API_KEY): run it before a reload.
 check-config:
 	@test -n "$(CONFIG)" || { echo "usage: make check-config CONFIG=<the filter's JSON config>"; exit 2; }
-	@cargo run -q --release --example check_config -- --env $(CONFIG)
+	@cargo run -q --release --example check_config -- --env "$(CONFIG)"
 
+## The gateway on 127.0.0.1:10000 with a local OpenID Provider and a stand-in upstream: Envoy from
+## PyPI and the npm packages, none of the Debian packages the tests use (no root needed).
 demo: build $(VENV)/.stamp node_modules/.stamp
 	bash scripts/demo.sh
 

@@ -145,9 +145,14 @@ pub fn shown(text: &str, max: usize, sent: &SentCredentials) -> String {
 /// name model ids and ARNs that [`without_secrets`] would take for keys): no control or
 /// invisible characters, and only a note when it holds a credential the gateway sent.
 pub fn trusted(text: &str, sent: &SentCredentials) -> String {
-    let visible: String = text.chars().filter(|&c| !invisible(c)).collect();
+    let mut visible: String = text.chars().filter(|&c| !invisible(c)).collect();
     if sent.in_text(&visible) {
-        return "[the answer quoted the gateway's own credential and is not shown]".to_owned();
+        // Quoted as it was sent (AWS's canonical request quotes the session token): that part
+        // goes and the rest stays readable; split up or altered, the whole text goes.
+        visible = sent.0.iter().fold(visible, |text, c| text.replace(c.as_str(), "[redacted]"));
+        if sent.in_text(&visible) {
+            return "[the answer quoted the gateway's own credential and is not shown]".to_owned();
+        }
     }
     visible
 }
@@ -189,7 +194,9 @@ impl SentCredentials {
                 name if CREDENTIAL_HEADERS.contains(&name) => value,
                 _ => return None,
             };
-            (!value.is_empty()).then(|| value.to_owned())
+            // A short value (a placeholder key in a test setup) would match ordinary words and
+            // header values; a real key, access key id or session token is far longer.
+            (value.len() >= CREDENTIAL_PART).then(|| value.to_owned())
         };
         SentCredentials(headers.iter().filter_map(credential).collect())
     }
@@ -360,6 +367,14 @@ mod tests {
                 assert!(text.contains("401"), "{text}");
             }
         }
+        // A key quoted whole goes, and the sentence stays.
+        let mut r = CredentialRefusal::of(Some(401), None, &sent).unwrap();
+        let whole = serde_json::json!({"type": "error", "error": {"type": "authentication_error", "message": format!("key {key} was revoked")}});
+        let body = String::from_utf8(r.on_body(whole.to_string().as_bytes(), true)).unwrap();
+        assert!(body.contains("key [redacted] was revoked"), "{body}");
+        // A placeholder key too short to be told from words is no credential to look for.
+        let short = SentCredentials::of(&[("x-api-key".to_owned(), "x".to_owned())]);
+        assert!(!short.in_value("text/event-stream") && !short.in_text("x"));
         // What the provider says without the key is still quoted.
         let mut r = CredentialRefusal::of(Some(401), None, &sent).unwrap();
         let body = String::from_utf8(r.on_body(REVOKED, true)).unwrap();

@@ -121,6 +121,8 @@ pub struct Worker {
     /// The cluster-wide budget sync, when `budget_store` is configured, and the tier-wide
     /// counters it always syncs.
     pub sync: Option<(Syncer, Vec<Tracked>)>,
+    /// The operator was told, once, that this host cannot forward to a Bedrock target.
+    pub bedrock_unreachable_told: bool,
 }
 
 impl Worker {
@@ -135,7 +137,7 @@ impl Worker {
             (Syncer::new(u64::from_le_bytes(id)), store_sync::tier_counters(&plan.tiers))
         });
         let validated = ValidatedElements::new(plan.validation_cache_bytes);
-        Worker { plan, keys, tokens, validated, request_fetches: 0, sync }
+        Worker { plan, keys, tokens, validated, request_fetches: 0, sync, bedrock_unreachable_told: false }
     }
 
     /// Request headers removed before anything is forwarded: the client's credential and any

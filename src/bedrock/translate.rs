@@ -519,6 +519,16 @@ mod tests {
             let text = String::from_utf8(reply.body).unwrap();
             assert!(!text.contains("IQoJb3JpZ2lu") && !text.contains("AKIAIOSFODNN7"), "{text}");
         }
+        // AWS's explanation of a signature that does not match quotes the canonical request, the
+        // session token in it: the token goes, the explanation stays.
+        let canonical = serde_json::json!({"message": format!(
+            "The request signature we calculated does not match the signature you provided. The Canonical String \
+             for this request should have been 'POST\n/model/x/invoke\n\nx-amz-security-token:{token}\n'")});
+        let text = String::from_utf8(
+            translate_error(403, Some("InvalidSignatureException"), canonical.to_string().as_bytes(), &sent).body,
+        )
+        .unwrap();
+        assert!(text.contains("does not match the signature you provided") && !text.contains("IQoJb3JpZ2lu"), "{text}");
         // What AWS says of a signature that does not match (the request's scope) stays readable.
         let said = r#"{"message":"Credential should be scoped to a valid region, not 20261202/us-east-1/bedrock"}"#;
         let text =

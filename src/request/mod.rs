@@ -755,7 +755,10 @@ impl Request {
                     self.metering = metering;
                     let mut step = self.not_carried_out(host, reply);
                     step.warnings.extend(warnings);
-                    step.warnings.push(warning);
+                    // Once per worker: every such request is refused alike, and counted.
+                    if !std::mem::replace(&mut worker.bedrock_unreachable_told, true) {
+                        step.warnings.push(warning);
+                    }
                     return step;
                 }
                 if bedrock {
