@@ -107,7 +107,7 @@ impl CredentialRefusal {
     fn message(&self) -> String {
         format!(
             "gateway: the AI provider refused the gateway's own credentials ({}). This is on the gateway's side; \
-             signing in again will not change it: tell your administrator",
+             signing in again or retrying will not change it: tell your administrator",
             self.quoted(true)
         )
     }

@@ -185,7 +185,7 @@ def test_a_wrong_signature_is_refused_as_aws_does(aws, signer):
         assert [r["status"] for r in g.usage_records()] == [502]
         # The person is told AWS's error type; AWS's words (which name the account and the IAM
         # role when access is denied) go to the operator, with the type, and never the secret.
-        assert "(InvalidSignatureException); tell your administrator" in answer.error_message, answer.error_message
+        assert "(InvalidSignatureException); retrying will not help" in answer.error_message, answer.error_message
         assert "Bedrock refused the gateway's AWS credentials (InvalidSignatureException: " in g.logs(), g.logs()[-2000:]
         assert "signature" in g.logs().split("(InvalidSignatureException: ", 1)[1][:300]
         assert "not-the-secret" not in g.logs()
@@ -223,7 +223,7 @@ def test_count_tokens_for_a_bedrock_model_is_answered_with_the_estimate_and_refu
     assert counted == {}, counted
 
 
-def test_on_kongs_runtime_a_bedrock_target_is_refused_and_nothing_leaves(stub, signer):
+def test_on_kongs_runtime_a_bedrock_target_is_refused_and_nothing_leaves(stub, signer, tmp_path):
     """nginx forwards the URI the client sent, not the `:path` the filter sets, so a request
     signed for Bedrock went to the route's upstream (the Anthropic API) with the conversation, the
     session token and, where Authorization is passed on (a Kong route), the signature. Now it is
@@ -241,11 +241,23 @@ def test_on_kongs_runtime_a_bedrock_target_is_refused_and_nothing_leaves(stub, s
         assert answer.status == 502, answer.body
         assert answer.json()["error"]["type"] == "api_error"
         assert answer.headers.get("x-should-retry") == "false"
-        assert "Bedrock targets need the Envoy host" in answer.error_message, answer.error_message
+        assert "cannot reach; retrying will not help" in answer.error_message, answer.error_message
+        # It names what the person can use instead on this gateway (the tier's Anthropic-backed models).
+        assert "switch with /model): claude-haiku-4-5." in answer.error_message, answer.error_message
         assert stub.requests == [], "nothing left the gateway"
         assert g.wait_for_log('"bedrock" is a Bedrock target')
         records = g.usage_records()
         assert [(r["status"], r["refusal"], r["input_tokens"]) for r in records] == [(502, "bedrock_needs_envoy", 0)]
+        # Real Claude Code shows it at once and does not retry (it calls every 5xx "usually
+        # temporary", which the message answers), and works with the model the message names.
+        run = run_claude(tmp_path / "refused", g.port, signer.token())
+        text = " ".join(run.stdout.split())
+        assert run.code == 1 and run.seconds < 20, (run.code, run.seconds, text)
+        assert "cannot reach; retrying will not help" in text and "claude-haiku-4-5" in text, text
+        assert stub.requests == [] and len(g.usage_records()) == 2, g.usage_records()
+        run = run_claude(tmp_path / "haiku", g.port, signer.token(), args=("--model", "claude-haiku-4-5"))
+        assert run.code == 0, run.stdout + run.stderr
+        stub.reset()
         # The Anthropic-backed model still works.
         power = signer.token(groups=["claude-power-users"])
         assert call(g.port, power, with_model(STREAM, "claude-opus-4-7")).status == 200

@@ -132,7 +132,7 @@ impl Answer {
                              clock is more than 5 minutes off; check its time synchronisation (NTP)"
                         ));
                         "gateway: Bedrock refused the gateway's request: the gateway's clock is off. This is on the \
-                         gateway's side; tell your administrator"
+                         gateway's side; retrying will not help: tell your administrator"
                             .to_owned()
                     } else {
                         // Temporary credentials (a session token) expire and are read only when the
@@ -143,7 +143,8 @@ impl Answer {
                         ));
                         // AWS's words name the account and the IAM role: the operator's, not everyone's.
                         format!(
-                            "gateway: Bedrock refused the gateway's AWS credentials ({kind}); tell your administrator"
+                            "gateway: Bedrock refused the gateway's AWS credentials ({kind}); retrying will not help: tell your \
+                             administrator"
                         )
                     };
                     return Chunk::Replace(
@@ -267,7 +268,7 @@ mod tests {
         let Chunk::Replace(body) = a.on_body(denied, true) else { panic!() };
         let body = String::from_utf8(body).unwrap();
         assert!(
-            body.contains("(AccessDeniedException); tell your administrator") && !body.contains("123456789012"),
+            body.contains("(AccessDeniedException); retrying will not help") && !body.contains("123456789012"),
             "{body}"
         );
         let warning = a.take_warning().unwrap();

@@ -105,11 +105,16 @@ impl fmt::Debug for Credentials {
 /// (ngx_wasm_module, Kong's runtime: nginx forwards the URI the client sent, not the `:path`
 /// the filter sets, so the signed request would go to the route's upstream, with the session
 /// token and the conversation). Refused before anything is sent; only the administrator can
-/// change it, so Claude Code must not retry.
-pub fn needs_envoy(model: &str) -> crate::reply::Reply {
+/// change it, so Claude Code must not retry (it calls every 5xx "usually temporary", so the
+/// message says otherwise). `usable`: the tier's models this gateway can serve, to switch to.
+pub fn needs_envoy(model: &str, usable: &[&str]) -> crate::reply::Reply {
+    let instead = match usable {
+        [] => String::new(),
+        _ => format!(" Models of your tier that work here (switch with /model): {}.", usable.join(", ")),
+    };
     let message = format!(
-        "gateway: the model {model} is served through Amazon Bedrock, which this gateway cannot reach (Bedrock \
-         targets need the Envoy host; Kong's Wasm runtime cannot route to them). Tell your administrator"
+        "gateway: the model {model} is served through Amazon Bedrock, which this gateway cannot reach; \
+         retrying will not help until your administrator changes the gateway.{instead}"
     );
     crate::reply::Reply::error(502, "bedrock_needs_envoy", "api_error", &message).with_header("x-should-retry", "false")
 }

@@ -748,7 +748,19 @@ impl Request {
             Ok((Forward { body: edit, mut headers, mut remove_headers, bedrock, route, warnings }, metering)) => {
                 if bedrock && self.profile == HostProfile::Ngx {
                     // Nothing is sent; the hold just taken is given back.
-                    let reply = crate::bedrock::needs_envoy(&route.model);
+                    let plan = &worker.plan;
+                    let usable: Vec<&str> = match &self.auth {
+                        Auth::Admitted(a) => plan.tiers.get(a.tier).map_or_else(Vec::new, |tier| {
+                            tier.models
+                                .iter()
+                                .filter_map(|&m| plan.models.get(m))
+                                .filter(|m| plan.targets.get(m.target).is_some_and(|t| t.bedrock.is_none()))
+                                .map(|m| m.alias.as_str())
+                                .collect()
+                        }),
+                        _ => Vec::new(),
+                    };
+                    let reply = crate::bedrock::needs_envoy(&route.model, &usable);
                     let target = headers.iter().find(|(n, _)| n == "x-gateway-target").map(|(_, v)| v.as_str());
                     let warning = crate::bedrock::needs_envoy_warning(target.unwrap_or("?"));
                     self.route = Some(route);

@@ -80,7 +80,7 @@ ROUTES = [target_route("bedrock", "bedrock"), target_route("anthropic", "anthrop
           {"match": {"prefix": "/"}, "direct_response": {"status": 502, "body": {"inline_string": json.dumps(
               {"type": "error", "error": {"type": "api_error", "message": "gateway: this proxy has no route to the "
                                           "provider of the model asked for (its target has no route in the Envoy "
-                                          "config). Tell your administrator."}})}},
+                                          "config); retrying will not help until your administrator adds one."}})}},
            "response_headers_to_add": [
                {"header": {"key": "content-type", "value": "application/json"},
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
