@@ -210,6 +210,12 @@ impl Tier {
     pub fn aliases<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = &'a str> {
         self.models.iter().filter_map(|&m| plan.models.get(m)).map(|m| m.alias.as_str())
     }
+
+    /// The aliases of this tier served by the Anthropic API (not by Bedrock), in config order.
+    pub fn anthropic_aliases<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = &'a str> {
+        let on_anthropic = |m: &&Model| plan.targets.get(m.target).is_some_and(|t| t.bedrock.is_none());
+        self.models.iter().filter_map(|&m| plan.models.get(m)).filter(on_anthropic).map(|m| m.alias.as_str())
+    }
 }
 
 /// The checked, compiled configuration that every request reads.

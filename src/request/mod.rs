@@ -749,17 +749,11 @@ impl Request {
                 if bedrock && self.profile == HostProfile::Ngx {
                     // Nothing is sent; the hold just taken is given back.
                     let plan = &worker.plan;
-                    let usable: Vec<&str> = match &self.auth {
-                        Auth::Admitted(a) => plan.tiers.get(a.tier).map_or_else(Vec::new, |tier| {
-                            tier.models
-                                .iter()
-                                .filter_map(|&m| plan.models.get(m))
-                                .filter(|m| plan.targets.get(m.target).is_some_and(|t| t.bedrock.is_none()))
-                                .map(|m| m.alias.as_str())
-                                .collect()
-                        }),
-                        _ => Vec::new(),
+                    let tier = match &self.auth {
+                        Auth::Admitted(a) => plan.tiers.get(a.tier),
+                        _ => None,
                     };
+                    let usable: Vec<&str> = tier.map(|t| t.anthropic_aliases(plan).collect()).unwrap_or_default();
                     let reply = crate::bedrock::needs_envoy(&route.model, &usable);
                     let target = headers.iter().find(|(n, _)| n == "x-gateway-target").map(|(_, v)| v.as_str());
                     let warning = crate::bedrock::needs_envoy_warning(target.unwrap_or("?"));

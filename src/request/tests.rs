@@ -407,6 +407,8 @@ fn a_bedrock_target_is_refused_on_ngx_and_forwarded_on_envoy() {
     let reply = step.reply.as_ref().unwrap_or_else(|| panic!("no answer: {step:?}"));
     assert_eq!((reply.status, reply.reason), (502, "bedrock_needs_envoy"));
     assert!(reply.headers.contains(&("x-should-retry".into(), "false".into())), "{reply:?}");
+    let body = String::from_utf8_lossy(&reply.body);
+    assert!(body.contains("(switch with /model): claude-sonnet-4-6."), "the tier's Anthropic model: {body}");
     assert!(!step.forwarded && step.body.is_none() && step.set_headers.is_empty(), "{step:?}");
     assert!(step.warnings.iter().any(|w| w.contains("\"bedrock\" is a Bedrock target")), "{:?}", step.warnings);
     let record = step.record.as_ref().unwrap_or_else(|| panic!("no record"));
