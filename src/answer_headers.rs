@@ -5,6 +5,15 @@
 
 use crate::credential_refusal::SentCredentials;
 
+/// The header the samples' last Envoy route adds to its 502 for a target without a route of its
+/// own, so that the filter records and logs what happened (and takes the header away).
+pub const NO_ROUTE: &str = "x-gateway-no-route";
+
+/// Whether the answer is the proxy's refusal of a target it has no route for ([`NO_ROUTE`]).
+pub fn no_route(headers: &[(&str, &str)]) -> bool {
+    headers.iter().any(|(name, _)| name.eq_ignore_ascii_case(NO_ROUTE))
+}
+
 /// Name prefixes of the budget headers the gateway sets (`x-ai-ratelimit-*`, `ratelimit-reset`),
 /// with the rest of the IETF draft's family (`ratelimit`, `ratelimit-policy`).
 const GATEWAY_PREFIXES: [&str; 2] = ["x-ai-ratelimit-", "ratelimit"];
@@ -14,7 +23,8 @@ const GATEWAY_PREFIXES: [&str; 2] = ["x-ai-ratelimit-", "ratelimit"];
 pub fn unwanted(headers: &[(&str, &str)], sent: &SentCredentials) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for &(name, value) in headers {
-        let gateways = GATEWAY_PREFIXES.iter().any(|p| name.get(..p.len()).is_some_and(|n| n.eq_ignore_ascii_case(p)));
+        let gateways = GATEWAY_PREFIXES.iter().any(|p| name.get(..p.len()).is_some_and(|n| n.eq_ignore_ascii_case(p)))
+            || name.eq_ignore_ascii_case(NO_ROUTE);
         if (gateways || sent.in_value(value))
             && !name.starts_with(':')
             && !out.iter().any(|o| o.eq_ignore_ascii_case(name))
@@ -61,5 +71,9 @@ mod tests {
         let part = [("x-echo", &key[..20])];
         assert!(unwanted(&part, &sent).is_empty());
         assert!(unwanted(&headers[..3], &SentCredentials::default()).is_empty());
+        // The proxy's own mark on a refusal for a target without a route: read, then taken away.
+        let refused = [(":status", "502"), ("X-Gateway-No-Route", "1")];
+        assert!(no_route(&refused) && !no_route(&headers));
+        assert_eq!(unwanted(&refused, &sent), ["X-Gateway-No-Route"]);
     }
 }

@@ -287,6 +287,13 @@ def test_a_target_without_a_route_of_its_own_is_refused_not_sent_to_another_prov
         assert answer.headers.get("x-should-retry") == "false"
         assert "no route to the provider" in answer.error_message, answer.error_message
         assert aws.requests == [], "nothing left the gateway"
+        assert "x-gateway-no-route" not in answer.headers, answer.headers
+        # The operator reads what happened, in the log and in the usage record.
+        assert g.wait_for_log("the proxy has no route for the target of model \"claude-sonnet-4-6\"")
+        deadline = time.monotonic() + 5
+        while not g.usage_records() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(r["status"], r["refusal"]) for r in g.usage_records()] == [(502, "no_route")]
         stats = g.stats("cluster.")
         assert stats.get("cluster.anthropic.upstream_rq_total", 0) == 0 and \
             stats.get("cluster.bedrock.upstream_rq_total", 0) == 0, stats

@@ -127,7 +127,8 @@ def test_every_sample_routes_each_target_by_name_and_refuses_the_rest():
             body = json.loads(last["direct_response"]["body"]["inline_string"])
             assert body["type"] == "error" and body["error"]["type"] == "api_error", sample.name
             added = {h["header"]["key"]: h["header"]["value"] for h in last["response_headers_to_add"]}
-            assert added == {"content-type": "application/json", "x-should-retry": "false"}, sample.name
+            assert added == {"content-type": "application/json", "x-should-retry": "false",
+                             "x-gateway-no-route": "1"}, sample.name
 
 
 def wait_for(url, seconds=60):

@@ -319,6 +319,9 @@ pub struct Request {
     answer_translation: Option<crate::bedrock::Answer>,
     /// The credentials the gateway sent upstream, which no answer may hand the client.
     sent: SentCredentials,
+    /// The proxy refused the forwarded request itself, for a reason it named in the answer
+    /// ([`crate::answer_headers::NO_ROUTE`]): recorded as that refusal.
+    proxy_refusal: Option<&'static str>,
     /// Anthropic refused the gateway's own key: the answer is replaced by a 502.
     credential_refusal: Option<CredentialRefusal>,
     /// A proxy's HTML error page being replaced by Anthropic's error shape.
@@ -356,6 +359,7 @@ impl Request {
             aws_headers: Vec::new(),
             answer_translation: None,
             sent: SentCredentials::default(),
+            proxy_refusal: None,
             credential_refusal: None,
             error_page: None,
             replacement: None,
@@ -830,6 +834,14 @@ impl Request {
         let mut step = Step::flow(Flow::Continue);
         // Removed before anything is set (ngx drops a value set on a header the upstream repeated).
         let unwanted = crate::answer_headers::unwanted(headers, &self.sent);
+        if crate::answer_headers::no_route(headers) {
+            self.proxy_refusal = Some("no_route");
+            let model = self.route.as_ref().map_or("?", |r| r.model.as_str());
+            step.warnings.push(format!(
+                "the proxy has no route for the target of model {model:?} (x-gateway-target): add one, and its \
+                 cluster, to the Envoy config; its requests are refused with a 502 meanwhile"
+            ));
+        }
         self.status = status;
         let (mut content_type, mut length) = (content_type, length);
         if let Some(answer) = &mut self.answer_translation {
@@ -976,7 +988,7 @@ impl Request {
         }
         self.now_ms = host.now_ms();
         let settled = self.metering.as_mut().and_then(|m| m.settle(host, host.now()));
-        let mut record = self.record(self.status, None);
+        let mut record = self.record(self.status, self.proxy_refusal);
         if let Some(s) = &settled {
             record.usage = s.usage;
             record.cost_usd = s.cost_usd;

@@ -84,7 +84,8 @@ ROUTES = [target_route("bedrock", "bedrock"), target_route("anthropic", "anthrop
            "response_headers_to_add": [
                {"header": {"key": "content-type", "value": "application/json"},
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
-               {"header": {"key": "x-should-retry", "value": "false"}}]}]
+               {"header": {"key": "x-should-retry", "value": "false"}},
+               {"header": {"key": "x-gateway-no-route", "value": "1"}}]}]
 PASSTHROUGH = [{"match": {"prefix": "/"}, "route": {"cluster": "anthropic", "timeout": "300s"}}]
 
 
