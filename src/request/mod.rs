@@ -834,7 +834,8 @@ impl Request {
         let mut step = Step::flow(Flow::Continue);
         // Removed before anything is set (ngx drops a value set on a header the upstream repeated).
         let unwanted = crate::answer_headers::unwanted(headers, &self.sent);
-        if crate::answer_headers::no_route(headers) {
+        // Only on the 502 the samples' route answers: an upstream's stray header changes nothing.
+        if status == Some(502) && crate::answer_headers::no_route(headers) {
             self.proxy_refusal = Some("no_route");
             let model = self.route.as_ref().map_or("?", |r| r.model.as_str());
             step.warnings.push(format!(

@@ -483,3 +483,28 @@ fn on_ngx_a_header_list_at_the_hosts_cap_is_refused_at_once() {
     let step = head(HostProfile::Envoy, 100, "40");
     assert!(step.reply.is_none(), "Envoy: {step:?}");
 }
+
+/// The samples' last Envoy route answers a target without a route with a 502 marked
+/// `x-gateway-no-route`: recorded as refused and logged, the mark taken away; the same header on
+/// another answer (an upstream's) changes nothing but is taken away too.
+#[test]
+fn the_proxys_no_route_answer_is_recorded_as_refused() {
+    let marked = [(":status", "502"), ("content-type", "application/json"), ("x-gateway-no-route", "1")];
+    let answer = |status, headers| super::AnswerHead {
+        status: Some(status),
+        content_type: "application/json",
+        length: None,
+        error_type: None,
+        headers,
+    };
+    let step = sim::answer_headers_step(HostProfile::Envoy, answer(502, &marked), true);
+    assert!(step.warnings.iter().any(|w| w.contains("no route for the target of model")), "{:?}", step.warnings);
+    assert!(step.remove_response_headers.contains(&"x-gateway-no-route".to_owned()));
+    let record = step.record.unwrap_or_else(|| panic!("no record"));
+    assert_eq!((record.status, record.refusal), (Some(502), Some("no_route")));
+
+    let step = sim::answer_headers_step(HostProfile::Envoy, answer(200, &marked[1..]), true);
+    assert!(step.warnings.iter().all(|w| !w.contains("no route")), "{:?}", step.warnings);
+    assert!(step.remove_response_headers.contains(&"x-gateway-no-route".to_owned()));
+    assert_eq!(step.record.and_then(|r| r.refusal), None);
+}
