@@ -133,17 +133,18 @@ fn without_api_key_header(text: &str) -> String {
     out
 }
 
-/// `text` as it may be shown to the client and the log: no control or invisible characters,
-/// then [`without_secrets`] (in this order, so that such characters cannot split a key into runs
-/// too short to be redacted and be dropped afterwards), at most `max` characters; and nothing but
-/// a note when it holds one of the credentials the gateway sent, however split up.
+/// `text` as it may be shown to the client and the log: [`trusted`] (no control or invisible
+/// characters, no credential the gateway sent), then [`without_secrets`] (in this order, so that
+/// such characters cannot split a key into runs too short to be redacted and be dropped
+/// afterwards), at most `max` characters.
 pub fn shown(text: &str, max: usize, sent: &SentCredentials) -> String {
     without_secrets(&trusted(text, sent)).chars().take(max).collect()
 }
 
 /// `text` from a provider trusted to write no secret in it (AWS's own error messages, which
 /// name model ids and ARNs that [`without_secrets`] would take for keys): no control or
-/// invisible characters, and only a note when it holds a credential the gateway sent.
+/// invisible characters; a credential the gateway sent, quoted as sent, `[redacted]`; and only a
+/// note when a part of one is still there (split up or altered).
 pub fn trusted(text: &str, sent: &SentCredentials) -> String {
     let mut visible: String = text.chars().filter(|&c| !invisible(c)).collect();
     if sent.in_text(&visible) {
