@@ -1,7 +1,8 @@
 //! The upstream's answer headers the client must not get: any named like the budget headers the
 //! gateway sets itself (an upstream's would state a budget that is not the person's, and on ngx a
-//! repeated one cancels the gateway's own value), and any that carries a credential the gateway
-//! sent (an upstream, or a proxy on its way, echoing what it was sent).
+//! repeated one cancels the gateway's own value), any that carries a credential the gateway sent
+//! (an upstream, or a proxy on its way, echoing what it was sent), and the mark the samples' Envoy
+//! route puts on its refusal of a target without a route ([`NO_ROUTE`]), once read.
 
 use crate::credential_refusal::SentCredentials;
 
