@@ -498,10 +498,9 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
         let name = name.to_ascii_lowercase();
         let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         // Headers that frame or route the request, or that the gateway sets itself.
-        let reserved =
-            matches!(
-                name.as_str(),
-                "authorization"
+        let reserved = matches!(
+            name.as_str(),
+            "authorization"
                 | "x-api-key"
                 | "host"
                 | "content-length"
@@ -526,7 +525,16 @@ fn compile_identity_headers(raw: RawIdentityHeaders) -> Result<IdentityHeaders, 
                 | "user-agent"
                 | "accept"
                 | "x-claude-code-session-id"
-            ) || ["proxy-", "anthropic-", "x-envoy-", "x-amz", "x-forwarded-"].iter().any(|p| name.starts_with(p));
+                | "traceparent"
+                | "tracestate"
+                | "b3"
+                | "x-client-trace-id"
+                | "x-ot-span-context"
+                // Anthropic takes a request with `Origin` for a browser's (CORS).
+                | "origin"
+        ) || ["proxy-", "anthropic-", "x-envoy-", "x-amz", "x-forwarded-", "x-b3-", "x-datadog-"]
+            .iter()
+            .any(|p| name.starts_with(p));
         if !valid || reserved {
             return Err(ConfigError::new(field, format!("{name:?} is not a usable header name")));
         }
