@@ -43,7 +43,7 @@ mod tests {
     #[test]
     fn budget_headers_and_echoed_credentials_are_taken_away_and_nothing_else() {
         let key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789";
-        let sent = SentCredentials::of(&[("x-api-key".to_owned(), key.to_owned())]);
+        let sent = SentCredentials::new([key]);
         let echo = format!("got {key}");
         let headers = [
             (":status", "200"),

@@ -172,34 +172,30 @@ pub fn shown_type(kind: &str) -> Option<&str> {
     word.then_some(kind)
 }
 
-/// The credentials the gateway sent upstream with one request (the provider key; for Bedrock the
-/// signature header, with the access key id, and the session token), so that no answer hands
-/// them to the client: the upstream, or a proxy on its way, may echo what it was sent.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// The credentials a target sends upstream (the provider key; for Bedrock the access key id and
+/// the session token), so that no answer hands them to the client: the upstream, or a proxy on
+/// its way, may echo what it was sent. Made once per target when the configuration loads.
+#[derive(Default, Clone, PartialEq, Eq)]
 pub struct SentCredentials(Vec<String>);
 
-/// Headers whose value the gateway sets from its own credentials.
-const CREDENTIAL_HEADERS: [&str; 3] = ["x-api-key", "authorization", "x-amz-security-token"];
+impl std::fmt::Debug for SentCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SentCredentials(<{} redacted>)", self.0.len())
+    }
+}
 
 /// Shortest part of a credential taken for the credential in a quoted text.
 const CREDENTIAL_PART: usize = 16;
 
+/// A target that sends no credential the filter knows of.
+pub static NOTHING_SENT: SentCredentials = SentCredentials(Vec::new());
+
 impl SentCredentials {
-    /// The credentials among `headers`, the ones the gateway sets on a forwarded request. Of a
-    /// SigV4 `authorization`, the access key id: the rest is a signature for this request only,
-    /// and its scope (date, region, service) is what AWS quotes when a signature does not match.
-    pub fn of(headers: &[(String, String)]) -> SentCredentials {
-        let credential = |(name, value): &(String, String)| -> Option<String> {
-            let value = match name.as_str() {
-                "authorization" => value.split_once("Credential=")?.1.split('/').next()?,
-                name if CREDENTIAL_HEADERS.contains(&name) => value,
-                _ => return None,
-            };
-            // A short value (a placeholder key in a test setup) would match ordinary words and
-            // header values; a real key, access key id or session token is far longer.
-            (value.len() >= CREDENTIAL_PART).then(|| value.to_owned())
-        };
-        SentCredentials(headers.iter().filter_map(credential).collect())
+    /// The credentials among `values`. A short value (a placeholder key in a test setup) would
+    /// match ordinary words and header values; a real key, access key id or session token is far
+    /// longer, so it is not looked for.
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> SentCredentials {
+        SentCredentials(values.into_iter().filter(|v| v.len() >= CREDENTIAL_PART).map(str::to_owned).collect())
     }
 
     /// Whether a header `value` holds one of them as it was sent (an echo).
@@ -347,8 +343,7 @@ mod tests {
     #[test]
     fn the_key_sent_is_never_quoted_back() {
         let key = "sk-ant-test-upstream-key-7f3a9c";
-        let sent =
-            SentCredentials::of(&[("x-api-key".to_owned(), key.to_owned()), ("x-user".to_owned(), "alice".to_owned())]);
+        let sent = SentCredentials::new([key]);
         let split = |by: &str| {
             key.as_bytes().chunks(6).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(by)
         };
@@ -374,7 +369,7 @@ mod tests {
         let body = String::from_utf8(r.on_body(whole.to_string().as_bytes(), true)).unwrap();
         assert!(body.contains("key [redacted] was revoked"), "{body}");
         // A placeholder key too short to be told from words is no credential to look for.
-        let short = SentCredentials::of(&[("x-api-key".to_owned(), "x".to_owned())]);
+        let short = SentCredentials::new(["x"]);
         assert!(!short.in_value("text/event-stream") && !short.in_text("x"));
         // What the provider says without the key is still quoted.
         let mut r = CredentialRefusal::of(Some(401), None, &sent).unwrap();

@@ -70,6 +70,8 @@ pub struct Forward {
     pub bedrock: bool,
     /// Where it goes, for the usage record.
     pub route: Route,
+    /// The target's credentials, which no answer may hand the client.
+    pub sent: std::sync::Arc<crate::credential_refusal::SentCredentials>,
     /// Problems to log (a budget-store index write that failed).
     pub warnings: Vec<String>,
 }
@@ -360,6 +362,7 @@ impl Worker {
                 bedrock: true,
                 route,
                 warnings,
+                sent: std::sync::Arc::clone(&target.sent),
             };
             return Ok((forward, metering));
         }
@@ -379,7 +382,9 @@ impl Worker {
         if let Some(email) = &admission.identity.email {
             headers.push((names.email.clone(), email.clone()));
         }
-        let forward = Forward { body: edit, headers, remove_headers: Vec::new(), bedrock: false, route, warnings };
+        let sent = std::sync::Arc::clone(&target.sent);
+        let forward =
+            Forward { body: edit, headers, remove_headers: Vec::new(), bedrock: false, route, warnings, sent };
         Ok((forward, metering))
     }
 }

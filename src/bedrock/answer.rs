@@ -32,7 +32,7 @@ pub struct Answer {
     /// For the operator, once Bedrock has refused the gateway's own AWS credentials.
     warning: Option<String>,
     /// What the gateway sent Bedrock, never quoted back.
-    sent: SentCredentials,
+    sent: std::sync::Arc<SentCredentials>,
 }
 
 /// Largest Bedrock error body kept (they are a short JSON message).
@@ -40,7 +40,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 impl Answer {
     /// The answer to a request the gateway sent with `sent`.
-    pub fn new(sent: SentCredentials) -> Answer {
+    pub fn new(sent: std::sync::Arc<SentCredentials>) -> Answer {
         Answer { sent, ..Answer::default() }
     }
 

@@ -4,10 +4,12 @@
 //! The document is parsed and checked once, in `on_configure`; a bad document never loads.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::budget::Limit;
+use crate::credential_refusal::SentCredentials;
 use crate::url::HttpUrl;
 
 mod bedrock;
@@ -166,6 +168,8 @@ pub struct Target {
     pub api_key: String,
     /// Region, AWS credentials and betas; `Some` exactly for [`Provider::Bedrock`].
     pub bedrock: Option<BedrockTarget>,
+    /// What of it goes upstream and must never come back to a client, shared by every request.
+    pub(crate) sent: Arc<SentCredentials>,
 }
 
 impl fmt::Debug for Target {
@@ -619,11 +623,14 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
     }
     if raw.provider == Provider::Bedrock {
         let bedrock = bedrock::compile(&field, raw, env)?;
+        let c = &bedrock.credentials;
+        let sent = SentCredentials::new(std::iter::once(c.access_key_id.as_str()).chain(c.session_token.as_deref()));
         return Ok(Target {
             name: name.to_owned(),
             provider: raw.provider,
             api_key: String::new(),
             bedrock: Some(bedrock),
+            sent: Arc::new(sent),
         });
     }
     bedrock::check_absent(&field, raw)?;
@@ -635,7 +642,8 @@ fn compile_target(name: &str, raw: &RawTarget, env: &dyn Fn(&str) -> Option<Stri
     };
     let key_field = if raw.api_key.is_some() { format!("{field}.api_key") } else { format!("{field}.api_key_env") };
     check_credential(&key_field, "the api key", &api_key, raw.api_key_env.as_deref())?;
-    Ok(Target { name: name.to_owned(), provider: raw.provider, api_key, bedrock: None })
+    let sent = Arc::new(SentCredentials::new([api_key.as_str()]));
+    Ok(Target { name: name.to_owned(), provider: raw.provider, api_key, bedrock: None, sent })
 }
 
 /// A tier's or model's name as it appears in metric names and labels: every character but

@@ -14,7 +14,7 @@
 //! A request ends in exactly one of: a local answer ([`Step::reply`]), or one forward with the
 //! header and body changes ([`Step::forwarded`]), after which only the answer is metered.
 
-use crate::credential_refusal::{CredentialRefusal, SentCredentials};
+use crate::credential_refusal::{CredentialRefusal, SentCredentials, NOTHING_SENT};
 use crate::error_page::ErrorPage;
 use crate::gateway::{Admission, AuthOutcome, FetchProgress, Forward, Route, Worker};
 use crate::jwt::{self, AuthError};
@@ -317,8 +317,8 @@ pub struct Request {
     aws_headers: Vec<String>,
     /// The answer comes from Bedrock and is translated back.
     answer_translation: Option<crate::bedrock::Answer>,
-    /// The credentials the gateway sent upstream, which no answer may hand the client.
-    sent: SentCredentials,
+    /// The credentials the gateway sent upstream (its target's), which no answer may hand the client.
+    sent: Option<std::sync::Arc<SentCredentials>>,
     /// The proxy refused the forwarded request itself, for a reason it named in the answer
     /// ([`crate::answer_headers::NO_ROUTE`]): recorded as that refusal.
     proxy_refusal: Option<&'static str>,
@@ -358,7 +358,7 @@ impl Request {
             betas: Vec::new(),
             aws_headers: Vec::new(),
             answer_translation: None,
-            sent: SentCredentials::default(),
+            sent: None,
             proxy_refusal: None,
             credential_refusal: None,
             error_page: None,
@@ -749,7 +749,7 @@ impl Request {
                 step.warnings = refusal.warnings;
                 step
             }
-            Ok((Forward { body: edit, mut headers, mut remove_headers, bedrock, route, warnings }, metering)) => {
+            Ok((Forward { body: edit, mut headers, mut remove_headers, bedrock, route, warnings, sent }, metering)) => {
                 if bedrock && self.profile == HostProfile::Ngx {
                     // Nothing is sent; the hold just taken is given back.
                     let plan = &worker.plan;
@@ -775,8 +775,8 @@ impl Request {
                     remove_headers.append(&mut self.aws_headers);
                 }
                 self.route = Some(route);
-                self.sent = SentCredentials::of(&headers);
-                self.answer_translation = bedrock.then(|| crate::bedrock::Answer::new(self.sent.clone()));
+                self.answer_translation = bedrock.then(|| crate::bedrock::Answer::new(std::sync::Arc::clone(&sent)));
+                self.sent = Some(sent);
                 let mut step = Step { flow: Flow::Continue, body: edit, forwarded: true, warnings, ..Step::default() };
                 match self.profile {
                     HostProfile::Envoy => step.remove_headers = remove_headers,
@@ -833,7 +833,8 @@ impl Request {
         let AnswerHead { status, content_type, length, error_type, headers } = answer;
         let mut step = Step::flow(Flow::Continue);
         // Removed before anything is set (ngx drops a value set on a header the upstream repeated).
-        let unwanted = crate::answer_headers::unwanted(headers, &self.sent);
+        let sent = self.sent.as_deref().unwrap_or(&NOTHING_SENT);
+        let unwanted = crate::answer_headers::unwanted(headers, sent);
         // Only on the 502 the samples' route answers: an upstream's stray header changes nothing.
         if status == Some(502) && crate::answer_headers::no_route(headers) {
             self.proxy_refusal = Some("no_route");
@@ -856,7 +857,7 @@ impl Request {
             content_type = meter_as;
             // The translated body has another length; the end of stream ends it.
             length = None;
-        } else if let Some(refusal) = CredentialRefusal::of(status, length, &self.sent) {
+        } else if let Some(refusal) = CredentialRefusal::of(status, length, sent) {
             (step.response_headers, step.remove_response_headers) = CredentialRefusal::headers();
             self.credential_refusal = Some(refusal);
             self.status = Some(CredentialRefusal::STATUS);
