@@ -142,11 +142,13 @@ impl Worker {
         Worker { plan, keys, tokens, validated, request_fetches: 0, sync, bedrock_unreachable_told: false }
     }
 
-    /// Request headers removed before anything is forwarded: the client's credential and any
-    /// identity headers it tried to set itself.
-    pub fn stripped_headers(&self) -> [&str; 6] {
+    /// Request headers removed before anything is forwarded: the client's credential, any
+    /// identity headers it tried to set itself, its cookies (of the company's own domain when
+    /// the gateway lives under it: a session of another of its applications) and a credential
+    /// meant for a proxy on the way. No provider API reads the last two.
+    pub fn stripped_headers(&self) -> [&str; 8] {
         let h = &self.plan.identity_headers;
-        ["authorization", "x-api-key", &h.user, &h.email, &h.tier, "x-gateway-target"]
+        ["authorization", "x-api-key", &h.user, &h.email, &h.tier, "x-gateway-target", "cookie", "proxy-authorization"]
     }
 
     /// Verifies `token` and places the person in a tier. With `may_fetch`, missing keys, an

@@ -234,22 +234,27 @@ struct Guarded {
 }
 
 impl Guarded {
-    fn find(stripped: &[&str], headers: &[(&str, &str)], aws: &[String]) -> Guarded {
+    /// The `stripped` headers and those the forward sets among `headers`, and the `carriers`
+    /// (names, lower-case) taken away like the stripped ones.
+    fn find(stripped: &[&str], carriers: &[String], headers: &[(&str, &str)], aws: &[String]) -> Guarded {
         let mut guarded = Guarded::default();
         // Each spelling is its own header to the host, taken away or set on its own; a repeated
         // one is refused, since ngx clears or sets its first copy only.
         let mut seen: Vec<&str> = Vec::new();
         for &(name, _) in headers {
-            let Some(i) = stripped.iter().chain(&SET_BY_FORWARD).position(|g| same_header(name, g)) else {
+            let set_by_forward = || SET_BY_FORWARD.iter().any(|g| same_header(name, g));
+            let taken_away =
+                stripped.iter().any(|g| same_header(name, g)) || carriers.iter().any(|c| c.eq_ignore_ascii_case(name));
+            if !taken_away && !set_by_forward() {
                 continue;
-            };
+            }
             if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
                 if guarded.repeated.is_none() {
                     guarded.repeated = Some(name.to_ascii_lowercase());
                 }
                 continue;
             }
-            if i < stripped.len() {
+            if taken_away {
                 guarded.present.push(name.to_ascii_lowercase());
             }
             seen.push(name);
@@ -260,6 +265,54 @@ impl Guarded {
         }
         guarded
     }
+}
+
+/// Bytes of a credential that a header value must hold to carry it: fewer would match ordinary
+/// values (a JWT's signature has 43 and more).
+const MIN_CARRIED_BYTES: usize = 16;
+
+/// Names (lower-case) of the client's headers, besides `authorization` and `x-api-key`, whose
+/// value holds the credential those carry: a proxy in front that copied the token into
+/// `x-forwarded-access-token`, a cookie holding it. They are taken away like the credential's
+/// own headers, so that the provider never gets it. A copy of a JWT holds its signature (the
+/// last segment); of anything else, the whole value.
+fn credential_carriers(headers: &[(&str, &str)], head: &Head<'_>) -> Vec<String> {
+    fn bearer(value: &str) -> &str {
+        value.trim().split_once(' ').map_or(value.trim(), |(_, token)| token.trim())
+    }
+    fn secret(credential: &str) -> Option<&str> {
+        let signature = credential.rsplit('.').next().unwrap_or(credential);
+        [signature, credential].into_iter().find(|s| s.len() >= MIN_CARRIED_BYTES)
+    }
+    let mut secrets: Vec<&str> = head
+        .authorization
+        .iter()
+        .map(|v| bearer(v))
+        .chain(head.api_key.iter().map(|v| v.trim()))
+        .filter_map(secret)
+        .collect();
+    // Claude Code sends its token in both headers.
+    secrets.dedup();
+    let mut carriers: Vec<String> = Vec::new();
+    if secrets.is_empty() {
+        return carriers;
+    }
+    for &(name, value) in headers {
+        // The credential's own headers go anyway; a pseudo-header cannot be taken away.
+        if value.len() < MIN_CARRIED_BYTES
+            || name.starts_with(':')
+            || same_header(name, "authorization")
+            || same_header(name, "x-api-key")
+        {
+            continue;
+        }
+        // (Most values are shorter than a signature: no search at all.)
+        let holds = |s: &&str| value.len() >= s.len() && memchr::memmem::find(value.as_bytes(), s.as_bytes()).is_some();
+        if secrets.iter().any(holds) && !carriers.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+            carriers.push(name.to_ascii_lowercase());
+        }
+    }
+    carriers
 }
 
 /// What the response headers say, as far as the request reads them.
@@ -454,7 +507,9 @@ impl Request {
         }
         // Everything the client may not choose is taken away before anything else happens, so no
         // later path can forward it.
-        let Guarded { present, repeated } = Guarded::find(&worker.stripped_headers(), headers, &self.aws_headers);
+        let carriers = credential_carriers(headers, &head);
+        let Guarded { present, repeated } =
+            Guarded::find(&worker.stripped_headers(), &carriers, headers, &self.aws_headers);
         let early = match self.endpoint {
             // Whatever the path, below: on ngx such a request must be answered at once.
             _ if repeated.is_some() => None,

@@ -529,8 +529,12 @@ impl Sim {
             _ => {
                 headers.push(("Authorization".into(), format!("Bearer {token}")));
                 headers.push(("x-api-key".into(), token.clone()));
+                // A proxy in front that copied the token, a cookie holding it.
+                headers.push(("X-Forwarded-Access-Token".into(), token.clone()));
+                headers.push(("cookie".into(), format!("theme=dark; id_token={token}")));
             }
         }
+        headers.push(("Proxy-Authorization".into(), "Basic YWxpY2U6cHJveHktcGFzc3dvcmQ=".into()));
         let trailers = setup.trailers && setup.profile == HostProfile::Envoy;
         if !trailers {
             headers.push(("Content-Length".into(), body.len().to_string()));
@@ -719,6 +723,9 @@ impl Sim {
         }
         if self.headers.iter().any(|(_, v)| v.contains(&self.token)) {
             return Err("the user's token reached the upstream".into());
+        }
+        if get("cookie").iter().chain(&get("proxy-authorization")).any(|v| !v.is_empty()) {
+            return Err("the client's cookies or proxy credential reached the upstream".into());
         }
         // What each host makes of the edit (Envoy's `Buffer::copyFrom` at offset 0 drains and
         // prepends; ngx_wasm_module's `ngx_wasm_chain_append` at 0 replaces the body with the

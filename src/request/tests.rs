@@ -326,6 +326,46 @@ fn identity_headers_spelt_with_underscores_are_taken_away() {
     assert!(body.forwarded && head.remove_headers.contains(&"x_api_key".to_owned()), "{head:?} {body:?}");
 }
 
+/// The provider gets neither the client's cookies nor a credential meant for a proxy, and no
+/// header that holds the client's token (a proxy in front may copy it into one of its own) nor
+/// its signature; other headers pass, a value that merely resembles the token included.
+#[test]
+fn no_header_carrying_the_clients_token_or_cookies_goes_upstream() {
+    let token = sim::token_of(Token::Good);
+    let signature = token.rsplit('.').next().unwrap_or_default().to_owned();
+    let carried = format!("Bearer {token}");
+    let cookie = format!("theme=dark; at={signature}");
+    // The simulated client also sends `X-Forwarded-Access-Token` with the token, a `cookie`
+    // holding it and a `Proxy-Authorization`.
+    let carriers = [
+        ("X-Forwarded-Access-Token", ""),
+        ("cookie", ""),
+        ("Proxy-Authorization", ""),
+        ("x-original-authorization", carried.as_str()),
+        ("x-auth-request-access-token", cookie.as_str()),
+    ];
+    let kept = [("x-request-note", "hello"), ("x-payload-prefix", &token[..token.len() - signature.len() - 1])];
+    let extra: Vec<(&str, &str)> = carriers[3..].iter().chain(&kept).copied().collect();
+    let (head, body) = sim::steps_with(HostProfile::Envoy, &extra);
+    assert!(body.forwarded, "{head:?} {body:?}");
+    for (name, _) in carriers {
+        assert!(head.remove_headers.contains(&name.to_ascii_lowercase()), "{name}: {:?}", head.remove_headers);
+    }
+    for (name, _) in kept {
+        assert!(!head.remove_headers.contains(&name.to_owned()), "{name}: {:?}", head.remove_headers);
+    }
+    let (head, body) = sim::steps_with(HostProfile::Ngx, &extra);
+    assert!(body.forwarded, "{body:?}");
+    for (name, _) in carriers {
+        let lower = name.to_ascii_lowercase();
+        assert!(head.set_headers.iter().any(|(n, v)| *n == lower && v.is_empty()), "{name}: {:?}", head.set_headers);
+    }
+    // ngx would clear the first copy only: a carrier sent twice is refused, as any guarded header.
+    let (head, body) = sim::steps_with(HostProfile::Ngx, &[("Cookie", "a=1")]);
+    let reply = head.reply.as_ref().or(body.reply.as_ref());
+    assert!(reply.is_some_and(|r| (r.status, r.reason) == (400, "repeated_header")), "{head:?} {body:?}");
+}
+
 /// On ngx an answer sent at the headers leaves the body unread on a keep-alive connection,
 /// where nginx reads it as the next request: the connectivity check with a body waits for it,
 /// like every other early answer there. Envoy answers it at once.
