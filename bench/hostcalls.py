@@ -15,8 +15,13 @@ apart and left out).
     python3 bench/hostcalls.py --cold     # a MiB of other data read before each callback (outside
                                           # its time), so the filter runs with cold caches as
                                           # between Envoy's callbacks
+    HOSTCALLS_NODE_FLAGS="--cpu-prof --cpu-prof-dir=DIR --cpu-prof-interval 20" python3 bench/hostcalls.py
+                                          # V8's sampling profile of each run, the filter's
+                                          # functions by name (the stand-in host's own JS in it
+                                          # too)
 """
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -78,7 +83,8 @@ def run(workdir: Path, signer: Signer, config: dict, token: str, size: str, answ
     }
     path = workdir / f"scenario-{size}-{answer}.json"
     path.write_text(json.dumps(scenario))
-    out = subprocess.run(["node", str(RUNNER), str(path)], capture_output=True, text=True, timeout=600)
+    node = ["node", *os.environ.get("HOSTCALLS_NODE_FLAGS", "").split()]
+    out = subprocess.run([*node, str(RUNNER), str(path)], capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"run.mjs failed:\n{out.stderr}")
     return json.loads(out.stdout)
