@@ -306,7 +306,8 @@ pub fn take_token<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) 
     };
     let api_key = api_key.map(str::trim).filter(|v| !v.is_empty());
     // Envoy joins a repeated header's values with `,`, which no token has.
-    if bearer.into_iter().chain(api_key).any(|t| t.contains(',')) {
+    // (memchr: 16 bytes at a time over a token of hundreds; `contains` goes a word at a time.)
+    if bearer.into_iter().chain(api_key).any(|t| memchr::memchr(b',', t.as_bytes()).is_some()) {
         return Err(AuthError::DuplicateCredential);
     }
     match (bearer, api_key) {
