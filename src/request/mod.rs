@@ -275,7 +275,9 @@ const MIN_CARRIED_BYTES: usize = 16;
 /// value holds the credential those carry: a proxy in front that copied the token into
 /// `x-forwarded-access-token`, a cookie holding it. They are taken away like the credential's
 /// own headers, so that the provider never gets it. A copy of a JWT holds its signature (the
-/// last segment); of anything else, the whole value.
+/// part after the last `.`; the whole credential when that part is shorter than
+/// [`MIN_CARRIED_BYTES`]). A value that is not UTF-8 cannot be searched (the host layer hands
+/// [`header_map::NOT_UTF8`] for it): with a credential in the request, it is taken away too.
 fn credential_carriers(headers: &[(&str, &str)], head: &Head<'_>) -> Vec<String> {
     fn secret(credential: &str) -> Option<&str> {
         // (memrchr goes 16 bytes at a time; `rsplit` one at a time, over a signature of hundreds.)
@@ -292,18 +294,19 @@ fn credential_carriers(headers: &[(&str, &str)], head: &Head<'_>) -> Vec<String>
     let api_key = api_key.filter(|key| !bearer.is_some_and(|b| crate::scan::same_bytes(b.as_bytes(), key.as_bytes())));
     let secrets = [bearer.and_then(secret), api_key.and_then(secret)];
     let mut carriers: Vec<String> = Vec::new();
+    if secrets.iter().all(Option::is_none) {
+        return carriers;
+    }
     for &(name, value) in headers {
         // The credential's own headers go anyway; a pseudo-header cannot be taken away.
-        if value.len() < MIN_CARRIED_BYTES
-            || name.starts_with(':')
-            || same_header(name, "authorization")
-            || same_header(name, "x-api-key")
-        {
+        if name.starts_with(':') || same_header(name, "authorization") || same_header(name, "x-api-key") {
             continue;
         }
+        let unreadable = value == crate::header_map::NOT_UTF8;
         // (Most values are shorter than a signature: no search at all.)
         let holds = |s: &&str| value.len() >= s.len() && memchr::memmem::find(value.as_bytes(), s.as_bytes()).is_some();
-        if secrets.iter().flatten().any(holds) && !carriers.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+        if (unreadable || secrets.iter().flatten().any(holds)) && !carriers.iter().any(|c| c.eq_ignore_ascii_case(name))
+        {
             carriers.push(name.to_ascii_lowercase());
         }
     }

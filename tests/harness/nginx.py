@@ -126,9 +126,12 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
-            # The filter empties the client's Authorization (ngx cannot remove request headers);
-            # this drops the empty header, as the sample nginx.conf does.
+            # The filter empties the client's Authorization, Cookie and Proxy-Authorization (ngx
+            # cannot remove request headers); these drop the empty headers, as the sample
+            # nginx.conf does.
             proxy_set_header Authorization "";
+            proxy_set_header Cookie "";
+            proxy_set_header Proxy-Authorization "";
             proxy_buffering off;
             proxy_read_timeout 300s;
             proxy_connect_timeout 5s;
