@@ -277,7 +277,7 @@ const MIN_CARRIED_BYTES: usize = 16;
 /// own headers, so that the provider never gets it. A copy of a JWT holds its signature (the
 /// part after the last `.`; the whole credential when that part is shorter than
 /// [`MIN_CARRIED_BYTES`]). A value that is not UTF-8 cannot be searched (the host layer hands
-/// [`header_map::NOT_UTF8`] for it): with a credential in the request, it is taken away too.
+/// [`crate::header_map::NOT_UTF8`] for it): with a credential in the request, it is taken away too.
 fn credential_carriers(headers: &[(&str, &str)], head: &Head<'_>) -> Vec<String> {
     fn secret(credential: &str) -> Option<&str> {
         // (memrchr goes 16 bytes at a time; `rsplit` one at a time, over a signature of hundreds.)
